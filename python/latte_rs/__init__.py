@@ -1,0 +1,13 @@
+"""latte-rs: Latte (Latent Diffusion Transformer for video generation) with a Rust core on candle.
+
+>>> import numpy as np, latte_rs
+>>> cfg = latte_rs.LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16)
+>>> model = latte_rs.LatteModel(cfg, seed=0)
+>>> x = np.zeros((1, 4, 4, 16, 16), np.float32)
+>>> model(x, np.array([10])).shape
+(1, 4, 8, 16, 16)
+"""
+
+from ._native import CUDA_AVAILABLE, FLASH_ATTN_AVAILABLE, LatteConfig, LatteModel, __version__
+
+__all__ = ["CUDA_AVAILABLE", "FLASH_ATTN_AVAILABLE", "LatteConfig", "LatteModel", "__version__"]

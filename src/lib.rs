@@ -1,0 +1,31 @@
+//! # latte-rs
+//!
+//! [Latte](https://arxiv.org/abs/2401.03048) (Latent Diffusion Transformer for video generation) on candle:
+//! every model variant of the paper (interleaved, late-fusion, factorised-attention and split-head blocks; frame
+//! or tubelet patches; adaLN or token conditioning; absolute or rotary temporal positions), with parameter names
+//! that match the official checkpoints.
+//!
+//! ```no_run
+//! use latte_rs::{LatteConfig, LatteModel};
+//! use candle_core::{DType, Device, Tensor};
+//! let cfg = LatteConfig { num_frames: 16, ..LatteConfig::preset("Latte-S/2")? };
+//! let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0)?;
+//! let x = Tensor::zeros((2, 16, 4, 32, 32), DType::F32, &Device::Cpu)?;
+//! let t = Tensor::new(&[10u32, 500], &Device::Cpu)?;
+//! let eps = model.forward(&x, &t, None, None)?; // (2, 16, 8, 32, 32)
+//! # Ok::<(), latte_rs::LatteError>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod nn;
+pub mod rng;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use config::{AttentionBackend, Injection, LatteConfig, PatchEmbed, TemporalPos, Variant};
+pub use error::{LatteError, Result};
+pub use model::{parse_device, Latte, LatteModel, LoadReport};

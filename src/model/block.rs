@@ -1,0 +1,288 @@
+//! Transformer blocks for every variant, with adaLN-Zero or token conditioning.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::{Injection, LatteConfig};
+use crate::nn::attention::attend_heads;
+use crate::nn::{modulate, Attention, AttentionKernel, LayerNorm, Linear, Mlp, Rope};
+
+const LN_EPS: f64 = 1e-6;
+
+/// The conditioning one attention stage sees, shaped to broadcast over its (B, S, L, D) sequences.
+#[derive(Clone, Copy, Debug)]
+pub enum Cond<'a> {
+    /// adaLN: the vector t + y per sequence, (B, S or 1, 1, D).
+    Adaln(&'a Tensor),
+    /// Token injection: K conditioning tokens per sequence, (B, S or 1, K, D).
+    Tokens(&'a Tensor),
+}
+
+/// adaLN-Zero's regression of shift/scale/gate vectors: SiLU, then a linear to `chunks` × D.
+#[derive(Clone, Debug)]
+struct Modulation {
+    linear: Linear,
+    chunks: usize,
+}
+
+impl Modulation {
+    fn new(hidden: usize, chunks: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { linear: Linear::new(hidden, chunks * hidden, true, vb.pp("adaLN_modulation").pp("1"))?, chunks })
+    }
+
+    fn forward(&self, c: &Tensor) -> Result<Vec<Tensor>> {
+        self.linear.forward(&c.silu()?)?.chunk(self.chunks, candle_core::D::Minus1)
+    }
+}
+
+fn norm(cfg: &LatteConfig, vb: VarBuilder) -> Result<LayerNorm> {
+    match cfg.injection {
+        Injection::Adaln => Ok(LayerNorm::plain(LN_EPS)),
+        Injection::Tokens => LayerNorm::affine(cfg.hidden_size, LN_EPS, vb),
+    }
+}
+
+fn modulation(cfg: &LatteConfig, chunks: usize, vb: VarBuilder) -> Result<Option<Modulation>> {
+    match cfg.injection {
+        Injection::Adaln => Ok(Some(Modulation::new(cfg.hidden_size, chunks, vb)?)),
+        Injection::Tokens => Ok(None),
+    }
+}
+
+fn mlp(cfg: &LatteConfig, vb: VarBuilder) -> Result<Mlp> {
+    Mlp::new(cfg.hidden_size, (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize, vb.pp("mlp"))
+}
+
+fn attention(cfg: &LatteConfig, vb: VarBuilder) -> Result<Attention> {
+    let kernel = AttentionKernel::from_config(cfg.attention, cfg.attention_chunk_size);
+    Attention::new(cfg.hidden_size, cfg.num_heads, kernel, vb)
+}
+
+/// Shift, scale and gate of one sub-layer, or none with token injection.
+type Mods<'a> = Option<&'a [Tensor]>;
+
+/// `x + gate · f(modulate(norm(x), shift, scale))`: a residual sub-layer, adaLN-modulated when `mods` is given.
+fn residual(
+    x: &Tensor,
+    norm: &LayerNorm,
+    mods: Mods,
+    grad: bool,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let h = norm.forward(x, grad)?;
+    match mods {
+        Some(m) => x + f(&modulate(&h, &m[0], &m[1])?)?.broadcast_mul(&m[2])?,
+        None => x + f(&h)?,
+    }
+}
+
+/// The modulation vectors for `cond` (adaLN) or `None` (tokens), checking the block was built for it.
+fn mods_for(ada: &Option<Modulation>, cond: Cond) -> Result<Option<Vec<Tensor>>> {
+    match (ada, cond) {
+        (Some(m), Cond::Adaln(c)) => Ok(Some(m.forward(c)?)),
+        (None, Cond::Tokens(_)) => Ok(None),
+        _ => candle_core::bail!("conditioning does not match the block's injection mode"),
+    }
+}
+
+/// The conditioning tokens of `cond` after `norm` (token injection only).
+fn extra_tokens(cond: Cond, norm: &LayerNorm, grad: bool) -> Result<Option<Tensor>> {
+    match cond {
+        Cond::Tokens(e) => Ok(Some(norm.forward(e, grad)?)),
+        Cond::Adaln(_) => Ok(None),
+    }
+}
+
+/// A Latte transformer block: self-attention within each sequence, then the MLP. Spatial or temporal is only a
+/// matter of which tokens form the sequences (variants 1 and 2).
+#[derive(Clone, Debug)]
+pub struct TransformerBlock {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    ada: Option<Modulation>,
+}
+
+impl TransformerBlock {
+    pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: norm(cfg, vb.pp("norm1"))?,
+            attn: attention(cfg, vb.pp("attn"))?,
+            norm2: norm(cfg, vb.pp("norm2"))?,
+            mlp: mlp(cfg, vb.clone())?,
+            ada: modulation(cfg, 6, vb)?,
+        })
+    }
+
+    /// x: (B, S, L, D) sequences.
+    pub fn forward(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+        let mods = mods_for(&self.ada, cond)?;
+        let extra = extra_tokens(cond, &self.norm1, grad)?;
+        let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
+            self.attn.forward(h, extra.as_ref(), rope, grad)
+        })?;
+        residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| self.mlp.forward(h))
+    }
+}
+
+/// Variant 3: spatial attention, temporal attention and the MLP in one block, with one adaLN regression of 9
+/// vectors (spatial ones from the per-frame conditioning, temporal ones from the per-clip conditioning).
+#[derive(Clone, Debug)]
+pub struct FactorisedBlock {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm_temp: LayerNorm,
+    attn_temp: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    ada: Option<Modulation>,
+}
+
+impl FactorisedBlock {
+    pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: norm(cfg, vb.pp("norm1"))?,
+            attn: attention(cfg, vb.pp("attn"))?,
+            norm_temp: norm(cfg, vb.pp("norm_temp"))?,
+            attn_temp: attention(cfg, vb.pp("attn_temp"))?,
+            norm2: norm(cfg, vb.pp("norm2"))?,
+            mlp: mlp(cfg, vb.clone())?,
+            ada: modulation(cfg, 9, vb)?,
+        })
+    }
+
+    /// Spatial attention on `x` (B, F, N, D). Returns the new `x`.
+    pub fn spatial(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
+        let mods = mods_for(&self.ada, cond)?;
+        let extra = extra_tokens(cond, &self.norm1, grad)?;
+        residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
+            self.attn.forward(h, extra.as_ref(), None, grad)
+        })
+    }
+
+    /// Temporal attention on the video part in temporal layout (B, N, Fv, D).
+    pub fn temporal(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+        let mods = mods_for(&self.ada, cond)?;
+        let extra = extra_tokens(cond, &self.norm_temp, grad)?;
+        residual(x, &self.norm_temp, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
+            self.attn_temp.forward(h, extra.as_ref(), rope, grad)
+        })
+    }
+
+    /// The MLP on `x` (B, F, N, D), modulated by the per-frame conditioning.
+    pub fn feed_forward(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
+        let mods = mods_for(&self.ada, cond)?;
+        residual(x, &self.norm2, mods.as_deref().map(|m| &m[6..9]), grad, |h| self.mlp.forward(h))
+    }
+}
+
+/// Variant 4: one multi-head attention whose first half of heads attends over space (within a frame) and second
+/// half over time (across the video frames at one position); the head outputs are concatenated into the token
+/// layout, so the output projection sums the two halves' contributions.
+#[derive(Clone, Debug)]
+pub struct SplitHeadBlock {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    ada: Option<Modulation>,
+}
+
+impl SplitHeadBlock {
+    pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: norm(cfg, vb.pp("norm1"))?,
+            attn: attention(cfg, vb.pp("attn"))?,
+            norm2: norm(cfg, vb.pp("norm2"))?,
+            mlp: mlp(cfg, vb.clone())?,
+            ada: modulation(cfg, 6, vb)?,
+        })
+    }
+
+    /// x: (B, F, N, D) with the first `video_frames` frames mixed in time. `spatial` conditions the block;
+    /// with token injection, `temporal` holds the tokens the temporal heads see.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        spatial: Cond,
+        temporal: Cond,
+        video_frames: usize,
+        rope: Option<&Rope>,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let mods = mods_for(&self.ada, spatial)?;
+        let extra_s = extra_tokens(spatial, &self.norm1, grad)?;
+        let extra_t = extra_tokens(temporal, &self.norm1, grad)?;
+        let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
+            self.split_head_attention(h, extra_s.as_ref(), extra_t.as_ref(), video_frames, rope, grad)
+        })?;
+        residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| self.mlp.forward(h))
+    }
+
+    fn split_head_attention(
+        &self,
+        h: &Tensor,
+        extra_s: Option<&Tensor>,
+        extra_t: Option<&Tensor>,
+        fv: usize,
+        rope: Option<&Rope>,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let (b, f, n, d) = h.dims4()?;
+        let heads = self.attn.num_heads();
+        let (half, hd) = (heads / 2, d / heads);
+        let kernel = self.attn.kernel();
+        let qkv = self.attn.project_qkv(h)?; // (B, F, N, 3, H, hd)
+        let heads_of = |t: &Tensor, start: usize| t.narrow(4, start, half);
+        let project_extra = |e: Option<&Tensor>, start: usize| -> Result<Option<Tensor>> {
+            e.map(|e| heads_of(&self.attn.project_qkv(e)?, start)).transpose()
+        };
+
+        // Spatial heads: sequences of N tokens within each frame.
+        let spatial = heads_of(&qkv, 0)?.reshape((b * f, n, 3, half, hd))?;
+        let out_s = attend_heads(&spatial, project_extra(extra_s, 0)?.as_ref(), (b, f), None, kernel, grad)?;
+        let out_s = out_s.transpose(1, 2)?.reshape((b, f, n, half * hd))?;
+
+        // Temporal heads: sequences of the video frames at each position.
+        let temporal = heads_of(&qkv, half)?;
+        let video = temporal.narrow(1, 0, fv)?.transpose(1, 2)?.reshape((b * n, fv, 3, half, hd))?;
+        let out_t = attend_heads(&video, project_extra(extra_t, half)?.as_ref(), (b, n), rope, kernel, grad)?;
+        let mut out_t = out_t.transpose(1, 2)?.reshape((b, n, fv, half * hd))?.transpose(1, 2)?;
+        if f > fv {
+            // Image frames have no time axis: their temporal heads attend to themselves alone, giving their value.
+            let images = temporal.narrow(1, fv, f - fv)?.narrow(3, 2, 1)?.reshape((b, f - fv, n, half * hd))?;
+            out_t = Tensor::cat(&[&out_t, &images], 1)?;
+        }
+        self.attn.project_out(&Tensor::cat(&[&out_s, &out_t], 3)?)
+    }
+}
+
+/// The final layer: norm, (adaLN modulation,) linear to p·p·s·C_out values per token.
+#[derive(Clone, Debug)]
+pub struct FinalLayer {
+    norm_final: LayerNorm,
+    linear: Linear,
+    ada: Option<Modulation>,
+}
+
+impl FinalLayer {
+    pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
+        let p = cfg.patch_size;
+        let out = p * p * cfg.temporal_patch() * cfg.out_channels();
+        Ok(Self {
+            norm_final: norm(cfg, vb.pp("norm_final"))?,
+            linear: Linear::new(cfg.hidden_size, out, true, vb.pp("linear"))?,
+            ada: modulation(cfg, 2, vb)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
+        let h = self.norm_final.forward(x, grad)?;
+        let h = match mods_for(&self.ada, cond)? {
+            Some(m) => modulate(&h, &m[0], &m[1])?,
+            None => h,
+        };
+        self.linear.forward(&h)
+    }
+}

@@ -1,0 +1,70 @@
+//! The one home of initialisation: the DiT/Latte recipe, applied by parameter name from a seeded generator.
+//!
+//! - every linear weight (and the patch embedding, viewed as a linear): xavier-uniform; biases: 0
+//! - timestep MLP weights and the label table: N(0, 0.02)
+//! - adaLN modulation and the final linear: 0 (adaLN-Zero: every block starts as the identity)
+//! - LayerNorm weights 1, biases 0
+//! - `pos_embed` / `temp_embed`: the fixed sin-cos tables
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarMap;
+
+use crate::config::LatteConfig;
+use crate::nn::pos::{sincos_1d, sincos_2d};
+use crate::rng::Generator;
+
+/// Names of the fixed (non-trainable) tables.
+pub const FIXED_TABLES: [&str; 2] = ["pos_embed", "temp_embed"];
+
+/// Whether the parameter `name` is trained (the sin-cos tables are not).
+pub fn is_trainable(name: &str) -> bool {
+    !FIXED_TABLES.contains(&name)
+}
+
+/// The initial value of parameter `name` with shape `dims`, as f64.
+fn initial_value(name: &str, dims: &[usize], cfg: &LatteConfig, rng: &mut Generator) -> Vec<f64> {
+    let n: usize = dims.iter().product();
+    let is_weight = name.ends_with(".weight");
+    if name == "pos_embed" {
+        return sincos_2d(cfg.hidden_size, cfg.input_size / cfg.patch_size);
+    }
+    if name == "temp_embed" {
+        let positions: Vec<f64> = (0..dims[1]).map(|p| p as f64).collect();
+        return sincos_1d(cfg.hidden_size, &positions);
+    }
+    if name.contains("adaLN_modulation") || name.starts_with("final_layer.linear") {
+        return vec![0.0; n];
+    }
+    if name.starts_with("t_embedder.mlp.") && is_weight || name == "y_embedder.embedding_table.weight" {
+        return rng.normal(n, 0.0, 0.02);
+    }
+    if name.contains("norm") {
+        // LayerNorm affine parameters of the token-injection blocks.
+        return vec![if is_weight { 1.0 } else { 0.0 }; n];
+    }
+    if is_weight && dims.len() >= 2 {
+        // xavier-uniform on the (out, in) view; a conv/tubelet kernel counts all its input elements.
+        let fan_out = dims[0];
+        let fan_in = n / fan_out;
+        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+        return rng.uniform(n, -bound, bound);
+    }
+    vec![0.0; n]
+}
+
+/// Initialises every variable of `varmap` by the recipe above, drawing from a generator seeded with `seed`.
+/// Names are visited in sorted order, so the same seed gives the same weights whatever the map's order.
+pub fn init_weights(varmap: &VarMap, cfg: &LatteConfig, seed: u64) -> Result<()> {
+    let mut rng = Generator::new(seed);
+    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("parameter map lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let values = initial_value(name, &dims, cfg, &mut rng);
+        let t = Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}

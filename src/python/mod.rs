@@ -1,0 +1,46 @@
+//! The pyo3 layer: converts arrays, maps errors to Python exception types, and delegates to the core.
+//! Nothing here computes; every numerical decision lives in the core crate.
+
+mod convert;
+mod model;
+
+use pyo3::prelude::*;
+
+use crate::error::LatteError;
+
+/// Maps the crate's error to the Python exception a user expects.
+pub(crate) fn to_py_err(e: LatteError) -> PyErr {
+    use pyo3::exceptions::*;
+    let msg = e.to_string();
+    match e {
+        LatteError::Config(_) | LatteError::Value(_) | LatteError::StateDict(_) | LatteError::Json(_) => {
+            PyValueError::new_err(msg)
+        }
+        LatteError::SafeTensors(_) => PyValueError::new_err(msg),
+        LatteError::Type(_) => PyTypeError::new_err(msg),
+        LatteError::NotFound(_) => PyFileNotFoundError::new_err(msg),
+        LatteError::Io(_) => PyOSError::new_err(msg),
+        LatteError::Unsupported(_) | LatteError::Candle(_) => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Extension trait: `result.py()?` converts a core result into a Python one.
+pub(crate) trait IntoPy<T> {
+    fn py(self) -> PyResult<T>;
+}
+
+impl<T, E: Into<LatteError>> IntoPy<T> for std::result::Result<T, E> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(|e| to_py_err(e.into()))
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CUDA_AVAILABLE", cfg!(feature = "cuda"))?;
+    m.add("FLASH_ATTN_AVAILABLE", cfg!(feature = "flash-attn"))?;
+    m.add_class::<model::PyLatteConfig>()?;
+    m.add_class::<model::PyLatteModel>()?;
+    Ok(())
+}

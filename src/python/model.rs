@@ -1,0 +1,358 @@
+//! `LatteConfig` and `LatteModel` as Python classes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::DType;
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use serde_json::Value;
+
+use super::convert::{to_numpy, to_tensor};
+use super::IntoPy;
+use crate::config::LatteConfig;
+use crate::model::{parse_device, LatteModel};
+
+fn py_to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
+    if obj.is_instance_of::<PyBool>() {
+        Ok(Value::Bool(obj.extract()?))
+    } else if obj.is_instance_of::<PyInt>() {
+        Ok(Value::from(obj.extract::<i64>()?))
+    } else if obj.is_instance_of::<PyFloat>() {
+        Ok(serde_json::Number::from_f64(obj.extract()?).map(Value::Number).unwrap_or(Value::Null))
+    } else if obj.is_instance_of::<PyString>() {
+        Ok(Value::String(obj.extract()?))
+    } else {
+        Err(PyTypeError::new_err(format!("{key}: expected a bool, int, float or str, got {}", obj.get_type())))
+    }
+}
+
+fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => i.into_pyobject(py)?.into_any(),
+            None => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Null => py.None().into_bound(py),
+        other => PyString::new(py, &other.to_string()).into_any(),
+    })
+}
+
+/// Applies keyword overrides to `base`, checking each key on its own so an error names the argument.
+fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<LatteConfig> {
+    let mut value = serde_json::to_value(base).py()?;
+    let Some(kwargs) = kwargs else { return Ok(base.clone()) };
+    let fields: Vec<String> = value.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    for (k, v) in kwargs.iter() {
+        let key: String = k.extract()?;
+        if key == "image_size" {
+            let size: usize = v.extract().map_err(|_| PyTypeError::new_err("image_size: expected an int"))?;
+            if size == 0 || size % 8 != 0 {
+                return Err(PyValueError::new_err(format!(
+                    "image_size: expected a positive multiple of 8 (the VAE downsamples by 8), got {size}"
+                )));
+            }
+            value["input_size"] = Value::from(size / 8);
+            continue;
+        }
+        if !fields.contains(&key) {
+            return Err(PyTypeError::new_err(format!(
+                "LatteConfig got an unexpected keyword argument {key:?}; valid: image_size, {}",
+                fields.join(", ")
+            )));
+        }
+        let mut trial = value.clone();
+        trial[&key] = py_to_json(&v, &key)?;
+        if let Err(e) = serde_json::from_value::<LatteConfig>(trial.clone()) {
+            return Err(PyValueError::new_err(format!("{key}: {e}")));
+        }
+        value = trial;
+    }
+    serde_json::from_value(value).py()
+}
+
+/// Every option of a Latte model (see the README's options table). Immutable; `replace` makes a changed copy.
+#[pyclass(name = "LatteConfig", module = "latte_rs", frozen, eq)]
+#[derive(Clone, PartialEq)]
+pub struct PyLatteConfig {
+    pub inner: LatteConfig,
+}
+
+#[pymethods]
+impl PyLatteConfig {
+    #[new]
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let inner = apply_overrides(&LatteConfig::default(), kwargs)?;
+        inner.validate().py()?;
+        Ok(Self { inner })
+    }
+
+    /// A preset by name ("Latte-S/2" ... "Latte-XL/8") with keyword overrides; `image_size` (pixels) sets
+    /// `input_size` = image_size / 8.
+    #[staticmethod]
+    #[pyo3(signature = (name, **kwargs))]
+    fn preset(name: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let inner = apply_overrides(&LatteConfig::preset(name).py()?, kwargs)?;
+        inner.validate().py()?;
+        Ok(Self { inner })
+    }
+
+    #[staticmethod]
+    fn preset_names() -> Vec<String> {
+        LatteConfig::preset_names()
+    }
+
+    /// A copy with some fields changed.
+    #[pyo3(signature = (**kwargs))]
+    fn replace(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let inner = apply_overrides(&self.inner, kwargs)?;
+        inner.validate().py()?;
+        Ok(Self { inner })
+    }
+
+    fn to_json(&self) -> PyResult<String> {
+        self.inner.to_json().py()
+    }
+
+    #[staticmethod]
+    fn from_json(s: &str) -> PyResult<Self> {
+        Ok(Self { inner: LatteConfig::from_json(s).py()? })
+    }
+
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        if let Value::Object(m) = serde_json::to_value(&self.inner).py()? {
+            for (k, v) in m {
+                d.set_item(k, json_to_py(py, &v)?)?;
+            }
+        }
+        Ok(d)
+    }
+
+    #[staticmethod]
+    fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
+        Self::new(Some(d))
+    }
+
+    /// Parameter count (`trainable_only`: without the fixed sin-cos tables), without allocating the model.
+    #[pyo3(signature = (trainable_only = true))]
+    fn num_parameters(&self, trainable_only: bool) -> PyResult<usize> {
+        self.inner.num_parameters(trainable_only).py()
+    }
+
+    #[getter]
+    fn out_channels(&self) -> usize {
+        self.inner.out_channels()
+    }
+
+    fn __getattr__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let value = serde_json::to_value(&self.inner).py()?;
+        match value.get(name) {
+            Some(v) => json_to_py(py, v),
+            None => Err(PyAttributeError::new_err(format!("LatteConfig has no attribute {name:?}"))),
+        }
+    }
+
+    fn __dir__(&self) -> Vec<String> {
+        let mut names: Vec<String> = serde_json::to_value(&self.inner)
+            .ok()
+            .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+            .unwrap_or_default();
+        names.extend(
+            ["preset", "preset_names", "replace", "to_json", "from_json", "to_dict", "from_dict", "num_parameters", "out_channels"]
+                .map(String::from),
+        );
+        names
+    }
+
+    fn __repr__(&self) -> String {
+        let fields = serde_json::to_value(&self.inner)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        format!("LatteConfig({fields})")
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (String,))> {
+        let cls = py.get_type::<Self>().getattr("from_json")?;
+        Ok((cls, (self.to_json()?,)))
+    }
+}
+
+fn parse_dtype(s: &str) -> PyResult<DType> {
+    match s {
+        "float32" | "f32" => Ok(DType::F32),
+        "float64" | "f64" => Ok(DType::F64),
+        "bfloat16" | "bf16" => Ok(DType::BF16),
+        "float16" | "f16" => Ok(DType::F16),
+        _ => Err(PyValueError::new_err(format!(
+            "dtype: expected \"float32\", \"float64\", \"bfloat16\" or \"float16\", got {s:?}"
+        ))),
+    }
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F64 => "float64",
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
+}
+
+/// A Latte model on a device, with its parameters.
+#[pyclass(name = "LatteModel", module = "latte_rs", frozen)]
+pub struct PyLatteModel {
+    pub inner: LatteModel,
+}
+
+#[pymethods]
+impl PyLatteModel {
+    #[new]
+    #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
+    fn new(py: Python<'_>, config: &PyLatteConfig, device: &str, seed: u64, dtype: &str) -> PyResult<Self> {
+        let device = parse_device(device).py()?;
+        let dtype = parse_dtype(dtype)?;
+        let cfg = config.inner.clone();
+        let inner = py.detach(|| LatteModel::new(&cfg, &device, dtype, seed)).py()?;
+        Ok(Self { inner })
+    }
+
+    /// Predicted noise (and variance values with learn_sigma): (B, F, C_out, H, W).
+    #[pyo3(signature = (x, t, y = None, y_image = None))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        y: Option<&Bound<'py, PyAny>>,
+        y_image: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = to_tensor(x, "x")?;
+        let t = to_tensor(t, "t")?;
+        let y = y.map(|v| to_tensor(v, "y")).transpose()?;
+        let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
+        let out = py.detach(|| self.inner.forward(&x, &t, y.as_ref(), y_image.as_ref())).py()?;
+        to_numpy(py, &out)
+    }
+
+    /// Same as calling the model.
+    #[pyo3(signature = (x, t, y = None, y_image = None))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        y: Option<&Bound<'py, PyAny>>,
+        y_image: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.__call__(py, x, t, y, y_image)
+    }
+
+    /// Classifier-free guidance exactly as the official `forward_with_cfg`.
+    #[pyo3(signature = (x, t, y, cfg_scale))]
+    fn forward_with_cfg<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        y: Option<&Bound<'py, PyAny>>,
+        cfg_scale: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = to_tensor(x, "x")?;
+        let t = to_tensor(t, "t")?;
+        let y = y.map(|v| to_tensor(v, "y")).transpose()?;
+        let out = py.detach(|| self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale)).py()?;
+        to_numpy(py, &out)
+    }
+
+    #[pyo3(signature = (trainable_only = true))]
+    fn num_parameters(&self, trainable_only: bool) -> usize {
+        self.inner.num_parameters(trainable_only)
+    }
+
+    /// Every parameter by its official name, as NumPy arrays (copies).
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, t) in self.inner.state_dict() {
+            d.set_item(name, to_numpy(py, &t)?)?;
+        }
+        Ok(d)
+    }
+
+    /// Loads parameters by name; returns (missing_keys, unexpected_keys). Raises ValueError listing missing,
+    /// unexpected and mis-shaped keys (missing/unexpected only when `strict`).
+    #[pyo3(signature = (state_dict, strict = true))]
+    fn load_state_dict(
+        &self,
+        py: Python<'_>,
+        state_dict: &Bound<'_, PyDict>,
+        strict: bool,
+    ) -> PyResult<(Vec<String>, Vec<String>)> {
+        let mut map = HashMap::new();
+        for (k, v) in state_dict.iter() {
+            let name: String = k.extract().map_err(|_| PyTypeError::new_err("state_dict: keys must be str"))?;
+            let t = to_tensor(&v, &format!("state_dict[{name:?}]"))?;
+            if !t.dtype().is_float() {
+                return Err(PyTypeError::new_err(format!(
+                    "state_dict[{name:?}]: expected a floating-point array, got {:?}",
+                    t.dtype()
+                )));
+            }
+            map.insert(name, t);
+        }
+        let report = py.detach(|| self.inner.load_state_dict(&map, strict)).py()?;
+        Ok((report.missing, report.unexpected))
+    }
+
+    /// Writes parameters and config to one safetensors file, atomically.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.save(&path)).py()
+    }
+
+    /// Reads a file written by `save`.
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "cpu"))]
+    fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
+        let device = parse_device(device).py()?;
+        let inner = py.detach(|| LatteModel::load(&path, &device)).py()?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn config(&self) -> PyLatteConfig {
+        PyLatteConfig { inner: self.inner.config().clone() }
+    }
+
+    #[getter]
+    fn device(&self) -> String {
+        match self.inner.device().location() {
+            candle_core::DeviceLocation::Cpu => "cpu".into(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        dtype_name(self.inner.dtype())
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "LatteModel(depth={}, hidden_size={}, variant={}, params={}, device={:?}, dtype={})",
+            c.depth,
+            c.hidden_size,
+            u8::from(c.variant),
+            self.inner.num_parameters(true),
+            self.device(),
+            self.dtype()
+        )
+    }
+}
