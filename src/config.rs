@@ -85,8 +85,12 @@ pub enum AttentionBackend {
 }
 
 /// The size presets of the paper: (name, depth, hidden size, heads). `depth` counts blocks as the official code.
-pub const PRESETS: [(&str, usize, usize, usize); 4] =
-    [("S", 12, 384, 6), ("B", 12, 768, 12), ("L", 24, 1024, 16), ("XL", 28, 1152, 16)];
+pub const PRESETS: [(&str, usize, usize, usize); 4] = [
+    ("S", 12, 384, 6),
+    ("B", 12, 768, 12),
+    ("L", 24, 1024, 16),
+    ("XL", 28, 1152, 16),
+];
 
 /// Every option of a Latte model. Field names follow the official code where it has one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,14 +162,24 @@ impl LatteConfig {
                 "unknown preset {name:?}; expected Latte-{{S,B,L,XL}}/{{2,4,8}}, e.g. \"Latte-XL/2\""
             ))
         };
-        let rest = name.strip_prefix("LatteIMG-").or_else(|| name.strip_prefix("Latte-")).ok_or_else(bad)?;
+        let rest = name
+            .strip_prefix("LatteIMG-")
+            .or_else(|| name.strip_prefix("Latte-"))
+            .ok_or_else(bad)?;
         let (size, patch) = rest.split_once('/').ok_or_else(bad)?;
         let patch_size: usize = match patch {
             "2" | "4" | "8" => patch.parse().map_err(|_| bad())?,
             _ => return Err(bad()),
         };
-        let &(_, depth, hidden_size, num_heads) = PRESETS.iter().find(|p| p.0 == size).ok_or_else(bad)?;
-        Ok(Self { depth, hidden_size, num_heads, patch_size, ..Self::default() })
+        let &(_, depth, hidden_size, num_heads) =
+            PRESETS.iter().find(|p| p.0 == size).ok_or_else(bad)?;
+        Ok(Self {
+            depth,
+            hidden_size,
+            num_heads,
+            patch_size,
+            ..Self::default()
+        })
     }
 
     /// All preset names.
@@ -264,10 +278,16 @@ impl LatteConfig {
             ));
         }
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) {
-            return err(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
+            return err(format!(
+                "mlp_ratio must be positive, got {}",
+                self.mlp_ratio
+            ));
         }
         if !(0.0..1.0).contains(&self.class_dropout_prob) {
-            return err(format!("class_dropout_prob must be in [0, 1), got {}", self.class_dropout_prob));
+            return err(format!(
+                "class_dropout_prob must be in [0, 1), got {}",
+                self.class_dropout_prob
+            ));
         }
         match self.patch_embed {
             PatchEmbed::Frame if self.tubelet_size != 1 => {
@@ -295,7 +315,9 @@ impl LatteConfig {
                 self.num_heads
             ));
         }
-        if self.temporal_position == TemporalPos::Rope && (self.hidden_size / self.num_heads) % 2 != 0 {
+        if self.temporal_position == TemporalPos::Rope
+            && (self.hidden_size / self.num_heads) % 2 != 0
+        {
             return err(format!(
                 "temporal_position = \"rope\" needs an even head dimension, got {}",
                 self.hidden_size / self.num_heads
@@ -344,13 +366,39 @@ mod tests {
     fn invalid_combinations_are_rejected() {
         let base = LatteConfig::preset("Latte-S/2").unwrap();
         let bad = [
-            LatteConfig { depth: 3, ..base.clone() },
-            LatteConfig { num_heads: 5, ..base.clone() },
-            LatteConfig { patch_embed: PatchEmbed::Tubelet, tubelet_size: 3, ..base.clone() },
-            LatteConfig { patch_embed: PatchEmbed::Tubelet, tubelet_size: 2, use_image_num: 4, ..base.clone() },
-            LatteConfig { variant: Variant::V4, num_heads: 3, hidden_size: 384, ..base.clone() },
-            LatteConfig { class_dropout_prob: 1.0, ..base.clone() },
-            LatteConfig { input_size: 33, ..base.clone() },
+            LatteConfig {
+                depth: 3,
+                ..base.clone()
+            },
+            LatteConfig {
+                num_heads: 5,
+                ..base.clone()
+            },
+            LatteConfig {
+                patch_embed: PatchEmbed::Tubelet,
+                tubelet_size: 3,
+                ..base.clone()
+            },
+            LatteConfig {
+                patch_embed: PatchEmbed::Tubelet,
+                tubelet_size: 2,
+                use_image_num: 4,
+                ..base.clone()
+            },
+            LatteConfig {
+                variant: Variant::V4,
+                num_heads: 3,
+                hidden_size: 384,
+                ..base.clone()
+            },
+            LatteConfig {
+                class_dropout_prob: 1.0,
+                ..base.clone()
+            },
+            LatteConfig {
+                input_size: 33,
+                ..base.clone()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?}");

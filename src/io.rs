@@ -12,9 +12,16 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(LatteError::NotFound(format!("directory {} (for {})", dir.display(), path.display())));
+        return Err(LatteError::NotFound(format!(
+            "directory {} (for {})",
+            dir.display(),
+            path.display()
+        )));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = write(&tmp).and_then(|()| {
         std::fs::File::open(&tmp)?.sync_all()?;

@@ -13,7 +13,9 @@ pub struct Generator {
 impl Generator {
     /// A generator started from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// `n` draws from N(mean, std²).

@@ -27,11 +27,21 @@ struct Modulation {
 
 impl Modulation {
     fn new(hidden: usize, chunks: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { linear: Linear::new(hidden, chunks * hidden, true, vb.pp("adaLN_modulation").pp("1"))?, chunks })
+        Ok(Self {
+            linear: Linear::new(
+                hidden,
+                chunks * hidden,
+                true,
+                vb.pp("adaLN_modulation").pp("1"),
+            )?,
+            chunks,
+        })
     }
 
     fn forward(&self, c: &Tensor) -> Result<Vec<Tensor>> {
-        self.linear.forward(&c.silu()?)?.chunk(self.chunks, candle_core::D::Minus1)
+        self.linear
+            .forward(&c.silu()?)?
+            .chunk(self.chunks, candle_core::D::Minus1)
     }
 }
 
@@ -50,7 +60,11 @@ fn modulation(cfg: &LatteConfig, chunks: usize, vb: VarBuilder) -> Result<Option
 }
 
 fn mlp(cfg: &LatteConfig, vb: VarBuilder) -> Result<Mlp> {
-    Mlp::new(cfg.hidden_size, (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize, vb.pp("mlp"))
+    Mlp::new(
+        cfg.hidden_size,
+        (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
+        vb.pp("mlp"),
+    )
 }
 
 fn attention(cfg: &LatteConfig, vb: VarBuilder) -> Result<Attention> {
@@ -116,13 +130,29 @@ impl TransformerBlock {
     }
 
     /// x: (B, S, L, D) sequences.
-    pub fn forward(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cond: Cond,
+        rope: Option<&Rope>,
+        grad: bool,
+    ) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm1, grad)?;
-        let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
-            self.attn.forward(h, extra.as_ref(), rope, grad)
-        })?;
-        residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| self.mlp.forward(h))
+        let x = residual(
+            x,
+            &self.norm1,
+            mods.as_deref().map(|m| &m[0..3]),
+            grad,
+            |h| self.attn.forward(h, extra.as_ref(), rope, grad),
+        )?;
+        residual(
+            &x,
+            &self.norm2,
+            mods.as_deref().map(|m| &m[3..6]),
+            grad,
+            |h| self.mlp.forward(h),
+        )
     }
 }
 
@@ -156,24 +186,44 @@ impl FactorisedBlock {
     pub fn spatial(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm1, grad)?;
-        residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
-            self.attn.forward(h, extra.as_ref(), None, grad)
-        })
+        residual(
+            x,
+            &self.norm1,
+            mods.as_deref().map(|m| &m[0..3]),
+            grad,
+            |h| self.attn.forward(h, extra.as_ref(), None, grad),
+        )
     }
 
     /// Temporal attention on the video part in temporal layout (B, N, Fv, D).
-    pub fn temporal(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+    pub fn temporal(
+        &self,
+        x: &Tensor,
+        cond: Cond,
+        rope: Option<&Rope>,
+        grad: bool,
+    ) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm_temp, grad)?;
-        residual(x, &self.norm_temp, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
-            self.attn_temp.forward(h, extra.as_ref(), rope, grad)
-        })
+        residual(
+            x,
+            &self.norm_temp,
+            mods.as_deref().map(|m| &m[3..6]),
+            grad,
+            |h| self.attn_temp.forward(h, extra.as_ref(), rope, grad),
+        )
     }
 
     /// The MLP on `x` (B, F, N, D), modulated by the per-frame conditioning.
     pub fn feed_forward(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
-        residual(x, &self.norm2, mods.as_deref().map(|m| &m[6..9]), grad, |h| self.mlp.forward(h))
+        residual(
+            x,
+            &self.norm2,
+            mods.as_deref().map(|m| &m[6..9]),
+            grad,
+            |h| self.mlp.forward(h),
+        )
     }
 }
 
@@ -214,10 +264,29 @@ impl SplitHeadBlock {
         let mods = mods_for(&self.ada, spatial)?;
         let extra_s = extra_tokens(spatial, &self.norm1, grad)?;
         let extra_t = extra_tokens(temporal, &self.norm1, grad)?;
-        let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
-            self.split_head_attention(h, extra_s.as_ref(), extra_t.as_ref(), video_frames, rope, grad)
-        })?;
-        residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| self.mlp.forward(h))
+        let x = residual(
+            x,
+            &self.norm1,
+            mods.as_deref().map(|m| &m[0..3]),
+            grad,
+            |h| {
+                self.split_head_attention(
+                    h,
+                    extra_s.as_ref(),
+                    extra_t.as_ref(),
+                    video_frames,
+                    rope,
+                    grad,
+                )
+            },
+        )?;
+        residual(
+            &x,
+            &self.norm2,
+            mods.as_deref().map(|m| &m[3..6]),
+            grad,
+            |h| self.mlp.forward(h),
+        )
     }
 
     fn split_head_attention(
@@ -236,22 +305,49 @@ impl SplitHeadBlock {
         let qkv = self.attn.project_qkv(h)?; // (B, F, N, 3, H, hd)
         let heads_of = |t: &Tensor, start: usize| t.narrow(4, start, half);
         let project_extra = |e: Option<&Tensor>, start: usize| -> Result<Option<Tensor>> {
-            e.map(|e| heads_of(&self.attn.project_qkv(e)?, start)).transpose()
+            e.map(|e| heads_of(&self.attn.project_qkv(e)?, start))
+                .transpose()
         };
 
         // Spatial heads: sequences of N tokens within each frame.
         let spatial = heads_of(&qkv, 0)?.reshape((b * f, n, 3, half, hd))?;
-        let out_s = attend_heads(&spatial, project_extra(extra_s, 0)?.as_ref(), (b, f), None, kernel, grad)?;
+        let out_s = attend_heads(
+            &spatial,
+            project_extra(extra_s, 0)?.as_ref(),
+            (b, f),
+            None,
+            kernel,
+            grad,
+        )?;
         let out_s = out_s.transpose(1, 2)?.reshape((b, f, n, half * hd))?;
 
         // Temporal heads: sequences of the video frames at each position.
         let temporal = heads_of(&qkv, half)?;
-        let video = temporal.narrow(1, 0, fv)?.transpose(1, 2)?.reshape((b * n, fv, 3, half, hd))?;
-        let out_t = attend_heads(&video, project_extra(extra_t, half)?.as_ref(), (b, n), rope, kernel, grad)?;
-        let mut out_t = out_t.transpose(1, 2)?.reshape((b, n, fv, half * hd))?.transpose(1, 2)?;
+        let video =
+            temporal
+                .narrow(1, 0, fv)?
+                .transpose(1, 2)?
+                .reshape((b * n, fv, 3, half, hd))?;
+        let out_t = attend_heads(
+            &video,
+            project_extra(extra_t, half)?.as_ref(),
+            (b, n),
+            rope,
+            kernel,
+            grad,
+        )?;
+        let mut out_t = out_t
+            .transpose(1, 2)?
+            .reshape((b, n, fv, half * hd))?
+            .transpose(1, 2)?;
         if f > fv {
             // Image frames have no time axis: their temporal heads attend to themselves alone, giving their value.
-            let images = temporal.narrow(1, fv, f - fv)?.narrow(3, 2, 1)?.reshape((b, f - fv, n, half * hd))?;
+            let images = temporal.narrow(1, fv, f - fv)?.narrow(3, 2, 1)?.reshape((
+                b,
+                f - fv,
+                n,
+                half * hd,
+            ))?;
             out_t = Tensor::cat(&[&out_t, &images], 1)?;
         }
         self.attn.project_out(&Tensor::cat(&[&out_s, &out_t], 3)?)
@@ -284,5 +380,186 @@ impl FinalLayer {
             None => h,
         };
         self.linear.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PatchEmbed, Variant};
+    use crate::rng::Generator;
+    use candle_core::{DType, Device, D};
+    use candle_nn::VarMap;
+
+    fn randn(rng: &mut Generator, dims: &[usize]) -> Tensor {
+        let n = dims.iter().product();
+        Tensor::from_vec(rng.normal(n, 0.0, 1.0), dims, &Device::Cpu).unwrap()
+    }
+
+    /// Plain single-head attention of x (L, D) with weights (hd, D) and biases (hd,): softmax(QKᵀ/√hd)V.
+    fn one_head(x: &Tensor, w: [&Tensor; 3], b: [&Tensor; 3]) -> Tensor {
+        let p = |i: usize| {
+            x.matmul(&w[i].t().unwrap())
+                .unwrap()
+                .broadcast_add(b[i])
+                .unwrap()
+        };
+        let (q, k, v) = (p(0), p(1), p(2));
+        let hd = q.dim(1).unwrap() as f64;
+        let s = (q.matmul(&k.t().unwrap()).unwrap() / hd.sqrt()).unwrap();
+        candle_nn::ops::softmax(&s, D::Minus1)
+            .unwrap()
+            .matmul(&v)
+            .unwrap()
+    }
+
+    /// Variant 4's split-head attention equals a spatial attention over the first half of the heads plus a
+    /// temporal attention over the second half, each through its slice of the output projection.
+    #[test]
+    fn split_heads_equal_separate_spatial_and_temporal_attentions_on_half_the_heads() {
+        let cfg = LatteConfig {
+            depth: 2,
+            hidden_size: 16,
+            num_heads: 4,
+            variant: Variant::V4,
+            patch_embed: PatchEmbed::Frame,
+            ..LatteConfig::default()
+        };
+        let varmap = VarMap::new();
+        let block = SplitHeadBlock::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
+        )
+        .unwrap();
+        let mut rng = Generator::new(11);
+        for var in varmap.all_vars() {
+            var.set(&(randn(&mut rng, var.dims()) * 0.3).unwrap())
+                .unwrap();
+        }
+        let get = |n: &str| varmap.data().lock().unwrap()[n].as_tensor().clone();
+        let (qkv_w, qkv_b) = (get("attn.qkv.weight"), get("attn.qkv.bias"));
+        let (proj_w, proj_b) = (get("attn.proj.weight"), get("attn.proj.bias"));
+
+        let (b, f, fv, n, d, heads) = (2, 5, 3, 4, 16, 4);
+        let hd = d / heads;
+        let h = randn(&mut rng, &[b, f, n, d]);
+        let out = block
+            .split_head_attention(&h, None, None, fv, None, false)
+            .unwrap();
+
+        // Weights of head j: rows of q, k, v in the qkv projection; its columns of the output projection.
+        let head_w = |j: usize| -> [Tensor; 3] {
+            [0, 1, 2].map(|p| qkv_w.narrow(0, p * d + j * hd, hd).unwrap())
+        };
+        let head_b = |j: usize| -> [Tensor; 3] {
+            [0, 1, 2].map(|p| qkv_b.narrow(0, p * d + j * hd, hd).unwrap())
+        };
+        let proj_cols = |j: usize| proj_w.narrow(1, j * hd, hd).unwrap();
+        let mut expected = proj_b.broadcast_as((b, f, n, d)).unwrap().to_dense();
+        for bi in 0..b {
+            for j in 0..heads {
+                let (w, bias) = (head_w(j), head_b(j));
+                let wr = [&w[0], &w[1], &w[2]];
+                let br = [&bias[0], &bias[1], &bias[2]];
+                if j < heads / 2 {
+                    for fi in 0..f {
+                        let x = h.get(bi).unwrap().get(fi).unwrap(); // (N, D)
+                        let o = one_head(&x, wr, br)
+                            .matmul(&proj_cols(j).t().unwrap())
+                            .unwrap();
+                        expected.add(bi, Frames::One(fi), &o);
+                    }
+                } else {
+                    for ni in 0..n {
+                        let x = h
+                            .get(bi)
+                            .unwrap()
+                            .narrow(0, 0, fv)
+                            .unwrap()
+                            .narrow(1, ni, 1)
+                            .unwrap()
+                            .squeeze(1)
+                            .unwrap();
+                        let o = one_head(&x, wr, br)
+                            .matmul(&proj_cols(j).t().unwrap())
+                            .unwrap(); // (fv, D)
+                        expected.add(bi, Frames::Position(ni), &o);
+                        for fi in fv..f {
+                            // An image frame attends to itself alone: its value.
+                            let xi = h
+                                .get(bi)
+                                .unwrap()
+                                .get(fi)
+                                .unwrap()
+                                .narrow(0, ni, 1)
+                                .unwrap();
+                            let v = xi
+                                .matmul(&w[2].t().unwrap())
+                                .unwrap()
+                                .broadcast_add(&bias[2])
+                                .unwrap();
+                            let o = v.matmul(&proj_cols(j).t().unwrap()).unwrap(); // (1, D)
+                            expected.add_token(bi, fi, ni, &o);
+                        }
+                    }
+                }
+            }
+        }
+        let got = out.to_dense();
+        let max_err = got
+            .0
+            .iter()
+            .zip(&expected.0)
+            .fold(0f64, |m, (a, e)| m.max((a - e).abs()));
+        assert!(
+            max_err < 1e-10,
+            "split-head attention differs from separate attentions by {max_err}"
+        );
+    }
+
+    /// A dense (B, F, N, D) accumulator for the reference computation.
+    struct Dense(Vec<f64>, [usize; 4]);
+    enum Frames {
+        One(usize),
+        Position(usize),
+    }
+    trait ToDense {
+        fn to_dense(&self) -> Dense;
+    }
+    impl ToDense for Tensor {
+        fn to_dense(&self) -> Dense {
+            let d = self.dims4().unwrap();
+            Dense(
+                self.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+                [d.0, d.1, d.2, d.3],
+            )
+        }
+    }
+    impl Dense {
+        fn idx(&self, b: usize, f: usize, n: usize, c: usize) -> usize {
+            let [_, fs, ns, ds] = self.1;
+            ((b * fs + f) * ns + n) * ds + c
+        }
+        /// Adds o: (N, D) to frame f (`One`) or (Fv, D) to position n across the first frames (`Position`).
+        fn add(&mut self, b: usize, at: Frames, o: &Tensor) {
+            let rows = o.to_vec2::<f64>().unwrap();
+            for (r, row) in rows.iter().enumerate() {
+                let (f, n) = match at {
+                    Frames::One(f) => (f, r),
+                    Frames::Position(n) => (r, n),
+                };
+                for (c, v) in row.iter().enumerate() {
+                    let i = self.idx(b, f, n, c);
+                    self.0[i] += v;
+                }
+            }
+        }
+        fn add_token(&mut self, b: usize, f: usize, n: usize, o: &Tensor) {
+            let row = o.squeeze(0).unwrap().to_vec1::<f64>().unwrap();
+            for (c, v) in row.iter().enumerate() {
+                let i = self.idx(b, f, n, c);
+                self.0[i] += v;
+            }
+        }
     }
 }

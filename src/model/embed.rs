@@ -19,13 +19,23 @@ pub struct PatchEmbedder {
 
 impl PatchEmbedder {
     pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, c, p, s) = (cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.temporal_patch());
+        let (d, c, p, s) = (
+            cfg.hidden_size,
+            cfg.in_channels,
+            cfg.patch_size,
+            cfg.temporal_patch(),
+        );
         let vb = vb.pp("proj");
         let weight = match cfg.patch_embed {
             PatchEmbed::Frame => vb.get((d, c, p, p), "weight")?,
             PatchEmbed::Tubelet => vb.get(vec![d, c, s, p, p], "weight")?,
         };
-        Ok(Self { weight, bias: vb.get(d, "bias")?, patch: p, tubelet: s })
+        Ok(Self {
+            weight,
+            bias: vb.get(d, "bias")?,
+            patch: p,
+            tubelet: s,
+        })
     }
 
     /// (B, F, C, H, W) → (B, F/s, (H/p)·(W/p), D), tokens in row-major patch order.
@@ -40,7 +50,10 @@ impl PatchEmbedder {
             .reshape((b * ft * gh * gw, c * s * p * p))?;
         let d = self.weight.dim(0)?;
         let w = self.weight.reshape((d, c * s * p * p))?;
-        patches.matmul(&w.t()?)?.broadcast_add(&self.bias)?.reshape((b, ft, gh * gw, d))
+        patches
+            .matmul(&w.t()?)?
+            .broadcast_add(&self.bias)?
+            .reshape((b, ft, gh * gw, d))
     }
 }
 
@@ -69,7 +82,8 @@ impl TimestepEmbedder {
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let dtype = self.linear_1.dtype();
         let feats = timestep_features(t, self.frequency_embedding_size)?.to_dtype(dtype)?;
-        self.linear_2.forward(&self.linear_1.forward(&feats)?.silu()?)
+        self.linear_2
+            .forward(&self.linear_1.forward(&feats)?.silu()?)
     }
 }
 
@@ -81,7 +95,9 @@ pub struct LabelEmbedder {
 
 impl LabelEmbedder {
     pub fn new(rows: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { embedding_table: vb.get((rows, hidden), "embedding_table.weight")? })
+        Ok(Self {
+            embedding_table: vb.get((rows, hidden), "embedding_table.weight")?,
+        })
     }
 
     /// labels: any shape of u32 → (..., D).

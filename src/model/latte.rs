@@ -63,18 +63,32 @@ impl Latte {
         let block_vb = vb.pp("blocks");
         let blocks = match cfg.variant {
             Variant::V1 | Variant::V2 => Blocks::Separate(
-                (0..cfg.num_blocks()).map(|i| TransformerBlock::new(cfg, block_vb.pp(i))).collect::<Result<_>>()?,
+                (0..cfg.num_blocks())
+                    .map(|i| TransformerBlock::new(cfg, block_vb.pp(i)))
+                    .collect::<Result<_>>()?,
             ),
             Variant::V3 => Blocks::Factorised(
-                (0..cfg.num_blocks()).map(|i| FactorisedBlock::new(cfg, block_vb.pp(i))).collect::<Result<_>>()?,
+                (0..cfg.num_blocks())
+                    .map(|i| FactorisedBlock::new(cfg, block_vb.pp(i)))
+                    .collect::<Result<_>>()?,
             ),
             Variant::V4 => Blocks::SplitHead(
-                (0..cfg.num_blocks()).map(|i| SplitHeadBlock::new(cfg, block_vb.pp(i))).collect::<Result<_>>()?,
+                (0..cfg.num_blocks())
+                    .map(|i| SplitHeadBlock::new(cfg, block_vb.pp(i)))
+                    .collect::<Result<_>>()?,
             ),
         };
         let (temp_embed, rope) = match cfg.temporal_position {
             TemporalPos::Absolute => (Some(vb.get((1, tokens_t, d), "temp_embed")?), None),
-            TemporalPos::Rope => (None, Some(Rope::new(tokens_t, d / cfg.num_heads, vb.dtype(), vb.device())?)),
+            TemporalPos::Rope => (
+                None,
+                Some(Rope::new(
+                    tokens_t,
+                    d / cfg.num_heads,
+                    vb.dtype(),
+                    vb.device(),
+                )?),
+            ),
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -97,7 +111,12 @@ impl Latte {
     }
 
     /// Timestep and label conditioning. `y_frames` (B, F) holds each frame's label (the clip's for video frames).
-    fn conditioning(&self, t: &Tensor, y_frames: Option<&Tensor>, frames: usize) -> Result<Conditioning> {
+    fn conditioning(
+        &self,
+        t: &Tensor,
+        y_frames: Option<&Tensor>,
+        frames: usize,
+    ) -> Result<Conditioning> {
         let t_emb = self.t_embedder.forward(t)?; // (B, D)
         let (b, d) = t_emb.dims2()?;
         let y_emb = match (&self.y_embedder, y_frames) {
@@ -119,7 +138,13 @@ impl Latte {
                 match &y_emb {
                     Some(y) => {
                         let y_tok = y.unsqueeze(2)?; // (B, F, 1, D)
-                        let spatial = Tensor::cat(&[&t_tok.broadcast_as((b, frames, 1, d))?.contiguous()?, &y_tok], 2)?;
+                        let spatial = Tensor::cat(
+                            &[
+                                &t_tok.broadcast_as((b, frames, 1, d))?.contiguous()?,
+                                &y_tok,
+                            ],
+                            2,
+                        )?;
                         let temporal = Tensor::cat(&[&t_tok, &y_tok.narrow(1, 0, 1)?], 2)?;
                         (spatial, temporal)
                     }
@@ -127,7 +152,11 @@ impl Latte {
                 }
             }
         };
-        Ok(Conditioning { spatial, temporal, injection: self.cfg.injection })
+        Ok(Conditioning {
+            spatial,
+            temporal,
+            injection: self.cfg.injection,
+        })
     }
 
     /// Forward pass. x: (B, F, C, H, W) with F = num_frames + use_image_num; t: (B,) timesteps (any float or int
@@ -161,17 +190,28 @@ impl Latte {
         let cond = self.conditioning(t, y_frames.as_ref(), f_tokens)?;
         let step = |x: Tensor| if grad { x } else { x.detach() };
 
-        let mut x = self.x_embedder.forward(x)?.broadcast_add(&self.pos_embed.unsqueeze(0)?)?; // (B, F', N, D)
+        let mut x = self
+            .x_embedder
+            .forward(x)?
+            .broadcast_add(&self.pos_embed.unsqueeze(0)?)?; // (B, F', N, D)
         match &self.blocks {
             Blocks::Separate(blocks) => {
                 let half = blocks.len() / 2;
                 let (spatial, temporal): (Vec<_>, Vec<_>) = match self.cfg.variant {
-                    Variant::V2 => (blocks[..half].iter().collect(), blocks[half..].iter().collect()),
-                    _ => (blocks.iter().step_by(2).collect(), blocks.iter().skip(1).step_by(2).collect()),
+                    Variant::V2 => (
+                        blocks[..half].iter().collect(),
+                        blocks[half..].iter().collect(),
+                    ),
+                    _ => (
+                        blocks.iter().step_by(2).collect(),
+                        blocks.iter().skip(1).step_by(2).collect(),
+                    ),
                 };
                 let interleaved = self.cfg.variant == Variant::V1;
                 let stage = |x: Tensor, blk: &TransformerBlock, first: bool| -> Result<Tensor> {
-                    self.temporal_stage(&x, fv, first, |v| blk.forward(v, cond.temporal(), self.rope.as_ref(), grad))
+                    self.temporal_stage(&x, fv, first, |v| {
+                        blk.forward(v, cond.temporal(), self.rope.as_ref(), grad)
+                    })
                 };
                 if interleaved {
                     for (i, (s, tb)) in spatial.iter().zip(&temporal).enumerate() {
@@ -202,7 +242,14 @@ impl Latte {
                     x = add_to_video(&x, fv, &te.unsqueeze(2)?)?;
                 }
                 for blk in blocks {
-                    x = step(blk.forward(&x, cond.spatial(), cond.temporal(), fv, self.rope.as_ref(), grad)?);
+                    x = step(blk.forward(
+                        &x,
+                        cond.spatial(),
+                        cond.temporal(),
+                        fv,
+                        self.rope.as_ref(),
+                        grad,
+                    )?);
                 }
             }
         }
@@ -236,7 +283,11 @@ impl Latte {
 
     /// (B, F', N, p·p·s·C) → (B, F'·s, C, H, W), inverting the patch order of [`PatchEmbedder`].
     fn unpatchify(&self, x: &Tensor, b: usize, h: usize, w: usize) -> Result<Tensor> {
-        let (p, s, c) = (self.cfg.patch_size, self.cfg.temporal_patch(), self.cfg.out_channels());
+        let (p, s, c) = (
+            self.cfg.patch_size,
+            self.cfg.temporal_patch(),
+            self.cfg.out_channels(),
+        );
         let ft = x.dim(1)?;
         let (gh, gw) = (h / p, w / p);
         x.reshape(vec![b, ft, gh, gw, s, p, p, c])?
@@ -247,7 +298,13 @@ impl Latte {
     /// Classifier-free guidance as the official code: the batch is [cond half | uncond half] (labels for the
     /// second half should be the null class); the model runs on the first half of `x` twice, and the first
     /// `in_channels` output channels become uncond + scale · (cond − uncond) for both halves.
-    pub fn forward_with_cfg(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, cfg_scale: f64) -> Result<Tensor> {
+    pub fn forward_with_cfg(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        cfg_scale: f64,
+    ) -> Result<Tensor> {
         let b = x.dim(0)?;
         let half = x.narrow(0, 0, b / 2)?;
         let combined = Tensor::cat(&[&half, &half], 0)?;

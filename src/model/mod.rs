@@ -42,7 +42,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
     let ordinal = match spec {
         "cuda" => Some(0),
-        s => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
     };
     match ordinal {
         None => Err(value_error("device", "\"cpu\", \"cuda\" or \"cuda:N\"", format!("{spec:?}"))),
@@ -67,12 +69,19 @@ impl LatteModel {
     pub fn uninitialised(cfg: &LatteConfig, device: &Device, dtype: DType) -> Result<Self> {
         cfg.validate()?;
         if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
-            return Err(LatteError::Type(format!("dtype: expected a float dtype, got {dtype:?}")));
+            return Err(LatteError::Type(format!(
+                "dtype: expected a float dtype, got {dtype:?}"
+            )));
         }
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, dtype, device);
         let model = Latte::new(cfg, vb)?;
-        Ok(Self { cfg: cfg.clone(), varmap, model, device: device.clone() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            varmap,
+            model,
+            device: device.clone(),
+        })
     }
 
     pub fn config(&self) -> &LatteConfig {
@@ -100,8 +109,11 @@ impl LatteModel {
     /// The trainable variables, sorted by name.
     pub fn trainable_vars(&self) -> Vec<(String, candle_core::Var)> {
         let data = self.varmap.data().lock().expect("parameter map lock");
-        let mut vars: Vec<_> =
-            data.iter().filter(|(n, _)| is_trainable(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
+        let mut vars: Vec<_> = data
+            .iter()
+            .filter(|(n, _)| is_trainable(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars
     }
@@ -109,44 +121,77 @@ impl LatteModel {
     /// Number of parameters; with `trainable_only`, without the fixed sin-cos tables.
     pub fn num_parameters(&self, trainable_only: bool) -> usize {
         let data = self.varmap.data().lock().expect("parameter map lock");
-        data.iter().filter(|(n, _)| !trainable_only || is_trainable(n)).map(|(_, v)| v.elem_count()).sum()
+        data.iter()
+            .filter(|(n, _)| !trainable_only || is_trainable(n))
+            .map(|(_, v)| v.elem_count())
+            .sum()
     }
 
     /// Every parameter by its official name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
         let data = self.varmap.data().lock().expect("parameter map lock");
-        data.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        data.iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
     }
 
     /// Loads parameters by name. Shape mismatches are always an error; with `strict`, missing and unexpected keys
     /// are too. The message lists every offending key.
-    pub fn load_state_dict(&self, state: &HashMap<String, Tensor>, strict: bool) -> Result<LoadReport> {
-        let data = self.varmap.data().lock().map_err(|_| LatteError::StateDict("parameter map lock poisoned".into()))?;
+    pub fn load_state_dict(
+        &self,
+        state: &HashMap<String, Tensor>,
+        strict: bool,
+    ) -> Result<LoadReport> {
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| LatteError::StateDict("parameter map lock poisoned".into()))?;
         let mut report = LoadReport::default();
         let mut mismatched = Vec::new();
         for (name, var) in data.iter() {
             match state.get(name) {
                 None => report.missing.push(name.clone()),
-                Some(t) if t.dims() != var.dims() => {
-                    mismatched.push(format!("{name}: expected {:?}, got {:?}", var.dims(), t.dims()))
-                }
+                Some(t) if t.dims() != var.dims() => mismatched.push(format!(
+                    "{name}: expected {:?}, got {:?}",
+                    var.dims(),
+                    t.dims()
+                )),
                 Some(_) => {}
             }
         }
-        report.unexpected = state.keys().filter(|k| !data.contains_key(*k)).cloned().collect();
+        report.unexpected = state
+            .keys()
+            .filter(|k| !data.contains_key(*k))
+            .cloned()
+            .collect();
         report.missing.sort();
         report.unexpected.sort();
         mismatched.sort();
-        if !mismatched.is_empty() || (strict && (!report.missing.is_empty() || !report.unexpected.is_empty())) {
+        if !mismatched.is_empty()
+            || (strict && (!report.missing.is_empty() || !report.unexpected.is_empty()))
+        {
             let mut msg = String::from("state dict does not match the model:");
             if !report.missing.is_empty() {
-                msg += &format!("\n  missing keys ({}): {}", report.missing.len(), report.missing.join(", "));
+                msg += &format!(
+                    "\n  missing keys ({}): {}",
+                    report.missing.len(),
+                    report.missing.join(", ")
+                );
             }
             if !report.unexpected.is_empty() {
-                msg += &format!("\n  unexpected keys ({}): {}", report.unexpected.len(), report.unexpected.join(", "));
+                msg += &format!(
+                    "\n  unexpected keys ({}): {}",
+                    report.unexpected.len(),
+                    report.unexpected.join(", ")
+                );
             }
             if !mismatched.is_empty() {
-                msg += &format!("\n  mis-shaped keys ({}): {}", mismatched.len(), mismatched.join("; "));
+                msg += &format!(
+                    "\n  mis-shaped keys ({}): {}",
+                    mismatched.len(),
+                    mismatched.join("; ")
+                );
             }
             return Err(LatteError::StateDict(msg));
         }
@@ -164,7 +209,11 @@ impl LatteModel {
         let state = self.state_dict();
         let metadata = HashMap::from([("latte_config".to_string(), self.cfg.to_json()?)]);
         crate::io::write_atomic(path, |tmp| {
-            safetensors::serialize_to_file(state.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata), tmp)?;
+            safetensors::serialize_to_file(
+                state.iter().map(|(k, v)| (k.as_str(), v)),
+                Some(metadata),
+                tmp,
+            )?;
             Ok(())
         })
     }
@@ -180,7 +229,11 @@ impl LatteModel {
             .ok_or_else(|| LatteError::Value(format!("{}: no latte_config in the safetensors metadata; not a file written by LatteModel.save", path.display())))?;
         let cfg = LatteConfig::from_json(cfg_json)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
-        let dtype = tensors.values().next().map(|t| t.dtype()).unwrap_or(DType::F32);
+        let dtype = tensors
+            .values()
+            .next()
+            .map(|t| t.dtype())
+            .unwrap_or(DType::F32);
         let model = Self::uninitialised(&cfg, device, dtype)?;
         model.load_state_dict(&tensors, true)?;
         Ok(model)
@@ -188,29 +241,59 @@ impl LatteModel {
 
     /// Validated forward pass (no gradient). x: (B, F, C, H, W) float; t: (B,) timesteps; y: (B,) labels;
     /// y_image: (B, F - num_frames) labels of the image frames.
-    pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (x, t, y, y_image) = self.prepare(x, t, y, y_image)?;
-        Ok(self.model.forward(&x, &t, y.as_ref(), y_image.as_ref(), false)?)
+        Ok(self
+            .model
+            .forward(&x, &t, y.as_ref(), y_image.as_ref(), false)?)
     }
 
     /// Validated forward pass that keeps the autograd graph (for training and gradient checks).
-    pub fn forward_train(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (x, t, y, y_image) = self.prepare(x, t, y, y_image)?;
-        Ok(self.model.forward(&x, &t, y.as_ref(), y_image.as_ref(), true)?)
+        Ok(self
+            .model
+            .forward(&x, &t, y.as_ref(), y_image.as_ref(), true)?)
     }
 
     /// Classifier-free guidance as the official `forward_with_cfg` (see [`Latte::forward_with_cfg`]).
-    pub fn forward_with_cfg(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, cfg_scale: f64) -> Result<Tensor> {
+    pub fn forward_with_cfg(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        cfg_scale: f64,
+    ) -> Result<Tensor> {
         let b = x.dims().first().copied().unwrap_or(0);
         if b % 2 != 0 {
-            return Err(value_error("x", "an even batch (conditional half, then unconditional half)", format!("batch {b}")));
+            return Err(value_error(
+                "x",
+                "an even batch (conditional half, then unconditional half)",
+                format!("batch {b}"),
+            ));
         }
         if !cfg_scale.is_finite() {
             return Err(value_error("cfg_scale", "a finite number", cfg_scale));
         }
         let (x, t, y, _) = self.prepare(x, t, y, None)?;
         if x.dim(1)? != self.cfg.num_frames {
-            return Err(value_error("x", format!("{} frames for guided sampling", self.cfg.num_frames), x.dim(1)?));
+            return Err(value_error(
+                "x",
+                format!("{} frames for guided sampling", self.cfg.num_frames),
+                x.dim(1)?,
+            ));
         }
         Ok(self.model.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale)?)
     }
@@ -226,7 +309,10 @@ impl LatteModel {
     ) -> Result<(Tensor, Tensor, Option<Tensor>, Option<Tensor>)> {
         let cfg = &self.cfg;
         if !x.dtype().is_float() {
-            return Err(LatteError::Type(format!("x: expected a floating-point array, got {:?}", x.dtype())));
+            return Err(LatteError::Type(format!(
+                "x: expected a floating-point array, got {:?}",
+                x.dtype()
+            )));
         }
         let dims = x.dims();
         let (f_min, f_max) = (cfg.num_frames, cfg.num_frames + cfg.use_image_num);
@@ -240,40 +326,76 @@ impl LatteModel {
             cfg.in_channels, cfg.input_size, cfg.input_size
         );
         if dims.len() != 5 {
-            return Err(value_error("x", expected, format!("shape {dims:?} (rank {})", dims.len())));
+            return Err(value_error(
+                "x",
+                expected,
+                format!("shape {dims:?} (rank {})", dims.len()),
+            ));
         }
         let (b, f) = (dims[0], dims[1]);
-        if b == 0 || f < f_min || f > f_max || dims[2] != cfg.in_channels || dims[3] != cfg.input_size || dims[4] != cfg.input_size {
+        if b == 0
+            || f < f_min
+            || f > f_max
+            || dims[2] != cfg.in_channels
+            || dims[3] != cfg.input_size
+            || dims[4] != cfg.input_size
+        {
             return Err(value_error("x", expected, format!("shape {dims:?}")));
         }
         let sum = x.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         if !sum.is_finite() {
-            return Err(LatteError::Value("x: expected finite values, got NaN or infinity".into()));
+            return Err(LatteError::Value(
+                "x: expected finite values, got NaN or infinity".into(),
+            ));
         }
         // Timesteps.
         if t.dims() != [b] {
-            return Err(value_error("t", format!("shape ({b},) (one timestep per clip)"), format!("shape {:?}", t.dims())));
+            return Err(value_error(
+                "t",
+                format!("shape ({b},) (one timestep per clip)"),
+                format!("shape {:?}", t.dims()),
+            ));
         }
         let tv = t.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        if let Some(bad) = tv.iter().find(|v| !(**v >= 0.0 && **v < NUM_TRAIN_TIMESTEPS)) {
-            return Err(value_error("t", format!("timesteps in [0, {NUM_TRAIN_TIMESTEPS})"), bad));
+        if let Some(bad) = tv
+            .iter()
+            .find(|v| !(**v >= 0.0 && **v < NUM_TRAIN_TIMESTEPS))
+        {
+            return Err(value_error(
+                "t",
+                format!("timesteps in [0, {NUM_TRAIN_TIMESTEPS})"),
+                bad,
+            ));
         }
         let t = t.to_dtype(DType::F32)?.to_device(&self.device)?;
         // Labels.
         let rows = cfg.label_table_rows();
         let labels = |arg: &str, l: &Tensor, shape: &[usize]| -> Result<Tensor> {
             if l.dtype().is_float() {
-                return Err(LatteError::Type(format!("{arg}: expected integer class labels, got {:?}", l.dtype())));
+                return Err(LatteError::Type(format!(
+                    "{arg}: expected integer class labels, got {:?}",
+                    l.dtype()
+                )));
             }
             if l.dims() != shape {
-                return Err(value_error(arg, format!("shape {shape:?}"), format!("shape {:?}", l.dims())));
+                return Err(value_error(
+                    arg,
+                    format!("shape {shape:?}"),
+                    format!("shape {:?}", l.dims()),
+                ));
             }
             let v = l.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
             if let Some(bad) = v.iter().find(|v| **v < 0 || **v as usize >= rows) {
                 let range = if rows > cfg.num_classes {
-                    format!("labels in [0, {}] ({} is the null class)", cfg.num_classes, cfg.num_classes)
+                    format!(
+                        "labels in [0, {}] ({} is the null class)",
+                        cfg.num_classes, cfg.num_classes
+                    )
                 } else {
-                    format!("labels in [0, {}) (class_dropout_prob = 0: no null class)", cfg.num_classes)
+                    format!(
+                        "labels in [0, {}) (class_dropout_prob = 0: no null class)",
+                        cfg.num_classes
+                    )
                 };
                 return Err(value_error(arg, range, bad));
             }
@@ -281,10 +403,14 @@ impl LatteModel {
         };
         let y = match (y, cfg.num_classes) {
             (Some(_), 0) => {
-                return Err(LatteError::Value("y: the model is unconditional (num_classes = 0); pass y=None".into()))
+                return Err(LatteError::Value(
+                    "y: the model is unconditional (num_classes = 0); pass y=None".into(),
+                ))
             }
             (None, n) if n > 0 => {
-                return Err(LatteError::Value(format!("y: the model is class-conditional ({n} classes); labels are required")))
+                return Err(LatteError::Value(format!(
+                    "y: the model is class-conditional ({n} classes); labels are required"
+                )))
             }
             (Some(l), _) => Some(labels("y", l, &[b])?),
             (None, _) => None,
@@ -292,7 +418,11 @@ impl LatteModel {
         let images = f - f_min;
         let y_image = match (y_image, &y) {
             (None, _) => None,
-            (Some(_), None) => return Err(LatteError::Value("y_image: given without y (unconditional model?)".into())),
+            (Some(_), None) => {
+                return Err(LatteError::Value(
+                    "y_image: given without y (unconditional model?)".into(),
+                ))
+            }
             (Some(l), Some(_)) => Some(labels("y_image", l, &[b, images])?),
         };
         let x = x.to_dtype(self.dtype())?.to_device(&self.device)?;
@@ -304,7 +434,8 @@ impl LatteConfig {
     /// Parameter count of a model with this config (`trainable_only`: without the sin-cos tables), computed by
     /// building it with zero parameters (lazily committed zero pages, so even XL costs little).
     pub fn num_parameters(&self, trainable_only: bool) -> Result<usize> {
-        Ok(LatteModel::uninitialised(self, &Device::Cpu, DType::F32)?.num_parameters(trainable_only))
+        Ok(LatteModel::uninitialised(self, &Device::Cpu, DType::F32)?
+            .num_parameters(trainable_only))
     }
 }
 

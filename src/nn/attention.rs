@@ -26,7 +26,13 @@ impl AttentionKernel {
 }
 
 /// q, k, v: (G, heads, L, head_dim). Returns (G, heads, Lq, head_dim).
-pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionKernel, grad: bool) -> Result<Tensor> {
+pub fn scaled_dot_product(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: AttentionKernel,
+    grad: bool,
+) -> Result<Tensor> {
     let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
     match kernel {
         AttentionKernel::Math => sdpa_math(q, k, v, scale, grad),
@@ -37,7 +43,15 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionK
             }
             let parts = (0..len)
                 .step_by(chunk)
-                .map(|start| sdpa_math(&q.narrow(2, start, chunk.min(len - start))?, k, v, scale, grad))
+                .map(|start| {
+                    sdpa_math(
+                        &q.narrow(2, start, chunk.min(len - start))?,
+                        k,
+                        v,
+                        scale,
+                        grad,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&parts, 2)
         }
@@ -65,7 +79,11 @@ fn sdpa_flash(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Res
     }
     // candle-flash-attn wants (batch, seq, heads, head_dim) in f16/bf16.
     let dtype = q.dtype();
-    let half = if dtype == candle_core::DType::BF16 { dtype } else { candle_core::DType::F16 };
+    let half = if dtype == candle_core::DType::BF16 {
+        dtype
+    } else {
+        candle_core::DType::F16
+    };
     let prep = |t: &Tensor| t.transpose(1, 2)?.contiguous()?.to_dtype(half);
     let out = candle_flash_attn::flash_attn(&prep(q)?, &prep(k)?, &prep(v)?, scale as f32, false)?;
     out.transpose(1, 2)?.contiguous()?.to_dtype(dtype)
@@ -81,7 +99,12 @@ fn sdpa_flash(_q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f64, _grad: bool) -
 
 /// Splits a (G, L, 3, heads, head_dim) projection into q, k, v of shape (G, heads, L, head_dim).
 pub fn unbind_qkv(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
+    let part = |i: usize| {
+        qkv.narrow(2, i, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()
+    };
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
@@ -95,7 +118,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(dim: usize, num_heads: usize, kernel: AttentionKernel, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        num_heads: usize,
+        kernel: AttentionKernel,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             qkv: Linear::new(dim, 3 * dim, true, vb.pp("qkv"))?,
             proj: Linear::new(dim, dim, true, vb.pp("proj"))?,
@@ -129,9 +157,17 @@ impl Attention {
     /// Self-attention within each of the S sequences of `x` (B, S, L, D). `extra` (B, S or 1, K, D) are
     /// conditioning tokens that join every sequence as keys and values only (their own outputs would be
     /// discarded, so their queries are never computed). `rope` rotates the queries and keys of `x` by position.
-    pub fn forward(&self, x: &Tensor, extra: Option<&Tensor>, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        extra: Option<&Tensor>,
+        rope: Option<&Rope>,
+        grad: bool,
+    ) -> Result<Tensor> {
         let (b, s, l, d) = x.dims4()?;
-        let qkv = self.project_qkv(x)?.reshape((b * s, l, 3, self.num_heads, d / self.num_heads))?;
+        let qkv =
+            self.project_qkv(x)?
+                .reshape((b * s, l, 3, self.num_heads, d / self.num_heads))?;
         let extra_qkv = match extra {
             Some(e) => Some(self.project_qkv(e)?),
             None => None,
@@ -163,7 +199,9 @@ pub fn attend_heads(
             let &[_, _, kx, three, h, hd] = e.dims() else {
                 candle_core::bail!("extra qkv must have rank 6, got {:?}", e.dims())
             };
-            let e = e.broadcast_as(vec![b, s, kx, three, h, hd])?.reshape((b * s, kx, three, h, hd))?;
+            let e =
+                e.broadcast_as(vec![b, s, kx, three, h, hd])?
+                    .reshape((b * s, kx, three, h, hd))?;
             let (_, ek, ev) = unbind_qkv(&e)?;
             (Tensor::cat(&[&k, &ek], 2)?, Tensor::cat(&[&v, &ev], 2)?)
         }

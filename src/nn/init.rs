@@ -35,7 +35,9 @@ fn initial_value(name: &str, dims: &[usize], cfg: &LatteConfig, rng: &mut Genera
     if name.contains("adaLN_modulation") || name.starts_with("final_layer.linear") {
         return vec![0.0; n];
     }
-    if name.starts_with("t_embedder.mlp.") && is_weight || name == "y_embedder.embedding_table.weight" {
+    if name.starts_with("t_embedder.mlp.") && is_weight
+        || name == "y_embedder.embedding_table.weight"
+    {
         return rng.normal(n, 0.0, 0.02);
     }
     if name.contains("norm") {
@@ -56,7 +58,10 @@ fn initial_value(name: &str, dims: &[usize], cfg: &LatteConfig, rng: &mut Genera
 /// Names are visited in sorted order, so the same seed gives the same weights whatever the map's order.
 pub fn init_weights(varmap: &VarMap, cfg: &LatteConfig, seed: u64) -> Result<()> {
     let mut rng = Generator::new(seed);
-    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("parameter map lock poisoned".into()))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("parameter map lock poisoned".into()))?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for name in names {

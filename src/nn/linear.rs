@@ -14,7 +14,11 @@ impl Linear {
     /// Reads `weight` (out, in) and, if `bias`, `bias` (out,) under `vb`.
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -43,7 +47,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: Linear::new(dim, hidden, true, vb.pp("fc1"))?, fc2: Linear::new(hidden, dim, true, vb.pp("fc2"))? })
+        Ok(Self {
+            fc1: Linear::new(dim, hidden, true, vb.pp("fc1"))?,
+            fc2: Linear::new(hidden, dim, true, vb.pp("fc2"))?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -18,7 +18,10 @@ impl LayerNorm {
 
     /// A LayerNorm with `weight` and `bias` under `vb`.
     pub fn affine(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { affine: Some((vb.get(dim, "weight")?, vb.get(dim, "bias")?)), eps })
+        Ok(Self {
+            affine: Some((vb.get(dim, "weight")?, vb.get(dim, "bias")?)),
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
@@ -35,11 +38,18 @@ impl LayerNorm {
             let dim = x.dim(D::Minus1)?;
             let (w, b) = match &self.affine {
                 Some((w, b)) => (w.clone(), b.clone()),
-                None => (Tensor::ones(dim, x.dtype(), x.device())?, Tensor::zeros(dim, x.dtype(), x.device())?),
+                None => (
+                    Tensor::ones(dim, x.dtype(), x.device())?,
+                    Tensor::zeros(dim, x.dtype(), x.device())?,
+                ),
             };
             if x.dtype() == DType::F64 {
                 // The fused kernel has no f64 path; f64 is for gradient checks, where speed does not matter.
-                return Self { affine: Some((w, b)), eps: self.eps }.forward(x, true);
+                return Self {
+                    affine: Some((w, b)),
+                    eps: self.eps,
+                }
+                .forward(x, true);
             }
             candle_nn::ops::layer_norm(&x.contiguous()?, &w, &b, self.eps as f32)
         }

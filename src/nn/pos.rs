@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Result, Tensor, D};
 /// 1D sin-cos table (len, dim) for positions 0..len: `[sin(p ω), cos(p ω)]`, ω_i = 10000^(-2i/dim), in f64.
 pub fn sincos_1d(dim: usize, positions: &[f64]) -> Vec<f64> {
     let half = dim / 2;
-    let omega: Vec<f64> = (0..half).map(|i| 1.0 / 10000f64.powf(i as f64 / half as f64)).collect();
+    let omega: Vec<f64> = (0..half)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / half as f64))
+        .collect();
     let mut out = Vec::with_capacity(positions.len() * dim);
     for &p in positions {
         out.extend(omega.iter().map(|w| (p * w).sin()));
@@ -22,16 +24,28 @@ pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f64> {
     let a = sincos_1d(dim / 2, &cols);
     let b = sincos_1d(dim / 2, &rows);
     let half = dim / 2;
-    (0..grid * grid).flat_map(|i| a[i * half..(i + 1) * half].iter().chain(&b[i * half..(i + 1) * half]).copied()).collect()
+    (0..grid * grid)
+        .flat_map(|i| {
+            a[i * half..(i + 1) * half]
+                .iter()
+                .chain(&b[i * half..(i + 1) * half])
+                .copied()
+        })
+        .collect()
 }
 
 /// Sinusoidal timestep features (B, dim) = `[cos(t f), sin(t f)]`, f_i = exp(-ln(10000) i / half), computed in f32
 /// like the reference.
 pub fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
+        .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
     let mut emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
     if dim % 2 == 1 {
         emb = Tensor::cat(&[&emb, &emb.narrow(1, 0, 1)?.zeros_like()?], 1)?;
@@ -74,7 +88,8 @@ impl Rope {
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)?.broadcast_add(&rotated.broadcast_mul(&self.sin)?)
+        x.broadcast_mul(&self.cos)?
+            .broadcast_add(&rotated.broadcast_mul(&self.sin)?)
     }
 }
 
@@ -91,5 +106,62 @@ mod tests {
         let row_part = sincos_1d(4, &[1.0]);
         assert_eq!(&row[..4], &col_part[..]);
         assert_eq!(&row[4..], &row_part[..]);
+    }
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+    use crate::rng::Generator;
+
+    /// With the same query at every position and the same key at every position, RoPE makes the score of
+    /// (m, n) depend on m - n only.
+    #[test]
+    fn rope_scores_depend_only_on_relative_position() {
+        let (len, hd) = (7, 8);
+        let mut rng = Generator::new(0);
+        let row = |rng: &mut Generator| {
+            let v = rng.normal(hd, 0.0, 1.0);
+            Tensor::from_vec(v.repeat(len), (1, 1, len, hd), &Device::Cpu).unwrap()
+        };
+        let (q, k) = (row(&mut rng), row(&mut rng));
+        let rope = Rope::new(len, hd, DType::F64, &Device::Cpu).unwrap();
+        let scores = rope
+            .apply(&q)
+            .unwrap()
+            .matmul(&rope.apply(&k).unwrap().t().unwrap())
+            .unwrap();
+        let s = scores
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        for m in 0..len - 1 {
+            for n in 0..len - 1 {
+                assert!((s[m][n] - s[m + 1][n + 1]).abs() < 1e-12, "({m},{n})");
+            }
+        }
+        // And it does depend on the offset: position 0 vs 3 differs from 0 vs 0.
+        assert!((s[0][0] - s[0][3]).abs() > 1e-6);
+        // Rotation preserves norms.
+        let qn = q
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let rn = rope
+            .apply(&q)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!((qn - rn).abs() < 1e-9 * qn);
     }
 }

@@ -1,7 +1,10 @@
 //! NumPy / DLPack arrays in, NumPy arrays out.
 
 use candle_core::{DType, Device, Tensor};
-use numpy::{PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
@@ -16,15 +19,23 @@ fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, Py
         obj.clone()
     } else if obj.hasattr("__dlpack__")? {
         // torch refuses to export tensors that require grad; the values are what we need.
-        let src = if obj.hasattr("detach")? { obj.call_method0("detach")? } else { obj.clone() };
+        let src = if obj.hasattr("detach")? {
+            obj.call_method0("detach")?
+        } else {
+            obj.clone()
+        };
         np.call_method1("from_dlpack", (src,)).map_err(|e| {
             PyTypeError::new_err(format!(
                 "{arg}: could not read the array through DLPack ({e}); pass a CPU tensor or a NumPy array"
             ))
         })?
     } else {
-        np.call_method1("asarray", (obj,))
-            .map_err(|e| PyTypeError::new_err(format!("{arg}: expected an array, got {} ({e})", obj.get_type())))?
+        np.call_method1("asarray", (obj,)).map_err(|e| {
+            PyTypeError::new_err(format!(
+                "{arg}: expected an array, got {} ({e})",
+                obj.get_type()
+            ))
+        })?
     };
     let arr = np.call_method1("ascontiguousarray", (arr,))?;
     Ok(arr.cast_into::<PyUntypedArray>()?)
@@ -32,7 +43,10 @@ fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, Py
 
 fn slice_of<'py, T: numpy::Element + Copy>(arr: &Bound<'py, PyUntypedArray>) -> PyResult<Vec<T>> {
     let typed: PyReadonlyArrayDyn<'py, T> = arr.extract()?;
-    Ok(typed.as_slice().map(|s| s.to_vec()).unwrap_or_else(|_| typed.as_array().iter().copied().collect()))
+    Ok(typed
+        .as_slice()
+        .map(|s| s.to_vec())
+        .unwrap_or_else(|_| typed.as_array().iter().copied().collect()))
 }
 
 /// Converts an array-like to a tensor: floats keep f32/f64 (f16 becomes f32), integers become i64. Booleans,
@@ -46,11 +60,15 @@ pub fn to_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
         (b'f', 8) => Tensor::from_vec(slice_of::<f64>(&arr)?, shape, &Device::Cpu),
         (b'f', 4) => Tensor::from_vec(slice_of::<f32>(&arr)?, shape, &Device::Cpu),
         (b'f', _) => {
-            let a = arr.call_method1("astype", ("float32",))?.cast_into::<PyUntypedArray>()?;
+            let a = arr
+                .call_method1("astype", ("float32",))?
+                .cast_into::<PyUntypedArray>()?;
             Tensor::from_vec(slice_of::<f32>(&a)?, shape, &Device::Cpu)
         }
         (b'i' | b'u', _) => {
-            let a = arr.call_method1("astype", ("int64",))?.cast_into::<PyUntypedArray>()?;
+            let a = arr
+                .call_method1("astype", ("int64",))?
+                .cast_into::<PyUntypedArray>()?;
             Tensor::from_vec(slice_of::<i64>(&a)?, shape, &Device::Cpu)
         }
         _ => {
@@ -69,9 +87,13 @@ pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>>
     let dims = t.dims().to_vec();
     let flat = t.flatten_all().py()?;
     let arr = if t.dtype() == DType::F64 {
-        PyArray1::from_vec(py, flat.to_vec1::<f64>().py()?).reshape(dims)?.into_any()
+        PyArray1::from_vec(py, flat.to_vec1::<f64>().py()?)
+            .reshape(dims)?
+            .into_any()
     } else {
-        PyArray1::from_vec(py, flat.to_dtype(DType::F32).py()?.to_vec1::<f32>().py()?).reshape(dims)?.into_any()
+        PyArray1::from_vec(py, flat.to_dtype(DType::F32).py()?.to_vec1::<f32>().py()?)
+            .reshape(dims)?
+            .into_any()
     };
     Ok(arr)
 }

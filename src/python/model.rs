@@ -20,11 +20,16 @@ fn py_to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
     } else if obj.is_instance_of::<PyInt>() {
         Ok(Value::from(obj.extract::<i64>()?))
     } else if obj.is_instance_of::<PyFloat>() {
-        Ok(serde_json::Number::from_f64(obj.extract()?).map(Value::Number).unwrap_or(Value::Null))
+        Ok(serde_json::Number::from_f64(obj.extract()?)
+            .map(Value::Number)
+            .unwrap_or(Value::Null))
     } else if obj.is_instance_of::<PyString>() {
         Ok(Value::String(obj.extract()?))
     } else {
-        Err(PyTypeError::new_err(format!("{key}: expected a bool, int, float or str, got {}", obj.get_type())))
+        Err(PyTypeError::new_err(format!(
+            "{key}: expected a bool, int, float or str, got {}",
+            obj.get_type()
+        )))
     }
 }
 
@@ -42,14 +47,24 @@ fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Applies keyword overrides to `base`, checking each key on its own so an error names the argument.
-fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<LatteConfig> {
+fn apply_overrides(
+    base: &LatteConfig,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<LatteConfig> {
     let mut value = serde_json::to_value(base).py()?;
-    let Some(kwargs) = kwargs else { return Ok(base.clone()) };
-    let fields: Vec<String> = value.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let Some(kwargs) = kwargs else {
+        return Ok(base.clone());
+    };
+    let fields: Vec<String> = value
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     for (k, v) in kwargs.iter() {
         let key: String = k.extract()?;
         if key == "image_size" {
-            let size: usize = v.extract().map_err(|_| PyTypeError::new_err("image_size: expected an int"))?;
+            let size: usize = v
+                .extract()
+                .map_err(|_| PyTypeError::new_err("image_size: expected an int"))?;
             if size == 0 || size % 8 != 0 {
                 return Err(PyValueError::new_err(format!(
                     "image_size: expected a positive multiple of 8 (the VAE downsamples by 8), got {size}"
@@ -120,7 +135,9 @@ impl PyLatteConfig {
 
     #[staticmethod]
     fn from_json(s: &str) -> PyResult<Self> {
-        Ok(Self { inner: LatteConfig::from_json(s).py()? })
+        Ok(Self {
+            inner: LatteConfig::from_json(s).py()?,
+        })
     }
 
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -153,7 +170,9 @@ impl PyLatteConfig {
         let value = serde_json::to_value(&self.inner).py()?;
         match value.get(name) {
             Some(v) => json_to_py(py, v),
-            None => Err(PyAttributeError::new_err(format!("LatteConfig has no attribute {name:?}"))),
+            None => Err(PyAttributeError::new_err(format!(
+                "LatteConfig has no attribute {name:?}"
+            ))),
         }
     }
 
@@ -163,8 +182,18 @@ impl PyLatteConfig {
             .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
             .unwrap_or_default();
         names.extend(
-            ["preset", "preset_names", "replace", "to_json", "from_json", "to_dict", "from_dict", "num_parameters", "out_channels"]
-                .map(String::from),
+            [
+                "preset",
+                "preset_names",
+                "replace",
+                "to_json",
+                "from_json",
+                "to_dict",
+                "from_dict",
+                "num_parameters",
+                "out_channels",
+            ]
+            .map(String::from),
         );
         names
     }
@@ -173,7 +202,12 @@ impl PyLatteConfig {
         let fields = serde_json::to_value(&self.inner)
             .ok()
             .and_then(|v| v.as_object().cloned())
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default();
         format!("LatteConfig({fields})")
     }
@@ -215,11 +249,19 @@ pub struct PyLatteModel {
 impl PyLatteModel {
     #[new]
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
-    fn new(py: Python<'_>, config: &PyLatteConfig, device: &str, seed: u64, dtype: &str) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        config: &PyLatteConfig,
+        device: &str,
+        seed: u64,
+        dtype: &str,
+    ) -> PyResult<Self> {
         let device = parse_device(device).py()?;
         let dtype = parse_dtype(dtype)?;
         let cfg = config.inner.clone();
-        let inner = py.detach(|| LatteModel::new(&cfg, &device, dtype, seed)).py()?;
+        let inner = py
+            .detach(|| LatteModel::new(&cfg, &device, dtype, seed))
+            .py()?;
         Ok(Self { inner })
     }
 
@@ -237,7 +279,9 @@ impl PyLatteModel {
         let t = to_tensor(t, "t")?;
         let y = y.map(|v| to_tensor(v, "y")).transpose()?;
         let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
-        let out = py.detach(|| self.inner.forward(&x, &t, y.as_ref(), y_image.as_ref())).py()?;
+        let out = py
+            .detach(|| self.inner.forward(&x, &t, y.as_ref(), y_image.as_ref()))
+            .py()?;
         to_numpy(py, &out)
     }
 
@@ -267,7 +311,9 @@ impl PyLatteModel {
         let x = to_tensor(x, "x")?;
         let t = to_tensor(t, "t")?;
         let y = y.map(|v| to_tensor(v, "y")).transpose()?;
-        let out = py.detach(|| self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale)).py()?;
+        let out = py
+            .detach(|| self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale))
+            .py()?;
         to_numpy(py, &out)
     }
 
@@ -296,7 +342,9 @@ impl PyLatteModel {
     ) -> PyResult<(Vec<String>, Vec<String>)> {
         let mut map = HashMap::new();
         for (k, v) in state_dict.iter() {
-            let name: String = k.extract().map_err(|_| PyTypeError::new_err("state_dict: keys must be str"))?;
+            let name: String = k
+                .extract()
+                .map_err(|_| PyTypeError::new_err("state_dict: keys must be str"))?;
             let t = to_tensor(&v, &format!("state_dict[{name:?}]"))?;
             if !t.dtype().is_float() {
                 return Err(PyTypeError::new_err(format!(
@@ -306,7 +354,9 @@ impl PyLatteModel {
             }
             map.insert(name, t);
         }
-        let report = py.detach(|| self.inner.load_state_dict(&map, strict)).py()?;
+        let report = py
+            .detach(|| self.inner.load_state_dict(&map, strict))
+            .py()?;
         Ok((report.missing, report.unexpected))
     }
 
@@ -326,7 +376,9 @@ impl PyLatteModel {
 
     #[getter]
     fn config(&self) -> PyLatteConfig {
-        PyLatteConfig { inner: self.inner.config().clone() }
+        PyLatteConfig {
+            inner: self.inner.config().clone(),
+        }
     }
 
     #[getter]
