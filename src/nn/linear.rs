@@ -54,7 +54,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        self.fc2.forward(&super::gelu::gelu(&self.fc1.forward(x)?)?)
     }
 }
 

@@ -5,6 +5,7 @@
 //! `grad = false` it uses the fused kernels, which are faster for inference.
 
 pub mod attention;
+pub mod gelu;
 pub mod init;
 pub mod linear;
 pub mod norm;

@@ -75,7 +75,7 @@ fn apply_overrides(
         }
         if !fields.contains(&key) {
             return Err(PyTypeError::new_err(format!(
-                "LatteConfig got an unexpected keyword argument {key:?}; valid: image_size, {}",
+                "LatteConfig got an unexpected keyword argument '{key}'; valid: image_size, {}",
                 fields.join(", ")
             )));
         }

@@ -1,0 +1,123 @@
+"""Type stubs of the native module (the Rust core's pyo3 classes)."""
+
+from os import PathLike
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+CUDA_AVAILABLE: bool
+FLASH_ATTN_AVAILABLE: bool
+
+ArrayLike = npt.ArrayLike | Any  # NumPy arrays, or any object with __dlpack__ (torch tensors)
+
+class LatteConfig:
+    """Every option of a Latte model. Immutable; ``replace`` returns a changed copy.
+
+    >>> cfg = LatteConfig.preset("Latte-XL/2", num_frames=16, image_size=256, num_classes=101)
+    >>> cfg.input_size, cfg.out_channels
+    (32, 8)
+    """
+
+    depth: int
+    hidden_size: int
+    num_heads: int
+    patch_size: int
+    mlp_ratio: float
+    input_size: int
+    in_channels: int
+    num_frames: int
+    learn_sigma: bool
+    num_classes: int
+    class_dropout_prob: float
+    variant: Literal[1, 2, 3, 4]
+    patch_embed: Literal["frame", "tubelet"]
+    tubelet_size: int
+    injection: Literal["adaln", "tokens"]
+    temporal_position: Literal["absolute", "rope"]
+    use_image_num: int
+    attention: Literal["math", "chunked", "flash"]
+    attention_chunk_size: int
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Defaults are the official Latte-XL/2 (16 frames, 32×32×4 latents, learn_sigma, unconditional).
+
+        Raises ``TypeError`` for an unknown keyword and ``ValueError`` (naming the field) for a bad value or an
+        impossible combination. ``image_size`` (pixels) may be given instead of ``input_size``.
+        """
+    @staticmethod
+    def preset(name: str, **kwargs: Any) -> LatteConfig:
+        """A size preset by name (``"Latte-S/2"`` ... ``"Latte-XL/8"``) with keyword overrides."""
+    @staticmethod
+    def preset_names() -> list[str]: ...
+    def replace(self, **kwargs: Any) -> LatteConfig:
+        """A copy with some fields changed, validated."""
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(s: str) -> LatteConfig: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> LatteConfig: ...
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Parameter count of the model this config builds (without the fixed sin-cos tables by default)."""
+    @property
+    def out_channels(self) -> int:
+        """``2 * in_channels`` with ``learn_sigma``, else ``in_channels``."""
+
+class LatteModel:
+    """A Latte model with its parameters.
+
+    >>> model = LatteModel(LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16), seed=0)
+    >>> model(np.zeros((1, 4, 4, 16, 16), np.float32), np.array([10])).shape
+    (1, 4, 8, 16, 16)
+    """
+
+    def __init__(
+        self,
+        config: LatteConfig,
+        device: str = "cpu",
+        seed: int = 0,
+        dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32",
+    ) -> None:
+        """Builds the model and initialises it by the DiT/Latte recipe from ``seed``.
+
+        ``device`` is ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` in a build with the ``cuda`` feature.
+        """
+    def __call__(
+        self, x: ArrayLike, t: ArrayLike, y: ArrayLike | None = None, y_image: ArrayLike | None = None
+    ) -> np.ndarray:
+        """Predicted noise (and variance values with learn_sigma).
+
+        x: (B, F, C, H, W) float, F = num_frames (+ up to use_image_num image frames); t: (B,) timesteps in
+        [0, 1000); y: (B,) int labels in [0, num_classes] (num_classes is the null class) for class-conditional
+        models; y_image: (B, F - num_frames) labels of the image frames (default: each clip's y).
+        Returns (B, F, out_channels, H, W). Raises ``ValueError`` / ``TypeError`` naming the bad argument.
+        """
+    def forward(
+        self, x: ArrayLike, t: ArrayLike, y: ArrayLike | None = None, y_image: ArrayLike | None = None
+    ) -> np.ndarray:
+        """Same as calling the model."""
+    def forward_with_cfg(self, x: ArrayLike, t: ArrayLike, y: ArrayLike | None, cfg_scale: float) -> np.ndarray:
+        """Classifier-free guidance as the official code: the model runs on the first half of ``x`` twice (labels
+        ``y``: conditional half, then null-class half) and the first ``in_channels`` channels of both halves become
+        ``uncond + cfg_scale * (cond - uncond)``."""
+    def num_parameters(self, trainable_only: bool = True) -> int: ...
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter by its official name (copies), including ``pos_embed`` / ``temp_embed``."""
+    def load_state_dict(self, state_dict: dict[str, ArrayLike], strict: bool = True) -> tuple[list[str], list[str]]:
+        """Loads parameters by name; returns ``(missing_keys, unexpected_keys)``.
+
+        Raises ``ValueError`` listing missing, unexpected (when ``strict``) and mis-shaped keys.
+        """
+    def save(self, path: str | PathLike[str]) -> None:
+        """Writes weights and config to one safetensors file, atomically."""
+    @staticmethod
+    def load(path: str | PathLike[str], device: str = "cpu") -> LatteModel:
+        """Reads a file written by ``save``. Raises ``FileNotFoundError`` if it does not exist."""
+    @property
+    def config(self) -> LatteConfig: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
