@@ -171,8 +171,7 @@ impl LatteConfig {
             "2" | "4" | "8" => patch.parse().map_err(|_| bad())?,
             _ => return Err(bad()),
         };
-        let &(_, depth, hidden_size, num_heads) =
-            PRESETS.iter().find(|p| p.0 == size).ok_or_else(bad)?;
+        let &(_, depth, hidden_size, num_heads) = PRESETS.iter().find(|p| p.0 == size).ok_or_else(bad)?;
         Ok(Self {
             depth,
             hidden_size,
@@ -278,10 +277,7 @@ impl LatteConfig {
             ));
         }
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) {
-            return err(format!(
-                "mlp_ratio must be positive, got {}",
-                self.mlp_ratio
-            ));
+            return err(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
         }
         if !(0.0..1.0).contains(&self.class_dropout_prob) {
             return err(format!(
@@ -304,7 +300,10 @@ impl LatteConfig {
                     ));
                 }
                 if self.use_image_num > 0 {
-                    return err("use_image_num > 0 needs patch_embed = \"frame\": single images cannot be cut into tubelets".into());
+                    return err(
+                        "use_image_num > 0 needs patch_embed = \"frame\": single images cannot be cut into tubelets"
+                            .into(),
+                    );
                 }
             }
             PatchEmbed::Frame => {}
@@ -315,9 +314,7 @@ impl LatteConfig {
                 self.num_heads
             ));
         }
-        if self.temporal_position == TemporalPos::Rope
-            && (self.hidden_size / self.num_heads) % 2 != 0
-        {
+        if self.temporal_position == TemporalPos::Rope && (self.hidden_size / self.num_heads) % 2 != 0 {
             return err(format!(
                 "temporal_position = \"rope\" needs an even head dimension, got {}",
                 self.hidden_size / self.num_heads

@@ -35,10 +35,6 @@ pub enum LatteError {
 pub type Result<T> = std::result::Result<T, LatteError>;
 
 /// Shorthand for a [`LatteError::Value`] that names the argument, the expectation and what was received.
-pub(crate) fn value_error(
-    arg: &str,
-    expected: impl std::fmt::Display,
-    got: impl std::fmt::Display,
-) -> LatteError {
+pub(crate) fn value_error(arg: &str, expected: impl std::fmt::Display, got: impl std::fmt::Display) -> LatteError {
     LatteError::Value(format!("{arg}: expected {expected}, got {got}"))
 }

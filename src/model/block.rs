@@ -28,12 +28,7 @@ struct Modulation {
 impl Modulation {
     fn new(hidden: usize, chunks: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear: Linear::new(
-                hidden,
-                chunks * hidden,
-                true,
-                vb.pp("adaLN_modulation").pp("1"),
-            )?,
+            linear: Linear::new(hidden, chunks * hidden, true, vb.pp("adaLN_modulation").pp("1"))?,
             chunks,
         })
     }
@@ -130,29 +125,15 @@ impl TransformerBlock {
     }
 
     /// x: (B, S, L, D) sequences.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        cond: Cond,
-        rope: Option<&Rope>,
-        grad: bool,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm1, grad)?;
-        let x = residual(
-            x,
-            &self.norm1,
-            mods.as_deref().map(|m| &m[0..3]),
-            grad,
-            |h| self.attn.forward(h, extra.as_ref(), rope, grad),
-        )?;
-        residual(
-            &x,
-            &self.norm2,
-            mods.as_deref().map(|m| &m[3..6]),
-            grad,
-            |h| self.mlp.forward(h),
-        )
+        let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
+            self.attn.forward(h, extra.as_ref(), rope, grad)
+        })?;
+        residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
+            self.mlp.forward(h)
+        })
     }
 }
 
@@ -186,44 +167,26 @@ impl FactorisedBlock {
     pub fn spatial(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm1, grad)?;
-        residual(
-            x,
-            &self.norm1,
-            mods.as_deref().map(|m| &m[0..3]),
-            grad,
-            |h| self.attn.forward(h, extra.as_ref(), None, grad),
-        )
+        residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
+            self.attn.forward(h, extra.as_ref(), None, grad)
+        })
     }
 
     /// Temporal attention on the video part in temporal layout (B, N, Fv, D).
-    pub fn temporal(
-        &self,
-        x: &Tensor,
-        cond: Cond,
-        rope: Option<&Rope>,
-        grad: bool,
-    ) -> Result<Tensor> {
+    pub fn temporal(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm_temp, grad)?;
-        residual(
-            x,
-            &self.norm_temp,
-            mods.as_deref().map(|m| &m[3..6]),
-            grad,
-            |h| self.attn_temp.forward(h, extra.as_ref(), rope, grad),
-        )
+        residual(x, &self.norm_temp, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
+            self.attn_temp.forward(h, extra.as_ref(), rope, grad)
+        })
     }
 
     /// The MLP on `x` (B, F, N, D), modulated by the per-frame conditioning.
     pub fn feed_forward(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
-        residual(
-            x,
-            &self.norm2,
-            mods.as_deref().map(|m| &m[6..9]),
-            grad,
-            |h| self.mlp.forward(h),
-        )
+        residual(x, &self.norm2, mods.as_deref().map(|m| &m[6..9]), grad, |h| {
+            self.mlp.forward(h)
+        })
     }
 }
 
@@ -264,29 +227,12 @@ impl SplitHeadBlock {
         let mods = mods_for(&self.ada, spatial)?;
         let extra_s = extra_tokens(spatial, &self.norm1, grad)?;
         let extra_t = extra_tokens(temporal, &self.norm1, grad)?;
-        let x = residual(
-            x,
-            &self.norm1,
-            mods.as_deref().map(|m| &m[0..3]),
-            grad,
-            |h| {
-                self.split_head_attention(
-                    h,
-                    extra_s.as_ref(),
-                    extra_t.as_ref(),
-                    video_frames,
-                    rope,
-                    grad,
-                )
-            },
-        )?;
-        residual(
-            &x,
-            &self.norm2,
-            mods.as_deref().map(|m| &m[3..6]),
-            grad,
-            |h| self.mlp.forward(h),
-        )
+        let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
+            self.split_head_attention(h, extra_s.as_ref(), extra_t.as_ref(), video_frames, rope, grad)
+        })?;
+        residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
+            self.mlp.forward(h)
+        })
     }
 
     fn split_head_attention(
@@ -305,8 +251,7 @@ impl SplitHeadBlock {
         let qkv = self.attn.project_qkv(h)?; // (B, F, N, 3, H, hd)
         let heads_of = |t: &Tensor, start: usize| t.narrow(4, start, half);
         let project_extra = |e: Option<&Tensor>, start: usize| -> Result<Option<Tensor>> {
-            e.map(|e| heads_of(&self.attn.project_qkv(e)?, start))
-                .transpose()
+            e.map(|e| heads_of(&self.attn.project_qkv(e)?, start)).transpose()
         };
 
         // Spatial heads: sequences of N tokens within each frame.
@@ -319,15 +264,14 @@ impl SplitHeadBlock {
             kernel,
             grad,
         )?;
-        let out_s = out_s.transpose(1, 2)?.reshape((b, f, n, half * hd))?;
+        let out_s = out_s.reshape((b, f, n, half * hd))?;
 
         // Temporal heads: sequences of the video frames at each position.
         let temporal = heads_of(&qkv, half)?;
-        let video =
-            temporal
-                .narrow(1, 0, fv)?
-                .transpose(1, 2)?
-                .reshape((b * n, fv, 3, half, hd))?;
+        let video = temporal
+            .narrow(1, 0, fv)?
+            .transpose(1, 2)?
+            .reshape((b * n, fv, 3, half, hd))?;
         let out_t = attend_heads(
             &video,
             project_extra(extra_t, half)?.as_ref(),
@@ -336,18 +280,13 @@ impl SplitHeadBlock {
             kernel,
             grad,
         )?;
-        let mut out_t = out_t
-            .transpose(1, 2)?
-            .reshape((b, n, fv, half * hd))?
-            .transpose(1, 2)?;
+        let mut out_t = out_t.reshape((b, n, fv, half * hd))?.transpose(1, 2)?;
         if f > fv {
             // Image frames have no time axis: their temporal heads attend to themselves alone, giving their value.
-            let images = temporal.narrow(1, fv, f - fv)?.narrow(3, 2, 1)?.reshape((
-                b,
-                f - fv,
-                n,
-                half * hd,
-            ))?;
+            let images = temporal
+                .narrow(1, fv, f - fv)?
+                .narrow(3, 2, 1)?
+                .reshape((b, f - fv, n, half * hd))?;
             out_t = Tensor::cat(&[&out_t, &images], 1)?;
         }
         self.attn.project_out(&Tensor::cat(&[&out_s, &out_t], 3)?)
@@ -398,19 +337,11 @@ mod tests {
 
     /// Plain single-head attention of x (L, D) with weights (hd, D) and biases (hd,): softmax(QKᵀ/√hd)V.
     fn one_head(x: &Tensor, w: [&Tensor; 3], b: [&Tensor; 3]) -> Tensor {
-        let p = |i: usize| {
-            x.matmul(&w[i].t().unwrap())
-                .unwrap()
-                .broadcast_add(b[i])
-                .unwrap()
-        };
+        let p = |i: usize| x.matmul(&w[i].t().unwrap()).unwrap().broadcast_add(b[i]).unwrap();
         let (q, k, v) = (p(0), p(1), p(2));
         let hd = q.dim(1).unwrap() as f64;
         let s = (q.matmul(&k.t().unwrap()).unwrap() / hd.sqrt()).unwrap();
-        candle_nn::ops::softmax(&s, D::Minus1)
-            .unwrap()
-            .matmul(&v)
-            .unwrap()
+        candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&v).unwrap()
     }
 
     /// Variant 4's split-head attention equals a spatial attention over the first half of the heads plus a
@@ -426,15 +357,10 @@ mod tests {
             ..LatteConfig::default()
         };
         let varmap = VarMap::new();
-        let block = SplitHeadBlock::new(
-            &cfg,
-            VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
-        )
-        .unwrap();
+        let block = SplitHeadBlock::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu)).unwrap();
         let mut rng = Generator::new(11);
         for var in varmap.all_vars() {
-            var.set(&(randn(&mut rng, var.dims()) * 0.3).unwrap())
-                .unwrap();
+            var.set(&(randn(&mut rng, var.dims()) * 0.3).unwrap()).unwrap();
         }
         let get = |n: &str| varmap.data().lock().unwrap()[n].as_tensor().clone();
         let (qkv_w, qkv_b) = (get("attn.qkv.weight"), get("attn.qkv.bias"));
@@ -443,17 +369,11 @@ mod tests {
         let (b, f, fv, n, d, heads) = (2, 5, 3, 4, 16, 4);
         let hd = d / heads;
         let h = randn(&mut rng, &[b, f, n, d]);
-        let out = block
-            .split_head_attention(&h, None, None, fv, None, false)
-            .unwrap();
+        let out = block.split_head_attention(&h, None, None, fv, None, false).unwrap();
 
         // Weights of head j: rows of q, k, v in the qkv projection; its columns of the output projection.
-        let head_w = |j: usize| -> [Tensor; 3] {
-            [0, 1, 2].map(|p| qkv_w.narrow(0, p * d + j * hd, hd).unwrap())
-        };
-        let head_b = |j: usize| -> [Tensor; 3] {
-            [0, 1, 2].map(|p| qkv_b.narrow(0, p * d + j * hd, hd).unwrap())
-        };
+        let head_w = |j: usize| -> [Tensor; 3] { [0, 1, 2].map(|p| qkv_w.narrow(0, p * d + j * hd, hd).unwrap()) };
+        let head_b = |j: usize| -> [Tensor; 3] { [0, 1, 2].map(|p| qkv_b.narrow(0, p * d + j * hd, hd).unwrap()) };
         let proj_cols = |j: usize| proj_w.narrow(1, j * hd, hd).unwrap();
         let mut expected = proj_b.broadcast_as((b, f, n, d)).unwrap().to_dense();
         for bi in 0..b {
@@ -464,9 +384,7 @@ mod tests {
                 if j < heads / 2 {
                     for fi in 0..f {
                         let x = h.get(bi).unwrap().get(fi).unwrap(); // (N, D)
-                        let o = one_head(&x, wr, br)
-                            .matmul(&proj_cols(j).t().unwrap())
-                            .unwrap();
+                        let o = one_head(&x, wr, br).matmul(&proj_cols(j).t().unwrap()).unwrap();
                         expected.add(bi, Frames::One(fi), &o);
                     }
                 } else {
@@ -480,24 +398,12 @@ mod tests {
                             .unwrap()
                             .squeeze(1)
                             .unwrap();
-                        let o = one_head(&x, wr, br)
-                            .matmul(&proj_cols(j).t().unwrap())
-                            .unwrap(); // (fv, D)
+                        let o = one_head(&x, wr, br).matmul(&proj_cols(j).t().unwrap()).unwrap(); // (fv, D)
                         expected.add(bi, Frames::Position(ni), &o);
                         for fi in fv..f {
                             // An image frame attends to itself alone: its value.
-                            let xi = h
-                                .get(bi)
-                                .unwrap()
-                                .get(fi)
-                                .unwrap()
-                                .narrow(0, ni, 1)
-                                .unwrap();
-                            let v = xi
-                                .matmul(&w[2].t().unwrap())
-                                .unwrap()
-                                .broadcast_add(&bias[2])
-                                .unwrap();
+                            let xi = h.get(bi).unwrap().get(fi).unwrap().narrow(0, ni, 1).unwrap();
+                            let v = xi.matmul(&w[2].t().unwrap()).unwrap().broadcast_add(&bias[2]).unwrap();
                             let o = v.matmul(&proj_cols(j).t().unwrap()).unwrap(); // (1, D)
                             expected.add_token(bi, fi, ni, &o);
                         }

@@ -19,12 +19,7 @@ pub struct PatchEmbedder {
 
 impl PatchEmbedder {
     pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, c, p, s) = (
-            cfg.hidden_size,
-            cfg.in_channels,
-            cfg.patch_size,
-            cfg.temporal_patch(),
-        );
+        let (d, c, p, s) = (cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.temporal_patch());
         let vb = vb.pp("proj");
         let weight = match cfg.patch_embed {
             PatchEmbed::Frame => vb.get((d, c, p, p), "weight")?,
@@ -82,8 +77,7 @@ impl TimestepEmbedder {
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let dtype = self.linear_1.dtype();
         let feats = timestep_features(t, self.frequency_embedding_size)?.to_dtype(dtype)?;
-        self.linear_2
-            .forward(&self.linear_1.forward(&feats)?.silu()?)
+        self.linear_2.forward(&self.linear_1.forward(&feats)?.silu()?)
     }
 }
 

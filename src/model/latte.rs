@@ -82,12 +82,7 @@ impl Latte {
             TemporalPos::Absolute => (Some(vb.get((1, tokens_t, d), "temp_embed")?), None),
             TemporalPos::Rope => (
                 None,
-                Some(Rope::new(
-                    tokens_t,
-                    d / cfg.num_heads,
-                    vb.dtype(),
-                    vb.device(),
-                )?),
+                Some(Rope::new(tokens_t, d / cfg.num_heads, vb.dtype(), vb.device())?),
             ),
         };
         Ok(Self {
@@ -111,12 +106,7 @@ impl Latte {
     }
 
     /// Timestep and label conditioning. `y_frames` (B, F) holds each frame's label (the clip's for video frames).
-    fn conditioning(
-        &self,
-        t: &Tensor,
-        y_frames: Option<&Tensor>,
-        frames: usize,
-    ) -> Result<Conditioning> {
+    fn conditioning(&self, t: &Tensor, y_frames: Option<&Tensor>, frames: usize) -> Result<Conditioning> {
         let t_emb = self.t_embedder.forward(t)?; // (B, D)
         let (b, d) = t_emb.dims2()?;
         let y_emb = match (&self.y_embedder, y_frames) {
@@ -138,13 +128,7 @@ impl Latte {
                 match &y_emb {
                     Some(y) => {
                         let y_tok = y.unsqueeze(2)?; // (B, F, 1, D)
-                        let spatial = Tensor::cat(
-                            &[
-                                &t_tok.broadcast_as((b, frames, 1, d))?.contiguous()?,
-                                &y_tok,
-                            ],
-                            2,
-                        )?;
+                        let spatial = Tensor::cat(&[&t_tok.broadcast_as((b, frames, 1, d))?.contiguous()?, &y_tok], 2)?;
                         let temporal = Tensor::cat(&[&t_tok, &y_tok.narrow(1, 0, 1)?], 2)?;
                         (spatial, temporal)
                     }
@@ -198,10 +182,7 @@ impl Latte {
             Blocks::Separate(blocks) => {
                 let half = blocks.len() / 2;
                 let (spatial, temporal): (Vec<_>, Vec<_>) = match self.cfg.variant {
-                    Variant::V2 => (
-                        blocks[..half].iter().collect(),
-                        blocks[half..].iter().collect(),
-                    ),
+                    Variant::V2 => (blocks[..half].iter().collect(), blocks[half..].iter().collect()),
                     _ => (
                         blocks.iter().step_by(2).collect(),
                         blocks.iter().skip(1).step_by(2).collect(),
@@ -242,14 +223,7 @@ impl Latte {
                     x = add_to_video(&x, fv, &te.unsqueeze(2)?)?;
                 }
                 for blk in blocks {
-                    x = step(blk.forward(
-                        &x,
-                        cond.spatial(),
-                        cond.temporal(),
-                        fv,
-                        self.rope.as_ref(),
-                        grad,
-                    )?);
+                    x = step(blk.forward(&x, cond.spatial(), cond.temporal(), fv, self.rope.as_ref(), grad)?);
                 }
             }
         }
@@ -283,11 +257,7 @@ impl Latte {
 
     /// (B, F', N, p·p·s·C) → (B, F'·s, C, H, W), inverting the patch order of [`PatchEmbedder`].
     fn unpatchify(&self, x: &Tensor, b: usize, h: usize, w: usize) -> Result<Tensor> {
-        let (p, s, c) = (
-            self.cfg.patch_size,
-            self.cfg.temporal_patch(),
-            self.cfg.out_channels(),
-        );
+        let (p, s, c) = (self.cfg.patch_size, self.cfg.temporal_patch(), self.cfg.out_channels());
         let ft = x.dim(1)?;
         let (gh, gw) = (h / p, w / p);
         x.reshape(vec![b, ft, gh, gw, s, p, p, c])?
@@ -298,13 +268,7 @@ impl Latte {
     /// Classifier-free guidance as the official code: the batch is [cond half | uncond half] (labels for the
     /// second half should be the null class); the model runs on the first half of `x` twice, and the first
     /// `in_channels` output channels become uncond + scale · (cond − uncond) for both halves.
-    pub fn forward_with_cfg(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        y: Option<&Tensor>,
-        cfg_scale: f64,
-    ) -> Result<Tensor> {
+    pub fn forward_with_cfg(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, cfg_scale: f64) -> Result<Tensor> {
         let b = x.dim(0)?;
         let half = x.narrow(0, 0, b / 2)?;
         let combined = Tensor::cat(&[&half, &half], 0)?;

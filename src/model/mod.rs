@@ -42,9 +42,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
     let ordinal = match spec {
         "cuda" => Some(0),
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok()),
+        s => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
     };
     match ordinal {
         None => Err(value_error("device", "\"cpu\", \"cuda\" or \"cuda:N\"", format!("{spec:?}"))),
@@ -130,18 +128,12 @@ impl LatteModel {
     /// Every parameter by its official name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
         let data = self.varmap.data().lock().expect("parameter map lock");
-        data.iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-            .collect()
+        data.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
     }
 
     /// Loads parameters by name. Shape mismatches are always an error; with `strict`, missing and unexpected keys
     /// are too. The message lists every offending key.
-    pub fn load_state_dict(
-        &self,
-        state: &HashMap<String, Tensor>,
-        strict: bool,
-    ) -> Result<LoadReport> {
+    pub fn load_state_dict(&self, state: &HashMap<String, Tensor>, strict: bool) -> Result<LoadReport> {
         let data = self
             .varmap
             .data()
@@ -152,25 +144,17 @@ impl LatteModel {
         for (name, var) in data.iter() {
             match state.get(name) {
                 None => report.missing.push(name.clone()),
-                Some(t) if t.dims() != var.dims() => mismatched.push(format!(
-                    "{name}: expected {:?}, got {:?}",
-                    var.dims(),
-                    t.dims()
-                )),
+                Some(t) if t.dims() != var.dims() => {
+                    mismatched.push(format!("{name}: expected {:?}, got {:?}", var.dims(), t.dims()))
+                }
                 Some(_) => {}
             }
         }
-        report.unexpected = state
-            .keys()
-            .filter(|k| !data.contains_key(*k))
-            .cloned()
-            .collect();
+        report.unexpected = state.keys().filter(|k| !data.contains_key(*k)).cloned().collect();
         report.missing.sort();
         report.unexpected.sort();
         mismatched.sort();
-        if !mismatched.is_empty()
-            || (strict && (!report.missing.is_empty() || !report.unexpected.is_empty()))
-        {
+        if !mismatched.is_empty() || (strict && (!report.missing.is_empty() || !report.unexpected.is_empty())) {
             let mut msg = String::from("state dict does not match the model:");
             if !report.missing.is_empty() {
                 msg += &format!(
@@ -187,11 +171,7 @@ impl LatteModel {
                 );
             }
             if !mismatched.is_empty() {
-                msg += &format!(
-                    "\n  mis-shaped keys ({}): {}",
-                    mismatched.len(),
-                    mismatched.join("; ")
-                );
+                msg += &format!("\n  mis-shaped keys ({}): {}", mismatched.len(), mismatched.join("; "));
             }
             return Err(LatteError::StateDict(msg));
         }
@@ -209,11 +189,7 @@ impl LatteModel {
         let state = self.state_dict();
         let metadata = HashMap::from([("latte_config".to_string(), self.cfg.to_json()?)]);
         crate::io::write_atomic(path, |tmp| {
-            safetensors::serialize_to_file(
-                state.iter().map(|(k, v)| (k.as_str(), v)),
-                Some(metadata),
-                tmp,
-            )?;
+            safetensors::serialize_to_file(state.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata), tmp)?;
             Ok(())
         })
     }
@@ -226,14 +202,15 @@ impl LatteModel {
             .metadata()
             .as_ref()
             .and_then(|m| m.get("latte_config"))
-            .ok_or_else(|| LatteError::Value(format!("{}: no latte_config in the safetensors metadata; not a file written by LatteModel.save", path.display())))?;
+            .ok_or_else(|| {
+                LatteError::Value(format!(
+                    "{}: no latte_config in the safetensors metadata; not a file written by LatteModel.save",
+                    path.display()
+                ))
+            })?;
         let cfg = LatteConfig::from_json(cfg_json)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
-        let dtype = tensors
-            .values()
-            .next()
-            .map(|t| t.dtype())
-            .unwrap_or(DType::F32);
+        let dtype = tensors.values().next().map(|t| t.dtype()).unwrap_or(DType::F32);
         let model = Self::uninitialised(&cfg, device, dtype)?;
         model.load_state_dict(&tensors, true)?;
         Ok(model)
@@ -241,17 +218,9 @@ impl LatteModel {
 
     /// Validated forward pass (no gradient). x: (B, F, C, H, W) float; t: (B,) timesteps; y: (B,) labels;
     /// y_image: (B, F - num_frames) labels of the image frames.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        y: Option<&Tensor>,
-        y_image: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<Tensor> {
         let (x, t, y, y_image) = self.prepare(x, t, y, y_image)?;
-        Ok(self
-            .model
-            .forward(&x, &t, y.as_ref(), y_image.as_ref(), false)?)
+        Ok(self.model.forward(&x, &t, y.as_ref(), y_image.as_ref(), false)?)
     }
 
     /// Validated forward pass that keeps the autograd graph (for training and gradient checks).
@@ -263,19 +232,11 @@ impl LatteModel {
         y_image: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (x, t, y, y_image) = self.prepare(x, t, y, y_image)?;
-        Ok(self
-            .model
-            .forward(&x, &t, y.as_ref(), y_image.as_ref(), true)?)
+        Ok(self.model.forward(&x, &t, y.as_ref(), y_image.as_ref(), true)?)
     }
 
     /// Classifier-free guidance as the official `forward_with_cfg` (see [`Latte::forward_with_cfg`]).
-    pub fn forward_with_cfg(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        y: Option<&Tensor>,
-        cfg_scale: f64,
-    ) -> Result<Tensor> {
+    pub fn forward_with_cfg(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, cfg_scale: f64) -> Result<Tensor> {
         let b = x.dims().first().copied().unwrap_or(0);
         if b % 2 != 0 {
             return Err(value_error(
@@ -357,10 +318,7 @@ impl LatteModel {
             ));
         }
         let tv = t.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        if let Some(bad) = tv
-            .iter()
-            .find(|v| !(**v >= 0.0 && **v < NUM_TRAIN_TIMESTEPS))
-        {
+        if let Some(bad) = tv.iter().find(|v| !(**v >= 0.0 && **v < NUM_TRAIN_TIMESTEPS)) {
             return Err(value_error(
                 "t",
                 format!("timesteps in [0, {NUM_TRAIN_TIMESTEPS})"),
@@ -434,8 +392,7 @@ impl LatteConfig {
     /// Parameter count of a model with this config (`trainable_only`: without the sin-cos tables), computed by
     /// building it with zero parameters (lazily committed zero pages, so even XL costs little).
     pub fn num_parameters(&self, trainable_only: bool) -> Result<usize> {
-        Ok(LatteModel::uninitialised(self, &Device::Cpu, DType::F32)?
-            .num_parameters(trainable_only))
+        Ok(LatteModel::uninitialised(self, &Device::Cpu, DType::F32)?.num_parameters(trainable_only))
     }
 }
 

@@ -21,14 +21,8 @@ fn counts(classes: usize) -> Vec<usize> {
 
 #[test]
 fn preset_parameter_counts_equal_the_official_implementation() {
-    assert_eq!(
-        counts(0),
-        [32_480_672, 129_547_040, 456_815_648, 673_681_568]
-    );
-    assert_eq!(
-        counts(101),
-        [32_519_840, 129_625_376, 456_920_096, 673_799_072]
-    );
+    assert_eq!(counts(0), [32_480_672, 129_547_040, 456_815_648, 673_681_568]);
+    assert_eq!(counts(101), [32_519_840, 129_625_376, 456_920_096, 673_799_072]);
 }
 
 use crate::rng::Generator;
@@ -106,18 +100,11 @@ fn batch(cfg: &LatteConfig, dtype: DType, seed: u64) -> Batch {
         &[2, frames, cfg.in_channels, cfg.input_size, cfg.input_size],
         dtype,
     );
-    let out_dims = [
-        2,
-        frames,
-        cfg.out_channels(),
-        cfg.input_size,
-        cfg.input_size,
-    ];
+    let out_dims = [2, frames, cfg.out_channels(), cfg.input_size, cfg.input_size];
     let weights = randn(&mut rng, &out_dims, dtype);
     let t = Tensor::new(&[17u32, 640], &Device::Cpu).unwrap();
     let y = Tensor::new(&[1u32, cfg.num_classes as u32], &Device::Cpu).unwrap();
-    let y_image =
-        (cfg.use_image_num > 0).then(|| Tensor::new(&[[0u32, 2], [2, 1]], &Device::Cpu).unwrap());
+    let y_image = (cfg.use_image_num > 0).then(|| Tensor::new(&[[0u32, 2], [2, 1]], &Device::Cpu).unwrap());
     Batch {
         x,
         t,
@@ -128,9 +115,7 @@ fn batch(cfg: &LatteConfig, dtype: DType, seed: u64) -> Batch {
 }
 
 fn loss(model: &LatteModel, b: &Batch) -> Tensor {
-    let out = model
-        .forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
-        .unwrap();
+    let out = model.forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref()).unwrap();
     (out * &b.weights).unwrap().sum_all().unwrap()
 }
 
@@ -145,17 +130,8 @@ fn every_parameter_of_every_variant_receives_a_gradient() {
             let g = grads
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("{name}: no gradient ({cfg:?})"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                norm > 0.0 && norm.is_finite(),
-                "{name}: gradient norm {norm} ({cfg:?})"
-            );
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm} ({cfg:?})");
         }
     }
 }
@@ -201,42 +177,22 @@ fn finite_difference_check(cfg: &LatteConfig) {
 
 #[test]
 fn finite_differences_variant_1() {
-    finite_difference_check(&tiny(
-        Variant::V1,
-        Injection::Adaln,
-        TemporalPos::Absolute,
-        false,
-    ));
+    finite_difference_check(&tiny(Variant::V1, Injection::Adaln, TemporalPos::Absolute, false));
 }
 
 #[test]
 fn finite_differences_variant_2() {
-    finite_difference_check(&tiny(
-        Variant::V2,
-        Injection::Tokens,
-        TemporalPos::Rope,
-        false,
-    ));
+    finite_difference_check(&tiny(Variant::V2, Injection::Tokens, TemporalPos::Rope, false));
 }
 
 #[test]
 fn finite_differences_variant_3() {
-    finite_difference_check(&tiny(
-        Variant::V3,
-        Injection::Adaln,
-        TemporalPos::Rope,
-        true,
-    ));
+    finite_difference_check(&tiny(Variant::V3, Injection::Adaln, TemporalPos::Rope, true));
 }
 
 #[test]
 fn finite_differences_variant_4() {
-    finite_difference_check(&tiny(
-        Variant::V4,
-        Injection::Tokens,
-        TemporalPos::Absolute,
-        false,
-    ));
+    finite_difference_check(&tiny(Variant::V4, Injection::Tokens, TemporalPos::Absolute, false));
 }
 
 #[test]
@@ -249,9 +205,7 @@ fn same_seed_same_weights_other_seed_other_weights() {
     };
     let (a, b, c) = (sd(7), sd(7), sd(8));
     let w = "blocks.0.attn.qkv.weight";
-    let v = |m: &std::collections::BTreeMap<String, Tensor>| {
-        m[w].flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    };
+    let v = |m: &std::collections::BTreeMap<String, Tensor>| m[w].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(v(&a), v(&b));
     assert_ne!(v(&a), v(&c));
 }
@@ -275,21 +229,14 @@ fn f32_gradients_agree_with_the_checked_f64_gradients() {
                 .trainable_vars()
                 .into_iter()
                 .map(|(n, v)| {
-                    let g = grads
-                        .get(v.as_tensor())
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap();
+                    let g = grads.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
                     (n, g.flatten_all().unwrap().to_vec1::<f64>().unwrap())
                 })
                 .collect::<Vec<_>>()
         };
         for ((name, g32), (_, g64)) in grads_of(DType::F32).iter().zip(grads_of(DType::F64)) {
             let scale = g64.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let err = g32
-                .iter()
-                .zip(&g64)
-                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            let err = g32.iter().zip(&g64).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
             assert!(
                 err <= 1e-3 * scale + 1e-6,
                 "{name}: f32 vs f64 gradient error {err} (scale {scale}) ({cfg:?})"
@@ -304,12 +251,8 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
         let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
         perturb(&model, 1);
         let b = batch(&cfg, DType::F32, 2);
-        let fast = model
-            .forward(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
-            .unwrap();
-        let exact = model
-            .forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
-            .unwrap();
+        let fast = model.forward(&b.x, &b.t, Some(&b.y), b.y_image.as_ref()).unwrap();
+        let exact = model.forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref()).unwrap();
         let chunked_cfg = LatteConfig {
             attention: AttentionBackend::Chunked,
             attention_chunk_size: 3,
@@ -319,15 +262,9 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
         let state: std::collections::HashMap<_, _> = model.state_dict().into_iter().collect();
         chunked.load_state_dict(&state, true).unwrap();
         let via_chunks = chunked
-            .forward(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
+            .forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
             .unwrap();
-        let scale = exact
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         for other in [&fast, &via_chunks] {
             let err = (other - &exact)
                 .unwrap()
@@ -337,10 +274,7 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(
-                err <= 1e-5 * scale,
-                "error {err} (scale {scale}) for {cfg:?}"
-            );
+            assert!(err <= 1e-5 * scale, "error {err} (scale {scale}) for {cfg:?}");
         }
     }
 }

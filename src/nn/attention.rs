@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::{Linear, Rope};
+use super::{fused_attention, Linear, Rope};
 use crate::config::AttentionBackend;
 
 /// The kernel that computes softmax(QKᵀ/√d)V.
@@ -25,38 +25,27 @@ impl AttentionKernel {
     }
 }
 
-/// q, k, v: (G, heads, L, head_dim). Returns (G, heads, Lq, head_dim).
-pub fn scaled_dot_product(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    kernel: AttentionKernel,
-    grad: bool,
-) -> Result<Tensor> {
+/// q, k, v: (G, heads, L, head_dim), any strides with a contiguous last dimension. Returns the heads merged:
+/// (G, Lq, heads, head_dim).
+pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionKernel, grad: bool) -> Result<Tensor> {
     let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
-    match kernel {
-        AttentionKernel::Math => sdpa_math(q, k, v, scale, grad),
+    if kernel != AttentionKernel::Flash && fused_attention::applicable(q, grad) {
+        return fused_attention::fused_attention(q, k, v, scale);
+    }
+    let (q, k, v) = (&q.contiguous()?, &k.contiguous()?, &v.contiguous()?);
+    let out = match kernel {
+        AttentionKernel::Math => sdpa_math(q, k, v, scale, grad)?,
         AttentionKernel::Chunked(chunk) => {
             let len = q.dim(2)?;
-            if len <= chunk {
-                return sdpa_math(q, k, v, scale, grad);
-            }
             let parts = (0..len)
                 .step_by(chunk)
-                .map(|start| {
-                    sdpa_math(
-                        &q.narrow(2, start, chunk.min(len - start))?,
-                        k,
-                        v,
-                        scale,
-                        grad,
-                    )
-                })
+                .map(|start| sdpa_math(&q.narrow(2, start, chunk.min(len - start))?, k, v, scale, grad))
                 .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 2)
+            Tensor::cat(&parts, 2)?
         }
-        AttentionKernel::Flash => sdpa_flash(q, k, v, scale, grad),
-    }
+        AttentionKernel::Flash => sdpa_flash(q, k, v, scale, grad)?,
+    };
+    out.transpose(1, 2)
 }
 
 fn sdpa_math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
@@ -99,12 +88,7 @@ fn sdpa_flash(_q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f64, _grad: bool) -
 
 /// Splits a (G, L, 3, heads, head_dim) projection into q, k, v of shape (G, heads, L, head_dim).
 pub fn unbind_qkv(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let part = |i: usize| {
-        qkv.narrow(2, i, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()
-    };
+    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2);
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
@@ -118,12 +102,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(
-        dim: usize,
-        num_heads: usize,
-        kernel: AttentionKernel,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(dim: usize, num_heads: usize, kernel: AttentionKernel, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             qkv: Linear::new(dim, 3 * dim, true, vb.pp("qkv"))?,
             proj: Linear::new(dim, dim, true, vb.pp("proj"))?,
@@ -157,30 +136,23 @@ impl Attention {
     /// Self-attention within each of the S sequences of `x` (B, S, L, D). `extra` (B, S or 1, K, D) are
     /// conditioning tokens that join every sequence as keys and values only (their own outputs would be
     /// discarded, so their queries are never computed). `rope` rotates the queries and keys of `x` by position.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        extra: Option<&Tensor>,
-        rope: Option<&Rope>,
-        grad: bool,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, extra: Option<&Tensor>, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
         let (b, s, l, d) = x.dims4()?;
-        let qkv =
-            self.project_qkv(x)?
-                .reshape((b * s, l, 3, self.num_heads, d / self.num_heads))?;
+        let qkv = self
+            .project_qkv(x)?
+            .reshape((b * s, l, 3, self.num_heads, d / self.num_heads))?;
         let extra_qkv = match extra {
             Some(e) => Some(self.project_qkv(e)?),
             None => None,
         };
         let out = attend_heads(&qkv, extra_qkv.as_ref(), (b, s), rope, self.kernel, grad)?;
-        // (B·S, heads, L, hd) → (B, S, L, D)
-        let out = out.transpose(1, 2)?.reshape((b, s, l, d))?;
+        let out = out.reshape((b, s, l, d))?; // (B·S, L, heads, hd) → (B, S, L, D)
         self.proj.forward(&out)
     }
 }
 
 /// Attention of a (B·S, L, 3, h, hd) projection, with optional extra keys/values from a
-/// (B, S or 1, K, 3, h, hd) projection of conditioning tokens. Returns (B·S, h, L, hd).
+/// (B, S or 1, K, 3, h, hd) projection of conditioning tokens. Returns (B·S, L, h, hd).
 pub fn attend_heads(
     qkv: &Tensor,
     extra_qkv: Option<&Tensor>,
@@ -199,9 +171,9 @@ pub fn attend_heads(
             let &[_, _, kx, three, h, hd] = e.dims() else {
                 candle_core::bail!("extra qkv must have rank 6, got {:?}", e.dims())
             };
-            let e =
-                e.broadcast_as(vec![b, s, kx, three, h, hd])?
-                    .reshape((b * s, kx, three, h, hd))?;
+            let e = e
+                .broadcast_as(vec![b, s, kx, three, h, hd])?
+                .reshape((b * s, kx, three, h, hd))?;
             let (_, ek, ev) = unbind_qkv(&e)?;
             (Tensor::cat(&[&k, &ek], 2)?, Tensor::cat(&[&v, &ev], 2)?)
         }

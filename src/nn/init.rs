@@ -35,9 +35,7 @@ fn initial_value(name: &str, dims: &[usize], cfg: &LatteConfig, rng: &mut Genera
     if name.contains("adaLN_modulation") || name.starts_with("final_layer.linear") {
         return vec![0.0; n];
     }
-    if name.starts_with("t_embedder.mlp.") && is_weight
-        || name == "y_embedder.embedding_table.weight"
-    {
+    if name.starts_with("t_embedder.mlp.") && is_weight || name == "y_embedder.embedding_table.weight" {
         return rng.normal(n, 0.0, 0.02);
     }
     if name.contains("norm") {

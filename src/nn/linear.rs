@@ -14,11 +14,7 @@ impl Linear {
     /// Reads `weight` (out, in) and, if `bias`, `bias` (out,) under `vb`.
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         Ok(Self { weight, bias })
     }
 

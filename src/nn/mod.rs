@@ -5,6 +5,8 @@
 //! `grad = false` it uses the fused kernels, which are faster for inference.
 
 pub mod attention;
+pub mod fastmath;
+pub mod fused_attention;
 pub mod gelu;
 pub mod init;
 pub mod linear;

@@ -5,9 +5,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 /// 1D sin-cos table (len, dim) for positions 0..len: `[sin(p ω), cos(p ω)]`, ω_i = 10000^(-2i/dim), in f64.
 pub fn sincos_1d(dim: usize, positions: &[f64]) -> Vec<f64> {
     let half = dim / 2;
-    let omega: Vec<f64> = (0..half)
-        .map(|i| 1.0 / 10000f64.powf(i as f64 / half as f64))
-        .collect();
+    let omega: Vec<f64> = (0..half).map(|i| 1.0 / 10000f64.powf(i as f64 / half as f64)).collect();
     let mut out = Vec::with_capacity(positions.len() * dim);
     for &p in positions {
         out.extend(omega.iter().map(|w| (p * w).sin()));
@@ -42,10 +40,7 @@ pub fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
         .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
         .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t
-        .to_dtype(DType::F32)?
-        .unsqueeze(1)?
-        .broadcast_mul(&freqs)?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
     let mut emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
     if dim % 2 == 1 {
         emb = Tensor::cat(&[&emb, &emb.narrow(1, 0, 1)?.zeros_like()?], 1)?;
@@ -131,13 +126,7 @@ mod rope_tests {
             .unwrap()
             .matmul(&rope.apply(&k).unwrap().t().unwrap())
             .unwrap();
-        let s = scores
-            .squeeze(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f64>()
-            .unwrap();
+        let s = scores.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f64>().unwrap();
         for m in 0..len - 1 {
             for n in 0..len - 1 {
                 assert!((s[m][n] - s[m + 1][n + 1]).abs() < 1e-12, "({m},{n})");
@@ -146,13 +135,7 @@ mod rope_tests {
         // And it does depend on the offset: position 0 vs 3 differs from 0 vs 0.
         assert!((s[0][0] - s[0][3]).abs() > 1e-6);
         // Rotation preserves norms.
-        let qn = q
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let qn = q.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let rn = rope
             .apply(&q)
             .unwrap()

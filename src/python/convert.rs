@@ -1,10 +1,7 @@
 //! NumPy / DLPack arrays in, NumPy arrays out.
 
 use candle_core::{DType, Device, Tensor};
-use numpy::{
-    PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
+use numpy::{PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
@@ -30,12 +27,8 @@ fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, Py
             ))
         })?
     } else {
-        np.call_method1("asarray", (obj,)).map_err(|e| {
-            PyTypeError::new_err(format!(
-                "{arg}: expected an array, got {} ({e})",
-                obj.get_type()
-            ))
-        })?
+        np.call_method1("asarray", (obj,))
+            .map_err(|e| PyTypeError::new_err(format!("{arg}: expected an array, got {} ({e})", obj.get_type())))?
     };
     let arr = np.call_method1("ascontiguousarray", (arr,))?;
     Ok(arr.cast_into::<PyUntypedArray>()?)
@@ -66,9 +59,7 @@ pub fn to_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
             Tensor::from_vec(slice_of::<f32>(&a)?, shape, &Device::Cpu)
         }
         (b'i' | b'u', _) => {
-            let a = arr
-                .call_method1("astype", ("int64",))?
-                .cast_into::<PyUntypedArray>()?;
+            let a = arr.call_method1("astype", ("int64",))?.cast_into::<PyUntypedArray>()?;
             Tensor::from_vec(slice_of::<i64>(&a)?, shape, &Device::Cpu)
         }
         _ => {

@@ -13,10 +13,9 @@ pub(crate) fn to_py_err(e: LatteError) -> PyErr {
     use pyo3::exceptions::*;
     let msg = e.to_string();
     match e {
-        LatteError::Config(_)
-        | LatteError::Value(_)
-        | LatteError::StateDict(_)
-        | LatteError::Json(_) => PyValueError::new_err(msg),
+        LatteError::Config(_) | LatteError::Value(_) | LatteError::StateDict(_) | LatteError::Json(_) => {
+            PyValueError::new_err(msg)
+        }
         LatteError::SafeTensors(_) => PyValueError::new_err(msg),
         LatteError::Type(_) => PyTypeError::new_err(msg),
         LatteError::NotFound(_) => PyFileNotFoundError::new_err(msg),

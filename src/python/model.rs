@@ -47,10 +47,7 @@ fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Applies keyword overrides to `base`, checking each key on its own so an error names the argument.
-fn apply_overrides(
-    base: &LatteConfig,
-    kwargs: Option<&Bound<'_, PyDict>>,
-) -> PyResult<LatteConfig> {
+fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<LatteConfig> {
     let mut value = serde_json::to_value(base).py()?;
     let Some(kwargs) = kwargs else {
         return Ok(base.clone());
@@ -202,12 +199,7 @@ impl PyLatteConfig {
         let fields = serde_json::to_value(&self.inner)
             .ok()
             .and_then(|v| v.as_object().cloned())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
             .unwrap_or_default();
         format!("LatteConfig({fields})")
     }
@@ -249,19 +241,11 @@ pub struct PyLatteModel {
 impl PyLatteModel {
     #[new]
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
-    fn new(
-        py: Python<'_>,
-        config: &PyLatteConfig,
-        device: &str,
-        seed: u64,
-        dtype: &str,
-    ) -> PyResult<Self> {
+    fn new(py: Python<'_>, config: &PyLatteConfig, device: &str, seed: u64, dtype: &str) -> PyResult<Self> {
         let device = parse_device(device).py()?;
         let dtype = parse_dtype(dtype)?;
         let cfg = config.inner.clone();
-        let inner = py
-            .detach(|| LatteModel::new(&cfg, &device, dtype, seed))
-            .py()?;
+        let inner = py.detach(|| LatteModel::new(&cfg, &device, dtype, seed)).py()?;
         Ok(Self { inner })
     }
 
@@ -354,9 +338,7 @@ impl PyLatteModel {
             }
             map.insert(name, t);
         }
-        let report = py
-            .detach(|| self.inner.load_state_dict(&map, strict))
-            .py()?;
+        let report = py.detach(|| self.inner.load_state_dict(&map, strict)).py()?;
         Ok((report.missing, report.unexpected))
     }
 
