@@ -120,7 +120,7 @@ def run_torch(data, meta: dict, args) -> tuple[np.ndarray, list[float], dict, fl
 
     model = build_official(mod, meta).eval()
     names = [k for k in data.files if k.startswith("param/")]
-    state = {k[len("param/"):]: torch.from_numpy(data[k]) for k in names}
+    state = {k[len("param/") :]: torch.from_numpy(data[k]) for k in names}
     model.load_state_dict(state, strict=True)
     del state
 
@@ -145,7 +145,7 @@ def run_latte(data, meta: dict, args) -> tuple[np.ndarray, list[float], dict, fl
         learn_sigma=True,
     )
     model = latte_rs.LatteModel(cfg, device="cpu", seed=0)
-    state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+    state = {k[len("param/") :]: data[k] for k in data.files if k.startswith("param/")}
     model.load_state_dict(state, strict=True)
     del state
 
@@ -206,10 +206,20 @@ def make_data(args, path: Path) -> None:
 def run_worker(engine: str, data: Path, args) -> dict:
     """Run one worker subprocess; return its JSON result or {"engine", "error"}."""
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--data", str(data),
-        "--worker-out", str(data.with_name(f"out_{engine}.npz")),
-        "--warmup", str(args.warmup), "--repeat", str(args.repeat),
-        "--threads", str(args.threads),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        engine,
+        "--data",
+        str(data),
+        "--worker-out",
+        str(data.with_name(f"out_{engine}.npz")),
+        "--warmup",
+        str(args.warmup),
+        "--repeat",
+        str(args.repeat),
+        "--threads",
+        str(args.threads),
     ]
     if engine == "torch":
         cmd += ["--latte-repo", str(args.latte_repo)]
@@ -256,9 +266,7 @@ def markdown_table(results: list[dict]) -> str:
 
 def parent(args) -> int:
     if args.latte_repo is None:
-        sys.exit(
-            "error: pass --latte-repo PATH (an official Vchitect/Latte checkout) or set LATTE_REPO"
-        )
+        sys.exit("error: pass --latte-repo PATH (an official Vchitect/Latte checkout) or set LATTE_REPO")
     args.latte_repo = Path(args.latte_repo).resolve()
 
     results: list[dict] = []
@@ -304,12 +312,19 @@ def parent(args) -> int:
     if args.json:
         record = {
             "workload": {
-                "model": args.model, "batch": args.batch, "frames": args.frames,
-                "latent": args.latent, "in_channels": IN_CHANNELS, "learn_sigma": True,
-                "num_classes": 0, "seed": SEED,
+                "model": args.model,
+                "batch": args.batch,
+                "frames": args.frames,
+                "latent": args.latent,
+                "in_channels": IN_CHANNELS,
+                "learn_sigma": True,
+                "num_classes": 0,
+                "seed": SEED,
             },
             "host": {
-                "cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+                "cpu": cpu,
+                "logical_cpus": os.cpu_count(),
+                "platform": platform.platform(),
                 "python": platform.python_version(),
             },
             "warmup": args.warmup,
@@ -341,12 +356,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1,
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
         help="torch.set_num_threads, and RAYON_NUM_THREADS for latte-rs unless already set",
     )
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
-    parser.add_argument("--tol", type=float, default=1e-3,
-                        help="max abs diff / max |torch output| for the outputs to agree")
+    parser.add_argument(
+        "--tol", type=float, default=1e-3, help="max abs diff / max |torch output| for the outputs to agree"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

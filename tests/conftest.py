@@ -18,7 +18,7 @@ def load_official_case(name: str) -> dict:
     with np.load(FIXTURES / "official" / f"{name}.npz") as z:
         data = {k: z[k] for k in z.files}
     data["config"] = json.loads(str(data["config"]))
-    data["params"] = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
+    data["params"] = {k[len("param/") :]: v for k, v in data.items() if k.startswith("param/")}
     return data
 
 

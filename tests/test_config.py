@@ -41,10 +41,24 @@ def test_preset_with_overrides() -> None:
 
 def test_every_option_is_settable() -> None:
     cfg = LatteConfig(
-        depth=4, hidden_size=64, num_heads=4, patch_size=2, input_size=8, num_frames=8, in_channels=4,
-        learn_sigma=False, num_classes=10, class_dropout_prob=0.2, variant=3, patch_embed="tubelet",
-        tubelet_size=2, injection="tokens", temporal_position="rope", attention="chunked",
-        attention_chunk_size=64, mlp_ratio=2.0,
+        depth=4,
+        hidden_size=64,
+        num_heads=4,
+        patch_size=2,
+        input_size=8,
+        num_frames=8,
+        in_channels=4,
+        learn_sigma=False,
+        num_classes=10,
+        class_dropout_prob=0.2,
+        variant=3,
+        patch_embed="tubelet",
+        tubelet_size=2,
+        injection="tokens",
+        temporal_position="rope",
+        attention="chunked",
+        attention_chunk_size=64,
+        mlp_ratio=2.0,
     )
     d = cfg.to_dict()
     assert d["variant"] == 3 and d["patch_embed"] == "tubelet" and d["injection"] == "tokens"

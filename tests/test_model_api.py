@@ -138,7 +138,9 @@ def test_nan_and_other_bad_values(cond_model) -> None:
     with pytest.raises(TypeError, match="x: expected a numeric array"):
         cond_model("video", np.array([1, 2]), y=np.array([1, 2]))
     with pytest.raises(ValueError, match="even batch"):
-        cond_model.forward_with_cfg(np.zeros((3, 4, 4, 8, 8), np.float32), np.array([1, 2, 3]), np.array([1, 2, 3]), 4.0)
+        cond_model.forward_with_cfg(
+            np.zeros((3, 4, 4, 8, 8), np.float32), np.array([1, 2, 3]), np.array([1, 2, 3]), 4.0
+        )
     uncond = latte_rs.LatteModel(tiny_config())
     with pytest.raises(ValueError, match="unconditional"):
         uncond(np.zeros((1, 4, 4, 8, 8), np.float32), np.array([1]), y=np.array([0]))

@@ -1,7 +1,7 @@
 """Type stubs of the native module (the Rust core's pyo3 classes)."""
 
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +10,7 @@ __version__: str
 CUDA_AVAILABLE: bool
 FLASH_ATTN_AVAILABLE: bool
 
-ArrayLike = npt.ArrayLike | Any  # NumPy arrays, or any object with __dlpack__ (torch tensors)
+ArrayLike: TypeAlias = npt.ArrayLike | Any  # NumPy arrays, or any object with __dlpack__ (torch tensors)
 
 class LatteConfig:
     """Every option of a Latte model. Immutable; ``replace`` returns a changed copy.

@@ -106,7 +106,11 @@ impl LatteModel {
 
     /// The trainable variables, sorted by name.
     pub fn trainable_vars(&self) -> Vec<(String, candle_core::Var)> {
-        let data = self.varmap.data().lock().expect("parameter map lock");
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut vars: Vec<_> = data
             .iter()
             .filter(|(n, _)| is_trainable(n))
@@ -118,7 +122,11 @@ impl LatteModel {
 
     /// Number of parameters; with `trainable_only`, without the fixed sin-cos tables.
     pub fn num_parameters(&self, trainable_only: bool) -> usize {
-        let data = self.varmap.data().lock().expect("parameter map lock");
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         data.iter()
             .filter(|(n, _)| !trainable_only || is_trainable(n))
             .map(|(_, v)| v.elem_count())
@@ -127,7 +135,11 @@ impl LatteModel {
 
     /// Every parameter by its official name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
-        let data = self.varmap.data().lock().expect("parameter map lock");
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         data.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
     }
 
