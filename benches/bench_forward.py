@@ -53,7 +53,18 @@ LABELS = {"torch": "PyTorch (official)", "latte": "latte-rs"}
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this reads VmHWM, which starts afresh at exec; ``ru_maxrss`` would carry the parent's peak into
+    the worker (Linux keeps it across fork + exec), hiding a smaller worker's own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
 
