@@ -258,3 +258,19 @@ def test_compute_releases_the_gil(rng) -> None:
     worker.join()
     # With the GIL held for the whole forward, the counter could not run at all.
     assert elapsed > 0.05 and ticks >= 5
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_models_run_close_to_float32(dtype: str, rng) -> None:
+    cfg = tiny_config(num_classes=5, variant=3)
+    full = latte_rs.LatteModel(cfg, seed=1)
+    sd = {k: v + 0.05 for k, v in full.state_dict().items()}
+    full.load_state_dict(sd)
+    half = latte_rs.LatteModel(cfg, dtype=dtype)
+    half.load_state_dict(sd)
+    assert half.dtype == dtype
+    x, t = inputs(rng)
+    ref = full(x, t, y=np.array([1, 2]))
+    out = half(x, t, y=np.array([1, 2]))
+    assert out.dtype == np.float32  # returned as float32 for NumPy
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
