@@ -22,6 +22,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod config;
+pub mod diffusion;
 pub mod error;
 pub mod io;
 pub mod model;

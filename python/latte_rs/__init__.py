@@ -8,6 +8,13 @@
 (1, 4, 8, 16, 16)
 """
 
-from ._native import CUDA_AVAILABLE, FLASH_ATTN_AVAILABLE, LatteConfig, LatteModel, __version__
+from ._native import CUDA_AVAILABLE, FLASH_ATTN_AVAILABLE, GaussianDiffusion, LatteConfig, LatteModel, __version__
 
-__all__ = ["CUDA_AVAILABLE", "FLASH_ATTN_AVAILABLE", "LatteConfig", "LatteModel", "__version__"]
+__all__ = [
+    "CUDA_AVAILABLE",
+    "FLASH_ATTN_AVAILABLE",
+    "GaussianDiffusion",
+    "LatteConfig",
+    "LatteModel",
+    "__version__",
+]

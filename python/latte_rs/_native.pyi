@@ -121,3 +121,64 @@ class LatteModel:
     def device(self) -> str: ...
     @property
     def dtype(self) -> str: ...
+
+class GaussianDiffusion:
+    """The Gaussian diffusion of IDDPM / DiT / Latte (DiT's ``create_diffusion``), optionally respaced.
+
+    Per-timestep tables are float64; tensor math runs in the inputs' dtype (pass float64 for exact comparisons).
+    ``t`` arguments are step indices of this (possibly respaced) process; ``timestep_map`` gives the original
+    timesteps the model is conditioned on.
+
+    >>> d = GaussianDiffusion(timestep_respacing="250")
+    >>> d.num_timesteps, int(d.timestep_map[1])
+    (250, 4)
+    """
+
+    def __init__(
+        self,
+        timestep_respacing: str = "",
+        noise_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear",
+        learn_sigma: bool = True,
+        sigma_small: bool = False,
+        prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
+        rescale_learned_sigmas: bool = False,
+        use_kl: bool = False,
+        diffusion_steps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+    ) -> None:
+        """``timestep_respacing``: "" (all steps), "250" (counts per equal section, e.g. "10,10,10") or "ddim50".
+        ``beta_start``/``beta_end`` apply to "scaled_linear" only ("linear" is DiT's 1e-4 → 0.02 scaled by 1000/T).
+        Variance: learned-range with ``learn_sigma``, else fixed-small (``sigma_small``) or fixed-large."""
+    @property
+    def num_timesteps(self) -> int: ...
+    @property
+    def timestep_map(self) -> np.ndarray: ...
+    def tables(self) -> dict[str, np.ndarray]:
+        """betas, alphas_cumprod(_prev/_next), posterior_variance, posterior_log_variance_clipped, ... (float64)."""
+    def q_sample(self, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike) -> np.ndarray: ...
+    def q_posterior_mean_variance(
+        self, x_start: ArrayLike, x_t: ArrayLike, t: ArrayLike
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def p_mean_variance(
+        self, model_output: ArrayLike, x: ArrayLike, t: ArrayLike, clip_denoised: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Keys: mean, variance, log_variance, pred_xstart. ``model_output`` has 2C channels with learned variance."""
+    def training_losses(
+        self, model_output: ArrayLike, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike
+    ) -> dict[str, np.ndarray]:
+        """Per-sample ``loss`` (and ``mse``, ``vb`` for the hybrid loss) for a model output at q_sample(x_start)."""
+    def p_sample(
+        self, model_output: ArrayLike, x: ArrayLike, t: ArrayLike, noise: ArrayLike, clip_denoised: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One ancestral step with the given noise: (x_{t-1}, pred_xstart)."""
+    def ddim_sample(
+        self,
+        model_output: ArrayLike,
+        x: ArrayLike,
+        t: ArrayLike,
+        noise: ArrayLike,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One DDIM step with the given noise (unused when ``eta`` = 0): (x_{t-1}, pred_xstart)."""

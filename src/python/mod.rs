@@ -2,6 +2,7 @@
 //! Nothing here computes; every numerical decision lives in the core crate.
 
 mod convert;
+mod diffusion;
 mod model;
 
 use pyo3::prelude::*;
@@ -42,5 +43,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FLASH_ATTN_AVAILABLE", cfg!(feature = "flash-attn"))?;
     m.add_class::<model::PyLatteConfig>()?;
     m.add_class::<model::PyLatteModel>()?;
+    m.add_class::<diffusion::PyGaussianDiffusion>()?;
     Ok(())
 }

@@ -1,0 +1,283 @@
+//! `GaussianDiffusion` as a Python class (the process Latte trains with, as DiT's `create_diffusion`).
+
+use candle_core::Tensor;
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::convert::{to_numpy, to_tensor};
+use super::IntoPy;
+use crate::diffusion::{
+    named_beta_schedule, space_timesteps, BetaSchedule, GaussianDiffusion, LossType, MeanType, VarType,
+};
+
+fn float_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
+    let t = to_tensor(obj, arg)?;
+    if !t.dtype().is_float() {
+        return Err(PyTypeError::new_err(format!(
+            "{arg}: expected a floating-point array, got {:?}",
+            t.dtype()
+        )));
+    }
+    Ok(t)
+}
+
+fn timesteps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let t = to_tensor(obj, "t")?;
+    if t.dtype().is_float() {
+        return Err(PyTypeError::new_err(format!(
+            "t: expected integer step indices, got {:?}",
+            t.dtype()
+        )));
+    }
+    if t.rank() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "t: expected shape (B,), got {:?}",
+            t.dims()
+        )));
+    }
+    let v = t.to_vec1::<i64>().py()?;
+    v.iter()
+        .map(|&i| usize::try_from(i).map_err(|_| PyValueError::new_err(format!("t: expected steps >= 0, got {i}"))))
+        .collect()
+}
+
+/// The Gaussian diffusion of IDDPM / DiT / Latte, optionally respaced, with f64 tables.
+///
+/// >>> d = GaussianDiffusion(timestep_respacing="250")
+/// >>> d.num_timesteps, int(d.timestep_map[1])
+/// (250, 4)
+#[pyclass(name = "GaussianDiffusion", module = "latte_rs", frozen)]
+pub struct PyGaussianDiffusion {
+    inner: GaussianDiffusion,
+}
+
+#[pymethods]
+impl PyGaussianDiffusion {
+    #[new]
+    #[pyo3(signature = (
+        timestep_respacing = "",
+        noise_schedule = "linear",
+        learn_sigma = true,
+        sigma_small = false,
+        prediction_type = "epsilon",
+        rescale_learned_sigmas = false,
+        use_kl = false,
+        diffusion_steps = 1000,
+        beta_start = 0.00085,
+        beta_end = 0.012,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        timestep_respacing: &str,
+        noise_schedule: &str,
+        learn_sigma: bool,
+        sigma_small: bool,
+        prediction_type: &str,
+        rescale_learned_sigmas: bool,
+        use_kl: bool,
+        diffusion_steps: usize,
+        beta_start: f64,
+        beta_end: f64,
+    ) -> PyResult<Self> {
+        let schedule = BetaSchedule::parse(noise_schedule).py()?;
+        let betas = named_beta_schedule(schedule, diffusion_steps, beta_start, beta_end).py()?;
+        let mean_type = match prediction_type {
+            "epsilon" => MeanType::Epsilon,
+            "sample" => MeanType::StartX,
+            "v_prediction" => MeanType::Velocity,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "prediction_type: expected \"epsilon\", \"sample\" or \"v_prediction\", got {other:?}"
+                )))
+            }
+        };
+        let var_type = match (learn_sigma, sigma_small) {
+            (true, _) => VarType::LearnedRange,
+            (false, true) => VarType::FixedSmall,
+            (false, false) => VarType::FixedLarge,
+        };
+        let loss_type = match (use_kl, rescale_learned_sigmas) {
+            (true, _) => LossType::RescaledKl,
+            (false, true) => LossType::RescaledMse,
+            (false, false) => LossType::Mse,
+        };
+        let keep = space_timesteps(diffusion_steps, timestep_respacing).py()?;
+        let inner = GaussianDiffusion::spaced(betas, &keep, mean_type, var_type, loss_type).py()?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn num_timesteps(&self) -> usize {
+        self.inner.num_timesteps()
+    }
+
+    /// The original timestep of each step (what the model is conditioned on).
+    #[getter]
+    fn timestep_map<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        PyArray1::from_vec(py, self.inner.timestep_map.iter().map(|&t| t as i64).collect())
+    }
+
+    /// The per-timestep tables as float64 arrays, by the reference's names.
+    fn tables<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let g = &self.inner;
+        for (name, v) in [
+            ("betas", &g.betas),
+            ("alphas_cumprod", &g.alphas_cumprod),
+            ("alphas_cumprod_prev", &g.alphas_cumprod_prev),
+            ("alphas_cumprod_next", &g.alphas_cumprod_next),
+            ("sqrt_alphas_cumprod", &g.sqrt_alphas_cumprod),
+            ("sqrt_one_minus_alphas_cumprod", &g.sqrt_one_minus_alphas_cumprod),
+            ("log_one_minus_alphas_cumprod", &g.log_one_minus_alphas_cumprod),
+            ("sqrt_recip_alphas_cumprod", &g.sqrt_recip_alphas_cumprod),
+            ("sqrt_recipm1_alphas_cumprod", &g.sqrt_recipm1_alphas_cumprod),
+            ("posterior_variance", &g.posterior_variance),
+            ("posterior_log_variance_clipped", &g.posterior_log_variance_clipped),
+            ("posterior_mean_coef1", &g.posterior_mean_coef1),
+            ("posterior_mean_coef2", &g.posterior_mean_coef2),
+        ] {
+            d.set_item(name, PyArray1::from_vec(py, v.clone()).reshape([v.len()])?)?;
+        }
+        Ok(d)
+    }
+
+    /// x_t = √ᾱ_t x₀ + √(1−ᾱ_t) noise.
+    fn q_sample<'py>(
+        &self,
+        py: Python<'py>,
+        x_start: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        noise: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (x, t, n) = (
+            float_tensor(x_start, "x_start")?,
+            timesteps(t)?,
+            float_tensor(noise, "noise")?,
+        );
+        let out = py.detach(|| self.inner.q_sample(&x, &t, &n)).py()?;
+        to_numpy(py, &out)
+    }
+
+    /// (mean, variance, clipped log-variance) of q(x_{t−1} | x_t, x₀).
+    fn q_posterior_mean_variance<'py>(
+        &self,
+        py: Python<'py>,
+        x_start: &Bound<'py, PyAny>,
+        x_t: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let (x0, xt, t) = (
+            float_tensor(x_start, "x_start")?,
+            float_tensor(x_t, "x_t")?,
+            timesteps(t)?,
+        );
+        let (m, v, l) = py.detach(|| self.inner.q_posterior_mean_variance(&x0, &xt, &t)).py()?;
+        Ok((to_numpy(py, &m)?, to_numpy(py, &v)?, to_numpy(py, &l)?))
+    }
+
+    /// p(x_{t−1} | x_t) from a model output: dict with mean, variance, log_variance, pred_xstart.
+    #[pyo3(signature = (model_output, x, t, clip_denoised = true))]
+    fn p_mean_variance<'py>(
+        &self,
+        py: Python<'py>,
+        model_output: &Bound<'py, PyAny>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        clip_denoised: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let (o, x, t) = (
+            float_tensor(model_output, "model_output")?,
+            float_tensor(x, "x")?,
+            timesteps(t)?,
+        );
+        let out = py
+            .detach(|| self.inner.p_mean_variance(&o, &x, &t, clip_denoised))
+            .py()?;
+        let d = PyDict::new(py);
+        d.set_item("mean", to_numpy(py, &out.mean)?)?;
+        d.set_item("variance", to_numpy(py, &out.variance)?)?;
+        d.set_item("log_variance", to_numpy(py, &out.log_variance)?)?;
+        d.set_item("pred_xstart", to_numpy(py, &out.pred_xstart)?)?;
+        Ok(d)
+    }
+
+    /// Per-sample training losses for a model output at x_t = q_sample(x_start, t, noise): dict with `loss`,
+    /// and `mse` / `vb` where the loss type has them.
+    fn training_losses<'py>(
+        &self,
+        py: Python<'py>,
+        model_output: &Bound<'py, PyAny>,
+        x_start: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        noise: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let o = float_tensor(model_output, "model_output")?;
+        let (x0, t, n) = (
+            float_tensor(x_start, "x_start")?,
+            timesteps(t)?,
+            float_tensor(noise, "noise")?,
+        );
+        let out = py.detach(|| self.inner.training_losses(&o, &x0, &t, &n)).py()?;
+        let d = PyDict::new(py);
+        d.set_item("loss", to_numpy(py, &out.loss)?)?;
+        if let Some(mse) = &out.mse {
+            d.set_item("mse", to_numpy(py, mse)?)?;
+        }
+        if let Some(vb) = &out.vb {
+            d.set_item("vb", to_numpy(py, vb)?)?;
+        }
+        Ok(d)
+    }
+
+    /// One ancestral step with the given noise: (x_{t−1}, pred_xstart).
+    #[pyo3(signature = (model_output, x, t, noise, clip_denoised = true))]
+    fn p_sample<'py>(
+        &self,
+        py: Python<'py>,
+        model_output: &Bound<'py, PyAny>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        noise: &Bound<'py, PyAny>,
+        clip_denoised: bool,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
+        let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
+        let (s, p) = py.detach(|| self.inner.p_sample(&o, &x, &t, &n, clip_denoised)).py()?;
+        Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+    }
+
+    /// One DDIM step with the given noise and `eta`: (x_{t−1}, pred_xstart).
+    #[pyo3(signature = (model_output, x, t, noise, eta = 0.0, clip_denoised = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn ddim_sample<'py>(
+        &self,
+        py: Python<'py>,
+        model_output: &Bound<'py, PyAny>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        noise: &Bound<'py, PyAny>,
+        eta: f64,
+        clip_denoised: bool,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
+        let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
+        let (s, p) = py
+            .detach(|| self.inner.ddim_sample(&o, &x, &t, &n, eta, clip_denoised))
+            .py()?;
+        Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+    }
+
+    fn __repr__(&self) -> String {
+        let g = &self.inner;
+        format!(
+            "GaussianDiffusion(steps={} of {}, mean={:?}, variance={:?}, loss={:?})",
+            g.num_timesteps(),
+            g.original_num_steps,
+            g.mean_type,
+            g.var_type,
+            g.loss_type
+        )
+    }
+}
