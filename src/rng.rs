@@ -33,3 +33,16 @@ impl Generator {
         (0..n).map(|_| self.rng.random_range(low..high)).collect()
     }
 }
+
+impl Generator {
+    /// A tensor of standard normal draws (drawn in f64, then cast), e.g. the noise of a sampling step.
+    pub fn randn(
+        &mut self,
+        dims: &[usize],
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let n = dims.iter().product();
+        candle_core::Tensor::from_vec(self.normal(n, 0.0, 1.0), dims, device)?.to_dtype(dtype)
+    }
+}

@@ -9,6 +9,7 @@
 """
 
 from ._native import CUDA_AVAILABLE, FLASH_ATTN_AVAILABLE, GaussianDiffusion, LatteConfig, LatteModel, __version__
+from .sampling import sample
 
 __all__ = [
     "CUDA_AVAILABLE",
@@ -17,4 +18,5 @@ __all__ = [
     "LatteConfig",
     "LatteModel",
     "__version__",
+    "sample",
 ]

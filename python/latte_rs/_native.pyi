@@ -1,5 +1,6 @@
 """Type stubs of the native module (the Rust core's pyo3 classes)."""
 
+from collections.abc import Callable
 from os import PathLike
 from typing import Any, Literal, TypeAlias
 
@@ -182,3 +183,17 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One DDIM step with the given noise (unused when ``eta`` = 0): (x_{t-1}, pred_xstart)."""
+    def sample(
+        self,
+        model: LatteModel,
+        num_samples: int = 1,
+        noise: ArrayLike | None = None,
+        y: ArrayLike | None = None,
+        cfg_scale: float = 1.0,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
+        eta: float = 0.0,
+        seed: int = 0,
+        clip_denoised: bool = False,
+        callback: Callable[[int, int], object] | None = None,
+    ) -> np.ndarray:
+        """Runs every step in Rust; ``callback(done, total)`` after each (``latte_rs.sample`` shows a tqdm bar)."""

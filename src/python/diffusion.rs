@@ -7,10 +7,13 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::{to_numpy, to_tensor};
+use super::model::PyLatteModel;
 use super::IntoPy;
 use crate::diffusion::{
-    named_beta_schedule, space_timesteps, BetaSchedule, GaussianDiffusion, LossType, MeanType, VarType,
+    named_beta_schedule, space_timesteps, BetaSchedule, GaussianDiffusion, LossType, MeanType, Sampler, VarType,
 };
+use crate::error::LatteError;
+use crate::rng::Generator;
 
 fn float_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
     let t = to_tensor(obj, arg)?;
@@ -267,6 +270,112 @@ impl PyGaussianDiffusion {
             .detach(|| self.inner.ddim_sample(&o, &x, &t, &n, eta, clip_denoised))
             .py()?;
         Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+    }
+
+    /// Generates latents with `model`, running every step in Rust. See `latte_rs.sample` for the arguments.
+    #[pyo3(signature = (
+        model, num_samples = 1, noise = None, y = None, cfg_scale = 1.0, sampler = "ddpm", eta = 0.0, seed = 0,
+        clip_denoised = false, callback = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn sample<'py>(
+        &self,
+        py: Python<'py>,
+        model: &PyLatteModel,
+        num_samples: usize,
+        noise: Option<&Bound<'py, PyAny>>,
+        y: Option<&Bound<'py, PyAny>>,
+        cfg_scale: f64,
+        sampler: &str,
+        eta: f64,
+        seed: u64,
+        clip_denoised: bool,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let net = &model.inner;
+        let cfg = net.config();
+        let sampler = match sampler {
+            "ddpm" => Sampler::Ddpm,
+            "ddim" => Sampler::Ddim { eta },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "sampler: expected \"ddpm\" or \"ddim\", got {other:?}"
+                )))
+            }
+        };
+        if !(cfg_scale.is_finite() && cfg_scale >= 1.0) {
+            return Err(PyValueError::new_err(format!(
+                "cfg_scale: expected a number >= 1, got {cfg_scale}"
+            )));
+        }
+        let guided = cfg_scale > 1.0;
+        if guided && cfg.label_table_rows() <= cfg.num_classes {
+            return Err(PyValueError::new_err(
+                "cfg_scale > 1 needs a class-conditional model with a null class (num_classes > 0, class_dropout_prob > 0)",
+            ));
+        }
+        let mut rng = Generator::new(seed);
+        let noise = match noise {
+            Some(n) => float_tensor(n, "noise")?.to_dtype(net.dtype()).py()?,
+            None => {
+                if num_samples == 0 {
+                    return Err(PyValueError::new_err("num_samples: expected at least 1, got 0"));
+                }
+                let dims = [
+                    num_samples,
+                    cfg.num_frames,
+                    cfg.in_channels,
+                    cfg.input_size,
+                    cfg.input_size,
+                ];
+                rng.randn(&dims, net.dtype(), net.device()).py()?
+            }
+        };
+        let b = noise.dims().first().copied().unwrap_or(0);
+        let labels = match y {
+            Some(y) => Some(to_tensor(y, "y")?),
+            None => None,
+        };
+        // Guidance runs the batch twice, the second half with the null class (as the official sampler).
+        let (noise, labels) = if guided {
+            let y = labels.ok_or_else(|| PyValueError::new_err("y: labels are required for guidance"))?;
+            let null = Tensor::full(cfg.num_classes as i64, b, y.device()).py()?;
+            let y2 = Tensor::cat(&[&y.to_dtype(candle_core::DType::I64).py()?, &null], 0).py()?;
+            (Tensor::cat(&[&noise, &noise], 0).py()?, Some(y2))
+        } else {
+            (noise, labels)
+        };
+        let stored: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let result = py.detach(|| {
+            let run_model = |x: &Tensor, t: &[usize]| -> crate::error::Result<Tensor> {
+                let t = Tensor::from_vec(t.iter().map(|&v| v as u32).collect::<Vec<_>>(), t.len(), x.device())?;
+                if guided {
+                    net.forward_with_cfg(x, &t, labels.as_ref(), cfg_scale)
+                } else {
+                    net.forward(x, &t, labels.as_ref(), None)
+                }
+            };
+            let progress = |done: usize, total: usize| -> crate::error::Result<()> {
+                Python::attach(|py| {
+                    let outcome = py.check_signals().and_then(|()| match &callback {
+                        Some(cb) => cb.call1(py, (done, total)).map(|_| ()),
+                        None => Ok(()),
+                    });
+                    outcome.map_err(|e| {
+                        *stored.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                        LatteError::Value("sampling interrupted".into())
+                    })
+                })
+            };
+            self.inner
+                .sample_loop(run_model, noise, sampler, clip_denoised, &mut rng, progress)
+        });
+        if let Some(e) = stored.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Err(e);
+        }
+        let out = result.py()?;
+        let out = if guided { out.narrow(0, 0, b).py()? } else { out };
+        to_numpy(py, &out)
     }
 
     fn __repr__(&self) -> String {
