@@ -8,15 +8,28 @@
 (1, 4, 8, 16, 16)
 """
 
-from ._native import CUDA_AVAILABLE, FLASH_ATTN_AVAILABLE, GaussianDiffusion, LatteConfig, LatteModel, __version__
+from ._native import (
+    CUDA_AVAILABLE,
+    FLASH_ATTN_AVAILABLE,
+    GaussianDiffusion,
+    Generator,
+    LatteConfig,
+    LatteModel,
+    __version__,
+)
 from .sampling import sample
+from .schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
 
 __all__ = [
     "CUDA_AVAILABLE",
+    "DDIMScheduler",
+    "DDPMScheduler",
     "FLASH_ATTN_AVAILABLE",
     "GaussianDiffusion",
+    "Generator",
     "LatteConfig",
     "LatteModel",
+    "SchedulerOutput",
     "__version__",
     "sample",
 ]

@@ -8,8 +8,10 @@ pub mod gaussian;
 pub mod respace;
 pub mod sampling;
 pub mod schedule;
+pub mod schedulers;
 
 pub use gaussian::{GaussianDiffusion, LossType, Losses, MeanType, PMeanVariance, VarType};
 pub use respace::space_timesteps;
 pub use sampling::Sampler;
 pub use schedule::{betas_for_alpha_bar, named_beta_schedule, BetaSchedule};
+pub use schedulers::{Scheduler, SchedulerConfig, SchedulerKind, StepOutput};

@@ -4,7 +4,7 @@ use crate::error::{LatteError, Result};
 
 /// Python's `round`: halves go to the even neighbour. The reference rounds fractional strides this way, so the
 /// chosen timesteps depend on it.
-fn round_half_even(x: f64) -> i64 {
+pub(crate) fn round_half_even(x: f64) -> i64 {
     let r = x.round();
     if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 {
         (r - x.signum()) as i64

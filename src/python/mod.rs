@@ -4,6 +4,7 @@
 mod convert;
 mod diffusion;
 mod model;
+mod schedulers;
 
 use pyo3::prelude::*;
 
@@ -44,5 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyLatteConfig>()?;
     m.add_class::<model::PyLatteModel>()?;
     m.add_class::<diffusion::PyGaussianDiffusion>()?;
+    m.add_class::<schedulers::PyGenerator>()?;
+    m.add_class::<schedulers::PyScheduler>()?;
     Ok(())
 }

@@ -1,0 +1,171 @@
+"""Schedulers with diffusers' API (`DDPMScheduler`, `DDIMScheduler`), computed by the Rust core.
+
+Code written for diffusers runs unchanged and gives the same numbers: the same config keys (and
+`scheduler_config.json` files), `set_timesteps` with "leading" / "trailing" / "linspace" spacing and
+`steps_offset`, `step(...)` returning `prev_sample` and `pred_original_sample`, `add_noise`,
+`scale_model_input`, `init_noise_sigma`, `timesteps`. Random draws come from a `latte_rs.Generator`: pass
+`generator=` to `step`, or the scheduler's own generator (seeded 0 at construction) is used.
+
+>>> import numpy as np, latte_rs
+>>> s = latte_rs.DDIMScheduler(clip_sample=False)
+>>> s.set_timesteps(10)
+>>> s.timesteps[:3]
+array([900, 800, 700])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._native import Generator, Scheduler
+
+CONFIG_NAME = "scheduler_config.json"
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's result (diffusers' `DDPMSchedulerOutput` / `DDIMSchedulerOutput`)."""
+
+    prev_sample: np.ndarray
+    pred_original_sample: np.ndarray
+
+
+class _DiffusersScheduler:
+    _kind = ""
+    order = 1
+
+    def __init__(self, **config: Any) -> None:
+        config = {k: v for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
+        if isinstance(config.get("trained_betas"), np.ndarray):
+            config["trained_betas"] = config["trained_betas"].tolist()
+        self._native = Scheduler(self._kind, json.dumps(config))
+        self._generator = Generator(0)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | str | os.PathLike[str], **overrides: Any):
+        """From a config dict, a `scheduler_config.json` file, or a folder holding one (e.g. Latte-1's
+        `scheduler/`). Keys for other schedulers are kept and ignored, as in diffusers."""
+        if not isinstance(config, dict):
+            path = Path(config)
+            if path.is_dir():
+                path = path / CONFIG_NAME
+            if not path.is_file():
+                raise FileNotFoundError(f"config: no scheduler config at {path}")
+            config = json.loads(path.read_text())
+        return cls(**{**config, **overrides})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self._native.config_json())
+
+    def save_config(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Writes `scheduler_config.json` (diffusers' format) into `save_directory`; returns its path."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": self._native.class_name, **self.config}
+        path = directory / CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        return self._native.timesteps
+
+    @property
+    def num_inference_steps(self) -> int | None:
+        return self._native.num_inference_steps
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return self._native.init_noise_sigma
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return self._native.alphas_cumprod
+
+    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
+        """Chooses the inference timesteps (`device` is accepted for diffusers compatibility)."""
+        self._native.set_timesteps(int(num_inference_steps))
+
+    def scale_model_input(self, sample: Any, timestep: int | None = None) -> Any:
+        return sample
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
+        steps = [int(t) for t in np.asarray(timesteps).reshape(-1)]
+        return self._native.add_noise(original_samples, noise, steps)
+
+    def _step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        eta: float,
+        use_clipped_model_output: bool,
+        generator: Generator | None,
+        variance_noise: Any,
+        return_dict: bool,
+    ):
+        t = int(np.asarray(timestep))
+        noise = variance_noise
+        if noise is None and self._native.needs_noise(t, eta):
+            shape = np.shape(sample)
+            noise = (generator or self._generator).randn(list(shape))
+        prev, x0 = self._native.step(model_output, t, sample, noise, eta, use_clipped_model_output)
+        return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
+
+    def __len__(self) -> int:
+        return self.config["num_train_timesteps"]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({json.dumps(self.config, sort_keys=True)})"
+
+
+class DDPMScheduler(_DiffusersScheduler):
+    """Denoising diffusion probabilistic models (Ho et al.), as diffusers' `DDPMScheduler`.
+
+    `variance_type` "learned_range" takes a model output with twice the sample's channels (on axis 1 as in
+    diffusers, or axis 2 for latte-rs's (B, F, C, H, W) videos).
+    """
+
+    _kind = "ddpm"
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        generator: Generator | None = None,
+        return_dict: bool = True,
+    ):
+        return self._step(model_output, timestep, sample, 0.0, False, generator, None, return_dict)
+
+
+class DDIMScheduler(_DiffusersScheduler):
+    """Denoising diffusion implicit models (Song et al.), as diffusers' `DDIMScheduler`."""
+
+    _kind = "ddim"
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: Generator | None = None,
+        variance_noise: Any = None,
+        return_dict: bool = True,
+    ):
+        if generator is not None and variance_noise is not None:
+            raise ValueError("step: pass either generator or variance_noise, not both")
+        return self._step(
+            model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise, return_dict
+        )

@@ -1,0 +1,487 @@
+//! Schedulers with diffusers' semantics (`DDPMScheduler`, `DDIMScheduler`): the same config keys, the same
+//! `set_timesteps` spacings, the same `step` arithmetic in f32, so diffusers code swaps them in unchanged.
+//!
+//! The per-timestep tables are built as torch builds them (f32 `linspace`, a cumulative product accumulated in
+//! f64 and stored in f32), which keeps full denoising loops within f32 rounding of diffusers'.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::respace::round_half_even;
+use super::schedule::betas_for_alpha_bar;
+use crate::error::{value_error, LatteError, Result};
+
+/// Which diffusers scheduler this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Ddpm,
+    Ddim,
+}
+
+impl SchedulerKind {
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::Ddpm => "DDPMScheduler",
+            Self::Ddim => "DDIMScheduler",
+        }
+    }
+}
+
+/// diffusers' scheduler config (`scheduler_config.json`). Keys this crate does not use are kept as they are,
+/// so a config round-trips.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: String,
+    pub trained_betas: Option<Vec<f64>>,
+    pub variance_type: String,
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    pub prediction_type: String,
+    pub timestep_spacing: String,
+    pub steps_offset: usize,
+    pub set_alpha_to_one: bool,
+    pub thresholding: bool,
+    pub rescale_betas_zero_snr: bool,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: "linear".into(),
+            trained_betas: None,
+            variance_type: "fixed_small".into(),
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            prediction_type: "epsilon".into(),
+            timestep_spacing: "leading".into(),
+            steps_offset: 0,
+            set_alpha_to_one: true,
+            thresholding: false,
+            rescale_betas_zero_snr: false,
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+fn one_of(arg: &str, value: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        let list = allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+        Err(value_error(arg, format!("one of {list}"), format!("{value:?}")))
+    }
+}
+
+impl SchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.num_train_timesteps == 0 {
+            return Err(value_error("num_train_timesteps", "at least 1", 0));
+        }
+        one_of(
+            "beta_schedule",
+            &self.beta_schedule,
+            &["linear", "scaled_linear", "squaredcos_cap_v2"],
+        )?;
+        one_of(
+            "prediction_type",
+            &self.prediction_type,
+            &["epsilon", "sample", "v_prediction"],
+        )?;
+        one_of(
+            "timestep_spacing",
+            &self.timestep_spacing,
+            &["leading", "trailing", "linspace"],
+        )?;
+        let variances = [
+            "fixed_small",
+            "fixed_small_log",
+            "fixed_large",
+            "fixed_large_log",
+            "learned",
+            "learned_range",
+        ];
+        one_of("variance_type", &self.variance_type, &variances)?;
+        if self.thresholding || self.rescale_betas_zero_snr {
+            return Err(LatteError::Unsupported(
+                "thresholding and rescale_betas_zero_snr are not supported by latte-rs's schedulers yet".into(),
+            ));
+        }
+        if let Some(b) = &self.trained_betas {
+            if b.len() != self.num_train_timesteps {
+                return Err(value_error(
+                    "trained_betas",
+                    format!("{} values (num_train_timesteps)", self.num_train_timesteps),
+                    b.len(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// torch.linspace in f32: the first half counts up from `start`, the second half down from `end`.
+fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (n - 1 - i) as f32
+            }
+        })
+        .collect()
+}
+
+/// ᾱ as diffusers computes it: betas in f32, cumulative product accumulated in f64, stored in f32.
+fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
+    let n = cfg.num_train_timesteps;
+    let betas: Vec<f32> = match (&cfg.trained_betas, cfg.beta_schedule.as_str()) {
+        (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
+        (None, "scaled_linear") => linspace_f32((cfg.beta_start as f32).sqrt(), (cfg.beta_end as f32).sqrt(), n)
+            .iter()
+            .map(|b| b * b)
+            .collect(),
+        (None, "squaredcos_cap_v2") => betas_for_alpha_bar(
+            n,
+            |t| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2),
+            0.999,
+        )
+        .into_iter()
+        .map(|b| b as f32)
+        .collect(),
+        _ => linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
+    };
+    let mut acc = 1.0f64;
+    betas
+        .iter()
+        .map(|b| {
+            acc *= (1.0f32 - b) as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// A DDPM or DDIM scheduler.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    pub kind: SchedulerKind,
+    pub config: SchedulerConfig,
+    alphas_cumprod: Vec<f32>,
+    /// ᾱ before the first step (DDIM: 1 with `set_alpha_to_one`, else ᾱ₀; DDPM: 1).
+    final_alpha_cumprod: f32,
+    timesteps: Vec<i64>,
+    num_inference_steps: Option<usize>,
+}
+
+/// One step's result, with diffusers' field names.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    pub prev_sample: Tensor,
+    pub pred_original_sample: Tensor,
+}
+
+impl Scheduler {
+    pub fn new(kind: SchedulerKind, config: SchedulerConfig) -> Result<Self> {
+        config.validate()?;
+        let alphas_cumprod = alphas_cumprod(&config);
+        let final_alpha_cumprod = match kind {
+            SchedulerKind::Ddim if !config.set_alpha_to_one => alphas_cumprod[0],
+            _ => 1.0,
+        };
+        let timesteps = (0..config.num_train_timesteps as i64).rev().collect();
+        Ok(Self {
+            kind,
+            config,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps,
+            num_inference_steps: None,
+        })
+    }
+
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.alphas_cumprod
+    }
+
+    /// The timesteps of the current schedule, descending.
+    pub fn timesteps(&self) -> &[i64] {
+        &self.timesteps
+    }
+
+    pub fn num_inference_steps(&self) -> Option<usize> {
+        self.num_inference_steps
+    }
+
+    /// The standard deviation of the initial noise (1 for DDPM and DDIM).
+    pub fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    /// Chooses `n` of the training timesteps with the configured spacing ("leading" adds `steps_offset`).
+    pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        let total = self.config.num_train_timesteps;
+        if n == 0 || n > total {
+            return Err(value_error(
+                "num_inference_steps",
+                format!("1..={total} (num_train_timesteps)"),
+                n,
+            ));
+        }
+        let timesteps: Vec<i64> = match self.config.timestep_spacing.as_str() {
+            "linspace" => {
+                let pts = super::schedule::linspace(0.0, (total - 1) as f64, n);
+                pts.iter().rev().map(|v| round_half_even(*v)).collect()
+            }
+            "trailing" => {
+                // np.round(np.arange(total, 0, -ratio)) - 1
+                let ratio = total as f64 / n as f64;
+                let len = (total as f64 / ratio).ceil() as usize;
+                (0..len)
+                    .map(|i| round_half_even(total as f64 - i as f64 * ratio) - 1)
+                    .collect()
+            }
+            _ => {
+                let ratio = (total / n) as i64;
+                (0..n as i64)
+                    .rev()
+                    .map(|i| i * ratio + self.config.steps_offset as i64)
+                    .collect()
+            }
+        };
+        if let Some(bad) = timesteps.iter().find(|&&t| t < 0 || t as usize >= total) {
+            return Err(value_error(
+                "steps_offset",
+                format!("timesteps inside [0, {total}) after the offset"),
+                format!("timestep {bad}"),
+            ));
+        }
+        self.timesteps = timesteps;
+        self.num_inference_steps = Some(n);
+        Ok(())
+    }
+
+    fn check_timestep(&self, t: i64) -> Result<usize> {
+        if t < 0 || t as usize >= self.config.num_train_timesteps {
+            return Err(value_error(
+                "timestep",
+                format!("a value in [0, {})", self.config.num_train_timesteps),
+                t,
+            ));
+        }
+        Ok(t as usize)
+    }
+
+    /// The timestep after `t` in the schedule (−1 after the last), as diffusers' `previous_timestep`.
+    pub fn previous_timestep(&self, t: i64) -> Result<i64> {
+        match (self.kind, self.num_inference_steps) {
+            (SchedulerKind::Ddim, Some(n)) => Ok(t - (self.config.num_train_timesteps / n) as i64),
+            (SchedulerKind::Ddpm, Some(_)) => {
+                let i =
+                    self.timesteps.iter().position(|&s| s == t).ok_or_else(|| {
+                        value_error("timestep", "one of the scheduler's timesteps (see .timesteps)", t)
+                    })?;
+                Ok(self.timesteps.get(i + 1).copied().unwrap_or(-1))
+            }
+            (SchedulerKind::Ddim, None) => Err(LatteError::Value(
+                "DDIMScheduler.step: call set_timesteps(num_inference_steps) first".into(),
+            )),
+            (SchedulerKind::Ddpm, None) => Ok(t - 1),
+        }
+    }
+
+    fn alpha_prev(&self, prev: i64) -> f32 {
+        if prev >= 0 {
+            self.alphas_cumprod[prev as usize]
+        } else {
+            self.final_alpha_cumprod
+        }
+    }
+
+    /// The sample's channel axis that a learned variance doubles: diffusers' axis 1 (B, C, …), or axis 2 for
+    /// latte-rs's video layout (B, F, C, H, W).
+    fn split_learned(&self, model_output: &Tensor, sample: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let learned = matches!(self.config.variance_type.as_str(), "learned" | "learned_range");
+        let (o, s) = (model_output.dims(), sample.dims());
+        for axis in [1usize, 2] {
+            if learned && o.len() == s.len() && o.len() > axis && o[axis] == 2 * s[axis] {
+                let c = s[axis];
+                return Ok((model_output.narrow(axis, 0, c)?, Some(model_output.narrow(axis, c, c)?)));
+            }
+        }
+        if o != s {
+            return Err(value_error(
+                "model_output",
+                format!("the sample's shape {s:?}"),
+                format!("shape {o:?}"),
+            ));
+        }
+        Ok((model_output.clone(), None))
+    }
+
+    /// x₀ and ε predictions from the model output, as f32 scalars applied to tensors.
+    fn predictions(&self, out: &Tensor, sample: &Tensor, a: f32) -> Result<(Tensor, Tensor)> {
+        let b = 1.0 - a;
+        let (sa, sb) = (a.sqrt() as f64, b.sqrt() as f64);
+        let (x0, eps) = match self.config.prediction_type.as_str() {
+            "epsilon" => (((sample - (out * sb)?)? / sa)?, out.clone()),
+            "sample" => (out.clone(), ((sample - (out * sa)?)? / sb)?),
+            _ => (((sample * sa)? - (out * sb)?)?, ((out * sa)? + (sample * sb)?)?),
+        };
+        Ok((x0, eps))
+    }
+
+    fn clip(&self, x0: Tensor) -> Result<Tensor> {
+        if self.config.clip_sample {
+            let r = self.config.clip_sample_range;
+            Ok(x0.clamp(-r, r)?)
+        } else {
+            Ok(x0)
+        }
+    }
+
+    /// One reverse step from `sample` at `timestep`. `noise` is the standard normal draw for the stochastic part
+    /// (DDPM at t > 0, DDIM with eta > 0); it is required then and ignored otherwise.
+    pub fn step(
+        &self,
+        model_output: &Tensor,
+        timestep: i64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+        eta: f64,
+        use_clipped_model_output: bool,
+    ) -> Result<StepOutput> {
+        let t = self.check_timestep(timestep)?;
+        let prev = self.previous_timestep(timestep)?;
+        let (out, predicted_variance) = self.split_learned(model_output, sample)?;
+        let a = self.alphas_cumprod[t];
+        let a_prev = self.alpha_prev(prev);
+        let (x0, eps) = self.predictions(&out, sample, a)?;
+        let x0 = self.clip(x0)?;
+        let need_noise = |what: &str| {
+            noise.ok_or_else(|| LatteError::Value(format!("noise: required for {what} (pass a generator or noise)")))
+        };
+        let check_noise = |n: &Tensor| -> Result<()> {
+            if n.dims() != x0.dims() {
+                return Err(value_error(
+                    "noise",
+                    format!("shape {:?}", x0.dims()),
+                    format!("shape {:?}", n.dims()),
+                ));
+            }
+            Ok(())
+        };
+        let prev_sample = match self.kind {
+            SchedulerKind::Ddpm => {
+                let (b, b_prev) = (1.0 - a, 1.0 - a_prev);
+                let current_alpha = a / a_prev;
+                let current_beta = 1.0 - current_alpha;
+                let x0_coeff = (a_prev.sqrt() * current_beta / b) as f64;
+                let sample_coeff = (current_alpha.sqrt() * b_prev / b) as f64;
+                let mean = ((&x0 * x0_coeff)? + (sample * sample_coeff)?)?;
+                if t > 0 {
+                    let z = need_noise("DDPM steps with t > 0")?;
+                    check_noise(z)?;
+                    let variance = (b_prev / b * current_beta).max(1e-20);
+                    let scaled = match (self.config.variance_type.as_str(), predicted_variance) {
+                        ("fixed_small_log", _) => (z * (0.5 * variance.ln()).exp() as f64)?,
+                        ("fixed_large", _) => (z * current_beta.sqrt() as f64)?,
+                        ("fixed_large_log", _) => {
+                            // diffusers takes the square root of log β here, which is NaN; refuse instead.
+                            return Err(LatteError::Value(
+                                "variance_type: \"fixed_large_log\" cannot sample (diffusers gives NaN); use \"fixed_large\""
+                                    .into(),
+                            ));
+                        }
+                        ("learned", Some(v)) => z.mul(&v.sqrt()?)?,
+                        ("learned_range", Some(v)) => {
+                            let (min_log, max_log) = (variance.ln() as f64, current_beta.ln() as f64);
+                            let frac = ((v + 1.0)? / 2.0)?;
+                            let log_var = ((&frac * max_log)? + ((1.0 - &frac)? * min_log)?)?;
+                            z.mul(&(log_var * 0.5)?.exp()?)?
+                        }
+                        ("learned" | "learned_range", None) => {
+                            return Err(LatteError::Value(format!(
+                                "model_output: variance_type {:?} needs twice the sample's channels",
+                                self.config.variance_type
+                            )))
+                        }
+                        _ => (z * variance.sqrt() as f64)?,
+                    };
+                    (mean + scaled)?
+                } else {
+                    mean
+                }
+            }
+            SchedulerKind::Ddim => {
+                let b = 1.0 - a;
+                let variance = (1.0 - a_prev) / b * (1.0 - a / a_prev);
+                let std = eta as f32 * variance.sqrt();
+                let eps = if use_clipped_model_output {
+                    ((sample - (&x0 * a.sqrt() as f64)?)? / b.sqrt() as f64)?
+                } else {
+                    eps
+                };
+                let direction = (eps * ((1.0 - a_prev - std * std) as f64).sqrt())?;
+                let mut prev_sample = ((&x0 * a_prev.sqrt() as f64)? + direction)?;
+                if eta > 0.0 {
+                    let z = need_noise("DDIM steps with eta > 0")?;
+                    check_noise(z)?;
+                    prev_sample = (prev_sample + (z * std as f64)?)?;
+                }
+                prev_sample
+            }
+        };
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: x0,
+        })
+    }
+
+    /// q(x_t | x₀) at per-sample `timesteps`: √ᾱ x₀ + √(1−ᾱ) noise.
+    pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &[i64]) -> Result<Tensor> {
+        if noise.dims() != original.dims() {
+            return Err(value_error(
+                "noise",
+                format!("shape {:?}", original.dims()),
+                format!("shape {:?}", noise.dims()),
+            ));
+        }
+        let b = original.dims().first().copied().unwrap_or(0);
+        if timesteps.len() != b {
+            return Err(value_error(
+                "timesteps",
+                format!("{b} values (one per sample)"),
+                timesteps.len(),
+            ));
+        }
+        let mut shape = vec![1usize; original.rank()];
+        shape[0] = b;
+        let mut sa = Vec::with_capacity(b);
+        let mut sb = Vec::with_capacity(b);
+        for &t in timesteps {
+            let a = self.alphas_cumprod[self.check_timestep(t)?];
+            sa.push(a.sqrt());
+            sb.push((1.0 - a).sqrt());
+        }
+        let dev = original.device();
+        let sa = Tensor::from_vec(sa, shape.clone(), dev)?.to_dtype(original.dtype())?;
+        let sb = Tensor::from_vec(sb, shape, dev)?.to_dtype(original.dtype())?;
+        Ok((original.broadcast_mul(&sa)? + noise.broadcast_mul(&sb)?)?)
+    }
+}
