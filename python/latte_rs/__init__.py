@@ -18,12 +18,13 @@ from ._native import (
     __version__,
 )
 from .sampling import sample
-from .schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
+from .schedulers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, SchedulerOutput
 
 __all__ = [
     "CUDA_AVAILABLE",
     "DDIMScheduler",
     "DDPMScheduler",
+    "EulerDiscreteScheduler",
     "FLASH_ATTN_AVAILABLE",
     "GaussianDiffusion",
     "Generator",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._native import Generator, Scheduler
+from ._native import EulerScheduler, Generator, Scheduler
 
 CONFIG_NAME = "scheduler_config.json"
 
@@ -44,8 +44,11 @@ class _DiffusersScheduler:
         config = {k: v for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
         if isinstance(config.get("trained_betas"), np.ndarray):
             config["trained_betas"] = config["trained_betas"].tolist()
-        self._native = Scheduler(self._kind, json.dumps(config))
+        self._native = self._make_native(config)
         self._generator = Generator(0)
+
+    def _make_native(self, config: dict[str, Any]) -> Any:
+        return Scheduler(self._kind, json.dumps(config))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | str | os.PathLike[str], **overrides: Any):
@@ -68,7 +71,7 @@ class _DiffusersScheduler:
         """Writes `scheduler_config.json` (diffusers' format) into `save_directory`; returns its path."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": self._native.class_name, **self.config}
+        config = {"_class_name": type(self).__name__, **self.config}
         path = directory / CONFIG_NAME
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -169,3 +172,49 @@ class DDIMScheduler(_DiffusersScheduler):
         return self._step(
             model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise, return_dict
         )
+
+
+class EulerDiscreteScheduler(_DiffusersScheduler):
+    """Euler sampling (Karras et al., Algorithm 2), as diffusers' `EulerDiscreteScheduler`: call
+    `scale_model_input` before the model, then `step`. Supports "linear" / "log_linear" interpolation, Karras
+    sigmas, final sigma "zero" / "sigma_min", and churn (`s_churn`, with noise from the generator)."""
+
+    _kind = "euler"
+
+    def _make_native(self, config: dict[str, Any]) -> Any:
+        return EulerScheduler(json.dumps({"timestep_spacing": "linspace", **config}))
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        return self._native.sigmas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        raise AttributeError("EulerDiscreteScheduler exposes sigmas, not alphas_cumprod")
+
+    def scale_model_input(self, sample: Any, timestep: Any) -> np.ndarray:
+        return self._native.scale_model_input(sample, float(np.asarray(timestep)))
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
+        steps = [float(t) for t in np.asarray(timesteps).reshape(-1)]
+        return self._native.add_noise(original_samples, noise, steps)
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: Generator | None = None,
+        return_dict: bool = True,
+    ):
+        noise = None
+        if s_churn > 0:
+            noise = (generator or self._generator).randn(list(np.shape(sample)))
+        prev, x0 = self._native.step(
+            model_output, float(np.asarray(timestep)), sample, s_churn, s_tmin, s_tmax, s_noise, noise
+        )
+        return SchedulerOutput(prev, x0) if return_dict else (prev, x0)

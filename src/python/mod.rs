@@ -47,5 +47,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<diffusion::PyGaussianDiffusion>()?;
     m.add_class::<schedulers::PyGenerator>()?;
     m.add_class::<schedulers::PyScheduler>()?;
+    m.add_class::<schedulers::PyEulerScheduler>()?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 
 use super::convert::{to_numpy, to_tensor};
 use super::IntoPy;
-use crate::diffusion::{Scheduler, SchedulerConfig, SchedulerKind};
+use crate::diffusion::{EulerScheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::rng::Generator;
 
 /// A seeded random generator (ChaCha8): the same seed gives the same numbers on every platform.
@@ -87,11 +87,6 @@ impl PyScheduler {
         serde_json::to_string(&self.inner.config).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    #[getter]
-    fn class_name(&self) -> &'static str {
-        self.inner.kind.class_name()
-    }
-
     fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
         self.inner.set_timesteps(num_inference_steps).py()
     }
@@ -159,6 +154,109 @@ impl PyScheduler {
         let x = to_tensor(original_samples, "original_samples")?;
         let n = to_tensor(noise, "noise")?;
         let out = py.detach(|| self.inner.add_noise(&x, &n, &timesteps)).py()?;
+        to_numpy(py, &out)
+    }
+}
+
+/// The Rust core of `latte_rs.EulerDiscreteScheduler`.
+#[pyclass(name = "EulerScheduler", module = "latte_rs._native")]
+pub struct PyEulerScheduler {
+    inner: EulerScheduler,
+}
+
+#[pymethods]
+impl PyEulerScheduler {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        let config: SchedulerConfig =
+            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
+        Ok(Self {
+            inner: EulerScheduler::new(config).py()?,
+        })
+    }
+
+    fn config_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.inner.config).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
+        self.inner.set_timesteps(num_inference_steps).py()
+    }
+
+    #[getter]
+    fn timesteps<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_vec(py, self.inner.timesteps().to_vec())
+    }
+
+    #[getter]
+    fn sigmas<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_vec(py, self.inner.sigmas().to_vec())
+    }
+
+    #[getter]
+    fn num_inference_steps(&self) -> Option<usize> {
+        self.inner.num_inference_steps()
+    }
+
+    #[getter]
+    fn init_noise_sigma(&self) -> f64 {
+        self.inner.init_noise_sigma()
+    }
+
+    fn scale_model_input<'py>(
+        &mut self,
+        py: Python<'py>,
+        sample: &Bound<'py, PyAny>,
+        timestep: f32,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sample = to_tensor(sample, "sample")?;
+        let out = self.inner.scale_model_input(&sample, timestep).py()?;
+        to_numpy(py, &out)
+    }
+
+    #[pyo3(signature = (model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, noise = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        model_output: &Bound<'py, PyAny>,
+        timestep: f32,
+        sample: &Bound<'py, PyAny>,
+        s_churn: f64,
+        s_tmin: f64,
+        s_tmax: f64,
+        s_noise: f64,
+        noise: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let out = to_tensor(model_output, "model_output")?;
+        let sample = to_tensor(sample, "sample")?;
+        let noise = noise.map(|n| to_tensor(n, "noise")).transpose()?;
+        let r = self
+            .inner
+            .step(
+                &out,
+                timestep,
+                &sample,
+                s_churn,
+                s_tmin,
+                s_tmax,
+                s_noise,
+                noise.as_ref(),
+            )
+            .py()?;
+        Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
+    }
+
+    fn add_noise<'py>(
+        &self,
+        py: Python<'py>,
+        original_samples: &Bound<'py, PyAny>,
+        noise: &Bound<'py, PyAny>,
+        timesteps: Vec<f32>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = to_tensor(original_samples, "original_samples")?;
+        let n = to_tensor(noise, "noise")?;
+        let out = self.inner.add_noise(&x, &n, &timesteps).py()?;
         to_numpy(py, &out)
     }
 }
