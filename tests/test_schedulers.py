@@ -51,6 +51,7 @@ CLASSES = {
     "ddpm": latte_rs.DDPMScheduler,
     "ddim": latte_rs.DDIMScheduler,
     "euler": latte_rs.EulerDiscreteScheduler,
+    "dpm": latte_rs.DPMSolverMultistepScheduler,
 }
 
 
@@ -70,7 +71,9 @@ def run_loop(kind: str, config: dict, eta: float, noise: np.ndarray) -> tuple[np
     gen = Replay(noise)
     for t in scheduler.timesteps:
         out = dummy_model(sample, int(t), variance_type).astype(np.float32)
-        if kind == "ddpm":
+        if kind == "dpm":
+            sample = scheduler.step(out, t, sample).prev_sample
+        elif kind == "ddpm":
             sample = scheduler.step(out, t, sample, generator=gen).prev_sample
         else:
             sample = scheduler.step(out, t, sample, eta=eta, variance_noise=gen.randn(list(sample.shape))).prev_sample

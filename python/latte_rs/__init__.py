@@ -18,12 +18,19 @@ from ._native import (
     __version__,
 )
 from .sampling import sample
-from .schedulers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, SchedulerOutput
+from .schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    SchedulerOutput,
+)
 
 __all__ = [
     "CUDA_AVAILABLE",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "EulerDiscreteScheduler",
     "FLASH_ATTN_AVAILABLE",
     "GaussianDiffusion",

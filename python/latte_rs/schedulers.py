@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._native import EulerScheduler, Generator, Scheduler
+from ._native import DpmSolverScheduler, EulerScheduler, Generator, Scheduler
 
 CONFIG_NAME = "scheduler_config.json"
 
@@ -218,3 +218,39 @@ class EulerDiscreteScheduler(_DiffusersScheduler):
             model_output, float(np.asarray(timestep)), sample, s_churn, s_tmin, s_tmax, s_noise, noise
         )
         return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
+
+
+class DPMSolverMultistepScheduler(_DiffusersScheduler):
+    """DPM-Solver++ / DPM-Solver multistep (orders 1-2, midpoint or Heun), as diffusers'
+    `DPMSolverMultistepScheduler`: Karras sigmas, lower-order final steps, final sigma "zero" / "sigma_min".
+    `step` also returns the converted model output (x0 for DPM-Solver++) as `pred_original_sample`. With a learned
+    variance the solver uses the first half of the channels (diffusers slices three channels there)."""
+
+    _kind = "dpmsolver"
+    order = 1
+
+    def _make_native(self, config: dict[str, Any]) -> Any:
+        return DpmSolverScheduler(json.dumps({"timestep_spacing": "linspace", **config}))
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        return self._native.sigmas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        raise AttributeError("DPMSolverMultistepScheduler exposes sigmas, not alphas_cumprod")
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
+        raise NotImplementedError("DPMSolverMultistepScheduler.add_noise is not implemented in latte-rs yet")
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        generator: Generator | None = None,
+        variance_noise: Any = None,
+        return_dict: bool = True,
+    ):
+        prev, x0 = self._native.step(model_output, int(np.asarray(timestep)), sample)
+        return SchedulerOutput(prev, x0) if return_dict else (prev,)

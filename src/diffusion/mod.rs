@@ -14,4 +14,7 @@ pub use gaussian::{GaussianDiffusion, LossType, Losses, MeanType, PMeanVariance,
 pub use respace::space_timesteps;
 pub use sampling::Sampler;
 pub use schedule::{betas_for_alpha_bar, named_beta_schedule, BetaSchedule};
-pub use schedulers::{EulerScheduler, Scheduler, SchedulerConfig, SchedulerKind, StepOutput};
+pub use schedulers::{
+    sample_with_scheduler, DpmSolverScheduler, EulerScheduler, NoiseScheduler, Scheduler, SchedulerConfig, SchedulerKind,
+    StepOutput,
+};

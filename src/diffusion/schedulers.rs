@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::respace::round_half_even;
 use super::schedule::betas_for_alpha_bar;
 use crate::error::{value_error, LatteError, Result};
+use crate::rng::Generator;
 
 /// Which diffusers scheduler this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -787,4 +788,410 @@ impl EulerScheduler {
         let sig = Tensor::from_vec(sig, shape, original.device())?.to_dtype(original.dtype())?;
         Ok((original + noise.broadcast_mul(&sig)?)?)
     }
+}
+
+/// Options of the DPM-Solver scheduler (extra config keys).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+struct DpmOptions {
+    solver_order: usize,
+    algorithm_type: String,
+    solver_type: String,
+    lower_order_final: bool,
+    euler_at_final: bool,
+    use_karras_sigmas: Option<bool>,
+    use_exponential_sigmas: Option<bool>,
+    use_beta_sigmas: Option<bool>,
+    use_lu_lambdas: Option<bool>,
+    use_flow_sigmas: Option<bool>,
+    sigma_min: Option<f64>,
+    sigma_max: Option<f64>,
+    final_sigmas_type: String,
+    lambda_min_clipped: Option<f64>,
+    variance_type: Option<String>,
+}
+
+impl Default for DpmOptions {
+    fn default() -> Self {
+        Self {
+            solver_order: 2,
+            algorithm_type: "dpmsolver++".into(),
+            solver_type: "midpoint".into(),
+            lower_order_final: true,
+            euler_at_final: false,
+            use_karras_sigmas: Some(false),
+            use_exponential_sigmas: Some(false),
+            use_beta_sigmas: Some(false),
+            use_lu_lambdas: Some(false),
+            use_flow_sigmas: Some(false),
+            sigma_min: None,
+            sigma_max: None,
+            final_sigmas_type: "zero".into(),
+            lambda_min_clipped: None,
+            variance_type: None,
+        }
+    }
+}
+
+/// DPM-Solver / DPM-Solver++ multistep (orders 1–2, midpoint or Heun) with diffusers'
+/// `DPMSolverMultistepScheduler` semantics, including Karras sigmas and the lower-order final steps.
+#[derive(Clone, Debug)]
+pub struct DpmSolverScheduler {
+    pub config: SchedulerConfig,
+    opts: DpmOptions,
+    alphas_cumprod: Vec<f32>,
+    sigmas: Vec<f32>,
+    timesteps: Vec<i64>,
+    model_outputs: Vec<Option<Tensor>>,
+    lower_order_nums: usize,
+    step_index: Option<usize>,
+    num_inference_steps: Option<usize>,
+}
+
+/// (α_t, σ_t) of the VP process at noise level `sigma` (= σ/α).
+fn alpha_sigma(sigma: f32) -> (f32, f32) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+impl DpmSolverScheduler {
+    pub fn new(config: SchedulerConfig) -> Result<Self> {
+        config.validate()?;
+        let opts: DpmOptions = serde_json::from_value(serde_json::Value::Object(
+            config.other.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ))?;
+        one_of("algorithm_type", &opts.algorithm_type, &["dpmsolver++", "dpmsolver"])?;
+        one_of("solver_type", &opts.solver_type, &["midpoint", "heun"])?;
+        one_of("final_sigmas_type", &opts.final_sigmas_type, &["zero", "sigma_min"])?;
+        if !(1..=2).contains(&opts.solver_order) {
+            return Err(value_error(
+                "solver_order",
+                "1 or 2 (order 3 is not supported by latte-rs yet)",
+                opts.solver_order,
+            ));
+        }
+        if opts.algorithm_type == "dpmsolver" && opts.final_sigmas_type == "zero" {
+            return Err(LatteError::Value(
+                "final_sigmas_type: \"zero\" needs algorithm_type \"dpmsolver++\"; use \"sigma_min\"".into(),
+            ));
+        }
+        let unsupported = [
+            opts.use_exponential_sigmas,
+            opts.use_beta_sigmas,
+            opts.use_lu_lambdas,
+            opts.use_flow_sigmas,
+        ];
+        if unsupported.contains(&Some(true)) || opts.lambda_min_clipped.is_some_and(|l| l.is_finite()) {
+            return Err(LatteError::Unsupported(
+                "exponential/beta/lu/flow sigmas and lambda_min_clipped are not supported by latte-rs yet".into(),
+            ));
+        }
+        let alphas_cumprod = alphas_cumprod(&config);
+        let order = opts.solver_order;
+        Ok(Self {
+            config,
+            opts,
+            alphas_cumprod,
+            sigmas: vec![],
+            timesteps: vec![],
+            model_outputs: vec![None; order],
+            lower_order_nums: 0,
+            step_index: None,
+            num_inference_steps: None,
+        })
+    }
+
+    pub fn timesteps(&self) -> &[i64] {
+        &self.timesteps
+    }
+
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    pub fn num_inference_steps(&self) -> Option<usize> {
+        self.num_inference_steps
+    }
+
+    pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        let total = self.config.num_train_timesteps;
+        if n == 0 || n > total {
+            return Err(value_error(
+                "num_inference_steps",
+                format!("1..={total} (num_train_timesteps)"),
+                n,
+            ));
+        }
+        let mut timesteps: Vec<f64> = match self.config.timestep_spacing.as_str() {
+            "leading" => {
+                let ratio = total / (n + 1);
+                (1..=n)
+                    .rev()
+                    .map(|i| (i * ratio + self.config.steps_offset) as f64)
+                    .collect::<Vec<_>>()
+            }
+            "trailing" => {
+                let ratio = total as f64 / n as f64;
+                let len = (total as f64 / ratio).ceil() as usize;
+                (0..len)
+                    .map(|i| (round_half_even(total as f64 - i as f64 * ratio) - 1) as f64)
+                    .collect()
+            }
+            _ => {
+                let pts = super::schedule::linspace(0.0, (total - 1) as f64, n + 1);
+                pts.iter().rev().take(n).map(|v| round_half_even(*v) as f64).collect()
+            }
+        };
+        let base: Vec<f64> = self
+            .alphas_cumprod
+            .iter()
+            .map(|a| ((1.0 - a) / a).sqrt() as f64)
+            .collect();
+        let log_sigmas: Vec<f64> = base.iter().map(|s| s.ln()).collect();
+        let mut sigmas: Vec<f64> = if self.opts.use_karras_sigmas == Some(true) {
+            let sigma_min = self.opts.sigma_min.unwrap_or(base[0]);
+            let sigma_max = self.opts.sigma_max.unwrap_or(base[total - 1]);
+            let rho = 7.0;
+            let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+            let s: Vec<f64> = super::schedule::linspace(0.0, 1.0, n)
+                .into_iter()
+                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+                .collect();
+            timesteps = s.iter().map(|&v| sigma_to_t(v, &log_sigmas)).collect();
+            if self.config.beta_schedule != "squaredcos_cap_v2" {
+                timesteps = timesteps.iter().map(|t| round_half_even(*t) as f64).collect();
+            }
+            s
+        } else {
+            timesteps.iter().map(|&t| interp_on_index(t, &base)).collect()
+        };
+        let last = if self.opts.final_sigmas_type == "sigma_min" {
+            base[0]
+        } else {
+            0.0
+        };
+        sigmas.push(last);
+        self.sigmas = sigmas.into_iter().map(|s| s as f32).collect();
+        // Karras timesteps are fractional before rounding (cosine schedule); the schedule stores them as int64.
+        self.timesteps = timesteps.into_iter().map(|t| t as i64).collect();
+        self.num_inference_steps = Some(self.timesteps.len());
+        self.model_outputs = vec![None; self.opts.solver_order];
+        self.lower_order_nums = 0;
+        self.step_index = None;
+        Ok(())
+    }
+
+    /// The model output as x₀ (DPM-Solver++) or ε (DPM-Solver) at the current step.
+    fn convert_model_output(&self, out: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[i]);
+        let (alpha, sigma) = (alpha as f64, sigma as f64);
+        let pred = self.config.prediction_type.as_str();
+        Ok(if self.opts.algorithm_type == "dpmsolver++" {
+            match pred {
+                "epsilon" => ((sample - (out * sigma)?)? / alpha)?,
+                "sample" => out.clone(),
+                _ => ((sample * alpha)? - (out * sigma)?)?,
+            }
+        } else {
+            match pred {
+                "epsilon" => out.clone(),
+                "sample" => ((sample - (out * alpha)?)? / sigma)?,
+                _ => ((out * alpha)? + (sample * sigma)?)?,
+            }
+        })
+    }
+
+    /// One multistep update; returns (prev_sample, the converted model output).
+    pub fn step(&mut self, model_output: &Tensor, timestep: i64, sample: &Tensor) -> Result<StepOutput> {
+        let n = self.num_inference_steps.ok_or_else(|| {
+            LatteError::Value("DPMSolverMultistepScheduler.step: call set_timesteps(num_inference_steps) first".into())
+        })?;
+        let i = match self.step_index {
+            Some(i) if i < n => i,
+            Some(_) => {
+                return Err(LatteError::Value(
+                    "step: the schedule is finished; call set_timesteps again".into(),
+                ))
+            }
+            None => {
+                let hits: Vec<usize> = self
+                    .timesteps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &t)| t == timestep)
+                    .map(|(k, _)| k)
+                    .collect();
+                match hits.len() {
+                    0 => n - 1,
+                    1 => hits[0],
+                    _ => hits[1],
+                }
+            }
+        };
+        // A learned variance doubles the channels; the solver uses the prediction half.
+        let learned = matches!(self.opts.variance_type.as_deref(), Some("learned" | "learned_range"));
+        let out = if learned && self.config.prediction_type == "epsilon" {
+            let (o, s) = (model_output.dims(), sample.dims());
+            match [1usize, 2]
+                .into_iter()
+                .find(|&a| o.len() > a && o.len() == s.len() && o[a] == 2 * s[a])
+            {
+                Some(axis) => model_output.narrow(axis, 0, s[axis])?,
+                None => model_output.clone(),
+            }
+        } else {
+            model_output.clone()
+        };
+        if out.dims() != sample.dims() {
+            return Err(value_error(
+                "model_output",
+                format!("the sample's shape {:?}", sample.dims()),
+                format!("shape {:?}", model_output.dims()),
+            ));
+        }
+        let lower_order_final = i == n - 1
+            && (self.opts.euler_at_final
+                || (self.opts.lower_order_final && n < 15)
+                || self.opts.final_sigmas_type == "zero");
+        let converted = self.convert_model_output(&out, sample, i)?;
+        self.model_outputs.rotate_left(1);
+        let last = self.model_outputs.len() - 1;
+        self.model_outputs[last] = Some(converted.clone());
+
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
+        let lambda = |a: f32, s: f32| a.ln() - s.ln();
+        let (lambda_t, lambda_s0) = (lambda(alpha_t, sigma_t), lambda(alpha_s0, sigma_s0));
+        let h = lambda_t - lambda_s0;
+        let plus = self.opts.algorithm_type == "dpmsolver++";
+        let first = |d0: &Tensor| -> Result<Tensor> {
+            Ok(if plus {
+                ((sample * (sigma_t / sigma_s0) as f64)? - (d0 * (alpha_t * ((-h).exp() - 1.0)) as f64)?)?
+            } else {
+                ((sample * (alpha_t / alpha_s0) as f64)? - (d0 * (sigma_t * (h.exp() - 1.0)) as f64)?)?
+            })
+        };
+        let use_first = self.opts.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final;
+        let prev_sample = if use_first {
+            first(&converted)?
+        } else {
+            let m0 = &converted;
+            let m1 = self.model_outputs[last - 1]
+                .as_ref()
+                .ok_or_else(|| LatteError::Value("step: missing the previous model output".into()))?;
+            let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
+            let h0 = lambda_s0 - lambda(alpha_s1, sigma_s1);
+            let r0 = h0 / h;
+            let d1 = ((m0 - m1)? * (1.0 / r0) as f64)?;
+            let base = first(m0)?;
+            let correction = match (plus, self.opts.solver_type.as_str()) {
+                (true, "midpoint") => (&d1 * (-0.5 * (alpha_t * ((-h).exp() - 1.0))) as f64)?,
+                (true, _) => (&d1 * (alpha_t * (((-h).exp() - 1.0) / h + 1.0)) as f64)?,
+                (false, "midpoint") => (&d1 * (-0.5 * (sigma_t * (h.exp() - 1.0))) as f64)?,
+                (false, _) => (&d1 * (-(sigma_t * ((h.exp() - 1.0) / h - 1.0))) as f64)?,
+            };
+            (base + correction)?
+        };
+        if self.lower_order_nums < self.opts.solver_order {
+            self.lower_order_nums += 1;
+        }
+        self.step_index = Some(i + 1);
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: converted,
+        })
+    }
+}
+
+/// What a sampling loop needs from any scheduler: the schedule, input scaling and one step. Every random draw
+/// comes from the loop's generator.
+pub trait NoiseScheduler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()>;
+    /// The schedule's timesteps as the model sees them (fractional for Euler with Karras sigmas).
+    fn model_timesteps(&self) -> Vec<f64>;
+    fn init_noise_sigma(&self) -> f64;
+    fn scale_model_input(&mut self, sample: &Tensor, t: f64) -> Result<Tensor>;
+    fn step_with_rng(&mut self, eps: &Tensor, t: f64, sample: &Tensor, rng: &mut Generator) -> Result<Tensor>;
+}
+
+impl NoiseScheduler for Scheduler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        Scheduler::set_timesteps(self, n)
+    }
+    fn model_timesteps(&self) -> Vec<f64> {
+        self.timesteps.iter().map(|&t| t as f64).collect()
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        Scheduler::init_noise_sigma(self)
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, _t: f64) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
+    fn step_with_rng(&mut self, eps: &Tensor, t: f64, sample: &Tensor, rng: &mut Generator) -> Result<Tensor> {
+        let t = t as i64;
+        let noise = match self.kind {
+            SchedulerKind::Ddpm if t > 0 => Some(rng.randn(sample.dims(), sample.dtype(), sample.device())?),
+            _ => None,
+        };
+        Ok(self.step(eps, t, sample, noise.as_ref(), 0.0, false)?.prev_sample)
+    }
+}
+
+impl NoiseScheduler for EulerScheduler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        EulerScheduler::set_timesteps(self, n)
+    }
+    fn model_timesteps(&self) -> Vec<f64> {
+        self.timesteps.iter().map(|&t| t as f64).collect()
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        EulerScheduler::init_noise_sigma(self)
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, t: f64) -> Result<Tensor> {
+        EulerScheduler::scale_model_input(self, sample, t as f32)
+    }
+    fn step_with_rng(&mut self, eps: &Tensor, t: f64, sample: &Tensor, _rng: &mut Generator) -> Result<Tensor> {
+        Ok(self.step(eps, t as f32, sample, 0.0, 0.0, f64::INFINITY, 1.0, None)?.prev_sample)
+    }
+}
+
+impl NoiseScheduler for DpmSolverScheduler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        DpmSolverScheduler::set_timesteps(self, n)
+    }
+    fn model_timesteps(&self) -> Vec<f64> {
+        self.timesteps.iter().map(|&t| t as f64).collect()
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, _t: f64) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
+    fn step_with_rng(&mut self, eps: &Tensor, t: f64, sample: &Tensor, _rng: &mut Generator) -> Result<Tensor> {
+        Ok(self.step(eps, t as i64, sample)?.prev_sample)
+    }
+}
+
+/// Runs a whole denoising loop with any scheduler: x_T = init_noise_sigma · noise, then for each timestep the
+/// model's prediction (`model(x, t)`, already reduced to the prediction channels) and a scheduler step.
+/// `progress(done, total)` after each step; an error from it stops the loop.
+pub fn sample_with_scheduler(
+    scheduler: &mut dyn NoiseScheduler,
+    num_inference_steps: usize,
+    noise: Tensor,
+    mut model: impl FnMut(&Tensor, f64) -> Result<Tensor>,
+    rng: &mut Generator,
+    mut progress: impl FnMut(usize, usize) -> Result<()>,
+) -> Result<Tensor> {
+    scheduler.set_timesteps(num_inference_steps)?;
+    let timesteps = scheduler.model_timesteps();
+    let mut x = (noise * scheduler.init_noise_sigma())?;
+    for (done, &t) in timesteps.iter().enumerate() {
+        let input = scheduler.scale_model_input(&x, t)?;
+        let eps = model(&input, t)?;
+        x = scheduler.step_with_rng(&eps, t, &x, rng)?;
+        progress(done + 1, timesteps.len())?;
+    }
+    Ok(x)
 }

@@ -48,5 +48,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<schedulers::PyGenerator>()?;
     m.add_class::<schedulers::PyScheduler>()?;
     m.add_class::<schedulers::PyEulerScheduler>()?;
+    m.add_class::<schedulers::PyDpmSolverScheduler>()?;
     Ok(())
 }

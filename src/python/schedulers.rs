@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 
 use super::convert::{to_numpy, to_tensor};
 use super::IntoPy;
-use crate::diffusion::{EulerScheduler, Scheduler, SchedulerConfig, SchedulerKind};
+use crate::diffusion::{DpmSolverScheduler, EulerScheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::rng::Generator;
 
 /// A seeded random generator (ChaCha8): the same seed gives the same numbers on every platform.
@@ -258,5 +258,59 @@ impl PyEulerScheduler {
         let n = to_tensor(noise, "noise")?;
         let out = self.inner.add_noise(&x, &n, &timesteps).py()?;
         to_numpy(py, &out)
+    }
+}
+
+/// The Rust core of `latte_rs.DPMSolverMultistepScheduler`.
+#[pyclass(name = "DpmSolverScheduler", module = "latte_rs._native")]
+pub struct PyDpmSolverScheduler {
+    inner: DpmSolverScheduler,
+}
+
+#[pymethods]
+impl PyDpmSolverScheduler {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        let config: SchedulerConfig =
+            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
+        Ok(Self {
+            inner: DpmSolverScheduler::new(config).py()?,
+        })
+    }
+
+    fn config_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.inner.config).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
+        self.inner.set_timesteps(num_inference_steps).py()
+    }
+
+    #[getter]
+    fn timesteps<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        PyArray1::from_vec(py, self.inner.timesteps().to_vec())
+    }
+
+    #[getter]
+    fn sigmas<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_vec(py, self.inner.sigmas().to_vec())
+    }
+
+    #[getter]
+    fn num_inference_steps(&self) -> Option<usize> {
+        self.inner.num_inference_steps()
+    }
+
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        model_output: &Bound<'py, PyAny>,
+        timestep: i64,
+        sample: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let out = to_tensor(model_output, "model_output")?;
+        let sample = to_tensor(sample, "sample")?;
+        let r = self.inner.step(&out, timestep, &sample).py()?;
+        Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
     }
 }
