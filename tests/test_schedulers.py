@@ -189,3 +189,18 @@ def test_bad_step_inputs() -> None:
         s.step(np.zeros((1, 5, 4, 4), np.float32), 900, x)
     with pytest.raises(ValueError, match="timestep: expected a value in"):
         s.step(x, 1000, x)
+
+
+def test_dpm_solver_uses_the_prediction_half_of_a_learned_variance_output() -> None:
+    x = latte_rs.Generator(0).randn([1, 4, 4, 8, 8])  # latte-rs layout (B, F, C, H, W)
+    runs = []
+    for variance_type, extra in (("learned_range", True), ("fixed_small", False)):
+        s = latte_rs.DPMSolverMultistepScheduler(variance_type=variance_type)
+        s.set_timesteps(5)
+        sample = x.copy()
+        for t in s.timesteps:
+            eps = sample * 0.5
+            out = np.concatenate([eps, np.ones_like(eps)], axis=2) if extra else eps
+            sample = s.step(out, t, sample).prev_sample
+        runs.append(sample)
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -275,4 +275,19 @@ class DpmSolverScheduler:
     def sigmas(self) -> np.ndarray: ...
     @property
     def num_inference_steps(self) -> int | None: ...
+    @property
+    def init_noise_sigma(self) -> float: ...
     def step(self, model_output: ArrayLike, timestep: int, sample: ArrayLike) -> tuple[np.ndarray, np.ndarray]: ...
+
+def sample_with_scheduler(
+    model: LatteModel,
+    scheduler: Scheduler | EulerScheduler | DpmSolverScheduler,
+    num_inference_steps: int,
+    num_samples: int = 1,
+    noise: ArrayLike | None = None,
+    y: ArrayLike | None = None,
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    callback: Callable[[int, int], object] | None = None,
+) -> np.ndarray:
+    """A whole denoising loop with a diffusers-style scheduler core, every step in Rust (see ``latte_rs.sample``)."""

@@ -7,14 +7,15 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._native import GaussianDiffusion, LatteModel
+from ._native import GaussianDiffusion, LatteModel, sample_with_scheduler
 
 
 def sample(
     model: LatteModel,
-    diffusion: GaussianDiffusion,
+    diffusion: Any,
     num_samples: int = 1,
     *,
+    num_inference_steps: int = 50,
     noise: Any = None,
     y: Any = None,
     cfg_scale: float = 1.0,
@@ -29,7 +30,11 @@ def sample(
     Args:
         model: the denoiser.
         diffusion: the process to sample, e.g. ``GaussianDiffusion(timestep_respacing="250")`` (DDPM, the
-            official default) or ``GaussianDiffusion(timestep_respacing="ddim50")`` with ``sampler="ddim"``.
+            official default) or ``GaussianDiffusion(timestep_respacing="ddim50")`` with ``sampler="ddim"``; or a
+            diffusers-style scheduler (``DDPMScheduler``, ``DDIMScheduler``, ``EulerDiscreteScheduler``,
+            ``DPMSolverMultistepScheduler``), run for ``num_inference_steps`` steps on the model's noise
+            prediction (a learned variance is dropped, as LattePipeline does; ``sampler``, ``eta`` and
+            ``clip_denoised`` then come from the scheduler's config).
         num_samples: clips to generate when ``noise`` is not given.
         noise: the starting noise x_T (B, F, C, H, W); drawn from ``seed`` when omitted.
         y: class labels (B,) for a class-conditional model.
@@ -46,6 +51,25 @@ def sample(
     >>> latte_rs.sample(model, d, sampler="ddim", progress=False).shape
     (1, 4, 4, 16, 16)
     """
+    if not isinstance(diffusion, GaussianDiffusion):
+        native = getattr(diffusion, "_native", None)
+        if native is None:
+            raise TypeError(f"diffusion: expected a GaussianDiffusion or a latte-rs scheduler, got {type(diffusion)}")
+        bar = tqdm(total=num_inference_steps, desc="sampling", unit="step", disable=not progress)
+        try:
+            return sample_with_scheduler(
+                model,
+                native,
+                num_inference_steps,
+                num_samples=num_samples,
+                noise=noise,
+                y=y,
+                cfg_scale=cfg_scale,
+                seed=seed,
+                callback=lambda done, total: bar.update(done - bar.n),
+            )
+        finally:
+            bar.close()
     bar = tqdm(total=diffusion.num_timesteps, desc="sampling", unit="step", disable=not progress)
     try:
         return diffusion.sample(

@@ -15,6 +15,6 @@ pub use respace::space_timesteps;
 pub use sampling::Sampler;
 pub use schedule::{betas_for_alpha_bar, named_beta_schedule, BetaSchedule};
 pub use schedulers::{
-    sample_with_scheduler, DpmSolverScheduler, EulerScheduler, NoiseScheduler, Scheduler, SchedulerConfig, SchedulerKind,
-    StepOutput,
+    sample_with_scheduler, DpmSolverScheduler, EulerScheduler, NoiseScheduler, Scheduler, SchedulerConfig,
+    SchedulerKind, StepOutput,
 };

@@ -808,7 +808,6 @@ struct DpmOptions {
     sigma_max: Option<f64>,
     final_sigmas_type: String,
     lambda_min_clipped: Option<f64>,
-    variance_type: Option<String>,
 }
 
 impl Default for DpmOptions {
@@ -828,7 +827,6 @@ impl Default for DpmOptions {
             sigma_max: None,
             final_sigmas_type: "zero".into(),
             lambda_min_clipped: None,
-            variance_type: None,
         }
     }
 }
@@ -1029,7 +1027,7 @@ impl DpmSolverScheduler {
             }
         };
         // A learned variance doubles the channels; the solver uses the prediction half.
-        let learned = matches!(self.opts.variance_type.as_deref(), Some("learned" | "learned_range"));
+        let learned = matches!(self.config.variance_type.as_str(), "learned" | "learned_range");
         let out = if learned && self.config.prediction_type == "epsilon" {
             let (o, s) = (model_output.dims(), sample.dims());
             match [1usize, 2]
@@ -1151,7 +1149,9 @@ impl NoiseScheduler for EulerScheduler {
         EulerScheduler::scale_model_input(self, sample, t as f32)
     }
     fn step_with_rng(&mut self, eps: &Tensor, t: f64, sample: &Tensor, _rng: &mut Generator) -> Result<Tensor> {
-        Ok(self.step(eps, t as f32, sample, 0.0, 0.0, f64::INFINITY, 1.0, None)?.prev_sample)
+        Ok(self
+            .step(eps, t as f32, sample, 0.0, 0.0, f64::INFINITY, 1.0, None)?
+            .prev_sample)
     }
 }
 

@@ -8,12 +8,11 @@ use pyo3::types::PyDict;
 
 use super::convert::{to_numpy, to_tensor};
 use super::model::PyLatteModel;
+use super::sampling::{predict, prepare, run_with_progress};
 use super::IntoPy;
 use crate::diffusion::{
     named_beta_schedule, space_timesteps, BetaSchedule, GaussianDiffusion, LossType, MeanType, Sampler, VarType,
 };
-use crate::error::LatteError;
-use crate::rng::Generator;
 
 fn float_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
     let t = to_tensor(obj, arg)?;
@@ -292,8 +291,6 @@ impl PyGaussianDiffusion {
         clip_denoised: bool,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let net = &model.inner;
-        let cfg = net.config();
         let sampler = match sampler {
             "ddpm" => Sampler::Ddpm,
             "ddim" => Sampler::Ddim { eta },
@@ -303,78 +300,18 @@ impl PyGaussianDiffusion {
                 )))
             }
         };
-        if !(cfg_scale.is_finite() && cfg_scale >= 1.0) {
-            return Err(PyValueError::new_err(format!(
-                "cfg_scale: expected a number >= 1, got {cfg_scale}"
-            )));
-        }
-        let guided = cfg_scale > 1.0;
-        if guided && cfg.label_table_rows() <= cfg.num_classes {
-            return Err(PyValueError::new_err(
-                "cfg_scale > 1 needs a class-conditional model with a null class (num_classes > 0, class_dropout_prob > 0)",
-            ));
-        }
-        let mut rng = Generator::new(seed);
-        let noise = match noise {
-            Some(n) => float_tensor(n, "noise")?.to_dtype(net.dtype()).py()?,
-            None => {
-                if num_samples == 0 {
-                    return Err(PyValueError::new_err("num_samples: expected at least 1, got 0"));
-                }
-                let dims = [
-                    num_samples,
-                    cfg.num_frames,
-                    cfg.in_channels,
-                    cfg.input_size,
-                    cfg.input_size,
-                ];
-                rng.randn(&dims, net.dtype(), net.device()).py()?
-            }
-        };
-        let b = noise.dims().first().copied().unwrap_or(0);
-        let labels = match y {
-            Some(y) => Some(to_tensor(y, "y")?),
-            None => None,
-        };
-        // Guidance runs the batch twice, the second half with the null class (as the official sampler).
-        let (noise, labels) = if guided {
-            let y = labels.ok_or_else(|| PyValueError::new_err("y: labels are required for guidance"))?;
-            let null = Tensor::full(cfg.num_classes as i64, b, y.device()).py()?;
-            let y2 = Tensor::cat(&[&y.to_dtype(candle_core::DType::I64).py()?, &null], 0).py()?;
-            (Tensor::cat(&[&noise, &noise], 0).py()?, Some(y2))
-        } else {
-            (noise, labels)
-        };
-        let stored: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
-        let result = py.detach(|| {
+        let net = &model.inner;
+        let mut p = prepare(net, num_samples, noise, y, cfg_scale, seed)?;
+        let (labels, guided, noise) = (p.labels.clone(), p.guided, p.noise.clone());
+        let out = run_with_progress(py, callback, |progress| {
             let run_model = |x: &Tensor, t: &[usize]| -> crate::error::Result<Tensor> {
                 let t = Tensor::from_vec(t.iter().map(|&v| v as u32).collect::<Vec<_>>(), t.len(), x.device())?;
-                if guided {
-                    net.forward_with_cfg(x, &t, labels.as_ref(), cfg_scale)
-                } else {
-                    net.forward(x, &t, labels.as_ref(), None)
-                }
-            };
-            let progress = |done: usize, total: usize| -> crate::error::Result<()> {
-                Python::attach(|py| {
-                    let outcome = py.check_signals().and_then(|()| match &callback {
-                        Some(cb) => cb.call1(py, (done, total)).map(|_| ()),
-                        None => Ok(()),
-                    });
-                    outcome.map_err(|e| {
-                        *stored.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-                        LatteError::Value("sampling interrupted".into())
-                    })
-                })
+                predict(net, labels.as_ref(), guided, cfg_scale, x, t)
             };
             self.inner
-                .sample_loop(run_model, noise, sampler, clip_denoised, &mut rng, progress)
-        });
-        if let Some(e) = stored.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            return Err(e);
-        }
-        let out = result.py()?;
-        let out = if guided { out.narrow(0, 0, b).py()? } else { out };
+                .sample_loop(run_model, noise, sampler, clip_denoised, &mut p.rng, progress)
+        })?;
+        let out = if guided { out.narrow(0, 0, p.batch).py()? } else { out };
         to_numpy(py, &out)
     }
 

@@ -4,6 +4,7 @@
 mod convert;
 mod diffusion;
 mod model;
+mod sampling;
 mod schedulers;
 
 use pyo3::prelude::*;
@@ -49,5 +50,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<schedulers::PyScheduler>()?;
     m.add_class::<schedulers::PyEulerScheduler>()?;
     m.add_class::<schedulers::PyDpmSolverScheduler>()?;
+    m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
     Ok(())
 }

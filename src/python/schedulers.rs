@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 
 use super::convert::{to_numpy, to_tensor};
 use super::IntoPy;
-use crate::diffusion::{DpmSolverScheduler, EulerScheduler, Scheduler, SchedulerConfig, SchedulerKind};
+use crate::diffusion::{DpmSolverScheduler, EulerScheduler, NoiseScheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::rng::Generator;
 
 /// A seeded random generator (ChaCha8): the same seed gives the same numbers on every platform.
@@ -59,7 +59,7 @@ impl PyGenerator {
 /// A DDPM or DDIM scheduler core (use `latte_rs.DDPMScheduler` / `latte_rs.DDIMScheduler`).
 #[pyclass(name = "Scheduler", module = "latte_rs._native")]
 pub struct PyScheduler {
-    inner: Scheduler,
+    pub(crate) inner: Scheduler,
 }
 
 #[pymethods]
@@ -161,7 +161,7 @@ impl PyScheduler {
 /// The Rust core of `latte_rs.EulerDiscreteScheduler`.
 #[pyclass(name = "EulerScheduler", module = "latte_rs._native")]
 pub struct PyEulerScheduler {
-    inner: EulerScheduler,
+    pub(crate) inner: EulerScheduler,
 }
 
 #[pymethods]
@@ -264,7 +264,7 @@ impl PyEulerScheduler {
 /// The Rust core of `latte_rs.DPMSolverMultistepScheduler`.
 #[pyclass(name = "DpmSolverScheduler", module = "latte_rs._native")]
 pub struct PyDpmSolverScheduler {
-    inner: DpmSolverScheduler,
+    pub(crate) inner: DpmSolverScheduler,
 }
 
 #[pymethods]
@@ -299,6 +299,11 @@ impl PyDpmSolverScheduler {
     #[getter]
     fn num_inference_steps(&self) -> Option<usize> {
         self.inner.num_inference_steps()
+    }
+
+    #[getter]
+    fn init_noise_sigma(&self) -> f64 {
+        NoiseScheduler::init_noise_sigma(&self.inner)
     }
 
     fn step<'py>(
