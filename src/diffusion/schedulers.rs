@@ -122,6 +122,25 @@ impl SchedulerConfig {
     }
 }
 
+/// The "trailing" spacing: `np.round(np.arange(total, 0, -total / n)) - 1`.
+fn trailing_timesteps(total: usize, n: usize) -> Vec<i64> {
+    let ratio = total as f64 / n as f64;
+    let len = (total as f64 / ratio).ceil() as usize;
+    (0..len)
+        .map(|i| round_half_even(total as f64 - i as f64 * ratio) - 1)
+        .collect()
+}
+
+/// Karras et al.'s spacing (ρ = 7) of `n` sigmas from `sigma_max` down to `sigma_min`.
+fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+    super::schedule::linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
 /// torch.linspace in f32: the first half counts up from `start`, the second half down from `end`.
 fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
@@ -240,14 +259,7 @@ impl Scheduler {
                 let pts = super::schedule::linspace(0.0, (total - 1) as f64, n);
                 pts.iter().rev().map(|v| round_half_even(*v)).collect()
             }
-            "trailing" => {
-                // np.round(np.arange(total, 0, -ratio)) - 1
-                let ratio = total as f64 / n as f64;
-                let len = (total as f64 / ratio).ceil() as usize;
-                (0..len)
-                    .map(|i| round_half_even(total as f64 - i as f64 * ratio) - 1)
-                    .collect()
-            }
+            "trailing" => trailing_timesteps(total, n),
             _ => {
                 let ratio = (total / n) as i64;
                 (0..n as i64)
@@ -619,13 +631,7 @@ impl EulerScheduler {
                     .map(|i| ((i * ratio) as f32 + self.config.steps_offset as f32) as f64)
                     .collect()
             }
-            "trailing" => {
-                let ratio = total as f64 / n as f64;
-                let len = (total as f64 / ratio).ceil() as usize;
-                (0..len)
-                    .map(|i| (round_half_even(total as f64 - i as f64 * ratio) as f32 - 1.0) as f64)
-                    .collect()
-            }
+            "trailing" => trailing_timesteps(total, n).into_iter().map(|t| t as f64).collect(),
             _ => linspace_f32(0.0, (total - 1) as f32, n)
                 .into_iter()
                 .rev()
@@ -648,12 +654,7 @@ impl EulerScheduler {
         if self.opts.use_karras_sigmas == Some(true) {
             let sigma_min = self.opts.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
             let sigma_max = self.opts.sigma_max.unwrap_or(sigmas[0]);
-            let rho = 7.0;
-            let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
-            sigmas = super::schedule::linspace(0.0, 1.0, n)
-                .into_iter()
-                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
-                .collect();
+            sigmas = karras_sigmas(sigma_min, sigma_max, n);
             timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
         }
         let last = if self.opts.final_sigmas_type == "sigma_min" {
@@ -928,13 +929,7 @@ impl DpmSolverScheduler {
                     .map(|i| (i * ratio + self.config.steps_offset) as f64)
                     .collect::<Vec<_>>()
             }
-            "trailing" => {
-                let ratio = total as f64 / n as f64;
-                let len = (total as f64 / ratio).ceil() as usize;
-                (0..len)
-                    .map(|i| (round_half_even(total as f64 - i as f64 * ratio) - 1) as f64)
-                    .collect()
-            }
+            "trailing" => trailing_timesteps(total, n).into_iter().map(|t| t as f64).collect(),
             _ => {
                 let pts = super::schedule::linspace(0.0, (total - 1) as f64, n + 1);
                 pts.iter().rev().take(n).map(|v| round_half_even(*v) as f64).collect()
@@ -949,12 +944,7 @@ impl DpmSolverScheduler {
         let mut sigmas: Vec<f64> = if self.opts.use_karras_sigmas == Some(true) {
             let sigma_min = self.opts.sigma_min.unwrap_or(base[0]);
             let sigma_max = self.opts.sigma_max.unwrap_or(base[total - 1]);
-            let rho = 7.0;
-            let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
-            let s: Vec<f64> = super::schedule::linspace(0.0, 1.0, n)
-                .into_iter()
-                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
-                .collect();
+            let s = karras_sigmas(sigma_min, sigma_max, n);
             timesteps = s.iter().map(|&v| sigma_to_t(v, &log_sigmas)).collect();
             if self.config.beta_schedule != "squaredcos_cap_v2" {
                 timesteps = timesteps.iter().map(|t| round_half_even(*t) as f64).collect();
