@@ -1,0 +1,142 @@
+"""A built-in procedural video dataset: coloured shapes moving and bouncing on a dark background.
+
+It needs no downloads, is deterministic from a seed (clip `i` depends only on `seed` and `i`, so it reads the same
+from any process or worker), and has any resolution and length. Labels are the shape (square, disc, triangle,
+cross) or the direction the clip opens moving in (right, left, down, up; it reverses at walls), so
+class-conditional models have something to learn.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+SHAPES = ("square", "disc", "triangle", "cross")
+DIRECTIONS = ("right", "left", "down", "up")
+_DIRECTION_VECTORS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
+
+
+def _mask(shape: str, rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    dy, dx = rows - cy, cols - cx
+    if shape == "square":
+        return (np.abs(dy) <= r) & (np.abs(dx) <= r)
+    if shape == "disc":
+        return dy * dy + dx * dx <= r * r
+    if shape == "triangle":  # apex up, base at cy + r
+        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
+    return ((np.abs(dy) <= r / 3) & (np.abs(dx) <= r)) | ((np.abs(dx) <= r / 3) & (np.abs(dy) <= r))
+
+
+def _bounce(start: float, velocity: float, steps: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Positions of a point moving at `velocity` between walls at `low` and `high`, reflecting off them."""
+    span = high - low
+    if span <= 0:
+        return np.full(steps.shape, low)
+    p = (start - low + velocity * steps) % (2 * span)
+    return low + np.where(p > span, 2 * span - p, p)
+
+
+class SyntheticVideos:
+    """Clips of moving, bouncing shapes.
+
+    Args:
+        num_clips: dataset length.
+        num_frames: frames per clip.
+        image_size: height and width in pixels.
+        label_by: "shape" (square, disc, triangle, cross) or "motion" (right, left, down, up).
+        num_classes: how many of the four classes to use (1-4).
+        num_shapes: shapes per clip; the first one carries the label, the others are distractors.
+        speed: pixels per frame, as a fraction of `image_size` (default 1/32).
+        seed: the dataset's seed.
+
+    >>> ds = SyntheticVideos(num_clips=8, num_frames=4, image_size=32)
+    >>> video, label = ds[0]
+    >>> video.shape, video.dtype, int(label) in range(4)
+    ((4, 3, 32, 32), dtype('float32'), True)
+    """
+
+    def __init__(
+        self,
+        num_clips: int = 1024,
+        num_frames: int = 16,
+        image_size: int = 64,
+        label_by: Literal["shape", "motion"] = "shape",
+        num_classes: int = 4,
+        num_shapes: int = 1,
+        speed: float = 1 / 32,
+        seed: int = 0,
+    ) -> None:
+        if num_clips < 1:
+            raise ValueError(f"num_clips: expected at least 1, got {num_clips}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames: expected at least 1, got {num_frames}")
+        if image_size < 8:
+            raise ValueError(f"image_size: expected at least 8 pixels, got {image_size}")
+        if label_by not in ("shape", "motion"):
+            raise ValueError(f'label_by: expected "shape" or "motion", got {label_by!r}')
+        if not 1 <= num_classes <= 4:
+            raise ValueError(f"num_classes: expected 1 to 4, got {num_classes}")
+        if num_shapes < 1:
+            raise ValueError(f"num_shapes: expected at least 1, got {num_shapes}")
+        if not speed > 0:
+            raise ValueError(f"speed: expected a positive fraction of the image size, got {speed}")
+        self.num_clips = num_clips
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.label_by = label_by
+        self.num_classes = num_classes
+        self.num_shapes = num_shapes
+        self.speed = speed
+        self.seed = seed
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = SHAPES if self.label_by == "shape" else DIRECTIONS
+        return names[: self.num_classes]
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def label(self, index: int) -> int:
+        """The label of clip `index` without rendering it."""
+        return int(self._rng(index).integers(self.num_classes))
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        if not -self.num_clips <= index < self.num_clips:
+            raise IndexError(f"index {index} out of range for {self.num_clips} clips")
+        index %= self.num_clips
+        rng = self._rng(index)
+        label = int(rng.integers(self.num_classes))
+        size = self.image_size
+        steps = np.arange(self.num_frames, dtype=np.float64)
+        rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+        video = np.full((self.num_frames, 3, size, size), -0.8, dtype=np.float32)
+        speed = self.speed * size
+        for k in range(self.num_shapes):
+            radius = size * rng.uniform(0.08, 0.16)
+            shape = SHAPES[label] if (k == 0 and self.label_by == "shape") else SHAPES[rng.integers(len(SHAPES))]
+            if k == 0 and self.label_by == "motion":
+                vy, vx = _DIRECTION_VECTORS[DIRECTIONS[label]]
+            else:
+                angle = rng.uniform(0, 2 * np.pi)
+                vy, vx = np.sin(angle), np.cos(angle)
+            colour = rng.uniform(-0.2, 1.0, size=3).astype(np.float32)
+            low, high = radius, size - 1 - radius
+            cy0, cx0 = rng.uniform(low, high, size=2)
+            if k == 0 and self.label_by == "motion":
+                # Start in the half of the track behind the motion, so the clip opens moving as labelled.
+                half = (high - low) / 2 * rng.uniform()
+                if vy:
+                    cy0 = low + half if vy > 0 else high - half
+                else:
+                    cx0 = low + half if vx > 0 else high - half
+            ys = _bounce(cy0, vy * speed, steps, low, high)
+            xs = _bounce(cx0, vx * speed, steps, low, high)
+            for f in range(self.num_frames):
+                m = _mask(shape, rows, cols, ys[f], xs[f], radius)
+                video[f][:, m] = colour[:, None]
+        return video, label
