@@ -122,6 +122,29 @@ impl SchedulerConfig {
     }
 }
 
+/// Checks `noise` against `original` and one timestep per sample; returns the (B, 1, …, 1) shape that per-sample
+/// coefficients take to broadcast over `original`.
+fn per_sample_shape(original: &Tensor, noise: &Tensor, num_timesteps: usize) -> Result<Vec<usize>> {
+    if noise.dims() != original.dims() {
+        return Err(value_error(
+            "noise",
+            format!("shape {:?}", original.dims()),
+            format!("shape {:?}", noise.dims()),
+        ));
+    }
+    let b = original.dims().first().copied().unwrap_or(0);
+    if num_timesteps != b {
+        return Err(value_error(
+            "timesteps",
+            format!("{b} values (one per sample)"),
+            num_timesteps,
+        ));
+    }
+    let mut shape = vec![1usize; original.rank()];
+    shape[0] = b;
+    Ok(shape)
+}
+
 /// The "trailing" spacing: `np.round(np.arange(total, 0, -total / n)) - 1`.
 fn trailing_timesteps(total: usize, n: usize) -> Vec<i64> {
     let ratio = total as f64 / n as f64;
@@ -459,25 +482,9 @@ impl Scheduler {
 
     /// q(x_t | x₀) at per-sample `timesteps`: √ᾱ x₀ + √(1−ᾱ) noise.
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &[i64]) -> Result<Tensor> {
-        if noise.dims() != original.dims() {
-            return Err(value_error(
-                "noise",
-                format!("shape {:?}", original.dims()),
-                format!("shape {:?}", noise.dims()),
-            ));
-        }
-        let b = original.dims().first().copied().unwrap_or(0);
-        if timesteps.len() != b {
-            return Err(value_error(
-                "timesteps",
-                format!("{b} values (one per sample)"),
-                timesteps.len(),
-            ));
-        }
-        let mut shape = vec![1usize; original.rank()];
-        shape[0] = b;
-        let mut sa = Vec::with_capacity(b);
-        let mut sb = Vec::with_capacity(b);
+        let shape = per_sample_shape(original, noise, timesteps.len())?;
+        let mut sa = Vec::with_capacity(timesteps.len());
+        let mut sb = Vec::with_capacity(timesteps.len());
         for &t in timesteps {
             let a = self.alphas_cumprod[self.check_timestep(t)?];
             sa.push(a.sqrt());
@@ -765,23 +772,7 @@ impl EulerScheduler {
     }
 
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &[f32]) -> Result<Tensor> {
-        if noise.dims() != original.dims() {
-            return Err(value_error(
-                "noise",
-                format!("shape {:?}", original.dims()),
-                format!("shape {:?}", noise.dims()),
-            ));
-        }
-        let b = original.dims().first().copied().unwrap_or(0);
-        if timesteps.len() != b {
-            return Err(value_error(
-                "timesteps",
-                format!("{b} values (one per sample)"),
-                timesteps.len(),
-            ));
-        }
-        let mut shape = vec![1usize; original.rank()];
-        shape[0] = b;
+        let shape = per_sample_shape(original, noise, timesteps.len())?;
         let sig = timesteps
             .iter()
             .map(|&t| Ok(self.sigmas[self.index_for_timestep(t)?]))
