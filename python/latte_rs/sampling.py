@@ -51,12 +51,29 @@ def sample(
     >>> latte_rs.sample(model, d, sampler="ddim", progress=False).shape
     (1, 4, 4, 16, 16)
     """
-    if not isinstance(diffusion, GaussianDiffusion):
+    if isinstance(diffusion, GaussianDiffusion):
+        total = diffusion.num_timesteps
+
+        def run(callback):
+            return diffusion.sample(
+                model,
+                num_samples=num_samples,
+                noise=noise,
+                y=y,
+                cfg_scale=cfg_scale,
+                sampler=sampler,
+                eta=eta,
+                seed=seed,
+                clip_denoised=clip_denoised,
+                callback=callback,
+            )
+    else:
         native = getattr(diffusion, "_native", None)
         if native is None:
             raise TypeError(f"diffusion: expected a GaussianDiffusion or a latte-rs scheduler, got {type(diffusion)}")
-        bar = tqdm(total=num_inference_steps, desc="sampling", unit="step", disable=not progress)
-        try:
+        total = num_inference_steps
+
+        def run(callback):
             return sample_with_scheduler(
                 model,
                 native,
@@ -66,23 +83,11 @@ def sample(
                 y=y,
                 cfg_scale=cfg_scale,
                 seed=seed,
-                callback=lambda done, total: bar.update(done - bar.n),
+                callback=callback,
             )
-        finally:
-            bar.close()
-    bar = tqdm(total=diffusion.num_timesteps, desc="sampling", unit="step", disable=not progress)
+
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=not progress)
     try:
-        return diffusion.sample(
-            model,
-            num_samples=num_samples,
-            noise=noise,
-            y=y,
-            cfg_scale=cfg_scale,
-            sampler=sampler,
-            eta=eta,
-            seed=seed,
-            clip_denoised=clip_denoised,
-            callback=lambda done, total: bar.update(done - bar.n),
-        )
+        return run(lambda done, _total: bar.update(done - bar.n))
     finally:
         bar.close()

@@ -174,7 +174,19 @@ class DDIMScheduler(_DiffusersScheduler):
         )
 
 
-class EulerDiscreteScheduler(_DiffusersScheduler):
+class _SigmaScheduler(_DiffusersScheduler):
+    """A scheduler parameterised by noise levels σ (Euler, DPM-Solver): it exposes `sigmas`, not `alphas_cumprod`."""
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        return self._native.sigmas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        raise AttributeError(f"{type(self).__name__} exposes sigmas, not alphas_cumprod")
+
+
+class EulerDiscreteScheduler(_SigmaScheduler):
     """Euler sampling (Karras et al., Algorithm 2), as diffusers' `EulerDiscreteScheduler`: call
     `scale_model_input` before the model, then `step`. Supports "linear" / "log_linear" interpolation, Karras
     sigmas, final sigma "zero" / "sigma_min", and churn (`s_churn`, with noise from the generator)."""
@@ -183,14 +195,6 @@ class EulerDiscreteScheduler(_DiffusersScheduler):
 
     def _make_native(self, config: dict[str, Any]) -> Any:
         return EulerScheduler(json.dumps({"timestep_spacing": "linspace", **config}))
-
-    @property
-    def sigmas(self) -> np.ndarray:
-        return self._native.sigmas
-
-    @property
-    def alphas_cumprod(self) -> np.ndarray:
-        raise AttributeError("EulerDiscreteScheduler exposes sigmas, not alphas_cumprod")
 
     def scale_model_input(self, sample: Any, timestep: Any) -> np.ndarray:
         return self._native.scale_model_input(sample, float(np.asarray(timestep)))
@@ -220,7 +224,7 @@ class EulerDiscreteScheduler(_DiffusersScheduler):
         return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
 
 
-class DPMSolverMultistepScheduler(_DiffusersScheduler):
+class DPMSolverMultistepScheduler(_SigmaScheduler):
     """DPM-Solver++ / DPM-Solver multistep (orders 1-2, midpoint or Heun), as diffusers'
     `DPMSolverMultistepScheduler`: Karras sigmas, lower-order final steps, final sigma "zero" / "sigma_min".
     `step` also returns the converted model output (x0 for DPM-Solver++) as `pred_original_sample`. With a learned
@@ -231,14 +235,6 @@ class DPMSolverMultistepScheduler(_DiffusersScheduler):
 
     def _make_native(self, config: dict[str, Any]) -> Any:
         return DpmSolverScheduler(json.dumps({"timestep_spacing": "linspace", **config}))
-
-    @property
-    def sigmas(self) -> np.ndarray:
-        return self._native.sigmas
-
-    @property
-    def alphas_cumprod(self) -> np.ndarray:
-        raise AttributeError("DPMSolverMultistepScheduler exposes sigmas, not alphas_cumprod")
 
     def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
         raise NotImplementedError("DPMSolverMultistepScheduler.add_noise is not implemented in latte-rs yet")

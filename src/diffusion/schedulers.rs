@@ -122,6 +122,24 @@ impl SchedulerConfig {
     }
 }
 
+/// `num_inference_steps` must lie in 1..=num_train_timesteps.
+fn check_num_inference_steps(n: usize, total: usize) -> Result<()> {
+    if n == 0 || n > total {
+        return Err(value_error(
+            "num_inference_steps",
+            format!("1..={total} (num_train_timesteps)"),
+            n,
+        ));
+    }
+    Ok(())
+}
+
+/// The options one scheduler reads from the config's extra keys.
+fn extra_options<T: serde::de::DeserializeOwned>(config: &SchedulerConfig) -> Result<T> {
+    let map = config.other.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(serde_json::from_value(serde_json::Value::Object(map))?)
+}
+
 /// Checks `noise` against `original` and one timestep per sample; returns the (B, 1, …, 1) shape that per-sample
 /// coefficients take to broadcast over `original`.
 fn per_sample_shape(original: &Tensor, noise: &Tensor, num_timesteps: usize) -> Result<Vec<usize>> {
@@ -270,13 +288,7 @@ impl Scheduler {
     /// Chooses `n` of the training timesteps with the configured spacing ("leading" adds `steps_offset`).
     pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let total = self.config.num_train_timesteps;
-        if n == 0 || n > total {
-            return Err(value_error(
-                "num_inference_steps",
-                format!("1..={total} (num_train_timesteps)"),
-                n,
-            ));
-        }
+        check_num_inference_steps(n, total)?;
         let timesteps: Vec<i64> = match self.config.timestep_spacing.as_str() {
             "linspace" => {
                 let pts = super::schedule::linspace(0.0, (total - 1) as f64, n);
@@ -569,9 +581,7 @@ pub struct EulerScheduler {
 impl EulerScheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
         config.validate()?;
-        let opts: EulerOptions = serde_json::from_value(serde_json::Value::Object(
-            config.other.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        ))?;
+        let opts: EulerOptions = extra_options(&config)?;
         one_of(
             "interpolation_type",
             &opts.interpolation_type,
@@ -623,13 +633,7 @@ impl EulerScheduler {
 
     pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let total = self.config.num_train_timesteps;
-        if n == 0 || n > total {
-            return Err(value_error(
-                "num_inference_steps",
-                format!("1..={total} (num_train_timesteps)"),
-                n,
-            ));
-        }
+        check_num_inference_steps(n, total)?;
         let mut timesteps: Vec<f64> = match self.config.timestep_spacing.as_str() {
             "leading" => {
                 let ratio = total / n;
@@ -847,9 +851,7 @@ fn alpha_sigma(sigma: f32) -> (f32, f32) {
 impl DpmSolverScheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
         config.validate()?;
-        let opts: DpmOptions = serde_json::from_value(serde_json::Value::Object(
-            config.other.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        ))?;
+        let opts: DpmOptions = extra_options(&config)?;
         one_of("algorithm_type", &opts.algorithm_type, &["dpmsolver++", "dpmsolver"])?;
         one_of("solver_type", &opts.solver_type, &["midpoint", "heun"])?;
         one_of("final_sigmas_type", &opts.final_sigmas_type, &["zero", "sigma_min"])?;
@@ -905,13 +907,7 @@ impl DpmSolverScheduler {
 
     pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let total = self.config.num_train_timesteps;
-        if n == 0 || n > total {
-            return Err(value_error(
-                "num_inference_steps",
-                format!("1..={total} (num_train_timesteps)"),
-                n,
-            ));
-        }
+        check_num_inference_steps(n, total)?;
         let mut timesteps: Vec<f64> = match self.config.timestep_spacing.as_str() {
             "leading" => {
                 let ratio = total / (n + 1);
