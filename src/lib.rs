@@ -28,6 +28,7 @@ pub mod io;
 pub mod model;
 pub mod nn;
 pub mod rng;
+pub mod train;
 
 #[cfg(feature = "python")]
 mod python;
@@ -35,3 +36,4 @@ mod python;
 pub use config::{AttentionBackend, Injection, LatteConfig, PatchEmbed, TemporalPos, Variant};
 pub use error::{LatteError, Result};
 pub use model::{parse_device, Latte, LatteModel, LoadReport};
+pub use train::{StepStats, Trainer, TrainerOptions};

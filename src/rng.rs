@@ -10,6 +10,16 @@ pub struct Generator {
     rng: ChaCha8Rng,
 }
 
+/// A serialisable snapshot of a [`Generator`] (the ChaCha8 key, stream and word position).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GeneratorState {
+    /// The 32-byte key as hex.
+    pub seed: String,
+    pub stream: u64,
+    /// The word position (a u128) as a decimal string.
+    pub word_pos: String,
+}
+
 impl Generator {
     /// A generator started from `seed`.
     pub fn new(seed: u64) -> Self {
@@ -26,6 +36,36 @@ impl Generator {
                 mean + std * z
             })
             .collect()
+    }
+
+    /// `n` integers drawn uniformly from [0, high).
+    pub fn below(&mut self, n: usize, high: usize) -> Vec<usize> {
+        (0..n).map(|_| self.rng.random_range(0..high)).collect()
+    }
+
+    /// The position of the stream, to be restored by [`Generator::from_state`] (for resumable training).
+    pub fn state(&self) -> GeneratorState {
+        GeneratorState {
+            seed: self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+            stream: self.rng.get_stream(),
+            word_pos: self.rng.get_word_pos().to_string(),
+        }
+    }
+
+    /// The generator at a position saved by [`Generator::state`].
+    pub fn from_state(state: &GeneratorState) -> crate::Result<Self> {
+        let bad = || crate::LatteError::Value(format!("generator state: malformed {state:?}"));
+        if state.seed.len() != 64 {
+            return Err(bad());
+        }
+        let mut seed = [0u8; 32];
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&state.seed[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_stream(state.stream);
+        rng.set_word_pos(state.word_pos.parse::<u128>().map_err(|_| bad())?);
+        Ok(Self { rng })
     }
 
     /// `n` draws from U[low, high).

@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use crate::error::{value_error, LatteError, Result};
 
 /// What the model's first `C` output channels predict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MeanType {
     /// The noise ε (Latte, DiT).
     Epsilon,
@@ -16,7 +16,7 @@ pub enum MeanType {
 }
 
 /// How the variance of p(x_{t−1} | x_t) is chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VarType {
     /// The posterior variance β̃_t.
     FixedSmall,
@@ -35,7 +35,7 @@ impl VarType {
 }
 
 /// The training objective.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LossType {
     /// MSE on the prediction (+ the VB term for learned variance): the hybrid loss of IDDPM / DiT / Latte.
     Mse,
@@ -65,7 +65,7 @@ pub struct Losses {
 }
 
 /// A (possibly respaced) Gaussian diffusion process with its per-timestep tables in f64.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GaussianDiffusion {
     pub mean_type: MeanType,
     pub var_type: VarType,

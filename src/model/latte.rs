@@ -1,6 +1,7 @@
 //! The Latte model: embeddings, the variant's arrangement of spatial and temporal attention, the final layer.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::block::{Cond, FactorisedBlock, FinalLayer, SplitHeadBlock, TransformerBlock};
@@ -18,6 +19,7 @@ enum Blocks {
 }
 
 /// The conditioning of one forward pass, built once from t, y and the image labels.
+#[derive(Clone)]
 struct Conditioning {
     /// Per frame: (B, F, 1, D) for adaLN, (B, F, K, D) tokens.
     spatial: Tensor,
@@ -38,6 +40,57 @@ impl Conditioning {
     }
     fn temporal(&self) -> Cond<'_> {
         self.wrap(&self.temporal)
+    }
+}
+
+/// What every stage of one pass shares: the conditioning and the input geometry.
+#[derive(Clone)]
+struct Pass {
+    b: usize,
+    h: usize,
+    w: usize,
+    /// Video frames in tokens (frames / tubelet size); image frames follow them.
+    fv: usize,
+    cond: Conditioning,
+}
+
+/// One checkpointable unit of the network body.
+#[derive(Clone, Copy)]
+enum Stage<'a> {
+    Spatial(&'a TransformerBlock),
+    Temporal { block: &'a TransformerBlock, first: bool },
+    Factorised { block: &'a FactorisedBlock, first: bool },
+    SplitHead(&'a SplitHeadBlock),
+}
+
+/// Sums gradients of a fixed list of parameters over several backward passes.
+struct GradAccumulator<'a> {
+    params: &'a [Tensor],
+    grads: Vec<Option<Tensor>>,
+}
+
+impl<'a> GradAccumulator<'a> {
+    fn new(params: &'a [Tensor]) -> Self {
+        Self {
+            params,
+            grads: vec![None; params.len()],
+        }
+    }
+
+    fn add(&mut self, store: &GradStore) -> Result<()> {
+        for (p, slot) in self.params.iter().zip(self.grads.iter_mut()) {
+            if let Some(g) = store.get(p) {
+                *slot = Some(match slot.take() {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn into_grads(self) -> Vec<Option<Tensor>> {
+        self.grads
     }
 }
 
@@ -155,6 +208,138 @@ impl Latte {
         y_image: Option<&Tensor>,
         grad: bool,
     ) -> Result<Tensor> {
+        let (mut h, pass) = self.embed(x, t, y, y_image)?;
+        for stage in self.stages() {
+            h = self.run_stage(stage, &h, &pass, grad)?;
+            if !grad {
+                h = h.detach();
+            }
+        }
+        self.head(&h, &pass, grad)
+    }
+
+    /// The loss `loss_fn(forward(x, ...))` and its gradient with respect to every tensor in `params`, computed
+    /// with activation checkpointing: the forward pass keeps only each stage's input; the backward pass recomputes
+    /// one stage at a time from it and back-propagates through that stage alone. Peak memory is one stage's
+    /// activations plus one hidden state per stage instead of every activation of the network; the cost is a
+    /// second forward pass. The gradients equal the plain path's (same ops, same order within each stage).
+    pub fn loss_and_grads_checkpointed(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+        params: &[Tensor],
+        loss_fn: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let mut acc = GradAccumulator::new(params);
+        // Embeddings and conditioning keep their graph (they are small); everything after starts from leaves.
+        let (h0, pass) = self.embed(x, t, y, y_image)?;
+        let cond_spatial = Var::from_tensor(&pass.cond.spatial.detach())?;
+        let cond_temporal = Var::from_tensor(&pass.cond.temporal.detach())?;
+        let leaf_pass = Pass {
+            cond: Conditioning {
+                spatial: cond_spatial.as_tensor().clone(),
+                temporal: cond_temporal.as_tensor().clone(),
+                injection: pass.cond.injection,
+            },
+            ..pass.clone()
+        };
+        let stages = self.stages();
+        let mut inputs = Vec::with_capacity(stages.len() + 1);
+        inputs.push(h0.detach());
+        for stage in &stages {
+            let last = inputs.last().expect("inputs start non-empty");
+            let next = self.run_stage(*stage, last, &leaf_pass, true)?.detach();
+            inputs.push(next);
+        }
+        let mut g_spatial: Option<Tensor> = None;
+        let mut g_temporal: Option<Tensor> = None;
+        let mut add_cond = |grads: &GradStore| -> Result<()> {
+            for (slot, var) in [(&mut g_spatial, &cond_spatial), (&mut g_temporal, &cond_temporal)] {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(prev) => (prev + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        // The head and the loss.
+        let h_last = Var::from_tensor(inputs.last().expect("inputs start non-empty"))?;
+        let out = self.head(h_last.as_tensor(), &leaf_pass, true)?;
+        let loss = loss_fn(&out)?;
+        let grads = loss.backward()?;
+        acc.add(&grads)?;
+        add_cond(&grads)?;
+        let mut g_h = grads.get(h_last.as_tensor()).cloned();
+        drop(grads);
+        // Each stage, last to first: recompute from its saved input, pull the output gradient through it.
+        for (stage, input) in stages.iter().zip(&inputs).rev() {
+            let Some(g_out) = g_h.take() else { break };
+            let h_in = Var::from_tensor(input)?;
+            let out = self.run_stage(*stage, h_in.as_tensor(), &leaf_pass, true)?;
+            let grads = (out * g_out)?.sum_all()?.backward()?;
+            acc.add(&grads)?;
+            add_cond(&grads)?;
+            g_h = grads.get(h_in.as_tensor()).cloned();
+        }
+        // The embeddings: their outputs' gradients are now complete.
+        let mut surrogate: Option<Tensor> = None;
+        for (value, g) in [
+            (&h0, g_h),
+            (&pass.cond.spatial, g_spatial),
+            (&pass.cond.temporal, g_temporal),
+        ] {
+            if let Some(g) = g {
+                let term = (value * g)?.sum_all()?;
+                surrogate = Some(match surrogate {
+                    Some(s) => (s + term)?,
+                    None => term,
+                });
+            }
+        }
+        if let Some(s) = surrogate {
+            acc.add(&s.backward()?)?;
+        }
+        Ok((loss.detach(), acc.into_grads()))
+    }
+
+    /// The checkpointable stages of the network body, in order; each maps (B, F, N, D) to (B, F, N, D).
+    fn stages(&self) -> Vec<Stage<'_>> {
+        match &self.blocks {
+            Blocks::Separate(blocks) => {
+                let half = blocks.len() / 2;
+                let (spatial, temporal): (Vec<_>, Vec<_>) = match self.cfg.variant {
+                    Variant::V2 => (blocks[..half].iter().collect(), blocks[half..].iter().collect()),
+                    _ => (
+                        blocks.iter().step_by(2).collect(),
+                        blocks.iter().skip(1).step_by(2).collect(),
+                    ),
+                };
+                let temporal = temporal
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, block)| Stage::Temporal { block, first: i == 0 });
+                let spatial = spatial.into_iter().map(Stage::Spatial);
+                if self.cfg.variant == Variant::V1 {
+                    spatial.zip(temporal).flat_map(|(s, t)| [s, t]).collect()
+                } else {
+                    spatial.chain(temporal).collect()
+                }
+            }
+            Blocks::Factorised(blocks) => blocks
+                .iter()
+                .enumerate()
+                .map(|(i, block)| Stage::Factorised { block, first: i == 0 })
+                .collect(),
+            Blocks::SplitHead(blocks) => blocks.iter().map(Stage::SplitHead).collect(),
+        }
+    }
+
+    /// Patch embedding (plus the fixed tables) and the conditioning of one pass.
+    fn embed(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<(Tensor, Pass)> {
         let (b, frames, _, h, w) = x.dims5()?;
         let images = frames - self.cfg.num_frames;
         let fv = self.cfg.num_temporal_tokens();
@@ -170,65 +355,42 @@ impl Latte {
             }
             None => None,
         };
-        let f_tokens = fv + images;
-        let cond = self.conditioning(t, y_frames.as_ref(), f_tokens)?;
-        let step = |x: Tensor| if grad { x } else { x.detach() };
-
+        let cond = self.conditioning(t, y_frames.as_ref(), fv + images)?;
         let mut x = self
             .x_embedder
             .forward(x)?
             .broadcast_add(&self.pos_embed.unsqueeze(0)?)?; // (B, F', N, D)
-        match &self.blocks {
-            Blocks::Separate(blocks) => {
-                let half = blocks.len() / 2;
-                let (spatial, temporal): (Vec<_>, Vec<_>) = match self.cfg.variant {
-                    Variant::V2 => (blocks[..half].iter().collect(), blocks[half..].iter().collect()),
-                    _ => (
-                        blocks.iter().step_by(2).collect(),
-                        blocks.iter().skip(1).step_by(2).collect(),
-                    ),
-                };
-                let interleaved = self.cfg.variant == Variant::V1;
-                let stage = |x: Tensor, blk: &TransformerBlock, first: bool| -> Result<Tensor> {
-                    self.temporal_stage(&x, fv, first, |v| {
-                        blk.forward(v, cond.temporal(), self.rope.as_ref(), grad)
-                    })
-                };
-                if interleaved {
-                    for (i, (s, tb)) in spatial.iter().zip(&temporal).enumerate() {
-                        x = step(s.forward(&x, cond.spatial(), None, grad)?);
-                        x = step(stage(x, tb, i == 0)?);
-                    }
-                } else {
-                    for s in &spatial {
-                        x = step(s.forward(&x, cond.spatial(), None, grad)?);
-                    }
-                    for (i, tb) in temporal.iter().enumerate() {
-                        x = step(stage(x, tb, i == 0)?);
-                    }
-                }
+        if let (Blocks::SplitHead(_), Some(te)) = (&self.blocks, &self.temp_embed) {
+            // One attention mixes space and time, so the absolute time table is added up front.
+            x = add_to_video(&x, fv, &te.unsqueeze(2)?)?;
+        }
+        Ok((x, Pass { b, h, w, fv, cond }))
+    }
+
+    fn run_stage(&self, stage: Stage, x: &Tensor, pass: &Pass, grad: bool) -> Result<Tensor> {
+        let cond = &pass.cond;
+        match stage {
+            Stage::Spatial(block) => block.forward(x, cond.spatial(), None, grad),
+            Stage::Temporal { block, first } => self.temporal_stage(x, pass.fv, first, |v| {
+                block.forward(v, cond.temporal(), self.rope.as_ref(), grad)
+            }),
+            Stage::Factorised { block, first } => {
+                let x = block.spatial(x, cond.spatial(), grad)?;
+                let x = self.temporal_stage(&x, pass.fv, first, |v| {
+                    block.temporal(v, cond.temporal(), self.rope.as_ref(), grad)
+                })?;
+                block.feed_forward(&x, cond.spatial(), grad)
             }
-            Blocks::Factorised(blocks) => {
-                for (i, blk) in blocks.iter().enumerate() {
-                    x = blk.spatial(&x, cond.spatial(), grad)?;
-                    x = self.temporal_stage(&x, fv, i == 0, |v| {
-                        blk.temporal(v, cond.temporal(), self.rope.as_ref(), grad)
-                    })?;
-                    x = step(blk.feed_forward(&x, cond.spatial(), grad)?);
-                }
-            }
-            Blocks::SplitHead(blocks) => {
-                // One attention mixes space and time, so the absolute time table is added up front.
-                if let Some(te) = &self.temp_embed {
-                    x = add_to_video(&x, fv, &te.unsqueeze(2)?)?;
-                }
-                for blk in blocks {
-                    x = step(blk.forward(&x, cond.spatial(), cond.temporal(), fv, self.rope.as_ref(), grad)?);
-                }
+            Stage::SplitHead(block) => {
+                block.forward(x, cond.spatial(), cond.temporal(), pass.fv, self.rope.as_ref(), grad)
             }
         }
-        let out = self.final_layer.forward(&x, cond.spatial(), grad)?;
-        self.unpatchify(&out, b, h, w)
+    }
+
+    /// Final layer and unpatchify: (B, F', N, D) → (B, F, C_out, H, W).
+    fn head(&self, x: &Tensor, pass: &Pass, grad: bool) -> Result<Tensor> {
+        let out = self.final_layer.forward(x, pass.cond.spatial(), grad)?;
+        self.unpatchify(&out, pass.b, pass.h, pass.w)
     }
 
     /// Runs `f` on the video frames in temporal layout (B, N, Fv, D), adding the absolute time table first when

@@ -27,6 +27,10 @@ pub struct LoadReport {
 }
 
 /// A Latte model with its parameters: the entry point for forward passes, state dicts and files.
+///
+/// Clones share their parameters (like two references to one `torch.nn.Module`): a trainer holding a clone
+/// updates the weights every other clone sees.
+#[derive(Clone)]
 pub struct LatteModel {
     cfg: LatteConfig,
     varmap: VarMap,
@@ -208,8 +212,13 @@ impl LatteModel {
 
     /// Reads a file written by [`LatteModel::save`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = crate::io::read(path)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        Self::from_safetensors(&crate::io::read(path)?, path, device)
+    }
+
+    /// Parses the bytes of a file written by [`LatteModel::save`]; `path` only names the file in errors.
+    pub fn from_safetensors(bytes: &[u8], path: &Path, device: &Device) -> Result<Self> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| LatteError::Value(format!("{}: not a readable safetensors file ({e})", path.display())))?;
         let cfg_json = meta
             .metadata()
             .as_ref()
@@ -221,7 +230,7 @@ impl LatteModel {
                 ))
             })?;
         let cfg = LatteConfig::from_json(cfg_json)?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, device)?;
         let dtype = tensors.values().next().map(|t| t.dtype()).unwrap_or(DType::F32);
         let model = Self::uninitialised(&cfg, device, dtype)?;
         model.load_state_dict(&tensors, true)?;
@@ -245,6 +254,63 @@ impl LatteModel {
     ) -> Result<Tensor> {
         let (x, t, y, y_image) = self.prepare(x, t, y, y_image)?;
         Ok(self.model.forward(&x, &t, y.as_ref(), y_image.as_ref(), true)?)
+    }
+
+    /// The scalar `loss_fn(model(x, t, y, y_image))` and the gradient of every trainable parameter, in the order
+    /// of [`LatteModel::trainable_vars`] (zero for a parameter the loss does not reach). With `checkpoint`, block
+    /// activations are recomputed in the backward pass instead of stored (see
+    /// [`Latte::loss_and_grads_checkpointed`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grads(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+        checkpoint: bool,
+        loss_fn: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (x, t, y, y_image) = self.prepare(x, t, y, y_image)?;
+        let vars = self.trainable_vars();
+        let params: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        // The loss function's own error (e.g. a bad label) is passed through unchanged, not as a candle error.
+        let failure = std::cell::RefCell::new(None);
+        let wrapped = |out: &Tensor| -> candle_core::Result<Tensor> {
+            let loss = loss_fn(out).map_err(|e| {
+                let msg = e.to_string();
+                *failure.borrow_mut() = Some(e);
+                candle_core::Error::Msg(msg)
+            })?;
+            loss.dims0()
+                .map_err(|_| candle_core::Error::Msg("loss_fn: expected a scalar loss".into()))?;
+            Ok(loss)
+        };
+        let result = if checkpoint {
+            self.model
+                .loss_and_grads_checkpointed(&x, &t, y.as_ref(), y_image.as_ref(), &params, wrapped)
+        } else {
+            (|| {
+                let out = self.model.forward(&x, &t, y.as_ref(), y_image.as_ref(), true)?;
+                let loss = wrapped(&out)?;
+                let store = loss.backward()?;
+                let grads = params.iter().map(|p| store.get(p).cloned()).collect();
+                Ok((loss.detach(), grads))
+            })()
+        };
+        let (loss, grads) = match (result, failure.into_inner()) {
+            (Ok(r), _) => r,
+            (Err(_), Some(e)) => return Err(e),
+            (Err(e), None) => return Err(e.into()),
+        };
+        let grads = grads
+            .into_iter()
+            .zip(&params)
+            .map(|(g, p)| match g {
+                Some(g) => Ok(g),
+                None => p.zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok((loss, grads))
     }
 
     /// Classifier-free guidance as the official `forward_with_cfg` (see [`Latte::forward_with_cfg`]).

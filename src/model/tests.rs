@@ -278,3 +278,42 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
         }
     }
 }
+
+/// Activation checkpointing recomputes each stage in the backward pass; the gradients must equal the plain path's.
+#[test]
+fn checkpointed_gradients_equal_the_plain_path() {
+    for cfg in all_configs() {
+        let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+        perturb(&model, 1);
+        let b = batch(&cfg, DType::F32, 2);
+        let run = |checkpoint: bool| {
+            model
+                .loss_and_grads(&b.x, &b.t, Some(&b.y), b.y_image.as_ref(), checkpoint, |out| {
+                    Ok((out * &b.weights)?.sum_all()?)
+                })
+                .unwrap()
+        };
+        let (loss_plain, plain) = run(false);
+        let (loss_ckpt, ckpt) = run(true);
+        assert_eq!(
+            loss_plain.to_scalar::<f32>().unwrap(),
+            loss_ckpt.to_scalar::<f32>().unwrap()
+        );
+        for ((name, _), (p, c)) in model.trainable_vars().iter().zip(plain.iter().zip(&ckpt)) {
+            let scale = p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (p - c)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 0.0, "{name}: zero gradient ({cfg:?})");
+            assert!(
+                diff <= 1e-6 * scale,
+                "{name}: max diff {diff} vs scale {scale} ({cfg:?})"
+            );
+        }
+    }
+}

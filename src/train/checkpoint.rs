@@ -1,0 +1,293 @@
+//! Trainer checkpoints: one directory per checkpoint, written whole or not at all.
+//!
+//! ```text
+//! <dir>/model.safetensors      the weights, readable by LatteModel::load (config in the metadata)
+//! <dir>/ema.safetensors        the EMA weights, same format
+//! <dir>/optimizer.safetensors  AdamW moments `m/<name>`, `v/<name>` (and f32 master weights `master/<name>`)
+//! <dir>/diffusion.json         the diffusion process (its f64 tables, exactly)
+//! <dir>/trainer.json           options, step counters, RNG position, loss scale, and a CRC-32 of every file
+//! ```
+//!
+//! The files are written into a hidden sibling directory, synced, and the directory is renamed into place; an
+//! existing checkpoint of the same name is swapped out only after the new one is complete. A crash at any moment
+//! leaves the previous checkpoint readable. Loading verifies every file against the manifest's checksum, so a
+//! truncated or corrupted file is reported by name instead of resuming from garbage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{Buffers, LossScale, State, Trainer, TrainerOptions};
+use crate::diffusion::GaussianDiffusion;
+use crate::error::{LatteError, Result};
+use crate::model::LatteModel;
+use crate::rng::{Generator, GeneratorState};
+use crate::train::optim::Real;
+
+const FORMAT: &str = "latte-rs-trainer";
+const VERSION: u32 = 1;
+pub const MANIFEST: &str = "trainer.json";
+
+#[derive(Serialize, Deserialize)]
+struct FileEntry {
+    bytes: u64,
+    crc32: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    version: u32,
+    step: u64,
+    skipped_steps: u64,
+    loss_scale: Option<LossScale>,
+    rng: GeneratorState,
+    options: TrainerOptions,
+    files: BTreeMap<String, FileEntry>,
+}
+
+fn safetensors_bytes(state: &BTreeMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    Ok(safetensors::serialize(
+        state.iter().map(|(k, v)| (k.as_str(), v)),
+        metadata,
+    )?)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Persists the directory entries (renames); not supported everywhere, and only a durability refinement.
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn buffers_state<T: Real>(b: &Buffers<T>, trainer: &Trainer) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (i, (name, var)) in trainer.names.iter().zip(&trainer.vars).enumerate() {
+        let t = |v: &Vec<T>| Tensor::from_slice(v, var.shape(), &Device::Cpu);
+        out.insert(format!("m/{name}"), t(&b.m[i])?);
+        out.insert(format!("v/{name}"), t(&b.v[i])?);
+        if let Some(master) = &b.master {
+            out.insert(format!("master/{name}"), t(&master[i])?);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `trainer` to the checkpoint directory `dir` atomically (see the module docs).
+pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| LatteError::Value(format!("path: expected a directory name, got {}", dir.display())))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let model_meta = HashMap::from([("latte_config".to_string(), trainer.model.config().to_json()?)]);
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "model.safetensors",
+            safetensors_bytes(&trainer.model.state_dict(), Some(model_meta.clone()))?,
+        ),
+        (
+            "ema.safetensors",
+            safetensors_bytes(&trainer.ema_state_dict()?, Some(model_meta))?,
+        ),
+    ];
+    let opt = match &trainer.state {
+        State::F32(b) => buffers_state(b, trainer)?,
+        State::F64(b) => buffers_state(b, trainer)?,
+    };
+    files.push(("optimizer.safetensors", safetensors_bytes(&opt, None)?));
+    files.push(("diffusion.json", serde_json::to_vec(&trainer.diffusion)?));
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        step: trainer.step,
+        skipped_steps: trainer.skipped_steps,
+        loss_scale: trainer.loss_scale.clone(),
+        rng: trainer.rng.state(),
+        options: trainer.opts.clone(),
+        files: files
+            .iter()
+            .map(|(n, b)| {
+                (
+                    n.to_string(),
+                    FileEntry {
+                        bytes: b.len() as u64,
+                        crc32: crc32fast::hash(b),
+                    },
+                )
+            })
+            .collect(),
+    };
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write_all = || -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir(&tmp)?;
+        for (n, bytes) in &files {
+            write_synced(&tmp.join(n), bytes)?;
+        }
+        // The manifest last: a directory with a manifest is complete.
+        write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+        sync_dir(&tmp);
+        if dir.exists() {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(dir, &old)?;
+            std::fs::rename(&tmp, dir)?;
+            std::fs::remove_dir_all(&old)?;
+        } else {
+            std::fs::rename(&tmp, dir)?;
+        }
+        sync_dir(&parent);
+        Ok(())
+    };
+    let result = write_all();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> LatteError {
+    LatteError::Value(format!(
+        "{}: corrupt or incomplete checkpoint file ({why}); resume from an earlier checkpoint",
+        path.display()
+    ))
+}
+
+fn restore<T: Real>(
+    b: &mut Buffers<T>,
+    trainer_names: &[String],
+    opt: &HashMap<String, Tensor>,
+    ema: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let get = |map: &HashMap<String, Tensor>, key: &str, file: &str| -> Result<Vec<T>> {
+        let t = map
+            .get(key)
+            .ok_or_else(|| corrupt(&path.join(file), format!("missing tensor {key}")))?;
+        Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?)
+    };
+    for (i, name) in trainer_names.iter().enumerate() {
+        let check = |v: Vec<T>, len: usize, key: &str, file: &str| -> Result<Vec<T>> {
+            if v.len() != len {
+                return Err(corrupt(
+                    &path.join(file),
+                    format!("{key} has {} values, the model {len}", v.len()),
+                ));
+            }
+            Ok(v)
+        };
+        let len = b.m[i].len();
+        b.m[i] = check(
+            get(opt, &format!("m/{name}"), "optimizer.safetensors")?,
+            len,
+            name,
+            "optimizer.safetensors",
+        )?;
+        b.v[i] = check(
+            get(opt, &format!("v/{name}"), "optimizer.safetensors")?,
+            len,
+            name,
+            "optimizer.safetensors",
+        )?;
+        b.ema[i] = check(get(ema, name, "ema.safetensors")?, len, name, "ema.safetensors")?;
+        if let Some(master) = &mut b.master {
+            master[i] = check(
+                get(opt, &format!("master/{name}"), "optimizer.safetensors")?,
+                len,
+                name,
+                "optimizer.safetensors",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint written by [`save`] and returns the trainer exactly as it was.
+pub fn load(dir: &Path, device: &Device) -> Result<Trainer> {
+    if !dir.is_dir() {
+        return Err(LatteError::NotFound(format!("checkpoint directory {}", dir.display())));
+    }
+    let manifest_path = dir.join(MANIFEST);
+    let bytes = crate::io::read(&manifest_path).map_err(|e| match e {
+        LatteError::NotFound(p) => LatteError::NotFound(format!("{p} (not a latte-rs trainer checkpoint)")),
+        e => e,
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(&manifest_path, e))?;
+    if manifest.format != FORMAT || manifest.version > VERSION {
+        return Err(corrupt(
+            &manifest_path,
+            format!(
+                "format {:?} version {}, expected {FORMAT:?} <= {VERSION}",
+                manifest.format, manifest.version
+            ),
+        ));
+    }
+    let mut contents = HashMap::new();
+    for (name, entry) in &manifest.files {
+        let path = dir.join(name);
+        let bytes = crate::io::read(&path)?;
+        if bytes.len() as u64 != entry.bytes {
+            return Err(corrupt(
+                &path,
+                format!("{} bytes, expected {}", bytes.len(), entry.bytes),
+            ));
+        }
+        let crc = crc32fast::hash(&bytes);
+        if crc != entry.crc32 {
+            return Err(corrupt(
+                &path,
+                format!("CRC-32 {crc:08x}, expected {:08x}", entry.crc32),
+            ));
+        }
+        contents.insert(name.clone(), bytes);
+    }
+    let file = |name: &str| -> Result<&Vec<u8>> {
+        contents
+            .get(name)
+            .ok_or_else(|| corrupt(&manifest_path, format!("{name} is not listed")))
+    };
+    let model = LatteModel::from_safetensors(file("model.safetensors")?, &dir.join("model.safetensors"), device)?;
+    let diffusion: GaussianDiffusion =
+        serde_json::from_slice(file("diffusion.json")?).map_err(|e| corrupt(&dir.join("diffusion.json"), e))?;
+    let opt = candle_core::safetensors::load_buffer(file("optimizer.safetensors")?, &Device::Cpu)?;
+    let ema = candle_core::safetensors::load_buffer(file("ema.safetensors")?, &Device::Cpu)?;
+    let mut trainer = Trainer::new(&model, &diffusion, manifest.options)?;
+    let names = trainer.names.clone();
+    match &mut trainer.state {
+        State::F32(b) => restore(b, &names, &opt, &ema, dir)?,
+        State::F64(b) => restore(b, &names, &opt, &ema, dir)?,
+    }
+    trainer.rng = Generator::from_state(&manifest.rng)?;
+    trainer.step = manifest.step;
+    trainer.skipped_steps = manifest.skipped_steps;
+    trainer.loss_scale = manifest.loss_scale;
+    Ok(trainer)
+}
+
+impl Trainer {
+    /// Writes a resumable checkpoint directory atomically; see [`save`].
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save(self, dir)
+    }
+
+    /// The trainer saved in `dir`, ready to continue exactly where it stopped.
+    pub fn resume(dir: &Path, device: &Device) -> Result<Self> {
+        load(dir, device)
+    }
+}

@@ -1,0 +1,576 @@
+//! Training: the train step (timesteps, noise, label dropout, hybrid loss, backward, accumulation, clipping,
+//! AdamW, EMA), mixed precision with f32 master weights, activation checkpointing, and resumable checkpoints.
+//!
+//! One call of [`Trainer::step`] is one optimiser step. With `grad_accumulation = k` the batch is cut into `k`
+//! micro-batches that run forward and backward one after the other (bounding activation memory by one
+//! micro-batch); their gradients are summed with weights so that the result is the gradient of the whole batch's
+//! mean loss. Every random draw of the step (timesteps, noise, label dropout) is taken for the whole batch first,
+//! so the numbers do not depend on `k`. A checkpoint therefore never holds half-accumulated gradients.
+
+pub mod checkpoint;
+pub mod optim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::diffusion::GaussianDiffusion;
+use crate::error::{value_error, LatteError, Result};
+use crate::model::LatteModel;
+use crate::rng::Generator;
+use optim::{adamw_step, clip_coefficient, ema_update, global_norm, scale, AdamWConfig, Real};
+
+/// The trainer's options; the defaults are the official Latte recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerOptions {
+    pub optimizer: AdamWConfig,
+    /// Linear warm-up of the learning rate over this many optimiser steps (0: constant from the start).
+    pub warmup_steps: u64,
+    pub ema_decay: f64,
+    /// Clip the global gradient norm to this value (None: never clip).
+    pub grad_clip: Option<f64>,
+    /// Clip only once this many optimiser steps are done (the official `start_clip_iter`).
+    pub clip_start_step: u64,
+    /// Micro-batches per optimiser step.
+    pub grad_accumulation: usize,
+    /// Recompute block activations in the backward pass instead of storing them.
+    pub gradient_checkpointing: bool,
+    /// On a non-finite loss or gradient: skip the step and count it (true) or raise an error (false). The weights
+    /// are untouched either way.
+    pub skip_nonfinite: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainerOptions {
+    fn default() -> Self {
+        Self {
+            optimizer: AdamWConfig::default(),
+            warmup_steps: 0,
+            ema_decay: 0.9999,
+            grad_clip: None,
+            clip_start_step: 0,
+            grad_accumulation: 1,
+            gradient_checkpointing: false,
+            skip_nonfinite: false,
+            seed: 3407,
+        }
+    }
+}
+
+impl TrainerOptions {
+    pub fn validate(&self) -> Result<()> {
+        let o = &self.optimizer;
+        if !(o.lr.is_finite() && o.lr >= 0.0) {
+            return Err(value_error("lr", "a finite number >= 0", o.lr));
+        }
+        for (name, b) in [("betas[0]", o.beta1), ("betas[1]", o.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(value_error(name, "a value in [0, 1)", b));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(value_error("eps", "a finite number > 0", o.eps));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(value_error("weight_decay", "a finite number >= 0", o.weight_decay));
+        }
+        if !(0.0..=1.0).contains(&self.ema_decay) {
+            return Err(value_error("ema_decay", "a value in [0, 1]", self.ema_decay));
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(value_error("grad_clip", "None or a finite number > 0", c));
+            }
+        }
+        if self.grad_accumulation == 0 {
+            return Err(value_error("grad_accumulation", "an integer >= 1", 0));
+        }
+        Ok(())
+    }
+
+    /// The learning rate of the 1-based optimiser step `step`: linear warm-up, then constant.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let lr = self.optimizer.lr;
+        if self.warmup_steps == 0 {
+            lr
+        } else {
+            lr * (step as f64 / self.warmup_steps as f64).min(1.0)
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Its MSE and variational-bound parts (None when the loss has no such split).
+    pub mse: Option<f64>,
+    pub vb: Option<f64>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used (of the step just taken, or that would have been taken when skipped).
+    pub lr: f64,
+    /// Optimiser steps taken so far.
+    pub step: u64,
+    /// Whether this step was skipped (non-finite loss or gradient, or an f16 overflow).
+    pub skipped: bool,
+    pub skipped_steps: u64,
+    /// The dynamic loss scale (f16 models only).
+    pub loss_scale: Option<f64>,
+}
+
+/// Dynamic loss scaling for f16 models (as torch's `GradScaler`): scale the loss so small gradients survive f16,
+/// halve the scale and skip the step on overflow, double it after `GROWTH_INTERVAL` clean steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossScale {
+    pub scale: f64,
+    pub clean_steps: u64,
+}
+
+const GROWTH_INTERVAL: u64 = 2000;
+
+/// Optimiser buffers for the trainable parameters, in precision `T`.
+#[derive(Clone, Debug)]
+pub(crate) struct Buffers<T> {
+    /// f32 master weights of a half-precision model (None when the model's own weights are full precision).
+    pub master: Option<Vec<Vec<T>>>,
+    pub m: Vec<Vec<T>>,
+    pub v: Vec<Vec<T>>,
+    pub ema: Vec<Vec<T>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum State {
+    F32(Buffers<f32>),
+    F64(Buffers<f64>),
+}
+
+/// Trains a [`LatteModel`] with a [`GaussianDiffusion`]; see the module docs.
+pub struct Trainer {
+    model: LatteModel,
+    diffusion: GaussianDiffusion,
+    opts: TrainerOptions,
+    names: Vec<String>,
+    vars: Vec<Var>,
+    state: State,
+    rng: Generator,
+    step: u64,
+    skipped_steps: u64,
+    loss_scale: Option<LossScale>,
+}
+
+/// The precision of the optimiser state and the loss for a model dtype.
+fn state_dtype(model: DType) -> DType {
+    if model == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+fn to_vecs<T: Real>(tensors: &[Tensor]) -> Result<Vec<Vec<T>>> {
+    Ok(tensors
+        .iter()
+        .map(|t| t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+fn new_buffers<T: Real>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>> {
+    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let values = to_vecs::<T>(&params)?;
+    let zeros: Vec<Vec<T>> = values.iter().map(|v| vec![T::of(0.0); v.len()]).collect();
+    Ok(Buffers {
+        master: (model_dtype != T::DTYPE).then(|| values.clone()),
+        m: zeros.clone(),
+        v: zeros,
+        ema: values,
+    })
+}
+
+impl<T: Real> Buffers<T> {
+    /// Unscales the summed gradients, checks them, and updates the weights when finite. Returns the norm and
+    /// whether the step was applied.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        vars: &[Var],
+        opts: &TrainerOptions,
+        grads: &[Tensor],
+        loss: f64,
+        loss_scale: f64,
+        clip: Option<f64>,
+        step: u64,
+        lr: f64,
+    ) -> Result<(f64, bool)> {
+        let mut grads = to_vecs::<T>(grads)?;
+        if loss_scale != 1.0 {
+            scale(&mut grads, 1.0 / loss_scale);
+        }
+        let norm = global_norm(&grads);
+        if !(loss.is_finite() && norm.is_finite()) {
+            return Ok((norm, false));
+        }
+        self.update(vars, grads, clip, norm, step, lr, opts)?;
+        Ok((norm, true))
+    }
+
+    /// Clips, steps AdamW and the EMA, and writes the new weights into `vars`.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        vars: &[Var],
+        mut grads: Vec<Vec<T>>,
+        clip: Option<f64>,
+        norm: f64,
+        step: u64,
+        lr: f64,
+        opts: &TrainerOptions,
+    ) -> Result<()> {
+        if let Some(max) = clip {
+            scale(&mut grads, clip_coefficient(norm, max));
+        }
+        for (i, var) in vars.iter().enumerate() {
+            let mut fresh;
+            let param: &mut Vec<T> = match &mut self.master {
+                Some(master) => &mut master[i],
+                None => {
+                    fresh = var.as_tensor().flatten_all()?.to_vec1::<T>()?;
+                    &mut fresh
+                }
+            };
+            adamw_step(
+                param,
+                &grads[i],
+                &mut self.m[i],
+                &mut self.v[i],
+                step,
+                lr,
+                &opts.optimizer,
+            );
+            ema_update(&mut self.ema[i], param, opts.ema_decay);
+            let t = Tensor::from_slice(param, var.shape(), var.device())?.to_dtype(var.dtype())?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+}
+
+impl Trainer {
+    /// A trainer for `model` (whose parameters it updates in place: clones of the model see the new weights).
+    pub fn new(model: &LatteModel, diffusion: &GaussianDiffusion, opts: TrainerOptions) -> Result<Self> {
+        opts.validate()?;
+        let (names, vars): (Vec<_>, Vec<_>) = model.trainable_vars().into_iter().unzip();
+        let state = match state_dtype(model.dtype()) {
+            DType::F64 => State::F64(new_buffers(&vars, model.dtype())?),
+            _ => State::F32(new_buffers(&vars, model.dtype())?),
+        };
+        let loss_scale = (model.dtype() == DType::F16).then_some(LossScale {
+            scale: 65536.0,
+            clean_steps: 0,
+        });
+        Ok(Self {
+            model: model.clone(),
+            diffusion: diffusion.clone(),
+            rng: Generator::new(opts.seed),
+            opts,
+            names,
+            vars,
+            state,
+            step: 0,
+            skipped_steps: 0,
+            loss_scale,
+        })
+    }
+
+    pub fn model(&self) -> &LatteModel {
+        &self.model
+    }
+
+    pub fn diffusion(&self) -> &GaussianDiffusion {
+        &self.diffusion
+    }
+
+    pub fn options(&self) -> &TrainerOptions {
+        &self.opts
+    }
+
+    /// Optimiser steps taken.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped_steps
+    }
+
+    /// One optimiser step on a batch of clean latents `x0` (B, F, C, H, W), with class labels `y` (B,) and the
+    /// image frames' labels `y_image` (B, use_image_num) for image-video joint batches.
+    pub fn step(&mut self, x0: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<StepStats> {
+        let dims = x0.dims().to_vec();
+        if dims.len() != 5 {
+            return Err(value_error(
+                "latents",
+                "shape (B, F, C, H, W)",
+                format!("shape {dims:?}"),
+            ));
+        }
+        if !x0.dtype().is_float() {
+            return Err(LatteError::Type(format!(
+                "latents: expected a floating-point array, got {:?}",
+                x0.dtype()
+            )));
+        }
+        let b = dims[0];
+        let k = self.opts.grad_accumulation;
+        if b == 0 || b % k != 0 {
+            return Err(value_error(
+                "latents",
+                format!("a batch size divisible by grad_accumulation = {k}"),
+                format!("batch {b}"),
+            ));
+        }
+        let cfg = self.model.config().clone();
+        for (arg, l, want) in [
+            ("labels", y, vec![b]),
+            ("image_labels", y_image, vec![b, dims[1].saturating_sub(cfg.num_frames)]),
+        ] {
+            if let Some(l) = l {
+                if l.dims() != want.as_slice() {
+                    return Err(value_error(
+                        arg,
+                        format!("shape {want:?}"),
+                        format!("shape {:?}", l.dims()),
+                    ));
+                }
+            }
+        }
+        let pd = state_dtype(self.model.dtype());
+        let device = self.model.device().clone();
+        let x0 = x0.to_dtype(pd)?.to_device(&device)?;
+        // Labels: integer, then the classifier-free-guidance dropout (one draw per clip for the video label and
+        // one per clip for all its image labels, as the official LabelEmbedder.token_drop).
+        let labels = |arg: &str, l: Option<&Tensor>| -> Result<Option<Vec<i64>>> {
+            match l {
+                None => Ok(None),
+                Some(l) if l.dtype().is_float() => Err(LatteError::Type(format!(
+                    "{arg}: expected integer class labels, got {:?}",
+                    l.dtype()
+                ))),
+                Some(l) => Ok(Some(l.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?)),
+            }
+        };
+        let (mut yv, mut yiv) = (labels("labels", y)?, labels("image_labels", y_image)?);
+        let y_dims = y.map(|t| t.dims().to_vec());
+        let yi_dims = y_image.map(|t| t.dims().to_vec());
+
+        let timesteps = self.rng.below(b, self.diffusion.num_timesteps());
+        let noise = self.rng.randn(&dims, pd, &device)?;
+        let p = cfg.class_dropout_prob;
+        if cfg.num_classes > 0 && p > 0.0 {
+            let null = cfg.num_classes as i64;
+            if let Some(yv) = &mut yv {
+                for (l, u) in yv.iter_mut().zip(self.rng.uniform(b, 0.0, 1.0)) {
+                    if u < p {
+                        *l = null;
+                    }
+                }
+            }
+            if let Some(yiv) = &mut yiv {
+                let per = (yiv.len() / b).max(1);
+                for (chunk, u) in yiv.chunks_mut(per).zip(self.rng.uniform(b, 0.0, 1.0)) {
+                    if u < p {
+                        chunk.iter_mut().for_each(|l| *l = null);
+                    }
+                }
+            }
+        }
+        let to_tensor = |v: &Option<Vec<i64>>, shape: &Option<Vec<usize>>| -> Result<Option<Tensor>> {
+            match (v, shape) {
+                (Some(v), Some(s)) => Ok(Some(Tensor::from_slice(v, s.as_slice(), &device)?)),
+                _ => Ok(None),
+            }
+        };
+        let y_all = to_tensor(&yv, &y_dims)?;
+        let yi_all = to_tensor(&yiv, &yi_dims)?;
+
+        let scale_factor = self.loss_scale.as_ref().map_or(1.0, |s| s.scale);
+        let mb = b / k;
+        let mut acc: Option<Vec<Tensor>> = None;
+        let (mut loss_sum, mut mse_sum, mut vb_sum) = (0.0f64, None::<f64>, None::<f64>);
+        for j in 0..k {
+            let narrow = |t: &Tensor| t.narrow(0, j * mb, mb);
+            let x0_j = narrow(&x0)?;
+            let noise_j = narrow(&noise)?;
+            let t_j = &timesteps[j * mb..(j + 1) * mb];
+            let x_t = self.diffusion.q_sample(&x0_j, t_j, &noise_j)?;
+            let t_model: Vec<f32> = t_j.iter().map(|&i| self.diffusion.timestep_map[i] as f32).collect();
+            let t_model = Tensor::from_vec(t_model, mb, &device)?;
+            let y_j = y_all.as_ref().map(|t| narrow(t)).transpose()?;
+            let yi_j = yi_all.as_ref().map(|t| narrow(t)).transpose()?;
+            let weight = mb as f64 / b as f64;
+            let mut parts = (None, None);
+            let diffusion = &self.diffusion;
+            let loss_fn = |out: &Tensor| -> Result<Tensor> {
+                let losses = diffusion.training_losses(&out.to_dtype(pd)?, &x0_j, t_j, &noise_j)?;
+                let mean = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
+                parts = (
+                    losses.mse.as_ref().map(mean).transpose()?,
+                    losses.vb.as_ref().map(mean).transpose()?,
+                );
+                Ok((losses.loss.mean_all()? * (weight * scale_factor))?)
+            };
+            let (loss, grads) = self.model.loss_and_grads(
+                &x_t,
+                &t_model,
+                y_j.as_ref(),
+                yi_j.as_ref(),
+                self.opts.gradient_checkpointing,
+                loss_fn,
+            )?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? / scale_factor;
+            let add = |sum: Option<f64>, v: Option<f64>| v.map(|v| sum.unwrap_or(0.0) + v * weight);
+            mse_sum = add(mse_sum, parts.0);
+            vb_sum = add(vb_sum, parts.1);
+            let grads: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.to_dtype(pd))
+                .collect::<candle_core::Result<_>>()?;
+            acc = Some(match acc {
+                None => grads,
+                Some(prev) => prev
+                    .iter()
+                    .zip(&grads)
+                    .map(|(a, g)| a + g)
+                    .collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let grads = acc.expect("at least one micro-batch");
+        self.finish(&grads, Some(loss_sum), mse_sum, vb_sum, scale_factor)
+    }
+
+    /// One optimiser step from gradients computed elsewhere (e.g. a custom loss), by parameter name: the same
+    /// clipping, AdamW with the scheduled learning rate, EMA and non-finite handling as [`Trainer::step`].
+    pub fn apply_gradients(&mut self, grads: &HashMap<String, Tensor>) -> Result<StepStats> {
+        let mut missing = Vec::new();
+        let mut ordered = Vec::with_capacity(self.vars.len());
+        for (name, var) in self.names.iter().zip(&self.vars) {
+            match grads.get(name) {
+                None => missing.push(name.clone()),
+                Some(g) if g.dims() != var.dims() => {
+                    return Err(value_error(
+                        &format!("grads[{name:?}]"),
+                        format!("shape {:?}", var.dims()),
+                        format!("shape {:?}", g.dims()),
+                    ))
+                }
+                Some(g) if !g.dtype().is_float() => {
+                    return Err(LatteError::Type(format!(
+                        "grads[{name:?}]: expected a floating-point array, got {:?}",
+                        g.dtype()
+                    )))
+                }
+                Some(g) => ordered.push(g.clone()),
+            }
+        }
+        let unexpected: Vec<_> = grads.keys().filter(|k| !self.names.contains(k)).cloned().collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            return Err(LatteError::Value(format!(
+                "grads: expected one gradient per trainable parameter; missing {missing:?}, unexpected {unexpected:?}"
+            )));
+        }
+        self.finish(&ordered, None, None, None, 1.0)
+    }
+
+    /// Checks the summed (scaled) gradients and applies the optimiser step when they are finite.
+    fn finish(
+        &mut self,
+        grads: &[Tensor],
+        loss: Option<f64>,
+        mse: Option<f64>,
+        vb: Option<f64>,
+        scale_factor: f64,
+    ) -> Result<StepStats> {
+        let loss_value = loss.unwrap_or(0.0);
+        let next = self.step + 1;
+        let lr = self.opts.lr_at(next);
+        let clip = self.opts.grad_clip.filter(|_| self.step >= self.opts.clip_start_step);
+        let (norm, finite) = match &mut self.state {
+            State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, loss_value, scale_factor, clip, next, lr)?,
+            State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, loss_value, scale_factor, clip, next, lr)?,
+        };
+        let skipped = !finite;
+        if skipped {
+            match &mut self.loss_scale {
+                // An f16 overflow with a finite loss: back off and retry at a smaller scale.
+                Some(s) if loss_value.is_finite() => {
+                    s.scale /= 2.0;
+                    s.clean_steps = 0;
+                }
+                _ if self.opts.skip_nonfinite => {}
+                _ => {
+                    return Err(LatteError::Value(format!(
+                        "non-finite {} at optimiser step {next} (loss {loss_value}, gradient norm {norm}); the \
+                         weights are unchanged. Lower the learning rate, check the data, or pass \
+                         skip_nonfinite=True to skip such steps",
+                        if loss_value.is_finite() { "gradient" } else { "loss" }
+                    )))
+                }
+            }
+            self.skipped_steps += 1;
+        } else {
+            self.step = next;
+            if let Some(s) = &mut self.loss_scale {
+                s.clean_steps += 1;
+                if s.clean_steps >= GROWTH_INTERVAL {
+                    s.scale *= 2.0;
+                    s.clean_steps = 0;
+                }
+            }
+        }
+        Ok(StepStats {
+            loss: loss.unwrap_or(f64::NAN),
+            mse,
+            vb,
+            grad_norm: norm,
+            lr,
+            step: self.step,
+            skipped,
+            skipped_steps: self.skipped_steps,
+            loss_scale: self.loss_scale.as_ref().map(|s| s.scale),
+        })
+    }
+
+    /// The EMA weights as a model (in the optimiser's precision: f32, or f64 for an f64 model).
+    pub fn ema_model(&self) -> Result<LatteModel> {
+        let state = self.ema_state_dict()?;
+        let model = LatteModel::uninitialised(
+            self.model.config(),
+            self.model.device(),
+            state_dtype(self.model.dtype()),
+        )?;
+        model.load_state_dict(&state.into_iter().collect(), true)?;
+        Ok(model)
+    }
+
+    /// The EMA of every trainable parameter plus the model's fixed tables, by name.
+    pub fn ema_state_dict(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let mut state = self.model.state_dict();
+        let pd = state_dtype(self.model.dtype());
+        for (i, (name, var)) in self.names.iter().zip(&self.vars).enumerate() {
+            let t = match &self.state {
+                State::F32(b) => Tensor::from_slice(&b.ema[i], var.shape(), var.device())?,
+                State::F64(b) => Tensor::from_slice(&b.ema[i], var.shape(), var.device())?,
+            };
+            state.insert(name.clone(), t);
+        }
+        for t in state.values_mut() {
+            *t = t.to_dtype(pd)?;
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,345 @@
+//! Trainer tests: exact resume, atomic and verified checkpoints, non-finite handling, accumulation, precision.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+use crate::config::LatteConfig;
+use crate::diffusion::{named_beta_schedule, BetaSchedule, LossType, MeanType, VarType};
+
+fn tiny(classes: usize, images: usize) -> LatteConfig {
+    LatteConfig {
+        depth: 2,
+        hidden_size: 16,
+        num_heads: 2,
+        patch_size: 2,
+        input_size: 4,
+        in_channels: 2,
+        num_frames: 3,
+        num_classes: classes,
+        use_image_num: images,
+        ..LatteConfig::default()
+    }
+}
+
+fn diffusion() -> GaussianDiffusion {
+    let betas = named_beta_schedule(BetaSchedule::Linear, 1000, 1e-4, 0.02).unwrap();
+    GaussianDiffusion::new(betas, MeanType::Epsilon, VarType::LearnedRange, LossType::Mse).unwrap()
+}
+
+fn data(cfg: &LatteConfig, b: usize, dtype: DType, seed: u64) -> Tensor {
+    let frames = cfg.num_frames + cfg.use_image_num;
+    Generator::new(seed)
+        .randn(
+            &[b, frames, cfg.in_channels, cfg.input_size, cfg.input_size],
+            dtype,
+            &Device::Cpu,
+        )
+        .unwrap()
+}
+
+fn opts() -> TrainerOptions {
+    TrainerOptions {
+        optimizer: AdamWConfig {
+            lr: 1e-3,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        warmup_steps: 3,
+        ema_decay: 0.9,
+        grad_clip: Some(1.0),
+        clip_start_step: 2,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+fn weights(model: &LatteModel) -> Vec<Vec<f32>> {
+    model
+        .state_dict()
+        .values()
+        .map(|t| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("latte-rs-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let cfg = LatteConfig {
+        class_dropout_prob: 0.3,
+        ..tiny(3, 1)
+    };
+    let x = data(&cfg, 2, DType::F32, 1);
+    let y = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+    let yi = Tensor::new(&[[1u32], [0]], &Device::Cpu).unwrap();
+    let run = |trainer: &mut Trainer, n: usize| -> Vec<StepStats> {
+        (0..n).map(|_| trainer.step(&x, Some(&y), Some(&yi)).unwrap()).collect()
+    };
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let mut straight = Trainer::new(&model, &diffusion(), opts()).unwrap();
+    let all = run(&mut straight, 5);
+
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let mut first = Trainer::new(&model, &diffusion(), opts()).unwrap();
+    let mut losses = run(&mut first, 2);
+    let dir = tmpdir("resume").join("ckpt");
+    first.save(&dir).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&dir, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step_count(), 2);
+    losses.extend(run(&mut resumed, 3));
+    assert_eq!(all, losses, "per-step statistics differ after resume");
+    assert_eq!(weights(straight.model()), weights(resumed.model()));
+    assert_eq!(
+        weights(&straight.ema_model().unwrap()),
+        weights(&resumed.ema_model().unwrap())
+    );
+    // The checkpoint's weights load for sampling.
+    let loaded = LatteModel::load(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(loaded.config(), &cfg);
+    // Saving over an existing checkpoint replaces it whole.
+    resumed.save(&dir).unwrap();
+    assert_eq!(Trainer::resume(&dir, &Device::Cpu).unwrap().step_count(), 5);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["ckpt"]);
+}
+
+#[test]
+fn corrupt_or_truncated_checkpoints_are_reported_by_file() {
+    let cfg = tiny(0, 0);
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let mut trainer = Trainer::new(&model, &diffusion(), opts()).unwrap();
+    trainer.step(&data(&cfg, 2, DType::F32, 1), None, None).unwrap();
+    let root = tmpdir("corrupt");
+    let good = root.join("good");
+    trainer.save(&good).unwrap();
+    for file in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "ema.safetensors",
+        "diffusion.json",
+        "trainer.json",
+    ] {
+        for mode in ["truncate", "flip"] {
+            let bad = root.join(format!("bad-{file}-{mode}"));
+            trainer.save(&bad).unwrap();
+            let path = bad.join(file);
+            let mut bytes = std::fs::read(&path).unwrap();
+            match mode {
+                "truncate" => bytes.truncate(bytes.len() / 2),
+                _ => {
+                    let i = bytes.len() - 3;
+                    bytes[i] ^= 0x55;
+                }
+            }
+            std::fs::write(&path, bytes).unwrap();
+            let err = Trainer::resume(&bad, &Device::Cpu)
+                .err()
+                .expect("corrupt checkpoint accepted")
+                .to_string();
+            assert!(err.contains(file), "{file} {mode}: {err}");
+        }
+    }
+    let missing = Trainer::resume(&root.join("nope"), &Device::Cpu).err().unwrap();
+    assert!(matches!(missing, LatteError::NotFound(_)), "{missing}");
+    // The good one is untouched.
+    assert_eq!(Trainer::resume(&good, &Device::Cpu).unwrap().step_count(), 1);
+}
+
+#[test]
+fn non_finite_steps_raise_or_skip_without_touching_the_weights() {
+    let cfg = tiny(0, 0);
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let mut trainer = Trainer::new(&model, &diffusion(), opts()).unwrap();
+    let before = weights(&model);
+    let mut grads: HashMap<String, Tensor> = model
+        .trainable_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().ones_like().unwrap()))
+        .collect();
+    let (name, g) = grads.iter_mut().next().unwrap();
+    let name = name.clone();
+    *g = (g.clone() * f64::NAN).unwrap();
+    let err = trainer
+        .apply_gradients(&grads)
+        .err()
+        .expect("NaN gradient accepted")
+        .to_string();
+    assert!(err.contains("non-finite gradient"), "{err}");
+    assert_eq!(weights(&model), before);
+    assert_eq!(trainer.step_count(), 0);
+
+    let mut skipping = Trainer::new(
+        &model,
+        &diffusion(),
+        TrainerOptions {
+            skip_nonfinite: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let stats = skipping.apply_gradients(&grads).unwrap();
+    assert!(stats.skipped && stats.skipped_steps == 1 && stats.step == 0);
+    assert_eq!(weights(&model), before);
+    // A finite step after a skipped one proceeds normally.
+    grads.insert(name, model.trainable_vars()[0].1.as_tensor().ones_like().unwrap());
+    let grads: HashMap<String, Tensor> = model
+        .trainable_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().ones_like().unwrap()))
+        .collect();
+    assert_eq!(skipping.apply_gradients(&grads).unwrap().step, 1);
+    assert_ne!(weights(&model), before);
+
+    // A NaN in the data gives a clear error before any work.
+    let x = (data(&cfg, 2, DType::F32, 1) * f64::NAN).unwrap();
+    let err = trainer.step(&x, None, None).err().unwrap().to_string();
+    assert!(err.contains("NaN") || err.contains("non-finite"), "{err}");
+}
+
+#[test]
+fn accumulation_matches_the_whole_batch() {
+    let cfg = tiny(0, 0);
+    let x = data(&cfg, 4, DType::F64, 3);
+    let run = |k: usize| {
+        let model = LatteModel::new(&cfg, &Device::Cpu, DType::F64, 0).unwrap();
+        let mut t = Trainer::new(
+            &model,
+            &diffusion(),
+            TrainerOptions {
+                grad_accumulation: k,
+                ..opts()
+            },
+        )
+        .unwrap();
+        let stats: Vec<_> = (0..3).map(|_| t.step(&x, None, None).unwrap()).collect();
+        (stats, weights(&model))
+    };
+    let (s1, w1) = run(1);
+    let (s2, w2) = run(2);
+    for (a, b) in s1.iter().zip(&s2) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-12 * a.loss.abs().max(1.0),
+            "{a:?} vs {b:?}"
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-10 * a.grad_norm,
+            "{a:?} vs {b:?}"
+        );
+    }
+    for (a, b) in w1.iter().flatten().zip(w2.iter().flatten()) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F64, 0).unwrap();
+    let mut t = Trainer::new(
+        &model,
+        &diffusion(),
+        TrainerOptions {
+            grad_accumulation: 3,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let err = t.step(&x, None, None).err().unwrap().to_string();
+    assert!(err.contains("grad_accumulation = 3"), "{err}");
+}
+
+#[test]
+fn half_precision_models_train_with_f32_master_weights() {
+    for dtype in [DType::BF16, DType::F16] {
+        let cfg = tiny(0, 0);
+        let model = LatteModel::new(&cfg, &Device::Cpu, dtype, 0).unwrap();
+        let mut t = Trainer::new(&model, &diffusion(), opts()).unwrap();
+        let x = data(&cfg, 2, DType::F32, 1);
+        for _ in 0..3 {
+            let s = t.step(&x, None, None).unwrap();
+            assert!(s.loss.is_finite() && !s.skipped, "{dtype:?}: {s:?}");
+            assert_eq!(s.loss_scale.is_some(), dtype == DType::F16);
+        }
+        assert_eq!(model.dtype(), dtype);
+        match &t.state {
+            State::F32(b) => {
+                let master = b.master.as_ref().expect("master weights for a half model");
+                // The model holds the rounded master weights.
+                let (_, var) = &model.trainable_vars()[0];
+                let rounded = Tensor::from_slice(&master[0], var.shape(), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let diff = (rounded.to_dtype(DType::F32).unwrap() - var.as_tensor().to_dtype(DType::F32).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(diff, 0.0);
+            }
+            State::F64(_) => panic!("f64 state for a half model"),
+        }
+        // Resume keeps the master weights (not the rounded ones).
+        let dir = tmpdir(&format!("half-{dtype:?}")).join("c");
+        t.save(&dir).unwrap();
+        let r = Trainer::resume(&dir, &Device::Cpu).unwrap();
+        match (&t.state, &r.state) {
+            (State::F32(a), State::F32(b)) => assert_eq!(a.master, b.master),
+            _ => panic!("state precision changed"),
+        }
+    }
+}
+
+#[test]
+fn bad_options_and_inputs_are_named() {
+    let cfg = tiny(3, 0);
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let bad = |o: TrainerOptions, name: &str| {
+        let err = Trainer::new(&model, &diffusion(), o).err().unwrap().to_string();
+        assert!(err.contains(name), "{err}");
+    };
+    let mut o = opts();
+    o.optimizer.lr = -1.0;
+    bad(o, "lr");
+    bad(
+        TrainerOptions {
+            grad_clip: Some(0.0),
+            ..opts()
+        },
+        "grad_clip",
+    );
+    bad(
+        TrainerOptions {
+            ema_decay: 1.5,
+            ..opts()
+        },
+        "ema_decay",
+    );
+    let mut t = Trainer::new(&model, &diffusion(), opts()).unwrap();
+    let x = data(&cfg, 2, DType::F32, 1);
+    let err = t.step(&x, None, None).err().unwrap().to_string();
+    assert!(err.contains("labels are required"), "{err}");
+    let y = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let err = t.step(&x, Some(&y), None).err().unwrap().to_string();
+    assert!(err.contains("labels") && err.contains("[2]"), "{err}");
+    let y = Tensor::new(&[0u32, 7], &Device::Cpu).unwrap();
+    let err = t.step(&x, Some(&y), None).err().unwrap().to_string();
+    assert!(err.contains("labels in"), "{err}");
+    assert_eq!(t.step_count(), 0);
+}
