@@ -410,8 +410,8 @@ impl Trainer {
             let x_t = self.diffusion.q_sample(&x0_j, t_j, &noise_j)?;
             let t_model: Vec<f32> = t_j.iter().map(|&i| self.diffusion.timestep_map[i] as f32).collect();
             let t_model = Tensor::from_vec(t_model, mb, &device)?;
-            let y_j = y_all.as_ref().map(|t| narrow(t)).transpose()?;
-            let yi_j = yi_all.as_ref().map(|t| narrow(t)).transpose()?;
+            let y_j = y_all.as_ref().map(narrow).transpose()?;
+            let yi_j = yi_all.as_ref().map(narrow).transpose()?;
             let weight = mb as f64 / b as f64;
             let mut parts = (None, None);
             let diffusion = &self.diffusion;

@@ -20,6 +20,8 @@ pub trait Real:
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::MulAssign
 {
     fn of(v: f64) -> Self;
     fn sqrt(self) -> Self;
@@ -99,12 +101,12 @@ pub fn adamw_step<T: Real>(
         .for_each(|(((p, g), m), v)| {
             for i in 0..p.len() {
                 let gi = g[i];
-                p[i] = p[i] * decay;
+                p[i] *= decay;
                 // torch's lerp with weight < 0.5: m + w (g - m).
                 m[i] = m[i] + w1 * (gi - m[i]);
                 v[i] = v[i] * b2 + w2 * gi * gi;
                 let denom = v[i].sqrt() / bc2 + eps;
-                p[i] = p[i] + neg_step * (m[i] / denom);
+                p[i] += neg_step * (m[i] / denom);
             }
         });
 }
@@ -141,7 +143,7 @@ pub fn scale<T: Real>(grads: &mut [Vec<T>], coef: f64) {
     let c = T::of(coef);
     for g in grads {
         g.par_chunks_mut(CHUNK)
-            .for_each(|c_| c_.iter_mut().for_each(|x| *x = *x * c));
+            .for_each(|c_| c_.iter_mut().for_each(|x| *x *= c));
     }
 }
 
