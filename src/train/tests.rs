@@ -179,8 +179,7 @@ fn non_finite_steps_raise_or_skip_without_touching_the_weights() {
     *g = (g.clone() * f64::NAN).unwrap();
     let err = trainer
         .apply_gradients(&grads)
-        .err()
-        .expect("NaN gradient accepted")
+        .expect_err("NaN gradient accepted")
         .to_string();
     assert!(err.contains("non-finite gradient"), "{err}");
     assert_eq!(weights(&model), before);
