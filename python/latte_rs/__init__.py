@@ -15,6 +15,7 @@ from ._native import (
     Generator,
     LatteConfig,
     LatteModel,
+    Trainer,
     __version__,
 )
 from .sampling import sample
@@ -38,6 +39,7 @@ __all__ = [
     "LatteConfig",
     "LatteModel",
     "SchedulerOutput",
+    "Trainer",
     "__version__",
     "sample",
 ]

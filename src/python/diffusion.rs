@@ -52,7 +52,7 @@ fn timesteps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// (250, 4)
 #[pyclass(name = "GaussianDiffusion", module = "latte_rs", frozen)]
 pub struct PyGaussianDiffusion {
-    inner: GaussianDiffusion,
+    pub(crate) inner: GaussianDiffusion,
 }
 
 #[pymethods]

@@ -6,6 +6,7 @@ mod diffusion;
 mod model;
 mod sampling;
 mod schedulers;
+mod train;
 
 use pyo3::prelude::*;
 
@@ -50,6 +51,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<schedulers::PyScheduler>()?;
     m.add_class::<schedulers::PyEulerScheduler>()?;
     m.add_class::<schedulers::PyDpmSolverScheduler>()?;
+    m.add_class::<train::PyTrainer>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
     Ok(())
 }
