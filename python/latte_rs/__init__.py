@@ -8,6 +8,7 @@
 (1, 4, 8, 16, 16)
 """
 
+from . import data
 from ._native import (
     CUDA_AVAILABLE,
     FLASH_ATTN_AVAILABLE,
@@ -26,6 +27,7 @@ from .schedulers import (
     EulerDiscreteScheduler,
     SchedulerOutput,
 )
+from .training import TrainResult, train
 
 __all__ = [
     "CUDA_AVAILABLE",
@@ -39,7 +41,10 @@ __all__ = [
     "LatteConfig",
     "LatteModel",
     "SchedulerOutput",
+    "TrainResult",
     "Trainer",
     "__version__",
+    "data",
     "sample",
+    "train",
 ]

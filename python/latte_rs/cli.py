@@ -36,6 +36,40 @@ def _forward_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_set(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import load_config, train
+
+    overrides = _parse_set(args.set)
+    if args.config is None:
+        cfg = dict(overrides)
+    else:
+        cfg = load_config(args.config)
+        cfg.update(overrides)
+    result = train(cfg, output_dir=args.output_dir, max_steps=args.steps, resume=args.resume or None,
+                   progress=not args.no_progress)
+    last = result.history[-1] if result.history else {}
+    print(json.dumps({
+        "experiment_dir": str(result.experiment_dir),
+        "steps": result.trainer.step_count,
+        "final_loss": last.get("loss"),
+        "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "loss_plot": str(result.experiment_dir / "loss.png"),
+    }, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latte-rs", description="Latte video diffusion transformers in Rust.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,10 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--latent", type=int, default=32, help="latent height and width (default: 32)")
     demo.add_argument("--batch", type=int, default=1, help="clips per batch (default: 1)")
     demo.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
+    tr = sub.add_parser(
+        "train",
+        help="train a Latte model from an official Latte YAML training config",
+        description="Train as the official train.py from its YAML config (e.g. configs/ucf101/ucf101_train.yaml). "
+        "Writes config.yaml, loss.csv, loss.png and checkpoints/<step>/ to the experiment folder.",
+    )
+    tr.add_argument("--config", help="YAML training config (official keys; see latte_rs.training)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (YAML value), repeatable, e.g. --set max_train_steps=100")
+    tr.add_argument("--steps", type=int, help="optimiser steps in total (overrides max_train_steps)")
+    tr.add_argument("--output-dir", help="experiment folder (default: a numbered folder under results_dir)")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the experiment")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    commands = {"demo": _forward_demo, "train": _train}
     try:
-        return _forward_demo(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+        return commands[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
         print(f"latte-rs: error: {e}", file=sys.stderr)
         return 2
 
