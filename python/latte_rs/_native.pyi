@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from os import PathLike
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -278,6 +278,101 @@ class DpmSolverScheduler:
     @property
     def init_noise_sigma(self) -> float: ...
     def step(self, model_output: ArrayLike, timestep: int, sample: ArrayLike) -> tuple[np.ndarray, np.ndarray]: ...
+
+class StepStats(TypedDict):
+    loss: float
+    """Mean loss over the batch (NaN for ``apply_gradients``)."""
+    mse: float | None
+    vb: float | None
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    lr: float
+    step: int
+    """Optimiser steps taken so far."""
+    skipped: bool
+    skipped_steps: int
+    loss_scale: float | None
+    """The dynamic loss scale of an f16 model."""
+
+class Trainer:
+    """Trains a ``LatteModel`` with a ``GaussianDiffusion`` as the official Latte ``train.py``, and more.
+
+    Each ``step`` samples timesteps, noise and classifier-free-guidance label dropout from the trainer's seeded
+    generator, computes the hybrid loss (MSE + variational bound), back-propagates, clips the global gradient
+    norm (from ``clip_start_step`` on), takes an AdamW step (``torch.optim.AdamW``'s arithmetic, with f32 master
+    weights when the model is bfloat16/float16, and dynamic loss scaling for float16) and updates the EMA. The
+    model's weights change in place. ``grad_accumulation=k`` cuts each batch into k micro-batches (bounding
+    activation memory) and sums their gradients; ``gradient_checkpointing`` recomputes block activations in the
+    backward pass instead of storing them.
+
+    >>> import numpy as np, latte_rs
+    >>> cfg = latte_rs.LatteConfig(depth=2, hidden_size=32, num_heads=2, input_size=8, num_frames=4)
+    >>> model = latte_rs.LatteModel(cfg, seed=0)
+    >>> trainer = latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), lr=1e-3, seed=0)
+    >>> stats = trainer.step(np.random.default_rng(0).normal(size=(2, 4, 4, 8, 8)).astype(np.float32))
+    >>> stats["step"], stats["loss"] > 0
+    (1, True)
+    >>> trainer.save("ckpt/0000001")  # doctest: +SKIP
+    >>> trainer = latte_rs.Trainer.resume("ckpt/0000001")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: LatteModel,
+        diffusion: GaussianDiffusion,
+        *,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ema_decay: float = 0.9999,
+        grad_clip: float | None = None,
+        clip_start_step: int = 0,
+        grad_accumulation: int = 1,
+        gradient_checkpointing: bool = False,
+        skip_nonfinite: bool = False,
+        seed: int = 3407,
+    ) -> None:
+        """Defaults are the official recipe (AdamW 1e-4, no weight decay, constant LR, EMA 0.9999).
+
+        ``warmup_steps``: linear warm-up of the learning rate. ``grad_clip``: max global norm (None: no clipping).
+        ``skip_nonfinite``: on a NaN/Inf loss or gradient, skip the step and count it instead of raising
+        ``ValueError``; the weights are untouched either way.
+        """
+    def step(
+        self, latents: ArrayLike, labels: ArrayLike | None = None, image_labels: ArrayLike | None = None
+    ) -> StepStats:
+        """One optimiser step on clean latents ``(B, F, C, H, W)`` (F = num_frames, plus up to use_image_num image
+        frames), with labels ``(B,)`` for a class-conditional model and the image frames' labels
+        ``(B, F - num_frames)``. B must be divisible by ``grad_accumulation``."""
+    def apply_gradients(self, grads: dict[str, ArrayLike]) -> StepStats:
+        """One optimiser step (clipping, AdamW, EMA) from gradients computed elsewhere, one per trainable parameter."""
+    def save(self, path: str | PathLike[str]) -> None:
+        """Writes a checkpoint directory atomically: ``model.safetensors`` and ``ema.safetensors`` (both load with
+        ``LatteModel.load``), ``optimizer.safetensors``, ``diffusion.json`` and ``trainer.json`` (options, step,
+        RNG state, CRC-32 of every file). A crash mid-save leaves any previous checkpoint intact."""
+    @staticmethod
+    def resume(path: str | PathLike[str], device: str = "cpu") -> Trainer:
+        """The trainer saved at ``path``, continuing bit-exactly. A truncated or corrupted file raises
+        ``ValueError`` naming it."""
+    def ema_model(self) -> LatteModel:
+        """The EMA weights as a new model (float32, or float64 for a float64 model)."""
+    def ema_state_dict(self) -> dict[str, npt.NDArray[np.floating]]: ...
+    @property
+    def model(self) -> LatteModel:
+        """The model being trained (shares its weights with the trainer)."""
+    @property
+    def diffusion(self) -> GaussianDiffusion: ...
+    @property
+    def step_count(self) -> int: ...
+    @property
+    def skipped_steps(self) -> int: ...
+    @property
+    def options(self) -> dict[str, Any]:
+        """The constructor's keyword arguments."""
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the 1-based optimiser step ``step``."""
 
 def sample_with_scheduler(
     model: LatteModel,

@@ -21,7 +21,7 @@ use crate::diffusion::GaussianDiffusion;
 use crate::error::{value_error, LatteError, Result};
 use crate::model::LatteModel;
 use crate::rng::Generator;
-use optim::{adamw_step, clip_coefficient, ema_update, global_norm, scale, AdamWConfig, Real};
+use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Real};
 
 /// The trainer's options; the defaults are the official Latte recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,8 +193,9 @@ fn new_buffers<T: Real>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>> 
 }
 
 impl<T: Real> Buffers<T> {
-    /// Unscales the summed gradients, checks them, and updates the weights when finite. Returns the norm and
-    /// whether the step was applied.
+    /// Checks the summed gradients (scaled by `loss_scale`), and when loss and gradients are finite clips them,
+    /// steps AdamW and the EMA, and writes the new weights into `vars`. Returns the (unscaled) global norm and
+    /// whether the step was applied. Gradients are read in place; full-precision weights are updated in place.
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
@@ -207,55 +208,95 @@ impl<T: Real> Buffers<T> {
         step: u64,
         lr: f64,
     ) -> Result<(f64, bool)> {
-        let mut grads = to_vecs::<T>(grads)?;
-        if loss_scale != 1.0 {
-            scale(&mut grads, 1.0 / loss_scale);
+        let grads: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.to_dtype(T::DTYPE))
+            .collect::<candle_core::Result<_>>()?;
+        let mut sum_sq = 0.0;
+        for g in &grads {
+            sum_sq += with_slice::<T, _>(g, sum_of_squares)?;
         }
-        let norm = global_norm(&grads);
+        let norm = sum_sq.sqrt() / loss_scale;
         if !(loss.is_finite() && norm.is_finite()) {
             return Ok((norm, false));
         }
-        self.update(vars, grads, clip, norm, step, lr, opts)?;
+        // Clipping (torch's clip_grad_norm_ factor) and unscaling fold into one factor on each gradient.
+        let grad_scale = clip.map_or(1.0, |max| clip_coefficient(norm, max)) / loss_scale;
+        for (i, (var, g)) in vars.iter().zip(&grads).enumerate() {
+            let (m, v, ema) = (&mut self.m[i], &mut self.v[i], &mut self.ema[i]);
+            let master = self.master.as_mut().map(|ms| &mut ms[i]);
+            with_slice::<T, _>(g, |g| -> Result<()> {
+                match master {
+                    Some(param) => {
+                        adamw_step(param, g, grad_scale, m, v, step, lr, &opts.optimizer);
+                        ema_update(ema, param, opts.ema_decay);
+                        let t = Tensor::from_slice(param, var.shape(), var.device())?.to_dtype(var.dtype())?;
+                        var.set(&t)?;
+                    }
+                    None => var.as_tensor().inplace_op1(&InPlaceAdamW {
+                        grad: g,
+                        grad_scale,
+                        moments: std::cell::RefCell::new((m, v, ema)),
+                        step,
+                        lr,
+                        opts,
+                    })?,
+                }
+                Ok(())
+            })??;
+        }
         Ok((norm, true))
     }
+}
 
-    /// Clips, steps AdamW and the EMA, and writes the new weights into `vars`.
-    #[allow(clippy::too_many_arguments)]
-    fn update(
-        &mut self,
-        vars: &[Var],
-        mut grads: Vec<Vec<T>>,
-        clip: Option<f64>,
-        norm: f64,
-        step: u64,
-        lr: f64,
-        opts: &TrainerOptions,
-    ) -> Result<()> {
-        if let Some(max) = clip {
-            scale(&mut grads, clip_coefficient(norm, max));
+/// Runs `f` on the values of `t` without copying when it is a contiguous CPU tensor of dtype `T`, else on a copy.
+fn with_slice<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    if t.dtype() == T::DTYPE && t.device().is_cpu() {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<T>()?[start..end]));
         }
-        for (i, var) in vars.iter().enumerate() {
-            let mut fresh;
-            let param: &mut Vec<T> = match &mut self.master {
-                Some(master) => &mut master[i],
-                None => {
-                    fresh = var.as_tensor().flatten_all()?.to_vec1::<T>()?;
-                    &mut fresh
-                }
-            };
-            adamw_step(
-                param,
-                &grads[i],
-                &mut self.m[i],
-                &mut self.v[i],
-                step,
-                lr,
-                &opts.optimizer,
-            );
-            ema_update(&mut self.ema[i], param, opts.ema_decay);
-            let t = Tensor::from_slice(param, var.shape(), var.device())?.to_dtype(var.dtype())?;
-            var.set(&t)?;
-        }
+    }
+    let copy = t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?;
+    Ok(f(&copy))
+}
+
+/// AdamW and the EMA applied to a full-precision CPU parameter in its own storage.
+struct InPlaceAdamW<'a, T> {
+    grad: &'a [T],
+    grad_scale: f64,
+    moments: std::cell::RefCell<(&'a mut Vec<T>, &'a mut Vec<T>, &'a mut Vec<T>)>,
+    step: u64,
+    lr: f64,
+    opts: &'a TrainerOptions,
+}
+
+impl<T: Real> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("adamw: the parameter is not contiguous")
+        };
+        let Some(values) = T::storage_mut(storage) else {
+            candle_core::bail!("adamw: the parameter's dtype is not the optimiser's")
+        };
+        let param = &mut values[start..end];
+        let mut moments = self.moments.borrow_mut();
+        let (m, v, ema) = &mut *moments;
+        adamw_step(
+            param,
+            self.grad,
+            self.grad_scale,
+            m,
+            v,
+            self.step,
+            self.lr,
+            &self.opts.optimizer,
+        );
+        ema_update(ema, param, self.opts.ema_decay);
         Ok(())
     }
 }

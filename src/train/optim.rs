@@ -26,6 +26,8 @@ pub trait Real:
     fn of(v: f64) -> Self;
     fn sqrt(self) -> Self;
     fn is_finite(self) -> bool;
+    /// The values of a CPU storage of this dtype, mutably (None for another dtype).
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]>;
 }
 
 impl Real for f32 {
@@ -38,6 +40,12 @@ impl Real for f32 {
     fn is_finite(self) -> bool {
         f32::is_finite(self)
     }
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]> {
+        match s {
+            candle_core::CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl Real for f64 {
@@ -49,6 +57,12 @@ impl Real for f64 {
     }
     fn is_finite(self) -> bool {
         f64::is_finite(self)
+    }
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]> {
+        match s {
+            candle_core::CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -74,12 +88,14 @@ impl Default for AdamWConfig {
     }
 }
 
-/// One AdamW step in place: `param`, first moment `m` and second moment `v` updated from `grad`, at the 1-based
-/// optimiser step `step` with learning rate `lr` (the scheduled one; `cfg.lr` is not read).
+/// One AdamW step in place: `param`, first moment `m` and second moment `v` updated from `grad · grad_scale`
+/// (the clipping and loss-unscaling factor; 1 for none), at the 1-based optimiser step `step` with learning rate
+/// `lr` (the scheduled one; `cfg.lr` is not read).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step<T: Real>(
     param: &mut [T],
     grad: &[T],
+    grad_scale: f64,
     m: &mut [T],
     v: &mut [T],
     step: u64,
@@ -93,6 +109,8 @@ pub fn adamw_step<T: Real>(
     let (b2, w2) = (T::of(cfg.beta2), T::of(1.0 - cfg.beta2));
     let neg_step = T::of(-(lr / bias1));
     let (bc2, eps) = (T::of(bias2_sqrt), T::of(cfg.eps));
+    let gs = T::of(grad_scale);
+    let scaled = grad_scale != 1.0;
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
@@ -100,7 +118,7 @@ pub fn adamw_step<T: Real>(
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
             for i in 0..p.len() {
-                let gi = g[i];
+                let gi = if scaled { g[i] * gs } else { g[i] };
                 p[i] *= decay;
                 // torch's lerp with weight < 0.5: m + w (g - m).
                 m[i] = m[i] + w1 * (gi - m[i]);
@@ -123,28 +141,18 @@ pub fn ema_update<T: Real>(ema: &mut [T], param: &[T], decay: f64) {
         });
 }
 
-/// The L2 norm of all gradients together (as if concatenated), accumulated in f64 in a fixed order.
-pub fn global_norm<T: Real>(grads: &[Vec<T>]) -> f64 {
-    let sum: f64 = grads
-        .iter()
-        .map(|g| {
-            g.par_chunks(CHUNK)
-                .map(|c| c.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>())
-                .collect::<Vec<_>>()
-                .into_iter()
-                .sum::<f64>()
-        })
-        .sum();
-    sum.sqrt()
+/// Σ x² in f64, in a fixed order (chunks in parallel, then summed in sequence): the same on every run.
+pub fn sum_of_squares<T: Real>(g: &[T]) -> f64 {
+    g.par_chunks(CHUNK)
+        .map(|c| c.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .sum()
 }
 
-/// Scales every gradient by `coef` in place.
-pub fn scale<T: Real>(grads: &mut [Vec<T>], coef: f64) {
-    let c = T::of(coef);
-    for g in grads {
-        g.par_chunks_mut(CHUNK)
-            .for_each(|c_| c_.iter_mut().for_each(|x| *x *= c));
-    }
+/// The L2 norm of all gradients together (as if concatenated).
+pub fn global_norm<T: Real>(grads: &[Vec<T>]) -> f64 {
+    grads.iter().map(|g| sum_of_squares(g)).sum::<f64>().sqrt()
 }
 
 /// `torch.nn.utils.clip_grad_norm_`'s factor for a total norm: max_norm / (norm + 1e-6), at most 1.
@@ -163,7 +171,7 @@ mod tests {
         let mut p = vec![1.0f64, -2.0, 0.5];
         let g = vec![0.3f64, -4.0, 1e-3];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-        adamw_step(&mut p, &g, &mut m, &mut v, 1, 1e-2, &cfg);
+        adamw_step(&mut p, &g, 1.0, &mut m, &mut v, 1, 1e-2, &cfg);
         for ((p, p0), g) in p.iter().zip([1.0, -2.0, 0.5]).zip(&g) {
             let expected = p0 - 1e-2 * g / (g.abs() + 1e-8);
             assert!((p - expected).abs() < 1e-12, "{p} vs {expected}");
@@ -178,7 +186,7 @@ mod tests {
         };
         let mut p = vec![2.0f64];
         let (mut m, mut v) = (vec![0.0], vec![0.0]);
-        adamw_step(&mut p, &[0.0], &mut m, &mut v, 1, 0.5, &cfg);
+        adamw_step(&mut p, &[0.0], 1.0, &mut m, &mut v, 1, 0.5, &cfg);
         assert!((p[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-12);
     }
 
@@ -186,8 +194,8 @@ mod tests {
     fn norm_and_clip() {
         let mut g = vec![vec![3.0f32], vec![4.0f32, 0.0]];
         assert!((global_norm(&g) - 5.0).abs() < 1e-12);
-        let c = clip_coefficient(5.0, 1.0);
-        scale(&mut g, c);
+        let c = clip_coefficient(5.0, 1.0) as f32;
+        g.iter_mut().flatten().for_each(|x| *x *= c);
         assert!((global_norm(&g) - 1.0).abs() < 1e-5);
         assert_eq!(clip_coefficient(0.5, 1.0), 1.0);
     }
