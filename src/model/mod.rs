@@ -69,6 +69,7 @@ impl LatteModel {
 
     /// The model with every parameter zero (to be loaded into).
     pub fn uninitialised(cfg: &LatteConfig, device: &Device, dtype: DType) -> Result<Self> {
+        crate::configure_allocator();
         cfg.validate()?;
         if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
             return Err(LatteError::Type(format!(
