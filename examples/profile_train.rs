@@ -5,7 +5,10 @@ use candle_core::{DType, Device, Tensor};
 use latte_rs::{LatteConfig, LatteModel};
 
 fn main() -> latte_rs::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("integer arguments")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("integer arguments"))
+        .collect();
     let (frames, size, batch) = (
         args.first().copied().unwrap_or(4),
         args.get(1).copied().unwrap_or(16),
