@@ -126,3 +126,21 @@ def test_cli_train(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "latte_rs.cli", "train", "--config", str(CONFIGS / "ucf101_train.yaml"),
                           "--steps", "1", "--output-dir", str(tmp_path / "y")], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "dataset" in bad.stderr
+
+
+def test_torch_dataset_in_the_official_dict_format(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Official(torch.utils.data.Dataset):
+        """Yields what the official datasets yield: {"video": (F, C, H, W) tensor, "video_name": label}."""
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"video": torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, "video_name": i % 2}
+
+    cfg = dict(TINY, extras=2, num_classes=2)
+    result = latte_rs.train(cfg, Official(), output_dir=tmp_path, max_steps=2, progress=False)
+    assert result.trainer.step_count == 2 and result.model.config.num_classes == 2
