@@ -51,10 +51,7 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionK
 fn sdpa_math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let probs = if grad {
-        // softmax from differentiable ops; the max is a constant shift, so it needs no gradient.
-        let max = scores.max_keepdim(D::Minus1)?.detach();
-        let e = scores.broadcast_sub(&max)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+        super::rowwise::softmax_last_dim(&scores)?
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?
     };

@@ -12,6 +12,7 @@ pub mod init;
 pub mod linear;
 pub mod norm;
 pub mod pos;
+pub mod rowwise;
 
 pub use attention::{Attention, AttentionKernel};
 pub use linear::{Linear, Mlp};

@@ -1,6 +1,8 @@
 //! Layer normalisation with a differentiable path.
 
 use candle_core::{DType, Result, Tensor, D};
+
+use super::rowwise::normalize_last_dim;
 use candle_nn::VarBuilder;
 
 /// LayerNorm over the last dimension, with or without an affine transform (adaLN blocks use none).
@@ -26,10 +28,7 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         if grad {
-            let mean = x.mean_keepdim(D::Minus1)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-            let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            let normed = normalize_last_dim(x, self.eps)?;
             match &self.affine {
                 Some((w, b)) => normed.broadcast_mul(w)?.broadcast_add(b),
                 None => Ok(normed),
