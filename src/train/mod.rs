@@ -226,7 +226,17 @@ impl<T: Real> Buffers<T> {
             let (m, v, ema) = (&mut self.m[i], &mut self.v[i], &mut self.ema[i]);
             let master = self.master.as_mut().map(|ms| &mut ms[i]);
             with_slice::<T, _>(g, |g| -> Result<()> {
-                match master {
+                let mut copy;
+                let param = match master {
+                    Some(param) => Some(param),
+                    None if var.device().is_cpu() => None,
+                    // Not on the CPU: update a host copy and write it back.
+                    None => {
+                        copy = var.as_tensor().flatten_all()?.to_vec1::<T>()?;
+                        Some(&mut copy)
+                    }
+                };
+                match param {
                     Some(param) => {
                         adamw_step(param, g, grad_scale, m, v, step, lr, &opts.optimizer);
                         ema_update(ema, param, opts.ema_decay);
