@@ -234,9 +234,14 @@ def run_worker(engine: str, data: Path, args) -> dict:
     ]
     if engine == "torch":
         cmd += ["--latte-repo", str(args.latte_repo)]
+    return run_json_worker(cmd, engine, LABELS[engine], args.threads)
+
+
+def run_json_worker(cmd: list[str], engine: str, label: str, threads: int) -> dict:
+    """Run a worker subprocess that prints its result as a JSON line; return it, or {"engine", "error"}."""
     env = dict(os.environ)
-    env.setdefault("RAYON_NUM_THREADS", str(args.threads))
-    print(f"running {LABELS[engine]} ...", file=sys.stderr, flush=True)
+    env.setdefault("RAYON_NUM_THREADS", str(threads))
+    print(f"running {label} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:

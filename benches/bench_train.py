@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import IN_CHANNELS, SEED, build_official, cpu_name, load_official, peak_rss_mib, time_calls  # noqa: E402
+from bench_forward import (  # noqa: E402
+    IN_CHANNELS,
+    SEED,
+    build_official,
+    cpu_name,
+    load_official,
+    peak_rss_mib,
+    run_json_worker,
+    time_calls,
+)
 
 ENGINES = ("torch", "latte", "latte-ckpt")
 LABELS = {"torch": "PyTorch (official train.py step)", "latte": "latte-rs Trainer",
@@ -129,15 +137,7 @@ def run_worker(engine: str, data: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--data", str(data),
            "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--threads", str(args.threads),
            "--latte-repo", str(args.latte_repo)]
-    env = dict(os.environ)
-    env.setdefault("RAYON_NUM_THREADS", str(args.threads))
-    print(f"running {LABELS[engine]} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        return {"engine": engine, "error": f"exit code {proc.returncode}\n{tail}"}
-    return json.loads(lines[-1])
+    return run_json_worker(cmd, engine, LABELS[engine], args.threads)
 
 
 def parent(args) -> int:

@@ -41,6 +41,7 @@ pub fn configure_allocator() {
 pub mod config;
 pub mod diffusion;
 pub mod error;
+pub mod float;
 pub mod io;
 pub mod model;
 pub mod nn;

@@ -17,50 +17,7 @@ use rayon::prelude::*;
 /// Rows per parallel work item are chosen so that one item holds about this many values.
 const ITEM: usize = 1 << 14;
 
-/// The arithmetic the kernels need, for f32 and f64.
-trait Float:
-    candle_core::WithDType
-    + Copy
-    + Send
-    + Sync
-    + PartialOrd
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-{
-    const ZERO: Self;
-    const ONE: Self;
-    const NEG_INF: Self;
-    fn exp(self) -> Self;
-    fn sqrt(self) -> Self;
-    fn from_usize(n: usize) -> Self;
-}
-
-macro_rules! float {
-    ($t:ty) => {
-        impl Float for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            const NEG_INF: Self = <$t>::NEG_INFINITY;
-            #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
-            }
-            fn from_usize(n: usize) -> Self {
-                n as $t
-            }
-        }
-    };
-}
-float!(f32);
-float!(f64);
+use crate::float::Float;
 
 fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
@@ -115,7 +72,7 @@ fn moments<T: Float>(row: &[T], eps: T) -> (T, T) {
 }
 
 fn layer_norm_fwd<T: Float>(x: &[T], n: usize, eps: f64) -> Vec<T> {
-    let eps = T::from_f64(eps);
+    let eps = T::of(eps);
     rows_map(n, x.len(), |r, out| {
         let row = &x[r * n..(r + 1) * n];
         let (mean, rstd) = moments(row, eps);
@@ -126,7 +83,7 @@ fn layer_norm_fwd<T: Float>(x: &[T], n: usize, eps: f64) -> Vec<T> {
 }
 
 fn layer_norm_bwd<T: Float>(x: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
-    let eps = T::from_f64(eps);
+    let eps = T::of(eps);
     let nf = T::from_usize(n);
     rows_map(n, x.len(), |r, out| {
         let (xr, gr) = (&x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);

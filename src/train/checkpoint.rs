@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::{Buffers, LossScale, State, Trainer, TrainerOptions};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{LatteError, Result};
+use crate::float::Float;
 use crate::model::LatteModel;
 use crate::rng::{Generator, GeneratorState};
-use crate::train::optim::Real;
 
 const FORMAT: &str = "latte-rs-trainer";
 const VERSION: u32 = 1;
@@ -70,7 +70,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn buffers_state<T: Real>(b: &Buffers<T>, trainer: &Trainer) -> Result<BTreeMap<String, Tensor>> {
+fn buffers_state<T: Float>(b: &Buffers<T>, trainer: &Trainer) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (i, (name, var)) in trainer.names.iter().zip(&trainer.vars).enumerate() {
         let t = |v: &Vec<T>| Tensor::from_slice(v, var.shape(), &Device::Cpu);
@@ -169,7 +169,7 @@ fn corrupt(path: &Path, why: impl std::fmt::Display) -> LatteError {
     ))
 }
 
-fn restore<T: Real>(
+fn restore<T: Float>(
     b: &mut Buffers<T>,
     trainer_names: &[String],
     opt: &HashMap<String, Tensor>,

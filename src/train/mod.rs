@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{value_error, LatteError, Result};
+use crate::float::Float;
 use crate::model::LatteModel;
 use crate::rng::Generator;
-use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Real};
+use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig};
 
 /// The trainer's options; the defaults are the official Latte recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,14 +174,14 @@ fn state_dtype(model: DType) -> DType {
     }
 }
 
-fn to_vecs<T: Real>(tensors: &[Tensor]) -> Result<Vec<Vec<T>>> {
+fn to_vecs<T: Float>(tensors: &[Tensor]) -> Result<Vec<Vec<T>>> {
     Ok(tensors
         .iter()
         .map(|t| t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>())
         .collect::<candle_core::Result<_>>()?)
 }
 
-fn new_buffers<T: Real>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>> {
+fn new_buffers<T: Float>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>> {
     let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let values = to_vecs::<T>(&params)?;
     let zeros: Vec<Vec<T>> = values.iter().map(|v| vec![T::of(0.0); v.len()]).collect();
@@ -192,7 +193,7 @@ fn new_buffers<T: Real>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>> 
     })
 }
 
-impl<T: Real> Buffers<T> {
+impl<T: Float> Buffers<T> {
     /// Checks the summed gradients (scaled by `loss_scale`), and when loss and gradients are finite clips them,
     /// steps AdamW and the EMA, and writes the new weights into `vars`. Returns the (unscaled) global norm and
     /// whether the step was applied. Gradients are read in place; full-precision weights are updated in place.
@@ -260,7 +261,7 @@ impl<T: Real> Buffers<T> {
 }
 
 /// Runs `f` on the values of `t` without copying when it is a contiguous CPU tensor of dtype `T`, else on a copy.
-fn with_slice<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
     if t.dtype() == T::DTYPE && t.device().is_cpu() {
         let (storage, layout) = t.storage_and_layout();
         if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
@@ -281,7 +282,7 @@ struct InPlaceAdamW<'a, T> {
     opts: &'a TrainerOptions,
 }
 
-impl<T: Real> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
+impl<T: Float> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
     fn name(&self) -> &'static str {
         "adamw"
     }

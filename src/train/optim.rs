@@ -10,61 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Elements per parallel work item: large tensors are split, small ones run on one thread.
 const CHUNK: usize = 1 << 15;
 
-/// The float type of the optimiser's buffers.
-pub trait Real:
-    candle_core::WithDType
-    + Copy
-    + Send
-    + Sync
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-{
-    fn of(v: f64) -> Self;
-    fn sqrt(self) -> Self;
-    fn is_finite(self) -> bool;
-    /// The values of a CPU storage of this dtype, mutably (None for another dtype).
-    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]>;
-}
-
-impl Real for f32 {
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    fn is_finite(self) -> bool {
-        f32::is_finite(self)
-    }
-    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]> {
-        match s {
-            candle_core::CpuStorage::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-impl Real for f64 {
-    fn of(v: f64) -> Self {
-        v
-    }
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    fn is_finite(self) -> bool {
-        f64::is_finite(self)
-    }
-    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]> {
-        match s {
-            candle_core::CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-}
+use crate::float::Float;
 
 /// AdamW's hyper-parameters (PyTorch's names and defaults, except the learning rate: Latte's 1e-4).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,7 +38,7 @@ impl Default for AdamWConfig {
 /// (the clipping and loss-unscaling factor; 1 for none), at the 1-based optimiser step `step` with learning rate
 /// `lr` (the scheduled one; `cfg.lr` is not read).
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_step<T: Real>(
+pub fn adamw_step<T: Float>(
     param: &mut [T],
     grad: &[T],
     grad_scale: f64,
@@ -130,7 +76,7 @@ pub fn adamw_step<T: Real>(
 }
 
 /// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
-pub fn ema_update<T: Real>(ema: &mut [T], param: &[T], decay: f64) {
+pub fn ema_update<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
     let (d, w) = (T::of(decay), T::of(1.0 - decay));
     ema.par_chunks_mut(CHUNK)
         .zip(param.par_chunks(CHUNK))
@@ -142,7 +88,7 @@ pub fn ema_update<T: Real>(ema: &mut [T], param: &[T], decay: f64) {
 }
 
 /// Σ x² in f64, in a fixed order (chunks in parallel, then summed in sequence): the same on every run.
-pub fn sum_of_squares<T: Real>(g: &[T]) -> f64 {
+pub fn sum_of_squares<T: Float>(g: &[T]) -> f64 {
     g.par_chunks(CHUNK)
         .map(|c| c.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>())
         .collect::<Vec<_>>()
@@ -151,7 +97,7 @@ pub fn sum_of_squares<T: Real>(g: &[T]) -> f64 {
 }
 
 /// The L2 norm of all gradients together (as if concatenated).
-pub fn global_norm<T: Real>(grads: &[Vec<T>]) -> f64 {
+pub fn global_norm<T: Float>(grads: &[Vec<T>]) -> f64 {
     grads.iter().map(|g| sum_of_squares(g)).sum::<f64>().sqrt()
 }
 
