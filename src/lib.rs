@@ -48,6 +48,9 @@ pub mod nn;
 pub mod rng;
 pub mod train;
 
+#[cfg(test)]
+mod test_util;
+
 #[cfg(feature = "python")]
 mod python;
 

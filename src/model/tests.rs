@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::*;
 use crate::model::LatteModel;
+use crate::test_util::{max_abs, max_abs_diff};
 
 fn counts(classes: usize) -> Vec<usize> {
     ["S", "B", "L", "XL"]
@@ -264,16 +265,9 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
         let via_chunks = chunked
             .forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
             .unwrap();
-        let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = max_abs(&exact);
         for other in [&fast, &via_chunks] {
-            let err = (other - &exact)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = max_abs_diff(other, &exact);
             assert!(err <= 1e-5 * scale, "error {err} (scale {scale}) for {cfg:?}");
         }
     }
@@ -300,15 +294,7 @@ fn checkpointed_gradients_equal_the_plain_path() {
             loss_ckpt.to_scalar::<f32>().unwrap()
         );
         for ((name, _), (p, c)) in model.trainable_vars().iter().zip(plain.iter().zip(&ckpt)) {
-            let scale = p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let diff = (p - c)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (scale, diff) = (max_abs(p), max_abs_diff(p, c));
             assert!(scale > 0.0, "{name}: zero gradient ({cfg:?})");
             assert!(
                 diff <= 1e-6 * scale,

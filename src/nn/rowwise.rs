@@ -220,6 +220,7 @@ pub fn normalize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn composite_softmax(x: &Tensor) -> Tensor {
@@ -233,21 +234,6 @@ mod tests {
         let c = x.broadcast_sub(&mean).unwrap();
         let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
         c.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     /// Values and gradients equal the tensor-op definitions (f64: to rounding; f32: to f32 rounding).
@@ -279,11 +265,15 @@ mod tests {
                     };
                     let (yk, gk) = grads(kernel);
                     let (yr, gr) = grads(reference);
-                    assert!(max_diff(&yk, &yr) < tol, "{dtype:?} forward {}", max_diff(&yk, &yr));
                     assert!(
-                        max_diff(&gk, &gr) < tol * 10.0,
+                        max_abs_diff(&yk, &yr) < tol,
+                        "{dtype:?} forward {}",
+                        max_abs_diff(&yk, &yr)
+                    );
+                    assert!(
+                        max_abs_diff(&gk, &gr) < tol * 10.0,
                         "{dtype:?} backward {}",
-                        max_diff(&gk, &gr)
+                        max_abs_diff(&gk, &gr)
                     );
                 }
             }

@@ -282,15 +282,7 @@ fn half_precision_models_train_with_f32_master_weights() {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap();
-                let diff = (rounded.to_dtype(DType::F32).unwrap() - var.as_tensor().to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert_eq!(diff, 0.0);
+                assert_eq!(crate::test_util::max_abs_diff(&rounded, var.as_tensor()), 0.0);
             }
             State::F64(_) => panic!("f64 state for a half model"),
         }
