@@ -29,8 +29,8 @@ impl AttentionKernel {
 /// (G, Lq, heads, head_dim).
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionKernel, grad: bool) -> Result<Tensor> {
     let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
-    if kernel != AttentionKernel::Flash && fused_attention::applicable(q, grad) {
-        return fused_attention::fused_attention(q, k, v, scale);
+    if kernel != AttentionKernel::Flash && fused_attention::applicable(q) {
+        return fused_attention::fused_attention(q, k, v, scale, grad);
     }
     let (q, k, v) = (&q.contiguous()?, &k.contiguous()?, &v.contiguous()?);
     let out = match kernel {
