@@ -1,0 +1,307 @@
+"""Clips from folders of video files or of frame images, sampled and transformed as the official Latte datasets.
+
+Decoding is PyAV (``pip install av``); a file is opened only when one of its clips is asked for, so the datasets
+can be handed to a ``torch.utils.data.DataLoader`` with ``num_workers > 0``. A clip is ``(F, 3, S, S)`` float32
+in [-1, 1] and comes with an int label.
+
+The pipeline, for one clip (the official ``datasets/*.py`` and ``video_transforms.py``):
+
+1. temporal crop: a window of ``num_frames * frame_interval`` frames starting at
+   ``randint(0, max(0, total - window - 1))`` (``TemporalRandomCrop``);
+2. frame indices in the window: ``linspace(start, end - 1, num_frames)`` floored (video files), or every
+   ``frame_interval``-th frame (frame folders, as the official SkyTimelapse and Taichi-HD loaders);
+3. ``/ 255``, then the spatial transform: ``"resize_crop"`` scales the short side to ``image_size`` (bilinear,
+   ``align_corners=False``, PyTorch's ``interpolate(scale_factor=...)`` arithmetic) and centre-crops
+   (``UCFCenterCropVideo``); ``"crop_resize"`` centre-crops the short side and resizes to ``image_size``
+   (``CenterCropResizeVideo``); ``"none"`` keeps the frames;
+4. horizontal flip with probability 1/2 when ``random_flip``; then ``(x - 0.5) / 0.5``.
+
+Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``: a clip depends only on those three,
+whichever process or worker reads it. Call ``set_epoch`` to draw new crops each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+Resize = Literal["resize_crop", "crop_resize", "none"]
+
+
+def _frame_key(name: str) -> tuple:
+    """Frames sort by the last integer in their name (``frame_12.jpg`` after ``frame_9.jpg``), then by name."""
+    numbers = re.findall(r"\d+", Path(name).stem)
+    return (int(numbers[-1]) if numbers else -1, name)
+
+
+def scan(root: str | os.PathLike) -> tuple[list[Path], int]:
+    """Video files and frame folders under `root` (recursive, sorted), and how many other files were ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"root: no such directory {root}")
+    items: list[Path] = []
+    ignored = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        images = [f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if images:
+            items.append(Path(dirpath))
+        for f in sorted(filenames):
+            if f.lower().endswith(VIDEO_EXTENSIONS):
+                items.append(Path(dirpath) / f)
+            elif not f.lower().endswith(IMAGE_EXTENSIONS):
+                ignored += 1
+    return sorted(items), ignored
+
+
+def temporal_window(total: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """The official ``TemporalRandomCrop``: (begin, end) of a window of `size` frames."""
+    begin = int(rng.integers(0, max(0, total - size - 1) + 1))
+    return begin, min(begin + size, total)
+
+
+def frame_indices(total: int, num_frames: int, frame_interval: int, rng: np.random.Generator,
+                  sampling: Literal["linspace", "stride"] = "linspace") -> np.ndarray:
+    """The frames one clip takes from a video of `total` frames (see the module docs). Raises ValueError when the
+    video is too short."""
+    begin, end = temporal_window(total, num_frames * frame_interval, rng)
+    if end - begin < num_frames:
+        raise ValueError(f"{total} frames, fewer than the {num_frames} a clip needs")
+    if sampling == "linspace":
+        return np.linspace(begin, end - 1, num_frames, dtype=int)
+    idx = np.arange(begin, end, frame_interval)[:num_frames]
+    if len(idx) < num_frames:
+        raise ValueError(f"{total} frames, too few for {num_frames} frames every {frame_interval}")
+    return idx
+
+
+def _bilinear_axis(in_size: int, out_size: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of PyTorch's bilinear interpolation along one axis (align_corners=False), with
+    `scale` = output/input as PyTorch uses it (the given scale factor, or out/in when a size is given)."""
+    dst = np.arange(out_size, dtype=np.float64)
+    src = np.maximum((dst + 0.5) / scale - 0.5, 0.0).astype(np.float32)
+    i0 = np.floor(src).astype(np.int64)
+    i0 = np.minimum(i0, in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam = (src - i0).astype(np.float32)
+    return i0, i1, lam
+
+
+def resize_bilinear(clip: np.ndarray, out_hw: tuple[int, int], scale_hw: tuple[float, float]) -> np.ndarray:
+    """Bilinear resize of (F, C, H, W) float32 as ``torch.nn.functional.interpolate(..., align_corners=False)``."""
+    _, _, h, w = clip.shape
+    y0, y1, ly = _bilinear_axis(h, out_hw[0], scale_hw[0])
+    x0, x1, lx = _bilinear_axis(w, out_hw[1], scale_hw[1])
+    ly, lx = ly[:, None], lx[None, :]
+    top = clip[:, :, y0][:, :, :, x0] * (1 - lx) + clip[:, :, y0][:, :, :, x1] * lx
+    bottom = clip[:, :, y1][:, :, :, x0] * (1 - lx) + clip[:, :, y1][:, :, :, x1] * lx
+    return (top * (1 - ly) + bottom * ly).astype(np.float32)
+
+
+def _center_crop(clip: np.ndarray, th: int, tw: int) -> np.ndarray:
+    h, w = clip.shape[-2:]
+    i, j = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    return clip[..., i:i + th, j:j + tw]
+
+
+def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.ndarray:
+    """The official spatial transforms on (F, C, H, W) float32 in [0, 1]."""
+    h, w = clip.shape[-2:]
+    if resize == "resize_crop":  # UCFCenterCropVideo: interpolate(scale_factor=size / short side), centre crop
+        scale = image_size / min(h, w)
+        out = (int(math.floor(h * scale)), int(math.floor(w * scale)))
+        return _center_crop(resize_bilinear(clip, out, (scale, scale)), image_size, image_size)
+    if resize == "crop_resize":  # CenterCropResizeVideo: centre square of the short side, interpolate(size=...)
+        side = min(h, w)
+        square = _center_crop(clip, side, side)
+        scale = image_size / side
+        return resize_bilinear(square, (image_size, image_size), (scale, scale))
+    if resize == "none":
+        return clip
+    raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")
+
+
+def read_frames(path: Path, indices: Sequence[int] | None = None) -> tuple[np.ndarray, int]:
+    """Frames `indices` (all when None) of a video file or frame folder as (n, H, W, 3) uint8, and the total
+    frame count. Raises ValueError for an unreadable or empty source."""
+    if path.is_dir():
+        files = sorted((f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_key)
+        if not files:
+            raise ValueError("no frames")
+        if indices is None:
+            return np.stack([_read_image(path / f) for f in files]), len(files)
+        return np.stack([_read_image(path / files[i]) for i in indices]), len(files)
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            wanted = None if indices is None else set(int(i) for i in indices)
+            last = None if indices is None else max(wanted)
+            frames: dict[int, np.ndarray] = {}
+            count = 0
+            for i, frame in enumerate(container.decode(stream)):
+                count = i + 1
+                if wanted is None or i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if last is not None and i >= last and stream.frames:
+                    count = stream.frames
+                    break
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot decode ({e})") from None
+    if count == 0:
+        raise ValueError("no frames")
+    order = range(count) if indices is None else indices
+    missing = [i for i in order if i not in frames]
+    if missing:
+        raise ValueError(f"frames {missing[:3]} could not be decoded ({count} decoded)")
+    return np.stack([frames[i] for i in order]), count
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def frame_count(path: Path) -> int:
+    """Frames in a video file (from the container when it says, else by decoding) or a frame folder."""
+    if path.is_dir():
+        return sum(1 for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            return sum(1 for _ in container.decode(stream))
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot decode ({e})") from None
+
+
+class VideoClips:
+    """Clips from every video file and frame folder under `root`, as the official Latte datasets sample them.
+
+    Args:
+        root: folder searched recursively for video files (mp4, avi, webm, mkv, ...) and frame folders.
+        num_frames: frames per clip (16).
+        frame_interval: temporal stride (3 for Latte; the window is num_frames × frame_interval frames).
+        image_size: output height and width (256).
+        resize: "resize_crop" (short side to image_size, centre crop), "crop_resize" (centre square, resize) or
+            "none".
+        random_flip: flip horizontally with probability 1/2.
+        sampling: "linspace" (video files, as UCF-101/FaceForensics) or "stride" (as the frame-folder datasets);
+            default: linspace for files, stride for frame folders.
+        labels: "folder" (the parent folder's index among the sorted class folders, as torchvision's
+            ``find_classes`` and the official UCF-101 loader) or None (label 0 for every clip).
+        seed: seed of the temporal crops and flips.
+
+    A source that cannot be decoded or is too short is reported once with a warning and replaced by the next good
+    one, so an epoch never stops in the middle; ``bad`` lists them with the reason.
+
+    >>> ds = VideoClips("videos/", num_frames=16, frame_interval=3, image_size=256)  # doctest: +SKIP
+    >>> clip, label = ds[0]  # (16, 3, 256, 256) float32 in [-1, 1]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_frames: int = 16,
+        frame_interval: int = 3,
+        image_size: int = 256,
+        *,
+        resize: Resize = "resize_crop",
+        random_flip: bool = True,
+        sampling: Literal["linspace", "stride"] | None = None,
+        labels: Literal["folder"] | None = "folder",
+        seed: int = 0,
+        sources: Sequence[str | os.PathLike] | None = None,
+    ) -> None:
+        for name, value in (("num_frames", num_frames), ("frame_interval", frame_interval), ("image_size", image_size)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if resize not in ("resize_crop", "crop_resize", "none"):
+            raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")
+        if sampling not in (None, "linspace", "stride"):
+            raise ValueError(f"sampling: expected 'linspace', 'stride' or None, got {sampling!r}")
+        if labels not in ("folder", None):
+            raise ValueError(f"labels: expected 'folder' or None, got {labels!r}")
+        self.root = Path(root)
+        if sources is None:
+            self.sources, self.ignored_files = scan(self.root)
+        else:
+            self.sources, self.ignored_files = [Path(s) for s in sources], 0
+        if not self.sources:
+            raise FileNotFoundError(f"root: no video files or frame folders under {self.root}")
+        self.num_frames, self.frame_interval, self.image_size = int(num_frames), int(frame_interval), int(image_size)
+        self.resize, self.random_flip, self.sampling, self.seed = resize, random_flip, sampling, int(seed)
+        self.classes = sorted({p.parent.name for p in self.sources}) if labels == "folder" else []
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.epoch = 0
+        self.bad: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New temporal crops and flips for another epoch."""
+        self.epoch = int(epoch)
+
+    def label(self, index: int) -> int:
+        return self.class_to_idx.get(self.sources[index].parent.name, 0) if self.classes else 0
+
+    def clip_indices(self, index: int) -> tuple[Path, np.ndarray, bool]:
+        """The source, the frame indices and the flip of clip `index` (raises ValueError for a bad source)."""
+        path = self.sources[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        sampling = self.sampling or ("stride" if path.is_dir() else "linspace")
+        idx = frame_indices(frame_count(path), self.num_frames, self.frame_interval, rng, sampling)
+        flip = bool(self.random_flip and rng.random() < 0.5)
+        return path, idx, flip
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        """Clip `index`, raising ValueError when its source is bad (``__getitem__`` substitutes instead)."""
+        path, idx, flip = self.clip_indices(index)
+        frames, _ = read_frames(path, idx)
+        clip = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (F, 3, H, W)
+        clip = spatial_transform(clip, self.image_size, self.resize)
+        if flip:
+            clip = clip[..., ::-1]
+        return np.ascontiguousarray((clip - 0.5) / 0.5, dtype=np.float32), self.label(index)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} clips")
+        index %= n
+        for k in range(n):
+            i = (index + k) % n
+            key = str(self.sources[i])
+            if key in self.bad:
+                continue
+            try:
+                return self.load(i)
+            except (ValueError, OSError) as e:
+                self.bad[key] = str(e)
+                warnings.warn(f"skipping {key}: {e}", stacklevel=2)
+        raise ValueError(f"root: none of the {n} sources under {self.root} gives a clip; reasons: {self.bad}")
+
+    def __repr__(self) -> str:
+        return (f"VideoClips({str(self.root)!r}, clips={len(self)}, num_frames={self.num_frames}, "
+                f"frame_interval={self.frame_interval}, image_size={self.image_size}, resize={self.resize!r})")
