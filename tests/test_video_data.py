@@ -152,3 +152,36 @@ def test_bad_arguments(tmp_path):
         VideoClips(tmp_path, num_frames=0)
     with pytest.raises(ValueError, match="resize"):
         VideoClips(tmp_path, resize="stretch")
+
+
+def test_ucf101_classes_and_split_file(tmp_path):
+    from latte_rs.data import UCF101
+
+    for cls in ("YoYo", "ApplyEyeMakeup", "Archery"):
+        (tmp_path / cls).mkdir()
+        _write_mp4(tmp_path / cls / f"v_{cls}_g01_c01.avi", 8)
+        _write_mp4(tmp_path / cls / f"v_{cls}_g02_c01.avi", 8)
+    ds = UCF101(tmp_path, num_frames=4, frame_interval=2, image_size=16)
+    assert ds.classes == ["ApplyEyeMakeup", "Archery", "YoYo"] and len(ds) == 6
+    assert [ds[i][1] for i in range(len(ds))] == [0, 0, 1, 1, 2, 2]
+    split = tmp_path / "trainlist01.txt"
+    split.write_text("YoYo/v_YoYo_g02_c01.avi 101\nArchery/v_Archery_g01_c01.avi 6\n")
+    part = UCF101(tmp_path, num_frames=4, frame_interval=2, image_size=16, split_file=split)
+    assert len(part) == 2 and sorted(part[i][1] for i in range(2)) == [1, 2]
+
+
+def test_frame_folder_datasets(tmp_path):
+    from PIL import Image
+
+    from latte_rs.data import SkyTimelapse, TaichiHD
+
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        for i in range(12):
+            Image.fromarray(np.full((20, 30, 3), i * 20, np.uint8)).save(d / f"{name}_{i}.jpg")
+    sky = SkyTimelapse(tmp_path, num_frames=4, frame_interval=2, image_size=16)
+    clip, label = sky[0]
+    assert clip.shape == (4, 3, 16, 16) and label == 0
+    taichi = TaichiHD(tmp_path, num_frames=4, frame_interval=2, image_size=20, seed=1)
+    assert taichi[1][0].shape == (4, 3, 20, 20)

@@ -305,3 +305,74 @@ class VideoClips:
     def __repr__(self) -> str:
         return (f"VideoClips({str(self.root)!r}, clips={len(self)}, num_frames={self.num_frames}, "
                 f"frame_interval={self.frame_interval}, image_size={self.image_size}, resize={self.resize!r})")
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Class folders directly under `root`, sorted as Python sorts them (torchvision's and the official
+    ``find_classes``: the class indices the official UCF-101 checkpoints expect)."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"root: no class folders in {root}")
+    return classes
+
+
+def _split_sources(root: Path, split_file: str | os.PathLike) -> list[Path]:
+    """Videos listed in an official UCF-101 split file (``trainlist01.txt``: ``Class/v_name.avi [label]``)."""
+    path = Path(split_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"split_file: no such file {path}")
+    sources = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            sources.append(root / line.split()[0])
+    if not sources:
+        raise ValueError(f"split_file: {path} lists no videos")
+    return sources
+
+
+class UCF101(VideoClips):
+    """UCF-101 as the official loader: ``root/<Class>/<video>.avi``, labels by the sorted class folders (0-100),
+    short side to ``image_size`` and centre crop, random flip, linspace sampling. ``split_file``: an official
+    ``trainlist0N.txt`` / ``testlist0N.txt`` to keep only its videos."""
+
+    def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
+                 image_size: int = 256, *, split_file: str | os.PathLike | None = None, random_flip: bool = True,
+                 seed: int = 0) -> None:
+        root = Path(root)
+        classes = find_classes(root) if root.is_dir() else None
+        sources = _split_sources(root, split_file) if split_file is not None else None
+        super().__init__(root, num_frames, frame_interval, image_size, resize="resize_crop",
+                         random_flip=random_flip, sampling="linspace", labels="folder", seed=seed, sources=sources)
+        self.classes = classes or []
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class FaceForensics(VideoClips):
+    """FaceForensics as the official loader: every video under ``root``, short side to ``image_size`` and centre
+    crop, random flip, linspace sampling; unconditional (label 0)."""
+
+    def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
+                 image_size: int = 256, *, random_flip: bool = True, seed: int = 0) -> None:
+        super().__init__(root, num_frames, frame_interval, image_size, resize="resize_crop",
+                         random_flip=random_flip, sampling="linspace", labels=None, seed=seed)
+
+
+class SkyTimelapse(VideoClips):
+    """SkyTimelapse as the official loader: frame folders under ``root``, centre square then resize to
+    ``image_size``, no flip, every ``frame_interval``-th frame; unconditional."""
+
+    def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
+                 image_size: int = 256, *, seed: int = 0) -> None:
+        super().__init__(root, num_frames, frame_interval, image_size, resize="crop_resize", random_flip=False,
+                         sampling="stride", labels=None, seed=seed)
+
+
+class TaichiHD(VideoClips):
+    """Taichi-HD as the official loader: frame folders (already 256×256) under ``root``, no resizing, random flip,
+    every ``frame_interval``-th frame; unconditional. (Centre square and resize, which leaves 256×256 frames
+    exactly as they are and brings other sizes to ``image_size``.)"""
+
+    def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
+                 image_size: int = 256, *, random_flip: bool = True, seed: int = 0) -> None:
+        super().__init__(root, num_frames, frame_interval, image_size, resize="crop_resize",
+                         random_flip=random_flip, sampling="stride", labels=None, seed=seed)
