@@ -34,7 +34,8 @@ mixed_precision                 False, or "bf16" / "fp16" / True (= "bf16"): hal
 resume_from_checkpoint          resume from the newest checkpoint of the experiment
 ==============================  ==========================================================================
 
-Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config`` (LatteConfig overrides, e.g. a
+``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
+``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config`` (LatteConfig overrides, e.g. a
 tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips`` and ``label_by`` (synthetic
 dataset), ``keep_checkpoints`` (keep only the newest N; default all).
 """
@@ -81,6 +82,7 @@ _NUMERIC = {
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic",
+    "data_path": None,
     "model": "Latte-XL/2",
     "num_frames": 16,
     "image_size": 256,
@@ -114,7 +116,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Official keys that change nothing here (logging backends, GPU-only switches, sampling settings).
 _IGNORED = {
-    "data_path", "frame_data_path", "frame_data_txt", "pretrained_model_path", "save_ceph", "num_workers",
+    "frame_data_path", "frame_data_txt", "pretrained_model_path", "save_ceph", "num_workers",
     "use_compile", "enable_xformers_memory_efficient_attention", "num_sampling_steps", "fixed_spatial",
     "attention_bias", "pretrained", "load_from_ceph",
 }
@@ -205,7 +207,8 @@ def _dtype(cfg: Mapping[str, Any]) -> str:
 
 
 def make_dataset(cfg: Mapping[str, Any]):
-    """The dataset a config names. Only the built-in synthetic dataset is available so far."""
+    """The dataset a config names: "synthetic" (built in), or "ucf101", "ffs", "sky", "taichi" (and their "_img"
+    forms) or "folder" read from ``data_path`` with the official transforms."""
     name = str(cfg["dataset"])
     if name == "synthetic":
         from .data import SyntheticVideos
@@ -219,11 +222,18 @@ def make_dataset(cfg: Mapping[str, Any]):
             num_classes=min(int(classes), 4),
             seed=cfg["global_seed"],
         )
-    raise NotImplementedError(
-        f"dataset {name!r}: the video dataset loaders (UCF-101, FaceForensics, SkyTimelapse, Taichi-HD) are not "
-        "part of this version; pass your own dataset (an indexable of (clip, label) with clips (F, C, H, W)) as "
-        "train(config, dataset=...), or use dataset: synthetic"
-    )
+    from . import data
+
+    loaders = {"ucf101": data.UCF101, "ffs": data.FaceForensics, "sky": data.SkyTimelapse, "taichi": data.TaichiHD,
+               "folder": data.VideoClips}
+    base = name.removesuffix("_img")
+    if base not in loaders:
+        known = ", ".join(loaders)
+        raise ValueError(f"dataset: expected one of synthetic, {known} (or their _img forms), got {name!r}")
+    if not cfg["data_path"]:
+        raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
+    return loaders[base](cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"],
+                         seed=cfg["global_seed"])
 
 
 def _clip_and_label(item: Any) -> tuple[np.ndarray, int | None]:
