@@ -35,9 +35,9 @@ resume_from_checkpoint          resume from the newest checkpoint of the experim
 ==============================  ==========================================================================
 
 ``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
-``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config`` (LatteConfig overrides, e.g. a
-tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips`` and ``label_by`` (synthetic
-dataset), ``keep_checkpoints`` (keep only the newest N; default all).
+``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config``
+(LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``
+and ``label_by`` (synthetic dataset), ``keep_checkpoints`` (keep only the newest N; default all).
 """
 
 from __future__ import annotations
