@@ -97,15 +97,23 @@ def _bilinear_axis(in_size: int, out_size: int, scale: float) -> tuple[np.ndarra
     return i0, i1, lam
 
 
-def resize_bilinear(clip: np.ndarray, out_hw: tuple[int, int], scale_hw: tuple[float, float]) -> np.ndarray:
-    """Bilinear resize of (F, C, H, W) float32 as ``torch.nn.functional.interpolate(..., align_corners=False)``."""
+def resize_bilinear(clip: np.ndarray, out_hw: tuple[int, int], scale_hw: tuple[float, float],
+                    window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Bilinear resize of (F, C, H, W) as ``torch.nn.functional.interpolate(..., align_corners=False)`` to
+    `out_hw`, returning only the output rows/columns ``window = (top, height, left, width)`` (default: all), so a
+    resize followed by a crop computes only what the crop keeps. Any numeric dtype in, float32 out."""
     _, _, h, w = clip.shape
     y0, y1, ly = _bilinear_axis(h, out_hw[0], scale_hw[0])
     x0, x1, lx = _bilinear_axis(w, out_hw[1], scale_hw[1])
+    if window is not None:
+        top, height, left, width = window
+        y0, y1, ly = y0[top:top + height], y1[top:top + height], ly[top:top + height]
+        x0, x1, lx = x0[left:left + width], x1[left:left + width], lx[left:left + width]
     ly, lx = ly[:, None], lx[None, :]
-    top = clip[:, :, y0][:, :, :, x0] * (1 - lx) + clip[:, :, y0][:, :, :, x1] * lx
-    bottom = clip[:, :, y1][:, :, :, x0] * (1 - lx) + clip[:, :, y1][:, :, :, x1] * lx
-    return (top * (1 - ly) + bottom * ly).astype(np.float32)
+    rows0, rows1 = clip[:, :, y0].astype(np.float32), clip[:, :, y1].astype(np.float32)
+    top_ = rows0[..., x0] * (1 - lx) + rows0[..., x1] * lx
+    bottom = rows1[..., x0] * (1 - lx) + rows1[..., x1] * lx
+    return (top_ * (1 - ly) + bottom * ly).astype(np.float32)
 
 
 def _center_crop(clip: np.ndarray, th: int, tw: int) -> np.ndarray:
@@ -115,19 +123,20 @@ def _center_crop(clip: np.ndarray, th: int, tw: int) -> np.ndarray:
 
 
 def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.ndarray:
-    """The official spatial transforms on (F, C, H, W) float32 in [0, 1]."""
+    """The official spatial transforms on (F, C, H, W) frames (any dtype; float32 out, same value scale)."""
     h, w = clip.shape[-2:]
     if resize == "resize_crop":  # UCFCenterCropVideo: interpolate(scale_factor=size / short side), centre crop
         scale = image_size / min(h, w)
         out = (int(math.floor(h * scale)), int(math.floor(w * scale)))
-        return _center_crop(resize_bilinear(clip, out, (scale, scale)), image_size, image_size)
+        i, j = int(round((out[0] - image_size) / 2.0)), int(round((out[1] - image_size) / 2.0))
+        return resize_bilinear(clip, out, (scale, scale), (i, image_size, j, image_size))
     if resize == "crop_resize":  # CenterCropResizeVideo: centre square of the short side, interpolate(size=...)
         side = min(h, w)
         square = _center_crop(clip, side, side)
         scale = image_size / side
         return resize_bilinear(square, (image_size, image_size), (scale, scale))
     if resize == "none":
-        return clip
+        return clip.astype(np.float32)
     raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")
 
 
@@ -148,6 +157,7 @@ def read_frames(path: Path, indices: Sequence[int] | None = None) -> tuple[np.nd
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame- and slice-threaded decoding where the codec allows
             wanted = None if indices is None else set(int(i) for i in indices)
             last = None if indices is None else max(wanted)
             frames: dict[int, np.ndarray] = {}
@@ -279,8 +289,8 @@ class VideoClips:
         """Clip `index`, raising ValueError when its source is bad (``__getitem__`` substitutes instead)."""
         path, idx, flip = self.clip_indices(index)
         frames, _ = read_frames(path, idx)
-        clip = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (F, 3, H, W)
-        clip = spatial_transform(clip, self.image_size, self.resize)
+        # Resizing is linear, so it runs on the 0-255 values (only the pixels the crop keeps), then scales.
+        clip = spatial_transform(frames.transpose(0, 3, 1, 2), self.image_size, self.resize) * np.float32(1 / 255)
         if flip:
             clip = clip[..., ::-1]
         return np.ascontiguousarray((clip - 0.5) / 0.5, dtype=np.float32), self.label(index)
