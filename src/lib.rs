@@ -47,6 +47,7 @@ pub mod model;
 pub mod nn;
 pub mod rng;
 pub mod train;
+pub mod vae;
 
 #[cfg(test)]
 mod test_util;

@@ -17,6 +17,7 @@ from ._native import (
     LatteConfig,
     LatteModel,
     Trainer,
+    VideoVAE,
     __version__,
 )
 from .sampling import sample
@@ -43,6 +44,7 @@ __all__ = [
     "SchedulerOutput",
     "TrainResult",
     "Trainer",
+    "VideoVAE",
     "__version__",
     "data",
     "sample",

@@ -374,6 +374,35 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """The learning rate of the 1-based optimiser step ``step``."""
 
+class VideoVAE:
+    """The video VAE: diffusers' ``AutoencoderKL`` (the Stable Diffusion VAE Latte uses), applied frame by frame.
+
+    Reads a diffusers ``vae/`` folder as it is. ``encode`` gives latents × ``scaling_factor`` (0.18215 for the SD
+    VAE), sampled from the latent distribution with a seeded generator or its mean; ``decode`` inverts the scaling.
+    Frames go through in chunks of ``chunk_size`` to bound memory.
+    """
+
+    @staticmethod
+    def from_pretrained(path: str | PathLike[str], device: str = "cpu", dtype: str = "float32") -> VideoVAE:
+        """Loads ``config.json`` and ``diffusion_pytorch_model.safetensors`` from ``path``."""
+    def encode(
+        self, video: ArrayLike, sample: bool = True, seed: int = 0, chunk_size: int = 16
+    ) -> npt.NDArray[np.float32]:
+        """``(B, F, 3, H, W)`` (or ``(N, 3, H, W)``) frames in [-1, 1] to ``(B, F, latent_channels, H/f, W/f)``
+        latents × scaling_factor, f = ``downsample_factor``."""
+    def encode_moments(
+        self, video: ArrayLike, chunk_size: int = 16
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The latent distribution's mean and log-variance (unscaled, log-variance clamped to [-30, 20])."""
+    def decode(self, latents: ArrayLike, chunk_size: int = 16) -> npt.NDArray[np.float32]:
+        """Frames from latents × scaling_factor."""
+    @property
+    def scaling_factor(self) -> float: ...
+    @property
+    def latent_channels(self) -> int: ...
+    @property
+    def downsample_factor(self) -> int: ...
+
 def sample_with_scheduler(
     model: LatteModel,
     scheduler: Scheduler | EulerScheduler | DpmSolverScheduler,

@@ -7,6 +7,7 @@ mod model;
 mod sampling;
 mod schedulers;
 mod train;
+mod vae;
 
 use pyo3::prelude::*;
 
@@ -53,6 +54,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<schedulers::PyEulerScheduler>()?;
     m.add_class::<schedulers::PyDpmSolverScheduler>()?;
     m.add_class::<train::PyTrainer>()?;
+    m.add_class::<vae::PyVideoVae>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
     Ok(())
 }

@@ -1,0 +1,173 @@
+//! `VideoVAE` as a Python class: diffusers' AutoencoderKL applied to video frames in chunks.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use super::convert::{to_numpy, to_tensor};
+use super::model::parse_dtype;
+use super::IntoPy;
+use crate::model::parse_device;
+use crate::rng::Generator;
+use crate::vae::AutoencoderKl;
+
+/// The video VAE (diffusers' `AutoencoderKL`, the Stable Diffusion VAE Latte uses), frame by frame.
+///
+/// >>> vae = VideoVAE.from_pretrained("Latte/vae")  # config.json + diffusion_pytorch_model.safetensors  # doctest: +SKIP
+/// >>> z = vae.encode(video, seed=0)        # (B, F, 3, H, W) in [-1, 1] -> (B, F, 4, H/8, W/8)  # doctest: +SKIP
+/// >>> video = vae.decode(z)                # back to (B, F, 3, H, W)  # doctest: +SKIP
+#[pyclass(name = "VideoVAE", module = "latte_rs", frozen)]
+pub struct PyVideoVae {
+    inner: AutoencoderKl,
+}
+
+/// (B, F, C, H, W) or (N, C, H, W) float → (N, C, H, W) and the leading dims to restore.
+fn frames(obj: &Bound<'_, PyAny>, arg: &str, channels: usize) -> PyResult<(Tensor, Vec<usize>)> {
+    let t = to_tensor(obj, arg)?;
+    if !t.dtype().is_float() {
+        return Err(PyTypeError::new_err(format!(
+            "{arg}: expected a floating-point array, got {:?}",
+            t.dtype()
+        )));
+    }
+    let dims = t.dims().to_vec();
+    let ok = matches!(dims.len(), 4 | 5) && dims[dims.len() - 3] == channels && dims.iter().all(|d| *d > 0);
+    if !ok {
+        return Err(PyValueError::new_err(format!(
+            "{arg}: expected shape (B, F, {channels}, H, W) or (N, {channels}, H, W), got {dims:?}"
+        )));
+    }
+    let lead = dims[..dims.len() - 3].to_vec();
+    let n: usize = lead.iter().product();
+    let t = t
+        .reshape((n, dims[dims.len() - 3], dims[dims.len() - 2], dims[dims.len() - 1]))
+        .py()?;
+    Ok((t, lead))
+}
+
+impl PyVideoVae {
+    /// Runs `f` over chunks of `chunk_size` frames and concatenates, restoring the leading dims.
+    fn chunked(
+        &self,
+        x: Tensor,
+        lead: &[usize],
+        chunk_size: usize,
+        mut f: impl FnMut(&Tensor) -> crate::Result<Tensor>,
+    ) -> crate::Result<Tensor> {
+        let n = x.dim(0)?;
+        let x = x.to_dtype(self.inner.dtype())?.to_device(self.inner.device())?;
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(chunk_size.max(1)) {
+            let part = f(&x.narrow(0, start, chunk_size.min(n - start))?)?;
+            parts.push(part.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?);
+        }
+        let out = Tensor::cat(&parts, 0)?;
+        let mut dims = lead.to_vec();
+        dims.extend_from_slice(&out.dims()[1..]);
+        Ok(out.reshape(dims)?)
+    }
+}
+
+#[pymethods]
+impl PyVideoVae {
+    /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`).
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "cpu", dtype = "float32"))]
+    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
+        let device = parse_device(device).py()?;
+        let dtype = parse_dtype(dtype)?;
+        let inner = py
+            .detach(|| AutoencoderKl::from_pretrained(&path, &device, dtype))
+            .py()?;
+        Ok(Self { inner })
+    }
+
+    /// Latents × scaling_factor of frames in [-1, 1]: a sample (seeded by `seed`) or, with `sample=False`, the
+    /// mean. Processes `chunk_size` frames at a time to bound memory.
+    #[pyo3(signature = (video, sample = true, seed = 0, chunk_size = 16))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        video: &Bound<'py, PyAny>,
+        sample: bool,
+        seed: u64,
+        chunk_size: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
+        let mut rng = Generator::new(seed);
+        let out = py
+            .detach(|| {
+                self.chunked(x, &lead, chunk_size, |c| {
+                    Ok(self.inner.encode(c, if sample { Some(&mut rng) } else { None })?)
+                })
+            })
+            .py()?;
+        to_numpy(py, &out)
+    }
+
+    /// The latent distribution's (mean, logvar) of frames in [-1, 1], unscaled.
+    #[pyo3(signature = (video, chunk_size = 16))]
+    fn encode_moments<'py>(
+        &self,
+        py: Python<'py>,
+        video: &Bound<'py, PyAny>,
+        chunk_size: usize,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
+        let l = self.inner.config().latent_channels;
+        let both = py
+            .detach(|| {
+                self.chunked(x, &lead, chunk_size, |c| {
+                    let (m, v) = self.inner.encode_moments(c)?;
+                    Ok(Tensor::cat(&[&m, &v], 1)?)
+                })
+            })
+            .py()?;
+        let axis = both.rank() - 3;
+        let mean = both.narrow(axis, 0, l).py()?;
+        let logvar = both.narrow(axis, l, l).py()?;
+        Ok((to_numpy(py, &mean)?, to_numpy(py, &logvar)?))
+    }
+
+    /// Frames from latents × scaling_factor (what `encode` returns), `chunk_size` frames at a time.
+    #[pyo3(signature = (latents, chunk_size = 16))]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        latents: &Bound<'py, PyAny>,
+        chunk_size: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (z, lead) = frames(latents, "latents", self.inner.config().latent_channels)?;
+        let scale = self.inner.config().scaling_factor;
+        let out = py
+            .detach(|| self.chunked(z, &lead, chunk_size, |c| Ok(self.inner.decode(&(c / scale)?)?)))
+            .py()?;
+        to_numpy(py, &out)
+    }
+
+    #[getter]
+    fn scaling_factor(&self) -> f64 {
+        self.inner.config().scaling_factor
+    }
+
+    #[getter]
+    fn latent_channels(&self) -> usize {
+        self.inner.config().latent_channels
+    }
+
+    /// Spatial downsampling factor (8 for the Stable Diffusion VAE).
+    #[getter]
+    fn downsample_factor(&self) -> usize {
+        1 << (self.inner.config().block_out_channels.len() - 1)
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "VideoVAE(block_out_channels={:?}, latent_channels={}, scaling_factor={})",
+            c.block_out_channels, c.latent_channels, c.scaling_factor
+        )
+    }
+}

@@ -1,0 +1,398 @@
+//! The video VAE: diffusers' `AutoencoderKL` (the Stable Diffusion VAE Latte encodes frames with), applied frame by
+//! frame, with diffusers' parameter names so a `vae/` folder loads as it is.
+//!
+//! candle-transformers has this network, but its `encode` returns a distribution whose mean is private and whose
+//! `sample` draws from candle's unseeded CPU generator; Latte needs both the mean and reproducible samples, so the
+//! network is written here (encoder, decoder, quant convs; ResNet blocks, single-head mid-block attention).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::LatteError;
+use crate::rng::Generator;
+
+/// The fields of a diffusers `AutoencoderKL` `config.json` that shape the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "default_channels")]
+    pub in_channels: usize,
+    #[serde(default = "default_channels")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "default_layers")]
+    pub layers_per_block: usize,
+    #[serde(default = "default_latent")]
+    pub latent_channels: usize,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_scaling")]
+    pub scaling_factor: f64,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+}
+
+fn default_channels() -> usize {
+    3
+}
+fn default_layers() -> usize {
+    1
+}
+fn default_latent() -> usize {
+    4
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_scaling() -> f64 {
+    0.18215
+}
+fn yes() -> bool {
+    true
+}
+
+const EPS: f64 = 1e-6;
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
+    conv2d(
+        cin,
+        cout,
+        k,
+        Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        },
+        vb,
+    )
+}
+
+#[derive(Debug)]
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    fn new(cin: usize, cout: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(groups, cin, EPS, vb.pp("norm1"))?,
+            conv1: conv(cin, cout, 3, 1, 1, vb.pp("conv1"))?,
+            norm2: group_norm(groups, cout, EPS, vb.pp("norm2"))?,
+            conv2: conv(cout, cout, 3, 1, 1, vb.pp("conv2"))?,
+            shortcut: if cin != cout {
+                Some(conv(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let skip = match &self.shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        skip + h
+    }
+}
+
+/// Single-head self-attention over the pixels of the mid block (diffusers' `Attention` with a group norm).
+#[derive(Debug)]
+struct MidAttention {
+    norm: GroupNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+}
+
+impl MidAttention {
+    fn new(c: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(groups, c, EPS, vb.pp("group_norm"))?,
+            q: linear(c, c, vb.pp("to_q"))?,
+            k: linear(c, c, vb.pp("to_k"))?,
+            v: linear(c, c, vb.pp("to_v"))?,
+            out: linear(c, c, vb.pp("to_out").pp("0"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let t = self
+            .norm
+            .forward(x)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (q, k, v) = (self.q.forward(&t)?, self.k.forward(&t)?, self.v.forward(&t)?);
+        let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = self.out.forward(&probs.matmul(&v)?)?;
+        x + o.transpose(1, 2)?.reshape((b, c, h, w))?
+    }
+}
+
+#[derive(Debug)]
+struct MidBlock {
+    resnet0: ResnetBlock,
+    attention: Option<MidAttention>,
+    resnet1: ResnetBlock,
+}
+
+impl MidBlock {
+    fn new(c: usize, cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let g = cfg.norm_num_groups;
+        Ok(Self {
+            resnet0: ResnetBlock::new(c, c, g, vb.pp("resnets").pp("0"))?,
+            attention: if cfg.mid_block_add_attention {
+                Some(MidAttention::new(c, g, vb.pp("attentions").pp("0"))?)
+            } else {
+                None
+            },
+            resnet1: ResnetBlock::new(c, c, g, vb.pp("resnets").pp("1"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.resnet0.forward(x)?;
+        if let Some(a) = &self.attention {
+            x = a.forward(&x)?;
+        }
+        self.resnet1.forward(&x)
+    }
+}
+
+#[derive(Debug)]
+struct Stage {
+    resnets: Vec<ResnetBlock>,
+    /// Downsample (encoder: pad right/bottom by 1, 3×3 stride 2) or upsample (decoder: nearest ×2, 3×3).
+    resample: Option<Conv2d>,
+}
+
+#[derive(Debug)]
+struct Encoder {
+    conv_in: Conv2d,
+    down: Vec<Stage>,
+    mid: MidBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Encoder {
+    fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let ch = &cfg.block_out_channels;
+        let g = cfg.norm_num_groups;
+        let mut down = Vec::new();
+        for (i, &cout) in ch.iter().enumerate() {
+            let vb_i = vb.pp("down_blocks").pp(i);
+            let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+            let resnets = (0..cfg.layers_per_block)
+                .map(|j| ResnetBlock::new(if j == 0 { cin } else { cout }, cout, g, vb_i.pp("resnets").pp(j)))
+                .collect::<Result<_>>()?;
+            let resample = if i + 1 < ch.len() {
+                Some(conv(cout, cout, 3, 2, 0, vb_i.pp("downsamplers").pp("0").pp("conv"))?)
+            } else {
+                None
+            };
+            down.push(Stage { resnets, resample });
+        }
+        let last = *ch.last().expect("validated non-empty");
+        Ok(Self {
+            conv_in: conv(cfg.in_channels, ch[0], 3, 1, 1, vb.pp("conv_in"))?,
+            down,
+            mid: MidBlock::new(last, cfg, vb.pp("mid_block"))?,
+            norm_out: group_norm(g, last, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: conv(last, 2 * cfg.latent_channels, 3, 1, 1, vb.pp("conv_out"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.conv_in.forward(x)?;
+        for stage in &self.down {
+            for r in &stage.resnets {
+                x = r.forward(&x)?;
+            }
+            if let Some(c) = &stage.resample {
+                x = c.forward(&x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?)?;
+            }
+        }
+        let x = self.mid.forward(&x)?;
+        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+    }
+}
+
+#[derive(Debug)]
+struct Decoder {
+    conv_in: Conv2d,
+    mid: MidBlock,
+    up: Vec<Stage>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+        let g = cfg.norm_num_groups;
+        let mut up = Vec::new();
+        for (i, &cout) in rev.iter().enumerate() {
+            let vb_i = vb.pp("up_blocks").pp(i);
+            let cin = if i == 0 { rev[0] } else { rev[i - 1] };
+            let resnets = (0..=cfg.layers_per_block)
+                .map(|j| ResnetBlock::new(if j == 0 { cin } else { cout }, cout, g, vb_i.pp("resnets").pp(j)))
+                .collect::<Result<_>>()?;
+            let resample = if i + 1 < rev.len() {
+                Some(conv(cout, cout, 3, 1, 1, vb_i.pp("upsamplers").pp("0").pp("conv"))?)
+            } else {
+                None
+            };
+            up.push(Stage { resnets, resample });
+        }
+        let first = *cfg.block_out_channels.first().expect("validated non-empty");
+        Ok(Self {
+            conv_in: conv(cfg.latent_channels, rev[0], 3, 1, 1, vb.pp("conv_in"))?,
+            mid: MidBlock::new(rev[0], cfg, vb.pp("mid_block"))?,
+            up,
+            norm_out: group_norm(g, first, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: conv(first, cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?,
+        })
+    }
+
+    fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let mut x = self.mid.forward(&self.conv_in.forward(z)?)?;
+        for stage in &self.up {
+            for r in &stage.resnets {
+                x = r.forward(&x)?;
+            }
+            if let Some(c) = &stage.resample {
+                let (_, _, h, w) = x.dims4()?;
+                x = c.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+            }
+        }
+        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+    }
+}
+
+/// diffusers' `AutoencoderKL` on images (B, C, H, W).
+#[derive(Debug)]
+pub struct AutoencoderKl {
+    cfg: VaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    dtype: DType,
+    device: Device,
+}
+
+impl AutoencoderKl {
+    pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> crate::Result<Self> {
+        if cfg.block_out_channels.is_empty() || cfg.layers_per_block == 0 {
+            return Err(LatteError::Config(
+                "VAE: block_out_channels must be non-empty and layers_per_block >= 1".into(),
+            ));
+        }
+        if let Some(c) = cfg.block_out_channels.iter().find(|c| **c % cfg.norm_num_groups != 0) {
+            return Err(LatteError::Config(format!(
+                "VAE: block_out_channels {c} is not divisible by norm_num_groups {}",
+                cfg.norm_num_groups
+            )));
+        }
+        let l = cfg.latent_channels;
+        Ok(Self {
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+            quant_conv: if cfg.use_quant_conv {
+                Some(conv(2 * l, 2 * l, 1, 1, 0, vb.pp("quant_conv"))?)
+            } else {
+                None
+            },
+            post_quant_conv: if cfg.use_post_quant_conv {
+                Some(conv(l, l, 1, 1, 0, vb.pp("post_quant_conv"))?)
+            } else {
+                None
+            },
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Reads a diffusers `vae/` folder: `config.json` and `diffusion_pytorch_model.safetensors`.
+    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> crate::Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = crate::io::read(&cfg_path)?;
+        let cfg: VaeConfig = serde_json::from_slice(&text)
+            .map_err(|e| LatteError::Value(format!("{}: not an AutoencoderKL config ({e})", cfg_path.display())))?;
+        let weights = dir.join("diffusion_pytorch_model.safetensors");
+        if !weights.is_file() {
+            return Err(LatteError::NotFound(weights.display().to_string()));
+        }
+        // SAFETY: the file is memory-mapped read-only; it must not change while the model lives.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device)? };
+        Self::new(&cfg, vb).map_err(|e| match e {
+            LatteError::Candle(c) => LatteError::StateDict(format!("{}: {c}", weights.display())),
+            other => other,
+        })
+    }
+
+    pub fn config(&self) -> &VaeConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The latent distribution's mean and log-variance (clamped to [-30, 20] as diffusers) of images in [-1, 1].
+    pub fn encode_moments(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.encoder.forward(x)?;
+        let moments = match &self.quant_conv {
+            Some(c) => c.forward(&h)?,
+            None => h,
+        };
+        let l = self.cfg.latent_channels;
+        let mean = moments.narrow(1, 0, l)?;
+        let logvar = moments.narrow(1, l, l)?.clamp(-30.0, 20.0)?;
+        Ok((mean, logvar))
+    }
+
+    /// Images from (unscaled) latents.
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let z = match &self.post_quant_conv {
+            Some(c) => c.forward(z)?,
+            None => z.clone(),
+        };
+        self.decoder.forward(&z)
+    }
+
+    /// Latents of images: the mean, or a sample mean + σ·ε with ε from `rng`; times `scaling_factor`.
+    pub fn encode(&self, x: &Tensor, rng: Option<&mut Generator>) -> Result<Tensor> {
+        let (mean, logvar) = self.encode_moments(x)?;
+        let z = match rng {
+            None => mean,
+            Some(rng) => {
+                let eps = rng.randn(mean.dims(), mean.dtype(), mean.device())?;
+                (&mean + (logvar * 0.5)?.exp()?.mul(&eps)?)?
+            }
+        };
+        z * self.cfg.scaling_factor
+    }
+}
