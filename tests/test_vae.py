@@ -76,3 +76,41 @@ def test_missing_and_bad_files(tmp_path):
     vae = latte_rs.VideoVAE.from_pretrained(VAE / "tiny_attn")
     with pytest.raises(ValueError, match="video"):
         vae.encode(np.zeros((2, 4, 16, 16), np.float32))
+
+
+def test_latent_cache_round_trip_and_training(tmp_path):
+    from latte_rs.data import LatentClips, SyntheticVideos, encode_dataset
+
+    vae = latte_rs.VideoVAE.from_pretrained(VAE / "tiny_attn")
+    ds = SyntheticVideos(num_clips=5, num_frames=4, image_size=16, seed=0)
+    out = encode_dataset(ds, vae, tmp_path / "cache", shard_size=2, seed=3, progress=False)
+    cache = LatentClips(out)
+    assert len(cache) == 5 and len(cache.index["shards"]) == 3
+    for i in (0, 3, 4):
+        z, label = cache[i]
+        assert z.shape == (4, 4, 8, 8) and label == ds[i][1]
+        np.testing.assert_array_equal(z, vae.encode(ds[i][0][None], seed=3 + i)[0])
+    # The cache trains directly (dataset: latents).
+    cfg = {"dataset": "latents", "data_path": str(out), "model": "Latte-S/2", "num_frames": 4, "image_size": 64,
+           "model_config": {"depth": 2, "hidden_size": 32, "num_heads": 2, "input_size": 8},
+           "local_batch_size": 2, "log_every": 1, "ckpt_every": 2}
+    result = latte_rs.train(cfg, output_dir=tmp_path / "run", max_steps=2, progress=False)
+    assert result.trainer.step_count == 2
+    with pytest.raises(FileNotFoundError, match="index.json"):
+        LatentClips(tmp_path)
+
+
+def test_cli_encode(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "latte_rs.cli", "encode", "--vae", str(VAE / "tiny_attn"), "--output",
+           str(tmp_path / "c"), "--set", "dataset=synthetic", "--set", "num_frames=4", "--set", "image_size=16",
+           "--set", "num_clips=3", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert '"clips": 3' in out.stdout
+    from latte_rs.data import LatentClips
+
+    assert len(LatentClips(tmp_path / "c")) == 3
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "nowhere")] + cmd[6:], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "config.json" in bad.stderr

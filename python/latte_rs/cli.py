@@ -70,6 +70,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import VideoVAE
+    from .data import encode_dataset
+    from .training import load_config, make_dataset
+
+    cfg = load_config(args.config) if args.config else load_config({})
+    cfg.update(_parse_set(args.set))
+    vae_dir = args.vae or (Path(str(cfg.get("pretrained_model_path") or "")) / "vae")
+    vae = VideoVAE.from_pretrained(vae_dir)
+    dataset = make_dataset(cfg)
+    out = encode_dataset(dataset, vae, args.output, shard_size=args.shard_size, sample=not args.mean,
+                         seed=cfg["global_seed"], progress=not args.no_progress)
+    print(json.dumps({"latent_cache": str(out), "clips": len(dataset), "vae": str(vae_dir)}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latte-rs", description="Latte video diffusion transformers in Rust.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,8 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--output-dir", help="experiment folder (default: a numbered folder under results_dir)")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the experiment")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    enc = sub.add_parser(
+        "encode",
+        help="encode a dataset's clips with the VAE into a latent cache (sharded safetensors)",
+        description="Encode the clips of the config's dataset (dataset, data_path, num_frames, frame_interval, "
+        "image_size, global_seed) with a diffusers VAE folder, so training reads latents (dataset: latents, "
+        "data_path: OUTPUT) instead of rerunning the VAE every epoch.",
+    )
+    enc.add_argument("--config", help="YAML config naming the dataset (official keys)")
+    enc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    enc.add_argument("--vae", help="diffusers vae/ folder (default: <pretrained_model_path>/vae)")
+    enc.add_argument("--output", required=True, help="folder for the latent cache")
+    enc.add_argument("--shard-size", type=int, default=256, help="clips per shard file (default: 256)")
+    enc.add_argument("--mean", action="store_true", help="store the distribution means instead of samples")
+    enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    commands = {"demo": _forward_demo, "train": _train}
+    commands = {"demo": _forward_demo, "train": _train, "encode": _encode}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError) as e:

@@ -83,6 +83,7 @@ _NUMERIC = {
 DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic",
     "data_path": None,
+    "pretrained_model_path": None,
     "model": "Latte-XL/2",
     "num_frames": 16,
     "image_size": 256,
@@ -116,7 +117,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Official keys that change nothing here (logging backends, GPU-only switches, sampling settings).
 _IGNORED = {
-    "frame_data_path", "frame_data_txt", "pretrained_model_path", "save_ceph", "num_workers",
+    "frame_data_path", "frame_data_txt", "save_ceph", "num_workers",
     "use_compile", "enable_xformers_memory_efficient_attention", "num_sampling_steps", "fixed_spatial",
     "attention_bias", "pretrained", "load_from_ceph",
 }
@@ -224,12 +225,16 @@ def make_dataset(cfg: Mapping[str, Any]):
         )
     from . import data
 
+    if name == "latents":  # a cache written by `latte-rs encode`
+        if not cfg["data_path"]:
+            raise ValueError("data_path: dataset 'latents' needs the folder of a latent cache")
+        return data.LatentClips(cfg["data_path"])
     loaders = {"ucf101": data.UCF101, "ffs": data.FaceForensics, "sky": data.SkyTimelapse, "taichi": data.TaichiHD,
                "folder": data.VideoClips}
     base = name.removesuffix("_img")
     if base not in loaders:
         known = ", ".join(loaders)
-        raise ValueError(f"dataset: expected one of synthetic, {known} (or their _img forms), got {name!r}")
+        raise ValueError(f"dataset: expected one of synthetic, latents, {known} (or their _img forms), got {name!r}")
     if not cfg["data_path"]:
         raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
     return loaders[base](cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"],
