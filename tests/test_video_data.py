@@ -116,7 +116,8 @@ def test_bad_files_are_reported_once_and_the_rest_served(tmp_path):
     (good / "zero.mp4").write_bytes(b"")
     (good / "corrupt.avi").write_bytes(np.random.default_rng(0).bytes(5000))
     (good / "notes.txt").write_text("not a video")
-    ds = VideoClips(tmp_path, num_frames=4, frame_interval=2, image_size=16, seed=0)
+    with pytest.warns(UserWarning, match="notes.txt"):
+        ds = VideoClips(tmp_path, num_frames=4, frame_interval=2, image_size=16, seed=0)
     assert len(ds) == 5 and ds.ignored_files == 1 and ds.classes == ["run", "walk"]
     with pytest.warns(UserWarning) as record:
         clips = [ds[i] for i in range(len(ds))] + [ds[i] for i in range(len(ds))]

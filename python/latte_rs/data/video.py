@@ -45,12 +45,13 @@ def _frame_key(name: str) -> tuple:
 
 
 def scan(root: str | os.PathLike) -> tuple[list[Path], int]:
-    """Video files and frame folders under `root` (recursive, sorted), and how many other files were ignored."""
+    """Video files and frame folders under `root` (recursive, sorted), and how many other files were ignored
+    (reported in one warning that names the first few)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: no such directory {root}")
     items: list[Path] = []
-    ignored = 0
+    ignored: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         images = [f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -60,8 +61,11 @@ def scan(root: str | os.PathLike) -> tuple[list[Path], int]:
             if f.lower().endswith(VIDEO_EXTENSIONS):
                 items.append(Path(dirpath) / f)
             elif not f.lower().endswith(IMAGE_EXTENSIONS):
-                ignored += 1
-    return sorted(items), ignored
+                ignored.append(os.path.join(dirpath, f))
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        warnings.warn(f"ignoring {len(ignored)} files that are neither videos nor frames: {shown}", stacklevel=3)
+    return sorted(items), len(ignored)
 
 
 def temporal_window(total: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
