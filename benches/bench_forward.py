@@ -197,8 +197,8 @@ def worker(args) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def make_data(args, path: Path) -> None:
-    """Build the seeded, perturbed official model and save its weights and one input."""
+def perturbed_official(args) -> tuple[dict, dict[str, np.ndarray]]:
+    """The seeded official model with 0.02 * randn added to its trainable parameters: (meta, state arrays)."""
     import torch
 
     torch.manual_seed(SEED)
@@ -208,9 +208,16 @@ def make_data(args, path: Path) -> None:
         for p in model.parameters():
             if p.requires_grad:  # pos_embed / temp_embed are fixed sin-cos tables
                 p.add_(torch.randn_like(p) * 0.02)
+    return meta, {f"param/{k}": v.float().numpy() for k, v in model.state_dict().items()}
+
+
+def make_data(args, path: Path) -> None:
+    """Save the perturbed official model's weights and one input."""
+    import torch
+
+    meta, arrays = perturbed_official(args)
     x = torch.randn(args.batch, args.frames, IN_CHANNELS, args.latent, args.latent)
     t = torch.randint(0, 1000, (args.batch,), dtype=torch.int64)
-    arrays = {f"param/{k}": v.float().numpy() for k, v in model.state_dict().items()}
     np.savez(path, x=x.numpy(), t=t.numpy(), meta=np.array(json.dumps(meta)), **arrays)
 
 

@@ -31,11 +31,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import (  # noqa: E402
     IN_CHANNELS,
-    SEED,
     build_official,
     cpu_name,
     load_official,
     peak_rss_mib,
+    perturbed_official,
     run_json_worker,
     time_calls,
 )
@@ -121,15 +121,8 @@ def worker(args) -> None:
 def make_data(args, path: Path) -> None:
     import torch
 
-    torch.manual_seed(SEED)
-    meta = {"model": args.model, "batch": args.batch, "frames": args.frames, "latent": args.latent}
-    model = build_official(load_official(args.latte_repo), meta)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.02)
+    meta, arrays = perturbed_official(args)
     x = torch.randn(args.batch, args.frames, IN_CHANNELS, args.latent, args.latent)
-    arrays = {f"param/{k}": v.float().numpy() for k, v in model.state_dict().items()}
     np.savez(path, x=x.numpy(), meta=np.array(json.dumps(meta)), **arrays)
 
 
