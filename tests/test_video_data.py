@@ -186,3 +186,21 @@ def test_frame_folder_datasets(tmp_path):
     assert clip.shape == (4, 3, 16, 16) and label == 0
     taichi = TaichiHD(tmp_path, num_frames=4, frame_interval=2, image_size=20, seed=1)
     assert taichi[1][0].shape == (4, 3, 20, 20)
+
+
+def test_image_video_joint_clips_and_training(tmp_path):
+    import latte_rs
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        _write_mp4(tmp_path / cls / f"{cls}.mp4", 10, size=(16, 16))
+    ds = VideoClips(tmp_path, num_frames=4, frame_interval=2, image_size=8, use_image_num=2, seed=1)
+    item = ds[0]
+    assert item["video"].shape == (6, 3, 8, 8) and item["video_name"] == 0
+    assert item["image_labels"].shape == (2,) and set(item["image_labels"]) <= {0, 1, 2}
+    np.testing.assert_array_equal(ds[0]["video"], item["video"])  # deterministic per (seed, epoch, index)
+    cfg = {"dataset": "folder", "model": "Latte-S/2", "num_frames": 4, "image_size": 8, "pixel_space": True,
+           "extras": 2, "num_classes": 3, "use_image_num": 2,
+           "model_config": {"depth": 2, "hidden_size": 32, "num_heads": 2}, "local_batch_size": 2}
+    result = latte_rs.train(cfg, ds, output_dir=tmp_path / "run", max_steps=2, progress=False)
+    assert result.trainer.step_count == 2 and result.model.config.use_image_num == 2

@@ -237,13 +237,19 @@ def make_dataset(cfg: Mapping[str, Any]):
         raise ValueError(f"dataset: expected one of synthetic, latents, {known} (or their _img forms), got {name!r}")
     if not cfg["data_path"]:
         raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
+    joint = cfg["use_image_num"] if name.endswith("_img") else 0
     return loaders[base](cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"],
-                         seed=cfg["global_seed"])
+                         seed=cfg["global_seed"], use_image_num=joint)
 
 
-def _clip_and_label(item: Any) -> tuple[np.ndarray, int | None]:
+def _clip_and_label(item: Any) -> tuple[np.ndarray, int | None, np.ndarray | None]:
+    """(clip, label, image labels) of a dataset item: a (clip, label) pair, a bare clip, or the official dict
+    {"video", "video_name"} (with "image_labels" from image-video joint datasets)."""
+    image_labels = None
     if isinstance(item, Mapping):  # the official datasets yield {"video": ..., "video_name": label}
         video, label = item["video"], item.get("video_name")
+        if item.get("image_labels") is not None:
+            image_labels = np.asarray(item["image_labels"], dtype=np.int64)
     elif isinstance(item, (tuple, list)):
         video, label = item[0], item[1] if len(item) > 1 else None
     else:
@@ -251,7 +257,7 @@ def _clip_and_label(item: Any) -> tuple[np.ndarray, int | None]:
     if hasattr(video, "detach"):
         video = video.detach().cpu().numpy()
     video = np.asarray(video, dtype=np.float32)
-    return video, None if label is None else int(label)
+    return video, None if label is None else int(label), image_labels
 
 
 @dataclass
@@ -268,8 +274,10 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
     """Endless batches over `dataset` in a seeded random order per epoch (drop_last, as the official loader).
 
     The order depends only on (seed, epoch), so a resumed run at step `start_step` sees exactly the batches an
-    uninterrupted run would. With `use_image_num`, clips of `num_frames` frames get that many frames appended,
-    each drawn from a random other clip, with those clips' labels as image labels (image-video joint training).
+    uninterrupted run would; datasets with a ``set_epoch`` method are told the epoch (new random crops). With
+    `use_image_num`, clips of `num_frames` frames get that many frames appended, each drawn from a random other
+    clip, with those clips' labels as image labels (image-video joint training), unless the dataset already
+    yields joint clips (``VideoClips(use_image_num=...)``).
     """
     n = len(dataset)
     per_epoch = n // batch_size
@@ -280,18 +288,20 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
         epoch, offset = divmod(step, per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(n)
         idx = order[offset * batch_size:(offset + 1) * batch_size]
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         items = [_clip_and_label(dataset[int(i)]) for i in idx]
-        clips = [c for c, _ in items]
-        labels = [lab for _, lab in items]
-        image_labels = None
-        if use_image_num and num_frames is not None and clips[0].shape[0] == num_frames:
+        clips = [c for c, _, _ in items]
+        labels = [lab for _, lab, _ in items]
+        image_labels = [il for _, _, il in items] if all(il is not None for _, _, il in items) else None
+        if image_labels is None and use_image_num and num_frames is not None and clips[0].shape[0] == num_frames:
             rng = np.random.default_rng([seed, epoch, offset, 1])
             image_labels = []
             for j, clip in enumerate(clips):
                 frames, labs = [], []
                 for _ in range(use_image_num):
                     other = int(rng.integers(n))
-                    oclip, olab = _clip_and_label(dataset[other])
+                    oclip, olab, _ = _clip_and_label(dataset[other])
                     frames.append(oclip[int(rng.integers(oclip.shape[0]))])
                     labs.append(olab)
                 clips[j] = np.concatenate([clip, np.stack(frames)], axis=0)
@@ -560,7 +570,7 @@ def _check_dataset(dataset, mcfg: LatteConfig) -> None:
         raise TypeError("dataset: expected an indexable dataset with len() (e.g. a torch map-style Dataset)") from None
     if n == 0:
         raise ValueError("dataset: it is empty")
-    clip, _ = _clip_and_label(dataset[0])
+    clip, _, _ = _clip_and_label(dataset[0])
     want = (mcfg.num_frames, mcfg.in_channels, mcfg.input_size, mcfg.input_size)
     ok_frames = clip.ndim == 4 and mcfg.num_frames <= clip.shape[0] <= mcfg.num_frames + mcfg.use_image_num
     if not ok_frames or clip.shape[1:] != want[1:]:

@@ -225,6 +225,9 @@ class VideoClips:
         labels: "folder" (the parent folder's index among the sorted class folders, as torchvision's
             ``find_classes`` and the official UCF-101 loader) or None (label 0 for every clip).
         seed: seed of the temporal crops and flips.
+        use_image_num: image-video joint clips (the official ``*_img`` datasets): append this many single frames,
+            each from a random other source, with the same transform and flip; items are then the official dict
+            ``{"video": (F + n, 3, S, S), "video_name": label, "image_labels": (n,)}``.
 
     A source that cannot be decoded or is too short is reported once with a warning and replaced by the next good
     one, so an epoch never stops in the middle; ``bad`` lists them with the reason.
@@ -246,6 +249,7 @@ class VideoClips:
         labels: Literal["folder"] | None = "folder",
         seed: int = 0,
         sources: Sequence[str | os.PathLike] | None = None,
+        use_image_num: int = 0,
     ) -> None:
         for name, value in (("num_frames", num_frames), ("frame_interval", frame_interval), ("image_size", image_size)):
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -254,6 +258,9 @@ class VideoClips:
             raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")
         if sampling not in (None, "linspace", "stride"):
             raise ValueError(f"sampling: expected 'linspace', 'stride' or None, got {sampling!r}")
+        if not isinstance(use_image_num, (int, np.integer)) or use_image_num < 0:
+            raise ValueError(f"use_image_num: expected an int >= 0, got {use_image_num!r}")
+        self.use_image_num = int(use_image_num)
         if labels not in ("folder", None):
             raise ValueError(f"labels: expected 'folder' or None, got {labels!r}")
         self.root = Path(root)
@@ -289,15 +296,44 @@ class VideoClips:
         flip = bool(self.random_flip and rng.random() < 0.5)
         return path, idx, flip
 
-    def load(self, index: int) -> tuple[np.ndarray, int]:
+    def load(self, index: int) -> tuple[np.ndarray, int] | dict:
         """Clip `index`, raising ValueError when its source is bad (``__getitem__`` substitutes instead)."""
         path, idx, flip = self.clip_indices(index)
         frames, _ = read_frames(path, idx)
-        # Resizing is linear, so it runs on the 0-255 values (only the pixels the crop keeps), then scales.
+        if self.use_image_num:
+            return self._joint(index, frames, flip)
+        return self._transform(frames, flip), self.label(index)
+
+    def _transform(self, frames: np.ndarray, flip: bool) -> np.ndarray:
+        """(n, H, W, 3) uint8 → (n, 3, S, S) float32 in [-1, 1]. Resizing is linear, so it runs on the 0-255
+        values (only the pixels the crop keeps), then scales."""
         clip = spatial_transform(frames.transpose(0, 3, 1, 2), self.image_size, self.resize) * np.float32(1 / 255)
         if flip:
             clip = clip[..., ::-1]
-        return np.ascontiguousarray((clip - 0.5) / 0.5, dtype=np.float32), self.label(index)
+        return np.ascontiguousarray((clip - 0.5) / 0.5, dtype=np.float32)
+
+    def _joint(self, index: int, frames: np.ndarray, flip: bool) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        images, image_labels = [], []
+        for _ in range(self.use_image_num):
+            for _attempt in range(len(self)):
+                other = int(rng.integers(len(self)))
+                if str(self.sources[other]) in self.bad:
+                    continue
+                try:
+                    count = frame_count(self.sources[other])
+                    image, _ = read_frames(self.sources[other], [int(rng.integers(count))])
+                except (ValueError, OSError) as e:
+                    self.bad[str(self.sources[other])] = str(e)
+                    warnings.warn(f"skipping {self.sources[other]}: {e}", stacklevel=3)
+                    continue
+                images.append(self._transform(image, flip)[0])
+                image_labels.append(self.label(other))
+                break
+            else:
+                raise ValueError("no readable source for the image frames")
+        video = np.concatenate([self._transform(frames, flip), np.stack(images)], axis=0)
+        return {"video": video, "video_name": self.label(index), "image_labels": np.asarray(image_labels, np.int64)}
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         n = len(self)
@@ -351,12 +387,13 @@ class UCF101(VideoClips):
 
     def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
                  image_size: int = 256, *, split_file: str | os.PathLike | None = None, random_flip: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, use_image_num: int = 0) -> None:
         root = Path(root)
         classes = find_classes(root) if root.is_dir() else None
         sources = _split_sources(root, split_file) if split_file is not None else None
         super().__init__(root, num_frames, frame_interval, image_size, resize="resize_crop",
-                         random_flip=random_flip, sampling="linspace", labels="folder", seed=seed, sources=sources)
+                         random_flip=random_flip, sampling="linspace", labels="folder", seed=seed, sources=sources,
+                         use_image_num=use_image_num)
         self.classes = classes or []
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
@@ -366,9 +403,10 @@ class FaceForensics(VideoClips):
     crop, random flip, linspace sampling; unconditional (label 0)."""
 
     def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
-                 image_size: int = 256, *, random_flip: bool = True, seed: int = 0) -> None:
+                 image_size: int = 256, *, random_flip: bool = True, seed: int = 0, use_image_num: int = 0) -> None:
         super().__init__(root, num_frames, frame_interval, image_size, resize="resize_crop",
-                         random_flip=random_flip, sampling="linspace", labels=None, seed=seed)
+                         random_flip=random_flip, sampling="linspace", labels=None, seed=seed,
+                         use_image_num=use_image_num)
 
 
 class SkyTimelapse(VideoClips):
@@ -376,9 +414,9 @@ class SkyTimelapse(VideoClips):
     ``image_size``, no flip, every ``frame_interval``-th frame; unconditional."""
 
     def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
-                 image_size: int = 256, *, seed: int = 0) -> None:
+                 image_size: int = 256, *, seed: int = 0, use_image_num: int = 0) -> None:
         super().__init__(root, num_frames, frame_interval, image_size, resize="crop_resize", random_flip=False,
-                         sampling="stride", labels=None, seed=seed)
+                         sampling="stride", labels=None, seed=seed, use_image_num=use_image_num)
 
 
 class TaichiHD(VideoClips):
@@ -387,6 +425,7 @@ class TaichiHD(VideoClips):
     exactly as they are and brings other sizes to ``image_size``.)"""
 
     def __init__(self, root: str | os.PathLike, num_frames: int = 16, frame_interval: int = 3,
-                 image_size: int = 256, *, random_flip: bool = True, seed: int = 0) -> None:
+                 image_size: int = 256, *, random_flip: bool = True, seed: int = 0, use_image_num: int = 0) -> None:
         super().__init__(root, num_frames, frame_interval, image_size, resize="crop_resize",
-                         random_flip=random_flip, sampling="stride", labels=None, seed=seed)
+                         random_flip=random_flip, sampling="stride", labels=None, seed=seed,
+                         use_image_num=use_image_num)
