@@ -39,8 +39,8 @@ def test_singular_covariances_give_finite_correct_values():
     mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
     ours = frechet_distance(mu1, s1, mu2, s2)
     assert np.isfinite(ours) and ours > 0
-    # Exact reference through the symmetric form in extended precision-free terms: eigenvalues of Σ1 Σ2 are real
-    # and >= 0; their square roots summed give tr sqrt.
+    # Reference: the eigenvalues of Σ1 Σ2 are real and >= 0 (up to round-off); the sum of their square roots is
+    # tr sqrt(Σ1 Σ2), which scipy's sqrtm cannot give here (the product is singular).
     eig = np.linalg.eigvals(s1 @ s2).real
     ref = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
     assert ours == pytest.approx(ref, rel=1e-6)
