@@ -343,19 +343,24 @@ def _experiment_dir(cfg: Mapping[str, Any], output_dir: str | Path | None, resum
 _STEP_DIR = re.compile(r"^\d{7}$")
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under `checkpoint_dir` that loads; damaged newer ones are reported."""
+def resume_latest(checkpoint_dir: str | Path) -> tuple[Path, Trainer] | None:
+    """The newest complete checkpoint under `checkpoint_dir` that loads, with its trainer; damaged newer ones are
+    reported and skipped."""
     root = Path(checkpoint_dir)
     if not root.is_dir():
         return None
     for path in sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()), reverse=True):
         try:
-            Trainer.resume(path)
+            return path, Trainer.resume(path)
         except (ValueError, FileNotFoundError, OSError) as e:
             warnings.warn(f"skipping damaged checkpoint {path}: {e}", stacklevel=2)
-            continue
-        return path
     return None
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The path of `resume_latest`'s checkpoint."""
+    found = resume_latest(checkpoint_dir)
+    return None if found is None else found[0]
 
 
 _CSV_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "steps_per_sec", "skipped_steps"]
@@ -456,9 +461,9 @@ def train(
 
     trainer = None
     if resume:
-        found = latest_checkpoint(ckpt_dir)
+        found = resume_latest(ckpt_dir)
         if found is not None:
-            trainer = Trainer.resume(found)
+            trainer = found[1]
     if trainer is None:
         mcfg = model_config(cfg)
         if model is None:
