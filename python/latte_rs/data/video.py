@@ -26,7 +26,8 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -144,16 +145,9 @@ def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.n
     raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")
 
 
-def read_frames(path: Path, indices: Sequence[int] | None = None) -> tuple[np.ndarray, int]:
-    """Frames `indices` (all when None) of a video file or frame folder as (n, H, W, 3) uint8, and the total
-    frame count. Raises ValueError for an unreadable or empty source."""
-    if path.is_dir():
-        files = sorted((f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_key)
-        if not files:
-            raise ValueError("no frames")
-        if indices is None:
-            return np.stack([_read_image(path / f) for f in files]), len(files)
-        return np.stack([_read_image(path / files[i]) for i in indices]), len(files)
+@contextmanager
+def _video_stream(path: Path):
+    """The first video stream of a file, opened with PyAV; decoding errors become ValueError."""
     import av
 
     try:
@@ -162,26 +156,50 @@ def read_frames(path: Path, indices: Sequence[int] | None = None) -> tuple[np.nd
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame- and slice-threaded decoding where the codec allows
-            wanted = None if indices is None else set(int(i) for i in indices)
-            last = None if indices is None else max(wanted)
-            frames: dict[int, np.ndarray] = {}
-            count = 0
-            for i, frame in enumerate(container.decode(stream)):
-                count = i + 1
-                if wanted is None or i in wanted:
-                    frames[i] = frame.to_ndarray(format="rgb24")
-                if last is not None and i >= last and stream.frames:
-                    count = stream.frames
-                    break
+            yield container, stream
     except av.error.FFmpegError as e:
         raise ValueError(f"cannot decode ({e})") from None
-    if count == 0:
-        raise ValueError("no frames")
-    order = range(count) if indices is None else indices
-    missing = [i for i in order if i not in frames]
+
+
+def _frame_files(path: Path) -> list[str]:
+    return sorted((f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_key)
+
+
+Pick = Callable[[int], Sequence[int]]
+
+
+def read_frames(path: Path, pick: Sequence[int] | Pick | None = None) -> tuple[np.ndarray, list[int]]:
+    """Frames of a video file or frame folder as (n, H, W, 3) uint8, opening the source once, and their indices.
+    `pick` is the indices, or a function from the source's frame count to the indices (all frames when None).
+    Raises ValueError for an unreadable or empty source."""
+
+    def resolve(total: int) -> list[int]:
+        if total == 0:
+            raise ValueError("no frames")
+        if pick is None:
+            return list(range(total))
+        return [int(i) for i in (pick(total) if callable(pick) else pick)]
+
+    if path.is_dir():
+        files = _frame_files(path)
+        idx = resolve(len(files))
+        return np.stack([_read_image(path / files[i]) for i in idx]), idx
+    frames: dict[int, np.ndarray] = {}
+    with _video_stream(path) as (container, stream):
+        # With the frame count in the header, decode only up to the last frame wanted; else decode everything.
+        idx = resolve(int(stream.frames)) if stream.frames else None
+        wanted = None if idx is None else set(idx)
+        for i, frame in enumerate(container.decode(stream)):
+            if wanted is None or i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if wanted is not None and i >= max(wanted):
+                break
+    if idx is None:
+        idx = resolve(len(frames))
+    missing = [i for i in idx if i not in frames]
     if missing:
-        raise ValueError(f"frames {missing[:3]} could not be decoded ({count} decoded)")
-    return np.stack([frames[i] for i in order]), count
+        raise ValueError(f"frames {missing[:3]} could not be decoded")
+    return np.stack([frames[i] for i in idx]), idx
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -194,19 +212,9 @@ def _read_image(path: Path) -> np.ndarray:
 def frame_count(path: Path) -> int:
     """Frames in a video file (from the container when it says, else by decoding) or a frame folder."""
     if path.is_dir():
-        return sum(1 for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError("no video stream")
-            stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            return sum(1 for _ in container.decode(stream))
-    except av.error.FFmpegError as e:
-        raise ValueError(f"cannot decode ({e})") from None
+        return len(_frame_files(path))
+    with _video_stream(path) as (container, stream):
+        return int(stream.frames) if stream.frames else sum(1 for _ in container.decode(stream))
 
 
 class VideoClips:
@@ -287,19 +295,28 @@ class VideoClips:
     def label(self, index: int) -> int:
         return self.class_to_idx.get(self.sources[index].parent.name, 0) if self.classes else 0
 
+    def _sampler(self, index: int) -> tuple[np.random.Generator, Pick]:
+        """Clip `index`'s generator and its frame-index function of the source's frame count. The generator
+        draws the indices first, then the flip."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        sampling = self.sampling or ("stride" if self.sources[index].is_dir() else "linspace")
+        return rng, lambda total: frame_indices(total, self.num_frames, self.frame_interval, rng, sampling)
+
+    def _flip(self, rng: np.random.Generator) -> bool:
+        return bool(self.random_flip and rng.random() < 0.5)
+
     def clip_indices(self, index: int) -> tuple[Path, np.ndarray, bool]:
         """The source, the frame indices and the flip of clip `index` (raises ValueError for a bad source)."""
         path = self.sources[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        sampling = self.sampling or ("stride" if path.is_dir() else "linspace")
-        idx = frame_indices(frame_count(path), self.num_frames, self.frame_interval, rng, sampling)
-        flip = bool(self.random_flip and rng.random() < 0.5)
-        return path, idx, flip
+        rng, pick = self._sampler(index)
+        idx = np.asarray(pick(frame_count(path)))
+        return path, idx, self._flip(rng)
 
     def load(self, index: int) -> tuple[np.ndarray, int] | dict:
         """Clip `index`, raising ValueError when its source is bad (``__getitem__`` substitutes instead)."""
-        path, idx, flip = self.clip_indices(index)
-        frames, _ = read_frames(path, idx)
+        rng, pick = self._sampler(index)
+        frames, _ = read_frames(self.sources[index], pick)
+        flip = self._flip(rng)
         if self.use_image_num:
             return self._joint(index, frames, flip)
         return self._transform(frames, flip), self.label(index)
@@ -321,8 +338,7 @@ class VideoClips:
                 if str(self.sources[other]) in self.bad:
                     continue
                 try:
-                    count = frame_count(self.sources[other])
-                    image, _ = read_frames(self.sources[other], [int(rng.integers(count))])
+                    image, _ = read_frames(self.sources[other], lambda total: [int(rng.integers(total))])
                 except (ValueError, OSError) as e:
                     self.bad[str(self.sources[other])] = str(e)
                     warnings.warn(f"skipping {self.sources[other]}: {e}", stacklevel=3)
