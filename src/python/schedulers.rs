@@ -56,6 +56,15 @@ impl PyGenerator {
     }
 }
 
+/// A diffusers scheduler config from the JSON the Python wrappers pass.
+fn parse_config(config_json: &str) -> PyResult<SchedulerConfig> {
+    serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))
+}
+
+fn config_to_json(config: &SchedulerConfig) -> PyResult<String> {
+    serde_json::to_string(config).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 /// A DDPM or DDIM scheduler core (use `latte_rs.DDPMScheduler` / `latte_rs.DDIMScheduler`).
 #[pyclass(name = "Scheduler", module = "latte_rs._native")]
 pub struct PyScheduler {
@@ -75,16 +84,14 @@ impl PyScheduler {
                 )))
             }
         };
-        let config: SchedulerConfig =
-            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
         Ok(Self {
-            inner: Scheduler::new(kind, config).py()?,
+            inner: Scheduler::new(kind, parse_config(config_json)?).py()?,
         })
     }
 
     /// The full config (with keys this crate does not use) as JSON.
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner.config).map_err(|e| PyValueError::new_err(e.to_string()))
+        config_to_json(&self.inner.config)
     }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
@@ -168,15 +175,13 @@ pub struct PyEulerScheduler {
 impl PyEulerScheduler {
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
-        let config: SchedulerConfig =
-            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
         Ok(Self {
-            inner: EulerScheduler::new(config).py()?,
+            inner: EulerScheduler::new(parse_config(config_json)?).py()?,
         })
     }
 
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner.config).map_err(|e| PyValueError::new_err(e.to_string()))
+        config_to_json(&self.inner.config)
     }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
@@ -271,15 +276,13 @@ pub struct PyDpmSolverScheduler {
 impl PyDpmSolverScheduler {
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
-        let config: SchedulerConfig =
-            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
         Ok(Self {
-            inner: DpmSolverScheduler::new(config).py()?,
+            inner: DpmSolverScheduler::new(parse_config(config_json)?).py()?,
         })
     }
 
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner.config).map_err(|e| PyValueError::new_err(e.to_string()))
+        config_to_json(&self.inner.config)
     }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {

@@ -174,16 +174,11 @@ fn state_dtype(model: DType) -> DType {
     }
 }
 
-fn to_vecs<T: Float>(tensors: &[Tensor]) -> Result<Vec<Vec<T>>> {
-    Ok(tensors
-        .iter()
-        .map(|t| t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>())
-        .collect::<candle_core::Result<_>>()?)
-}
-
 fn new_buffers<T: Float>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>> {
-    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let values = to_vecs::<T>(&params)?;
+    let values = vars
+        .iter()
+        .map(|v| v.as_tensor().to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>())
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let zeros: Vec<Vec<T>> = values.iter().map(|v| vec![T::of(0.0); v.len()]).collect();
     Ok(Buffers {
         master: (model_dtype != T::DTYPE).then(|| values.clone()),

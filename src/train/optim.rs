@@ -96,11 +96,6 @@ pub fn sum_of_squares<T: Float>(g: &[T]) -> f64 {
         .sum()
 }
 
-/// The L2 norm of all gradients together (as if concatenated).
-pub fn global_norm<T: Float>(grads: &[Vec<T>]) -> f64 {
-    grads.iter().map(|g| sum_of_squares(g)).sum::<f64>().sqrt()
-}
-
 /// `torch.nn.utils.clip_grad_norm_`'s factor for a total norm: max_norm / (norm + 1e-6), at most 1.
 pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
     (max_norm / (norm + 1e-6)).min(1.0)
@@ -134,6 +129,10 @@ mod tests {
         let (mut m, mut v) = (vec![0.0], vec![0.0]);
         adamw_step(&mut p, &[0.0], 1.0, &mut m, &mut v, 1, 0.5, &cfg);
         assert!((p[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-12);
+    }
+
+    fn global_norm(grads: &[Vec<f32>]) -> f64 {
+        grads.iter().map(|g| sum_of_squares(g)).sum::<f64>().sqrt()
     }
 
     #[test]
