@@ -43,6 +43,7 @@ pub mod diffusion;
 pub mod error;
 pub mod float;
 pub mod io;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod rng;

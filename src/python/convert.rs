@@ -72,6 +72,17 @@ pub fn to_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
     t.py()
 }
 
+/// Like [`to_tensor`], but uint8 arrays (video frames) stay uint8 instead of widening to int64.
+pub fn to_tensor_keep_u8(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
+    let arr = as_ndarray(obj, arg)?;
+    let dtype = arr.dtype();
+    if dtype.kind() == b'u' && dtype.itemsize() == 1 {
+        let shape = arr.shape().to_vec();
+        return Tensor::from_vec(slice_of::<u8>(&arr)?, shape, &Device::Cpu).py();
+    }
+    to_tensor(&arr, arg)
+}
+
 /// A tensor as a new NumPy array (f64 stays f64, every other float becomes f32), owned by Python: torch's
 /// `from_numpy` / `from_dlpack` take it without a copy.
 pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {

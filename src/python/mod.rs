@@ -3,6 +3,7 @@
 
 mod convert;
 mod diffusion;
+mod i3d;
 mod model;
 mod sampling;
 mod schedulers;
@@ -55,6 +56,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<schedulers::PyDpmSolverScheduler>()?;
     m.add_class::<train::PyTrainer>()?;
     m.add_class::<vae::PyVideoVae>()?;
+    m.add_class::<i3d::PyI3d>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
     Ok(())
 }
