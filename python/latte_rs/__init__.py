@@ -8,10 +8,11 @@
 (1, 4, 8, 16, 16)
 """
 
-from . import data
+from . import data, evaluation
 from ._native import (
     CUDA_AVAILABLE,
     FLASH_ATTN_AVAILABLE,
+    I3D,
     GaussianDiffusion,
     Generator,
     LatteConfig,
@@ -20,6 +21,7 @@ from ._native import (
     VideoVAE,
     __version__,
 )
+from .evaluation import fvd
 from .sampling import sample
 from .schedulers import (
     DDIMScheduler,
@@ -39,6 +41,7 @@ __all__ = [
     "FLASH_ATTN_AVAILABLE",
     "GaussianDiffusion",
     "Generator",
+    "I3D",
     "LatteConfig",
     "LatteModel",
     "SchedulerOutput",
@@ -47,6 +50,8 @@ __all__ = [
     "VideoVAE",
     "__version__",
     "data",
+    "evaluation",
+    "fvd",
     "sample",
     "train",
 ]

@@ -403,6 +403,33 @@ class VideoVAE:
     @property
     def downsample_factor(self) -> int: ...
 
+class I3D:
+    """The Kinetics-400 I3D network of FVD (TF-Hub ``i3d-kinetics-400``), in Rust on the CPU.
+
+    Made with ``latte_rs.evaluation.load_i3d()``, which fetches and converts the weights on first use.
+    ``features`` resizes clips to 224×224 (bilinear, as PyTorch's ``interpolate(align_corners=False)``), maps them
+    to [-1, 1] and returns the 400-d logits averaged over time, the features FVD compares.
+
+    >>> clips = np.zeros((2, 16, 64, 64, 3), np.uint8)
+    >>> I3D.preprocess(clips).shape
+    (2, 16, 224, 224, 3)
+    >>> float(I3D.preprocess(clips).min())
+    -1.0
+    """
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        """Loads converted weights (the file ``latte_rs.evaluation.i3d_weights()`` returns)."""
+    def features(
+        self, clips: ArrayLike, value_range: tuple[float, float] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """``(N, T >= 9, H, W, 3)`` clips (uint8, or float with ``value_range``) to ``(N, 400)`` features."""
+    @staticmethod
+    def preprocess(clips: ArrayLike, value_range: tuple[float, float] | None = None) -> npt.NDArray[np.float32]:
+        """The network input ``features`` makes: ``(N, T, 224, 224, 3)`` float32 in [-1, 1]; values outside
+        ``value_range`` raise ValueError."""
+    def logits(self, clips: ArrayLike) -> npt.NDArray[np.float32]:
+        """The raw network on ``(N, T >= 9, 224, 224, 3)`` float32 clips in [-1, 1]."""
+
 def sample_with_scheduler(
     model: LatteModel,
     scheduler: Scheduler | EulerScheduler | DpmSolverScheduler,

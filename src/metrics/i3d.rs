@@ -323,12 +323,13 @@ impl Inception {
 }
 
 /// Source indices and weights of PyTorch's bilinear interpolation (`align_corners=False`, a target size given)
-/// along one axis: `src = max((i + 0.5) · in / out − 0.5, 0)`.
+/// along one axis: `src = max((in / out) · (i + 0.5) − 0.5, 0)`, in f32 as PyTorch computes it (a coordinate
+/// off by 1e-5 pixel moves a value by 1e-5 of the jump between neighbours, visible on noisy frames).
 fn bilinear_axis(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
-    let scale = input as f64 / output as f64;
+    let scale = input as f32 / output as f32;
     (0..output)
         .map(|i| {
-            let src = (((i as f64 + 0.5) * scale - 0.5).max(0.0)) as f32;
+            let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
             let i0 = (src.floor() as usize).min(input - 1);
             (i0, (i0 + 1).min(input - 1), src - i0 as f32)
         })

@@ -18,6 +18,17 @@ use crate::metrics::{prepare, I3d};
 /// >>> clips = np.zeros((2, 16, 256, 256, 3), np.uint8)
 /// >>> i3d.features(clips).shape                   # doctest: +SKIP
 /// (2, 400)
+/// The declared value range, or (0, 255) for uint8 clips.
+fn value_range_for(x: &candle_core::Tensor, value_range: Option<(f64, f64)>) -> PyResult<(f64, f64)> {
+    match (value_range, x.dtype()) {
+        (Some(r), _) => Ok(r),
+        (None, candle_core::DType::U8) => Ok((0.0, 255.0)),
+        (None, d) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "value_range: required for {d:?} clips (e.g. (0, 255) or (-1, 1)); only uint8 implies (0, 255)"
+        ))),
+    }
+}
+
 #[pyclass(name = "I3D", module = "latte_rs", frozen)]
 pub struct PyI3d {
     inner: I3d,
@@ -43,16 +54,22 @@ impl PyI3d {
         value_range: Option<(f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let x = to_tensor_keep_u8(clips, "clips")?;
-        let range = match (value_range, x.dtype()) {
-            (Some(r), _) => r,
-            (None, candle_core::DType::U8) => (0.0, 255.0),
-            (None, d) => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "value_range: required for {d:?} clips (e.g. (0, 255) or (-1, 1)); only uint8 implies (0, 255)"
-                )))
-            }
-        };
+        let range = value_range_for(&x, value_range)?;
         let out = py.detach(|| self.inner.logits(&prepare(&x, range)?)).py()?;
+        to_numpy(py, &out)
+    }
+
+    /// The network's input made from clips (what `features` feeds it): `(N, T, 224, 224, 3)` float32 in [-1, 1].
+    #[staticmethod]
+    #[pyo3(signature = (clips, value_range = None))]
+    fn preprocess<'py>(
+        py: Python<'py>,
+        clips: &Bound<'py, PyAny>,
+        value_range: Option<(f64, f64)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = to_tensor_keep_u8(clips, "clips")?;
+        let range = value_range_for(&x, value_range)?;
+        let out = py.detach(|| prepare(&x, range)).py()?;
         to_numpy(py, &out)
     }
 

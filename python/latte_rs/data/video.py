@@ -90,11 +90,14 @@ def frame_indices(total: int, num_frames: int, frame_interval: int, rng: np.rand
     return idx
 
 
-def _bilinear_axis(in_size: int, out_size: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of PyTorch's bilinear interpolation along one axis (align_corners=False), with
-    `scale` = output/input as PyTorch uses it (the given scale factor, or out/in when a size is given)."""
-    dst = np.arange(out_size, dtype=np.float64)
-    src = np.maximum((dst + 0.5) / scale - 0.5, 0.0).astype(np.float32)
+def _bilinear_axis(in_size: int, out_size: int, scale: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of PyTorch's bilinear interpolation along one axis (align_corners=False).
+    `scale` is the scale factor (output/input) when one was given to ``interpolate``, or None when a size was:
+    PyTorch then maps with ``in / out``, else with ``1 / scale``, in float32 (``(i + 0.5) · s − 0.5``), which is
+    reproduced here to the bit: a coordinate off by 1e-5 pixel shows on noisy frames."""
+    s = np.float32(in_size) / np.float32(out_size) if scale is None else np.float32(1.0 / scale)
+    dst = np.arange(out_size, dtype=np.float32)
+    src = np.maximum(s * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
     i0 = np.floor(src).astype(np.int64)
     i0 = np.minimum(i0, in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
@@ -102,7 +105,7 @@ def _bilinear_axis(in_size: int, out_size: int, scale: float) -> tuple[np.ndarra
     return i0, i1, lam
 
 
-def resize_bilinear(clip: np.ndarray, out_hw: tuple[int, int], scale_hw: tuple[float, float],
+def resize_bilinear(clip: np.ndarray, out_hw: tuple[int, int], scale_hw: tuple[float | None, float | None],
                     window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Bilinear resize of (F, C, H, W) as ``torch.nn.functional.interpolate(..., align_corners=False)`` to
     `out_hw`, returning only the output rows/columns ``window = (top, height, left, width)`` (default: all), so a
@@ -138,8 +141,7 @@ def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.n
     if resize == "crop_resize":  # CenterCropResizeVideo: centre square of the short side, interpolate(size=...)
         side = min(h, w)
         square = _center_crop(clip, side, side)
-        scale = image_size / side
-        return resize_bilinear(square, (image_size, image_size), (scale, scale))
+        return resize_bilinear(square, (image_size, image_size), (None, None))
     if resize == "none":
         return clip.astype(np.float32)
     raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")

@@ -1,5 +1,11 @@
-"""Evaluation: FVD with the I3D network in Rust (see :mod:`latte_rs.evaluation.fvd`)."""
+"""Evaluation: FVD with the I3D network in Rust.
 
+>>> from latte_rs.evaluation import fvd, Protocol
+>>> Protocol().num_real, Protocol().real_stride
+(2048, 3)
+"""
+
+from .protocol import FeatureStats, FVDResult, Protocol, feature_stats, fvd
 from .weights import cache_dir, i3d_weights, load_i3d
 
-__all__ = ["cache_dir", "i3d_weights", "load_i3d"]
+__all__ = ["FVDResult", "FeatureStats", "Protocol", "cache_dir", "feature_stats", "fvd", "i3d_weights", "load_i3d"]
