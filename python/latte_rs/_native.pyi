@@ -116,6 +116,28 @@ class LatteModel:
     @staticmethod
     def load(path: str | PathLike[str], device: str = "cpu") -> LatteModel:
         """Reads a file written by ``save``. Raises ``FileNotFoundError`` if it does not exist."""
+    @staticmethod
+    def from_checkpoint(
+        path: str | PathLike[str], preset: str | None = None, use_ema: bool = True, device: str = "cpu",
+        **overrides: Any,
+    ) -> LatteModel:
+        """Loads trained weights from the files users have, without PyTorch:
+
+        - official Latte checkpoints (``ffs.pt``, ``ucf101.pt``, ``skytimelapse.pt``, ``taichi-hd.pt``, and
+          ``train.py``'s ``{"model", "ema"}`` files): PyTorch zip archives read by candle's pickle reader, which
+          interprets the pickle in Rust and never runs Python code; anything in the state dict that is not a tensor
+          (a pickled function call) is refused with an error naming it;
+        - safetensors files (ours, with the config, or a bare state dict) and latte-rs Trainer checkpoint folders.
+
+        EMA weights are used when present and ``use_ema``. Options a file does not record come from the tensor
+        shapes (depth, width, patch, frames, input size, classes, learned sigma); the head count from ``preset`` or
+        the width (S 6, B 12, L 16, XL 16); keyword arguments (LatteConfig fields such as ``num_heads``,
+        ``class_dropout_prob``, ``attention``) override them.
+
+        >>> model = LatteModel.from_checkpoint("ucf101.pt")  # doctest: +SKIP
+        >>> model.config.num_classes, model.config.num_frames  # doctest: +SKIP
+        (101, 16)
+        """
     @property
     def config(self) -> LatteConfig: ...
     @property

@@ -1,9 +1,11 @@
 //! The Latte model and its owner [`LatteModel`]: parameters, validated forward, state dicts, files.
 
 pub mod block;
+pub mod checkpoint;
 pub mod embed;
 pub mod latte;
 
+pub use checkpoint::CheckpointInfo;
 pub use latte::Latte;
 
 use std::collections::{BTreeMap, HashMap};
@@ -236,6 +238,78 @@ impl LatteModel {
         let model = Self::uninitialised(&cfg, device, dtype)?;
         model.load_state_dict(&tensors, true)?;
         Ok(model)
+    }
+
+    /// Loads trained weights from any of the files users have: an official Latte checkpoint (`ffs.pt`,
+    /// `ucf101.pt`, ..., or `train.py`'s `{"model", "ema"}` files; PyTorch zip archives read without running any
+    /// pickled code), a safetensors file (ours, with its config, or a bare state dict), or one of our trainer's
+    /// checkpoint folders. EMA weights are used when present and `use_ema`. Options the file does not record are
+    /// inferred from the tensor shapes (see [`checkpoint::infer_config`]).
+    pub fn from_checkpoint(
+        path: &Path,
+        preset: Option<&str>,
+        use_ema: bool,
+        overrides: &serde_json::Map<String, serde_json::Value>,
+        device: &Device,
+    ) -> Result<(Self, CheckpointInfo)> {
+        if path.is_dir() {
+            let name = if use_ema && path.join("ema.safetensors").is_file() {
+                "ema"
+            } else {
+                "model"
+            };
+            let file = path.join(format!("{name}.safetensors"));
+            if !file.is_file() {
+                return Err(LatteError::NotFound(format!(
+                    "{}: a folder, but not a latte-rs checkpoint (no {name}.safetensors)",
+                    path.display()
+                )));
+            }
+            let info = CheckpointInfo {
+                key: Some(name.into()),
+                keys: vec!["model".into(), "ema".into()],
+            };
+            return Ok((Self::load(&file, device)?, info));
+        }
+        if !path.is_file() {
+            return Err(LatteError::NotFound(path.display().to_string()));
+        }
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let (state, info) = if is_safetensors {
+            let bytes = crate::io::read(path)?;
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+                .map_err(|e| LatteError::Value(format!("{}: not a readable safetensors file ({e})", path.display())))?;
+            if meta.metadata().as_ref().is_some_and(|m| m.contains_key("latte_config")) {
+                let info = CheckpointInfo {
+                    key: None,
+                    keys: vec![],
+                };
+                return Ok((Self::from_safetensors(&bytes, path, device)?, info));
+            }
+            let state = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+            (
+                state,
+                CheckpointInfo {
+                    key: None,
+                    keys: vec![],
+                },
+            )
+        } else {
+            checkpoint::read_torch_state_dict(path, use_ema)?
+        };
+        let cfg = checkpoint::infer_config(&state, preset, overrides, path)?;
+        let dtype = state.values().next().map(|t| t.dtype()).unwrap_or(DType::F32);
+        let dtype = if matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
+            dtype
+        } else {
+            DType::F32
+        };
+        let model = Self::uninitialised(&cfg, device, dtype)?;
+        model.load_state_dict(&state, true).map_err(|e| match e {
+            LatteError::StateDict(msg) => LatteError::StateDict(format!("{}: {msg}", path.display())),
+            other => other,
+        })?;
+        Ok((model, info))
     }
 
     /// Validated forward pass (no gradient). x: (B, F, C, H, W) float; t: (B,) timesteps; y: (B,) labels;

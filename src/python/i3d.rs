@@ -8,16 +8,6 @@ use super::convert::{to_numpy, to_tensor_keep_u8};
 use super::IntoPy;
 use crate::metrics::{prepare, I3d};
 
-/// The Kinetics-400 I3D network of FVD (TF-Hub `i3d-kinetics-400`), on the CPU.
-///
-/// Load it with `latte_rs.evaluation.load_i3d()`, which fetches and converts the weights on first use.
-///
-/// >>> import numpy as np
-/// >>> from latte_rs.evaluation import load_i3d   # doctest: +SKIP
-/// >>> i3d = load_i3d()                            # doctest: +SKIP
-/// >>> clips = np.zeros((2, 16, 256, 256, 3), np.uint8)
-/// >>> i3d.features(clips).shape                   # doctest: +SKIP
-/// (2, 400)
 /// The declared value range, or (0, 255) for uint8 clips.
 fn value_range_for(x: &candle_core::Tensor, value_range: Option<(f64, f64)>) -> PyResult<(f64, f64)> {
     match (value_range, x.dtype()) {
@@ -29,6 +19,16 @@ fn value_range_for(x: &candle_core::Tensor, value_range: Option<(f64, f64)>) -> 
     }
 }
 
+/// The Kinetics-400 I3D network of FVD (TF-Hub `i3d-kinetics-400`), on the CPU.
+///
+/// Load it with `latte_rs.evaluation.load_i3d()`, which fetches and converts the weights on first use.
+///
+/// >>> import numpy as np
+/// >>> from latte_rs.evaluation import load_i3d   # doctest: +SKIP
+/// >>> i3d = load_i3d()                            # doctest: +SKIP
+/// >>> clips = np.zeros((2, 16, 256, 256, 3), np.uint8)
+/// >>> i3d.features(clips).shape                   # doctest: +SKIP
+/// (2, 400)
 #[pyclass(name = "I3D", module = "latte_rs", frozen)]
 pub struct PyI3d {
     inner: I3d,

@@ -347,6 +347,33 @@ impl PyLatteModel {
         py.detach(|| self.inner.save(&path)).py()
     }
 
+    /// Loads an official Latte checkpoint (`.pt`, read without running pickled code), a safetensors file or a
+    /// latte-rs checkpoint folder, with EMA weights when present and `use_ema`; the options come from the file
+    /// or the tensor shapes, and keyword arguments (LatteConfig fields, e.g. `num_heads`) override them.
+    #[staticmethod]
+    #[pyo3(signature = (path, preset = None, use_ema = true, device = "cpu", **overrides))]
+    fn from_checkpoint(
+        py: Python<'_>,
+        path: PathBuf,
+        preset: Option<String>,
+        use_ema: bool,
+        device: &str,
+        overrides: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Self> {
+        let device = parse_device(device).py()?;
+        let overrides: serde_json::Map<String, serde_json::Value> = match overrides {
+            Some(d) => {
+                let text: String = py.import("json")?.call_method1("dumps", (d,))?.extract()?;
+                serde_json::from_str(&text).map_err(|e| pyo3::exceptions::PyTypeError::new_err(e.to_string()))?
+            }
+            None => Default::default(),
+        };
+        let (inner, _) = py
+            .detach(|| LatteModel::from_checkpoint(&path, preset.as_deref(), use_ema, &overrides, &device))
+            .py()?;
+        Ok(Self { inner })
+    }
+
     /// Reads a file written by `save`.
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu"))]
