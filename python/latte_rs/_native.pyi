@@ -452,6 +452,47 @@ class I3D:
     def logits(self, clips: ArrayLike) -> npt.NDArray[np.float32]:
         """The raw network on ``(N, T >= 9, 224, 224, 3)`` float32 clips in [-1, 1]."""
 
+class LatteT2VTransformer:
+    """The text-to-video Latte transformer of Latte-1: diffusers' ``LatteTransformer3DModel`` in Rust, with
+    diffusers' parameter names and ``config.json`` keys (PixArt-style adaLN-single, caption projection of T5
+    features, cross-attention in the spatial blocks, temporal self-attention blocks, sin-cos temporal positions
+    over ``video_length`` frames). Layout as in diffusers: ``(B, C, F, H, W)``. Text masking is done the way
+    ``LattePipeline`` does it, by passing only the kept caption tokens.
+
+    >>> cfg = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+    ...            cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=12, video_length=3)
+    >>> model = LatteT2VTransformer(cfg, seed=0)
+    >>> x = np.zeros((1, 4, 3, 8, 8), np.float32)
+    >>> model(x, np.array([500]), np.zeros((1, 5, 12), np.float32)).shape
+    (1, 8, 3, 8, 8)
+    """
+
+    def __init__(
+        self, config: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu", dtype: str = "float32"
+    ) -> None:
+        """A model from diffusers config keys (missing ones: Latte-1's), every weight N(0, 0.02²) from ``seed``."""
+    @staticmethod
+    def from_pretrained(
+        path: str | PathLike[str], device: str = "cpu", dtype: str | None = None
+    ) -> LatteT2VTransformer:
+        """Loads a diffusers ``transformer/`` folder: ``config.json`` and ``diffusion_pytorch_model.safetensors``
+        or its shards with ``diffusion_pytorch_model.safetensors.index.json``. Missing files are named in a
+        ``FileNotFoundError``; missing, unexpected or mis-shaped keys in a ``ValueError``."""
+    def __call__(
+        self,
+        hidden_states: ArrayLike,
+        timestep: ArrayLike,
+        encoder_hidden_states: ArrayLike,
+        enable_temporal_attentions: bool = True,
+    ) -> npt.NDArray[np.float32]:
+        """``(B, in_channels, F, H, W)`` latents (F = video_length, or 1), timesteps ``(B,)`` or a scalar, T5
+        features ``(B, S, caption_channels)`` → ``(B, out_channels, F, H, W)``."""
+    def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    def load_state_dict(self, state_dict: dict[str, ArrayLike]) -> None: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    def num_parameters(self) -> int: ...
+
 def sample_with_scheduler(
     model: LatteModel,
     scheduler: Scheduler | EulerScheduler | DpmSolverScheduler,

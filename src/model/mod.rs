@@ -4,9 +4,11 @@ pub mod block;
 pub mod checkpoint;
 pub mod embed;
 pub mod latte;
+pub mod t2v;
 
 pub use checkpoint::CheckpointInfo;
 pub use latte::Latte;
+pub use t2v::{LatteT2VConfig, LatteT2VModel};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -18,6 +18,11 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A layer from its weight `(out, in)` and optional bias (e.g. a patch convolution's weight, flattened).
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];

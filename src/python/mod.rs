@@ -7,6 +7,7 @@ mod i3d;
 mod model;
 mod sampling;
 mod schedulers;
+mod t2v;
 mod train;
 mod vae;
 
@@ -57,6 +58,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<train::PyTrainer>()?;
     m.add_class::<vae::PyVideoVae>()?;
     m.add_class::<i3d::PyI3d>()?;
+    m.add_class::<t2v::PyLatteT2V>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
     Ok(())
 }

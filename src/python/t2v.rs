@@ -1,0 +1,141 @@
+//! `LatteT2VTransformer` as a Python class: diffusers' `LatteTransformer3DModel` (Latte-1) in Rust.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::DType;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::convert::{to_numpy, to_tensor};
+use super::model::parse_dtype;
+use super::IntoPy;
+use crate::model::parse_device;
+use crate::model::t2v::{LatteT2VConfig, LatteT2VModel};
+
+/// The text-to-video Latte transformer (Latte-1), with diffusers' parameter names and config keys.
+///
+/// >>> import numpy as np
+/// >>> cfg = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+/// ...            cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=12, video_length=3)
+/// >>> model = LatteT2VTransformer(cfg, seed=0)
+/// >>> x = np.zeros((1, 4, 3, 8, 8), np.float32)           # (B, C, F, H, W) latents
+/// >>> text = np.zeros((1, 5, 12), np.float32)            # (B, tokens, caption_channels) T5 features
+/// >>> model(x, np.array([500]), text).shape
+/// (1, 8, 3, 8, 8)
+#[pyclass(name = "LatteT2VTransformer", module = "latte_rs", frozen)]
+pub struct PyLatteT2V {
+    inner: LatteT2VModel,
+}
+
+fn config_from(py: Python<'_>, config: Option<&Bound<'_, PyDict>>) -> PyResult<LatteT2VConfig> {
+    let text = match config {
+        Some(d) => py.import("json")?.call_method1("dumps", (d,))?.extract::<String>()?,
+        None => "{}".into(),
+    };
+    LatteT2VConfig::from_json(&text).py()
+}
+
+#[pymethods]
+impl PyLatteT2V {
+    /// A randomly initialised model from a diffusers config dict (missing keys: Latte-1's values).
+    #[new]
+    #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32"))]
+    fn new(py: Python<'_>, config: Option<&Bound<'_, PyDict>>, seed: u64, device: &str, dtype: &str) -> PyResult<Self> {
+        let cfg = config_from(py, config)?;
+        let device = parse_device(device).py()?;
+        let dtype = parse_dtype(dtype)?;
+        let inner = py.detach(|| LatteT2VModel::new(&cfg, &device, dtype, seed)).py()?;
+        Ok(Self { inner })
+    }
+
+    /// Loads a diffusers `transformer/` folder (`config.json` + safetensors, sharded or not). `dtype` None keeps
+    /// the file's.
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "cpu", dtype = None))]
+    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+        let device = parse_device(device).py()?;
+        let dtype = dtype.map(parse_dtype).transpose()?;
+        let inner = py
+            .detach(|| LatteT2VModel::from_pretrained(&path, &device, dtype))
+            .py()?;
+        Ok(Self { inner })
+    }
+
+    /// The denoiser's output `(B, out_channels, F, H, W)` for latents `(B, in_channels, F, H, W)` (F =
+    /// video_length, or 1 for images), timesteps `(B,)` or a scalar, and T5 features `(B, S, caption_channels)`.
+    #[pyo3(signature = (hidden_states, timestep, encoder_hidden_states, enable_temporal_attentions = true))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        hidden_states: &Bound<'py, PyAny>,
+        timestep: &Bound<'py, PyAny>,
+        encoder_hidden_states: &Bound<'py, PyAny>,
+        enable_temporal_attentions: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = to_tensor(hidden_states, "hidden_states")?;
+        let t = to_tensor(timestep, "timestep")?;
+        let c = to_tensor(encoder_hidden_states, "encoder_hidden_states")?;
+        for (name, v) in [("hidden_states", &x), ("encoder_hidden_states", &c)] {
+            if !v.dtype().is_float() {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}: expected a floating-point array, got {:?}",
+                    v.dtype()
+                )));
+            }
+        }
+        let out = py
+            .detach(|| self.inner.forward(&x, &t, &c, enable_temporal_attentions))
+            .py()?;
+        to_numpy(py, &out)
+    }
+
+    /// Every parameter by its diffusers name.
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, t) in self.inner.state_dict() {
+            d.set_item(name, to_numpy(py, &t)?)?;
+        }
+        Ok(d)
+    }
+
+    /// Loads parameters by name, strictly (missing, unexpected and mis-shaped keys are listed in a ValueError).
+    fn load_state_dict(&self, state_dict: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut map = HashMap::new();
+        for (k, v) in state_dict.iter() {
+            let name: String = k
+                .extract()
+                .map_err(|_| PyTypeError::new_err("state_dict: keys must be str"))?;
+            map.insert(
+                name.clone(),
+                to_tensor(&v, &format!("state_dict[{name:?}]"))?
+                    .to_dtype(DType::F32)
+                    .py()?,
+            );
+        }
+        self.inner.load_state_dict(&map, "state_dict").py()
+    }
+
+    /// The config as diffusers' `config.json` keys.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = self.inner.config().to_json().py()?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.inner.num_parameters()
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "LatteT2VTransformer(num_layers={}, inner_dim={}, video_length={}, params={})",
+            c.num_layers,
+            c.inner_dim(),
+            c.video_length,
+            self.inner.num_parameters()
+        )
+    }
+}
