@@ -493,6 +493,21 @@ class LatteT2VTransformer:
     def config(self) -> dict[str, Any]: ...
     def num_parameters(self) -> int: ...
 
+class T5TextEncoder:
+    """The T5 text encoder of Latte-1 (transformers' ``T5EncoderModel``: T5 v1.1 gated-GELU or the original
+    ReLU T5), read from a ``text_encoder/`` folder (``config.json`` + safetensors, sharded or not). Prompts go
+    through ``latte_rs.pipelines.T5Tokenizer`` first."""
+
+    @staticmethod
+    def from_pretrained(path: str | PathLike[str], device: str = "cpu", dtype: str | None = None) -> T5TextEncoder:
+        """Loads the folder; missing files and mismatched tensors are named in the error."""
+    def __call__(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None) -> npt.NDArray[np.float32]:
+        """Hidden states ``(B, L, d_model)`` of token ids ``(B, L)``; the 0/1 mask marks padding."""
+    @property
+    def d_model(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+
 def sample_with_scheduler(
     model: LatteModel,
     scheduler: Scheduler | EulerScheduler | DpmSolverScheduler,

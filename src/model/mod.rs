@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod embed;
 pub mod latte;
 pub mod t2v;
+pub mod t5;
 
 pub use checkpoint::CheckpointInfo;
 pub use latte::Latte;

@@ -59,6 +59,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<vae::PyVideoVae>()?;
     m.add_class::<i3d::PyI3d>()?;
     m.add_class::<t2v::PyLatteT2V>()?;
+    m.add_class::<t2v::PyT5>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
     Ok(())
 }

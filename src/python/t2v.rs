@@ -13,6 +13,7 @@ use super::model::parse_dtype;
 use super::IntoPy;
 use crate::model::parse_device;
 use crate::model::t2v::{LatteT2VConfig, LatteT2VModel};
+use crate::model::t5::T5EncoderModel;
 
 /// The text-to-video Latte transformer (Latte-1), with diffusers' parameter names and config keys.
 ///
@@ -137,5 +138,54 @@ impl PyLatteT2V {
             c.video_length,
             self.inner.num_parameters()
         )
+    }
+}
+
+/// The T5 text encoder (transformers' `T5EncoderModel`: T5 v1.1 gated-GELU or original ReLU), loaded from a
+/// `text_encoder/` folder; turns token ids into the caption features Latte-1 is conditioned on.
+#[pyclass(name = "T5TextEncoder", module = "latte_rs", frozen)]
+pub struct PyT5 {
+    inner: T5EncoderModel,
+}
+
+#[pymethods]
+impl PyT5 {
+    /// Reads `config.json` and `model.safetensors` (or its shards with `model.safetensors.index.json`).
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "cpu", dtype = None))]
+    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+        let device = parse_device(device).py()?;
+        let dtype = dtype.map(parse_dtype).transpose()?;
+        let inner = py
+            .detach(|| T5EncoderModel::from_pretrained(&path, &device, dtype))
+            .py()?;
+        Ok(Self { inner })
+    }
+
+    /// Hidden states `(B, L, d_model)` of token ids `(B, L)`; `attention_mask` (B, L) of 0/1 marks padding.
+    #[pyo3(signature = (input_ids, attention_mask = None))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        input_ids: &Bound<'py, PyAny>,
+        attention_mask: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ids = to_tensor(input_ids, "input_ids")?;
+        if ids.dtype().is_float() {
+            return Err(PyTypeError::new_err("input_ids: expected integer token ids"));
+        }
+        let mask = attention_mask.map(|m| to_tensor(m, "attention_mask")).transpose()?;
+        let out = py.detach(|| self.inner.encode(&ids, mask.as_ref())).py()?;
+        to_numpy(py, &out)
+    }
+
+    #[getter]
+    fn d_model(&self) -> usize {
+        self.inner.config().d_model
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.config().vocab_size
     }
 }

@@ -1,0 +1,203 @@
+"""Text-to-video with Latte-1, as diffusers' ``LattePipeline``: prompts → T5 features → denoising with a
+diffusers-style scheduler → VAE decode. Every network runs in Rust; no PyTorch needed.
+
+>>> pipe = LatteT2VPipeline.from_pretrained("Latte-1")          # doctest: +SKIP
+>>> out = pipe("a cat walking on grass", num_inference_steps=50, guidance_scale=7.5, video_length=16, seed=0)
+... # doctest: +SKIP
+>>> out.frames.shape                                             # doctest: +SKIP
+(1, 16, 512, 512, 3)
+
+The folder is a diffusers Latte-1 checkout: ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``
+(``spiece.model``, read with the ``sentencepiece`` package: ``pip install sentencepiece``) and ``scheduler/``.
+Without a text encoder or tokenizer, pass ``prompt_embeds`` (and ``negative_prompt_embeds``) yourself.
+
+Differences from diffusers, by design: noise comes from ``seed`` (our generator, not torch's; pass
+``latents=`` to start from given noise); prompts are lower-cased and stripped, which is what diffusers does
+when ``clean_caption`` cannot run (it needs bs4 and ftfy); the caption cleaning itself is not reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._native import Generator, LatteT2VTransformer, T5TextEncoder, VideoVAE
+from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+SCHEDULERS = {c.__name__: c for c in (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                                       EulerDiscreteScheduler)}
+MAX_LENGTH = 120  # tokens per prompt, as LattePipeline
+
+
+def load_scheduler(folder: str | os.PathLike):
+    """The scheduler a diffusers ``scheduler/`` folder describes (DDIM, DDPM, Euler or DPM-Solver++)."""
+    path = Path(folder) / "scheduler_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"scheduler: no such file {path}")
+    config = json.loads(path.read_text())
+    name = config.get("_class_name", "DDIMScheduler")
+    if name not in SCHEDULERS:
+        raise ValueError(f"{path}: scheduler {name!r} is not supported; expected one of {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name].from_config(config)
+
+
+class T5Tokenizer:
+    """transformers' ``T5Tokenizer`` for prompts: SentencePiece pieces of ``spiece.model``, ``</s>`` appended,
+    truncated and right-padded with ``<pad>`` to ``max_length``, with the attention mask."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        try:
+            import sentencepiece
+        except ImportError:
+            raise ImportError("tokenizing prompts needs the sentencepiece package: pip install sentencepiece "
+                              "(or pass prompt_embeds)") from None
+        path = Path(path)
+        model = path / "spiece.model" if path.is_dir() else path
+        if not model.is_file():
+            raise FileNotFoundError(f"tokenizer: no such file {model}")
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+        self.eos_id = self.sp.piece_to_id("</s>")
+        self.pad_id = self.sp.piece_to_id("<pad>")
+
+    def __call__(self, texts: str | list[str], max_length: int = MAX_LENGTH) -> dict[str, np.ndarray]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids = np.full((len(texts), max_length), self.pad_id, np.int64)
+        mask = np.zeros((len(texts), max_length), np.int64)
+        for i, text in enumerate(texts):
+            tokens = self.sp.encode(text)[: max_length - 1] + [self.eos_id]
+            ids[i, : len(tokens)] = tokens
+            mask[i, : len(tokens)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+@dataclass
+class LatteT2VOutput:
+    """``frames``: ``(B, F, H, W, 3)`` float32 in [0, 1] (``output_type="np"``), uint8 (``"uint8"``), or the
+    latents (``"latent"``); ``latents``: the final ``(B, C, F, h, w)`` latents."""
+
+    frames: np.ndarray
+    latents: np.ndarray
+
+
+class LatteT2VPipeline:
+    """Latte-1 text-to-video (see the module docs)."""
+
+    def __init__(self, transformer: LatteT2VTransformer, scheduler: Any, vae: VideoVAE | None = None,
+                 text_encoder: T5TextEncoder | None = None, tokenizer: T5Tokenizer | None = None) -> None:
+        self.transformer, self.scheduler, self.vae = transformer, scheduler, vae
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str = "cpu", dtype: str | None = None
+                        ) -> LatteT2VPipeline:
+        """Reads a diffusers Latte-1 folder; ``vae/``, ``text_encoder/`` and ``tokenizer/`` are optional."""
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"folder: no such directory {root}")
+        transformer = LatteT2VTransformer.from_pretrained(root / "transformer", device=device, dtype=dtype)
+        scheduler = load_scheduler(root / "scheduler")
+        vae = VideoVAE.from_pretrained(root / "vae", device=device) if (root / "vae").is_dir() else None
+        text_encoder = (T5TextEncoder.from_pretrained(root / "text_encoder", device=device, dtype=dtype)
+                        if (root / "text_encoder").is_dir() else None)
+        tokenizer = T5Tokenizer(root / "tokenizer") if (root / "tokenizer").is_dir() else None
+        return cls(transformer, scheduler, vae, text_encoder, tokenizer)
+
+    def _encode(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("prompt: this pipeline has no text encoder/tokenizer; pass prompt_embeds instead")
+        tokens = self.tokenizer([t.lower().strip() for t in texts], max_length=max_length)
+        return self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
+
+    def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] = "",
+                      do_classifier_free_guidance: bool = True, num_videos_per_prompt: int = 1,
+                      mask_feature: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """T5 features of the prompts and of the negative prompts, as ``LattePipeline.encode_prompt``: 120
+        tokens; with ``mask_feature`` and one prompt, cut to the prompt's real tokens (both), with several
+        prompts the padding positions zeroed."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        embeds, mask = self._encode(prompts, MAX_LENGTH)
+        negative = None
+        if do_classifier_free_guidance:
+            neg = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(neg) != len(prompts):
+                raise ValueError(f"negative_prompt: expected {len(prompts)} prompts, got {len(neg)}")
+            negative, _ = self._encode(neg, embeds.shape[1])
+        embeds = np.repeat(embeds, num_videos_per_prompt, axis=0)
+        mask = np.repeat(mask, num_videos_per_prompt, axis=0)
+        if negative is not None:
+            negative = np.repeat(negative, num_videos_per_prompt, axis=0)
+        if mask_feature:
+            if embeds.shape[0] == 1:
+                keep = int(mask.sum())
+                embeds = embeds[:, :keep]
+                negative = negative[:, :keep] if negative is not None else None
+            else:
+                embeds = embeds * mask[:, :, None].astype(embeds.dtype)
+        return embeds, negative
+
+    def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] = "",
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5, num_videos_per_prompt: int = 1,
+                 video_length: int | None = None, height: int = 512, width: int = 512, seed: int = 0,
+                 eta: float = 0.0, latents: Any = None, prompt_embeds: Any = None,
+                 negative_prompt_embeds: Any = None, output_type: str = "np", mask_feature: bool = True,
+                 enable_temporal_attentions: bool = True, decode_chunk_size: int = 14,
+                 progress: bool = True) -> LatteT2VOutput:
+        """Generates videos; the arguments are ``LattePipeline.__call__``'s (``seed`` replaces ``generator``)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.transformer.config
+        video_length = cfg["video_length"] if video_length is None else video_length
+        if output_type not in ("np", "uint8", "latent"):
+            raise ValueError(f"output_type: expected 'np', 'uint8' or 'latent', got {output_type!r}")
+        if output_type != "latent" and self.vae is None:
+            raise ValueError("output_type: decoding needs a VAE (this pipeline has none); use 'latent'")
+        scale = self.vae.downsample_factor if self.vae is not None else 8
+        if height % (scale * cfg["patch_size"]) or width % (scale * cfg["patch_size"]):
+            raise ValueError(f"height/width: expected multiples of {scale * cfg['patch_size']}, got {height}x{width}")
+        cfg_on = guidance_scale > 1.0
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("prompt: give a prompt or prompt_embeds")
+            embeds, negative = self.encode_prompt(prompt, negative_prompt, cfg_on, num_videos_per_prompt,
+                                                  mask_feature)
+        else:
+            embeds = np.asarray(prompt_embeds, np.float32)
+            negative = None if negative_prompt_embeds is None else np.asarray(negative_prompt_embeds, np.float32)
+            if cfg_on and negative is None:
+                raise ValueError("negative_prompt_embeds: required with prompt_embeds when guidance_scale > 1")
+        if cfg_on:
+            embeds = np.concatenate([negative, embeds], axis=0)
+        batch = embeds.shape[0] // (2 if cfg_on else 1)
+        shape = (batch, cfg["in_channels"], video_length, height // scale, width // scale)
+        self.scheduler.set_timesteps(num_inference_steps)
+        generator = Generator(seed)
+        if latents is None:
+            latents = generator.randn(list(shape)).astype(np.float32)
+        latents = np.asarray(latents, np.float32)
+        if latents.shape != shape:
+            raise ValueError(f"latents: expected shape {shape}, got {latents.shape}")
+        latents = latents * np.float32(self.scheduler.init_noise_sigma)
+        learned = self.scheduler.config.get("variance_type") in ("learned", "learned_range")
+        for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress):
+            x = np.concatenate([latents, latents]) if cfg_on else latents
+            x = self.scheduler.scale_model_input(x, t)
+            out = self.transformer(x, np.full(x.shape[0], t), embeds, enable_temporal_attentions)
+            if cfg_on:
+                uncond, text = np.split(out, 2)
+                out = uncond + guidance_scale * (text - uncond)
+            if not learned:
+                out = out[:, : out.shape[1] // 2] if out.shape[1] == 2 * cfg["in_channels"] else out
+            kwargs = {"eta": eta} if isinstance(self.scheduler, DDIMScheduler) else {}
+            latents = self.scheduler.step(out, t, latents, generator=generator, **kwargs).prev_sample
+        if output_type == "latent":
+            return LatteT2VOutput(latents, latents)
+        video = self.vae.decode(np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4)), chunk_size=decode_chunk_size)
+        frames = np.clip(video / 2 + 0.5, 0, 1).transpose(0, 1, 3, 4, 2)  # (B, F, H, W, 3)
+        if output_type == "uint8":
+            frames = (frames * 255).round().astype(np.uint8)
+        return LatteT2VOutput(np.ascontiguousarray(frames, dtype=frames.dtype), latents)
