@@ -39,7 +39,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -495,12 +497,50 @@ def _stats_from(source: Any, arg: str) -> FeatureStats | None:
     return None
 
 
+def _prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """Runs `batches` in a thread, `depth` items ahead, so reading, decoding and resizing clips overlap the network
+    (which releases the GIL); the producer's exceptions are raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def _compute(plan: _Plan, proto: Protocol, role: str, i3d, batch_size: int, progress: bool) -> FeatureStats:
     from tqdm.auto import tqdm
 
     stats = RunningStats(FEATURES)
     with tqdm(total=plan.num, unit="clip", desc=f"FVD {role}", disable=not progress) as bar:
-        for clips, value_range in plan.batches(batch_size):
+        for clips, value_range in _prefetched(plan.batches(batch_size)):
             stats.update(i3d.features(clips, value_range=value_range))
             bar.update(len(clips))
     mean, cov = stats.mean_cov(ddof=proto.ddof)
