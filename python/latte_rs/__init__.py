@@ -24,6 +24,7 @@ from ._native import (
     __version__,
 )
 from .evaluation import fvd
+from .pipelines import LatteOutput, LattePipeline, LatteT2VPipeline
 from .sampling import sample
 from .schedulers import (
     DDIMScheduler,
@@ -46,6 +47,9 @@ __all__ = [
     "I3D",
     "LatteConfig",
     "LatteModel",
+    "LatteOutput",
+    "LattePipeline",
+    "LatteT2VPipeline",
     "LatteT2VTransformer",
     "SchedulerOutput",
     "T5TextEncoder",

@@ -1,4 +1,7 @@
-"""Text-to-video with Latte-1, as diffusers' ``LattePipeline``: prompts → T5 features → denoising with a
+"""Pipelines: ``LattePipeline`` (class-conditional or unconditional Latte models: the paper's FaceForensics,
+SkyTimelapse, UCF-101 and Taichi-HD models and ours) and ``LatteT2VPipeline`` (text-to-video with Latte-1).
+
+``LatteT2VPipeline`` works as diffusers' ``LattePipeline``: prompts → T5 features → denoising with a
 diffusers-style scheduler → VAE decode. Every network runs in Rust; no PyTorch needed.
 
 >>> pipe = LatteT2VPipeline.from_pretrained("Latte-1")          # doctest: +SKIP
@@ -26,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ._native import Generator, LatteT2VTransformer, T5TextEncoder, VideoVAE
+from ._native import Generator, LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
+from .sampling import sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from .video_io import frame_grid, save_gif, save_mp4
+from .video_io import show as _show
 
 SCHEDULERS = {c.__name__: c for c in (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                                        EulerDiscreteScheduler)}
@@ -201,3 +207,111 @@ class LatteT2VPipeline:
         if output_type == "uint8":
             frames = (frames * 255).round().astype(np.uint8)
         return LatteT2VOutput(np.ascontiguousarray(frames, dtype=frames.dtype), latents)
+
+
+@dataclass
+class LatteOutput:
+    """Generated videos: ``frames`` ``(B, F, H, W, 3)`` uint8 (``output_type="uint8"``, the default), float32 in
+    [0, 1] (``"np"``) or the latents (``"latent"``); ``latents`` ``(B, F, C, h, w)``; helpers to save and show."""
+
+    frames: np.ndarray
+    latents: np.ndarray
+    fps: float = 8.0
+
+    def save_gif(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
+        return save_gif(self.frames[index], path, fps or self.fps)
+
+    def save_mp4(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
+        return save_mp4(self.frames[index], path, fps or self.fps)
+
+    def grid(self) -> np.ndarray:
+        """Every frame of every video in one image (a row per video)."""
+        return frame_grid(self.frames)
+
+    def show(self, index: int = 0, width: int | None = 256):
+        """The video inline in Jupyter."""
+        return _show(self.frames[index], self.fps, width)
+
+
+def default_scheduler() -> DDIMScheduler:
+    """DDIM over Latte's training process (1000 linear betas from 1e-4 to 0.02), as diffusers sets it up."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+class LattePipeline:
+    """Videos from a class-conditional or unconditional Latte model, with diffusers-style arguments.
+
+    >>> import latte_rs
+    >>> cfg = latte_rs.LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16, in_channels=3,
+    ...                                   num_classes=3)
+    >>> pipe = LattePipeline(latte_rs.LatteModel(cfg, seed=0))    # a pixel-space model: no VAE needed
+    >>> out = pipe(class_labels=[0, 2], num_inference_steps=2, progress=False)
+    >>> out.frames.shape, out.frames.dtype
+    ((2, 4, 16, 16, 3), dtype('uint8'))
+    """
+
+    def __init__(self, model: LatteModel, scheduler: Any = None, vae: VideoVAE | None = None,
+                 fps: float = 8.0) -> None:
+        self.model, self.vae, self.fps = model, vae, fps
+        self.scheduler = scheduler if scheduler is not None else default_scheduler()
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | os.PathLike, vae: str | os.PathLike | VideoVAE | None = None,
+                        scheduler: Any = None, preset: str | None = None, use_ema: bool = True,
+                        device: str = "cpu", **overrides: Any) -> LattePipeline:
+        """A pipeline for any checkpoint ``LatteModel.from_checkpoint`` reads (official ``.pt``, safetensors,
+        our trainer's folders), with a diffusers ``vae/`` folder for latent models."""
+        model = LatteModel.from_checkpoint(str(checkpoint), preset=preset, use_ema=use_ema, device=device,
+                                           **overrides)
+        if vae is not None and not isinstance(vae, VideoVAE):
+            vae = VideoVAE.from_pretrained(str(vae), device=device)
+        return cls(model, scheduler, vae)
+
+    def __call__(self, class_labels: int | list[int] | np.ndarray | None = None, num_videos: int = 1,
+                 num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, latents: Any = None,
+                 output_type: str = "uint8", decode_chunk_size: int = 16, progress: bool = True) -> LatteOutput:
+        """Generates videos.
+
+        Args:
+            class_labels: a label or labels for a class-conditional model (one video each); None for an
+                unconditional model.
+            num_videos: videos per label (or in all, unconditional).
+            num_inference_steps: denoising steps of the scheduler (DDIM by default).
+            guidance_scale: classifier-free guidance (above 1 needs a model trained with label dropout).
+            seed: the starting noise and every step's noise. Same seed, same videos.
+            latents: starting noise ``(B, F, C, h, w)`` instead of drawing it.
+            output_type: "uint8", "np" (float in [0, 1]) or "latent".
+        """
+        cfg = self.model.config
+        if output_type not in ("uint8", "np", "latent"):
+            raise ValueError(f"output_type: expected 'uint8', 'np' or 'latent', got {output_type!r}")
+        if not isinstance(num_videos, (int, np.integer)) or num_videos < 1:
+            raise ValueError(f"num_videos: expected a positive int, got {num_videos!r}")
+        y = None
+        if cfg.num_classes > 0:
+            if class_labels is None:
+                raise ValueError(f"class_labels: required for this class-conditional model (0..{cfg.num_classes - 1})")
+            labels = np.atleast_1d(np.asarray(class_labels))
+            if labels.dtype.kind not in "iu" or labels.ndim != 1 or labels.min() < 0 or labels.max() >= cfg.num_classes:
+                raise ValueError(f"class_labels: expected ints in [0, {cfg.num_classes}), got {class_labels!r}")
+            y = np.repeat(labels.astype(np.int64), num_videos)
+            count = len(y)
+        else:
+            if class_labels is not None:
+                raise ValueError("class_labels: this model is unconditional (num_classes=0)")
+            if guidance_scale > 1.0:
+                raise ValueError("guidance_scale: classifier-free guidance needs a class-conditional model")
+            count = num_videos
+        if output_type != "latent" and self.vae is None and cfg.in_channels != 3:
+            raise ValueError(f"vae: this model makes {cfg.in_channels}-channel latents; pass vae= (a diffusers vae/ "
+                             "folder) or use output_type='latent'")
+        out = sample(self.model, self.scheduler, count, num_inference_steps=num_inference_steps, noise=latents,
+                     y=y, cfg_scale=guidance_scale, seed=seed, progress=progress)
+        if output_type == "latent":
+            return LatteOutput(out, out, self.fps)
+        video = self.vae.decode(out, chunk_size=decode_chunk_size) if self.vae is not None else out
+        frames = np.clip(video.transpose(0, 1, 3, 4, 2) / 2 + 0.5, 0.0, 1.0).astype(np.float32)
+        if output_type == "uint8":
+            frames = (frames * 255).round().astype(np.uint8)
+        return LatteOutput(np.ascontiguousarray(frames), out, self.fps)
