@@ -102,3 +102,46 @@ def test_gif_mp4_and_grid_decode_to_the_frames(tmp_path):
         save_gif(frames[0], tmp_path / "b.gif")
     out = LatteOutput(np.stack([frames]), np.zeros(1), fps=4)
     assert out.save_gif(tmp_path / "c.gif").is_file() and out.grid().shape == (20, 6 * 28 + 10, 3)
+
+
+def test_sample_cli_writes_videos_and_fails_in_one_line(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from latte_rs.cli import main
+
+    _pixel_model().save(str(tmp_path / "m.safetensors"))
+    out = tmp_path / "out"
+    code = main(["sample", str(tmp_path / "m.safetensors"), "--classes", "0", "2", "--steps", "2",
+                 "--output-dir", str(out), "--no-progress", "--fps", "4"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["videos"] == 2 and summary["frames"] == 4 and len(summary["files"]) == 5
+    with Image.open(out / "sample_001.gif") as im:
+        assert im.n_frames == 4 and im.size == (16, 16)
+    assert (out / "sample_000.mp4").stat().st_size > 0 and (out / "grid.png").is_file()
+    for argv, needle in [(["sample", str(tmp_path / "none.pt")], "none.pt"),
+                         (["sample"], "CHECKPOINT: required"),
+                         (["sample", str(tmp_path / "m.safetensors"), "--classes", "7"], "class_labels")]:
+        assert main(argv + ["--no-progress", "--output-dir", str(out)]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("latte-rs: error:") and needle in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "encode", "fvd", "sample"])
+def test_every_option_is_described_in_help(command, capsys):
+    import argparse
+
+    from latte_rs.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    assert parser.description or any(c.dest == command and c.help for c in sub._choices_actions)
+    for action in parser._actions:
+        assert action.help and action.help != argparse.SUPPRESS, f"{command} {action.option_strings}: no help"
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(o in text for a in parser._actions for o in a.option_strings)

