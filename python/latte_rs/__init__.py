@@ -8,7 +8,7 @@
 (1, 4, 8, 16, 16)
 """
 
-from . import data, evaluation
+from . import data, demo, evaluation
 from ._native import (
     CUDA_AVAILABLE,
     FLASH_ATTN_AVAILABLE,
@@ -58,6 +58,7 @@ __all__ = [
     "VideoVAE",
     "__version__",
     "data",
+    "demo",
     "evaluation",
     "fvd",
     "sample",
