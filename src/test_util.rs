@@ -13,3 +13,45 @@ pub fn max_abs(t: &Tensor) -> f64 {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap())
 }
+
+/// Central finite differences (step 1e-6) on `per_var` randomly drawn elements of each f64 variable, against
+/// the analytic gradients in `grads`; `loss` recomputes the scalar loss with the variables as they are set.
+/// Tolerance: 1e-6 + 1e-5 · max(|numeric|, |analytic|). `what` names the case in failure messages.
+pub fn check_finite_differences(
+    vars: &[(String, candle_core::Var)],
+    grads: &candle_core::backprop::GradStore,
+    loss: impl Fn() -> f64,
+    per_var: usize,
+    what: &str,
+) {
+    let eps = 1e-6;
+    let mut pick = crate::rng::Generator::new(5);
+    for (name, var) in vars {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient ({what})"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        for draw in pick.uniform(per_var, 0.0, g.len() as f64) {
+            let i = draw as usize;
+            let at = |delta: f64| {
+                let mut v = original.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, original.dims(), original.device()).unwrap())
+                    .unwrap();
+                loss()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&original).unwrap();
+            let tol = 1e-6 + 1e-5 * numeric.abs().max(g[i].abs());
+            assert!(
+                (numeric - g[i]).abs() <= tol,
+                "{name}[{i}]: analytic {} vs numeric {numeric} ({what})",
+                g[i]
+            );
+        }
+    }
+}

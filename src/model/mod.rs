@@ -64,6 +64,74 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// Models keep their parameters in one of the float dtypes.
+pub(crate) fn check_float_dtype(dtype: DType) -> Result<()> {
+    if matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
+        Ok(())
+    } else {
+        Err(LatteError::Type(format!(
+            "dtype: expected a float dtype, got {dtype:?}"
+        )))
+    }
+}
+
+/// Sets every variable of `varmap` from `state` by name, after checking all of them: missing and mis-shaped keys
+/// (and unexpected ones unless `allow_unexpected`) are listed in one error that names `source` and the model.
+pub(crate) fn load_vars_strict(
+    varmap: &VarMap,
+    state: &HashMap<String, Tensor>,
+    device: &Device,
+    source: &str,
+    model: &str,
+    allow_unexpected: bool,
+) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| LatteError::StateDict("lock poisoned".into()))?;
+    let mut missing: Vec<&str> = data
+        .keys()
+        .filter(|k| !state.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    let mut unexpected: Vec<&str> = if allow_unexpected {
+        vec![]
+    } else {
+        state
+            .keys()
+            .filter(|k| !data.contains_key(*k))
+            .map(String::as_str)
+            .collect()
+    };
+    let mut shapes: Vec<String> = data
+        .iter()
+        .filter_map(|(k, v)| {
+            let t = state.get(k)?;
+            (t.dims() != v.dims()).then(|| format!("{k}: expected {:?}, got {:?}", v.dims(), t.dims()))
+        })
+        .collect();
+    missing.sort();
+    unexpected.sort();
+    shapes.sort();
+    if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
+        let mut msg = format!("{source}: state dict does not match the {model} config:");
+        if !missing.is_empty() {
+            msg += &format!("\n  missing keys ({}): {}", missing.len(), missing.join(", "));
+        }
+        if !unexpected.is_empty() {
+            msg += &format!("\n  unexpected keys ({}): {}", unexpected.len(), unexpected.join(", "));
+        }
+        if !shapes.is_empty() {
+            msg += &format!("\n  mis-shaped keys ({}): {}", shapes.len(), shapes.join("; "));
+        }
+        return Err(LatteError::StateDict(msg));
+    }
+    for (name, var) in data.iter() {
+        var.set(&state[name].to_device(device)?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
 impl LatteModel {
     /// A freshly initialised model (the DiT/Latte recipe, from `seed`).
     pub fn new(cfg: &LatteConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
@@ -76,11 +144,7 @@ impl LatteModel {
     pub fn uninitialised(cfg: &LatteConfig, device: &Device, dtype: DType) -> Result<Self> {
         crate::configure_allocator();
         cfg.validate()?;
-        if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
-            return Err(LatteError::Type(format!(
-                "dtype: expected a float dtype, got {dtype:?}"
-            )));
-        }
+        check_float_dtype(dtype)?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, dtype, device);
         let model = Latte::new(cfg, vb)?;

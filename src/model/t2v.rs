@@ -294,6 +294,8 @@ pub struct LatteT2V {
     temporal: Vec<Block>,
     scale_shift_table: Tensor,
     proj_out: Linear,
+    /// The fixed 1D sin-cos table (1, video_length, D) in f32, added before the first temporal block.
+    temp_pos: Tensor,
 }
 
 impl LatteT2V {
@@ -328,6 +330,11 @@ impl LatteT2V {
                 .collect::<candle_core::Result<_>>()?,
             scale_shift_table: vb.get((2, d), "scale_shift_table")?,
             proj_out: Linear::new(d, p * p * cfg.out_channels(), true, vb.pp("proj_out"))?,
+            temp_pos: {
+                let positions: Vec<f64> = (0..cfg.video_length).map(|k| k as f64).collect();
+                Tensor::from_vec(sincos_1d(d, &positions), (1, cfg.video_length, d), vb.device())?
+                    .to_dtype(DType::F32)?
+            },
         })
     }
 
@@ -411,10 +418,7 @@ impl LatteT2V {
                     .contiguous()?
                     .reshape((b * l, f, d))?;
                 if i == 0 && f > 1 {
-                    let positions: Vec<f64> = (0..self.cfg.video_length).map(|k| k as f64).collect();
-                    let te = Tensor::from_vec(sincos_1d(d, &positions), (1, self.cfg.video_length, d), dev)?
-                        .to_dtype(DType::F32)?
-                        .to_dtype(dtype)?;
+                    let te = self.temp_pos.to_dtype(dtype)?;
                     ht = ht.broadcast_add(&te)?;
                 }
                 ht = tb.forward(&ht, &t_temporal, None, grad)?;
@@ -456,11 +460,7 @@ impl LatteT2VModel {
     pub fn uninitialised(cfg: &LatteT2VConfig, device: &Device, dtype: DType) -> Result<Self> {
         crate::configure_allocator();
         cfg.validate()?;
-        if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
-            return Err(LatteError::Type(format!(
-                "dtype: expected a float dtype, got {dtype:?}"
-            )));
-        }
+        super::check_float_dtype(dtype)?;
         let varmap = VarMap::new();
         let model = LatteT2V::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
         Ok(Self {
@@ -525,41 +525,14 @@ impl LatteT2VModel {
     /// Loads parameters by name, strictly: every missing, unexpected or mis-shaped key is listed; `source`
     /// names the file in the message.
     pub fn load_state_dict(&self, state: &HashMap<String, Tensor>, source: &str) -> Result<()> {
-        let data = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| LatteError::StateDict("lock poisoned".into()))?;
-        let mut missing: Vec<&String> = data.keys().filter(|k| !state.contains_key(*k)).collect();
-        let mut unexpected: Vec<&String> = state.keys().filter(|k| !data.contains_key(*k)).collect();
-        let mut shapes: Vec<String> = data
-            .iter()
-            .filter_map(|(k, v)| {
-                let t = state.get(k)?;
-                (t.dims() != v.dims()).then(|| format!("{k}: expected {:?}, got {:?}", v.dims(), t.dims()))
-            })
-            .collect();
-        missing.sort();
-        unexpected.sort();
-        shapes.sort();
-        if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
-            let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-            let mut msg = format!("{source}: state dict does not match the LatteTransformer3DModel config:");
-            if !missing.is_empty() {
-                msg += &format!("\n  missing keys ({}): {}", missing.len(), list(&missing));
-            }
-            if !unexpected.is_empty() {
-                msg += &format!("\n  unexpected keys ({}): {}", unexpected.len(), list(&unexpected));
-            }
-            if !shapes.is_empty() {
-                msg += &format!("\n  mis-shaped keys ({}): {}", shapes.len(), shapes.join("; "));
-            }
-            return Err(LatteError::StateDict(msg));
-        }
-        for (name, var) in data.iter() {
-            var.set(&state[name].to_device(&self.device)?.to_dtype(var.dtype())?)?;
-        }
-        Ok(())
+        super::load_vars_strict(
+            &self.varmap,
+            state,
+            &self.device,
+            source,
+            "LatteTransformer3DModel",
+            false,
+        )
     }
 
     /// Loads a diffusers `transformer/` folder: `config.json` and `diffusion_pytorch_model.safetensors`, or its
@@ -779,42 +752,14 @@ mod tests {
             let model = perturbed(&cfg, DType::F64);
             let b = batch(DType::F64);
             let grads = loss(&model, &b).backward().unwrap();
-            let eps = 1e-6;
-            let mut pick = Generator::new(5);
             let vars: Vec<(String, candle_core::Var)> = {
                 let data = model.varmap.data().lock().unwrap();
                 let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 v.sort_by(|a, b| a.0.cmp(&b.0));
                 v
             };
-            for (name, var) in vars {
-                let g = grads
-                    .get(var.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
-                let original = var.as_tensor().copy().unwrap();
-                for draw in pick.uniform(2, 0.0, g.len() as f64) {
-                    let i = draw as usize;
-                    let at = |delta: f64| {
-                        let mut v = original.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                        v[i] += delta;
-                        var.set(&Tensor::from_vec(v, original.dims(), &Device::Cpu).unwrap())
-                            .unwrap();
-                        loss(&model, &b).to_scalar::<f64>().unwrap()
-                    };
-                    let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-                    var.set(&original).unwrap();
-                    let tol = 1e-6 + 1e-5 * numeric.abs().max(g[i].abs());
-                    assert!(
-                        (numeric - g[i]).abs() <= tol,
-                        "{name}[{i}] ({act}): analytic {} vs numeric {numeric}",
-                        g[i]
-                    );
-                }
-            }
+            let lossf = || loss(&model, &b).to_scalar::<f64>().unwrap();
+            crate::test_util::check_finite_differences(&vars, &grads, lossf, 2, act);
         }
     }
 }

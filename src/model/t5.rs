@@ -5,7 +5,6 @@
 //! the first block, shared by all), gated-GELU (v1.1) or ReLU (original T5) feed-forward, and the padding mask
 //! added to the attention scores as transformers does (the float32 minimum).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -254,7 +253,8 @@ impl T5EncoderModel {
         let dtype = dtype.unwrap_or_else(|| state.values().next().map_or(DType::F32, |t| t.dtype()));
         let varmap = VarMap::new();
         let model = T5Encoder::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
-        load_strict(&varmap, &state, &source, device)?;
+        // A full T5 checkpoint's decoder weights are not the encoder's business.
+        super::load_vars_strict(&varmap, &state, device, &source, "T5 encoder", true)?;
         Ok(Self {
             cfg,
             model,
@@ -295,38 +295,4 @@ impl T5EncoderModel {
         let ids = ids_i64.to_dtype(DType::U32)?.to_device(&self.device)?;
         Ok(self.model.forward(&ids, &mask.to_device(&self.device)?)?)
     }
-}
-
-fn load_strict(varmap: &VarMap, state: &HashMap<String, Tensor>, source: &str, device: &Device) -> Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| LatteError::StateDict("lock poisoned".into()))?;
-    let mut missing: Vec<&str> = data
-        .keys()
-        .filter(|k| !state.contains_key(*k))
-        .map(String::as_str)
-        .collect();
-    let mut shapes: Vec<String> = data
-        .iter()
-        .filter_map(|(k, v)| {
-            let t = state.get(k)?;
-            (t.dims() != v.dims()).then(|| format!("{k}: expected {:?}, got {:?}", v.dims(), t.dims()))
-        })
-        .collect();
-    missing.sort();
-    shapes.sort();
-    if !missing.is_empty() || !shapes.is_empty() {
-        return Err(LatteError::StateDict(format!(
-            "{source}: weights do not match the T5 config: missing keys ({}): {}; mis-shaped keys ({}): {}",
-            missing.len(),
-            missing.join(", "),
-            shapes.len(),
-            shapes.join("; ")
-        )));
-    }
-    for (name, var) in data.iter() {
-        var.set(&state[name].to_device(device)?.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
 }

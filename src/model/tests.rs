@@ -143,37 +143,8 @@ fn finite_difference_check(cfg: &LatteConfig) {
     perturb(&model, 3);
     let b = batch(cfg, DType::F64, 4);
     let grads = loss(&model, &b).backward().unwrap();
-    let eps = 1e-6;
-    let mut pick = Generator::new(5);
-    for (name, var) in model.trainable_vars() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let original = var.as_tensor().copy().unwrap();
-        let n = g.len();
-        for draw in pick.uniform(3, 0.0, n as f64) {
-            let i = draw as usize;
-            let at = |delta: f64| {
-                let mut v = original.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                v[i] += delta;
-                var.set(&Tensor::from_vec(v, original.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
-                loss(&model, &b).to_scalar::<f64>().unwrap()
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            var.set(&original).unwrap();
-            let tol = 1e-6 + 1e-5 * numeric.abs().max(g[i].abs());
-            assert!(
-                (numeric - g[i]).abs() <= tol,
-                "{name}[{i}]: analytic {} vs numeric {numeric} ({cfg:?})",
-                g[i]
-            );
-        }
-    }
+    let lossf = || loss(&model, &b).to_scalar::<f64>().unwrap();
+    crate::test_util::check_finite_differences(&model.trainable_vars(), &grads, lossf, 3, &format!("{cfg:?}"));
 }
 
 #[test]
