@@ -39,6 +39,27 @@ def test_labels_cover_the_classes(label_by: str) -> None:
     assert len(ds.class_names) == 3
 
 
+def test_shape_size_sets_the_area_and_class_colours_the_colour() -> None:
+    from latte_rs.data.synthetic import CLASS_COLOURS
+
+    small = SyntheticVideos(num_clips=16, num_frames=1, image_size=32, shape_size=(0.08, 0.1), seed=1)
+    large = SyntheticVideos(num_clips=16, num_frames=1, image_size=32, shape_size=(0.25, 0.3), seed=1)
+    painted = SyntheticVideos(num_clips=16, num_frames=1, image_size=32, shape_size=(0.25, 0.3), seed=1,
+                              class_colours=True)
+
+    def area(ds):
+        return np.mean([(~np.isclose(ds[i][0], -0.8).all(axis=1)).sum() for i in range(len(ds))])
+
+    assert area(large) > 4 * area(small)
+    for i in range(len(painted)):
+        video, label = painted[i]
+        same, _ = large[i]
+        mask = ~np.isclose(same, -0.8).all(axis=1)  # the same clip, only the colour differs
+        np.testing.assert_array_equal(~np.isclose(video, -0.8).all(axis=1), mask)
+        pixels = video.transpose(0, 2, 3, 1)[mask]  # (N, 3)
+        np.testing.assert_allclose(pixels, np.broadcast_to(CLASS_COLOURS[label], pixels.shape), rtol=1e-6)
+
+
 def test_motion_label_is_the_opening_direction_of_motion() -> None:
     ds = SyntheticVideos(num_clips=16, num_frames=3, image_size=64, label_by="motion", speed=0.05)
     for i in range(len(ds)):
@@ -63,6 +84,9 @@ def test_motion_label_is_the_opening_direction_of_motion() -> None:
         (dict(label_by="colour"), "label_by"),
         (dict(num_classes=5), "num_classes"),
         (dict(speed=0), "speed"),
+        (dict(shape_size=(0.3, 0.2)), "shape_size"),
+        (dict(shape_size=(0.0, 0.2)), "shape_size"),
+        (dict(shape_size=0.2), "shape_size"),
     ],
 )
 def test_bad_arguments(kwargs: dict, word: str) -> None:

@@ -158,7 +158,7 @@ def _sample(args: argparse.Namespace) -> int:
         if not args.prompt:
             raise ValueError("--prompt: required for a text-to-video (diffusers Latte-1) folder")
         pipe = LatteT2VPipeline.from_pretrained(ckpt)
-        pipe.scheduler = _scheduler(args.sampler) if args.sampler != "folder" else pipe.scheduler
+        pipe.scheduler = _scheduler(args.sampler) if args.sampler not in (None, "folder") else pipe.scheduler
         result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 7.5,
                       num_videos_per_prompt=args.num_videos, video_length=args.video_length,
@@ -166,7 +166,7 @@ def _sample(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
         frames = result.frames
     else:
-        scheduler = None if args.sampler == "folder" else _scheduler(args.sampler)
+        scheduler = _scheduler(args.sampler or "ddpm") if args.sampler != "folder" else None
         pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, scheduler=scheduler, use_ema=not args.no_ema)
         labels = args.classes if args.classes else None
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
@@ -207,13 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="train a small Latte on built-in synthetic videos, sample, and write GIF/MP4/grid/loss/score",
         description="Train a small class-conditional Latte on the built-in synthetic videos (no downloads, CPU), "
-        "sample videos from its EMA weights with DDIM, and write sample GIFs and MP4s, grid.png, loss.png, a "
-        "download-free Fréchet score against held-out real clips (with untrained-model and noise baselines) and "
-        "summary.json to the output folder.",
+        "sample videos from its EMA weights with ancestral DDPM (the official sampler), and write sample GIFs "
+        "and MP4s, grid.png, loss.png, a download-free Fréchet score against held-out real clips (with "
+        "untrained-model and noise baselines), the class-colour accuracy and summary.json to the output folder.",
     )
     demo.add_argument("--steps", type=int, default=600, help="training steps (default: 600, ~5 minutes on 2 cores)")
     demo.add_argument("--samples", type=int, default=8, help="sample videos to write (default: 8)")
-    demo.add_argument("--sampling-steps", type=int, default=50, help="DDIM steps per sample (default: 50)")
+    demo.add_argument("--sampling-steps", type=int, default=50, help="DDPM steps per sample (default: 50)")
     demo.add_argument("--eval-clips", type=int, default=64, help="clips per set for the score (default: 64)")
     demo.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default: 0)")
     demo.add_argument("--output-dir", default="latte-demo", help="output folder (default: latte-demo)")
@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--num-videos", type=int, default=1, help="videos per label / prompt (default: 1)")
     sa.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 1.0; 7.5 for text)")
-    sa.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "euler", "dpm", "folder"),
-                    help="scheduler (default: ddim; 'folder': a Latte-1 folder's own scheduler/)")
+    sa.add_argument("--sampler", choices=("ddpm", "ddim", "euler", "dpm", "folder"),
+                    help="scheduler (default: ddpm, the official sampler, for class-conditional and unconditional "
+                    "models; a Latte-1 folder's own scheduler/ ('folder') for text-to-video)")
     sa.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     sa.add_argument("--video-length", type=int, help="frames (Latte-1 folders; default: the model's)")
     sa.add_argument("--height", type=int, default=512, help="height in pixels (Latte-1 folders; default: 512)")

@@ -72,12 +72,35 @@ def pixel_fd(real, fake, seed: int = 0) -> float:
     return frechet_distance(*stats[0], *stats[1])
 
 
+def class_colour_accuracy(videos, labels) -> float:
+    """The fraction of videos whose shape has its class's colour (for datasets made with ``class_colours``):
+    the mean colour of the pixels that differ from the background is nearest to ``CLASS_COLOURS[label]``. A
+    video with almost no such pixels counts as wrong. Videos ``(B, F, H, W, 3)`` uint8."""
+    from .data.synthetic import BACKGROUND, CLASS_COLOURS
+
+    v = np.asarray(videos)
+    if v.ndim != 5 or v.shape[-1] != 3 or v.dtype != np.uint8:
+        raise ValueError(f"videos: expected (B, F, H, W, 3) uint8, got {v.shape} {v.dtype}")
+    labels = np.asarray(labels)
+    if labels.shape != (v.shape[0],):
+        raise ValueError(f"labels: expected ({v.shape[0]},), got {labels.shape}")
+    rgb = v.astype(np.float32) / 127.5 - 1.0  # back to [-1, 1]
+    palette = np.asarray(CLASS_COLOURS, np.float32)
+    right = 0
+    for video, label in zip(rgb, labels, strict=True):
+        fg = np.abs(video - BACKGROUND).max(axis=-1) > 0.4
+        if fg.sum() < 0.01 * fg.size:
+            continue
+        mean = video[fg].mean(axis=0)
+        right += int(np.argmin(((palette - mean) ** 2).sum(axis=1)) == label)
+    return right / len(labels)
+
+
 def real_clips(num: int, cfg: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Held-out synthetic clips ``(num, F, H, W, 3)`` uint8 and their labels (a seed the training never used)."""
-    from .data.synthetic import SyntheticVideos
+    from .training import make_dataset
 
-    ds = SyntheticVideos(num_clips=num, num_frames=cfg["num_frames"], image_size=cfg["image_size"],
-                         label_by=cfg["label_by"], num_classes=cfg["num_classes"], seed=seed)
+    ds = make_dataset({**cfg, "num_clips": num, "global_seed": seed})
     clips, labels = zip(*(ds[i] for i in range(num)), strict=True)
     videos = np.stack(clips).transpose(0, 1, 3, 4, 2)  # (B, F, H, W, 3) in [-1, 1]
     return (np.clip(videos / 2 + 0.5, 0, 1) * 255).round().astype(np.uint8), np.asarray(labels)
@@ -126,6 +149,11 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 600, num_sample
         "noise": pixel_fd(real, noise),
         "real_vs_real": pixel_fd(real, other_real),
     }
+    colour = None
+    if cfg.get("class_colours"):
+        colour = {"trained": class_colour_accuracy(ours.frames, real_labels),
+                  "untrained": class_colour_accuracy(untrained.frames, real_labels),
+                  "real": class_colour_accuracy(real, real_labels)}
     last = result.history[-1] if result.history else {}
     summary = {
         "output_dir": str(out),
@@ -137,6 +165,7 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 600, num_sample
         "final_loss": last.get("loss"),
         "score": "pixel Fréchet distance to held-out real clips (latte_rs.demo.pixel_fd; lower is better)",
         "scores": {k: round(v, 4) for k, v in scores.items()},
+        "class_colour_accuracy": colour,
         "model": {"parameters": trained.num_parameters(), **{k: cfg[k] for k in ("num_frames", "image_size")}},
         "seconds": {"training": round(train_seconds, 1), "total": round(time.perf_counter() - start, 1)},
     }

@@ -233,10 +233,12 @@ class LatteOutput:
         return _show(self.frames[index], self.fps, width)
 
 
-def default_scheduler() -> DDIMScheduler:
-    """DDIM over Latte's training process (1000 linear betas from 1e-4 to 0.02), as diffusers sets it up."""
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+def default_scheduler() -> DDPMScheduler:
+    """Ancestral DDPM over Latte's training process (1000 linear betas from 1e-4 to 0.02): the official
+    ``sample.py``'s sampler (``sample_method: ddpm``). It forgives a model's noise-prediction error at high noise
+    levels far better than deterministic DDIM, which can lock an early error in (see ``latte_rs.demo``)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                         clip_sample=False)
 
 
 class LattePipeline:
@@ -277,7 +279,8 @@ class LattePipeline:
             class_labels: a label or labels for a class-conditional model (one video each); None for an
                 unconditional model.
             num_videos: videos per label (or in all, unconditional).
-            num_inference_steps: denoising steps of the scheduler (DDIM by default).
+            num_inference_steps: denoising steps of the scheduler (ancestral DDPM by default, as the official
+                ``sample.py``; pass ``scheduler=`` for DDIM, Euler or DPM-Solver++).
             guidance_scale: classifier-free guidance (above 1 needs a model trained with label dropout).
             seed: the starting noise and every step's noise. Same seed, same videos.
             latents: starting noise ``(B, F, C, h, w)`` instead of drawing it.

@@ -36,8 +36,10 @@ resume_from_checkpoint          resume from the newest checkpoint of the experim
 
 ``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
 ``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config``
-(LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``
-and ``label_by`` (synthetic dataset), ``keep_checkpoints`` (keep only the newest N; default all).
+(LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``,
+``label_by``, ``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the frame
+per frame) and ``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the
+newest N; default all).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ _NUMERIC = {
     "weight_decay": float,
     "num_clips": int,
     "keep_checkpoints": int,
+    "shape_speed": float,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -112,6 +115,9 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "num_clips": 256,
     "label_by": "shape",
+    "shape_size": [0.08, 0.16],
+    "shape_speed": 1 / 32,
+    "class_colours": False,
     "keep_checkpoints": None,
 }
 
@@ -221,6 +227,9 @@ def make_dataset(cfg: Mapping[str, Any]):
             image_size=cfg["image_size"],
             label_by=cfg["label_by"],
             num_classes=min(int(classes), 4),
+            shape_size=tuple(cfg["shape_size"]),
+            speed=cfg["shape_speed"],
+            class_colours=bool(cfg["class_colours"]),
             seed=cfg["global_seed"],
         )
     from . import data

@@ -14,6 +14,10 @@ import numpy as np
 
 SHAPES = ("square", "disc", "triangle", "cross")
 DIRECTIONS = ("right", "left", "down", "up")
+#: The background's value (every channel, in [-1, 1]).
+BACKGROUND = -0.8
+#: The colours (in [-1, 1]) of the labelled shape of each class with ``class_colours=True``: red, green, blue, yellow.
+CLASS_COLOURS = ((0.9, -0.45, -0.45), (-0.4, 0.8, -0.4), (-0.3, -0.1, 1.0), (0.95, 0.8, -0.5))
 _DIRECTION_VECTORS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
 
 
@@ -48,6 +52,9 @@ class SyntheticVideos:
         num_classes: how many of the four classes to use (1-4).
         num_shapes: shapes per clip; the first one carries the label, the others are distractors.
         speed: pixels per frame, as a fraction of `image_size` (default 1/32).
+        shape_size: the range a shape's radius is drawn from, as fractions of `image_size` (default 0.08 to 0.16).
+        class_colours: paint the labelled shape in its class's colour (``CLASS_COLOURS``) instead of a random one,
+            an easier task whose samples are easy to check by eye.
         seed: the dataset's seed.
 
     >>> ds = SyntheticVideos(num_clips=8, num_frames=4, image_size=32)
@@ -65,6 +72,8 @@ class SyntheticVideos:
         num_classes: int = 4,
         num_shapes: int = 1,
         speed: float = 1 / 32,
+        shape_size: tuple[float, float] = (0.08, 0.16),
+        class_colours: bool = False,
         seed: int = 0,
     ) -> None:
         if num_clips < 1:
@@ -81,6 +90,12 @@ class SyntheticVideos:
             raise ValueError(f"num_shapes: expected at least 1, got {num_shapes}")
         if not speed > 0:
             raise ValueError(f"speed: expected a positive fraction of the image size, got {speed}")
+        try:
+            low_size, high_size = (float(v) for v in shape_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"shape_size: expected two fractions (low, high), got {shape_size!r}") from None
+        if not 0 < low_size <= high_size <= 0.5:
+            raise ValueError(f"shape_size: expected 0 < low <= high <= 0.5 of the image size, got {shape_size!r}")
         self.num_clips = num_clips
         self.num_frames = num_frames
         self.image_size = image_size
@@ -88,6 +103,8 @@ class SyntheticVideos:
         self.num_classes = num_classes
         self.num_shapes = num_shapes
         self.speed = speed
+        self.shape_size = (low_size, high_size)
+        self.class_colours = bool(class_colours)
         self.seed = seed
 
     @property
@@ -114,17 +131,19 @@ class SyntheticVideos:
         size = self.image_size
         steps = np.arange(self.num_frames, dtype=np.float64)
         rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
-        video = np.full((self.num_frames, 3, size, size), -0.8, dtype=np.float32)
+        video = np.full((self.num_frames, 3, size, size), BACKGROUND, dtype=np.float32)
         speed = self.speed * size
         for k in range(self.num_shapes):
-            radius = size * rng.uniform(0.08, 0.16)
+            radius = size * rng.uniform(*self.shape_size)
             shape = SHAPES[label] if (k == 0 and self.label_by == "shape") else SHAPES[rng.integers(len(SHAPES))]
             if k == 0 and self.label_by == "motion":
                 vy, vx = _DIRECTION_VECTORS[DIRECTIONS[label]]
             else:
                 angle = rng.uniform(0, 2 * np.pi)
                 vy, vx = np.sin(angle), np.cos(angle)
-            colour = rng.uniform(-0.2, 1.0, size=3).astype(np.float32)
+            colour = rng.uniform(-0.2, 1.0, size=3).astype(np.float32)  # drawn always: the stream stays the same
+            if k == 0 and self.class_colours:
+                colour = np.asarray(CLASS_COLOURS[label], dtype=np.float32)
             low, high = radius, size - 1 - radius
             cy0, cx0 = rng.uniform(low, high, size=2)
             if k == 0 and self.label_by == "motion":
