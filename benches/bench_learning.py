@@ -104,14 +104,14 @@ def main() -> None:
 
     clips, labels = zip(*(dataset[i % args.clips] for i in range(8)), strict=True)
     x0, y = np.stack(clips), np.asarray(labels, np.int64)
-    alphas = latte_rs.GaussianDiffusion().tables()["alphas_cumprod"]
+    process = latte_rs.GaussianDiffusion()
     noise_rng = np.random.default_rng(1)
     ref.eval()
     rows = []
     for t in TIMESTEPS:
         noise = noise_rng.standard_normal(x0.shape).astype(np.float32)
-        xt = (np.sqrt(alphas[t]) * x0 + np.sqrt(1 - alphas[t]) * noise).astype(np.float32)
         tt = np.full(len(y), t)
+        xt = process.q_sample(x0, tt, noise)
         with torch.no_grad():
             e_ref = ref(torch.from_numpy(xt), torch.from_numpy(tt), y=torch.from_numpy(y))[:, :, :3].numpy()
         e_ours = trainer.model.forward(xt, tt, y)[:, :, :3]

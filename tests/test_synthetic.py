@@ -40,7 +40,7 @@ def test_labels_cover_the_classes(label_by: str) -> None:
 
 
 def test_shape_size_sets_the_area_and_class_colours_the_colour() -> None:
-    from latte_rs.data.synthetic import CLASS_COLOURS
+    from latte_rs.data.synthetic import BACKGROUND, CLASS_COLOURS
 
     small = SyntheticVideos(num_clips=16, num_frames=1, image_size=32, shape_size=(0.08, 0.1), seed=1)
     large = SyntheticVideos(num_clips=16, num_frames=1, image_size=32, shape_size=(0.25, 0.3), seed=1)
@@ -48,14 +48,14 @@ def test_shape_size_sets_the_area_and_class_colours_the_colour() -> None:
                               class_colours=True)
 
     def area(ds):
-        return np.mean([(~np.isclose(ds[i][0], -0.8).all(axis=1)).sum() for i in range(len(ds))])
+        return np.mean([(~np.isclose(ds[i][0], BACKGROUND).all(axis=1)).sum() for i in range(len(ds))])
 
     assert area(large) > 4 * area(small)
     for i in range(len(painted)):
         video, label = painted[i]
         same, _ = large[i]
-        mask = ~np.isclose(same, -0.8).all(axis=1)  # the same clip, only the colour differs
-        np.testing.assert_array_equal(~np.isclose(video, -0.8).all(axis=1), mask)
+        mask = ~np.isclose(same, BACKGROUND).all(axis=1)  # the same clip, only the colour differs
+        np.testing.assert_array_equal(~np.isclose(video, BACKGROUND).all(axis=1), mask)
         pixels = video.transpose(0, 2, 3, 1)[mask]  # (N, 3)
         np.testing.assert_allclose(pixels, np.broadcast_to(CLASS_COLOURS[label], pixels.shape), rtol=1e-6)
 

@@ -126,12 +126,13 @@ def _fvd(args: argparse.Namespace) -> int:
 
 
 def _scheduler(name: str):
-    from . import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from . import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from .pipelines import TRAINING_BETAS as betas
+    from .pipelines import default_scheduler
 
-    betas = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
     kinds = {
         "ddim": lambda: DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        "ddpm": lambda: DDPMScheduler(**betas, clip_sample=False),
+        "ddpm": default_scheduler,
         "euler": lambda: EulerDiscreteScheduler(**betas),
         "dpm": lambda: DPMSolverMultistepScheduler(**betas),
     }
@@ -168,7 +169,8 @@ def _sample(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
         frames = result.frames
     else:
-        scheduler = _scheduler(args.sampler or "ddpm") if args.sampler != "folder" else None
+        # No --sampler (or 'folder', which a class model has no folder for): the pipeline's default, DDPM.
+        scheduler = _scheduler(args.sampler) if args.sampler not in (None, "folder") else None
         pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, scheduler=scheduler, use_ema=not args.no_ema)
         labels = args.classes if args.classes else None
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,

@@ -134,10 +134,10 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
     # for 8000 steps): what more training buys.
     labels = np.arange(num_samples) % cfg["num_classes"]
     sampling = dict(num_inference_steps=sampling_steps, guidance_scale=guidance_scale, progress=progress)
-    models = {"trained": trained, "pretrained": tiny_model()}
+    pipes = {"trained": LattePipeline(trained), "pretrained": LattePipeline(tiny_model())}
     files = []
     for name, prefix, grid in (("trained", "sample", "grid.png"), ("pretrained", "pretrained", "pretrained_grid.png")):
-        samples = LattePipeline(models[name])(class_labels=labels, seed=seed, **sampling)
+        samples = pipes[name](class_labels=labels, seed=seed, **sampling)
         for i, video in enumerate(samples.frames):
             files.append(str(save_gif(video, out / f"{prefix}_{i:02d}.gif", fps=6)))
             files.append(str(save_mp4(video, out / f"{prefix}_{i:02d}.mp4", fps=6)))
@@ -145,17 +145,16 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
 
     # The score: trained model, the tiny model, an untrained model (same config, its initial weights) and noise,
     # against held-out real clips, each with `eval_clips` clips of the same labels.
-    models["untrained"] = LatteModel(model_config(cfg), seed=seed)
+    pipes["untrained"] = LattePipeline(LatteModel(model_config(cfg), seed=seed))
     real, real_labels = real_clips(eval_clips, cfg, seed=seed + 1000)
-    fakes = {name: LattePipeline(m)(class_labels=real_labels, seed=seed + 1, **sampling).frames
-             for name, m in models.items()}
+    fakes = {name: pipe(class_labels=real_labels, seed=seed + 1, **sampling).frames for name, pipe in pipes.items()}
     fakes["noise"] = np.random.default_rng(seed).integers(0, 256, real.shape, dtype=np.uint8)
     other_real, _ = real_clips(eval_clips, cfg, seed=seed + 2000)
     scores = {name: pixel_fd(real, frames) for name, frames in fakes.items()}
     scores["real_vs_real"] = pixel_fd(real, other_real)
     colour = None
     if cfg.get("class_colours"):
-        colour = {name: class_colour_accuracy(fakes[name], real_labels) for name in models}
+        colour = {name: class_colour_accuracy(fakes[name], real_labels) for name in pipes}
         colour["real"] = class_colour_accuracy(real, real_labels)
     last = result.history[-1] if result.history else {}
     summary = {
@@ -166,7 +165,8 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
         "loss_plot": str(out / "loss.png"),
         "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "train_steps": steps,
-        "sampling": {"scheduler": "DDPM", "steps": sampling_steps, "guidance_scale": guidance_scale},
+        "sampling": {"scheduler": type(pipes["trained"].scheduler).__name__, "steps": sampling_steps,
+                     "guidance_scale": guidance_scale},
         "final_loss": last.get("loss"),
         "score": "pixel Fréchet distance to held-out real clips (latte_rs.demo.pixel_fd; lower is better)",
         "scores": {k: round(v, 4) for k, v in scores.items()},

@@ -233,12 +233,16 @@ class LatteOutput:
         return _show(self.frames[index], self.fps, width)
 
 
+#: Latte's training process: 1000 linear betas from 1e-4 to 0.02 (the official ``create_diffusion``).
+TRAINING_BETAS: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                                      beta_schedule="linear")
+
+
 def default_scheduler() -> DDPMScheduler:
     """Ancestral DDPM over Latte's training process (1000 linear betas from 1e-4 to 0.02): the official
     ``sample.py``'s sampler (``sample_method: ddpm``). It forgives a model's noise-prediction error at high noise
     levels far better than deterministic DDIM, which can lock an early error in (see ``latte_rs.demo``)."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                         clip_sample=False)
+    return DDPMScheduler(**TRAINING_BETAS, clip_sample=False)
 
 
 class LattePipeline:
