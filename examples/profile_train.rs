@@ -2,7 +2,7 @@
 //! path (`perf record ./target/release/examples/profile_train 16 32 1`). Arguments: frames, latent size, batch.
 
 use candle_core::{DType, Device, Tensor};
-use latte_rs::{LatteConfig, LatteModel};
+use latte_rs::{Condition, Denoiser, LatteConfig, LatteModel};
 
 fn main() -> latte_rs::Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -25,13 +25,13 @@ fn main() -> latte_rs::Result<()> {
     let t = Tensor::new(vec![500f32; batch], &Device::Cpu)?;
     for _ in 0..3 {
         let t0 = std::time::Instant::now();
-        let out = model.forward_train(&x, &t, None, None)?;
+        let out = model.forward_train(&x, &t, &Condition::Unconditional)?;
         let loss = out.sqr()?.mean_all()?;
         let t1 = t0.elapsed();
         let grads = loss.backward()?;
         let t2 = t0.elapsed();
         drop(grads);
-        let _ = model.forward(&x, &t, None, None)?;
+        let _ = model.forward(&x, &t, &Condition::Unconditional)?;
         eprintln!(
             "forward (grad) {t1:?}, backward {:?}, forward (inference) {:?}",
             t2 - t1,

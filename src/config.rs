@@ -92,6 +92,20 @@ pub const PRESETS: [(&str, usize, usize, usize); 4] = [
     ("XL", 28, 1152, 16),
 ];
 
+/// The spatial downsampling of the Stable Diffusion VAE Latte encodes frames with: latents are image size / 8.
+pub const VAE_DOWNSAMPLE: usize = 8;
+
+/// The latent size (`input_size`) of frames of `image_size` pixels.
+pub fn latent_size(image_size: usize) -> Result<usize> {
+    if image_size == 0 || image_size % VAE_DOWNSAMPLE != 0 {
+        return Err(LatteError::Value(format!(
+            "image_size: expected a positive multiple of {VAE_DOWNSAMPLE} (the VAE downsamples by \
+             {VAE_DOWNSAMPLE}), got {image_size}"
+        )));
+    }
+    Ok(image_size / VAE_DOWNSAMPLE)
+}
+
 /// Every option of a Latte model. Field names follow the official code where it has one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -6,13 +6,13 @@
 //! that match the official checkpoints.
 //!
 //! ```no_run
-//! use latte_rs::{LatteConfig, LatteModel};
+//! use latte_rs::{Condition, Denoiser, LatteConfig, LatteModel};
 //! use candle_core::{DType, Device, Tensor};
 //! let cfg = LatteConfig { num_frames: 16, ..LatteConfig::preset("Latte-S/2")? };
 //! let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0)?;
 //! let x = Tensor::zeros((2, 16, 4, 32, 32), DType::F32, &Device::Cpu)?;
 //! let t = Tensor::new(&[10u32, 500], &Device::Cpu)?;
-//! let eps = model.forward(&x, &t, None, None)?; // (2, 16, 8, 32, 32)
+//! let eps = model.forward(&x, &t, &Condition::Unconditional)?; // (2, 16, 8, 32, 32)
 //! # Ok::<(), latte_rs::LatteError>(())
 //! ```
 
@@ -49,6 +49,7 @@ pub mod nn;
 pub mod rng;
 pub mod train;
 pub mod vae;
+pub mod weights;
 
 #[cfg(test)]
 mod test_util;
@@ -58,5 +59,6 @@ mod python;
 
 pub use config::{AttentionBackend, Injection, LatteConfig, PatchEmbed, TemporalPos, Variant};
 pub use error::{LatteError, Result};
-pub use model::{parse_device, Latte, LatteModel, LoadReport};
+pub use model::{parse_device, Condition, Denoiser, Latte, LatteModel, LatteT2VModel};
 pub use train::{StepStats, Trainer, TrainerOptions};
+pub use weights::LoadReport;

@@ -8,11 +8,13 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LatteError;
 use crate::rng::Generator;
+use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
+use crate::weights::{LoadPolicy, ParamStore};
 
 /// The fields of a diffusers `AutoencoderKL` `config.json` that shape the network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,18 +61,34 @@ fn yes() -> bool {
 
 const EPS: f64 = 1e-6;
 
+// The layers read their parameters with `vb.get` (zeros in a fresh store, to be loaded into), not with
+// candle-nn's builders, which would first fill every weight with a random initialisation.
+
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d(
-        cin,
-        cout,
-        k,
-        Conv2dConfig {
-            padding,
-            stride,
-            ..Default::default()
-        },
-        vb,
+    let config = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(
+        vb.get((cout, cin, k, k), "weight")?,
+        Some(vb.get(cout, "bias")?),
+        config,
+    ))
+}
+
+fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    GroupNorm::new(
+        vb.get(channels, "weight")?,
+        vb.get(channels, "bias")?,
+        channels,
+        groups,
+        eps,
     )
+}
+
+fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear::new(vb.get((cout, cin), "weight")?, Some(vb.get(cout, "bias")?)))
 }
 
 #[derive(Debug)]
@@ -331,22 +349,18 @@ impl AutoencoderKl {
         })
     }
 
-    /// Reads a diffusers `vae/` folder: `config.json` and `diffusion_pytorch_model.safetensors`.
+    /// Reads a diffusers `vae/` folder: `config.json` and `diffusion_pytorch_model.safetensors` (or its shards).
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> crate::Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let text = crate::io::read(&cfg_path)?;
-        let cfg: VaeConfig = serde_json::from_slice(&text)
-            .map_err(|e| LatteError::Value(format!("{}: not an AutoencoderKL config ({e})", cfg_path.display())))?;
-        let weights = dir.join("diffusion_pytorch_model.safetensors");
-        if !weights.is_file() {
-            return Err(LatteError::NotFound(weights.display().to_string()));
-        }
-        // SAFETY: the file is memory-mapped read-only; it must not change while the model lives.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device)? };
-        Self::new(&cfg, vb).map_err(|e| match e {
-            LatteError::Candle(c) => LatteError::StateDict(format!("{}: {c}", weights.display())),
-            other => other,
-        })
+        let folder = read_folder::<VaeConfig>(dir, "a diffusers vae/ folder", DIFFUSERS_WEIGHTS)?;
+        let store = ParamStore::new(device, dtype)?;
+        let vae = Self::new(&folder.config, store.builder())?;
+        store.load(
+            &folder.tensors,
+            LoadPolicy::STRICT,
+            Some(&folder.source),
+            "AutoencoderKL config",
+        )?;
+        Ok(vae)
     }
 
     pub fn config(&self) -> &VaeConfig {

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ._native import Generator, LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
-from .sampling import sample
+from . import _native
+from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
+from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from .video_io import frame_grid, save_gif, save_mp4
 from .video_io import show as _show
@@ -82,12 +83,29 @@ class T5Tokenizer:
 
 
 @dataclass
-class LatteT2VOutput:
-    """``frames``: ``(B, F, H, W, 3)`` float32 in [0, 1] (``output_type="np"``), uint8 (``"uint8"``), or the
-    latents (``"latent"``); ``latents``: the final ``(B, C, F, h, w)`` latents."""
+class LatteOutput:
+    """Generated videos, from either pipeline: ``frames`` ``(B, F, H, W, 3)`` as uint8 (``output_type="uint8"``,
+    ``LattePipeline``'s default) or float32 in [0, 1] (``"np"``, ``LatteT2VPipeline``'s default, as diffusers), or
+    the latents (``"latent"``); ``latents``: the final latents in the model's layout (``(B, F, C, h, w)`` for
+    Latte, ``(B, C, F, h, w)`` for Latte-1); helpers to save and show."""
 
     frames: np.ndarray
     latents: np.ndarray
+    fps: float = 8.0
+
+    def save_gif(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
+        return save_gif(self.frames[index], path, fps or self.fps)
+
+    def save_mp4(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
+        return save_mp4(self.frames[index], path, fps or self.fps)
+
+    def grid(self) -> np.ndarray:
+        """Every frame of every video in one image (a row per video)."""
+        return frame_grid(self.frames)
+
+    def show(self, index: int = 0, width: int | None = 256):
+        """The video inline in Jupyter."""
+        return _show(self.frames[index], self.fps, width)
 
 
 class LatteT2VPipeline:
@@ -152,10 +170,9 @@ class LatteT2VPipeline:
                  eta: float = 0.0, latents: Any = None, prompt_embeds: Any = None,
                  negative_prompt_embeds: Any = None, output_type: str = "np", mask_feature: bool = True,
                  enable_temporal_attentions: bool = True, decode_chunk_size: int = 14,
-                 progress: bool = True) -> LatteT2VOutput:
-        """Generates videos; the arguments are ``LattePipeline.__call__``'s (``seed`` replaces ``generator``)."""
-        from tqdm.auto import tqdm
-
+                 progress: bool = True) -> LatteOutput:
+        """Generates videos; the arguments are diffusers' ``LattePipeline.__call__``'s (``seed`` replaces
+        ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
@@ -172,65 +189,30 @@ class LatteT2VPipeline:
             embeds, negative = self.encode_prompt(prompt, negative_prompt, cfg_on, num_videos_per_prompt,
                                                   mask_feature)
         else:
-            embeds = np.asarray(prompt_embeds, np.float32)
-            negative = None if negative_prompt_embeds is None else np.asarray(negative_prompt_embeds, np.float32)
+            embeds, negative = prompt_embeds, negative_prompt_embeds
             if cfg_on and negative is None:
                 raise ValueError("negative_prompt_embeds: required with prompt_embeds when guidance_scale > 1")
-        if cfg_on:
-            embeds = np.concatenate([negative, embeds], axis=0)
-        batch = embeds.shape[0] // (2 if cfg_on else 1)
+        batch = len(embeds)
         shape = (batch, cfg["in_channels"], video_length, height // scale, width // scale)
-        self.scheduler.set_timesteps(num_inference_steps)
-        generator = Generator(seed)
-        if latents is None:
-            latents = generator.randn(list(shape)).astype(np.float32)
-        latents = np.asarray(latents, np.float32)
-        if latents.shape != shape:
-            raise ValueError(f"latents: expected shape {shape}, got {latents.shape}")
-        latents = latents * np.float32(self.scheduler.init_noise_sigma)
-        learned = self.scheduler.config.get("variance_type") in ("learned", "learned_range")
-        for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress):
-            x = np.concatenate([latents, latents]) if cfg_on else latents
-            x = self.scheduler.scale_model_input(x, t)
-            out = self.transformer(x, np.full(x.shape[0], t), embeds, enable_temporal_attentions)
-            if cfg_on:
-                uncond, text = np.split(out, 2)
-                out = uncond + guidance_scale * (text - uncond)
-            if not learned:
-                out = out[:, : out.shape[1] // 2] if out.shape[1] == 2 * cfg["in_channels"] else out
-            kwargs = {"eta": eta} if isinstance(self.scheduler, DDIMScheduler) else {}
-            latents = self.scheduler.step(out, t, latents, generator=generator, **kwargs).prev_sample
+        if latents is not None and tuple(np.shape(latents)) != shape:
+            raise ValueError(f"latents: expected shape {shape}, got {tuple(np.shape(latents))}")
+        transformer = self.transformer.with_temporal_attentions(enable_temporal_attentions)
+        bar, callback = progress_bar(progress)
+        try:
+            latents = _native.sample(transformer, self.scheduler._native, noise=latents, num_samples=batch,
+                                     latent_shape=list(shape), encoder_hidden_states=embeds,
+                                     negative_encoder_hidden_states=negative if cfg_on else None,
+                                     guidance_scale=guidance_scale, eta=eta, num_inference_steps=num_inference_steps,
+                                     seed=seed, callback=callback)
+        finally:
+            bar.close()
         if output_type == "latent":
-            return LatteT2VOutput(latents, latents)
+            return LatteOutput(latents, latents)
         video = self.vae.decode(np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4)), chunk_size=decode_chunk_size)
         frames = np.clip(video / 2 + 0.5, 0, 1).transpose(0, 1, 3, 4, 2)  # (B, F, H, W, 3)
         if output_type == "uint8":
             frames = (frames * 255).round().astype(np.uint8)
-        return LatteT2VOutput(np.ascontiguousarray(frames, dtype=frames.dtype), latents)
-
-
-@dataclass
-class LatteOutput:
-    """Generated videos: ``frames`` ``(B, F, H, W, 3)`` uint8 (``output_type="uint8"``, the default), float32 in
-    [0, 1] (``"np"``) or the latents (``"latent"``); ``latents`` ``(B, F, C, h, w)``; helpers to save and show."""
-
-    frames: np.ndarray
-    latents: np.ndarray
-    fps: float = 8.0
-
-    def save_gif(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
-        return save_gif(self.frames[index], path, fps or self.fps)
-
-    def save_mp4(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
-        return save_mp4(self.frames[index], path, fps or self.fps)
-
-    def grid(self) -> np.ndarray:
-        """Every frame of every video in one image (a row per video)."""
-        return frame_grid(self.frames)
-
-    def show(self, index: int = 0, width: int | None = 256):
-        """The video inline in Jupyter."""
-        return _show(self.frames[index], self.fps, width)
+        return LatteOutput(np.ascontiguousarray(frames, dtype=frames.dtype), latents)
 
 
 #: Latte's training process: 1000 linear betas from 1e-4 to 0.02 (the official ``create_diffusion``).

@@ -1,4 +1,5 @@
-"""Sampling latents from a Latte model: every denoising step runs in Rust; Python only shows progress."""
+"""Sampling latents from a Latte model: the Rust core's one sampling loop runs every step; Python only shows
+progress."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._native import GaussianDiffusion, LatteModel, sample_with_scheduler
+from . import _native
+from ._native import GaussianDiffusion, LatteModel
+
+
+def progress_bar(progress: bool, desc: str = "sampling"):
+    """A tqdm bar and the ``callback(done, total)`` that drives it (the native loops call it after each step)."""
+    bar = tqdm(total=None, desc=desc, unit="step", disable=not progress)
+
+    def callback(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    return bar, callback
 
 
 def sample(
@@ -15,7 +30,7 @@ def sample(
     diffusion: Any,
     num_samples: int = 1,
     *,
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     noise: Any = None,
     y: Any = None,
     cfg_scale: float = 1.0,
@@ -32,17 +47,21 @@ def sample(
         diffusion: the process to sample, e.g. ``GaussianDiffusion(timestep_respacing="250")`` (DDPM, the
             official default) or ``GaussianDiffusion(timestep_respacing="ddim50")`` with ``sampler="ddim"``; or a
             diffusers-style scheduler (``DDPMScheduler``, ``DDIMScheduler``, ``EulerDiscreteScheduler``,
-            ``DPMSolverMultistepScheduler``), run for ``num_inference_steps`` steps on the model's noise
-            prediction (a learned variance is dropped, as LattePipeline does; ``sampler``, ``eta`` and
-            ``clip_denoised`` then come from the scheduler's config).
+            ``DPMSolverMultistepScheduler``), run on the model's prediction channels (its learned variance only
+            for a scheduler whose ``variance_type`` is learned, as diffusers' pipelines do).
         num_samples: clips to generate when ``noise`` is not given.
+        num_inference_steps: a scheduler's steps (default 50); a ``GaussianDiffusion`` samples the steps of its
+            ``timestep_respacing``, so leave it unset (or give exactly that number).
         noise: the starting noise x_T (B, F, C, H, W); drawn from ``seed`` when omitted.
         y: class labels (B,) for a class-conditional model.
         cfg_scale: classifier-free guidance scale; above 1 the batch runs twice, the second half with the null
             class, and guidance applies to the first ``in_channels`` output channels (as the official code).
-        sampler: ``"ddpm"`` (ancestral) or ``"ddim"``; ``eta`` is DDIM's stochasticity.
+        sampler: ``"ddpm"`` (ancestral) or ``"ddim"``, for a ``GaussianDiffusion`` (a scheduler samples as itself).
+        eta: DDIM's stochasticity, for ``sampler="ddim"`` or a ``DDIMScheduler``; other samplers have none, and
+            a non-zero ``eta`` with them is an error rather than ignored.
         seed: seeds the starting noise (when drawn) and every step's noise. Same seed, same result.
-        clip_denoised: clip each x0 estimate to [-1, 1] (the official sampler does not).
+        clip_denoised: clip each x0 estimate to [-1, 1] (the official sampler does not), for a
+            ``GaussianDiffusion`` (a scheduler clips by its ``clip_sample`` config).
         progress: show a progress bar.
 
     >>> import latte_rs
@@ -52,42 +71,23 @@ def sample(
     (1, 4, 4, 16, 16)
     """
     if isinstance(diffusion, GaussianDiffusion):
-        total = diffusion.num_timesteps
-
-        def run(callback):
-            return diffusion.sample(
-                model,
-                num_samples=num_samples,
-                noise=noise,
-                y=y,
-                cfg_scale=cfg_scale,
-                sampler=sampler,
-                eta=eta,
-                seed=seed,
-                clip_denoised=clip_denoised,
-                callback=callback,
-            )
+        native = diffusion
     else:
         native = getattr(diffusion, "_native", None)
         if native is None:
             raise TypeError(f"diffusion: expected a GaussianDiffusion or a latte-rs scheduler, got {type(diffusion)}")
-        total = num_inference_steps
-
-        def run(callback):
-            return sample_with_scheduler(
-                model,
-                native,
-                num_inference_steps,
-                num_samples=num_samples,
-                noise=noise,
-                y=y,
-                cfg_scale=cfg_scale,
-                seed=seed,
-                callback=callback,
-            )
-
-    bar = tqdm(total=total, desc="sampling", unit="step", disable=not progress)
+        if sampler != "ddpm":
+            raise ValueError(f"sampler: chooses how a GaussianDiffusion samples; {type(diffusion).__name__} samples "
+                             "as itself (use DDIMScheduler for DDIM)")
+        if clip_denoised:
+            raise ValueError(f"clip_denoised: applies to a GaussianDiffusion; {type(diffusion).__name__} clips by "
+                             "its clip_sample config")
+        if num_inference_steps is None:
+            num_inference_steps = 50
+    bar, callback = progress_bar(progress)
     try:
-        return run(lambda done, _total: bar.update(done - bar.n))
+        return _native.sample(model, native, noise=noise, num_samples=num_samples, y=y, guidance_scale=cfg_scale,
+                              eta=eta, num_inference_steps=num_inference_steps, sampler=sampler,
+                              clip_denoised=clip_denoised, seed=seed, callback=callback)
     finally:
         bar.close()

@@ -1,10 +1,15 @@
-"""Schedulers with diffusers' API (`DDPMScheduler`, `DDIMScheduler`), computed by the Rust core.
+"""Schedulers with diffusers' API (`DDPMScheduler`, `DDIMScheduler`, `EulerDiscreteScheduler`,
+`DPMSolverMultistepScheduler`), computed by the Rust core.
 
 Code written for diffusers runs unchanged and gives the same numbers: the same config keys (and
 `scheduler_config.json` files), `set_timesteps` with "leading" / "trailing" / "linspace" spacing and
 `steps_offset`, `step(...)` returning `prev_sample` and `pred_original_sample`, `add_noise`,
 `scale_model_input`, `init_noise_sigma`, `timesteps`. Random draws come from a `latte_rs.Generator`: pass
-`generator=` to `step`, or the scheduler's own generator (seeded 0 at construction) is used.
+`generator=` to `step`, or the scheduler's own generator (seeded 0 at construction) is used. Every `step`
+returns `(prev_sample, pred_original_sample)` (a `SchedulerOutput`, or a tuple with ``return_dict=False``).
+
+The arithmetic, the choice of when a step draws noise, and the draws themselves are the Rust core's; these
+classes only give them diffusers' names and signatures.
 
 >>> import numpy as np, latte_rs
 >>> s = latte_rs.DDIMScheduler(clip_sample=False)
@@ -23,14 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from ._native import DpmSolverScheduler, EulerScheduler, Generator, Scheduler
+from ._native import Generator, Scheduler
 
 CONFIG_NAME = "scheduler_config.json"
 
 
 @dataclass
 class SchedulerOutput:
-    """One step's result (diffusers' `DDPMSchedulerOutput` / `DDIMSchedulerOutput`)."""
+    """One step's result (diffusers' `DDPMSchedulerOutput` / `DDIMSchedulerOutput`); for DPM-Solver,
+    `pred_original_sample` is the converted model output (x0 for DPM-Solver++)."""
 
     prev_sample: np.ndarray
     pred_original_sample: np.ndarray
@@ -38,17 +44,16 @@ class SchedulerOutput:
 
 class _DiffusersScheduler:
     _kind = ""
+    #: Config keys that differ from the shared defaults for this scheduler (as diffusers' signatures).
+    _defaults: dict[str, Any] = {}
     order = 1
 
     def __init__(self, **config: Any) -> None:
         config = {k: v for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
         if isinstance(config.get("trained_betas"), np.ndarray):
             config["trained_betas"] = config["trained_betas"].tolist()
-        self._native = self._make_native(config)
+        self._native = Scheduler(self._kind, json.dumps({**self._defaults, **config}))
         self._generator = Generator(0)
-
-    def _make_native(self, config: dict[str, Any]) -> Any:
-        return Scheduler(self._kind, json.dumps(config))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | str | os.PathLike[str], **overrides: Any):
@@ -98,34 +103,23 @@ class _DiffusersScheduler:
         """Chooses the inference timesteps (`device` is accepted for diffusers compatibility)."""
         self._native.set_timesteps(int(num_inference_steps))
 
-    def scale_model_input(self, sample: Any, timestep: int | None = None) -> Any:
+    def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
         return sample
 
     def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
-        steps = [int(t) for t in np.asarray(timesteps).reshape(-1)]
-        return self._native.add_noise(original_samples, noise, steps)
+        """q(x_t | x0) at `timesteps`: one per sample, or one (a scalar) for the whole batch."""
+        return self._native.add_noise(original_samples, noise, timesteps)
 
-    def _step(
-        self,
-        model_output: Any,
-        timestep: Any,
-        sample: Any,
-        eta: float,
-        use_clipped_model_output: bool,
-        generator: Generator | None,
-        variance_noise: Any,
-        return_dict: bool,
-    ):
-        t = int(np.asarray(timestep))
-        noise = variance_noise
-        if noise is None and self._native.needs_noise(t, eta):
-            shape = np.shape(sample)
-            noise = (generator or self._generator).randn(list(shape))
-        prev, x0 = self._native.step(model_output, t, sample, noise, eta, use_clipped_model_output)
+    def _step(self, model_output: Any, timestep: Any, sample: Any, return_dict: bool, generator: Any = None,
+              variance_noise: Any = None, **options: Any):
+        if variance_noise is None and generator is None:
+            generator = self._generator
+        prev, x0 = self._native.step(model_output, float(np.asarray(timestep)), sample, generator=generator,
+                                     variance_noise=variance_noise, **options)
         return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
 
     def __len__(self) -> int:
-        return self.config["num_train_timesteps"]
+        return len(self._native)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.config, sort_keys=True)})"
@@ -140,15 +134,9 @@ class DDPMScheduler(_DiffusersScheduler):
 
     _kind = "ddpm"
 
-    def step(
-        self,
-        model_output: Any,
-        timestep: Any,
-        sample: Any,
-        generator: Generator | None = None,
-        return_dict: bool = True,
-    ):
-        return self._step(model_output, timestep, sample, 0.0, False, generator, None, return_dict)
+    def step(self, model_output: Any, timestep: Any, sample: Any, generator: Generator | None = None,
+             return_dict: bool = True):
+        return self._step(model_output, timestep, sample, return_dict, generator)
 
 
 class DDIMScheduler(_DiffusersScheduler):
@@ -156,26 +144,17 @@ class DDIMScheduler(_DiffusersScheduler):
 
     _kind = "ddim"
 
-    def step(
-        self,
-        model_output: Any,
-        timestep: Any,
-        sample: Any,
-        eta: float = 0.0,
-        use_clipped_model_output: bool = False,
-        generator: Generator | None = None,
-        variance_noise: Any = None,
-        return_dict: bool = True,
-    ):
-        if generator is not None and variance_noise is not None:
-            raise ValueError("step: pass either generator or variance_noise, not both")
-        return self._step(
-            model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise, return_dict
-        )
+    def step(self, model_output: Any, timestep: Any, sample: Any, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: Generator | None = None, variance_noise: Any = None,
+             return_dict: bool = True):
+        return self._step(model_output, timestep, sample, return_dict, generator, variance_noise, eta=eta,
+                          use_clipped_model_output=use_clipped_model_output)
 
 
 class _SigmaScheduler(_DiffusersScheduler):
     """A scheduler parameterised by noise levels σ (Euler, DPM-Solver): it exposes `sigmas`, not `alphas_cumprod`."""
+
+    _defaults = {"timestep_spacing": "linspace"}
 
     @property
     def sigmas(self) -> np.ndarray:
@@ -193,60 +172,25 @@ class EulerDiscreteScheduler(_SigmaScheduler):
 
     _kind = "euler"
 
-    def _make_native(self, config: dict[str, Any]) -> Any:
-        return EulerScheduler(json.dumps({"timestep_spacing": "linspace", **config}))
-
     def scale_model_input(self, sample: Any, timestep: Any) -> np.ndarray:
         return self._native.scale_model_input(sample, float(np.asarray(timestep)))
 
-    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
-        steps = [float(t) for t in np.asarray(timesteps).reshape(-1)]
-        return self._native.add_noise(original_samples, noise, steps)
-
-    def step(
-        self,
-        model_output: Any,
-        timestep: Any,
-        sample: Any,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = float("inf"),
-        s_noise: float = 1.0,
-        generator: Generator | None = None,
-        return_dict: bool = True,
-    ):
-        noise = None
-        if s_churn > 0:
-            noise = (generator or self._generator).randn(list(np.shape(sample)))
-        prev, x0 = self._native.step(
-            model_output, float(np.asarray(timestep)), sample, s_churn, s_tmin, s_tmax, s_noise, noise
-        )
-        return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
+    def step(self, model_output: Any, timestep: Any, sample: Any, s_churn: float = 0.0, s_tmin: float = 0.0,
+             s_tmax: float = float("inf"), s_noise: float = 1.0, generator: Generator | None = None,
+             return_dict: bool = True):
+        return self._step(model_output, timestep, sample, return_dict, generator, s_churn=s_churn, s_tmin=s_tmin,
+                          s_tmax=s_tmax, s_noise=s_noise)
 
 
 class DPMSolverMultistepScheduler(_SigmaScheduler):
-    """DPM-Solver++ / DPM-Solver multistep (orders 1-2, midpoint or Heun), as diffusers'
+    """DPM-Solver++ / DPM-Solver multistep (orders 1-2, midpoint or Heun) and their SDE forms
+    (``algorithm_type="sde-dpmsolver++"``, whose steps draw noise from `generator`), as diffusers'
     `DPMSolverMultistepScheduler`: Karras sigmas, lower-order final steps, final sigma "zero" / "sigma_min".
     `step` also returns the converted model output (x0 for DPM-Solver++) as `pred_original_sample`. With a learned
     variance the solver uses the first half of the channels (diffusers slices three channels there)."""
 
     _kind = "dpmsolver"
-    order = 1
 
-    def _make_native(self, config: dict[str, Any]) -> Any:
-        return DpmSolverScheduler(json.dumps({"timestep_spacing": "linspace", **config}))
-
-    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
-        raise NotImplementedError("DPMSolverMultistepScheduler.add_noise is not implemented in latte-rs yet")
-
-    def step(
-        self,
-        model_output: Any,
-        timestep: Any,
-        sample: Any,
-        generator: Generator | None = None,
-        variance_noise: Any = None,
-        return_dict: bool = True,
-    ):
-        prev, x0 = self._native.step(model_output, int(np.asarray(timestep)), sample)
-        return SchedulerOutput(prev, x0) if return_dict else (prev,)
+    def step(self, model_output: Any, timestep: Any, sample: Any, generator: Generator | None = None,
+             variance_noise: Any = None, return_dict: bool = True):
+        return self._step(model_output, timestep, sample, return_dict, generator, variance_noise)

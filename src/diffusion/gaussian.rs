@@ -509,6 +509,79 @@ impl GaussianDiffusion {
     }
 }
 
+/// The options of the official `create_diffusion` (DiT / Latte), each as its keyword argument.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiffusionOptions {
+    /// "" (every step), "250", "ddim50", "10,15,20" (see [`crate::diffusion::space_timesteps`]).
+    pub timestep_respacing: String,
+    /// "linear" (DiT's), "scaled_linear" or "squaredcos_cap_v2" / "cosine".
+    pub noise_schedule: String,
+    /// The model predicts the variance interpolation too (learned-range variance).
+    pub learn_sigma: bool,
+    /// Without a learned variance: the posterior variance (true) or β (false).
+    pub sigma_small: bool,
+    /// "epsilon", "sample" or "v_prediction".
+    pub prediction_type: String,
+    /// Scale the VB term by T / 1000.
+    pub rescale_learned_sigmas: bool,
+    /// Train on the variational bound alone (rescaled).
+    pub use_kl: bool,
+    pub diffusion_steps: usize,
+    /// The endpoints of the "scaled_linear" schedule.
+    pub beta_start: f64,
+    pub beta_end: f64,
+}
+
+impl Default for DiffusionOptions {
+    fn default() -> Self {
+        Self {
+            timestep_respacing: String::new(),
+            noise_schedule: "linear".into(),
+            learn_sigma: true,
+            sigma_small: false,
+            prediction_type: "epsilon".into(),
+            rescale_learned_sigmas: false,
+            use_kl: false,
+            diffusion_steps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+        }
+    }
+}
+
+impl GaussianDiffusion {
+    /// The process the official `create_diffusion(**options)` makes: betas of the schedule, the mean, variance
+    /// and loss types its flags select, respaced to `timestep_respacing`.
+    pub fn create(opts: &DiffusionOptions) -> Result<Self> {
+        let schedule = super::BetaSchedule::parse(&opts.noise_schedule)?;
+        let betas = super::named_beta_schedule(schedule, opts.diffusion_steps, opts.beta_start, opts.beta_end)?;
+        let mean_type = match opts.prediction_type.as_str() {
+            "epsilon" => MeanType::Epsilon,
+            "sample" => MeanType::StartX,
+            "v_prediction" => MeanType::Velocity,
+            other => {
+                return Err(value_error(
+                    "prediction_type",
+                    "\"epsilon\", \"sample\" or \"v_prediction\"",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        let var_type = match (opts.learn_sigma, opts.sigma_small) {
+            (true, _) => VarType::LearnedRange,
+            (false, true) => VarType::FixedSmall,
+            (false, false) => VarType::FixedLarge,
+        };
+        let loss_type = match (opts.use_kl, opts.rescale_learned_sigmas) {
+            (true, _) => LossType::RescaledKl,
+            (false, true) => LossType::RescaledMse,
+            (false, false) => LossType::Mse,
+        };
+        let keep = super::space_timesteps(opts.diffusion_steps, &opts.timestep_respacing)?;
+        Self::spaced(betas, &keep, mean_type, var_type, loss_type)
+    }
+}
+
 /// Mean over every dimension but the first.
 fn mean_flat(x: &Tensor) -> candle_core::Result<Tensor> {
     let b = x.dim(0)?;

@@ -1,47 +1,135 @@
-//! The sampling loops: DDPM ancestral sampling and DDIM over the steps of a (respaced) process, all steps in Rust.
+//! THE sampling loop: any [`Denoiser`] with any [`Scheduler`], with classifier-free guidance, all steps in Rust.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
-use super::GaussianDiffusion;
-use crate::error::Result;
+use super::schedulers::{Noise, Scheduler, StepOptions};
+use crate::error::{value_error, LatteError, Result};
+use crate::model::{apply_guidance, Condition, Denoiser};
 use crate::rng::Generator;
 
-/// How each step moves from x_t to x_{t−1}.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Sampler {
-    /// Ancestral sampling from p(x_{t−1} | x_t).
-    Ddpm,
-    /// DDIM with stochasticity `eta` (0 is deterministic).
-    Ddim { eta: f64 },
+/// How a sampling run goes besides the model, the scheduler and the condition.
+#[derive(Clone, Debug)]
+pub struct SamplingOptions {
+    /// Steps to set on the scheduler; None keeps its current schedule (a respaced diffusion's own steps).
+    pub num_inference_steps: Option<usize>,
+    /// Classifier-free guidance scale; guidance runs above 1.
+    pub guidance_scale: f64,
+    /// The unconditional branch of guidance; None: the model's null condition (a class model's null label).
+    pub uncond: Option<Condition>,
+    /// DDIM's stochasticity (refused for schedulers that have none).
+    pub eta: f64,
 }
 
-impl GaussianDiffusion {
-    /// Runs every step from `noise` (x_T) down to x₀, as the reference's `p_sample_loop` / `ddim_sample_loop`.
-    /// `model(x, timesteps)` returns the model output for the original (un-respaced) timesteps; the per-step
-    /// noise comes from `rng`, drawn every step (also when DDIM with eta = 0 ignores it, so a run's draws do not
-    /// depend on the sampler). `progress(done, total)` is called after each step; an error from it stops the loop.
-    pub fn sample_loop(
-        &self,
-        mut model: impl FnMut(&Tensor, &[usize]) -> Result<Tensor>,
-        noise: Tensor,
-        sampler: Sampler,
-        clip_denoised: bool,
-        rng: &mut Generator,
-        mut progress: impl FnMut(usize, usize) -> Result<()>,
-    ) -> Result<Tensor> {
-        let total = self.num_timesteps();
-        let batch = noise.dim(0)?;
-        let mut x = noise;
-        for (done, step) in (0..total).rev().enumerate() {
-            let t = vec![step; batch];
-            let out = model(&x, &self.model_timesteps(&t))?;
-            let z = rng.randn(x.dims(), x.dtype(), x.device())?;
-            x = match sampler {
-                Sampler::Ddpm => self.p_sample(&out, &x, &t, &z, clip_denoised)?.0,
-                Sampler::Ddim { eta } => self.ddim_sample(&out, &x, &t, &z, eta, clip_denoised)?.0,
-            };
-            progress(done + 1, total)?;
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            num_inference_steps: None,
+            guidance_scale: 1.0,
+            uncond: None,
+            eta: 0.0,
         }
-        Ok(x)
     }
+}
+
+/// The dtype a sampling run keeps its latents in: f32, or f64 for an f64 model (half-precision models only
+/// compute in half precision; the scheduler's arithmetic stays exact).
+pub fn state_dtype(model: &dyn Denoiser) -> DType {
+    if model.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// Standard normal starting noise of shape `dims` (the batch first) from `rng`, on the model's device.
+pub fn draw_noise(model: &dyn Denoiser, dims: &[usize], rng: &mut Generator) -> Result<Tensor> {
+    if dims.first().is_none_or(|&b| b == 0) {
+        return Err(value_error("num_samples", "at least 1", 0));
+    }
+    Ok(rng.randn(dims, state_dtype(model), model.device())?)
+}
+
+/// Denoises `noise` (x_T) with `model` and `scheduler`: x = init_noise_sigma · noise, then per timestep the
+/// scaled input, the model's output (guided when `opts.guidance_scale` > 1: the batch runs as [cond | uncond]
+/// and the model's [`crate::model::GuidanceRule`] mixes the halves), reduced to the prediction channels unless the
+/// scheduler reads the variance, and a scheduler step whose noise comes from `rng`. `progress(done, total)` runs
+/// after each step; an error from it stops the loop. Inputs are checked once, before the first step.
+pub fn sample(
+    model: &dyn Denoiser,
+    scheduler: &mut dyn Scheduler,
+    noise: &Tensor,
+    cond: &Condition,
+    opts: &SamplingOptions,
+    rng: &mut Generator,
+    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Tensor> {
+    let scale = opts.guidance_scale;
+    if !(scale.is_finite() && scale >= 1.0) {
+        return Err(value_error("guidance_scale (cfg_scale)", "a number >= 1", scale));
+    }
+    if !(opts.eta.is_finite() && opts.eta >= 0.0) {
+        return Err(value_error("eta", "a finite number >= 0", opts.eta));
+    }
+    if opts.eta != 0.0 && !scheduler.uses_eta() {
+        return Err(LatteError::Value(format!(
+            "eta: {} has no eta (only DDIM does); leave eta at 0",
+            scheduler.name()
+        )));
+    }
+    model.check_latents(noise)?;
+    let device = model.device().clone();
+    let mut x = noise.to_dtype(state_dtype(model))?.to_device(&device)?;
+    let batch = x.dim(0)?;
+    let guided = scale > 1.0;
+    let (cond, model_batch) = if guided {
+        let uncond = match &opts.uncond {
+            Some(u) => u.clone(),
+            None => model.null_condition(cond)?,
+        };
+        (cond.concat(&uncond)?, 2 * batch)
+    } else {
+        (cond.clone(), batch)
+    };
+    let mut model_dims = x.dims().to_vec();
+    model_dims[0] = model_batch;
+    let cond = model.check_condition(&cond, &model_dims)?;
+    if let Some(n) = opts.num_inference_steps {
+        scheduler.set_timesteps(n)?;
+    }
+    let timesteps = scheduler.timesteps();
+    let as_f32: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+    model.check_timesteps(&Tensor::new(as_f32.as_slice(), &device)?, timesteps.len())?;
+
+    let (layout, channels, rule) = (model.layout(), model.latent_channels(), model.guidance_rule());
+    let axis = layout.channel_axis();
+    x = (x * scheduler.init_noise_sigma())?;
+    for (done, &t) in timesteps.iter().enumerate() {
+        let input = scheduler.scale_model_input(&x, t)?;
+        let input = if guided {
+            Tensor::cat(&[&input, &input], 0)?
+        } else {
+            input
+        };
+        let t_batch = Tensor::full(t as f32, model_batch, &device)?;
+        let out = model
+            .denoise(&input.to_dtype(model.dtype())?, &t_batch, &cond, false)?
+            .to_dtype(x.dtype())?;
+        let out = if guided {
+            apply_guidance(&out, scale, rule, layout, channels)?
+        } else {
+            out
+        };
+        let out = if scheduler.uses_variance() || out.dim(axis)? == channels {
+            out
+        } else {
+            out.narrow(axis, 0, channels)?
+        };
+        let mut step = StepOptions {
+            eta: opts.eta,
+            ..StepOptions::new(Noise::Source(rng))
+        };
+        x = scheduler.step(&out, t, &x, &mut step)?.prev_sample;
+        progress(done + 1, timesteps.len())?;
+    }
+    Ok(x)
 }

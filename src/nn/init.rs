@@ -6,12 +6,13 @@
 //! - LayerNorm weights 1, biases 0
 //! - `pos_embed` / `temp_embed`: the fixed sin-cos tables
 
-use candle_core::{Result, Tensor};
-use candle_nn::VarMap;
+use candle_core::Tensor;
 
 use crate::config::LatteConfig;
+use crate::error::Result;
 use crate::nn::pos::{sincos_1d, sincos_2d};
 use crate::rng::Generator;
+use crate::weights::ParamStore;
 
 /// Names of the fixed (non-trainable) tables.
 pub const FIXED_TABLES: [&str; 2] = ["pos_embed", "temp_embed"];
@@ -52,22 +53,13 @@ fn initial_value(name: &str, dims: &[usize], cfg: &LatteConfig, rng: &mut Genera
     vec![0.0; n]
 }
 
-/// Initialises every variable of `varmap` by the recipe above, drawing from a generator seeded with `seed`.
+/// Initialises every parameter of `store` by the recipe above, drawing from a generator seeded with `seed`.
 /// Names are visited in sorted order, so the same seed gives the same weights whatever the map's order.
-pub fn init_weights(varmap: &VarMap, cfg: &LatteConfig, seed: u64) -> Result<()> {
+pub fn init_weights(store: &ParamStore, cfg: &LatteConfig, seed: u64) -> Result<()> {
     let mut rng = Generator::new(seed);
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("parameter map lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
+    store.initialise(|name, var| {
         let dims = var.dims().to_vec();
         let values = initial_value(name, &dims, cfg, &mut rng);
-        let t = Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?;
-        var.set(&t)?;
-    }
-    Ok(())
+        Ok(Tensor::from_vec(values, dims, var.device())?)
+    })
 }

@@ -19,10 +19,15 @@ pub fn sincos_1d(dim: usize, positions: &[f64]) -> Vec<f64> {
 pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f64> {
     let cols: Vec<f64> = (0..grid * grid).map(|i| (i % grid) as f64).collect();
     let rows: Vec<f64> = (0..grid * grid).map(|i| (i / grid) as f64).collect();
-    let a = sincos_1d(dim / 2, &cols);
-    let b = sincos_1d(dim / 2, &rows);
+    sincos_2d_at(dim, &cols, &rows)
+}
+
+/// 2D sin-cos rows (len, dim) for positions with column coordinates `cols` and row coordinates `rows`: the
+/// first half of each row encodes the column, the second half the row.
+pub fn sincos_2d_at(dim: usize, cols: &[f64], rows: &[f64]) -> Vec<f64> {
     let half = dim / 2;
-    (0..grid * grid)
+    let (a, b) = (sincos_1d(half, cols), sincos_1d(half, rows));
+    (0..cols.len())
         .flat_map(|i| {
             a[i * half..(i + 1) * half]
                 .iter()

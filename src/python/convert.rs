@@ -1,9 +1,13 @@
-//! NumPy / DLPack arrays in, NumPy arrays out.
+//! The conversions every binding shares: NumPy / DLPack arrays in, NumPy arrays out; state dicts both ways;
+//! dicts as JSON; the float and integer checks of array arguments.
+
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use numpy::{PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use super::IntoPy;
 
@@ -98,4 +102,64 @@ pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>>
             .into_any()
     };
     Ok(arr)
+}
+
+/// A floating-point array argument; integers and booleans raise `TypeError` naming `arg`.
+pub fn float_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
+    let t = to_tensor(obj, arg)?;
+    if !t.dtype().is_float() {
+        return Err(PyTypeError::new_err(format!(
+            "{arg}: expected a floating-point array, got {:?}",
+            t.dtype()
+        )));
+    }
+    Ok(t)
+}
+
+/// An integer array argument (labels, token ids, step indices); floats raise `TypeError` naming `arg`.
+pub fn int_tensor(obj: &Bound<'_, PyAny>, arg: &str, what: &str) -> PyResult<Tensor> {
+    let t = to_tensor(obj, arg)?;
+    if t.dtype().is_float() {
+        return Err(PyTypeError::new_err(format!(
+            "{arg}: expected {what}, got {:?}",
+            t.dtype()
+        )));
+    }
+    Ok(t)
+}
+
+/// A state dict as a Python dict of NumPy arrays (copies).
+pub fn state_dict_to_py<'py>(py: Python<'py>, state: &BTreeMap<String, Tensor>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, t) in state {
+        d.set_item(name, to_numpy(py, t)?)?;
+    }
+    Ok(d)
+}
+
+/// A Python dict of arrays (NumPy, torch, ...) by name as tensors; `arg` names the argument in errors, and
+/// every value must be a float array.
+pub fn state_dict_from_py(dict: &Bound<'_, PyDict>, arg: &str) -> PyResult<HashMap<String, Tensor>> {
+    let mut map = HashMap::new();
+    for (k, v) in dict.iter() {
+        let name: String = k
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("{arg}: keys must be parameter names (str)")))?;
+        let t = float_tensor(&v, &format!("{arg}[{name:?}]"))?;
+        map.insert(name, t);
+    }
+    Ok(map)
+}
+
+/// A Python dict (of JSON-able values) as JSON text, for configs parsed by serde in the core.
+pub fn dict_to_json(py: Python<'_>, dict: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+    match dict {
+        Some(d) => py.import("json")?.call_method1("dumps", (d,))?.extract(),
+        None => Ok("{}".into()),
+    }
+}
+
+/// JSON text as a Python object (dicts, lists, numbers, strings).
+pub fn json_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (text,))
 }

@@ -1,38 +1,17 @@
 //! `GaussianDiffusion` as a Python class (the process Latte trains with, as DiT's `create_diffusion`).
 
-use candle_core::Tensor;
 use numpy::{PyArray1, PyArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{to_numpy, to_tensor};
-use super::model::PyLatteModel;
-use super::sampling::{predict, prepare, run_with_progress};
+use super::convert::{float_tensor, int_tensor, to_numpy};
+use super::sampling::{condition, denoiser, run, SampleInputs};
 use super::IntoPy;
-use crate::diffusion::{
-    named_beta_schedule, space_timesteps, BetaSchedule, GaussianDiffusion, LossType, MeanType, Sampler, VarType,
-};
-
-fn float_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
-    let t = to_tensor(obj, arg)?;
-    if !t.dtype().is_float() {
-        return Err(PyTypeError::new_err(format!(
-            "{arg}: expected a floating-point array, got {:?}",
-            t.dtype()
-        )));
-    }
-    Ok(t)
-}
+use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, SamplingOptions};
 
 fn timesteps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
-    let t = to_tensor(obj, "t")?;
-    if t.dtype().is_float() {
-        return Err(PyTypeError::new_err(format!(
-            "t: expected integer step indices, got {:?}",
-            t.dtype()
-        )));
-    }
+    let t = int_tensor(obj, "t", "integer step indices")?;
     if t.rank() != 1 {
         return Err(PyValueError::new_err(format!(
             "t: expected shape (B,), got {:?}",
@@ -83,30 +62,19 @@ impl PyGaussianDiffusion {
         beta_start: f64,
         beta_end: f64,
     ) -> PyResult<Self> {
-        let schedule = BetaSchedule::parse(noise_schedule).py()?;
-        let betas = named_beta_schedule(schedule, diffusion_steps, beta_start, beta_end).py()?;
-        let mean_type = match prediction_type {
-            "epsilon" => MeanType::Epsilon,
-            "sample" => MeanType::StartX,
-            "v_prediction" => MeanType::Velocity,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "prediction_type: expected \"epsilon\", \"sample\" or \"v_prediction\", got {other:?}"
-                )))
-            }
+        let opts = DiffusionOptions {
+            timestep_respacing: timestep_respacing.into(),
+            noise_schedule: noise_schedule.into(),
+            learn_sigma,
+            sigma_small,
+            prediction_type: prediction_type.into(),
+            rescale_learned_sigmas,
+            use_kl,
+            diffusion_steps,
+            beta_start,
+            beta_end,
         };
-        let var_type = match (learn_sigma, sigma_small) {
-            (true, _) => VarType::LearnedRange,
-            (false, true) => VarType::FixedSmall,
-            (false, false) => VarType::FixedLarge,
-        };
-        let loss_type = match (use_kl, rescale_learned_sigmas) {
-            (true, _) => LossType::RescaledKl,
-            (false, true) => LossType::RescaledMse,
-            (false, false) => LossType::Mse,
-        };
-        let keep = space_timesteps(diffusion_steps, timestep_respacing).py()?;
-        let inner = GaussianDiffusion::spaced(betas, &keep, mean_type, var_type, loss_type).py()?;
+        let inner = GaussianDiffusion::create(&opts).py()?;
         Ok(Self { inner })
     }
 
@@ -276,11 +244,11 @@ impl PyGaussianDiffusion {
         model, num_samples = 1, noise = None, y = None, cfg_scale = 1.0, sampler = "ddpm", eta = 0.0, seed = 0,
         clip_denoised = false, callback = None,
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // the official sampler's keywords, one by one
     fn sample<'py>(
         &self,
         py: Python<'py>,
-        model: &PyLatteModel,
+        model: &Bound<'py, PyAny>,
         num_samples: usize,
         noise: Option<&Bound<'py, PyAny>>,
         y: Option<&Bound<'py, PyAny>>,
@@ -291,28 +259,21 @@ impl PyGaussianDiffusion {
         clip_denoised: bool,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sampler = match sampler {
-            "ddpm" => Sampler::Ddpm,
-            "ddim" => Sampler::Ddim { eta },
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "sampler: expected \"ddpm\" or \"ddim\", got {other:?}"
-                )))
-            }
+        let kind = SamplerKind::parse(sampler).py()?;
+        let scheduler = Box::new(DiffusionSampler::new(self.inner.clone(), kind, clip_denoised));
+        let inputs = SampleInputs {
+            noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
+            num_samples,
+            latent_shape: None,
+            cond: condition(y, None, None, None)?,
+            opts: SamplingOptions {
+                guidance_scale: cfg_scale,
+                eta,
+                ..SamplingOptions::default()
+            },
+            seed,
         };
-        let net = &model.inner;
-        let mut p = prepare(net, num_samples, noise, y, cfg_scale, seed)?;
-        let (labels, guided, noise) = (p.labels.clone(), p.guided, p.noise.clone());
-        let out = run_with_progress(py, callback, |progress| {
-            let run_model = |x: &Tensor, t: &[usize]| -> crate::error::Result<Tensor> {
-                let t = Tensor::from_vec(t.iter().map(|&v| v as u32).collect::<Vec<_>>(), t.len(), x.device())?;
-                predict(net, labels.as_ref(), guided, cfg_scale, x, t)
-            };
-            self.inner
-                .sample_loop(run_model, noise, sampler, clip_denoised, &mut p.rng, progress)
-        })?;
-        let out = if guided { out.narrow(0, 0, p.batch).py()? } else { out };
-        to_numpy(py, &out)
+        run(py, denoiser(model)?, scheduler, inputs, callback)
     }
 
     fn __repr__(&self) -> String {

@@ -53,13 +53,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<diffusion::PyGaussianDiffusion>()?;
     m.add_class::<schedulers::PyGenerator>()?;
     m.add_class::<schedulers::PyScheduler>()?;
-    m.add_class::<schedulers::PyEulerScheduler>()?;
-    m.add_class::<schedulers::PyDpmSolverScheduler>()?;
     m.add_class::<train::PyTrainer>()?;
     m.add_class::<vae::PyVideoVae>()?;
     m.add_class::<i3d::PyI3d>()?;
     m.add_class::<t2v::PyLatteT2V>()?;
     m.add_class::<t2v::PyT5>()?;
-    m.add_function(wrap_pyfunction!(sampling::sample_with_scheduler, m)?)?;
+    m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
     Ok(())
 }

@@ -1,18 +1,16 @@
 //! `LatteConfig` and `LatteModel` as Python classes.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::DType;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 use serde_json::Value;
 
-use super::convert::{to_numpy, to_tensor};
+use super::convert::{dict_to_json, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
 use super::IntoPy;
-use crate::config::LatteConfig;
-use crate::model::{parse_device, LatteModel};
+use crate::config::{latent_size, LatteConfig};
+use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, LatteModel};
 
 fn py_to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
     if obj.is_instance_of::<PyBool>() {
@@ -62,12 +60,7 @@ fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> Py
             let size: usize = v
                 .extract()
                 .map_err(|_| PyTypeError::new_err("image_size: expected an int"))?;
-            if size == 0 || size % 8 != 0 {
-                return Err(PyValueError::new_err(format!(
-                    "image_size: expected a positive multiple of 8 (the VAE downsamples by 8), got {size}"
-                )));
-            }
-            value["input_size"] = Value::from(size / 8);
+            value["input_size"] = Value::from(latent_size(size).py()?);
             continue;
         }
         if !fields.contains(&key) {
@@ -210,27 +203,6 @@ impl PyLatteConfig {
     }
 }
 
-pub(crate) fn parse_dtype(s: &str) -> PyResult<DType> {
-    match s {
-        "float32" | "f32" => Ok(DType::F32),
-        "float64" | "f64" => Ok(DType::F64),
-        "bfloat16" | "bf16" => Ok(DType::BF16),
-        "float16" | "f16" => Ok(DType::F16),
-        _ => Err(PyValueError::new_err(format!(
-            "dtype: expected \"float32\", \"float64\", \"bfloat16\" or \"float16\", got {s:?}"
-        ))),
-    }
-}
-
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F64 => "float64",
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        _ => "float32",
-    }
-}
-
 /// A Latte model on a device, with its parameters.
 #[pyclass(name = "LatteModel", module = "latte_rs", frozen)]
 pub struct PyLatteModel {
@@ -243,7 +215,7 @@ impl PyLatteModel {
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
     fn new(py: Python<'_>, config: &PyLatteConfig, device: &str, seed: u64, dtype: &str) -> PyResult<Self> {
         let device = parse_device(device).py()?;
-        let dtype = parse_dtype(dtype)?;
+        let dtype = parse_dtype(dtype).py()?;
         let cfg = config.inner.clone();
         let inner = py.detach(|| LatteModel::new(&cfg, &device, dtype, seed)).py()?;
         Ok(Self { inner })
@@ -263,9 +235,8 @@ impl PyLatteModel {
         let t = to_tensor(t, "t")?;
         let y = y.map(|v| to_tensor(v, "y")).transpose()?;
         let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
-        let out = py
-            .detach(|| self.inner.forward(&x, &t, y.as_ref(), y_image.as_ref()))
-            .py()?;
+        let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
+        let out = py.detach(|| self.inner.forward(&x, &t, &cond)).py()?;
         to_numpy(py, &out)
     }
 
@@ -308,11 +279,7 @@ impl PyLatteModel {
 
     /// Every parameter by its official name, as NumPy arrays (copies).
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (name, t) in self.inner.state_dict() {
-            d.set_item(name, to_numpy(py, &t)?)?;
-        }
-        Ok(d)
+        state_dict_to_py(py, &self.inner.state_dict())
     }
 
     /// Loads parameters by name; returns (missing_keys, unexpected_keys). Raises ValueError listing missing,
@@ -324,20 +291,7 @@ impl PyLatteModel {
         state_dict: &Bound<'_, PyDict>,
         strict: bool,
     ) -> PyResult<(Vec<String>, Vec<String>)> {
-        let mut map = HashMap::new();
-        for (k, v) in state_dict.iter() {
-            let name: String = k
-                .extract()
-                .map_err(|_| PyTypeError::new_err("state_dict: keys must be str"))?;
-            let t = to_tensor(&v, &format!("state_dict[{name:?}]"))?;
-            if !t.dtype().is_float() {
-                return Err(PyTypeError::new_err(format!(
-                    "state_dict[{name:?}]: expected a floating-point array, got {:?}",
-                    t.dtype()
-                )));
-            }
-            map.insert(name, t);
-        }
+        let map = state_dict_from_py(state_dict, "state_dict")?;
         let report = py.detach(|| self.inner.load_state_dict(&map, strict)).py()?;
         Ok((report.missing, report.unexpected))
     }
@@ -358,16 +312,11 @@ impl PyLatteModel {
         preset: Option<String>,
         use_ema: bool,
         device: &str,
-        overrides: Option<&Bound<'_, pyo3::types::PyDict>>,
+        overrides: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let device = parse_device(device).py()?;
-        let overrides: serde_json::Map<String, serde_json::Value> = match overrides {
-            Some(d) => {
-                let text: String = py.import("json")?.call_method1("dumps", (d,))?.extract()?;
-                serde_json::from_str(&text).map_err(|e| pyo3::exceptions::PyTypeError::new_err(e.to_string()))?
-            }
-            None => Default::default(),
-        };
+        let overrides: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&dict_to_json(py, overrides)?).map_err(|e| PyTypeError::new_err(e.to_string()))?;
         let (inner, _) = py
             .detach(|| LatteModel::from_checkpoint(&path, preset.as_deref(), use_ema, &overrides, &device))
             .py()?;
@@ -392,11 +341,7 @@ impl PyLatteModel {
 
     #[getter]
     fn device(&self) -> String {
-        match self.inner.device().location() {
-            candle_core::DeviceLocation::Cpu => "cpu".into(),
-            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-            other => format!("{other:?}"),
-        }
+        device_name(self.inner.device())
     }
 
     #[getter]

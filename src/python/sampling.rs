@@ -1,112 +1,22 @@
-//! What every sampling entry point shares: the starting noise, labels and guidance batch, the model call, and
-//! running the loop without the GIL while reporting progress (and honouring Ctrl-C) through a Python callback.
+//! `sample`: the core's sampling loop for any model and any scheduler, run without the GIL while progress (and
+//! Ctrl-C) go through a Python callback. The arguments are converted here; every decision is the core's.
 
 use std::sync::{Mutex, PoisonError};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::convert::{to_numpy, to_tensor};
+use super::convert::{float_tensor, int_tensor, to_numpy, to_tensor};
+use super::diffusion::PyGaussianDiffusion;
 use super::model::PyLatteModel;
-use super::schedulers::{PyDpmSolverScheduler, PyEulerScheduler, PyScheduler};
+use super::schedulers::PyScheduler;
+use super::t2v::PyLatteT2V;
 use super::IntoPy;
-use crate::diffusion::{sample_with_scheduler as run_scheduler, NoiseScheduler};
+use crate::diffusion::{self, DiffusionSampler, SamplerKind, SamplingOptions, Scheduler};
 use crate::error::{LatteError, Result};
-use crate::model::LatteModel;
+use crate::model::{Condition, Denoiser};
 use crate::rng::Generator;
-
-/// The inputs of a sampling run, with guidance's doubled batch already made.
-pub(crate) struct Prepared {
-    pub noise: Tensor,
-    pub labels: Option<Tensor>,
-    pub guided: bool,
-    /// Clips asked for (the first half of a guided batch).
-    pub batch: usize,
-    pub rng: Generator,
-}
-
-pub(crate) fn prepare(
-    net: &LatteModel,
-    num_samples: usize,
-    noise: Option<&Bound<'_, PyAny>>,
-    y: Option<&Bound<'_, PyAny>>,
-    cfg_scale: f64,
-    seed: u64,
-) -> PyResult<Prepared> {
-    let cfg = net.config();
-    if !(cfg_scale.is_finite() && cfg_scale >= 1.0) {
-        return Err(PyValueError::new_err(format!(
-            "cfg_scale: expected a number >= 1, got {cfg_scale}"
-        )));
-    }
-    let guided = cfg_scale > 1.0;
-    if guided && cfg.label_table_rows() <= cfg.num_classes {
-        return Err(PyValueError::new_err(
-            "cfg_scale > 1 needs a class-conditional model with a null class (num_classes > 0, class_dropout_prob > 0)",
-        ));
-    }
-    let mut rng = Generator::new(seed);
-    let noise = match noise {
-        Some(n) => {
-            let t = to_tensor(n, "noise")?;
-            if !t.dtype().is_float() {
-                return Err(PyTypeError::new_err(format!(
-                    "noise: expected a floating-point array, got {:?}",
-                    t.dtype()
-                )));
-            }
-            t.to_dtype(net.dtype()).py()?
-        }
-        None => {
-            if num_samples == 0 {
-                return Err(PyValueError::new_err("num_samples: expected at least 1, got 0"));
-            }
-            let dims = [
-                num_samples,
-                cfg.num_frames,
-                cfg.in_channels,
-                cfg.input_size,
-                cfg.input_size,
-            ];
-            rng.randn(&dims, net.dtype(), net.device()).py()?
-        }
-    };
-    let batch = noise.dims().first().copied().unwrap_or(0);
-    let labels = y.map(|y| to_tensor(y, "y")).transpose()?;
-    // Guidance runs the batch twice, the second half with the null class (as the official sampler).
-    let (noise, labels) = if guided {
-        let y = labels.ok_or_else(|| PyValueError::new_err("y: labels are required for guidance"))?;
-        let null = Tensor::full(cfg.num_classes as i64, batch, y.device()).py()?;
-        let y2 = Tensor::cat(&[&y.to_dtype(DType::I64).py()?, &null], 0).py()?;
-        (Tensor::cat(&[&noise, &noise], 0).py()?, Some(y2))
-    } else {
-        (noise, labels)
-    };
-    Ok(Prepared {
-        noise,
-        labels,
-        guided,
-        batch,
-        rng,
-    })
-}
-
-/// The model's output at `x` for timesteps `t` (one per clip), guided when the run is.
-pub(crate) fn predict(
-    net: &LatteModel,
-    p_labels: Option<&Tensor>,
-    guided: bool,
-    cfg_scale: f64,
-    x: &Tensor,
-    t: Tensor,
-) -> Result<Tensor> {
-    if guided {
-        net.forward_with_cfg(x, &t, p_labels, cfg_scale)
-    } else {
-        net.forward(x, &t, p_labels, None)
-    }
-}
 
 /// Runs `body` without the GIL, handing it a progress function that calls `callback(done, total)` and checks
 /// for Ctrl-C; a Python exception from either stops the run and is raised as it was.
@@ -137,57 +47,156 @@ pub(crate) fn run_with_progress<T: Send>(
     result.py()
 }
 
-/// Samples with a diffusers-style scheduler (`scheduler` is the `_native` core of one), every step in Rust.
-/// The model's prediction channels (the first `in_channels`; a learned variance is dropped, as LattePipeline
-/// does) drive the scheduler. See `latte_rs.sample`.
-#[pyfunction]
-#[pyo3(signature = (model, scheduler, num_inference_steps, num_samples = 1, noise = None, y = None, cfg_scale = 1.0, seed = 0, callback = None))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sample_with_scheduler<'py>(
+/// The model argument: a `LatteModel` or a `LatteT2VTransformer`.
+pub(crate) fn denoiser(model: &Bound<'_, PyAny>) -> PyResult<Box<dyn Denoiser>> {
+    if let Ok(m) = model.extract::<PyRef<PyLatteModel>>() {
+        return Ok(Box::new(m.inner.clone()));
+    }
+    if let Ok(m) = model.extract::<PyRef<PyLatteT2V>>() {
+        return Ok(Box::new(m.inner.clone()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "model: expected a LatteModel or a LatteT2VTransformer, got {}",
+        model.get_type()
+    )))
+}
+
+/// The scheduler argument: the native core of a latte-rs scheduler (copied, so the caller's keeps its state), or
+/// a `GaussianDiffusion` sampled as the official code (`sampler` "ddpm" or "ddim").
+fn scheduler(obj: &Bound<'_, PyAny>, sampler: &str, clip_denoised: bool) -> PyResult<Box<dyn Scheduler>> {
+    if let Ok(s) = obj.extract::<PyRef<PyScheduler>>() {
+        return Ok(s.inner.clone());
+    }
+    if let Ok(d) = obj.extract::<PyRef<PyGaussianDiffusion>>() {
+        let kind = SamplerKind::parse(sampler).py()?;
+        return Ok(Box::new(DiffusionSampler::new(d.inner.clone(), kind, clip_denoised)));
+    }
+    Err(PyTypeError::new_err(format!(
+        "scheduler: expected a GaussianDiffusion or a latte-rs scheduler (DDPM, DDIM, Euler, DPM-Solver), got {}",
+        obj.get_type()
+    )))
+}
+
+/// The condition from the keyword arguments: class labels, or text embeddings, or nothing.
+pub(crate) fn condition(
+    y: Option<&Bound<'_, PyAny>>,
+    y_image: Option<&Bound<'_, PyAny>>,
+    text: Option<&Bound<'_, PyAny>>,
+    mask: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Condition> {
+    match (y, text) {
+        (Some(_), Some(_)) => Err(PyValueError::new_err(
+            "y / encoder_hidden_states: pass class labels or a prompt's embeddings, not both",
+        )),
+        (_, Some(t)) => Ok(Condition::Text {
+            embeddings: float_tensor(t, "encoder_hidden_states")?,
+            mask: mask.map(|m| to_tensor(m, "encoder_attention_mask")).transpose()?,
+        }),
+        (y, None) => {
+            let y = y.map(|v| int_tensor(v, "y", "integer class labels")).transpose()?;
+            let y_image = y_image
+                .map(|v| int_tensor(v, "y_image", "integer class labels"))
+                .transpose()?;
+            Condition::from_labels(y.as_ref(), y_image.as_ref()).py()
+        }
+    }
+}
+
+/// What a sampling run needs besides the model and the scheduler, converted from the Python arguments.
+pub(crate) struct SampleInputs {
+    pub noise: Option<Tensor>,
+    pub num_samples: usize,
+    /// The starting noise's shape when it is drawn (its batch is `num_samples`); None: the model's own size.
+    pub latent_shape: Option<Vec<usize>>,
+    pub cond: Condition,
+    pub opts: SamplingOptions,
+    pub seed: u64,
+}
+
+/// Runs the core's loop on converted inputs and returns the latents as a NumPy array.
+pub(crate) fn run<'py>(
     py: Python<'py>,
-    model: &PyLatteModel,
-    scheduler: &Bound<'py, PyAny>,
-    num_inference_steps: usize,
-    num_samples: usize,
-    noise: Option<&Bound<'py, PyAny>>,
-    y: Option<&Bound<'py, PyAny>>,
-    cfg_scale: f64,
-    seed: u64,
+    model: Box<dyn Denoiser>,
+    mut scheduler: Box<dyn Scheduler>,
+    inputs: SampleInputs,
     callback: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // A copy of the scheduler runs the loop, so the caller's object keeps its state.
-    let mut sched: Box<dyn NoiseScheduler + Send> = if let Ok(s) = scheduler.extract::<PyRef<PyScheduler>>() {
-        Box::new(s.inner.clone())
-    } else if let Ok(s) = scheduler.extract::<PyRef<PyEulerScheduler>>() {
-        Box::new(s.inner.clone())
-    } else if let Ok(s) = scheduler.extract::<PyRef<PyDpmSolverScheduler>>() {
-        Box::new(s.inner.clone())
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "scheduler: expected a latte-rs scheduler (DDPM, DDIM, Euler, DPM-Solver), got {}",
-            scheduler.get_type()
-        )));
-    };
-    let net = &model.inner;
-    let channels = net.config().in_channels;
-    let mut p = prepare(net, num_samples, noise, y, cfg_scale, seed)?;
-    let (labels, guided) = (p.labels.clone(), p.guided);
-    let noise = p.noise.clone();
     let out = run_with_progress(py, callback, |progress| {
-        let model_fn = |x: &Tensor, t: f64| -> Result<Tensor> {
-            let ts = Tensor::full(t as f32, x.dim(0)?, x.device())?;
-            let out = predict(net, labels.as_ref(), guided, cfg_scale, x, ts)?;
-            Ok(out.narrow(2, 0, channels)?)
+        let mut rng = Generator::new(inputs.seed);
+        let noise = match inputs.noise {
+            Some(n) => n,
+            None => {
+                let mut dims = inputs
+                    .latent_shape
+                    .unwrap_or_else(|| model.latent_shape(inputs.num_samples));
+                if let Some(b) = dims.first_mut() {
+                    *b = inputs.num_samples;
+                }
+                diffusion::draw_noise(model.as_ref(), &dims, &mut rng)?
+            }
         };
-        run_scheduler(
-            sched.as_mut(),
-            num_inference_steps,
-            noise,
-            model_fn,
-            &mut p.rng,
+        diffusion::sample(
+            model.as_ref(),
+            scheduler.as_mut(),
+            &noise,
+            &inputs.cond,
+            &inputs.opts,
+            &mut rng,
             progress,
         )
     })?;
-    let out = if guided { out.narrow(0, 0, p.batch).py()? } else { out };
     to_numpy(py, &out)
+}
+
+/// Generates latents with any model and any scheduler, every step in Rust (see `latte_rs.sample` and the
+/// pipelines). Without `noise`, the starting noise of `num_samples` clips at the model's size (or `latent_shape`)
+/// is drawn from `seed`; every step's noise comes from the same generator.
+#[pyfunction]
+#[pyo3(signature = (
+    model, scheduler, *, noise = None, num_samples = 1, latent_shape = None, y = None, y_image = None,
+    encoder_hidden_states = None, negative_encoder_hidden_states = None, encoder_attention_mask = None,
+    negative_encoder_attention_mask = None, guidance_scale = 1.0, eta = 0.0, num_inference_steps = None,
+    sampler = "ddpm", clip_denoised = false, seed = 0, callback = None,
+))]
+#[allow(clippy::too_many_arguments)] // the Python keywords, one by one
+pub(crate) fn sample<'py>(
+    py: Python<'py>,
+    model: &Bound<'py, PyAny>,
+    scheduler: &Bound<'py, PyAny>,
+    noise: Option<&Bound<'py, PyAny>>,
+    num_samples: usize,
+    latent_shape: Option<Vec<usize>>,
+    y: Option<&Bound<'py, PyAny>>,
+    y_image: Option<&Bound<'py, PyAny>>,
+    encoder_hidden_states: Option<&Bound<'py, PyAny>>,
+    negative_encoder_hidden_states: Option<&Bound<'py, PyAny>>,
+    encoder_attention_mask: Option<&Bound<'py, PyAny>>,
+    negative_encoder_attention_mask: Option<&Bound<'py, PyAny>>,
+    guidance_scale: f64,
+    eta: f64,
+    num_inference_steps: Option<usize>,
+    sampler: &str,
+    clip_denoised: bool,
+    seed: u64,
+    callback: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let model = denoiser(model)?;
+    let scheduler = self::scheduler(scheduler, sampler, clip_denoised)?;
+    let uncond = negative_encoder_hidden_states
+        .map(|t| condition(None, None, Some(t), negative_encoder_attention_mask))
+        .transpose()?;
+    let inputs = SampleInputs {
+        noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
+        num_samples,
+        latent_shape,
+        cond: condition(y, y_image, encoder_hidden_states, encoder_attention_mask)?,
+        opts: SamplingOptions {
+            num_inference_steps,
+            guidance_scale,
+            uncond,
+            eta,
+        },
+        seed,
+    };
+    run(py, model, scheduler, inputs, callback)
 }

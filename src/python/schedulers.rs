@@ -1,14 +1,16 @@
-//! The native scheduler and generator classes; `latte_rs.schedulers` wraps them in diffusers' API.
+//! The native generator and scheduler classes; `latte_rs.schedulers` wraps the scheduler in diffusers' API.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
-use numpy::{PyArray1, PyArrayMethods};
-use pyo3::exceptions::PyValueError;
+use candle_core::{DType, Device, Tensor};
+use numpy::PyArray1;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::convert::{to_numpy, to_tensor};
+use super::convert::{float_tensor, to_numpy, to_tensor};
 use super::IntoPy;
-use crate::diffusion::{DpmSolverScheduler, EulerScheduler, NoiseScheduler, Scheduler, SchedulerConfig, SchedulerKind};
+use crate::diffusion::schedulers::{by_kind, Churn, Noise, NoiseSource, Scheduler, SchedulerConfig, StepOptions};
+use crate::error::{LatteError, Result};
 use crate::rng::Generator;
 
 /// A seeded random generator (ChaCha8): the same seed gives the same numbers on every platform.
@@ -18,8 +20,14 @@ use crate::rng::Generator;
 /// (2, 3)
 #[pyclass(name = "Generator", module = "latte_rs")]
 pub struct PyGenerator {
-    inner: Mutex<Generator>,
+    pub(crate) inner: Mutex<Generator>,
     seed: u64,
+}
+
+impl PyGenerator {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Generator> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[pymethods]
@@ -47,160 +55,112 @@ impl PyGenerator {
 
     /// Standard normal float32 draws of the given shape.
     fn randn<'py>(&self, py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyAny>> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = {
-            let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            g.normal(n, 0.0, 1.0).into_iter().map(|v| v as f32).collect()
-        };
-        Ok(PyArray1::from_vec(py, values).reshape(shape)?.into_any())
+        let t = self.lock().randn(&shape, DType::F32, &Device::Cpu).py()?;
+        to_numpy(py, &t)
     }
 }
 
-/// A diffusers scheduler config from the JSON the Python wrappers pass.
-fn parse_config(config_json: &str) -> PyResult<SchedulerConfig> {
-    serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))
+/// Any Python object with a `randn(shape)` method (e.g. a recorded stream in a test) as a noise source.
+struct PyNoise<'a, 'py>(&'a Bound<'py, PyAny>);
+
+impl NoiseSource for PyNoise<'_, '_> {
+    fn randn(&mut self, dims: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let drawn = self
+            .0
+            .call_method1("randn", (dims.to_vec(),))
+            .and_then(|z| float_tensor(&z, "generator.randn(...)"))
+            .map_err(|e| LatteError::Value(format!("generator: {e}")))?;
+        Ok(drawn.to_dtype(dtype)?.to_device(device)?)
+    }
 }
 
-fn config_to_json(config: &SchedulerConfig) -> PyResult<String> {
-    serde_json::to_string(config).map_err(|e| PyValueError::new_err(e.to_string()))
+/// The noise of a step from diffusers' `generator` / `variance_noise` arguments.
+fn run_step<R>(
+    generator: Option<&Bound<'_, PyAny>>,
+    variance_noise: Option<&Tensor>,
+    body: impl FnOnce(Noise) -> Result<R>,
+) -> PyResult<R> {
+    if let Some(z) = variance_noise {
+        if generator.is_some() {
+            return Err(PyValueError::new_err(
+                "step: pass either generator or variance_noise, not both",
+            ));
+        }
+        return body(Noise::Given(z)).py();
+    }
+    match generator {
+        None => body(Noise::None).py(),
+        Some(g) => match g.extract::<PyRef<PyGenerator>>() {
+            Ok(native) => body(Noise::Source(&mut *native.lock())).py(),
+            Err(_) if g.hasattr("randn")? => body(Noise::Source(&mut PyNoise(g))).py(),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "generator: expected a latte_rs.Generator (or an object with randn(shape)), got {}",
+                g.get_type()
+            ))),
+        },
+    }
 }
 
-/// A DDPM or DDIM scheduler core (use `latte_rs.DDPMScheduler` / `latte_rs.DDIMScheduler`).
+/// The Rust core of every diffusers-style scheduler (use `latte_rs.DDPMScheduler`, `DDIMScheduler`,
+/// `EulerDiscreteScheduler`, `DPMSolverMultistepScheduler`).
 #[pyclass(name = "Scheduler", module = "latte_rs._native")]
 pub struct PyScheduler {
-    pub(crate) inner: Scheduler,
+    pub(crate) inner: Box<dyn Scheduler>,
+}
+
+impl PyScheduler {
+    fn config(&self) -> PyResult<&SchedulerConfig> {
+        self.inner
+            .config()
+            .ok_or_else(|| PyValueError::new_err("this scheduler has no diffusers config"))
+    }
 }
 
 #[pymethods]
 impl PyScheduler {
+    /// `kind`: "ddpm", "ddim", "euler" or "dpmsolver"; `config_json`: diffusers' config keys.
     #[new]
     fn new(kind: &str, config_json: &str) -> PyResult<Self> {
-        let kind = match kind {
-            "ddpm" => SchedulerKind::Ddpm,
-            "ddim" => SchedulerKind::Ddim,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "kind: expected \"ddpm\" or \"ddim\", got {other:?}"
-                )))
-            }
-        };
+        let config: SchedulerConfig =
+            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
         Ok(Self {
-            inner: Scheduler::new(kind, parse_config(config_json)?).py()?,
+            inner: by_kind(kind, config).py()?,
         })
     }
 
     /// The full config (with keys this crate does not use) as JSON.
     fn config_json(&self) -> PyResult<String> {
-        config_to_json(&self.inner.config)
+        serde_json::to_string(self.config()?).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
         self.inner.set_timesteps(num_inference_steps).py()
     }
 
+    /// The schedule's timesteps (int64, or float32 for Euler, as diffusers).
     #[getter]
-    fn timesteps<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        PyArray1::from_vec(py, self.inner.timesteps().to_vec())
-    }
-
-    #[getter]
-    fn num_inference_steps(&self) -> Option<usize> {
-        self.inner.num_inference_steps()
-    }
-
-    #[getter]
-    fn alphas_cumprod<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        PyArray1::from_vec(py, self.inner.alphas_cumprod().to_vec())
-    }
-
-    #[getter]
-    fn init_noise_sigma(&self) -> f64 {
-        self.inner.init_noise_sigma()
-    }
-
-    /// Whether `step` at `timestep` with `eta` draws noise.
-    fn needs_noise(&self, timestep: i64, eta: f64) -> bool {
-        match self.inner.kind {
-            SchedulerKind::Ddpm => timestep > 0,
-            SchedulerKind::Ddim => eta > 0.0,
+    fn timesteps<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let t = self.inner.timesteps();
+        if self.inner.name() == "EulerDiscreteScheduler" {
+            PyArray1::from_vec(py, t.iter().map(|&v| v as f32).collect()).into_any()
+        } else {
+            PyArray1::from_vec(py, t.iter().map(|&v| v as i64).collect()).into_any()
         }
     }
 
-    /// One step: (prev_sample, pred_original_sample).
-    #[pyo3(signature = (model_output, timestep, sample, noise = None, eta = 0.0, use_clipped_model_output = false))]
-    #[allow(clippy::too_many_arguments)]
-    fn step<'py>(
-        &self,
-        py: Python<'py>,
-        model_output: &Bound<'py, PyAny>,
-        timestep: i64,
-        sample: &Bound<'py, PyAny>,
-        noise: Option<&Bound<'py, PyAny>>,
-        eta: f64,
-        use_clipped_model_output: bool,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let out = to_tensor(model_output, "model_output")?;
-        let sample = to_tensor(sample, "sample")?;
-        let noise = noise.map(|n| to_tensor(n, "noise")).transpose()?;
-        let r = py
-            .detach(|| {
-                self.inner
-                    .step(&out, timestep, &sample, noise.as_ref(), eta, use_clipped_model_output)
-            })
-            .py()?;
-        Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
-    }
-
-    fn add_noise<'py>(
-        &self,
-        py: Python<'py>,
-        original_samples: &Bound<'py, PyAny>,
-        noise: &Bound<'py, PyAny>,
-        timesteps: Vec<i64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor(original_samples, "original_samples")?;
-        let n = to_tensor(noise, "noise")?;
-        let out = py.detach(|| self.inner.add_noise(&x, &n, &timesteps)).py()?;
-        to_numpy(py, &out)
-    }
-}
-
-/// The Rust core of `latte_rs.EulerDiscreteScheduler`.
-#[pyclass(name = "EulerScheduler", module = "latte_rs._native")]
-pub struct PyEulerScheduler {
-    pub(crate) inner: EulerScheduler,
-}
-
-#[pymethods]
-impl PyEulerScheduler {
-    #[new]
-    fn new(config_json: &str) -> PyResult<Self> {
-        Ok(Self {
-            inner: EulerScheduler::new(parse_config(config_json)?).py()?,
-        })
-    }
-
-    fn config_json(&self) -> PyResult<String> {
-        config_to_json(&self.inner.config)
-    }
-
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
-        self.inner.set_timesteps(num_inference_steps).py()
-    }
-
-    #[getter]
-    fn timesteps<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        PyArray1::from_vec(py, self.inner.timesteps().to_vec())
-    }
-
-    #[getter]
-    fn sigmas<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        PyArray1::from_vec(py, self.inner.sigmas().to_vec())
-    }
-
     #[getter]
     fn num_inference_steps(&self) -> Option<usize> {
         self.inner.num_inference_steps()
+    }
+
+    #[getter]
+    fn alphas_cumprod<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
+        self.inner.alphas_cumprod().map(|a| PyArray1::from_slice(py, a))
+    }
+
+    #[getter]
+    fn sigmas<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
+        self.inner.sigmas().map(|s| PyArray1::from_slice(py, s))
     }
 
     #[getter]
@@ -212,113 +172,80 @@ impl PyEulerScheduler {
         &mut self,
         py: Python<'py>,
         sample: &Bound<'py, PyAny>,
-        timestep: f32,
+        timestep: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sample = to_tensor(sample, "sample")?;
+        let sample = float_tensor(sample, "sample")?;
         let out = self.inner.scale_model_input(&sample, timestep).py()?;
         to_numpy(py, &out)
     }
 
-    #[pyo3(signature = (model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, noise = None))]
-    #[allow(clippy::too_many_arguments)]
+    /// One step: (prev_sample, pred_original_sample). Stochastic steps take their noise from `variance_noise`,
+    /// else from `generator` (a `Generator`, or any object with `randn(shape)`).
+    #[pyo3(signature = (
+        model_output, timestep, sample, *, eta = 0.0, use_clipped_model_output = false, s_churn = 0.0,
+        s_tmin = 0.0, s_tmax = f64::INFINITY, s_noise = 1.0, generator = None, variance_noise = None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // diffusers' step keywords, one by one
     fn step<'py>(
         &mut self,
         py: Python<'py>,
         model_output: &Bound<'py, PyAny>,
-        timestep: f32,
+        timestep: f64,
         sample: &Bound<'py, PyAny>,
+        eta: f64,
+        use_clipped_model_output: bool,
         s_churn: f64,
         s_tmin: f64,
         s_tmax: f64,
         s_noise: f64,
-        noise: Option<&Bound<'py, PyAny>>,
+        generator: Option<&Bound<'py, PyAny>>,
+        variance_noise: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let out = to_tensor(model_output, "model_output")?;
-        let sample = to_tensor(sample, "sample")?;
-        let noise = noise.map(|n| to_tensor(n, "noise")).transpose()?;
-        let r = self
-            .inner
-            .step(
-                &out,
-                timestep,
-                &sample,
-                s_churn,
-                s_tmin,
-                s_tmax,
-                s_noise,
-                noise.as_ref(),
-            )
+        let sample = float_tensor(sample, "sample")?;
+        let out = float_tensor(model_output, "model_output")?
+            .to_dtype(sample.dtype())
             .py()?;
+        let variance_noise = variance_noise.map(|n| float_tensor(n, "variance_noise")).transpose()?;
+        let churn = Churn {
+            s_churn,
+            s_tmin,
+            s_tmax,
+            s_noise,
+        };
+        let scheduler = &mut self.inner;
+        let r = run_step(generator, variance_noise.as_ref(), |noise| {
+            let mut opts = StepOptions {
+                eta,
+                use_clipped_model_output,
+                churn,
+                noise,
+            };
+            scheduler.step(&out, timestep, &sample, &mut opts)
+        })?;
         Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
     }
 
+    /// q(x_t | x₀) at `timesteps`: one per sample, or one for the whole batch.
     fn add_noise<'py>(
         &self,
         py: Python<'py>,
         original_samples: &Bound<'py, PyAny>,
         noise: &Bound<'py, PyAny>,
-        timesteps: Vec<f32>,
+        timesteps: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor(original_samples, "original_samples")?;
-        let n = to_tensor(noise, "noise")?;
-        let out = self.inner.add_noise(&x, &n, &timesteps).py()?;
+        let x = float_tensor(original_samples, "original_samples")?;
+        let n = float_tensor(noise, "noise")?;
+        let t = to_tensor(timesteps, "timesteps")?
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F64)?.to_vec1::<f64>())
+            .py()?;
+        let out = py
+            .detach(|| self.inner.add_noise(&x, &n.to_dtype(x.dtype())?, &t))
+            .py()?;
         to_numpy(py, &out)
     }
-}
 
-/// The Rust core of `latte_rs.DPMSolverMultistepScheduler`.
-#[pyclass(name = "DpmSolverScheduler", module = "latte_rs._native")]
-pub struct PyDpmSolverScheduler {
-    pub(crate) inner: DpmSolverScheduler,
-}
-
-#[pymethods]
-impl PyDpmSolverScheduler {
-    #[new]
-    fn new(config_json: &str) -> PyResult<Self> {
-        Ok(Self {
-            inner: DpmSolverScheduler::new(parse_config(config_json)?).py()?,
-        })
-    }
-
-    fn config_json(&self) -> PyResult<String> {
-        config_to_json(&self.inner.config)
-    }
-
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
-        self.inner.set_timesteps(num_inference_steps).py()
-    }
-
-    #[getter]
-    fn timesteps<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        PyArray1::from_vec(py, self.inner.timesteps().to_vec())
-    }
-
-    #[getter]
-    fn sigmas<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        PyArray1::from_vec(py, self.inner.sigmas().to_vec())
-    }
-
-    #[getter]
-    fn num_inference_steps(&self) -> Option<usize> {
-        self.inner.num_inference_steps()
-    }
-
-    #[getter]
-    fn init_noise_sigma(&self) -> f64 {
-        NoiseScheduler::init_noise_sigma(&self.inner)
-    }
-
-    fn step<'py>(
-        &mut self,
-        py: Python<'py>,
-        model_output: &Bound<'py, PyAny>,
-        timestep: i64,
-        sample: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let out = to_tensor(model_output, "model_output")?;
-        let sample = to_tensor(sample, "sample")?;
-        let r = self.inner.step(&out, timestep, &sample).py()?;
-        Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.config()?.num_train_timesteps)
     }
 }

@@ -1,19 +1,15 @@
 //! `LatteT2VTransformer` as a Python class: diffusers' `LatteTransformer3DModel` (Latte-1) in Rust.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::DType;
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{to_numpy, to_tensor};
-use super::model::parse_dtype;
+use super::convert::{
+    dict_to_json, float_tensor, int_tensor, json_to_py, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor,
+};
 use super::IntoPy;
-use crate::model::parse_device;
-use crate::model::t2v::{LatteT2VConfig, LatteT2VModel};
-use crate::model::t5::T5EncoderModel;
+use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VConfig, LatteT2VModel, T5EncoderModel};
 
 /// The text-to-video Latte transformer (Latte-1), with diffusers' parameter names and config keys.
 ///
@@ -27,15 +23,7 @@ use crate::model::t5::T5EncoderModel;
 /// (1, 8, 3, 8, 8)
 #[pyclass(name = "LatteT2VTransformer", module = "latte_rs", frozen)]
 pub struct PyLatteT2V {
-    inner: LatteT2VModel,
-}
-
-fn config_from(py: Python<'_>, config: Option<&Bound<'_, PyDict>>) -> PyResult<LatteT2VConfig> {
-    let text = match config {
-        Some(d) => py.import("json")?.call_method1("dumps", (d,))?.extract::<String>()?,
-        None => "{}".into(),
-    };
-    LatteT2VConfig::from_json(&text).py()
+    pub(crate) inner: LatteT2VModel,
 }
 
 #[pymethods]
@@ -44,9 +32,9 @@ impl PyLatteT2V {
     #[new]
     #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32"))]
     fn new(py: Python<'_>, config: Option<&Bound<'_, PyDict>>, seed: u64, device: &str, dtype: &str) -> PyResult<Self> {
-        let cfg = config_from(py, config)?;
+        let cfg = LatteT2VConfig::from_json(&dict_to_json(py, config)?).py()?;
         let device = parse_device(device).py()?;
-        let dtype = parse_dtype(dtype)?;
+        let dtype = parse_dtype(dtype).py()?;
         let inner = py.detach(|| LatteT2VModel::new(&cfg, &device, dtype, seed)).py()?;
         Ok(Self { inner })
     }
@@ -57,7 +45,7 @@ impl PyLatteT2V {
     #[pyo3(signature = (path, device = "cpu", dtype = None))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
         let device = parse_device(device).py()?;
-        let dtype = dtype.map(parse_dtype).transpose()?;
+        let dtype = dtype.map(parse_dtype).transpose().py()?;
         let inner = py
             .detach(|| LatteT2VModel::from_pretrained(&path, &device, dtype))
             .py()?;
@@ -75,54 +63,40 @@ impl PyLatteT2V {
         encoder_hidden_states: &Bound<'py, PyAny>,
         enable_temporal_attentions: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor(hidden_states, "hidden_states")?;
+        let x = float_tensor(hidden_states, "hidden_states")?;
         let t = to_tensor(timestep, "timestep")?;
-        let c = to_tensor(encoder_hidden_states, "encoder_hidden_states")?;
-        for (name, v) in [("hidden_states", &x), ("encoder_hidden_states", &c)] {
-            if !v.dtype().is_float() {
-                return Err(PyTypeError::new_err(format!(
-                    "{name}: expected a floating-point array, got {:?}",
-                    v.dtype()
-                )));
-            }
-        }
-        let out = py
-            .detach(|| self.inner.forward(&x, &t, &c, enable_temporal_attentions))
-            .py()?;
+        let text = Condition::Text {
+            embeddings: float_tensor(encoder_hidden_states, "encoder_hidden_states")?,
+            mask: None,
+        };
+        let model = self.inner.with_temporal_attention(enable_temporal_attentions);
+        let out = py.detach(|| model.forward(&x, &t, &text)).py()?;
         to_numpy(py, &out)
+    }
+
+    /// The same transformer (sharing its parameters) with the temporal blocks on or off, as diffusers'
+    /// `enable_temporal_attentions`.
+    fn with_temporal_attentions(&self, enabled: bool) -> Self {
+        Self {
+            inner: self.inner.with_temporal_attention(enabled),
+        }
     }
 
     /// Every parameter by its diffusers name.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (name, t) in self.inner.state_dict() {
-            d.set_item(name, to_numpy(py, &t)?)?;
-        }
-        Ok(d)
+        state_dict_to_py(py, &self.inner.state_dict())
     }
 
     /// Loads parameters by name, strictly (missing, unexpected and mis-shaped keys are listed in a ValueError).
     fn load_state_dict(&self, state_dict: &Bound<'_, PyDict>) -> PyResult<()> {
-        let mut map = HashMap::new();
-        for (k, v) in state_dict.iter() {
-            let name: String = k
-                .extract()
-                .map_err(|_| PyTypeError::new_err("state_dict: keys must be str"))?;
-            map.insert(
-                name.clone(),
-                to_tensor(&v, &format!("state_dict[{name:?}]"))?
-                    .to_dtype(DType::F32)
-                    .py()?,
-            );
-        }
-        self.inner.load_state_dict(&map, "state_dict").py()
+        let map = state_dict_from_py(state_dict, "state_dict")?;
+        self.inner.load_state_dict(&map, None).py()
     }
 
     /// The config as diffusers' `config.json` keys.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let text = self.inner.config().to_json().py()?;
-        py.import("json")?.call_method1("loads", (text,))
+        json_to_py(py, &self.inner.config().to_json().py()?)
     }
 
     fn num_parameters(&self) -> usize {
@@ -155,7 +129,7 @@ impl PyT5 {
     #[pyo3(signature = (path, device = "cpu", dtype = None))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
         let device = parse_device(device).py()?;
-        let dtype = dtype.map(parse_dtype).transpose()?;
+        let dtype = dtype.map(parse_dtype).transpose().py()?;
         let inner = py
             .detach(|| T5EncoderModel::from_pretrained(&path, &device, dtype))
             .py()?;
@@ -170,10 +144,7 @@ impl PyT5 {
         input_ids: &Bound<'py, PyAny>,
         attention_mask: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let ids = to_tensor(input_ids, "input_ids")?;
-        if ids.dtype().is_float() {
-            return Err(PyTypeError::new_err("input_ids: expected integer token ids"));
-        }
+        let ids = int_tensor(input_ids, "input_ids", "integer token ids")?;
         let mask = attention_mask.map(|m| to_tensor(m, "attention_mask")).transpose()?;
         let out = py.detach(|| self.inner.encode(&ids, mask.as_ref())).py()?;
         to_numpy(py, &out)

@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::convert::{to_numpy, to_tensor};
-use super::model::parse_dtype;
+use super::convert::{float_tensor, to_numpy};
 use super::IntoPy;
-use crate::model::parse_device;
+use crate::model::{parse_device, parse_dtype};
 use crate::rng::Generator;
 use crate::vae::AutoencoderKl;
 
@@ -25,13 +24,7 @@ pub struct PyVideoVae {
 
 /// (B, F, C, H, W) or (N, C, H, W) float → (N, C, H, W) and the leading dims to restore.
 fn frames(obj: &Bound<'_, PyAny>, arg: &str, channels: usize) -> PyResult<(Tensor, Vec<usize>)> {
-    let t = to_tensor(obj, arg)?;
-    if !t.dtype().is_float() {
-        return Err(PyTypeError::new_err(format!(
-            "{arg}: expected a floating-point array, got {:?}",
-            t.dtype()
-        )));
-    }
+    let t = float_tensor(obj, arg)?;
     let dims = t.dims().to_vec();
     let ok = matches!(dims.len(), 4 | 5) && dims[dims.len() - 3] == channels && dims.iter().all(|d| *d > 0);
     if !ok {
@@ -77,7 +70,7 @@ impl PyVideoVae {
     #[pyo3(signature = (path, device = "cpu", dtype = "float32"))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
         let device = parse_device(device).py()?;
-        let dtype = parse_dtype(dtype)?;
+        let dtype = parse_dtype(dtype).py()?;
         let inner = py
             .detach(|| AutoencoderKl::from_pretrained(&path, &device, dtype))
             .py()?;

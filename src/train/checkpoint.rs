@@ -25,10 +25,12 @@ use crate::error::{LatteError, Result};
 use crate::float::Float;
 use crate::model::LatteModel;
 use crate::rng::{Generator, GeneratorState};
+use crate::weights::format::{
+    safetensors_bytes, DIFFUSION_FILE, EMA_FILE, MANIFEST_FILE as MANIFEST, MODEL_FILE, OPTIMIZER_FILE,
+};
 
 const FORMAT: &str = "latte-rs-trainer";
 const VERSION: u32 = 1;
-pub const MANIFEST: &str = "trainer.json";
 
 #[derive(Serialize, Deserialize)]
 struct FileEntry {
@@ -46,13 +48,6 @@ struct Manifest {
     rng: GeneratorState,
     options: TrainerOptions,
     files: BTreeMap<String, FileEntry>,
-}
-
-fn safetensors_bytes(state: &BTreeMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    Ok(safetensors::serialize(
-        state.iter().map(|(k, v)| (k.as_str(), v)),
-        metadata,
-    )?)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -94,23 +89,20 @@ pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent)?;
-    let model_meta = HashMap::from([("latte_config".to_string(), trainer.model.config().to_json()?)]);
+    let config = trainer.model.config().to_json()?;
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         (
-            "model.safetensors",
-            safetensors_bytes(&trainer.model.state_dict(), Some(model_meta.clone()))?,
+            MODEL_FILE,
+            safetensors_bytes(&trainer.model.state_dict(), Some(config.clone()))?,
         ),
-        (
-            "ema.safetensors",
-            safetensors_bytes(&trainer.ema_state_dict()?, Some(model_meta))?,
-        ),
+        (EMA_FILE, safetensors_bytes(&trainer.ema_state_dict()?, Some(config))?),
     ];
     let opt = match &trainer.state {
         State::F32(b) => buffers_state(b, trainer)?,
         State::F64(b) => buffers_state(b, trainer)?,
     };
-    files.push(("optimizer.safetensors", safetensors_bytes(&opt, None)?));
-    files.push(("diffusion.json", serde_json::to_vec(&trainer.diffusion)?));
+    files.push((OPTIMIZER_FILE, safetensors_bytes(&opt, None)?));
+    files.push((DIFFUSION_FILE, serde_json::to_vec(&trainer.diffusion)?));
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
@@ -194,24 +186,24 @@ fn restore<T: Float>(
         };
         let len = b.m[i].len();
         b.m[i] = check(
-            get(opt, &format!("m/{name}"), "optimizer.safetensors")?,
+            get(opt, &format!("m/{name}"), OPTIMIZER_FILE)?,
             len,
             name,
-            "optimizer.safetensors",
+            OPTIMIZER_FILE,
         )?;
         b.v[i] = check(
-            get(opt, &format!("v/{name}"), "optimizer.safetensors")?,
+            get(opt, &format!("v/{name}"), OPTIMIZER_FILE)?,
             len,
             name,
-            "optimizer.safetensors",
+            OPTIMIZER_FILE,
         )?;
-        b.ema[i] = check(get(ema, name, "ema.safetensors")?, len, name, "ema.safetensors")?;
+        b.ema[i] = check(get(ema, name, EMA_FILE)?, len, name, EMA_FILE)?;
         if let Some(master) = &mut b.master {
             master[i] = check(
-                get(opt, &format!("master/{name}"), "optimizer.safetensors")?,
+                get(opt, &format!("master/{name}"), OPTIMIZER_FILE)?,
                 len,
                 name,
-                "optimizer.safetensors",
+                OPTIMIZER_FILE,
             )?;
         }
     }
@@ -262,11 +254,11 @@ pub fn load(dir: &Path, device: &Device) -> Result<Trainer> {
             .get(name)
             .ok_or_else(|| corrupt(&manifest_path, format!("{name} is not listed")))
     };
-    let model = LatteModel::from_safetensors(file("model.safetensors")?, &dir.join("model.safetensors"), device)?;
+    let model = LatteModel::from_model_file(file(MODEL_FILE)?, &dir.join(MODEL_FILE), device)?;
     let diffusion: GaussianDiffusion =
-        serde_json::from_slice(file("diffusion.json")?).map_err(|e| corrupt(&dir.join("diffusion.json"), e))?;
-    let opt = candle_core::safetensors::load_buffer(file("optimizer.safetensors")?, &Device::Cpu)?;
-    let ema = candle_core::safetensors::load_buffer(file("ema.safetensors")?, &Device::Cpu)?;
+        serde_json::from_slice(file(DIFFUSION_FILE)?).map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
+    let opt = candle_core::safetensors::load_buffer(file(OPTIMIZER_FILE)?, &Device::Cpu)?;
+    let ema = candle_core::safetensors::load_buffer(file(EMA_FILE)?, &Device::Cpu)?;
     let mut trainer = Trainer::new(&model, &diffusion, manifest.options)?;
     let names = trainer.names.clone();
     match &mut trainer.state {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
-use crate::model::LatteModel;
+use crate::model::{Condition, Denoiser, LatteModel};
 use crate::rng::Generator;
 use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig};
 
@@ -396,6 +396,8 @@ impl Trainer {
                 }
             }
         }
+        // The model's own checks (clip shape against its config, finite values), once per step.
+        self.model.check_latents(x0)?;
         let pd = state_dtype(self.model.dtype());
         let device = self.model.device().clone();
         let x0 = x0.to_dtype(pd)?.to_device(&device)?;
@@ -459,10 +461,13 @@ impl Trainer {
             let t_model = Tensor::from_vec(t_model, mb, &device)?;
             let y_j = y_all.as_ref().map(narrow).transpose()?;
             let yi_j = yi_all.as_ref().map(narrow).transpose()?;
+            let cond = self
+                .model
+                .check_condition(&Condition::from_labels(y_j.as_ref(), yi_j.as_ref())?, x_t.dims())?;
             let weight = mb as f64 / b as f64;
             let mut parts = (None, None);
             let diffusion = &self.diffusion;
-            let loss_fn = |out: &Tensor| -> Result<Tensor> {
+            let mut loss_fn = |out: &Tensor| -> Result<Tensor> {
                 let losses = diffusion.training_losses(&out.to_dtype(pd)?, &x0_j, t_j, &noise_j)?;
                 let mean = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
                 parts = (
@@ -472,12 +477,11 @@ impl Trainer {
                 Ok((losses.loss.mean_all()? * (weight * scale_factor))?)
             };
             let (loss, grads) = self.model.loss_and_grads(
-                &x_t,
+                &x_t.to_dtype(self.model.dtype())?,
                 &t_model,
-                y_j.as_ref(),
-                yi_j.as_ref(),
+                &cond,
                 self.opts.gradient_checkpointing,
-                loss_fn,
+                &mut loss_fn,
             )?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? / scale_factor;
             let add = |sum: Option<f64>, v: Option<f64>| v.map(|v| sum.unwrap_or(0.0) + v * weight);

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::*;
-use crate::model::LatteModel;
+use crate::model::{Condition, Denoiser, LatteModel};
 use crate::test_util::{max_abs, max_abs_diff};
 
 fn counts(classes: usize) -> Vec<usize> {
@@ -115,8 +115,14 @@ fn batch(cfg: &LatteConfig, dtype: DType, seed: u64) -> Batch {
     }
 }
 
+impl Batch {
+    fn cond(&self) -> Condition {
+        Condition::from_labels(Some(&self.y), self.y_image.as_ref()).unwrap()
+    }
+}
+
 fn loss(model: &LatteModel, b: &Batch) -> Tensor {
-    let out = model.forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref()).unwrap();
+    let out = model.forward_train(&b.x, &b.t, &b.cond()).unwrap();
     (out * &b.weights).unwrap().sum_all().unwrap()
 }
 
@@ -223,8 +229,8 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
         let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
         perturb(&model, 1);
         let b = batch(&cfg, DType::F32, 2);
-        let fast = model.forward(&b.x, &b.t, Some(&b.y), b.y_image.as_ref()).unwrap();
-        let exact = model.forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref()).unwrap();
+        let fast = model.forward(&b.x, &b.t, &b.cond()).unwrap();
+        let exact = model.forward_train(&b.x, &b.t, &b.cond()).unwrap();
         let chunked_cfg = LatteConfig {
             attention: AttentionBackend::Chunked,
             attention_chunk_size: 3,
@@ -233,9 +239,7 @@ fn inference_path_equals_differentiable_path_and_chunked_equals_math() {
         let chunked = LatteModel::uninitialised(&chunked_cfg, &Device::Cpu, DType::F32).unwrap();
         let state: std::collections::HashMap<_, _> = model.state_dict().into_iter().collect();
         chunked.load_state_dict(&state, true).unwrap();
-        let via_chunks = chunked
-            .forward_train(&b.x, &b.t, Some(&b.y), b.y_image.as_ref())
-            .unwrap();
+        let via_chunks = chunked.forward_train(&b.x, &b.t, &b.cond()).unwrap();
         let scale = max_abs(&exact);
         for other in [&fast, &via_chunks] {
             let err = max_abs_diff(other, &exact);
@@ -253,7 +257,7 @@ fn checkpointed_gradients_equal_the_plain_path() {
         let b = batch(&cfg, DType::F32, 2);
         let run = |checkpoint: bool| {
             model
-                .loss_and_grads(&b.x, &b.t, Some(&b.y), b.y_image.as_ref(), checkpoint, |out| {
+                .loss_and_grads(&b.x, &b.t, &b.cond(), checkpoint, &mut |out| {
                     Ok((out * &b.weights)?.sum_all()?)
                 })
                 .unwrap()

@@ -5,8 +5,8 @@ use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::block::{Cond, FactorisedBlock, FinalLayer, SplitHeadBlock, TransformerBlock};
-use super::embed::{LabelEmbedder, PatchEmbedder, TimestepEmbedder};
 use crate::config::{Injection, LatteConfig, TemporalPos, Variant};
+use crate::nn::embed::{LabelEmbedder, PatchEmbedder, TimestepEmbedder};
 use crate::nn::Rope;
 
 /// The blocks of each variant (all are stored as `blocks.{i}`).
@@ -140,7 +140,13 @@ impl Latte {
         };
         Ok(Self {
             cfg: cfg.clone(),
-            x_embedder: PatchEmbedder::new(cfg, vb.pp("x_embedder"))?,
+            x_embedder: PatchEmbedder::new(
+                d,
+                cfg.in_channels,
+                cfg.patch_size,
+                (cfg.patch_embed == crate::config::PatchEmbed::Tubelet).then_some(cfg.tubelet_size),
+                vb.pp("x_embedder"),
+            )?,
             t_embedder: TimestepEmbedder::new(d, vb.pp("t_embedder"))?,
             y_embedder: match cfg.label_table_rows() {
                 0 => None,
@@ -198,7 +204,7 @@ impl Latte {
 
     /// Forward pass. x: (B, F, C, H, W) with F = num_frames + use_image_num; t: (B,) timesteps (any float or int
     /// dtype); y: (B,) u32 labels; y_image: (B, use_image_num) u32 labels of the image frames (default: y).
-    /// Inputs must already be validated (see [`crate::model::LatteModel::forward`]). With `grad` the pass is
+    /// Inputs must already be checked (see [`crate::model::Denoiser`]). With `grad` the pass is
     /// differentiable; without, it uses fused kernels and frees activations block by block.
     pub fn forward(
         &self,
@@ -425,28 +431,6 @@ impl Latte {
         x.reshape(vec![b, ft, gh, gw, s, p, p, c])?
             .permute(vec![0, 1, 4, 7, 2, 5, 3, 6])?
             .reshape((b, ft * s, c, h, w))
-    }
-
-    /// Classifier-free guidance as the official code: the batch is [cond half | uncond half] (labels for the
-    /// second half should be the null class); the model runs on the first half of `x` twice, and the first
-    /// `in_channels` output channels become uncond + scale · (cond − uncond) for both halves.
-    pub fn forward_with_cfg(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, cfg_scale: f64) -> Result<Tensor> {
-        let b = x.dim(0)?;
-        let half = x.narrow(0, 0, b / 2)?;
-        let combined = Tensor::cat(&[&half, &half], 0)?;
-        let out = self.forward(&combined, t, y, None, false)?;
-        let c = self.cfg.in_channels;
-        let eps = out.narrow(2, 0, c)?;
-        let cond = eps.narrow(0, 0, b / 2)?;
-        let uncond = eps.narrow(0, b / 2, b / 2)?;
-        let guided = (&uncond + ((cond - &uncond)? * cfg_scale)?)?;
-        let eps = Tensor::cat(&[&guided, &guided], 0)?;
-        let channels = out.dim(2)?;
-        if channels > c {
-            Tensor::cat(&[&eps, &out.narrow(2, c, channels - c)?], 2)
-        } else {
-            Ok(eps)
-        }
     }
 
     /// The dtype of the parameters.

@@ -8,12 +8,14 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{value_error, LatteError, Result};
 use crate::nn::gelu::gelu;
 use crate::nn::Linear;
+use crate::weights::diffusers::{read_folder, TRANSFORMERS_WEIGHTS};
+use crate::weights::{LoadPolicy, ParamStore};
 
 /// transformers' `T5Config` (the keys the encoder needs; others are ignored).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -231,19 +233,11 @@ impl T5EncoderModel {
     /// Reads `config.json` and `model.safetensors` (or its shards with `model.safetensors.index.json`).
     /// `shared.weight` and `encoder.embed_tokens.weight` are the same (tied) table; either is accepted.
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(LatteError::NotFound(format!(
-                "{} (expected a text_encoder/ folder)",
-                dir.display()
-            )));
-        }
-        let config_path = dir.join("config.json");
-        let text = crate::io::read(&config_path)?;
-        let cfg: T5Config =
-            serde_json::from_slice(&text).map_err(|e| LatteError::Config(format!("{}: {e}", config_path.display())))?;
+        let folder = read_folder::<T5Config>(dir, "a text_encoder/ folder", TRANSFORMERS_WEIGHTS)?;
+        let cfg = folder.config;
         cfg.gated()
-            .map_err(|e| LatteError::Config(format!("{}: {e}", config_path.display())))?;
-        let (mut state, source) = super::t2v::read_diffusers_weights(dir, "model")?;
+            .map_err(|e| LatteError::Config(format!("{}: {e}", dir.join("config.json").display())))?;
+        let mut state = folder.tensors;
         if !state.contains_key("shared.weight") {
             if let Some(t) = state.get("encoder.embed_tokens.weight").cloned() {
                 state.insert("shared.weight".into(), t);
@@ -251,10 +245,14 @@ impl T5EncoderModel {
         }
         state.remove("encoder.embed_tokens.weight");
         let dtype = dtype.unwrap_or_else(|| state.values().next().map_or(DType::F32, |t| t.dtype()));
-        let varmap = VarMap::new();
-        let model = T5Encoder::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        let store = ParamStore::new(device, dtype)?;
+        let model = T5Encoder::new(&cfg, store.builder())?;
         // A full T5 checkpoint's decoder weights are not the encoder's business.
-        super::load_vars_strict(&varmap, &state, device, &source, "T5 encoder", true)?;
+        let policy = LoadPolicy {
+            allow_missing: false,
+            allow_unexpected: true,
+        };
+        store.load(&state, policy, Some(&folder.source), "T5 encoder config")?;
         Ok(Self {
             cfg,
             model,

@@ -3,7 +3,6 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{LatteConfig, PatchEmbed};
 use crate::nn::pos::timestep_features;
 use crate::nn::Linear;
 
@@ -18,18 +17,26 @@ pub struct PatchEmbedder {
 }
 
 impl PatchEmbedder {
-    pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, c, p, s) = (cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.temporal_patch());
+    /// `hidden` outputs per token from `in_channels` latent channels; `tubelet` frames deep (a Conv3d kernel) or,
+    /// with None, per frame (a Conv2d kernel). Reads `proj.weight` and `proj.bias` under `vb`.
+    pub fn new(
+        hidden: usize,
+        in_channels: usize,
+        patch: usize,
+        tubelet: Option<usize>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (d, c, p) = (hidden, in_channels, patch);
         let vb = vb.pp("proj");
-        let weight = match cfg.patch_embed {
-            PatchEmbed::Frame => vb.get((d, c, p, p), "weight")?,
-            PatchEmbed::Tubelet => vb.get(vec![d, c, s, p, p], "weight")?,
+        let weight = match tubelet {
+            None => vb.get((d, c, p, p), "weight")?,
+            Some(s) => vb.get(vec![d, c, s, p, p], "weight")?,
         };
         Ok(Self {
             weight,
             bias: vb.get(d, "bias")?,
             patch: p,
-            tubelet: s,
+            tubelet: tubelet.unwrap_or(1),
         })
     }
 
@@ -63,12 +70,18 @@ pub struct TimestepEmbedder {
 impl TimestepEmbedder {
     pub const FREQUENCY_EMBEDDING_SIZE: usize = 256;
 
+    /// DiT's names: `mlp.0` and `mlp.2` under `vb`.
     pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
-        let f = Self::FREQUENCY_EMBEDDING_SIZE;
         let vb = vb.pp("mlp");
+        Self::with_layers(hidden, vb.pp("0"), vb.pp("2"))
+    }
+
+    /// The two linears under any names (diffusers: `linear_1`, `linear_2`).
+    pub fn with_layers(hidden: usize, first: VarBuilder, second: VarBuilder) -> Result<Self> {
+        let f = Self::FREQUENCY_EMBEDDING_SIZE;
         Ok(Self {
-            linear_1: Linear::new(f, hidden, true, vb.pp("0"))?,
-            linear_2: Linear::new(hidden, hidden, true, vb.pp("2"))?,
+            linear_1: Linear::new(f, hidden, true, first)?,
+            linear_2: Linear::new(hidden, hidden, true, second)?,
             frequency_embedding_size: f,
         })
     }

@@ -1,0 +1,238 @@
+//! The model interface every Latte denoiser implements ([`crate::LatteModel`], [`crate::LatteT2VModel`], and any
+//! future one): a forward pass over noisy latents, timesteps and a [`Condition`], which output channels are the
+//! prediction and which the variance, the null condition of classifier-free guidance, and the loss-and-gradients
+//! call the trainer drives. The sampling loop ([`crate::diffusion::sample`]) and the trainer see models only
+//! through it.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::error::{value_error, LatteError, Result};
+
+/// What a denoiser is conditioned on.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// Nothing: an unconditional model.
+    Unconditional,
+    /// Class labels `(B,)` and, for image-video joint clips, the image frames' labels `(B, use_image_num)`.
+    Classes {
+        labels: Tensor,
+        image_labels: Option<Tensor>,
+    },
+    /// Caption features `(B, S, caption_channels)` from the text encoder, with their 0/1 padding mask `(B, S)`.
+    Text { embeddings: Tensor, mask: Option<Tensor> },
+}
+
+impl Condition {
+    /// What the condition is, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unconditional => "no condition",
+            Self::Classes { .. } => "class labels",
+            Self::Text { .. } => "text embeddings",
+        }
+    }
+
+    /// The condition of a guided pass: this batch's, then `other`'s (the unconditional branch).
+    pub fn concat(&self, other: &Condition) -> Result<Condition> {
+        let cat = |a: &Tensor, b: &Tensor, arg: &str| -> Result<Tensor> {
+            if a.dims()[1..] != b.dims()[1..] {
+                return Err(value_error(
+                    arg,
+                    format!("the same shape per sample as the conditional branch's {:?}", a.dims()),
+                    format!("{:?}", b.dims()),
+                ));
+            }
+            Ok(Tensor::cat(&[a, &b.to_dtype(a.dtype())?.to_device(a.device())?], 0)?)
+        };
+        let both = |a: &Option<Tensor>, b: &Option<Tensor>, arg: &str| -> Result<Option<Tensor>> {
+            match (a, b) {
+                (Some(a), Some(b)) => Ok(Some(cat(a, b, arg)?)),
+                (None, None) => Ok(None),
+                (Some(a), None) | (None, Some(a)) => Err(LatteError::Value(format!(
+                    "{arg}: given for one branch of classifier-free guidance only (shape {:?})",
+                    a.dims()
+                ))),
+            }
+        };
+        match (self, other) {
+            (Self::Unconditional, Self::Unconditional) => Ok(Self::Unconditional),
+            (
+                Self::Classes { labels, image_labels },
+                Self::Classes {
+                    labels: l2,
+                    image_labels: i2,
+                },
+            ) => Ok(Self::Classes {
+                labels: cat(labels, l2, "labels")?,
+                image_labels: both(image_labels, i2, "image_labels")?,
+            }),
+            (
+                Self::Text { embeddings, mask },
+                Self::Text {
+                    embeddings: e2,
+                    mask: m2,
+                },
+            ) => Ok(Self::Text {
+                embeddings: cat(embeddings, e2, "negative_prompt_embeds")?,
+                mask: both(mask, m2, "encoder_attention_mask")?,
+            }),
+            (a, b) => Err(LatteError::Value(format!(
+                "guidance: the unconditional branch has {}, the conditional one {}",
+                b.kind(),
+                a.kind()
+            ))),
+        }
+    }
+}
+
+/// Where frames and channels sit in a model's latents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatentLayout {
+    /// `(B, F, C, H, W)`: Latte's datasets, checkpoints and official code.
+    FramesFirst,
+    /// `(B, C, F, H, W)`: diffusers' video models (Latte-1).
+    ChannelsFirst,
+}
+
+impl LatentLayout {
+    /// The channel axis.
+    pub fn channel_axis(self) -> usize {
+        match self {
+            Self::FramesFirst => 2,
+            Self::ChannelsFirst => 1,
+        }
+    }
+}
+
+/// How classifier-free guidance mixes the two branches' outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuidanceRule {
+    /// The official Latte `forward_with_cfg`: the prediction channels are guided, the variance values come
+    /// from the conditional branch.
+    PredictionChannels,
+    /// diffusers' pipelines: every output channel is guided.
+    AllChannels,
+}
+
+/// Classifier-free guidance of `out`, the model's output over a batch of [conditional | unconditional]
+/// halves: `uncond + scale · (cond − uncond)` on the channels `rule` names. Returns one half.
+pub fn apply_guidance(
+    out: &Tensor,
+    scale: f64,
+    rule: GuidanceRule,
+    layout: LatentLayout,
+    latent_channels: usize,
+) -> Result<Tensor> {
+    let half = out.dim(0)? / 2;
+    let (cond, uncond) = (out.narrow(0, 0, half)?, out.narrow(0, half, half)?);
+    let mix = |c: &Tensor, u: &Tensor| -> candle_core::Result<Tensor> { u + ((c - u)? * scale)? };
+    let axis = layout.channel_axis();
+    let channels = out.dim(axis)?;
+    Ok(match rule {
+        GuidanceRule::AllChannels => mix(&cond, &uncond)?,
+        GuidanceRule::PredictionChannels if channels == latent_channels => mix(&cond, &uncond)?,
+        GuidanceRule::PredictionChannels => {
+            let c = latent_channels;
+            let guided = mix(&cond.narrow(axis, 0, c)?, &uncond.narrow(axis, 0, c)?)?;
+            Tensor::cat(&[&guided, &cond.narrow(axis, c, channels - c)?], axis)?
+        }
+    })
+}
+
+/// The loss a training step minimises, as a function of the model's output (the trainer's diffusion loss).
+pub type LossFn<'a> = dyn FnMut(&Tensor) -> Result<Tensor> + 'a;
+
+/// A Latte denoiser: what the sampling loop and the trainer need of a model.
+///
+/// Inputs are checked once by the `check_*` methods (which also move them to the model's device and dtype);
+/// [`Denoiser::denoise`] then runs the network on them without checking again, so a sampling loop validates its
+/// condition once, not at every step. [`Denoiser::forward`] does both.
+pub trait Denoiser: Send + Sync {
+    fn layout(&self) -> LatentLayout;
+    /// Channels of the latents; the first this many output channels are the prediction (noise, x₀ or v).
+    fn latent_channels(&self) -> usize;
+    /// Output channels: the prediction, then a learned variance's values.
+    fn output_channels(&self) -> usize;
+    fn guidance_rule(&self) -> GuidanceRule;
+    fn device(&self) -> &Device;
+    /// The parameters' dtype.
+    fn dtype(&self) -> DType;
+    /// The shape of `batch` latents at the model's native size (the starting noise of a sampling run).
+    fn latent_shape(&self, batch: usize) -> Vec<usize>;
+    /// The condition classifier-free guidance contrasts `cond` with: the null class of a class-conditional model.
+    /// A text model has none of its own (the caller encodes the negative prompt).
+    fn null_condition(&self, cond: &Condition) -> Result<Condition>;
+    /// Checks latents (shape, dtype, finite values) and returns them on the device in the model's dtype.
+    fn check_latents(&self, x: &Tensor) -> Result<Tensor>;
+    /// Checks timesteps for `batch` latents and returns them as f32 on the device.
+    fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor>;
+    /// Checks `cond` for latents of shape `x_dims` and returns it on the device.
+    fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition>;
+    /// The network on checked inputs; with `grad`, the pass keeps its autograd graph.
+    fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor>;
+    /// The trainable parameters, sorted by name.
+    fn trainable_vars(&self) -> Vec<(String, Var)>;
+    /// The scalar `loss_fn(model(x, t, cond))` and the gradient of every trainable parameter, in the order of
+    /// [`Denoiser::trainable_vars`] (zero for a parameter the loss does not reach), on checked inputs. With
+    /// `checkpoint`, activations are recomputed in the backward pass instead of stored.
+    fn loss_and_grads(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Condition,
+        checkpoint: bool,
+        loss_fn: &mut LossFn<'_>,
+    ) -> Result<(Tensor, Vec<Tensor>)>;
+
+    /// Checked forward pass without gradients.
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
+        let x = self.check_latents(x)?;
+        let t = self.check_timesteps(t, x.dim(0)?)?;
+        let cond = self.check_condition(cond, x.dims())?;
+        self.denoise(&x, &t, &cond, false)
+    }
+
+    /// Checked forward pass that keeps the autograd graph (for gradient checks and custom losses).
+    fn forward_train(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
+        let x = self.check_latents(x)?;
+        let t = self.check_timesteps(t, x.dim(0)?)?;
+        let cond = self.check_condition(cond, x.dims())?;
+        self.denoise(&x, &t, &cond, true)
+    }
+}
+
+/// Runs `body(out)` for a loss function, keeping the loss function's own error (e.g. a bad label) as it was
+/// instead of the candle error autograd wraps it in; checks the loss is a scalar.
+pub(crate) fn with_loss_fn<T>(
+    loss_fn: &mut LossFn<'_>,
+    body: impl FnOnce(&mut dyn FnMut(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let mut failure = None;
+    let result = body(&mut |out: &Tensor| {
+        let loss = loss_fn(out).map_err(|e| {
+            let msg = e.to_string();
+            failure = Some(e);
+            candle_core::Error::Msg(msg)
+        })?;
+        loss.dims0()
+            .map_err(|_| candle_core::Error::Msg("loss_fn: expected a scalar loss".into()))?;
+        Ok(loss)
+    });
+    match (result, failure) {
+        (Ok(r), _) => Ok(r),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+/// Gradients in the order of `params`, zeros for those the loss did not reach.
+pub(crate) fn complete_grads(grads: Vec<Option<Tensor>>, params: &[Tensor]) -> Result<Vec<Tensor>> {
+    Ok(grads
+        .into_iter()
+        .zip(params)
+        .map(|(g, p)| match g {
+            Some(g) => Ok(g),
+            None => p.zeros_like(),
+        })
+        .collect::<candle_core::Result<_>>()?)
+}

@@ -1,0 +1,385 @@
+//! [`LatteModel`]: a Latte network with its parameters, the entry point for forward passes, state dicts and files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::infer::infer_config;
+use super::inputs;
+use super::network::Latte;
+use crate::config::LatteConfig;
+use crate::error::{value_error, LatteError, Result};
+use crate::model::denoiser::{
+    apply_guidance, complete_grads, with_loss_fn, Condition, Denoiser, GuidanceRule, LatentLayout, LossFn,
+};
+use crate::nn::init::{init_weights, is_trainable};
+use crate::weights::format::{read_model_file, write_model_file, EMA_FILE, MODEL_FILE};
+use crate::weights::{read_torch_state_dict, CheckpointInfo, Format, LoadPolicy, LoadReport, ParamStore};
+
+/// A Latte model with its parameters.
+///
+/// Clones share their parameters (like two references to one `torch.nn.Module`): a trainer holding a clone
+/// updates the weights every other clone sees.
+#[derive(Clone)]
+pub struct LatteModel {
+    cfg: LatteConfig,
+    store: ParamStore,
+    network: Latte,
+}
+
+impl LatteModel {
+    /// A freshly initialised model (the DiT/Latte recipe, from `seed`).
+    pub fn new(cfg: &LatteConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+        let me = Self::uninitialised(cfg, device, dtype)?;
+        init_weights(&me.store, cfg, seed)?;
+        Ok(me)
+    }
+
+    /// The model with every parameter zero (to be loaded into).
+    pub fn uninitialised(cfg: &LatteConfig, device: &Device, dtype: DType) -> Result<Self> {
+        crate::configure_allocator();
+        cfg.validate()?;
+        let store = ParamStore::new(device, dtype)?;
+        let network = Latte::new(cfg, store.builder())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            store,
+            network,
+        })
+    }
+
+    pub fn config(&self) -> &LatteConfig {
+        &self.cfg
+    }
+
+    /// The network, for callers that checked their inputs themselves.
+    pub fn network(&self) -> &Latte {
+        &self.network
+    }
+
+    /// The parameter store (all parameters, including the fixed sin-cos tables).
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// Number of parameters; with `trainable_only`, without the fixed sin-cos tables.
+    pub fn num_parameters(&self, trainable_only: bool) -> usize {
+        self.store.num_values(|n| !trainable_only || is_trainable(n))
+    }
+
+    /// Every parameter by its official name.
+    pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
+        self.store.state_dict()
+    }
+
+    /// Loads parameters by name. Shape mismatches are always an error; with `strict`, missing and unexpected keys
+    /// are too. The message lists every offending key.
+    pub fn load_state_dict(&self, state: &HashMap<String, Tensor>, strict: bool) -> Result<LoadReport> {
+        self.store.load(state, LoadPolicy::strict(strict), None, "model")
+    }
+
+    /// Writes the parameters and the config as one safetensors file, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_model_file(path, &self.state_dict(), self.cfg.to_json()?)
+    }
+
+    /// Reads a file written by [`LatteModel::save`].
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::from_model_file(&crate::io::read(path)?, path, device)
+    }
+
+    /// Parses the bytes of a file written by [`LatteModel::save`]; `path` only names the file in errors.
+    pub fn from_model_file(bytes: &[u8], path: &Path, device: &Device) -> Result<Self> {
+        let (config, tensors) = read_model_file(bytes, path)?;
+        let cfg = LatteConfig::from_json(&config)?;
+        Self::from_state(&cfg, &tensors, path, device)
+    }
+
+    /// A model of `cfg` holding `state` (in the dtype of its tensors), strictly: `path` names the file in errors.
+    fn from_state(cfg: &LatteConfig, state: &HashMap<String, Tensor>, path: &Path, device: &Device) -> Result<Self> {
+        let dtype = state
+            .values()
+            .next()
+            .map(|t| t.dtype())
+            .filter(|d| d.is_float() && *d != DType::F8E4M3)
+            .unwrap_or(DType::F32);
+        let model = Self::uninitialised(cfg, device, dtype)?;
+        let source = path.display().to_string();
+        model.store.load(state, LoadPolicy::STRICT, Some(&source), "model")?;
+        Ok(model)
+    }
+
+    /// Loads trained weights from any of the files users have: an official Latte checkpoint (`ffs.pt`,
+    /// `ucf101.pt`, ..., or `train.py`'s `{"model", "ema"}` files; PyTorch zip archives read without running any
+    /// pickled code), a safetensors file (ours, with its config, or a bare state dict), or one of our trainer's
+    /// checkpoint folders. EMA weights are used when present and `use_ema`. Options the file does not record are
+    /// inferred from the tensor shapes (see [`infer_config`]).
+    pub fn from_checkpoint(
+        path: &Path,
+        preset: Option<&str>,
+        use_ema: bool,
+        overrides: &serde_json::Map<String, serde_json::Value>,
+        device: &Device,
+    ) -> Result<(Self, CheckpointInfo)> {
+        let bare = |state: HashMap<String, Tensor>, info: CheckpointInfo| -> Result<(Self, CheckpointInfo)> {
+            let cfg = infer_config(&state, preset, overrides, path)?;
+            Ok((Self::from_state(&cfg, &state, path, device)?, info))
+        };
+        match Format::detect(path)? {
+            Format::TrainerCheckpoint => {
+                let name = if use_ema && path.join(EMA_FILE).is_file() {
+                    EMA_FILE
+                } else {
+                    MODEL_FILE
+                };
+                let file = path.join(name);
+                if !file.is_file() {
+                    return Err(LatteError::NotFound(format!(
+                        "{}: a folder, but not a latte-rs checkpoint (no {name})",
+                        path.display()
+                    )));
+                }
+                let info = CheckpointInfo {
+                    key: Some(name.trim_end_matches(".safetensors").into()),
+                    keys: vec!["model".into(), "ema".into()],
+                };
+                Ok((Self::load(&file, device)?, info))
+            }
+            Format::LatteSafetensors => Ok((Self::load(path, device)?, CheckpointInfo::bare())),
+            Format::Safetensors => bare(
+                crate::weights::diffusers::read_safetensors(path)?,
+                CheckpointInfo::bare(),
+            ),
+            Format::Torch => {
+                let (state, info) = read_torch_state_dict(path, use_ema)?;
+                bare(state, info)
+            }
+            Format::DiffusersModel | Format::DiffusersPipeline => Err(LatteError::Value(format!(
+                "{}: a diffusers folder (the text-to-video Latte-1); load it with LatteT2VTransformer.from_pretrained \
+                 or LatteT2VPipeline.from_pretrained",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The checked forward pass for class labels `y` (B,) and image-frame labels `y_image` (B, images).
+    pub fn forward_labels(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward(x, t, &Condition::from_labels(y, y_image)?)
+    }
+
+    /// Classifier-free guidance as the official `forward_with_cfg`: the batch is [cond half | uncond half]
+    /// (labels for the second half should be the null class); the model runs on the first half of `x` twice, and
+    /// the first `in_channels` output channels become uncond + scale · (cond − uncond) for both halves.
+    pub fn forward_with_cfg(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, cfg_scale: f64) -> Result<Tensor> {
+        let b = x.dims().first().copied().unwrap_or(0);
+        if b % 2 != 0 {
+            return Err(value_error(
+                "x",
+                "an even batch (conditional half, then unconditional half)",
+                format!("batch {b}"),
+            ));
+        }
+        if !cfg_scale.is_finite() {
+            return Err(value_error("cfg_scale", "a finite number", cfg_scale));
+        }
+        let x = self.check_latents(x)?;
+        if x.dim(1)? != self.cfg.num_frames {
+            return Err(value_error(
+                "x",
+                format!("{} frames for guided sampling", self.cfg.num_frames),
+                x.dim(1)?,
+            ));
+        }
+        let t = self.check_timesteps(t, b)?;
+        let cond = self.check_condition(&Condition::from_labels(y, None)?, x.dims())?;
+        let half = x.narrow(0, 0, b / 2)?;
+        let out = self.denoise(&Tensor::cat(&[&half, &half], 0)?, &t, &cond, false)?;
+        let guided = apply_guidance(
+            &out,
+            cfg_scale,
+            GuidanceRule::PredictionChannels,
+            LatentLayout::FramesFirst,
+            self.cfg.in_channels,
+        )?;
+        // Both halves carry the guided prediction; the variance values stay each branch's own.
+        let c = self.cfg.in_channels;
+        let eps = guided.narrow(2, 0, c)?;
+        let eps = Tensor::cat(&[&eps, &eps], 0)?;
+        let channels = out.dim(2)?;
+        Ok(if channels > c {
+            Tensor::cat(&[&eps, &out.narrow(2, c, channels - c)?], 2)?
+        } else {
+            eps
+        })
+    }
+}
+
+impl Condition {
+    /// Class labels `y` (B,) with the image frames' labels `y_image` (B, images), or no condition without `y`.
+    pub fn from_labels(y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<Self> {
+        match (y, y_image) {
+            (Some(labels), _) => Ok(Self::Classes {
+                labels: labels.clone(),
+                image_labels: y_image.cloned(),
+            }),
+            (None, None) => Ok(Self::Unconditional),
+            (None, Some(_)) => Err(LatteError::Value(
+                "y_image: given without y (unconditional model?)".into(),
+            )),
+        }
+    }
+}
+
+impl Denoiser for LatteModel {
+    fn layout(&self) -> LatentLayout {
+        LatentLayout::FramesFirst
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.cfg.in_channels
+    }
+
+    fn output_channels(&self) -> usize {
+        self.cfg.out_channels()
+    }
+
+    fn guidance_rule(&self) -> GuidanceRule {
+        GuidanceRule::PredictionChannels
+    }
+
+    fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    fn latent_shape(&self, batch: usize) -> Vec<usize> {
+        let c = &self.cfg;
+        vec![batch, c.num_frames, c.in_channels, c.input_size, c.input_size]
+    }
+
+    fn null_condition(&self, cond: &Condition) -> Result<Condition> {
+        let cfg = &self.cfg;
+        let no_null = || {
+            LatteError::Value(
+                "cfg_scale > 1 needs a class-conditional model with a null class (num_classes > 0, \
+                 class_dropout_prob > 0)"
+                    .into(),
+            )
+        };
+        match cond {
+            Condition::Classes { labels, image_labels } if cfg.label_table_rows() > cfg.num_classes => {
+                let null = |l: &Tensor| -> Result<Tensor> {
+                    Ok(Tensor::full(cfg.num_classes as i64, l.dims(), l.device())?.to_dtype(l.dtype())?)
+                };
+                Ok(Condition::Classes {
+                    labels: null(labels)?,
+                    image_labels: image_labels.as_ref().map(null).transpose()?,
+                })
+            }
+            Condition::Classes { .. } | Condition::Unconditional => Err(no_null()),
+            Condition::Text { .. } => Err(self.refuse_text()),
+        }
+    }
+
+    fn check_latents(&self, x: &Tensor) -> Result<Tensor> {
+        inputs::check_latents(&self.cfg, x, self.dtype(), self.device())
+    }
+
+    fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
+        inputs::check_timesteps(t, batch, self.device())
+    }
+
+    fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition> {
+        let (y, y_image) = match cond {
+            Condition::Unconditional => (None, None),
+            Condition::Classes { labels, image_labels } => (Some(labels), image_labels.as_ref()),
+            Condition::Text { .. } => return Err(self.refuse_text()),
+        };
+        let (y, y_image) = inputs::check_class_labels(&self.cfg, y, y_image, x_dims, self.device())?;
+        Ok(match y {
+            Some(labels) => Condition::Classes {
+                labels,
+                image_labels: y_image,
+            },
+            None => Condition::Unconditional,
+        })
+    }
+
+    fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
+        let (y, y_image) = labels_of(cond)?;
+        Ok(self.network.forward(x, t, y, y_image, grad)?)
+    }
+
+    fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.store.vars(is_trainable)
+    }
+
+    fn loss_and_grads(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Condition,
+        checkpoint: bool,
+        loss_fn: &mut LossFn<'_>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (y, y_image) = labels_of(cond)?;
+        let params: Vec<Tensor> = self
+            .trainable_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let (loss, grads) = with_loss_fn(loss_fn, |loss_fn| {
+            if checkpoint {
+                self.network
+                    .loss_and_grads_checkpointed(x, t, y, y_image, &params, loss_fn)
+            } else {
+                let out = self.network.forward(x, t, y, y_image, true)?;
+                let loss = loss_fn(&out)?;
+                let store = loss.backward()?;
+                let grads = params.iter().map(|p| store.get(p).cloned()).collect();
+                Ok((loss.detach(), grads))
+            }
+        })?;
+        Ok((loss, complete_grads(grads, &params)?))
+    }
+}
+
+impl LatteModel {
+    fn refuse_text(&self) -> LatteError {
+        LatteError::Value(if self.cfg.num_classes > 0 {
+            format!(
+                "prompt: this Latte model takes class labels (0..{}), not a prompt",
+                self.cfg.num_classes - 1
+            )
+        } else {
+            "prompt: this Latte model is unconditional; it takes no prompt".into()
+        })
+    }
+}
+
+/// The labels of a checked condition.
+fn labels_of(cond: &Condition) -> Result<(Option<&Tensor>, Option<&Tensor>)> {
+    match cond {
+        Condition::Unconditional => Ok((None, None)),
+        Condition::Classes { labels, image_labels } => Ok((Some(labels), image_labels.as_ref())),
+        Condition::Text { .. } => Err(LatteError::Value("a Latte model takes no text condition".into())),
+    }
+}
+
+impl LatteConfig {
+    /// Parameter count of a model with this config (`trainable_only`: without the sin-cos tables), computed by
+    /// building it with zero parameters (lazily committed zero pages, so even XL costs little).
+    pub fn num_parameters(&self, trainable_only: bool) -> Result<usize> {
+        Ok(LatteModel::uninitialised(self, &Device::Cpu, DType::F32)?.num_parameters(trainable_only))
+    }
+}

@@ -1,0 +1,290 @@
+//! [`LatteT2VModel`]: the text-to-video transformer with its parameters, loaded from diffusers folders.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::config::LatteT2VConfig;
+use super::network::LatteT2V;
+use crate::error::{value_error, LatteError, Result};
+use crate::model::denoiser::{complete_grads, with_loss_fn, Condition, Denoiser, GuidanceRule, LatentLayout, LossFn};
+use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
+use crate::weights::{LoadPolicy, ParamStore};
+
+/// A text-to-video Latte transformer with its parameters. Clones share them.
+#[derive(Clone)]
+pub struct LatteT2VModel {
+    cfg: LatteT2VConfig,
+    store: ParamStore,
+    network: Arc<LatteT2V>,
+    /// Whether the temporal blocks run (diffusers' `enable_temporal_attentions`).
+    temporal_attention: bool,
+}
+
+impl LatteT2VModel {
+    /// The model with every parameter zero (to be loaded into).
+    pub fn uninitialised(cfg: &LatteT2VConfig, device: &Device, dtype: DType) -> Result<Self> {
+        crate::configure_allocator();
+        cfg.validate()?;
+        let store = ParamStore::new(device, dtype)?;
+        let network = LatteT2V::new(cfg, store.builder())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            store,
+            network: Arc::new(network),
+            temporal_attention: true,
+        })
+    }
+
+    /// A randomly initialised model: every parameter N(0, 0.02²) from `seed` (for tests and demos; not a
+    /// training recipe).
+    pub fn new(cfg: &LatteT2VConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+        let me = Self::uninitialised(cfg, device, dtype)?;
+        let mut rng = crate::rng::Generator::new(seed);
+        me.store
+            .initialise(|_, var| Ok((rng.randn(var.dims(), var.dtype(), &Device::Cpu)? * 0.02)?))?;
+        Ok(me)
+    }
+
+    /// Loads a diffusers `transformer/` folder: `config.json` and `diffusion_pytorch_model.safetensors`, or its
+    /// shards listed in `diffusion_pytorch_model.safetensors.index.json`. `dtype` None keeps the file's.
+    pub fn from_pretrained(dir: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
+        let folder = read_folder::<LatteT2VConfig>(dir, "a diffusers transformer/ folder", DIFFUSERS_WEIGHTS)?;
+        folder
+            .config
+            .validate()
+            .map_err(|e| LatteError::Config(format!("{}: {e}", dir.join("config.json").display())))?;
+        let dtype = dtype.unwrap_or_else(|| folder.tensors.values().next().map_or(DType::F32, |t| t.dtype()));
+        let model = Self::uninitialised(&folder.config, device, dtype)?;
+        model.load_state_dict(&folder.tensors, Some(&folder.source))?;
+        Ok(model)
+    }
+
+    /// The same model (sharing its parameters) with the temporal blocks on or off.
+    pub fn with_temporal_attention(&self, enabled: bool) -> Self {
+        Self {
+            temporal_attention: enabled,
+            ..self.clone()
+        }
+    }
+
+    pub fn config(&self) -> &LatteT2VConfig {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.store.num_values(|_| true)
+    }
+
+    /// Every parameter by its diffusers name.
+    pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
+        self.store.state_dict()
+    }
+
+    /// Loads parameters by name, strictly: every missing, unexpected or mis-shaped key is listed; `source`
+    /// names the file in the message.
+    pub fn load_state_dict(&self, state: &HashMap<String, Tensor>, source: Option<&str>) -> Result<()> {
+        self.store
+            .load(state, LoadPolicy::STRICT, source, "LatteTransformer3DModel config")
+            .map(|_| ())
+    }
+
+    /// The checked forward pass: latents (B, C, F, H, W), timesteps (B,) or one for all, and caption features
+    /// (B, S, caption_channels).
+    pub fn forward_text(&self, x: &Tensor, t: &Tensor, caption: &Tensor) -> Result<Tensor> {
+        self.forward(
+            x,
+            t,
+            &Condition::Text {
+                embeddings: caption.clone(),
+                mask: None,
+            },
+        )
+    }
+}
+
+impl Denoiser for LatteT2VModel {
+    fn layout(&self) -> LatentLayout {
+        LatentLayout::ChannelsFirst
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.cfg.in_channels
+    }
+
+    fn output_channels(&self) -> usize {
+        self.cfg.out_channels()
+    }
+
+    fn guidance_rule(&self) -> GuidanceRule {
+        GuidanceRule::AllChannels
+    }
+
+    fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    fn latent_shape(&self, batch: usize) -> Vec<usize> {
+        let c = &self.cfg;
+        vec![batch, c.in_channels, c.video_length, c.sample_size, c.sample_size]
+    }
+
+    fn null_condition(&self, cond: &Condition) -> Result<Condition> {
+        Err(match cond {
+            Condition::Text { .. } => LatteError::Value(
+                "negative_prompt_embeds: a text model's unconditional branch is the negative prompt's T5 features; \
+                 pass them (the pipeline encodes the negative prompt, \"\" by default)"
+                    .into(),
+            ),
+            other => self.refuse(other),
+        })
+    }
+
+    fn check_latents(&self, x: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let dims = x.dims();
+        let p = cfg.patch_size;
+        if !x.dtype().is_float() {
+            return Err(LatteError::Type(format!(
+                "hidden_states: expected a floating-point array, got {:?}",
+                x.dtype()
+            )));
+        }
+        if dims.len() != 5 || dims[1] != cfg.in_channels || dims[3] % p != 0 || dims[4] % p != 0 || dims.contains(&0) {
+            return Err(value_error(
+                "hidden_states",
+                format!("shape (B, {}, F, H, W) with H, W multiples of {p}", cfg.in_channels),
+                format!("{dims:?}"),
+            ));
+        }
+        let frames = dims[2];
+        if frames != 1 && frames != cfg.video_length {
+            return Err(value_error(
+                "hidden_states",
+                format!("{} frames (video_length) or 1", cfg.video_length),
+                format!("{frames} frames"),
+            ));
+        }
+        Ok(x.to_dtype(self.dtype())?.to_device(self.device())?)
+    }
+
+    fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
+        let t = match t.dims() {
+            [] | [1] => t.broadcast_as(batch)?.contiguous()?,
+            [n] if *n == batch => t.clone(),
+            _ => {
+                return Err(value_error(
+                    "timestep",
+                    format!("a scalar or shape ({batch},)"),
+                    format!("{:?}", t.dims()),
+                ))
+            }
+        };
+        Ok(t.to_dtype(DType::F32)?.to_device(self.device())?)
+    }
+
+    fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition> {
+        let Condition::Text { embeddings, mask } = cond else {
+            return Err(self.refuse(cond));
+        };
+        let batch = x_dims[0];
+        let dims = embeddings.dims();
+        if !embeddings.dtype().is_float() {
+            return Err(LatteError::Type(format!(
+                "encoder_hidden_states: expected a floating-point array, got {:?}",
+                embeddings.dtype()
+            )));
+        }
+        if dims.len() != 3 || dims[0] != batch || dims[2] != self.cfg.caption_channels || dims[1] == 0 {
+            return Err(value_error(
+                "encoder_hidden_states",
+                format!("shape ({batch}, S, {})", self.cfg.caption_channels),
+                format!("{dims:?}"),
+            ));
+        }
+        let embeddings = embeddings.to_dtype(self.dtype())?.to_device(self.device())?;
+        // Latte-1 was trained with padded caption features zeroed (LattePipeline's `mask_feature`), not with a
+        // masked cross-attention: a mask zeroes the padding.
+        let embeddings = match mask {
+            None => embeddings,
+            Some(m) if m.dims() == &dims[..2] => {
+                let m = m.to_dtype(self.dtype())?.to_device(self.device())?;
+                embeddings.broadcast_mul(&m.unsqueeze(2)?)?
+            }
+            Some(m) => {
+                return Err(value_error(
+                    "encoder_attention_mask",
+                    format!("shape {:?}", &dims[..2]),
+                    format!("{:?}", m.dims()),
+                ))
+            }
+        };
+        Ok(Condition::Text { embeddings, mask: None })
+    }
+
+    fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
+        let caption = caption_of(cond)?;
+        Ok(self.network.forward(x, t, caption, self.temporal_attention, grad)?)
+    }
+
+    fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.store.vars(|_| true)
+    }
+
+    fn loss_and_grads(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Condition,
+        checkpoint: bool,
+        loss_fn: &mut LossFn<'_>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        if checkpoint {
+            return Err(LatteError::Unsupported(
+                "gradient_checkpointing: not implemented for the text-to-video transformer yet".into(),
+            ));
+        }
+        let caption = caption_of(cond)?;
+        let params: Vec<Tensor> = self
+            .trainable_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let (loss, grads) = with_loss_fn(loss_fn, |loss_fn| {
+            let out = self.network.forward(x, t, caption, self.temporal_attention, true)?;
+            let loss = loss_fn(&out)?;
+            let store = loss.backward()?;
+            Ok((loss.detach(), params.iter().map(|p| store.get(p).cloned()).collect()))
+        })?;
+        Ok((loss, complete_grads(grads, &params)?))
+    }
+}
+
+impl LatteT2VModel {
+    fn refuse(&self, cond: &Condition) -> LatteError {
+        LatteError::Value(format!(
+            "encoder_hidden_states: the text-to-video transformer is conditioned on a prompt's T5 features, got {}",
+            cond.kind()
+        ))
+    }
+}
+
+fn caption_of(cond: &Condition) -> Result<&Tensor> {
+    match cond {
+        Condition::Text { embeddings, .. } => Ok(embeddings),
+        other => Err(LatteError::Value(format!(
+            "the text-to-video transformer takes text embeddings, got {}",
+            other.kind()
+        ))),
+    }
+}

@@ -1,0 +1,166 @@
+//! The text-to-video Latte transformer of Latte-1, as diffusers' `LatteTransformer3DModel`.
+//!
+//! Per layer, a spatial block (self-attention over the patches of each frame, cross-attention to the projected
+//! caption, feed-forward) then a temporal block (self-attention over the frames at each patch position,
+//! feed-forward), both PixArt-style adaLN-single: one timestep embedding → 6·D modulation shared by every block,
+//! plus each block's learned `scale_shift_table` (6, D). The caption's 4096-d T5 features are projected to D
+//! (`caption_projection`). Positions: 2D sin-cos per frame (diffusers' `get_2d_sincos_pos_embed`, rescaled to
+//! the base grid), and a 1D sin-cos table over `video_length` frames added before the first temporal block.
+//! Input and output are `(B, C, F, H, W)`, as in diffusers. The patch and timestep embeddings, norms, GELU and
+//! modulation are the layers Latte uses ([`crate::nn`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::blocks::TransformerBlock;
+use super::config::LatteT2VConfig;
+use crate::nn::embed::{PatchEmbedder, TimestepEmbedder};
+use crate::nn::pos::{sincos_1d, sincos_2d_at};
+use crate::nn::{gelu::gelu, modulate, LayerNorm, Linear};
+
+/// `repeat_interleave(n, dim=0)`: every row of `x` n times in a row.
+fn repeat_rows(x: &Tensor, n: usize) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let mut expanded = vec![dims[0], n];
+    expanded.extend_from_slice(&dims[1..]);
+    dims[0] *= n;
+    x.unsqueeze(1)?.broadcast_as(expanded)?.contiguous()?.reshape(dims)
+}
+
+/// The network (parameters under diffusers' names).
+pub struct LatteT2V {
+    cfg: LatteT2VConfig,
+    patch_embed: PatchEmbedder,
+    timestep_embedder: TimestepEmbedder,
+    adaln_linear: Linear,
+    caption_linear_1: Linear,
+    caption_linear_2: Linear,
+    spatial_blocks: Vec<TransformerBlock>,
+    temporal_blocks: Vec<TransformerBlock>,
+    scale_shift_table: Tensor,
+    proj_out: Linear,
+    /// The fixed 1D sin-cos table (1, video_length, D) in f32, added before the first temporal block.
+    temp_pos: Tensor,
+    /// The 2D tables by patch grid and dtype, made on first use.
+    pos_2d: Mutex<HashMap<(usize, usize, DType), Tensor>>,
+}
+
+impl LatteT2V {
+    pub fn new(cfg: &LatteT2VConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.inner_dim();
+        let timesteps = vb.pp("adaln_single").pp("emb").pp("timestep_embedder");
+        let captions = vb.pp("caption_projection");
+        let blocks = |prefix: &str, cross: bool| -> Result<Vec<TransformerBlock>> {
+            (0..cfg.num_layers)
+                .map(|i| TransformerBlock::new(cfg, cross, vb.pp(prefix).pp(i)))
+                .collect()
+        };
+        let positions: Vec<f64> = (0..cfg.video_length).map(|k| k as f64).collect();
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embed: PatchEmbedder::new(d, cfg.in_channels, cfg.patch_size, None, vb.pp("pos_embed"))?,
+            timestep_embedder: TimestepEmbedder::with_layers(d, timesteps.pp("linear_1"), timesteps.pp("linear_2"))?,
+            adaln_linear: Linear::new(d, 6 * d, true, vb.pp("adaln_single").pp("linear"))?,
+            caption_linear_1: Linear::new(cfg.caption_channels, d, true, captions.pp("linear_1"))?,
+            caption_linear_2: Linear::new(d, d, true, captions.pp("linear_2"))?,
+            spatial_blocks: blocks("transformer_blocks", cfg.cross_attention_dim.is_some())?,
+            temporal_blocks: blocks("temporal_transformer_blocks", false)?,
+            scale_shift_table: vb.get((2, d), "scale_shift_table")?,
+            proj_out: Linear::new(
+                d,
+                cfg.patch_size * cfg.patch_size * cfg.out_channels(),
+                true,
+                vb.pp("proj_out"),
+            )?,
+            temp_pos: Tensor::from_vec(sincos_1d(d, &positions), (1, cfg.video_length, d), vb.device())?
+                .to_dtype(DType::F32)?,
+            pos_2d: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &LatteT2VConfig {
+        &self.cfg
+    }
+
+    /// diffusers' `get_2d_sincos_pos_embed` for an (h, w) patch grid, (1, h·w, D): coordinates `i / (n / base) /
+    /// scale` in f32, base = sample_size / patch_size, scale = max(sample_size / 64, 1).
+    fn pos_embed_2d(&self, h: usize, w: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+        let mut cache = self.pos_2d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(t) = cache.get(&(h, w, dtype)) {
+            return Ok(t.clone());
+        }
+        let d = self.cfg.inner_dim();
+        let base = (self.cfg.sample_size / self.cfg.patch_size) as f32;
+        let interp = ((self.cfg.sample_size / 64).max(1)) as f32;
+        let coord = |i: usize, n: usize| (i as f32 / (n as f32 / base) / interp) as f64;
+        let cols: Vec<f64> = (0..h * w).map(|k| coord(k % w, w)).collect();
+        let rows: Vec<f64> = (0..h * w).map(|k| coord(k / w, h)).collect();
+        let table = Tensor::from_vec(sincos_2d_at(d, &cols, &rows), (1, h * w, d), device)?
+            .to_dtype(DType::F32)?
+            .to_dtype(dtype)?;
+        cache.insert((h, w, dtype), table.clone());
+        Ok(table)
+    }
+
+    /// x: (B, C, F, H, W) latents; t: (B,) timesteps; caption: (B, S, caption_channels) T5 features; `temporal`:
+    /// run the temporal blocks. Returns (B, out_channels, F, H, W).
+    pub fn forward(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool, grad: bool) -> Result<Tensor> {
+        let (b, _, f, height, width) = x.dims5()?;
+        let (p, d) = (self.cfg.patch_size, self.cfg.inner_dim());
+        let (h, w) = (height / p, width / p);
+        let l = h * w;
+        let dtype = x.dtype();
+        // Every frame's patches: (B, F, L, D) → (B·F, L, D).
+        let patches = self.patch_embed.forward(&x.permute((0, 2, 1, 3, 4))?)?;
+        let mut hidden =
+            patches
+                .reshape((b * f, l, d))?
+                .broadcast_add(&self.pos_embed_2d(h, w, dtype, x.device())?)?;
+
+        let emb = self.timestep_embedder.forward(t)?; // (B, D)
+        let modulation = self.adaln_linear.forward(&emb.silu()?)?; // (B, 6D)
+        let caption = self
+            .caption_linear_2
+            .forward(&gelu(&self.caption_linear_1.forward(caption)?)?)?;
+        let caption = repeat_rows(&caption, f)?;
+        let spatial_mod = repeat_rows(&modulation, f)?;
+        let temporal_mod = repeat_rows(&modulation, l)?;
+        for (i, (spatial, temporal_block)) in self.spatial_blocks.iter().zip(&self.temporal_blocks).enumerate() {
+            hidden = spatial.forward(&hidden, &spatial_mod, Some(&caption), grad)?;
+            if temporal {
+                // (B·F, L, D) → (B·L, F, D)
+                let mut frames = hidden
+                    .reshape((b, f, l, d))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((b * l, f, d))?;
+                if i == 0 && f > 1 {
+                    frames = frames.broadcast_add(&self.temp_pos.to_dtype(dtype)?)?;
+                }
+                frames = temporal_block.forward(&frames, &temporal_mod, None, grad)?;
+                hidden = frames
+                    .reshape((b, l, f, d))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((b * f, l, d))?;
+            }
+        }
+        let emb = repeat_rows(&emb, f)?.unsqueeze(1)?; // (B·F, 1, D)
+        let table = self.scale_shift_table.unsqueeze(0)?;
+        let shift = table.narrow(1, 0, 1)?.broadcast_add(&emb)?;
+        let scale = table.narrow(1, 1, 1)?.broadcast_add(&emb)?;
+        let hidden = modulate(&LayerNorm::plain(1e-6).forward(&hidden, grad)?, &shift, &scale)?;
+        let out = self.proj_out.forward(&hidden)?; // (B·F, L, p·p·c_out)
+        let c_out = self.cfg.out_channels();
+        let out = out
+            .reshape((b * f, h, w, p, p, c_out))?
+            .permute((0, 5, 1, 3, 2, 4))?
+            .contiguous()?;
+        out.reshape((b, f, c_out, h * p, w * p))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+}

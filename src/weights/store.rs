@@ -1,0 +1,177 @@
+//! The one parameter store behind every model of the crate (Latte, the text-to-video transformer, T5, the VAE):
+//! named variables on one device in one dtype, their state dict, and the one strict loader with its report.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::error::{LatteError, Result};
+
+/// What a load found besides the matching keys (PyTorch's `_IncompatibleKeys`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+}
+
+/// Which mismatches a load tolerates. Mis-shaped keys are always an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadPolicy {
+    /// Parameters the state dict lacks keep their values instead of being an error.
+    pub allow_missing: bool,
+    /// Keys the model lacks are reported instead of being an error (e.g. a full T5's decoder weights).
+    pub allow_unexpected: bool,
+}
+
+impl LoadPolicy {
+    /// Every parameter present, nothing else: the default for files.
+    pub const STRICT: Self = Self {
+        allow_missing: false,
+        allow_unexpected: false,
+    };
+
+    /// PyTorch's `load_state_dict(strict=...)`.
+    pub fn strict(strict: bool) -> Self {
+        Self {
+            allow_missing: !strict,
+            allow_unexpected: !strict,
+        }
+    }
+}
+
+/// Models keep their parameters in one of the float dtypes.
+pub fn check_float_dtype(dtype: DType) -> Result<()> {
+    if matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
+        Ok(())
+    } else {
+        Err(LatteError::Type(format!(
+            "dtype: expected a float dtype, got {dtype:?}"
+        )))
+    }
+}
+
+/// Named parameters on one device in one dtype. Clones share their variables (like two references to one
+/// `torch.nn.Module`): an optimiser holding a clone updates the weights every other clone sees.
+#[derive(Clone)]
+pub struct ParamStore {
+    varmap: VarMap,
+    device: Device,
+    dtype: DType,
+}
+
+impl ParamStore {
+    /// An empty store; networks add their parameters (as zeros) through [`ParamStore::builder`].
+    pub fn new(device: &Device, dtype: DType) -> Result<Self> {
+        check_float_dtype(dtype)?;
+        Ok(Self {
+            varmap: VarMap::new(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// The builder a network's constructor reads its parameters from; paths mirror the checkpoint names.
+    pub fn builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_varmap(&self.varmap, self.dtype, &self.device)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn with_vars<R>(&self, f: impl FnOnce(&HashMap<String, Var>) -> R) -> R {
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&data)
+    }
+
+    /// The variables whose names pass `keep`, sorted by name.
+    pub fn vars(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, Var)> {
+        let mut vars: Vec<_> = self.with_vars(|data| {
+            data.iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        });
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Number of values in the variables whose names pass `keep`.
+    pub fn num_values(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.with_vars(|data| data.iter().filter(|(n, _)| keep(n)).map(|(_, v)| v.elem_count()).sum())
+    }
+
+    /// Every parameter by name (detached views, no copies).
+    pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
+        self.with_vars(|data| data.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect())
+    }
+
+    /// Sets every variable, in name order, to `value(name, var)` (the seeded initialisers rely on the order).
+    pub fn initialise(&self, mut value: impl FnMut(&str, &Var) -> Result<Tensor>) -> Result<()> {
+        for (name, var) in self.vars(|_| true) {
+            let t = value(&name, &var)?;
+            var.set(&t.to_device(&self.device)?.to_dtype(self.dtype)?)?;
+        }
+        Ok(())
+    }
+
+    /// Loads `state` by name after checking all of it: mis-shaped keys, and missing and unexpected ones unless
+    /// `policy` allows them, are listed in one error. `source` (a file) and `model` name what did not match.
+    pub fn load(
+        &self,
+        state: &HashMap<String, Tensor>,
+        policy: LoadPolicy,
+        source: Option<&str>,
+        model: &str,
+    ) -> Result<LoadReport> {
+        self.with_vars(|data| {
+            let mut report = LoadReport::default();
+            let mut mismatched = Vec::new();
+            for (name, var) in data.iter() {
+                match state.get(name) {
+                    None => report.missing.push(name.clone()),
+                    Some(t) if t.dims() != var.dims() => {
+                        mismatched.push(format!("{name}: expected {:?}, got {:?}", var.dims(), t.dims()))
+                    }
+                    Some(_) => {}
+                }
+            }
+            report.unexpected = state.keys().filter(|k| !data.contains_key(*k)).cloned().collect();
+            report.missing.sort();
+            report.unexpected.sort();
+            mismatched.sort();
+            let missing_bad = !policy.allow_missing && !report.missing.is_empty();
+            let unexpected_bad = !policy.allow_unexpected && !report.unexpected.is_empty();
+            if !mismatched.is_empty() || missing_bad || unexpected_bad {
+                let mut msg = match source {
+                    Some(s) => format!("{s}: state dict does not match the {model}:"),
+                    None => format!("state dict does not match the {model}:"),
+                };
+                let mut list = |what: &str, keys: &[String], sep: &str| {
+                    if !keys.is_empty() {
+                        msg += &format!("\n  {what} keys ({}): {}", keys.len(), keys.join(sep));
+                    }
+                };
+                list("missing", &report.missing, ", ");
+                list("unexpected", &report.unexpected, ", ");
+                list("mis-shaped", &mismatched, "; ");
+                return Err(LatteError::StateDict(msg));
+            }
+            for (name, var) in data.iter() {
+                if let Some(t) = state.get(name) {
+                    var.set(&t.to_device(&self.device)?.to_dtype(var.dtype())?)?;
+                }
+            }
+            Ok(report)
+        })
+    }
+}
