@@ -116,3 +116,72 @@ def test_scheduler_loop_with_guidance_and_bad_scheduler() -> None:
     assert a.shape == (1, 4, 4, 8, 8)
     with pytest.raises(TypeError, match="diffusion: expected a GaussianDiffusion or a latte-rs scheduler"):
         latte_rs.sample(model, object(), progress=False)
+
+
+def _diffusers_ddim_loop(model, noise, y, steps, eta, seed, guidance=1.0, **config):
+    """diffusers' DDIMScheduler driven by hand over our model, each step's variance noise drawn from
+    latte_rs.Generator(seed) in the order our loop draws it (the starting noise is given; with eta > 0 every
+    step draws, as in the official ddim_sample_loop)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(**config)
+    ref.set_timesteps(steps)
+    gen = latte_rs.Generator(seed)
+    x = torch.from_numpy(noise)
+    c = model.config.in_channels
+    for t in ref.timesteps:
+        batch = np.full(len(noise), float(t))
+        eps = model(x.numpy(), batch, y=y)[:, :, :c]
+        if guidance > 1:
+            null = np.full_like(y, model.config.num_classes)
+            uncond = model(x.numpy(), batch, y=null)[:, :, :c]
+            eps = uncond + guidance * (eps - uncond)
+        z = torch.from_numpy(gen.randn(list(noise.shape)))
+        x = ref.step(torch.from_numpy(eps), t, x, eta=eta, variance_noise=z).prev_sample
+    return x.numpy()
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_ddim_with_eta_matches_the_diffusers_loop_through_sample_and_the_pipeline(guidance) -> None:
+    """eta > 0 reaches DDIM through latte_rs.sample (a DDIMScheduler, and a GaussianDiffusion with
+    sampler="ddim") and through LattePipeline: each equals diffusers' DDIM loop given the same per-step noise."""
+    pytest.importorskip("diffusers")
+    model = latte_rs.LatteModel(tiny_config(num_classes=3), seed=0)
+    model.load_state_dict({k: v + 0.02 for k, v in model.state_dict().items()})
+    noise = latte_rs.Generator(3).randn([2, 4, 4, 8, 8])
+    y = np.array([0, 2])
+    config = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                  clip_sample=False)
+    want = _diffusers_ddim_loop(model, noise, y, 5, 0.7, seed=11, guidance=guidance, **config)
+    deterministic = _diffusers_ddim_loop(model, noise, y, 5, 0.0, seed=11, guidance=guidance, **config)
+    assert np.abs(want - deterministic).max() > 1e-2  # eta matters
+
+    scheduler = latte_rs.DDIMScheduler(**config)
+    got = latte_rs.sample(model, scheduler, noise=noise, y=y, num_inference_steps=5, eta=0.7, seed=11,
+                          cfg_scale=guidance, progress=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    pipe = latte_rs.LattePipeline(model, scheduler=scheduler)
+    out = pipe(class_labels=[0, 2], num_inference_steps=5, eta=0.7, seed=11, latents=noise, guidance_scale=guidance,
+               output_type="latent", progress=False)
+    np.testing.assert_allclose(out.latents, want, rtol=1e-4, atol=1e-5)
+
+    # The official process respaced to 5 DDIM steps is the same sampler (leading spacing, ᾱ_prev = 1 at the end).
+    d = latte_rs.GaussianDiffusion(timestep_respacing="ddim5")
+    got = latte_rs.sample(model, d, noise=noise, y=y, sampler="ddim", eta=0.7, seed=11, cfg_scale=guidance,
+                          progress=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_eta_is_refused_where_no_sampler_reads_it_and_steps_are_not_silently_ignored() -> None:
+    model = latte_rs.LatteModel(tiny_config(), seed=0)
+    with pytest.raises(ValueError, match="eta: DDPMScheduler has no eta"):
+        latte_rs.sample(model, latte_rs.DDPMScheduler(), eta=0.5, num_inference_steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"eta: GaussianDiffusion \(ddpm\) has no eta"):
+        latte_rs.sample(model, latte_rs.GaussianDiffusion(timestep_respacing="4"), eta=0.5, progress=False)
+    with pytest.raises(ValueError, match="num_inference_steps: expected 4, the steps of this GaussianDiffusion"):
+        latte_rs.sample(model, latte_rs.GaussianDiffusion(timestep_respacing="4"), num_inference_steps=50,
+                        progress=False)
+    with pytest.raises(ValueError, match="sampler: chooses how a GaussianDiffusion samples"):
+        latte_rs.sample(model, latte_rs.DDPMScheduler(), sampler="ddim", progress=False)

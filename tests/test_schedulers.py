@@ -1,6 +1,7 @@
-"""DDPMScheduler / DDIMScheduler / EulerDiscreteScheduler against diffusers on diffusers' own test setup
-(dummy sample, dummy model `sample * t / (t + 1)`): every spacing, prediction type and variance type, Karras
-sigmas and churn for Euler, full 10-step loops.
+"""DDPM, DDIM, Euler and DPM-Solver(++) schedulers against diffusers on diffusers' own test setup (dummy sample,
+dummy model `sample * t / (t + 1)`): every spacing, prediction type and variance type, Karras sigmas and churn for
+Euler, the SDE forms of DPM-Solver, full 10-step loops; `add_noise` with one timestep per sample and one for
+the batch.
 
 Golden runs come from tests/fixtures/make_scheduler_golden.py (which runs diffusers, recording the noise of each
 step); here the same noise is replayed through a stand-in generator. When diffusers is installed, a few runs are
@@ -72,7 +73,7 @@ def run_loop(kind: str, config: dict, eta: float, noise: np.ndarray) -> tuple[np
     for t in scheduler.timesteps:
         out = dummy_model(sample, int(t), variance_type).astype(np.float32)
         if kind == "dpm":
-            sample = scheduler.step(out, t, sample).prev_sample
+            sample = scheduler.step(out, t, sample, generator=gen).prev_sample  # the SDE forms draw noise
         elif kind == "ddpm":
             sample = scheduler.step(out, t, sample, generator=gen).prev_sample
         else:
@@ -204,3 +205,76 @@ def test_dpm_solver_uses_the_prediction_half_of_a_learned_variance_output() -> N
             sample = s.step(out, t, sample).prev_sample
         runs.append(sample)
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "euler", "dpm"])
+def test_add_noise_per_sample_and_one_timestep_for_the_batch_match_diffusers(kind: str) -> None:
+    g = {k.split("/")[-1]: GOLDEN[k] for k in GOLDEN if k.startswith(f"add_noise/{kind}/")}
+    scheduler = CLASSES[kind]()
+    scheduler.set_timesteps(10)
+    x = GOLDEN["dummy_sample"]
+    per_sample = scheduler.add_noise(x, g["noise"], g["per_sample_t"])
+    np.testing.assert_allclose(per_sample, g["per_sample"], rtol=1e-6, atol=1e-6)
+    single = scheduler.add_noise(x, g["noise"], g["single_t"])  # broadcast over the batch
+    np.testing.assert_allclose(single, g["single"], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(single, per_sample)
+    scalar = g["single_t"].reshape(()).item()
+    np.testing.assert_array_equal(scheduler.add_noise(x, g["noise"], scalar), single)
+
+
+def test_add_noise_live_against_diffusers() -> None:
+    pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(FIXTURES))
+    import make_scheduler_golden as ref
+
+    for kind in ref.ADD_NOISE_KINDS:
+        live = ref.add_noise(kind, torch.Generator().manual_seed(1))
+        scheduler = CLASSES[kind]()
+        scheduler.set_timesteps(10)
+        x = GOLDEN["dummy_sample"]
+        for t, want in ((live["per_sample_t"], live["per_sample"]), (live["single_t"], live["single"])):
+            np.testing.assert_allclose(scheduler.add_noise(x, live["noise"], t), want, rtol=1e-6, atol=1e-6)
+
+
+def test_add_noise_errors_name_the_timesteps() -> None:
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"timesteps: expected 2 values \(one per sample\) or one for the batch"):
+        latte_rs.DDPMScheduler().add_noise(x, x, np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="set_timesteps"):
+        latte_rs.DPMSolverMultistepScheduler().add_noise(x, x, 999)
+    dpm = latte_rs.DPMSolverMultistepScheduler()
+    dpm.set_timesteps(10)
+    with pytest.raises(ValueError, match="timesteps: expected timesteps of the scheduler's schedule"):
+        dpm.add_noise(x, x, 998)
+    # float64 noise with float32 samples is converted, not a dtype error.
+    assert latte_rs.DDPMScheduler().add_noise(x, x.astype(np.float64), 5).dtype == np.float32
+
+
+def test_every_step_returns_prev_sample_and_pred_original_sample() -> None:
+    x = latte_rs.Generator(0).randn([1, 3, 4, 4])
+    for kind, make in CLASSES.items():
+        s = make()
+        s.set_timesteps(4)
+        t = s.timesteps[0]
+        out = s.step(x * 0.5, t, s.scale_model_input(x, t))
+        assert isinstance(out, latte_rs.SchedulerOutput), kind
+        s = make()
+        s.set_timesteps(4)
+        prev, x0 = s.step(x * 0.5, t, s.scale_model_input(x, t), return_dict=False)
+        np.testing.assert_array_equal(prev, out.prev_sample)
+        assert x0.shape == x.shape
+
+
+def test_sde_dpm_solver_honours_the_generator() -> None:
+    def run(seed: int) -> np.ndarray:
+        s = latte_rs.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
+        s.set_timesteps(5)
+        g = latte_rs.Generator(seed)
+        x = latte_rs.Generator(0).randn([1, 3, 4, 4])
+        for t in s.timesteps:
+            x = s.step(x * 0.3, t, x, generator=g).prev_sample
+        return x
+
+    np.testing.assert_array_equal(run(1), run(1))
+    assert not np.allclose(run(1), run(2))

@@ -165,3 +165,34 @@ def test_pipeline_errors(tmp_path, spiece):
     (folder / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "LMSDiscreteScheduler"}')
     with pytest.raises(ValueError, match="LMSDiscreteScheduler.* is not supported"):
         load_scheduler(folder / "scheduler")
+
+
+def test_pipeline_ddim_eta_matches_diffusers_with_the_same_step_noise(spiece, tmp_path, monkeypatch):
+    """DDIM with eta > 0 in the text-to-video pipeline: diffusers' LattePipeline with its DDIM steps' variance noise
+    drawn from latte_rs.Generator(seed), in the order our loop draws it, gives our frames."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    from diffusers.schedulers import scheduling_ddim
+
+    folder = _pipeline_folder(tmp_path, spiece)
+    ref = diffusers.LattePipeline(
+        tokenizer=_TorchTokenizer(T5Tokenizer(folder / "tokenizer")),
+        text_encoder=transformers.T5EncoderModel.from_pretrained(folder / "text_encoder"),
+        vae=diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
+        transformer=diffusers.LatteTransformer3DModel.from_pretrained(folder / "transformer"),
+        scheduler=diffusers.DDIMScheduler.from_pretrained(folder / "scheduler"),
+    )
+    stream = latte_rs.Generator(5)
+    monkeypatch.setattr(scheduling_ddim, "randn_tensor",
+                        lambda shape, **_: torch.from_numpy(stream.randn(list(shape))))
+    latents = np.random.default_rng(0).standard_normal((1, 4, 4, 8, 8)).astype(np.float32)
+    kwargs = dict(num_inference_steps=3, guidance_scale=4.0, video_length=4, height=16, width=16)
+    with torch.no_grad():
+        want = ref(["a cat walks"], negative_prompt="", latents=torch.from_numpy(latents), output_type="np",
+                   clean_caption=False, eta=0.8, **kwargs).frames
+    pipe = LatteT2VPipeline.from_pretrained(folder)
+    got = pipe(["a cat walks"], latents=latents, eta=0.8, seed=5, progress=False, **kwargs)
+    assert max_rel_err(got.frames, np.asarray(want)) <= 1e-4
+    still = pipe(["a cat walks"], latents=latents, eta=0.0, seed=5, progress=False, **kwargs)
+    assert np.abs(still.frames - got.frames).max() > 1e-3  # eta reached the sampler

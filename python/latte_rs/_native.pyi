@@ -207,7 +207,7 @@ class GaussianDiffusion:
         """One DDIM step with the given noise (unused when ``eta`` = 0): (x_{t-1}, pred_xstart)."""
     def sample(
         self,
-        model: LatteModel,
+        model: LatteModel | LatteT2VTransformer,
         num_samples: int = 1,
         noise: ArrayLike | None = None,
         y: ArrayLike | None = None,
@@ -232,9 +232,10 @@ class Generator:
         """Standard normal float32 draws of the given shape."""
 
 class Scheduler:
-    """The Rust core of ``DDPMScheduler`` / ``DDIMScheduler`` (use those classes)."""
+    """The Rust core of every diffusers-style scheduler (use ``DDPMScheduler``, ``DDIMScheduler``,
+    ``EulerDiscreteScheduler`` or ``DPMSolverMultistepScheduler``)."""
 
-    def __init__(self, kind: Literal["ddpm", "ddim"], config_json: str) -> None: ...
+    def __init__(self, kind: Literal["ddpm", "ddim", "euler", "dpmsolver"], config_json: str) -> None: ...
     def config_json(self) -> str: ...
     def set_timesteps(self, num_inference_steps: int) -> None: ...
     @property
@@ -242,33 +243,11 @@ class Scheduler:
     @property
     def num_inference_steps(self) -> int | None: ...
     @property
-    def alphas_cumprod(self) -> np.ndarray: ...
+    def alphas_cumprod(self) -> np.ndarray | None:
+        """The ᾱ table (DDPM, DDIM; None for the σ-parameterised schedulers)."""
     @property
-    def init_noise_sigma(self) -> float: ...
-    def needs_noise(self, timestep: int, eta: float) -> bool: ...
-    def step(
-        self,
-        model_output: ArrayLike,
-        timestep: int,
-        sample: ArrayLike,
-        noise: ArrayLike | None = None,
-        eta: float = 0.0,
-        use_clipped_model_output: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]: ...
-    def add_noise(self, original_samples: ArrayLike, noise: ArrayLike, timesteps: list[int]) -> np.ndarray: ...
-
-class EulerScheduler:
-    """The Rust core of ``EulerDiscreteScheduler`` (use that class)."""
-
-    def __init__(self, config_json: str) -> None: ...
-    def config_json(self) -> str: ...
-    def set_timesteps(self, num_inference_steps: int) -> None: ...
-    @property
-    def timesteps(self) -> np.ndarray: ...
-    @property
-    def sigmas(self) -> np.ndarray: ...
-    @property
-    def num_inference_steps(self) -> int | None: ...
+    def sigmas(self) -> np.ndarray | None:
+        """The noise levels (Euler, DPM-Solver; None for DDPM, DDIM)."""
     @property
     def init_noise_sigma(self) -> float: ...
     def scale_model_input(self, sample: ArrayLike, timestep: float) -> np.ndarray: ...
@@ -277,29 +256,22 @@ class EulerScheduler:
         model_output: ArrayLike,
         timestep: float,
         sample: ArrayLike,
-        s_churn: float,
-        s_tmin: float,
-        s_tmax: float,
-        s_noise: float,
-        noise: ArrayLike | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]: ...
-    def add_noise(self, original_samples: ArrayLike, noise: ArrayLike, timesteps: list[float]) -> np.ndarray: ...
-
-class DpmSolverScheduler:
-    """The Rust core of ``DPMSolverMultistepScheduler`` (use that class)."""
-
-    def __init__(self, config_json: str) -> None: ...
-    def config_json(self) -> str: ...
-    def set_timesteps(self, num_inference_steps: int) -> None: ...
-    @property
-    def timesteps(self) -> np.ndarray: ...
-    @property
-    def sigmas(self) -> np.ndarray: ...
-    @property
-    def num_inference_steps(self) -> int | None: ...
-    @property
-    def init_noise_sigma(self) -> float: ...
-    def step(self, model_output: ArrayLike, timestep: int, sample: ArrayLike) -> tuple[np.ndarray, np.ndarray]: ...
+        *,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = ...,
+        s_noise: float = 1.0,
+        generator: Generator | Any | None = None,
+        variance_noise: ArrayLike | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One step: (prev_sample, pred_original_sample). The scheduler decides whether the step is stochastic;
+        its noise is ``variance_noise``, or drawn from ``generator`` (a ``Generator`` or anything with
+        ``randn(shape)``)."""
+    def add_noise(self, original_samples: ArrayLike, noise: ArrayLike, timesteps: ArrayLike) -> np.ndarray:
+        """q(x_t | x0) at ``timesteps``: one per sample, or one (a scalar) for the batch."""
+    def __len__(self) -> int: ...
 
 class StepStats(TypedDict):
     loss: float
@@ -487,6 +459,8 @@ class LatteT2VTransformer:
     ) -> npt.NDArray[np.float32]:
         """``(B, in_channels, F, H, W)`` latents (F = video_length, or 1), timesteps ``(B,)`` or a scalar, T5
         features ``(B, S, caption_channels)`` → ``(B, out_channels, F, H, W)``."""
+    def with_temporal_attentions(self, enabled: bool) -> LatteT2VTransformer:
+        """The same transformer (sharing its parameters) with the temporal blocks on or off."""
     def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
     def load_state_dict(self, state_dict: dict[str, ArrayLike]) -> None: ...
     @property
@@ -508,15 +482,30 @@ class T5TextEncoder:
     @property
     def vocab_size(self) -> int: ...
 
-def sample_with_scheduler(
-    model: LatteModel,
-    scheduler: Scheduler | EulerScheduler | DpmSolverScheduler,
-    num_inference_steps: int,
-    num_samples: int = 1,
+def sample(
+    model: LatteModel | LatteT2VTransformer,
+    scheduler: Scheduler | GaussianDiffusion,
+    *,
     noise: ArrayLike | None = None,
+    num_samples: int = 1,
+    latent_shape: list[int] | None = None,
     y: ArrayLike | None = None,
-    cfg_scale: float = 1.0,
+    y_image: ArrayLike | None = None,
+    encoder_hidden_states: ArrayLike | None = None,
+    negative_encoder_hidden_states: ArrayLike | None = None,
+    encoder_attention_mask: ArrayLike | None = None,
+    negative_encoder_attention_mask: ArrayLike | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    num_inference_steps: int | None = None,
+    sampler: Literal["ddpm", "ddim"] = "ddpm",
+    clip_denoised: bool = False,
     seed: int = 0,
     callback: Callable[[int, int], object] | None = None,
 ) -> np.ndarray:
-    """A whole denoising loop with a diffusers-style scheduler core, every step in Rust (see ``latte_rs.sample``)."""
+    """The one sampling loop, every step in Rust, for any model and any scheduler (a scheduler core, copied so the
+    caller's keeps its state, or a ``GaussianDiffusion`` sampled by ``sampler``). The condition is class labels
+    ``y`` or a prompt's T5 features ``encoder_hidden_states``; with ``guidance_scale`` > 1 the unconditional
+    branch is the null class, or ``negative_encoder_hidden_states``. Without ``noise``, ``num_samples`` clips of
+    the model's size (or ``latent_shape``) are drawn from ``seed``, and every step's noise from the same
+    generator. ``callback(done, total)`` runs after each step. Used by ``latte_rs.sample`` and the pipelines."""

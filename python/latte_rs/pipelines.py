@@ -257,8 +257,9 @@ class LattePipeline:
         return cls(model, scheduler, vae)
 
     def __call__(self, class_labels: int | list[int] | np.ndarray | None = None, num_videos: int = 1,
-                 num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, latents: Any = None,
-                 output_type: str = "uint8", decode_chunk_size: int = 16, progress: bool = True) -> LatteOutput:
+                 num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
+                 latents: Any = None, output_type: str = "uint8", decode_chunk_size: int = 16,
+                 progress: bool = True) -> LatteOutput:
         """Generates videos.
 
         Args:
@@ -269,6 +270,7 @@ class LattePipeline:
                 ``sample.py``; pass ``scheduler=`` for DDIM, Euler or DPM-Solver++).
             guidance_scale: classifier-free guidance (above 1 needs a model trained with label dropout).
             seed: the starting noise and every step's noise. Same seed, same videos.
+            eta: DDIM's stochasticity (with a ``DDIMScheduler``; other schedulers have none).
             latents: starting noise ``(B, F, C, h, w)`` instead of drawing it.
             output_type: "uint8", "np" (float in [0, 1]) or "latent".
         """
@@ -296,7 +298,7 @@ class LattePipeline:
             raise ValueError(f"vae: this model makes {cfg.in_channels}-channel latents; pass vae= (a diffusers vae/ "
                              "folder) or use output_type='latent'")
         out = sample(self.model, self.scheduler, count, num_inference_steps=num_inference_steps, noise=latents,
-                     y=y, cfg_scale=guidance_scale, seed=seed, progress=progress)
+                     y=y, cfg_scale=guidance_scale, eta=eta, seed=seed, progress=progress)
         if output_type == "latent":
             return LatteOutput(out, out, self.fps)
         video = self.vae.decode(out, chunk_size=decode_chunk_size) if self.vae is not None else out
