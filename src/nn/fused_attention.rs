@@ -103,7 +103,6 @@ unsafe fn probabilities(
 ///
 /// # Safety
 /// Every element reached through the pointers and strides must be in bounds; `dst` is written, not read.
-#[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, usize, usize),

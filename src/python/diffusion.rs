@@ -49,7 +49,7 @@ impl PyGaussianDiffusion {
         beta_start = 0.00085,
         beta_end = 0.012,
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one by one
     fn new(
         timestep_respacing: &str,
         noise_schedule: &str,
@@ -220,7 +220,7 @@ impl PyGaussianDiffusion {
 
     /// One DDIM step with the given noise and `eta`: (x_{t−1}, pred_xstart).
     #[pyo3(signature = (model_output, x, t, noise, eta = 0.0, clip_denoised = true))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one by one
     fn ddim_sample<'py>(
         &self,
         py: Python<'py>,

@@ -57,7 +57,7 @@ impl PyTrainer {
         skip_nonfinite = false,
         seed = 3407,
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one by one
     fn new(
         py: Python<'_>,
         model: PyRef<'_, PyLatteModel>,

@@ -22,7 +22,7 @@ use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
 use crate::model::{Condition, Denoiser, LatteModel};
 use crate::rng::Generator;
-use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig};
+use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Update};
 
 /// The trainer's options; the defaults are the official Latte recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,22 +188,35 @@ fn new_buffers<T: Float>(vars: &[Var], model_dtype: DType) -> Result<Buffers<T>>
     })
 }
 
+/// An optimiser step about to be taken: the loss it comes from, the loss scale its gradients carry, the clipping
+/// norm (None: no clipping at this step), and the 1-based step with its scheduled learning rate.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    loss: f64,
+    loss_scale: f64,
+    clip: Option<f64>,
+    step: u64,
+    lr: f64,
+}
+
 impl<T: Float> Buffers<T> {
-    /// Checks the summed gradients (scaled by `loss_scale`), and when loss and gradients are finite clips them,
+    /// Checks the summed gradients (scaled by the loss scale), and when loss and gradients are finite clips them,
     /// steps AdamW and the EMA, and writes the new weights into `vars`. Returns the (unscaled) global norm and
     /// whether the step was applied. Gradients are read in place; full-precision weights are updated in place.
-    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         vars: &[Var],
         opts: &TrainerOptions,
         grads: &[Tensor],
-        loss: f64,
-        loss_scale: f64,
-        clip: Option<f64>,
-        step: u64,
-        lr: f64,
+        pending: Pending,
     ) -> Result<(f64, bool)> {
+        let Pending {
+            loss,
+            loss_scale,
+            clip,
+            step,
+            lr,
+        } = pending;
         let grads: Vec<Tensor> = grads
             .iter()
             .map(|g| g.to_dtype(T::DTYPE))
@@ -217,7 +230,11 @@ impl<T: Float> Buffers<T> {
             return Ok((norm, false));
         }
         // Clipping (torch's clip_grad_norm_ factor) and unscaling fold into one factor on each gradient.
-        let grad_scale = clip.map_or(1.0, |max| clip_coefficient(norm, max)) / loss_scale;
+        let update = Update {
+            step,
+            lr,
+            grad_scale: clip.map_or(1.0, |max| clip_coefficient(norm, max)) / loss_scale,
+        };
         for (i, (var, g)) in vars.iter().zip(&grads).enumerate() {
             let (m, v, ema) = (&mut self.m[i], &mut self.v[i], &mut self.ema[i]);
             let master = self.master.as_mut().map(|ms| &mut ms[i]);
@@ -234,17 +251,15 @@ impl<T: Float> Buffers<T> {
                 };
                 match param {
                     Some(param) => {
-                        adamw_step(param, g, grad_scale, m, v, step, lr, &opts.optimizer);
+                        adamw_step(param, g, m, v, update, &opts.optimizer);
                         ema_update(ema, param, opts.ema_decay);
                         let t = Tensor::from_slice(param, var.shape(), var.device())?.to_dtype(var.dtype())?;
                         var.set(&t)?;
                     }
                     None => var.as_tensor().inplace_op1(&InPlaceAdamW {
                         grad: g,
-                        grad_scale,
                         moments: std::cell::RefCell::new((m, v, ema)),
-                        step,
-                        lr,
+                        update,
                         opts,
                     })?,
                 }
@@ -270,10 +285,8 @@ fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
 /// AdamW and the EMA applied to a full-precision CPU parameter in its own storage.
 struct InPlaceAdamW<'a, T> {
     grad: &'a [T],
-    grad_scale: f64,
     moments: std::cell::RefCell<(&'a mut Vec<T>, &'a mut Vec<T>, &'a mut Vec<T>)>,
-    step: u64,
-    lr: f64,
+    update: Update,
     opts: &'a TrainerOptions,
 }
 
@@ -292,16 +305,7 @@ impl<T: Float> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
         let param = &mut values[start..end];
         let mut moments = self.moments.borrow_mut();
         let (m, v, ema) = &mut *moments;
-        adamw_step(
-            param,
-            self.grad,
-            self.grad_scale,
-            m,
-            v,
-            self.step,
-            self.lr,
-            &self.opts.optimizer,
-        );
+        adamw_step(param, self.grad, m, v, self.update, &self.opts.optimizer);
         ema_update(ema, param, self.opts.ema_decay);
         Ok(())
     }
@@ -550,9 +554,16 @@ impl Trainer {
         let next = self.step + 1;
         let lr = self.opts.lr_at(next);
         let clip = self.opts.grad_clip.filter(|_| self.step >= self.opts.clip_start_step);
+        let pending = Pending {
+            loss: loss_value,
+            loss_scale: scale_factor,
+            clip,
+            step: next,
+            lr,
+        };
         let (norm, finite) = match &mut self.state {
-            State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, loss_value, scale_factor, clip, next, lr)?,
-            State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, loss_value, scale_factor, clip, next, lr)?,
+            State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
+            State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
         };
         let skipped = !finite;
         if skipped {

@@ -34,20 +34,20 @@ impl Default for AdamWConfig {
     }
 }
 
-/// One AdamW step in place: `param`, first moment `m` and second moment `v` updated from `grad · grad_scale`
-/// (the clipping and loss-unscaling factor; 1 for none), at the 1-based optimiser step `step` with learning rate
-/// `lr` (the scheduled one; `cfg.lr` is not read).
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_step<T: Float>(
-    param: &mut [T],
-    grad: &[T],
-    grad_scale: f64,
-    m: &mut [T],
-    v: &mut [T],
-    step: u64,
-    lr: f64,
-    cfg: &AdamWConfig,
-) {
+/// What one optimiser update needs besides the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Update {
+    /// The 1-based optimiser step (for the bias corrections).
+    pub step: u64,
+    /// The scheduled learning rate (`AdamWConfig::lr` is not read).
+    pub lr: f64,
+    /// The factor on every gradient: clipping and loss unscaling (1 for none).
+    pub grad_scale: f64,
+}
+
+/// One AdamW step in place: `param`, first moment `m` and second moment `v` updated from `grad · grad_scale`.
+pub fn adamw_step<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], update: Update, cfg: &AdamWConfig) {
+    let Update { step, lr, grad_scale } = update;
     let bias1 = 1.0 - cfg.beta1.powi(step as i32);
     let bias2_sqrt = (1.0 - cfg.beta2.powi(step as i32)).sqrt();
     let decay = T::of(1.0 - lr * cfg.weight_decay);
@@ -105,6 +105,15 @@ pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// The first step at learning rate `lr`, gradients unscaled.
+    fn update(lr: f64) -> Update {
+        Update {
+            step: 1,
+            lr,
+            grad_scale: 1.0,
+        }
+    }
+
     /// Hand-computed first step: with m = v = 0 the update is −lr · g / (|g| + eps·…) ≈ −lr · sign(g).
     #[test]
     fn first_step_moves_by_lr_against_the_gradient() {
@@ -112,7 +121,7 @@ mod tests {
         let mut p = vec![1.0f64, -2.0, 0.5];
         let g = vec![0.3f64, -4.0, 1e-3];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-        adamw_step(&mut p, &g, 1.0, &mut m, &mut v, 1, 1e-2, &cfg);
+        adamw_step(&mut p, &g, &mut m, &mut v, update(1e-2), &cfg);
         for ((p, p0), g) in p.iter().zip([1.0, -2.0, 0.5]).zip(&g) {
             let expected = p0 - 1e-2 * g / (g.abs() + 1e-8);
             assert!((p - expected).abs() < 1e-12, "{p} vs {expected}");
@@ -127,7 +136,7 @@ mod tests {
         };
         let mut p = vec![2.0f64];
         let (mut m, mut v) = (vec![0.0], vec![0.0]);
-        adamw_step(&mut p, &[0.0], 1.0, &mut m, &mut v, 1, 0.5, &cfg);
+        adamw_step(&mut p, &[0.0], &mut m, &mut v, update(0.5), &cfg);
         assert!((p[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-12);
     }
 
