@@ -17,6 +17,7 @@ import latte_rs
 from latte_rs.data.video import read_frames, spatial_transform
 from latte_rs.evaluation import FeatureStats, Protocol, feature_stats, fvd, load_i3d
 from latte_rs.evaluation import protocol as fvd_module
+from latte_rs.evaluation import sources as fvd_sources
 from latte_rs.evaluation import weights as weights_module
 
 GOLDEN = Path(__file__).parent / "fixtures" / "fvd" / "i3d_logits.npz"
@@ -145,16 +146,16 @@ def test_arrays_tensors_iterables_and_datasets_give_the_same_statistics(i3d):
 def test_real_clips_take_strided_frames_from_seeded_random_starts():
     clips = np.arange(6 * 40, dtype=np.float32).reshape(6, 40, 1, 1, 1) * np.ones((1, 1, 2, 2, 3), np.float32)
     proto = Protocol(num_real=4, num_fake=4, num_frames=10, real_stride=3, value_range=(0, 240))
-    plan = fvd_module._plan(clips, "real", proto, "NFHWC")
+    plan = fvd_sources.plan(clips, "real", proto, "NFHWC")
     assert plan.num == 4 and len(set(plan.index)) == 4
     (batch, _), = list(plan.batches(8))
     frames = batch[:, :, 0, 0, 0] - 40 * plan.index[:, None]
     assert (np.diff(frames, axis=1) == 3).all() and frames.min() >= 0 and frames.max() <= 39
-    again = fvd_module._plan(clips, "real", proto, "NFHWC")
+    again = fvd_sources.plan(clips, "real", proto, "NFHWC")
     np.testing.assert_array_equal(again.frames, plan.frames)
-    other = fvd_module._plan(clips, "real", Protocol(**{**proto.__dict__, "seed": 1}), "NFHWC")
+    other = fvd_sources.plan(clips, "real", Protocol(**{**proto.__dict__, "seed": 1}), "NFHWC")
     assert not np.array_equal(other.frames, plan.frames) or not np.array_equal(other.index, plan.index)
-    fake = fvd_module._plan(clips, "fake", proto, "NFHWC")  # generated clips: the first frames, stride 1
+    fake = fvd_sources.plan(clips, "fake", proto, "NFHWC")  # generated clips: the first frames, stride 1
     (batch, _), = list(fake.batches(8))
     np.testing.assert_array_equal(batch[:, :, 0, 0, 0] - 40 * fake.index[:, None], np.tile(np.arange(10), (4, 1)))
 
@@ -223,7 +224,7 @@ def _frame_folder(root: Path, name: str, frames: int, size: tuple[int, int]) -> 
 def test_bad_input_is_refused_before_any_network_work(tmp_path, no_network):
     ok = np.zeros((4, 16, 32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="shorter than the 16 frames every 3"):
-        fvd(ok, ok)  # real clips of 16 frames, the protocol takes 16 frames every 3 (46)
+        fvd(np.zeros((4, 20, 32, 32, 3), np.uint8), ok)  # videos of 20 frames; 16 frames every 3 need 46
     with pytest.raises(ValueError, match="at least 2 clips"):
         fvd(ok[:1], ok, real_stride=1)
     with pytest.raises(ValueError, match=r"values in value_range \[-1, 1\], got values in \[2, 2\]"):
@@ -325,3 +326,21 @@ def test_cli_prints_the_score_and_protocol_as_json(tmp_path, capsys, i3d):
                  "--real-stride", "1", "--no-progress"])
     assert code != 0
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_arrays_of_clips_are_taken_as_clips_and_the_record_says_so():
+    """Two arrays of 16-frame clips work with the defaults: the real stride applies where clips are cut from
+    longer videos, not to items that already are clips; the result records what was done on each side."""
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (3, 16, 32, 32, 3), dtype=np.uint8)
+    result = fvd(real, real // 2, num_clips=3, progress=False)  # real_stride=3, the default
+    assert np.isfinite(result.fvd) and result.fvd > 0
+    assert result.real["frames"].startswith("as given") and result.fake["frames"].startswith("as given")
+    proto = Protocol(num_real=3, num_fake=3)
+    (batch, _), = list(fvd_sources.plan(real, "real", proto, "NFHWC").batches(8))
+    np.testing.assert_array_equal(batch, real)
+    videos = rng.integers(0, 256, (3, 46, 32, 32, 3), dtype=np.uint8)
+    assert fvd_sources.plan(videos, "real", proto, "NFHWC").notes["frames"] == "every 3 from a random start"
+    stream = fvd_sources.plan(iter([real[0], real[1], videos[0]]), "real", proto, "NFHWC")
+    list(stream.batches(8))
+    assert stream.notes["frames"].startswith("2 as given") and "1 cut every 3" in stream.notes["frames"]

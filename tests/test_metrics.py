@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latte_rs.metrics import RunningStats, frechet_distance
+from latte_rs.evaluation.metrics import RunningStats, frechet_distance
 
 
 def _scipy_fd(mu1, s1, mu2, s2) -> float:

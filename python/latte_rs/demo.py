@@ -64,7 +64,7 @@ def pixel_features(videos, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 def pixel_fd(real, fake, seed: int = 0) -> float:
     """Fréchet distance between the ``pixel_features`` of two sets of videos (see the module docs)."""
-    from .metrics import RunningStats, frechet_distance
+    from .evaluation.metrics import RunningStats, frechet_distance
 
     stats = []
     for videos in (real, fake):

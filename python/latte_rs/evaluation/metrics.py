@@ -9,7 +9,7 @@ quantity (the nonzero eigenvalues of Σ₁Σ₂ and of Σ₁^½Σ₂Σ₁^½ coi
 any covariances, and computed in float64 throughout.
 
 >>> import numpy as np
->>> from latte_rs.metrics import RunningStats, frechet_distance
+>>> from latte_rs.evaluation.metrics import RunningStats, frechet_distance
 >>> feats = np.random.default_rng(0).normal(size=(100, 8))
 >>> stats = RunningStats(8)
 >>> stats.update(feats[:50]); stats.update(feats[50:])

@@ -1,0 +1,64 @@
+"""Training: official Latte YAML configs in, checkpoints, a loss log (CSV) and a loss plot (PNG) out. The config
+schema is :mod:`latte_rs.training.config`, the loop :mod:`latte_rs.training.loop`, the log and plot
+:mod:`latte_rs.training.history`; batches come from :mod:`latte_rs.data.batching`.
+
+>>> import latte_rs
+>>> result = latte_rs.train({"dataset": "synthetic", "model": "Latte-S/2", "num_frames": 4, "image_size": 16,
+...                          "pixel_space": True, "model_config": {"depth": 2, "hidden_size": 32, "num_heads": 2},
+...                          "local_batch_size": 2, "max_train_steps": 3, "log_every": 1, "ckpt_every": 3},
+...                         output_dir=tmp_dir, progress=False)  # doctest: +SKIP
+>>> result.history[-1]["step"]  # doctest: +SKIP
+3
+
+The config takes the official keys (`configs/*/*_train.yaml` of the Latte repository) and a few of ours:
+
+==============================  ==========================================================================
+official key                    meaning here
+==============================  ==========================================================================
+model                           preset, e.g. "Latte-XL/2" (also "LatteIMG-XL/2")
+num_frames, image_size          clip length and size in pixels; latents are image_size / 8 unless
+                                ``pixel_space``
+frame_interval                  passed to the dataset loaders (temporal stride)
+learn_sigma, num_classes,       model options; ``extras: 2`` means class-conditional (then
+extras                          ``num_classes`` is required)
+use_image_num                   image frames per clip for image-video joint training
+learning_rate, lr_warmup_steps  AdamW learning rate (constant after the linear warm-up)
+clip_max_norm, start_clip_iter  global-norm clipping from step ``start_clip_iter`` on
+gradient_accumulation_steps     micro-batches per optimiser step (``local_batch_size`` is the batch)
+local_batch_size                clips per optimiser step
+max_train_steps                 optimiser steps in total
+ckpt_every, log_every           checkpoint and log intervals (steps)
+global_seed                     seed of the trainer and of the data order
+results_dir                     where experiment folders are made
+gradient_checkpointing          activation checkpointing
+mixed_precision                 False, or "bf16" / "fp16" / True (= "bf16"): half-precision model with
+                                f32 master weights
+resume_from_checkpoint          resume from the newest checkpoint of the experiment
+==============================  ==========================================================================
+
+``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
+``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config``
+(LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``,
+``label_by``, ``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the frame
+per frame) and ``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the
+newest N; default all).
+"""
+
+from ..data.batching import Batch, batches
+from .config import DEFAULTS, load_config, make_dataset, model_config
+from .history import plot_loss
+from .loop import TrainResult, latest_checkpoint, resume_latest, train
+
+__all__ = [
+    "DEFAULTS",
+    "Batch",
+    "TrainResult",
+    "batches",
+    "latest_checkpoint",
+    "load_config",
+    "make_dataset",
+    "model_config",
+    "plot_loss",
+    "resume_latest",
+    "train",
+]

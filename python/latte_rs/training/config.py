@@ -1,0 +1,201 @@
+"""The training config: the official Latte YAML keys and ours, their defaults and checks, and what they describe
+(the model config, the dataset, the dtype). The keys are listed in :mod:`latte_rs.training`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .._native import LatteConfig
+
+# Keys whose YAML values may arrive as strings ("1e-4" is a string in YAML 1.1) and their types.
+_NUMERIC = {
+    "num_frames": int,
+    "image_size": int,
+    "frame_interval": int,
+    "num_classes": int,
+    "extras": int,
+    "use_image_num": int,
+    "learning_rate": float,
+    "lr_warmup_steps": int,
+    "clip_max_norm": float,
+    "start_clip_iter": int,
+    "gradient_accumulation_steps": int,
+    "local_batch_size": int,
+    "max_train_steps": int,
+    "ckpt_every": int,
+    "log_every": int,
+    "global_seed": int,
+    "ema_decay": float,
+    "weight_decay": float,
+    "num_clips": int,
+    "keep_checkpoints": int,
+    "shape_speed": float,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "synthetic",
+    "data_path": None,
+    "pretrained_model_path": None,
+    "model": "Latte-XL/2",
+    "num_frames": 16,
+    "image_size": 256,
+    "frame_interval": 3,
+    "learn_sigma": True,
+    "extras": 1,
+    "num_classes": None,
+    "use_image_num": 0,
+    "learning_rate": 1e-4,
+    "lr_warmup_steps": 0,
+    "clip_max_norm": 0.0,
+    "start_clip_iter": 0,
+    "gradient_accumulation_steps": 1,
+    "local_batch_size": 5,
+    "max_train_steps": 1000,
+    "ckpt_every": 1000,
+    "log_every": 50,
+    "global_seed": 3407,
+    "results_dir": "./results",
+    "gradient_checkpointing": False,
+    "mixed_precision": False,
+    "resume_from_checkpoint": False,
+    "pixel_space": False,
+    "model_config": {},
+    "ema_decay": 0.9999,
+    "weight_decay": 0.0,
+    "num_clips": 256,
+    "label_by": "shape",
+    "shape_size": [0.08, 0.16],
+    "shape_speed": 1 / 32,
+    "class_colours": False,
+    "keep_checkpoints": None,
+}
+
+# Official keys that change nothing here (logging backends, GPU-only switches, sampling settings).
+_IGNORED = {
+    "frame_data_path", "frame_data_txt", "save_ceph", "num_workers",
+    "use_compile", "enable_xformers_memory_efficient_attention", "num_sampling_steps", "fixed_spatial",
+    "attention_bias", "pretrained", "load_from_ceph",
+}
+
+
+def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A training config from a YAML file or a mapping, with defaults filled in and values checked.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ValueError: a value has the wrong type or range, or a key is unknown (the message names it).
+    """
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: no such file {path}")
+        with path.open() as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config: {path} must hold a mapping of keys to values, got {type(raw).__name__}")
+    elif isinstance(config, Mapping):
+        raw = dict(config)
+    else:
+        raise TypeError(f"config: expected a YAML path or a mapping, got {type(config).__name__}")
+    unknown = sorted(set(raw) - set(DEFAULTS) - _IGNORED)
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in raw.items() if k in DEFAULTS and v is not None})
+    for key, kind in _NUMERIC.items():
+        value = cfg[key]
+        if value is None:
+            continue
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            converted = kind(float(value)) if kind is int else float(value)
+            if kind is int and float(value) != converted:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"config: {key} expected {kind.__name__}, got {value!r}") from None
+        cfg[key] = converted
+    for key in ("max_train_steps", "local_batch_size", "ckpt_every", "log_every", "gradient_accumulation_steps",
+                "num_frames", "image_size"):
+        if cfg[key] < 1:
+            raise ValueError(f"config: {key} expected >= 1, got {cfg[key]}")
+    if cfg["extras"] == 2 and not cfg["num_classes"]:
+        raise ValueError("config: extras: 2 (class-conditional) needs num_classes")
+    if cfg["extras"] not in (1, 2):
+        raise ValueError(f"config: extras expected 1 (unconditional) or 2 (class-conditional), got {cfg['extras']} "
+                         "(text-to-video training is not supported)")
+    if not isinstance(cfg["model_config"], Mapping):
+        raise ValueError(f"config: model_config expected a mapping, got {cfg['model_config']!r}")
+    if cfg["mixed_precision"] not in (False, True, "bf16", "fp16", "no"):
+        raise ValueError(
+            f"config: mixed_precision expected False, True, 'bf16' or 'fp16', got {cfg['mixed_precision']!r}"
+        )
+    return cfg
+
+
+def model_config(cfg: Mapping[str, Any]) -> LatteConfig:
+    """The LatteConfig a training config describes (latents of image_size / 8 unless ``pixel_space``)."""
+    overrides: dict[str, Any] = dict(
+        num_frames=cfg["num_frames"],
+        learn_sigma=bool(cfg["learn_sigma"]),
+        num_classes=cfg["num_classes"] if cfg["extras"] == 2 else 0,
+        use_image_num=cfg["use_image_num"],
+    )
+    if cfg["pixel_space"]:
+        overrides.update(in_channels=3, input_size=cfg["image_size"])
+    else:
+        overrides["image_size"] = cfg["image_size"]
+    overrides.update(cfg["model_config"])
+    try:
+        return LatteConfig.preset(cfg["model"], **overrides)
+    except ValueError as e:
+        raise ValueError(f"config: {e}") from None
+
+
+def model_dtype(cfg: Mapping[str, Any]) -> str:
+    mp = cfg["mixed_precision"]
+    if mp is True or mp == "bf16":
+        return "bfloat16"
+    return "float16" if mp == "fp16" else "float32"
+
+
+def make_dataset(cfg: Mapping[str, Any]):
+    """The dataset a config names: "synthetic" (built in), or "ucf101", "ffs", "sky", "taichi" (and their "_img"
+    forms) or "folder" read from ``data_path`` with the official transforms."""
+    name = str(cfg["dataset"])
+    if name == "synthetic":
+        from ..data import SyntheticVideos
+
+        classes = cfg["num_classes"] if cfg["extras"] == 2 else 4
+        return SyntheticVideos(
+            num_clips=cfg["num_clips"],
+            num_frames=cfg["num_frames"],
+            image_size=cfg["image_size"],
+            label_by=cfg["label_by"],
+            num_classes=min(int(classes), 4),
+            shape_size=tuple(cfg["shape_size"]),
+            speed=cfg["shape_speed"],
+            class_colours=bool(cfg["class_colours"]),
+            seed=cfg["global_seed"],
+        )
+    from .. import data
+
+    if name == "latents":  # a cache written by `latte-rs encode`
+        if not cfg["data_path"]:
+            raise ValueError("data_path: dataset 'latents' needs the folder of a latent cache")
+        return data.LatentClips(cfg["data_path"])
+    loaders = {"ucf101": data.UCF101, "ffs": data.FaceForensics, "sky": data.SkyTimelapse, "taichi": data.TaichiHD,
+               "folder": data.VideoClips}
+    base = name.removesuffix("_img")
+    if base not in loaders:
+        known = ", ".join(loaders)
+        raise ValueError(f"dataset: expected one of synthetic, latents, {known} (or their _img forms), got {name!r}")
+    if not cfg["data_path"]:
+        raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
+    joint = cfg["use_image_num"] if name.endswith("_img") else 0
+    return loaders[base](cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"],
+                         seed=cfg["global_seed"], use_image_num=joint)
