@@ -114,21 +114,29 @@ def _pipeline_folder(root: Path, spiece: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("prompts", [["a cat walks on green grass"], ["a dog runs", "the blue sky at sunset"]])
-def test_pipeline_matches_diffusers_latte_pipeline(prompts, spiece, tmp_path):
-    """The same components in diffusers' LattePipeline and in ours, from the same starting latents: one prompt
-    (text features cut to the prompt's tokens) and two prompts (padding zeroed), with guidance."""
-    torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
-    transformers = pytest.importorskip("transformers")
-    folder = _pipeline_folder(tmp_path, spiece)
-    ref = diffusers.LattePipeline(
+def _diffusers_pipeline(folder: Path):
+    """diffusers' LattePipeline over the same components."""
+    import diffusers
+    import transformers
+
+    return diffusers.LattePipeline(
         tokenizer=_TorchTokenizer(T5Tokenizer(folder / "tokenizer")),
         text_encoder=transformers.T5EncoderModel.from_pretrained(folder / "text_encoder"),
         vae=diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
         transformer=diffusers.LatteTransformer3DModel.from_pretrained(folder / "transformer"),
         scheduler=diffusers.DDIMScheduler.from_pretrained(folder / "scheduler"),
     )
+
+
+@pytest.mark.parametrize("prompts", [["a cat walks on green grass"], ["a dog runs", "the blue sky at sunset"]])
+def test_pipeline_matches_diffusers_latte_pipeline(prompts, spiece, tmp_path):
+    """The same components in diffusers' LattePipeline and in ours, from the same starting latents: one prompt
+    (text features cut to the prompt's tokens) and two prompts (padding zeroed), with guidance."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    folder = _pipeline_folder(tmp_path, spiece)
+    ref = _diffusers_pipeline(folder)
     latents = np.random.default_rng(0).standard_normal((len(prompts), 4, 4, 8, 8)).astype(np.float32)
     with torch.no_grad():
         want = ref(prompts, negative_prompt="", num_inference_steps=3, guidance_scale=4.0, video_length=4,
@@ -171,18 +179,12 @@ def test_pipeline_ddim_eta_matches_diffusers_with_the_same_step_noise(spiece, tm
     """DDIM with eta > 0 in the text-to-video pipeline: diffusers' LattePipeline with its DDIM steps' variance noise
     drawn from latte_rs.Generator(seed), in the order our loop draws it, gives our frames."""
     torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
     from diffusers.schedulers import scheduling_ddim
 
     folder = _pipeline_folder(tmp_path, spiece)
-    ref = diffusers.LattePipeline(
-        tokenizer=_TorchTokenizer(T5Tokenizer(folder / "tokenizer")),
-        text_encoder=transformers.T5EncoderModel.from_pretrained(folder / "text_encoder"),
-        vae=diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
-        transformer=diffusers.LatteTransformer3DModel.from_pretrained(folder / "transformer"),
-        scheduler=diffusers.DDIMScheduler.from_pretrained(folder / "scheduler"),
-    )
+    ref = _diffusers_pipeline(folder)
     stream = latte_rs.Generator(5)
     monkeypatch.setattr(scheduling_ddim, "randn_tensor",
                         lambda shape, **_: torch.from_numpy(stream.randn(list(shape))))

@@ -123,8 +123,4 @@ impl Scheduler for DiffusionSampler {
             SamplerKind::Ddim => "GaussianDiffusion (ddim)",
         }
     }
-
-    fn clone_box(&self) -> Box<dyn Scheduler> {
-        Box::new(self.clone())
-    }
 }

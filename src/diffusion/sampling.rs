@@ -100,8 +100,8 @@ pub fn sample(
     let as_f32: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
     model.check_timesteps(&Tensor::new(as_f32.as_slice(), &device)?, timesteps.len())?;
 
-    let (layout, channels, rule) = (model.layout(), model.latent_channels(), model.guidance_rule());
-    let axis = layout.channel_axis();
+    let spec = model.spec();
+    let (channels, axis) = (spec.latent_channels, spec.layout.channel_axis());
     x = (x * scheduler.init_noise_sigma())?;
     for (done, &t) in timesteps.iter().enumerate() {
         let input = scheduler.scale_model_input(&x, t)?;
@@ -115,7 +115,7 @@ pub fn sample(
             .denoise(&input.to_dtype(model.dtype())?, &t_batch, &cond, false)?
             .to_dtype(x.dtype())?;
         let out = if guided {
-            apply_guidance(&out, scale, rule, layout, channels)?
+            apply_guidance(&out, scale, spec.guidance_rule, spec.layout, channels)?
         } else {
             out
         };

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{value_error, LatteError, Result};
+use crate::weights::ParamStore;
 
 /// What a denoiser is conditioned on.
 #[derive(Clone, Debug)]
@@ -142,21 +143,33 @@ pub fn apply_guidance(
 /// The loss a training step minimises, as a function of the model's output (the trainer's diffusion loss).
 pub type LossFn<'a> = dyn FnMut(&Tensor) -> Result<Tensor> + 'a;
 
+/// What an architecture fixes about a model's latents and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenoiserSpec {
+    pub layout: LatentLayout,
+    /// Channels of the latents; the first this many output channels are the prediction (noise, x₀ or v).
+    pub latent_channels: usize,
+    /// Output channels: the prediction, then a learned variance's values.
+    pub output_channels: usize,
+    pub guidance_rule: GuidanceRule,
+}
+
 /// A Latte denoiser: what the sampling loop and the trainer need of a model.
 ///
 /// Inputs are checked once by the `check_*` methods (which also move them to the model's device and dtype);
 /// [`Denoiser::denoise`] then runs the network on them without checking again, so a sampling loop validates its
 /// condition once, not at every step. [`Denoiser::forward`] does both.
 pub trait Denoiser: Send + Sync {
-    fn layout(&self) -> LatentLayout;
-    /// Channels of the latents; the first this many output channels are the prediction (noise, x₀ or v).
-    fn latent_channels(&self) -> usize;
-    /// Output channels: the prediction, then a learned variance's values.
-    fn output_channels(&self) -> usize;
-    fn guidance_rule(&self) -> GuidanceRule;
-    fn device(&self) -> &Device;
+    fn spec(&self) -> DenoiserSpec;
+    /// The model's parameters.
+    fn store(&self) -> &ParamStore;
+    fn device(&self) -> &Device {
+        self.store().device()
+    }
     /// The parameters' dtype.
-    fn dtype(&self) -> DType;
+    fn dtype(&self) -> DType {
+        self.store().dtype()
+    }
     /// The shape of `batch` latents at the model's native size (the starting noise of a sampling run).
     fn latent_shape(&self, batch: usize) -> Vec<usize>;
     /// The condition classifier-free guidance contrasts `cond` with: the null class of a class-conditional model.
@@ -201,11 +214,42 @@ pub trait Denoiser: Send + Sync {
     }
 }
 
-/// Runs `body(out)` for a loss function, keeping the loss function's own error (e.g. a bad label) as it was
-/// instead of the candle error autograd wraps it in; checks the loss is a scalar.
-pub(crate) fn with_loss_fn<T>(
+/// A loss function as candle code calls it, inside a forward/backward written with candle's error type.
+pub(crate) type CandleLossFn<'a> = dyn FnMut(&Tensor) -> candle_core::Result<Tensor> + 'a;
+
+/// The loss and the gradient of each of `params` (in order, zeros where the loss does not reach), computed by
+/// `body` from the loss function. The loss function's own error (e.g. a bad label) comes out as it was instead of
+/// the candle error autograd wraps it in; the loss must be a scalar.
+pub(crate) fn loss_and_grads_by(
+    params: &[Tensor],
     loss_fn: &mut LossFn<'_>,
-    body: impl FnOnce(&mut dyn FnMut(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<T>,
+    body: impl FnOnce(&mut CandleLossFn<'_>) -> candle_core::Result<(Tensor, Vec<Option<Tensor>>)>,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let (loss, grads) = with_loss_fn(loss_fn, body)?;
+    Ok((loss, complete_grads(grads, params)?))
+}
+
+/// The tensors of named variables (a model's parameters, to take gradients of).
+pub(crate) fn param_tensors(vars: &[(String, Var)]) -> Vec<Tensor> {
+    vars.iter().map(|(_, v)| v.as_tensor().clone()).collect()
+}
+
+/// [`loss_and_grads_by`] with one plain backward pass through `forward`'s output.
+pub(crate) fn backprop(
+    params: &[Tensor],
+    loss_fn: &mut LossFn<'_>,
+    forward: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    loss_and_grads_by(params, loss_fn, |loss_fn| {
+        let loss = loss_fn(&forward()?)?;
+        let store = loss.backward()?;
+        Ok((loss.detach(), params.iter().map(|p| store.get(p).cloned()).collect()))
+    })
+}
+
+fn with_loss_fn<T>(
+    loss_fn: &mut LossFn<'_>,
+    body: impl FnOnce(&mut CandleLossFn<'_>) -> candle_core::Result<T>,
 ) -> Result<T> {
     let mut failure = None;
     let result = body(&mut |out: &Tensor| {
@@ -226,7 +270,7 @@ pub(crate) fn with_loss_fn<T>(
 }
 
 /// Gradients in the order of `params`, zeros for those the loss did not reach.
-pub(crate) fn complete_grads(grads: Vec<Option<Tensor>>, params: &[Tensor]) -> Result<Vec<Tensor>> {
+fn complete_grads(grads: Vec<Option<Tensor>>, params: &[Tensor]) -> Result<Vec<Tensor>> {
     Ok(grads
         .into_iter()
         .zip(params)

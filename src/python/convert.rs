@@ -163,3 +163,17 @@ pub fn dict_to_json(py: Python<'_>, dict: Option<&Bound<'_, PyDict>>) -> PyResul
 pub fn json_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("json")?.call_method1("loads", (text,))
 }
+
+/// A model read by `load(path, device, dtype)` without the GIL, the device and dtype parsed from their names
+/// (`dtype` None: the file's).
+pub fn load_folder<T: Send>(
+    py: Python<'_>,
+    path: &std::path::Path,
+    device: &str,
+    dtype: Option<&str>,
+    load: impl FnOnce(&std::path::Path, &Device, Option<DType>) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let device = crate::model::parse_device(device).py()?;
+    let dtype = dtype.map(crate::model::parse_dtype).transpose().py()?;
+    py.detach(|| load(path, &device, dtype)).py()
+}

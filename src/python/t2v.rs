@@ -6,7 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::{
-    dict_to_json, float_tensor, int_tensor, json_to_py, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor,
+    dict_to_json, float_tensor, int_tensor, json_to_py, load_folder, state_dict_from_py, state_dict_to_py, to_numpy,
+    to_tensor,
 };
 use super::IntoPy;
 use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VConfig, LatteT2VModel, T5EncoderModel};
@@ -44,11 +45,7 @@ impl PyLatteT2V {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = None))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let dtype = dtype.map(parse_dtype).transpose().py()?;
-        let inner = py
-            .detach(|| LatteT2VModel::from_pretrained(&path, &device, dtype))
-            .py()?;
+        let inner = load_folder(py, &path, device, dtype, LatteT2VModel::from_pretrained)?;
         Ok(Self { inner })
     }
 
@@ -128,11 +125,7 @@ impl PyT5 {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = None))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let dtype = dtype.map(parse_dtype).transpose().py()?;
-        let inner = py
-            .detach(|| T5EncoderModel::from_pretrained(&path, &device, dtype))
-            .py()?;
+        let inner = load_folder(py, &path, device, dtype, T5EncoderModel::from_pretrained)?;
         Ok(Self { inner })
     }
 

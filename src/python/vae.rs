@@ -6,9 +6,8 @@ use candle_core::{DType, Tensor};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::convert::{float_tensor, to_numpy};
+use super::convert::{float_tensor, load_folder, to_numpy};
 use super::IntoPy;
-use crate::model::{parse_device, parse_dtype};
 use crate::rng::Generator;
 use crate::vae::AutoencoderKl;
 
@@ -69,11 +68,9 @@ impl PyVideoVae {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = "float32"))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let dtype = parse_dtype(dtype).py()?;
-        let inner = py
-            .detach(|| AutoencoderKl::from_pretrained(&path, &device, dtype))
-            .py()?;
+        let inner = load_folder(py, &path, device, Some(dtype), |path, device, dtype| {
+            AutoencoderKl::from_pretrained(path, device, dtype.unwrap_or(DType::F32))
+        })?;
         Ok(Self { inner })
     }
 

@@ -106,8 +106,4 @@ impl Scheduler for DdimScheduler {
     fn alphas_cumprod(&self) -> Option<&[f32]> {
         Some(&self.schedule.alphas_cumprod)
     }
-
-    fn clone_box(&self) -> Box<dyn Scheduler> {
-        Box::new(self.clone())
-    }
 }

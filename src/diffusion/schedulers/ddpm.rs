@@ -133,8 +133,4 @@ impl Scheduler for DdpmScheduler {
     fn alphas_cumprod(&self) -> Option<&[f32]> {
         Some(&self.schedule.alphas_cumprod)
     }
-
-    fn clone_box(&self) -> Box<dyn Scheduler> {
-        Box::new(self.clone())
-    }
 }

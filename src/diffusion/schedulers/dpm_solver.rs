@@ -384,8 +384,4 @@ impl Scheduler for DpmSolverMultistepScheduler {
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
     }
-
-    fn clone_box(&self) -> Box<dyn Scheduler> {
-        Box::new(self.clone())
-    }
 }

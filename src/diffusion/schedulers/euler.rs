@@ -278,8 +278,4 @@ impl Scheduler for EulerDiscreteScheduler {
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
     }
-
-    fn clone_box(&self) -> Box<dyn Scheduler> {
-        Box::new(self.clone())
-    }
 }

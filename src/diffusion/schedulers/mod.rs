@@ -120,8 +120,19 @@ impl<'a> StepOptions<'a> {
     }
 }
 
+/// A boxed copy of any scheduler (implemented for every `Clone` one).
+pub trait CloneScheduler {
+    fn clone_box(&self) -> Box<dyn Scheduler>;
+}
+
+impl<T: Scheduler + Clone + 'static> CloneScheduler for T {
+    fn clone_box(&self) -> Box<dyn Scheduler> {
+        Box::new(self.clone())
+    }
+}
+
 /// What a sampling loop needs of any scheduler.
-pub trait Scheduler: Send + Sync {
+pub trait Scheduler: Send + Sync + CloneScheduler {
     /// Chooses `n` inference steps.
     fn set_timesteps(&mut self, n: usize) -> Result<()>;
     /// The schedule's timesteps as the model sees them, in order (fractional for Euler with Karras sigmas).
@@ -162,8 +173,6 @@ pub trait Scheduler: Send + Sync {
     fn sigmas(&self) -> Option<&[f32]> {
         None
     }
-    /// A copy with the same config and state.
-    fn clone_box(&self) -> Box<dyn Scheduler>;
 }
 
 impl Clone for Box<dyn Scheduler> {

@@ -11,7 +11,8 @@ use super::network::Latte;
 use crate::config::LatteConfig;
 use crate::error::{value_error, LatteError, Result};
 use crate::model::denoiser::{
-    apply_guidance, complete_grads, with_loss_fn, Condition, Denoiser, GuidanceRule, LatentLayout, LossFn,
+    apply_guidance, backprop, loss_and_grads_by, param_tensors, Condition, Denoiser, DenoiserSpec, GuidanceRule,
+    LatentLayout, LossFn,
 };
 use crate::nn::init::{init_weights, is_trainable};
 use crate::weights::format::{read_model_file, write_model_file, EMA_FILE, MODEL_FILE};
@@ -56,11 +57,6 @@ impl LatteModel {
     /// The network, for callers that checked their inputs themselves.
     pub fn network(&self) -> &Latte {
         &self.network
-    }
-
-    /// The parameter store (all parameters, including the fixed sin-cos tables).
-    pub fn store(&self) -> &ParamStore {
-        &self.store
     }
 
     /// Number of parameters; with `trainable_only`, without the fixed sin-cos tables.
@@ -238,28 +234,17 @@ impl Condition {
 }
 
 impl Denoiser for LatteModel {
-    fn layout(&self) -> LatentLayout {
-        LatentLayout::FramesFirst
+    fn spec(&self) -> DenoiserSpec {
+        DenoiserSpec {
+            layout: LatentLayout::FramesFirst,
+            latent_channels: self.cfg.in_channels,
+            output_channels: self.cfg.out_channels(),
+            guidance_rule: GuidanceRule::PredictionChannels,
+        }
     }
 
-    fn latent_channels(&self) -> usize {
-        self.cfg.in_channels
-    }
-
-    fn output_channels(&self) -> usize {
-        self.cfg.out_channels()
-    }
-
-    fn guidance_rule(&self) -> GuidanceRule {
-        GuidanceRule::PredictionChannels
-    }
-
-    fn device(&self) -> &Device {
-        self.store.device()
-    }
-
-    fn dtype(&self) -> DType {
-        self.store.dtype()
+    fn store(&self) -> &ParamStore {
+        &self.store
     }
 
     fn latent_shape(&self, batch: usize) -> Vec<usize> {
@@ -333,24 +318,15 @@ impl Denoiser for LatteModel {
         loss_fn: &mut LossFn<'_>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let (y, y_image) = labels_of(cond)?;
-        let params: Vec<Tensor> = self
-            .trainable_vars()
-            .iter()
-            .map(|(_, v)| v.as_tensor().clone())
-            .collect();
-        let (loss, grads) = with_loss_fn(loss_fn, |loss_fn| {
-            if checkpoint {
+        let params = param_tensors(&self.trainable_vars());
+        if checkpoint {
+            loss_and_grads_by(&params, loss_fn, |loss_fn| {
                 self.network
                     .loss_and_grads_checkpointed(x, t, y, y_image, &params, loss_fn)
-            } else {
-                let out = self.network.forward(x, t, y, y_image, true)?;
-                let loss = loss_fn(&out)?;
-                let store = loss.backward()?;
-                let grads = params.iter().map(|p| store.get(p).cloned()).collect();
-                Ok((loss.detach(), grads))
-            }
-        })?;
-        Ok((loss, complete_grads(grads, &params)?))
+            })
+        } else {
+            backprop(&params, loss_fn, || self.network.forward(x, t, y, y_image, true))
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::LatteT2VConfig;
 use super::network::LatteT2V;
 use crate::error::{value_error, LatteError, Result};
-use crate::model::denoiser::{complete_grads, with_loss_fn, Condition, Denoiser, GuidanceRule, LatentLayout, LossFn};
+use crate::model::denoiser::{
+    backprop, param_tensors, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn,
+};
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};
 
@@ -74,10 +76,6 @@ impl LatteT2VModel {
         &self.cfg
     }
 
-    pub fn store(&self) -> &ParamStore {
-        &self.store
-    }
-
     pub fn num_parameters(&self) -> usize {
         self.store.num_values(|_| true)
     }
@@ -110,28 +108,17 @@ impl LatteT2VModel {
 }
 
 impl Denoiser for LatteT2VModel {
-    fn layout(&self) -> LatentLayout {
-        LatentLayout::ChannelsFirst
+    fn spec(&self) -> DenoiserSpec {
+        DenoiserSpec {
+            layout: LatentLayout::ChannelsFirst,
+            latent_channels: self.cfg.in_channels,
+            output_channels: self.cfg.out_channels(),
+            guidance_rule: GuidanceRule::AllChannels,
+        }
     }
 
-    fn latent_channels(&self) -> usize {
-        self.cfg.in_channels
-    }
-
-    fn output_channels(&self) -> usize {
-        self.cfg.out_channels()
-    }
-
-    fn guidance_rule(&self) -> GuidanceRule {
-        GuidanceRule::AllChannels
-    }
-
-    fn device(&self) -> &Device {
-        self.store.device()
-    }
-
-    fn dtype(&self) -> DType {
-        self.store.dtype()
+    fn store(&self) -> &ParamStore {
+        &self.store
     }
 
     fn latent_shape(&self, batch: usize) -> Vec<usize> {
@@ -255,18 +242,10 @@ impl Denoiser for LatteT2VModel {
             ));
         }
         let caption = caption_of(cond)?;
-        let params: Vec<Tensor> = self
-            .trainable_vars()
-            .iter()
-            .map(|(_, v)| v.as_tensor().clone())
-            .collect();
-        let (loss, grads) = with_loss_fn(loss_fn, |loss_fn| {
-            let out = self.network.forward(x, t, caption, self.temporal_attention, true)?;
-            let loss = loss_fn(&out)?;
-            let store = loss.backward()?;
-            Ok((loss.detach(), params.iter().map(|p| store.get(p).cloned()).collect()))
-        })?;
-        Ok((loss, complete_grads(grads, &params)?))
+        let params = param_tensors(&self.trainable_vars());
+        backprop(&params, loss_fn, || {
+            self.network.forward(x, t, caption, self.temporal_attention, true)
+        })
     }
 }
 
