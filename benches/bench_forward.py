@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,6 +39,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import cpu_name, host  # noqa: E402
 
 SEED = 3407
 IN_CHANNELS = 4
@@ -67,17 +69,6 @@ def peak_rss_mib() -> float:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
-
-
-def cpu_name() -> str:
-    """The CPU model name (from /proc/cpuinfo on Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_official(latte_repo: Path):
@@ -344,12 +335,7 @@ def parent(args) -> int:
                 "num_classes": 0,
                 "seed": SEED,
             },
-            "host": {
-                "cpu": cpu,
-                "logical_cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
+            "host": host(),
             "warmup": args.warmup,
             "repeat": args.repeat,
             "results": [{k: v for k, v in r.items() if k != "output"} for r in results],

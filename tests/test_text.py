@@ -198,3 +198,15 @@ def test_pipeline_ddim_eta_matches_diffusers_with_the_same_step_noise(spiece, tm
     assert max_rel_err(got.frames, np.asarray(want)) <= 1e-4
     still = pipe(["a cat walks"], latents=latents, eta=0.0, seed=5, progress=False, **kwargs)
     assert np.abs(still.frames - got.frames).max() > 1e-3  # eta reached the sampler
+
+
+def test_the_empty_prompt_is_encoded_in_the_core_as_the_tokenizer_would(spiece):
+    """The default negative prompt "" is `</s>` and padding for T5's tokenizer; the core makes it without one."""
+    encoder = latte_rs.T5TextEncoder.from_pretrained(FIXTURES / "t5" / "gated")
+    features, mask = encoder.empty_prompt(6)
+    tokens = T5Tokenizer(spiece)([""], max_length=6)
+    np.testing.assert_array_equal(mask, tokens["attention_mask"])
+    np.testing.assert_array_equal(features, encoder(tokens["input_ids"], tokens["attention_mask"]))
+    assert features.shape == (1, 6, encoder.d_model)
+    with pytest.raises(ValueError, match="max_length: expected at least 1"):
+        encoder.empty_prompt(0)

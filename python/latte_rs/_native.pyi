@@ -477,6 +477,9 @@ class T5TextEncoder:
         """Loads the folder; missing files and mismatched tensors are named in the error."""
     def __call__(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None) -> npt.NDArray[np.float32]:
         """Hidden states ``(B, L, d_model)`` of token ids ``(B, L)``; the 0/1 mask marks padding."""
+    def empty_prompt(self, max_length: int = 120) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The empty prompt's features ``(1, max_length, d_model)`` and 0/1 mask (``</s>`` then padding, as T5's
+        tokenizer makes ``""``): the unconditional branch of classifier-free guidance, no tokenizer needed."""
     @property
     def d_model(self) -> int: ...
     @property

@@ -143,6 +143,18 @@ impl PyT5 {
         to_numpy(py, &out)
     }
 
+    /// The empty prompt's features `(1, max_length, d_model)` and mask `(1, max_length)` (`</s>` then padding,
+    /// as T5's tokenizer makes `""`): the unconditional branch of classifier-free guidance.
+    #[pyo3(signature = (max_length = 120))]
+    fn empty_prompt<'py>(
+        &self,
+        py: Python<'py>,
+        max_length: usize,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let (features, mask) = py.detach(|| self.inner.empty_prompt(max_length)).py()?;
+        Ok((to_numpy(py, &features)?, to_numpy(py, &mask)?))
+    }
+
     #[getter]
     fn d_model(&self) -> usize {
         self.inner.config().d_model

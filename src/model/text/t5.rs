@@ -31,6 +31,9 @@ pub struct T5Config {
     pub relative_attention_max_distance: usize,
     pub layer_norm_epsilon: f64,
     pub feed_forward_proj: String,
+    /// The tokenizer's padding and end-of-sequence ids (T5's 0 and 1).
+    pub pad_token_id: u32,
+    pub eos_token_id: u32,
 }
 
 impl Default for T5Config {
@@ -47,6 +50,8 @@ impl Default for T5Config {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             feed_forward_proj: "gated-gelu".into(),
+            pad_token_id: 0,
+            eos_token_id: 1,
         }
     }
 }
@@ -262,6 +267,22 @@ impl T5EncoderModel {
 
     pub fn config(&self) -> &T5Config {
         &self.cfg
+    }
+
+    /// The empty prompt (`""`, the default negative prompt of classifier-free guidance) padded to `max_length`
+    /// tokens: its T5 features `(1, max_length, d_model)` and 0/1 mask `(1, max_length)`. T5's tokenizer makes
+    /// it `</s>` and padding, so no tokenizer is needed.
+    pub fn empty_prompt(&self, max_length: usize) -> Result<(Tensor, Tensor)> {
+        if max_length == 0 {
+            return Err(value_error("max_length", "at least 1", 0));
+        }
+        let mut ids = vec![self.cfg.pad_token_id as i64; max_length];
+        ids[0] = self.cfg.eos_token_id as i64;
+        let mut mask = vec![0i64; max_length];
+        mask[0] = 1;
+        let ids = Tensor::from_vec(ids, (1, max_length), &Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (1, max_length), &Device::Cpu)?;
+        Ok((self.encode(&ids, Some(&mask))?, mask))
     }
 
     /// Encodes token ids `(B, L)` (integers below vocab_size) with a 0/1 mask `(B, L)` (None: all ones).
