@@ -11,6 +11,7 @@ pub mod fused_attention;
 pub mod gelu;
 pub mod init;
 pub mod linear;
+pub mod modulation;
 pub mod norm;
 pub mod pos;
 pub mod rowwise;

@@ -26,6 +26,15 @@ impl LayerNorm {
         })
     }
 
+    /// adaLN: `norm(x) · (1 + scale) + shift` with (…, 1, D) conditioning broadcast over the tokens; one fused
+    /// kernel for a norm without affine parameters.
+    pub fn modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor, grad: bool) -> Result<Tensor> {
+        match &self.affine {
+            None => super::modulation::norm_modulate(x, shift, scale, self.eps, grad),
+            Some(_) => super::modulate(&self.forward(x, grad)?, shift, scale),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         if grad {
             let normed = normalize_last_dim(x, self.eps)?;

@@ -191,7 +191,8 @@ impl CustomOp2 for LayerNormBackward {
     }
 }
 
-fn kernel_applies(x: &Tensor) -> bool {
+/// Whether the CPU kernels of this module (and `modulation`) run `x`: on the CPU, in f32 or f64.
+pub(crate) fn kernel_applies(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 

@@ -5,7 +5,8 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Injection, LatteConfig};
 use crate::nn::attention::attend_heads;
-use crate::nn::{modulate, Attention, AttentionKernel, LayerNorm, Linear, Mlp, Rope};
+use crate::nn::modulation::gated_add;
+use crate::nn::{Attention, AttentionKernel, LayerNorm, Linear, Mlp, Rope};
 
 const LN_EPS: f64 = 1e-6;
 
@@ -78,10 +79,9 @@ fn residual(
     grad: bool,
     f: impl FnOnce(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let h = norm.forward(x, grad)?;
     match mods {
-        Some(m) => x + f(&modulate(&h, &m[0], &m[1])?)?.broadcast_mul(&m[2])?,
-        None => x + f(&h)?,
+        Some(m) => gated_add(x, &f(&norm.modulated(x, &m[0], &m[1], grad)?)?, &m[2], grad),
+        None => x + f(&norm.forward(x, grad)?)?,
     }
 }
 
@@ -313,10 +313,9 @@ impl FinalLayer {
     }
 
     pub fn forward(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
-        let h = self.norm_final.forward(x, grad)?;
         let h = match mods_for(&self.ada, cond)? {
-            Some(m) => modulate(&h, &m[0], &m[1])?,
-            None => h,
+            Some(m) => self.norm_final.modulated(x, &m[0], &m[1], grad)?,
+            None => self.norm_final.forward(x, grad)?,
         };
         self.linear.forward(&h)
     }

@@ -6,7 +6,8 @@ use candle_nn::VarBuilder;
 
 use super::config::LatteT2VConfig;
 use crate::nn::attention::{scaled_dot_product, AttentionKernel};
-use crate::nn::{gelu::gelu, modulate, LayerNorm, Linear};
+use crate::nn::modulation::gated_add;
+use crate::nn::{gelu::gelu, LayerNorm, Linear};
 
 /// diffusers' `Attention` (to_q, to_k, to_v, to_out.0), self- or cross-attention.
 struct Attention {
@@ -147,14 +148,14 @@ impl TransformerBlock {
         let m = |i: usize| mods.narrow(1, i, 1);
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
-        let h = modulate(&self.norm1.forward(x, grad)?, &shift_msa, &scale_msa)?;
-        let x = (x + self.attn1.forward(&h, None, grad)?.broadcast_mul(&gate_msa)?)?;
+        let h = self.norm1.modulated(x, &shift_msa, &scale_msa, grad)?;
+        let x = gated_add(x, &self.attn1.forward(&h, None, grad)?, &gate_msa, grad)?;
         // PixArt: no normalisation before the cross-attention.
         let x = match (&self.attn2, caption) {
             (Some(attn), Some(caption)) => (&x + attn.forward(&x, Some(caption), grad)?)?,
             _ => x,
         };
-        let h = modulate(&self.norm2.forward(&x, grad)?, &shift_mlp, &scale_mlp)?;
-        &x + self.ff.forward(&h)?.broadcast_mul(&gate_mlp)?
+        let h = self.norm2.modulated(&x, &shift_mlp, &scale_mlp, grad)?;
+        gated_add(&x, &self.ff.forward(&h)?, &gate_mlp, grad)
     }
 }

@@ -19,7 +19,7 @@ use super::blocks::TransformerBlock;
 use super::config::LatteT2VConfig;
 use crate::nn::embed::{PatchEmbedder, TimestepEmbedder};
 use crate::nn::pos::{sincos_1d, sincos_2d_at};
-use crate::nn::{gelu::gelu, modulate, LayerNorm, Linear};
+use crate::nn::{gelu::gelu, LayerNorm, Linear};
 
 /// `repeat_interleave(n, dim=0)`: every row of `x` n times in a row.
 fn repeat_rows(x: &Tensor, n: usize) -> Result<Tensor> {
@@ -152,7 +152,7 @@ impl LatteT2V {
         let table = self.scale_shift_table.unsqueeze(0)?;
         let shift = table.narrow(1, 0, 1)?.broadcast_add(&emb)?;
         let scale = table.narrow(1, 1, 1)?.broadcast_add(&emb)?;
-        let hidden = modulate(&LayerNorm::plain(1e-6).forward(&hidden, grad)?, &shift, &scale)?;
+        let hidden = LayerNorm::plain(1e-6).modulated(&hidden, &shift, &scale, grad)?;
         let out = self.proj_out.forward(&hidden)?; // (B·F, L, p·p·c_out)
         let c_out = self.cfg.out_channels();
         let out = out
