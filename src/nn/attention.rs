@@ -158,6 +158,10 @@ pub fn attend_heads(
     kernel: AttentionKernel,
     grad: bool,
 ) -> Result<Tensor> {
+    if rope.is_none() && extra_qkv.is_none() && kernel != AttentionKernel::Flash && fused_attention::applicable(qkv) {
+        let scale = (qkv.dim(D::Minus1)? as f64).powf(-0.5);
+        return fused_attention::fused_qkv_attention(qkv, scale, grad);
+    }
     let (q, k, v) = unbind_qkv(qkv)?;
     let (q, k) = match rope {
         Some(r) => (r.apply(&q)?, r.apply(&k)?),

@@ -44,6 +44,24 @@ impl<'a> Operand<'a> {
         })
     }
 
+    /// Part `part` (0: q, 1: k, 2: v) of a packed projection (G, L, 3, H, d), viewed as (G, H, L, d).
+    fn part(storage: &'a CpuStorage, layout: &Layout, part: usize) -> Result<Self> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused attention: expected f32 storage")
+        };
+        let &[sg, sl, sp, sh, sd] = layout.stride() else {
+            candle_core::bail!(
+                "fused attention: expected a rank-5 qkv projection, got strides {:?}",
+                layout.stride()
+            )
+        };
+        Ok(Self {
+            data,
+            offset: layout.start_offset() + part * sp,
+            stride: [sg, sh, sl, sd],
+        })
+    }
+
     fn ptr(&self, g: usize, h: usize) -> *const f32 {
         let at = self.offset + g * self.stride[0] + h * self.stride[1];
         // SAFETY (of later reads): `at` and every element the gemm calls reach through the strides lie inside the
@@ -133,6 +151,40 @@ unsafe fn matmul(
     );
 }
 
+/// softmax(scale · q kᵀ) v of every (g, h) problem, in the merged-heads layout (G, Lq, H, d).
+fn attention_forward(
+    q: &Operand,
+    k: &Operand,
+    v: &Operand,
+    (g, h, lq, lk, d): (usize, usize, usize, usize, usize),
+    scale: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; g * lq * h * d];
+    let shared = SharedOut(out.as_mut_ptr());
+    (0..g * h).into_par_iter().for_each_init(
+        || vec![0f32; lq * lk],
+        |scores, problem| {
+            let (gi, hi) = (problem / h, problem % h);
+            // SAFETY: the pointers and strides describe in-bounds tensors (see `Operand::ptr`); `scores` has
+            // lq·lk elements; the output block of (gi, hi) — rows gi·lq.., columns hi·d.. of the (G·L, H·d)
+            // matrix — is written by this problem alone.
+            unsafe {
+                probabilities(q, k, gi, hi, (lq, lk, d), scale, scores);
+                // out[gi, :, hi, :] = scores · v  (lq × d), rows strided by H·d in the merged layout
+                let dst = shared.at(gi * lq * h * d + hi * d);
+                matmul(
+                    (lq, d, lk),
+                    (dst, h * d, 1),
+                    (scores.as_ptr(), lk, 1),
+                    (v.ptr(gi, hi), v.stride[2], 1),
+                    1.0,
+                );
+            }
+        },
+    );
+    out
+}
+
 /// Checks q (G, H, Lq, d), k and v (G, H, Lk, d) and returns (g, h, lq, lk, d).
 fn problem_dims(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
     let (g, h, lq, d) = ql.shape().dims4()?;
@@ -167,30 +219,7 @@ impl CustomOp3 for FusedAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, h, lq, lk, d) = problem_dims(ql, kl, vl)?;
         let (q, k, v) = (Operand::new(qs, ql)?, Operand::new(ks, kl)?, Operand::new(vs, vl)?);
-        let mut out = vec![0f32; g * lq * h * d];
-        let shared = SharedOut(out.as_mut_ptr());
-        let scale = self.scale;
-        (0..g * h).into_par_iter().for_each_init(
-            || vec![0f32; lq * lk],
-            |scores, problem| {
-                let (gi, hi) = (problem / h, problem % h);
-                // SAFETY: the pointers and strides describe in-bounds tensors (see `Operand::ptr`); `scores` has
-                // lq·lk elements; the output block of (gi, hi) — rows gi·lq.., columns hi·d.. of the (G·L, H·d)
-                // matrix — is written by this problem alone.
-                unsafe {
-                    probabilities(&q, &k, gi, hi, (lq, lk, d), scale, scores);
-                    // out[gi, :, hi, :] = scores · v  (lq × d), rows strided by H·d in the merged layout
-                    let dst = shared.at(gi * lq * h * d + hi * d);
-                    matmul(
-                        (lq, d, lk),
-                        (dst, h * d, 1),
-                        (scores.as_ptr(), lk, 1),
-                        (v.ptr(gi, hi), v.stride[2], 1),
-                        1.0,
-                    );
-                }
-            },
-        );
+        let out = attention_forward(&q, &k, &v, (g, h, lq, lk, d), self.scale);
         Ok((CpuStorage::F32(out), Shape::from_dims(&[g, lq, h, d])))
     }
 
@@ -254,58 +283,186 @@ impl CustomOp3 for FusedAttentionBackward {
         let go = &go_data[go_layout.start_offset()..];
         let (nq, nk) = (g * h * lq * d, g * h * lk * d);
         let mut out = vec![0f32; nq + 2 * nk];
-        let shared = SharedOut(out.as_mut_ptr());
-        let scale = self.scale;
-        (0..g * h).into_par_iter().for_each_init(
-            || (vec![0f32; lq * lk], vec![0f32; lq * lk]),
-            |(p, dp), problem| {
-                let (gi, hi) = (problem / h, problem % h);
-                // SAFETY: as in the forward pass; `p` and `dp` have lq·lk elements; the dq, dk and dv blocks of
-                // `problem` are contiguous, disjoint from every other problem's, and inside `out`.
-                unsafe {
-                    probabilities(&q, &k, gi, hi, (lq, lk, d), scale, p);
-                    let d_out = go[gi * lq * h * d + hi * d..].as_ptr();
-                    let (dq, dk, dv) = (
-                        shared.at(problem * lq * d),
-                        shared.at(nq + problem * lk * d),
-                        shared.at(nq + nk + problem * lk * d),
-                    );
-                    // dV = Pᵀ dO  (lk × d)
-                    matmul((lk, d, lq), (dv, d, 1), (p.as_ptr(), 1, lk), (d_out, h * d, 1), 1.0);
-                    // dP = dO Vᵀ  (lq × lk)
-                    matmul(
-                        (lq, lk, d),
-                        (dp.as_mut_ptr(), lk, 1),
-                        (d_out, h * d, 1),
-                        (v.ptr(gi, hi), 1, v.stride[2]),
-                        1.0,
-                    );
-                    // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP
-                    for (pr, dr) in p.chunks_exact(lk).zip(dp.chunks_exact_mut(lk)) {
-                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                        for (x, &pi) in dr.iter_mut().zip(pr) {
-                            *x = pi * (*x - dot);
-                        }
-                    }
-                    // dQ = scale · dS K  (lq × d);  dK = scale · dSᵀ Q  (lk × d)
-                    matmul(
-                        (lq, d, lk),
-                        (dq, d, 1),
-                        (dp.as_ptr(), lk, 1),
-                        (k.ptr(gi, hi), k.stride[2], 1),
-                        scale,
-                    );
-                    matmul(
-                        (lk, d, lq),
-                        (dk, d, 1),
-                        (dp.as_ptr(), 1, lk),
-                        (q.ptr(gi, hi), q.stride[2], 1),
-                        scale,
-                    );
-                }
-            },
-        );
+        // dq, dk, dv blocks of problem (g, h): contiguous (L, d) blocks one after the other.
+        let dest = Destinations {
+            base: [0, nq, nq + nk],
+            problem: [lq * d, lk * d, lk * d],
+            group: [h * lq * d, h * lk * d, h * lk * d],
+            row: d,
+        };
+        attention_backward([&q, &k, &v], go, (g, h, lq, lk, d), self.scale, &mut out, &dest);
         Ok((CpuStorage::F32(out), Shape::from_dims(&[nq + 2 * nk])))
+    }
+}
+
+/// Where the backward pass writes dq, dk and dv: element (g, h, l, ·) of part p starts at
+/// `base[p] + g·group[p] + h·problem[p] + l·row`... for packed (G, H, L, d) blocks; see [`Destinations::at`].
+struct Destinations {
+    base: [usize; 3],
+    /// Offset between heads of one group.
+    problem: [usize; 3],
+    /// Offset between groups.
+    group: [usize; 3],
+    /// Offset between the rows (positions) of one (g, h) block.
+    row: usize,
+}
+
+impl Destinations {
+    fn at(&self, part: usize, gi: usize, hi: usize) -> usize {
+        self.base[part] + gi * self.group[part] + hi * self.problem[part]
+    }
+}
+
+/// dq, dk, dv of every (g, h) problem given dO in the merged-heads layout (G, Lq, H, d), written into `out` at
+/// `dest` (see the module docs for the arithmetic).
+fn attention_backward(
+    [q, k, v]: [&Operand; 3],
+    go: &[f32],
+    (g, h, lq, lk, d): (usize, usize, usize, usize, usize),
+    scale: f32,
+    out: &mut [f32],
+    dest: &Destinations,
+) {
+    let shared = SharedOut(out.as_mut_ptr());
+    let row = dest.row;
+    (0..g * h).into_par_iter().for_each_init(
+        || (vec![0f32; lq * lk], vec![0f32; lq * lk]),
+        |(p, dp), problem| {
+            let (gi, hi) = (problem / h, problem % h);
+            // SAFETY: as in the forward pass; `p` and `dp` have lq·lk elements; the dq, dk and dv blocks of
+            // `problem` are disjoint from every other problem's and inside `out` (see `Destinations`).
+            unsafe {
+                probabilities(q, k, gi, hi, (lq, lk, d), scale, p);
+                let d_out = go[gi * lq * h * d + hi * d..].as_ptr();
+                let (dq, dk, dv) = (
+                    shared.at(dest.at(0, gi, hi)),
+                    shared.at(dest.at(1, gi, hi)),
+                    shared.at(dest.at(2, gi, hi)),
+                );
+                // dV = Pᵀ dO  (lk × d)
+                matmul((lk, d, lq), (dv, row, 1), (p.as_ptr(), 1, lk), (d_out, h * d, 1), 1.0);
+                // dP = dO Vᵀ  (lq × lk)
+                matmul(
+                    (lq, lk, d),
+                    (dp.as_mut_ptr(), lk, 1),
+                    (d_out, h * d, 1),
+                    (v.ptr(gi, hi), 1, v.stride[2]),
+                    1.0,
+                );
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP
+                for (pr, dr) in p.chunks_exact(lk).zip(dp.chunks_exact_mut(lk)) {
+                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                    for (x, &pi) in dr.iter_mut().zip(pr) {
+                        *x = pi * (*x - dot);
+                    }
+                }
+                // dQ = scale · dS K  (lq × d);  dK = scale · dSᵀ Q  (lk × d)
+                matmul(
+                    (lq, d, lk),
+                    (dq, row, 1),
+                    (dp.as_ptr(), lk, 1),
+                    (k.ptr(gi, hi), k.stride[2], 1),
+                    scale,
+                );
+                matmul(
+                    (lk, d, lq),
+                    (dk, row, 1),
+                    (dp.as_ptr(), 1, lk),
+                    (q.ptr(gi, hi), q.stride[2], 1),
+                    scale,
+                );
+            }
+        },
+    );
+}
+
+/// Self-attention of a packed projection (G, L, 3, H, d) read through its strides; the output in the
+/// merged-heads layout (G, L, H, d). Its backward gives the projection's gradient as one (G, L, 3, H, d) tensor,
+/// where three q, k, v views would each come back through candle's narrow (zeros, then an add).
+struct FusedQkvAttention {
+    scale: f32,
+}
+
+/// The backward of [`FusedQkvAttention`]: d(qkv) (G, L, 3, H, d) from qkv and dO.
+struct FusedQkvAttentionBackward {
+    scale: f32,
+}
+
+fn qkv_dims(layout: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let &[g, l, three, h, d] = layout.dims() else {
+        candle_core::bail!("fused attention: expected qkv of rank 5, got {:?}", layout.dims())
+    };
+    if three != 3 || layout.stride().last() != Some(&1) {
+        candle_core::bail!("fused attention: expected qkv (G, L, 3, H, d) with a contiguous head dimension");
+    }
+    Ok((g, l, h, d))
+}
+
+impl candle_core::CustomOp1 for FusedQkvAttention {
+    fn name(&self) -> &'static str {
+        "fused-qkv-attention-cpu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, len, h, d) = qkv_dims(l)?;
+        let (q, k, v) = (
+            Operand::part(s, l, 0)?,
+            Operand::part(s, l, 1)?,
+            Operand::part(s, l, 2)?,
+        );
+        let out = attention_forward(&q, &k, &v, (g, h, len, len, d), self.scale);
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[g, len, h, d])))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad_out: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(
+            &grad_out.contiguous()?,
+            &FusedQkvAttentionBackward { scale: self.scale },
+        )?))
+    }
+}
+
+impl candle_core::CustomOp2 for FusedQkvAttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused-qkv-attention-cpu-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, len, h, d) = qkv_dims(l)?;
+        let (q, k, v) = (
+            Operand::part(s, l, 0)?,
+            Operand::part(s, l, 1)?,
+            Operand::part(s, l, 2)?,
+        );
+        let CpuStorage::F32(go) = gs else {
+            candle_core::bail!("fused attention backward: expected an f32 output gradient")
+        };
+        if gl.dims() != [g, len, h, d] || !gl.is_contiguous() {
+            candle_core::bail!("fused attention backward: output gradient of shape {:?}", gl.dims());
+        }
+        let go = &go[gl.start_offset()..];
+        let mut out = vec![0f32; g * len * 3 * h * d];
+        // The gradient in qkv's own contiguous layout: part p of (g, h) starts at g·L·3Hd + p·Hd + h·d, and its
+        // rows are 3Hd apart.
+        let dest = Destinations {
+            base: [0, h * d, 2 * h * d],
+            problem: [d; 3],
+            group: [len * 3 * h * d; 3],
+            row: 3 * h * d,
+        };
+        attention_backward([&q, &k, &v], go, (g, h, len, len, d), self.scale, &mut out, &dest);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// softmax(q kᵀ · scale) v of a packed projection qkv (G, L, 3, H, d) (any strides with a contiguous last
+/// dimension), f32 on the CPU. Returns the heads merged: (G, L, H, d). With `grad`, differentiable in qkv.
+pub fn fused_qkv_attention(qkv: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
+    let op = FusedQkvAttention { scale: scale as f32 };
+    if grad {
+        qkv.apply_op1(op)
+    } else {
+        qkv.apply_op1_no_bwd(&op)
     }
 }
 
@@ -330,6 +487,32 @@ mod tests {
     use super::*;
     use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
+
+    /// The packed-projection kernel equals the three-view kernel, forward and d(qkv), on a strided projection.
+    #[test]
+    fn packed_qkv_attention_matches_the_three_views() {
+        let (g, l, h, d) = (5, 7, 3, 4);
+        let wide = Tensor::randn(0f32, 1.0, (g, l, 3, h + 1, d), &Device::Cpu).unwrap();
+        let qkv = wide.narrow(3, 1, h).unwrap(); // strided: every head axis skips one
+        let w = Tensor::randn(0f32, 1.0, (g, l, h, d), &Device::Cpu).unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let var = Var::from_tensor(&qkv.contiguous().unwrap()).unwrap();
+            let view = var.as_tensor();
+            let out = f(view);
+            let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (out, grads.get(view).unwrap().clone())
+        };
+        let (packed, d_packed) = run(&|qkv| fused_qkv_attention(qkv, scale, true).unwrap());
+        let (views, d_views) = run(&|qkv| {
+            let (q, k, v) = crate::nn::attention::unbind_qkv(qkv).unwrap();
+            fused_attention(&q, &k, &v, scale, true).unwrap()
+        });
+        assert!(max_abs_diff(&packed, &views) < 1e-6);
+        assert!(max_abs_diff(&d_packed, &d_views) < 1e-5);
+        let strided = fused_qkv_attention(&qkv, scale, false).unwrap();
+        assert!(max_abs_diff(&strided, &views) < 1e-6);
+    }
 
     /// Output and q/k/v gradients against softmax(q kᵀ s) v written with tensor ops in f64, on strided views
     /// (as cut from a qkv projection) with more keys than queries (conditioning tokens).

@@ -20,7 +20,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::rowwise::{kernel_applies, normalize_last_dim};
+use super::rowwise::kernel_applies;
 use crate::float::Float;
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -419,7 +419,7 @@ fn fused(x: &Tensor, cond: &[&Tensor]) -> bool {
 /// (…, L, D). With `grad`, differentiable in all three.
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
     if !fused(x, &[shift, scale]) {
-        return super::modulate(&normalize_last_dim(x, eps)?, shift, scale);
+        return super::modulate(&super::LayerNorm::plain(eps).forward(x, grad)?, shift, scale);
     }
     let (x, shift, scale) = (x.contiguous()?, shift.contiguous()?, scale.contiguous()?);
     let op = NormModulate { eps };
@@ -447,6 +447,7 @@ pub fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor, grad: bool) -> Result<Te
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::rowwise::normalize_last_dim;
     use crate::test_util::max_abs;
     use candle_core::{DType, Device, Var};
 

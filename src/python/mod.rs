@@ -44,7 +44,7 @@ impl<T, E: Into<LatteError>> IntoPy<T> for std::result::Result<T, E> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    crate::configure_allocator();
+    crate::configure_runtime();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CUDA_AVAILABLE", cfg!(feature = "cuda"))?;
     m.add("FLASH_ATTN_AVAILABLE", cfg!(feature = "flash-attn"))?;

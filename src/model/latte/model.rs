@@ -39,7 +39,7 @@ impl LatteModel {
 
     /// The model with every parameter zero (to be loaded into).
     pub fn uninitialised(cfg: &LatteConfig, device: &Device, dtype: DType) -> Result<Self> {
-        crate::configure_allocator();
+        crate::configure_runtime();
         cfg.validate()?;
         let store = ParamStore::new(device, dtype)?;
         let network = Latte::new(cfg, store.builder())?;

@@ -28,7 +28,7 @@ pub struct LatteT2VModel {
 impl LatteT2VModel {
     /// The model with every parameter zero (to be loaded into).
     pub fn uninitialised(cfg: &LatteT2VConfig, device: &Device, dtype: DType) -> Result<Self> {
-        crate::configure_allocator();
+        crate::configure_runtime();
         cfg.validate()?;
         let store = ParamStore::new(device, dtype)?;
         let network = LatteT2V::new(cfg, store.builder())?;
