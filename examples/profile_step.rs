@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use latte_rs::diffusion::{DiffusionOptions, GaussianDiffusion};
-use latte_rs::{LatteConfig, LatteModel, Trainer, TrainerOptions};
+use latte_rs::{Condition, Denoiser, LatteConfig, LatteModel, Trainer, TrainerOptions};
 
 fn main() -> latte_rs::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,5 +57,30 @@ fn main() -> latte_rs::Result<()> {
     }
     let per_step = start.elapsed().as_secs_f64() / steps as f64;
     eprintln!("{workload}: {:.1} ms per step ({steps} steps)", per_step * 1e3);
+    if args.iter().any(|a| a == "phases") {
+        // The model alone: forward with the graph, forward + backward of a plain loss, inference forward.
+        let t = Tensor::new(vec![500f32; batch], &Device::Cpu)?;
+        let cond = Condition::from_labels(labels.as_ref(), None)?;
+        let cond = model.check_condition(&cond, x.dims())?;
+        let time = |f: &mut dyn FnMut() -> latte_rs::Result<()>| -> latte_rs::Result<f64> {
+            f()?;
+            let start = std::time::Instant::now();
+            for _ in 0..steps {
+                f()?;
+            }
+            Ok(start.elapsed().as_secs_f64() * 1e3 / steps as f64)
+        };
+        let fwd = time(&mut || model.denoise(&x, &t, &cond, true).map(|_| ()))?;
+        let both = time(&mut || {
+            model
+                .loss_and_grads(&x, &t, &cond, checkpoint, &mut |out| Ok(out.sqr()?.mean_all()?))
+                .map(|_| ())
+        })?;
+        let inference = time(&mut || model.denoise(&x, &t, &cond, false).map(|_| ()))?;
+        eprintln!(
+            "  forward (graph) {fwd:.1} ms, forward + backward {both:.1} ms (backward {:.1}), inference {inference:.1} ms",
+            both - fwd
+        );
+    }
     Ok(())
 }
