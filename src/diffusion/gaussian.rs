@@ -381,6 +381,11 @@ impl GaussianDiffusion {
         let out = self.p_mean_variance(model_output, x_t, t, clip_denoised)?;
         let ln2 = std::f64::consts::LN_2;
         let kl = (mean_flat(&normal_kl(&true_mean, &true_log_var, &out.mean, &out.log_variance)?)? / ln2)?;
+        if !t.contains(&0) {
+            // The decoder likelihood only counts at t = 0; without such a sample it would be computed to be
+            // discarded (the selection below gives its branch zero gradient too).
+            return Ok(kl);
+        }
         let nll = discretized_gaussian_log_likelihood(x_start, &out.mean, &(&out.log_variance * 0.5)?)?;
         let decoder_nll = (mean_flat(&nll.neg()?)? / ln2)?;
         let at_zero: Vec<u8> = t.iter().map(|&i| u8::from(i == 0)).collect();
@@ -631,6 +636,32 @@ mod tests {
     fn randn(rng: &mut Generator, dims: &[usize], scale: f64) -> Tensor {
         let n = dims.iter().product();
         (Tensor::from_vec(rng.normal(n, 0.0, 1.0), dims, &Device::Cpu).unwrap() * scale).unwrap()
+    }
+
+    /// A batch without a t = 0 sample skips the decoder likelihood; its samples' VB terms (and their gradients)
+    /// are those the full computation gives them in a batch that has one.
+    #[test]
+    fn vb_terms_without_a_first_step_equal_the_full_computation() {
+        let betas = named_beta_schedule(BetaSchedule::Linear, 1000, 0.0, 0.0).unwrap();
+        let d = GaussianDiffusion::new(betas, MeanType::Epsilon, VarType::LearnedRange, LossType::Mse).unwrap();
+        let mut rng = Generator::new(1);
+        let x0 = randn(&mut rng, &[3, 2, 2, 2, 2], 0.5).tanh().unwrap();
+        let xt = randn(&mut rng, &[3, 2, 2, 2, 2], 1.0);
+        let out = Var::from_tensor(&randn(&mut rng, &[3, 2, 4, 2, 2], 0.5)).unwrap();
+        let run = |rows: &[usize], t: &[usize]| {
+            let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+            let pick = |x: &Tensor| x.index_select(&idx, 0).unwrap();
+            let vb = d
+                .vb_terms_bpd(&pick(out.as_tensor()), &pick(&x0), &pick(&xt), t, false)
+                .unwrap();
+            let grad = vb.sum_all().unwrap().backward().unwrap();
+            (vb.to_vec1::<f64>().unwrap(), grad.get(out.as_tensor()).unwrap().clone())
+        };
+        let (full, full_grad) = run(&[0, 1, 2], &[0, 3, 700]);
+        let (skipped, skipped_grad) = run(&[1, 2], &[3, 700]);
+        assert_eq!(&full[1..], &skipped[..]);
+        let rows = |g: &Tensor| g.narrow(0, 1, 2).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(rows(&full_grad), rows(&skipped_grad));
     }
 
     /// The hybrid loss is differentiable in the model output: the MSE trains the mean channels, the VB term the
