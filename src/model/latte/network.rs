@@ -152,8 +152,9 @@ impl Latte {
                 0 => None,
                 rows => Some(LabelEmbedder::new(rows, d, vb.pp("y_embedder"))?),
             },
-            pos_embed: vb.get((1, cfg.num_spatial_tokens(), d), "pos_embed")?,
-            temp_embed,
+            // The sin-cos tables are fixed: detached, so the backward pass computes no gradient for them.
+            pos_embed: vb.get((1, cfg.num_spatial_tokens(), d), "pos_embed")?.detach(),
+            temp_embed: temp_embed.map(|t| t.detach()),
             rope,
             blocks,
             final_layer: FinalLayer::new(cfg, vb.pp("final_layer"))?,
