@@ -353,7 +353,7 @@ impl AutoencoderKl {
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> crate::Result<Self> {
         let folder = read_folder::<VaeConfig>(dir, "a diffusers vae/ folder", DIFFUSERS_WEIGHTS)?;
         let store = ParamStore::new(device, dtype)?;
-        let vae = Self::new(&folder.config, store.builder())?;
+        let vae = Self::new(&folder.config, store.frozen_builder())?;
         store.load(
             &folder.tensors,
             LoadPolicy::STRICT,

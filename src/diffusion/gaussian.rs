@@ -660,7 +660,14 @@ mod tests {
         let (full, full_grad) = run(&[0, 1, 2], &[0, 3, 700]);
         let (skipped, skipped_grad) = run(&[1, 2], &[3, 700]);
         assert_eq!(&full[1..], &skipped[..]);
-        let rows = |g: &Tensor| g.narrow(0, 1, 2).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let rows = |g: &Tensor| {
+            g.narrow(0, 1, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
         assert_eq!(rows(&full_grad), rows(&skipped_grad));
     }
 

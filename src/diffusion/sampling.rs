@@ -111,8 +111,11 @@ pub fn sample(
             input
         };
         let t_batch = Tensor::full(t as f32, model_batch, &device)?;
+        // Detached: the parameters are variables, so without it every step's output would keep its forward
+        // pass's graph (and the activations it references) alive through the chain of samples.
         let out = model
             .denoise(&input.to_dtype(model.dtype())?, &t_batch, &cond, false)?
+            .detach()
             .to_dtype(x.dtype())?;
         let out = if guided {
             apply_guidance(&out, scale, spec.guidance_rule, spec.layout, channels)?
@@ -128,7 +131,7 @@ pub fn sample(
             eta: opts.eta,
             ..StepOptions::new(Noise::Source(rng))
         };
-        x = scheduler.step(&out, t, &x, &mut step)?.prev_sample;
+        x = scheduler.step(&out, t, &x, &mut step)?.prev_sample.detach();
         progress(done + 1, timesteps.len())?;
     }
     Ok(x)

@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use candle_core::Shape;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::error::{LatteError, Result};
 
@@ -74,6 +76,14 @@ impl ParamStore {
     /// The builder a network's constructor reads its parameters from; paths mirror the checkpoint names.
     pub fn builder(&self) -> VarBuilder<'static> {
         VarBuilder::from_varmap(&self.varmap, self.dtype, &self.device)
+    }
+
+    /// The builder of an inference-only network (the VAE, the text encoder): the same parameters, read without
+    /// their autograd identity, so the network's forward passes record no graph and free each activation as soon
+    /// as the next op has used it. (With variables among its inputs every op keeps its inputs alive for a
+    /// backward pass, which holds a whole forward pass's activations until its output is dropped.)
+    pub fn frozen_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Frozen(self.varmap.clone())), self.dtype, self.device.clone())
     }
 
     pub fn device(&self) -> &Device {
@@ -173,5 +183,27 @@ impl ParamStore {
             }
             Ok(report)
         })
+    }
+}
+
+/// A parameter map read as plain tensors (see [`ParamStore::frozen_builder`]): they share the variables' storage,
+/// so loading into the store updates them.
+struct Frozen(VarMap);
+
+impl SimpleBackend for Frozen {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        Ok(self.0.get(s, name, h, dtype, dev)?.detach())
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: a parameter store is read with its shapes")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(name)
     }
 }

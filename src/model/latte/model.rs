@@ -302,7 +302,9 @@ impl Denoiser for LatteModel {
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
         let (y, y_image) = labels_of(cond)?;
-        Ok(self.network.forward(x, t, y, y_image, grad)?)
+        let out = self.network.forward(x, t, y, y_image, grad)?;
+        // Without a graph to keep, the output must not hold the activations its ops reference.
+        Ok(if grad { out } else { out.detach() })
     }
 
     fn trainable_vars(&self) -> Vec<(String, Var)> {

@@ -221,7 +221,9 @@ impl Denoiser for LatteT2VModel {
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
         let caption = caption_of(cond)?;
-        Ok(self.network.forward(x, t, caption, self.temporal_attention, grad)?)
+        let out = self.network.forward(x, t, caption, self.temporal_attention, grad)?;
+        // Without a graph to keep, the output must not hold the activations its ops reference.
+        Ok(if grad { out } else { out.detach() })
     }
 
     fn trainable_vars(&self) -> Vec<(String, Var)> {

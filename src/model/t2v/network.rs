@@ -147,6 +147,10 @@ impl LatteT2V {
                     .contiguous()?
                     .reshape((b * f, l, d))?;
             }
+            if !grad {
+                // Inference keeps no graph: each layer's activations go as the next one starts.
+                hidden = hidden.detach();
+            }
         }
         let emb = repeat_rows(&emb, f)?.unsqueeze(1)?; // (B·F, 1, D)
         let table = self.scale_shift_table.unsqueeze(0)?;

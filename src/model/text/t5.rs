@@ -251,7 +251,7 @@ impl T5EncoderModel {
         state.remove("encoder.embed_tokens.weight");
         let dtype = dtype.unwrap_or_else(|| state.values().next().map_or(DType::F32, |t| t.dtype()));
         let store = ParamStore::new(device, dtype)?;
-        let model = T5Encoder::new(&cfg, store.builder())?;
+        let model = T5Encoder::new(&cfg, store.frozen_builder())?;
         // A full T5 checkpoint's decoder weights are not the encoder's business.
         let policy = LoadPolicy {
             allow_missing: false,
