@@ -9,6 +9,7 @@ import pytest
 
 import latte_rs
 from latte_rs.demo import (
+    GRID_SCALE,
     TINY_GUIDANCE,
     class_colour_accuracy,
     demo_config,
@@ -36,8 +37,8 @@ def test_demo_writes_every_file(tmp_path, capsys):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     with Image.open(out / "sample_01.gif") as gif:
         assert gif.n_frames == 8 and gif.size == (16, 16)
-    with Image.open(out / "grid.png") as grid:
-        assert grid.size == (8 * 16 + 7 * 2, 2 * 16 + 2)
+    with Image.open(out / "grid.png") as grid:  # 16×16 frames enlarged GRID_SCALE times, 2-pixel gaps
+        assert grid.size == (8 * 16 * GRID_SCALE + 7 * 2, 2 * 16 * GRID_SCALE + 2)
     assert set(summary["scores"]) == {"trained", "pretrained", "untrained", "noise", "real_vs_real"}
     assert summary["scores"]["pretrained"] < summary["scores"]["untrained"]
     assert summary["class_colour_accuracy"]["real"] == 1.0

@@ -98,6 +98,9 @@ def test_gif_mp4_and_grid_decode_to_the_frames(tmp_path):
     with av.open(str(odd)) as c:
         assert next(iter(c.decode(video=0))).to_ndarray(format="rgb24").shape[:2] == (20, 28)
     assert frame_grid(np.stack([frames, frames]), gap=1).shape == (41, 6 * 28 + 5, 3)
+    big = frame_grid(frames[None, :2, :2, :3], gap=1, scale=3)  # 2 frames of 2×3: each pixel a 3×3 block
+    assert big.shape == (6, 2 * 9 + 1, 3)
+    assert (big[:3, :3] == frames[0, 0, 0]).all() and (big[3:, 10:13] == frames[1, 1, 0]).all()
     with pytest.raises(ValueError, match=r"one video \(F, H, W, 3\)"):
         save_gif(frames[0], tmp_path / "b.gif")
     out = LatteOutput(np.stack([frames]), np.zeros(1), fps=4)

@@ -26,6 +26,8 @@ TINY_MODEL = ASSETS / "tiny_synthetic.safetensors"
 #: Classifier-free guidance for the tiny model (trained with 10% label dropout): 2 gives solid shapes of the
 #: class's colour; 1 (no guidance) more varied but ragged ones.
 TINY_GUIDANCE = 2.0
+#: The demo's grids show each 16×16 frame enlarged this many times (nearest neighbour).
+GRID_SCALE = 8
 
 
 def demo_config() -> dict[str, Any]:
@@ -141,7 +143,7 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
         for i, video in enumerate(samples.frames):
             files.append(str(save_gif(video, out / f"{prefix}_{i:02d}.gif", fps=6)))
             files.append(str(save_mp4(video, out / f"{prefix}_{i:02d}.mp4", fps=6)))
-        Image.fromarray(frame_grid(samples.frames)).save(out / grid)
+        Image.fromarray(frame_grid(samples.frames, scale=GRID_SCALE)).save(out / grid)
 
     # The score: trained model, the tiny model, an untrained model (same config, its initial weights) and noise,
     # against held-out real clips, each with `eval_clips` clips of the same labels.

@@ -99,9 +99,9 @@ class LatteOutput:
     def save_mp4(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
         return save_mp4(self.frames[index], path, fps or self.fps)
 
-    def grid(self) -> np.ndarray:
-        """Every frame of every video in one image (a row per video)."""
-        return frame_grid(self.frames)
+    def grid(self, scale: int = 1) -> np.ndarray:
+        """Every frame of every video in one image (a row per video), frames enlarged `scale` times."""
+        return frame_grid(self.frames, scale=scale)
 
     def show(self, index: int = 0, width: int | None = 256):
         """The video inline in Jupyter."""

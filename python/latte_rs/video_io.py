@@ -77,13 +77,18 @@ def save_mp4(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
     return path
 
 
-def frame_grid(videos, gap: int = 2, background: int = 255) -> np.ndarray:
-    """One image of videos ``(B, F, H, W, 3)``: a row per video, a column per frame, `gap` pixels apart."""
+def frame_grid(videos, gap: int = 2, background: int = 255, scale: int = 1) -> np.ndarray:
+    """One image of videos ``(B, F, H, W, 3)``: a row per video, a column per frame, `gap` pixels apart; each frame
+    enlarged `scale` times by nearest neighbour (so that tiny frames, like the demo's 16×16, can be seen)."""
     videos = as_uint8(videos)
     if videos.ndim == 4:
         videos = videos[None]
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"videos: expected (B, F, H, W, 3), got shape {videos.shape}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale: expected a positive int, got {scale!r}")
+    if scale > 1:
+        videos = videos.repeat(scale, axis=2).repeat(scale, axis=3)
     b, f, h, w, _ = videos.shape
     grid = np.full((b * h + (b - 1) * gap, f * w + (f - 1) * gap, 3), background, np.uint8)
     for i in range(b):
