@@ -1,5 +1,10 @@
-//! Linear layer over the last dimension (one GEMM for any number of leading dims, then the bias in one fused,
-//! differentiable pass) and the transformer MLP.
+//! Linear layer over the last dimension and the transformer MLP.
+//!
+//! On the CPU (f32, f64) the layer is one differentiable op: `y = x Wᵀ + b` as one GEMM over the rows (the bias
+//! written first, the product accumulated onto it), and a backward pass of two GEMMs (`dx = g W`, `dW = gᵀ x`)
+//! and the column sums of g (`db`). Written as candle ops (a matmul, then a broadcast add) the layer would keep
+//! both the product and the biased output alive for the backward pass — a second copy of every linear output —
+//! and sum the bias gradient with candle's single-threaded strided reduction.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -100,6 +105,219 @@ impl candle_core::CustomOp1 for ColumnSums {
     }
 }
 
+/// `dst (m × n) = alpha · dst + beta · lhs (m × k) · rhs (k × n)` (read_dst when alpha ≠ 0), each matrix given by
+/// its (row, column) strides, on rayon's threads.
+///
+/// # Safety
+/// Every element reached through the slices' strides must be in bounds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: Float + 'static>(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [T], usize, usize),
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+    alpha: T,
+    beta: T,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0.as_mut_ptr(),
+        dst.2 as isize,
+        dst.1 as isize,
+        alpha != T::ZERO,
+        lhs.0.as_ptr(),
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0.as_ptr(),
+        rhs.2 as isize,
+        rhs.1 as isize,
+        alpha,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::Rayon(0),
+    );
+}
+
+/// The shapes of x (rows, in) and W (out, in).
+fn linear_dims(xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize)> {
+    let (rows, input) = xl.shape().dims2()?;
+    let (out, input2) = wl.shape().dims2()?;
+    if input != input2 {
+        candle_core::bail!("linear: x {:?} and weight {:?} do not fit", xl.dims(), wl.dims());
+    }
+    Ok((rows, input, out))
+}
+
+/// `x Wᵀ + b` for x (rows, in), W (out, in), b (out,).
+struct LinearOp;
+/// `g W` (rows, in) for g (rows, out), W (out, in).
+struct LinearInputGrad;
+/// `gᵀ x` (out, in) for g (rows, out), x (rows, in).
+struct LinearWeightGrad;
+
+fn linear_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], (rows, input, out): (usize, usize, usize)) -> Vec<T> {
+    let mut y = Vec::with_capacity(rows * out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    // SAFETY: y is rows × out, x rows × in and W out × in, all contiguous; Wᵀ is W read with swapped strides.
+    unsafe {
+        gemm_into(
+            (rows, out, input),
+            (&mut y, out, 1),
+            (x, input, 1),
+            (w, 1, input),
+            T::ONE,
+            T::ONE,
+        )
+    };
+    y
+}
+
+fn linear_dx<T: Float + 'static>(g: &[T], w: &[T], (rows, input, out): (usize, usize, usize)) -> Vec<T> {
+    let mut dx = vec![T::ZERO; rows * input];
+    // SAFETY: dx rows × in, g rows × out, W out × in, all contiguous.
+    unsafe {
+        gemm_into(
+            (rows, input, out),
+            (&mut dx, input, 1),
+            (g, out, 1),
+            (w, input, 1),
+            T::ZERO,
+            T::ONE,
+        )
+    };
+    dx
+}
+
+fn linear_dw<T: Float + 'static>(g: &[T], x: &[T], (rows, input, out): (usize, usize, usize)) -> Vec<T> {
+    let mut dw = vec![T::ZERO; out * input];
+    // SAFETY: dW out × in, gᵀ is g (rows × out) read with swapped strides, x rows × in; all contiguous.
+    unsafe {
+        gemm_into(
+            (out, input, rows),
+            (&mut dw, input, 1),
+            (g, 1, out),
+            (x, input, 1),
+            T::ZERO,
+            T::ONE,
+        )
+    };
+    dw
+}
+
+impl candle_core::CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = linear_dims(xl, wl)?;
+        let n = self.name();
+        let y = match (xs, ws, bs) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(linear_fwd(
+                contiguous(x, xl, n)?,
+                contiguous(w, wl, n)?,
+                contiguous(b, bl, n)?,
+                dims,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(linear_fwd(
+                contiguous(x, xl, n)?,
+                contiguous(w, wl, n)?,
+                contiguous(b, bl, n)?,
+                dims,
+            )),
+            _ => candle_core::bail!("linear: operands must all be f32 or all f64"),
+        };
+        Ok((y, Shape::from_dims(&[dims.0, dims.2])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let dx = g.apply_op2_no_bwd(w, &LinearInputGrad)?;
+        let dw = g.apply_op2_no_bwd(x, &LinearWeightGrad)?;
+        let db = g.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp2 for LinearInputGrad {
+    fn name(&self) -> &'static str {
+        "linear-input-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, out) = gl.shape().dims2()?;
+        let (out2, input) = wl.shape().dims2()?;
+        if out != out2 {
+            candle_core::bail!(
+                "linear backward: gradient {:?} and weight {:?} do not fit",
+                gl.dims(),
+                wl.dims()
+            );
+        }
+        let (n, dims) = (self.name(), (rows, input, out));
+        let dx = match (gs, ws) {
+            (CpuStorage::F32(g), CpuStorage::F32(w)) => {
+                CpuStorage::F32(linear_dx(contiguous(g, gl, n)?, contiguous(w, wl, n)?, dims))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(w)) => {
+                CpuStorage::F64(linear_dx(contiguous(g, gl, n)?, contiguous(w, wl, n)?, dims))
+            }
+            _ => candle_core::bail!("linear backward: operands must both be f32 or both f64"),
+        };
+        Ok((dx, Shape::from_dims(&[rows, input])))
+    }
+}
+
+impl CustomOp2 for LinearWeightGrad {
+    fn name(&self) -> &'static str {
+        "linear-weight-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, out) = gl.shape().dims2()?;
+        let (rows2, input) = xl.shape().dims2()?;
+        if rows != rows2 {
+            candle_core::bail!(
+                "linear backward: gradient {:?} and input {:?} do not fit",
+                gl.dims(),
+                xl.dims()
+            );
+        }
+        let (n, dims) = (self.name(), (rows, input, out));
+        let dw = match (gs, xs) {
+            (CpuStorage::F32(g), CpuStorage::F32(x)) => {
+                CpuStorage::F32(linear_dw(contiguous(g, gl, n)?, contiguous(x, xl, n)?, dims))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(x)) => {
+                CpuStorage::F64(linear_dw(contiguous(g, gl, n)?, contiguous(x, xl, n)?, dims))
+            }
+            _ => candle_core::bail!("linear backward: operands must both be f32 or both f64"),
+        };
+        Ok((dw, Shape::from_dims(&[out, input])))
+    }
+}
+
 /// `y + b` over the rows of y (rows, n): the fused kernel on the CPU, a broadcast add elsewhere.
 fn plus_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if super::rowwise::kernel_applies(y) && b.dtype() == y.dtype() && b.device().is_cpu() && b.rank() == 1 {
@@ -134,10 +352,19 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         // One 2D GEMM instead of a batched one: faster, and candle's matmul wants contiguous operands.
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, in_dim))?;
+        let fused = |b: &Tensor| {
+            super::rowwise::kernel_applies(&x)
+                && [&self.weight, b]
+                    .iter()
+                    .all(|t| t.dtype() == x.dtype() && t.device().is_cpu())
+        };
         let y = match &self.bias {
-            Some(b) => plus_bias(&y, b)?,
-            None => y,
+            Some(b) if fused(b) => x
+                .contiguous()?
+                .apply_op3(&self.weight.contiguous()?, &b.contiguous()?, LinearOp)?,
+            Some(b) => plus_bias(&x.matmul(&self.weight.t()?)?, b)?,
+            None => x.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims.to_vec();
         out_dims[dims.len() - 1] = self.weight.dim(0)?;
@@ -177,6 +404,45 @@ mod tests {
     use super::*;
     use crate::test_util::max_abs_diff;
     use candle_core::{DType, Device, Var};
+
+    /// The fused layer equals matmul + broadcast add, forward and the gradients of x, W and b, in f32 and f64.
+    #[test]
+    fn linear_kernel_matches_matmul_and_bias() {
+        for dtype in [DType::F64, DType::F32] {
+            for (rows, input, out) in [(1usize, 1usize, 1usize), (7, 5, 13), (130, 33, 97)] {
+                let randn = |dims: &[usize]| {
+                    Tensor::randn(0f64, 1.0, dims, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let (x, w, b) = (randn(&[rows, input]), randn(&[out, input]), randn(&[out]));
+                let weights = randn(&[rows, out]);
+                let run = |fused: bool| {
+                    let vars: Vec<Var> = [&x, &w, &b].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+                    let layer = Linear::from_parts(vars[1].as_tensor().clone(), Some(vars[2].as_tensor().clone()));
+                    let out = if fused {
+                        layer.forward(vars[0].as_tensor()).unwrap()
+                    } else {
+                        plus_bias(
+                            &vars[0].as_tensor().matmul(&vars[1].as_tensor().t().unwrap()).unwrap(),
+                            vars[2].as_tensor(),
+                        )
+                        .unwrap()
+                    };
+                    let g = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut all = vec![out];
+                    all.extend(vars.iter().map(|v| g.get(v.as_tensor()).unwrap().clone()));
+                    all
+                };
+                let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+                for (a, e) in run(true).iter().zip(&run(false)) {
+                    let scale = crate::test_util::max_abs(e).max(1.0);
+                    assert!(max_abs_diff(a, e) <= tol * scale, "{dtype:?} {rows}x{input}x{out}");
+                }
+            }
+        }
+    }
 
     /// The fused bias add equals the broadcast add, forward and both gradients, in f32 and f64, on odd sizes.
     #[test]
