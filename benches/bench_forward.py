@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cpu_name, host  # noqa: E402
+from common import cpu_name, host, peak_rss_mib, result_rows, write_results  # noqa: E402
 
 SEED = 3407
 IN_CHANNELS = 4
@@ -52,23 +51,6 @@ LABELS = {"torch": "PyTorch (official)", "latte": "latte-rs"}
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB.
-
-    On Linux this reads VmHWM, which starts afresh at exec; ``ru_maxrss`` would carry the parent's peak into
-    the worker (Linux keeps it across fork + exec), hiding a smaller worker's own peak.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
 
 
 def load_official(latte_repo: Path):
@@ -323,6 +305,8 @@ def parent(args) -> int:
         if "error" in r:
             print(f"\n{LABELS[r['engine']]} failed: {r['error']}")
 
+    workload = f"{args.model} forward, batch {args.batch}, {args.frames}x{args.latent}x{args.latent}"
+    print(f"\nwrote {write_results('bench_forward', result_rows(workload, results, LABELS))}")
     if args.json:
         record = {
             "workload": {

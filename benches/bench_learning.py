@@ -19,11 +19,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_name, write_results  # noqa: E402
 
 TIMESTEPS = (1, 50, 200, 400, 600, 800, 999)
 
@@ -85,7 +89,7 @@ def main() -> None:
         clips, labels = zip(*(dataset[int(i)] for i in idx), strict=True)
         batches.append((np.stack(clips), np.asarray(labels, np.int64)))
 
-    seconds = {"PyTorch (official)": 0.0, "latte-rs": 0.0}
+    seconds = {"PyTorch (official)": [], "latte-rs": []}
     for step, (x, y) in enumerate(batches):
         for g in opt.param_groups:
             g["lr"] = trainer.lr_at(step + 1)
@@ -99,8 +103,8 @@ def main() -> None:
         t1 = time.perf_counter()
         trainer.step(x, y)
         t2 = time.perf_counter()
-        seconds["PyTorch (official)"] += t1 - t0
-        seconds["latte-rs"] += t2 - t1
+        seconds["PyTorch (official)"].append(t1 - t0)
+        seconds["latte-rs"].append(t2 - t1)
 
     clips, labels = zip(*(dataset[i % args.clips] for i in range(8)), strict=True)
     x0, y = np.stack(clips), np.asarray(labels, np.int64)
@@ -123,12 +127,19 @@ def main() -> None:
     print("| timestep | PyTorch (official) | latte-rs |\n|---:|---:|---:|")
     for t, a, b in rows:
         print(f"| {t} | {a:.5f} | {b:.5f} |")
-    base = seconds["PyTorch (official)"] / args.steps
-    print("\n| engine | ms/step | speed ratio |\n|---|---:|---:|")
-    for name, total in seconds.items():
-        per = total / args.steps
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    base = median["PyTorch (official)"]
+    print("\n| engine | median ms/step | speed ratio |\n|---|---:|---:|")
+    for name, per in median.items():
         print(f"| {name} | {1000 * per:.1f} | {base / per:.2f}x |")
     print("\nspeed ratio = PyTorch ms/step / engine ms/step (above 1: faster than PyTorch).")
+    print(f"host: {cpu_name()}, {len(os.sched_getaffinity(0))} threads")
+    workload = f"demo model (Latte-S/{mcfg.patch_size}, depth {mcfg.depth}, width {mcfg.hidden_size}) train step, " \
+               f"batch {args.batch}, 8x16x16 px"
+    # Both engines run in this one process (on the same batches, alternating), so peak memory is not per engine.
+    rows = [{"workload": workload, "engine": name, "median_s": per, "peak_rss_mib": None, "ratio": base / per,
+             "steps": args.steps} for name, per in median.items()]
+    print(f"wrote {write_results('bench_learning', rows)}")
 
 
 if __name__ == "__main__":

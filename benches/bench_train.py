@@ -34,15 +34,16 @@ from bench_forward import (  # noqa: E402
     build_official,
     cpu_name,
     load_official,
-    peak_rss_mib,
     perturbed_official,
     run_json_worker,
     time_calls,
 )
+from common import peak_rss_mib, result_rows, write_results  # noqa: E402
 
 ENGINES = ("torch", "latte", "latte-ckpt")
 LABELS = {"torch": "PyTorch (official train.py step)", "latte": "latte-rs Trainer",
           "latte-ckpt": "latte-rs Trainer, gradient checkpointing"}
+ROW_LABELS = {"torch": "PyTorch (official)", "latte": "latte-rs", "latte-ckpt": "latte-rs, checkpointed"}
 
 
 def run_torch(data, meta: dict, args) -> tuple[list[float], list[float], dict, float]:
@@ -159,6 +160,8 @@ def parent(args) -> int:
     for r in results:
         if "error" in r:
             print(f"\n{LABELS[r['engine']]} failed: {r['error']}")
+    workload = f"{args.model} train step, batch {args.batch}, {args.frames}x{args.latent}x{args.latent}"
+    print(f"\nwrote {write_results('bench_train', result_rows(workload, results, ROW_LABELS))}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                "results": results}, indent=2) + "\n")

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
 import latte_rs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_name, write_results  # noqa: E402
 
 
 def timed(fn, repeat: int):
@@ -59,6 +64,16 @@ def main() -> None:
           f"| {rel(z / ours.scaling_factor, mean_ref.numpy()):.1e} |")
     print(f"| decode | {args.frames / t_dec_ref:.2f} | {args.frames / t_dec:.2f} | {t_dec_ref / t_dec:.2f}x "
           f"| {rel(dec, dec_ref.numpy()):.1e} |")
+    print(f"\nhost: {cpu_name()}; best of {args.repeat} after a warm-up")
+    rows = []
+    for op, ref_s, ours_s, err in (("encode", t_enc_ref, t_enc, rel(z / ours.scaling_factor, mean_ref.numpy())),
+                                   ("decode", t_dec_ref, t_dec, rel(dec, dec_ref.numpy()))):
+        workload = f"SD VAE {op}, {args.frames} frames of {args.size}x{args.size}"
+        # Both engines run in this one process, so peak memory is not per engine.
+        rows += [{"workload": workload, "engine": "diffusers", "median_s": ref_s, "peak_rss_mib": None, "ratio": None},
+                 {"workload": workload, "engine": "latte-rs", "median_s": ours_s, "peak_rss_mib": None,
+                  "ratio": ref_s / ours_s, "max_rel_diff": err}]
+    print(f"wrote {write_results('bench_vae', rows)}")
 
 
 if __name__ == "__main__":

@@ -42,12 +42,57 @@ def host() -> dict:
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}
 
 
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this reads VmHWM, which starts afresh at exec; ``ru_maxrss`` would carry the parent's peak into
+    a worker (Linux keeps it across fork + exec), hiding a smaller worker's own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
+
+
+def result_rows(workload: str, results: list[dict], labels: dict[str, str], reference: str = "torch") -> list[dict]:
+    """One results row per engine of ``results`` (worker dicts with ``engine``, ``median_s``, ``peak_rss_mib``, or
+    ``error``): ``ratio`` is the reference engine's median over this one's (above 1: faster than the reference)."""
+    base = next((r["median_s"] for r in results if r["engine"] == reference and "error" not in r), None)
+    rows = []
+    for r in results:
+        row = {"workload": workload, "engine": labels.get(r["engine"], r["engine"])}
+        if "error" in r:
+            row.update(median_s=None, peak_rss_mib=None, ratio=None, error=r["error"].splitlines()[-1])
+        else:
+            row.update(median_s=r["median_s"], peak_rss_mib=r.get("peak_rss_mib"),
+                       ratio=base / r["median_s"] if base else None)
+        rows.append(row)
+    return rows
+
+
 def write_results(name: str, rows: list[dict]) -> Path:
-    """Writes ``results/<name>.json``: the rows (workload, engine, median_s, peak_rss_mib, ratio, ...) and the host,
-    atomically."""
+    """Adds ``rows`` (dicts with workload, engine, median_s, peak_rss_mib, ratio, ...) to ``results/<name>.json``,
+    each stamped with this host, replacing earlier rows of the same workload and engine (so that runs of one
+    bench at several sizes accumulate), atomically."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
+    stamp = host()
+    rows = [{**r, "host": stamp} for r in rows]
+    new = {(r["workload"], r["engine"]) for r in rows}
+    kept = []
+    if path.is_file():
+        try:
+            kept = [r for r in json.loads(path.read_text()).get("rows", []) if (r["workload"], r["engine"]) not in new]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            kept = []
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"host": host(), "rows": rows}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"host": stamp, "rows": kept + rows}, indent=2) + "\n")
     tmp.replace(path)
     return path
