@@ -23,6 +23,9 @@ pub trait Float:
     fn of(v: f64) -> Self;
     fn from_usize(n: usize) -> Self;
     fn exp(self) -> Self;
+    /// e^x in straight-line arithmetic where that is accurate enough (f32: [`crate::nn::fastmath::exp_f32`]),
+    /// so that loops calling it vectorise; `exp` elsewhere.
+    fn fast_exp(self) -> Self;
     fn sqrt(self) -> Self;
     fn is_finite(self) -> bool;
     /// The values of a CPU storage of this dtype, mutably (None for another dtype).
@@ -30,7 +33,7 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ty, $variant:ident) => {
+    ($t:ty, $variant:ident, $fast_exp:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -46,6 +49,10 @@ macro_rules! float {
             #[inline(always)]
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn fast_exp(self) -> Self {
+                $fast_exp(self)
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -65,5 +72,5 @@ macro_rules! float {
     };
 }
 
-float!(f32, F32);
-float!(f64, F64);
+float!(f32, F32, crate::nn::fastmath::exp_f32);
+float!(f64, F64, f64::exp);

@@ -8,10 +8,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LatteError;
+use crate::nn::conv::{Conv2d, GroupNorm};
 use crate::rng::Generator;
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};
@@ -65,26 +66,16 @@ const EPS: f64 = 1e-6;
 // candle-nn's builders, which would first fill every weight with a random initialisation.
 
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let config = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(
+    Conv2d::new(
         vb.get((cout, cin, k, k), "weight")?,
-        Some(vb.get(cout, "bias")?),
-        config,
-    ))
+        vb.get(cout, "bias")?,
+        stride,
+        padding,
+    )
 }
 
 fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    GroupNorm::new(
-        vb.get(channels, "weight")?,
-        vb.get(channels, "bias")?,
-        channels,
-        groups,
-        eps,
-    )
+    GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, groups, eps)
 }
 
 fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
@@ -116,13 +107,12 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        skip + h
+        self.conv2.forward_add(&self.norm2.forward(&h, true)?, &skip)
     }
 }
 
@@ -151,7 +141,7 @@ impl MidAttention {
         let (b, c, h, w) = x.dims4()?;
         let t = self
             .norm
-            .forward(x)?
+            .forward(x, false)?
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -248,7 +238,7 @@ impl Encoder {
             }
         }
         let x = self.mid.forward(&x)?;
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward(&x, true)?)
     }
 }
 
@@ -300,7 +290,7 @@ impl Decoder {
                 x = c.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward(&x, true)?)
     }
 }
 

@@ -56,7 +56,7 @@ fn column_sums<T: Float>(g: &[T], n: usize) -> Vec<T> {
     out
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: operands must be contiguous"),
@@ -111,7 +111,7 @@ impl candle_core::CustomOp1 for ColumnSums {
 /// # Safety
 /// Every element reached through the slices' strides must be in bounds.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into<T: Float + 'static>(
+pub(crate) unsafe fn gemm_into<T: Float + 'static>(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [T], usize, usize),
     lhs: (&[T], usize, usize),

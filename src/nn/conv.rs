@@ -1,0 +1,537 @@
+//! 2-D convolution and group normalisation (NCHW) for the convolutional networks that run frozen, such as the VAE.
+//!
+//! On the CPU, when neither the input nor the weight takes part in a backward pass (f32 or f64), the convolution is
+//! an im2col + GEMM: per image and per band of output rows, the patch matrix (Cin·kh·kw, band) is gathered row by
+//! row — for stride 1 each of its rows is a shifted copy of an input row, so the gather is contiguous copies — and
+//! multiplied by the weight (Cout, Cin·kh·kw) straight into the output with the bias prefilled. 1×1 convolutions
+//! skip the gather. candle's CPU convolution gathers its tiles one strided element at a time and took three
+//! quarters of the VAE's time. Anywhere else (a GPU, half precision, or a graph being recorded for a gradient) the
+//! layer is candle's `conv2d` plus a broadcast bias, which is also what the kernel is tested against.
+//!
+//! The same holds for [`GroupNorm`]: frozen on the CPU it is one kernel (per-group statistics in f64, then one pass
+//! applying the affine transform and optionally the SiLU that follows every group norm of the VAE) where candle-nn's
+//! composition makes eight passes over the tensor; and the residual sum after a ResNet block's second convolution
+//! is taken by [`Conv2d::forward_add`], which starts the GEMM from `residual + bias` instead of adding afterwards.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::linear::{contiguous, gemm_into};
+use crate::float::Float;
+
+/// Floats one band of the patch matrix may hold (16 MiB of f32): bands of output rows are sized to it.
+const BAND_FLOATS: usize = 1 << 22;
+
+/// A 2-D convolution with square kernel, stride and symmetric zero padding, and a bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// `weight` (Cout, Cin, k, k) and `bias` (Cout,).
+    pub fn new(weight: Tensor, bias: Tensor, stride: usize, padding: usize) -> Result<Self> {
+        let (cout, _, kh, kw) = weight.dims4()?;
+        if kh != kw || bias.dims() != [cout] || stride == 0 {
+            candle_core::bail!(
+                "conv2d: weight {:?}, bias {:?}, stride {stride} do not make a square convolution",
+                weight.dims(),
+                bias.dims()
+            );
+        }
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// The convolution of x (B, Cin, H, W): (B, Cout, Ho, Wo).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if frozen_cpu(&[x, &self.weight, &self.bias]) {
+            let op = ConvOp {
+                stride: self.stride,
+                padding: self.padding,
+                residual: None,
+            };
+            return x
+                .contiguous()?
+                .apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op);
+        }
+        self.reference(x)
+    }
+
+    /// `residual + conv(x)`, the residual (B, Cout, Ho, Wo) taken as the GEMM's starting value on the fast path.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if frozen_cpu(&[x, &self.weight, &self.bias, residual]) && residual.dtype() == x.dtype() {
+            let op = ConvOp {
+                stride: self.stride,
+                padding: self.padding,
+                residual: Some(residual.contiguous()?),
+            };
+            return x
+                .contiguous()?
+                .apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op);
+        }
+        residual + self.reference(x)?
+    }
+
+    /// candle's convolution plus the broadcast bias: the composition the kernel replaces.
+    pub fn reference(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
+
+/// Whether the fast kernels apply: CPU tensors of f32 or f64 that no backward pass will reach.
+fn frozen_cpu(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::F64) && !t.track_op())
+}
+
+/// Group normalisation of (B, C, …) over groups of C/G channels, with a per-channel affine transform.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    /// `weight` and `bias` (C,), `groups` dividing C.
+    pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Result<Self> {
+        let c = weight.dims1()?;
+        if groups == 0 || c % groups != 0 || bias.dims() != [c] {
+            candle_core::bail!("group_norm: {groups} groups of {c} channels, bias {:?}", bias.dims());
+        }
+        Ok(Self {
+            weight,
+            bias,
+            groups,
+            eps,
+        })
+    }
+
+    /// The normalised x, followed by SiLU when `silu`.
+    pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if frozen_cpu(&[x, &self.weight, &self.bias]) && x.rank() >= 2 && x.dim(1)? == self.weight.dim(0)? {
+            let op = GroupNormOp {
+                groups: self.groups,
+                eps: self.eps,
+                silu,
+            };
+            return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
+        }
+        self.reference(x, silu)
+    }
+
+    /// candle-nn's group norm (and SiLU): the composition the kernel replaces.
+    pub fn reference(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let norm = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), c, self.groups, self.eps)?;
+        let y = candle_core::Module::forward(&norm, x)?;
+        if silu {
+            y.silu()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize), op: &GroupNormOp) -> Vec<T> {
+    let group_len = c / op.groups * plane;
+    // Per (image, group): the mean and 1/σ, from an f64 sum and a second pass for the variance.
+    let stats: Vec<(f64, f64)> = x
+        .par_chunks(group_len)
+        .map(|g| {
+            let n = g.len() as f64;
+            let mean = g.iter().map(|&v| v.to_f64()).sum::<f64>() / n;
+            let var = g.iter().map(|&v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+            (mean, 1.0 / (var + op.eps).sqrt())
+        })
+        .collect();
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(plane)
+        .zip(x.par_chunks(plane))
+        .enumerate()
+        .for_each(|(i, (out, xs))| {
+            let ch = i % c;
+            let (mean, rstd) = stats[i / (c / op.groups)];
+            let scale = w[ch].to_f64() * rstd;
+            let (a, shift) = (T::of(scale), T::of(b[ch].to_f64() - mean * scale));
+            if op.silu {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    let t = v * a + shift;
+                    *o = t / (T::ONE + (T::ZERO - t).fast_exp());
+                }
+            } else {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = v * a + shift;
+                }
+            }
+        });
+    y
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = xl.dims();
+        let c = dims[1];
+        let dims2 = (c, dims[2..].iter().product::<usize>());
+        let n = self.name();
+        let y = match (xs, ws, bs) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(group_norm_fwd(
+                contiguous(x, xl, n)?,
+                contiguous(w, wl, n)?,
+                contiguous(b, bl, n)?,
+                dims2,
+                self,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(group_norm_fwd(
+                contiguous(x, xl, n)?,
+                contiguous(w, wl, n)?,
+                contiguous(b, bl, n)?,
+                dims2,
+                self,
+            )),
+            _ => candle_core::bail!("group_norm: operands must all be f32 or all f64"),
+        };
+        Ok((y, xl.shape().clone()))
+    }
+}
+
+struct ConvOp {
+    stride: usize,
+    padding: usize,
+    /// Added to the output (the GEMM starts from it plus the bias).
+    residual: Option<Tensor>,
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Dims {
+    fn new(xl: &Layout, wl: &Layout, stride: usize, pad: usize) -> Result<Self> {
+        let (batch, cin, h, w) = xl.shape().dims4()?;
+        let (cout, cin2, k, k2) = wl.shape().dims4()?;
+        if cin != cin2 || k != k2 || h + 2 * pad < k || w + 2 * pad < k {
+            candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", xl.dims(), wl.dims());
+        }
+        let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        Ok(Self {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// Fills `row` (the band's `rows` output rows from `oy0`) of patch-matrix row (c, i, j) from image plane `x` (H, W).
+fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, usize), oy0: usize) {
+    for (r, out) in row.chunks_mut(d.wo).enumerate() {
+        let iy = ((oy0 + r) * d.stride + i) as isize - d.pad as isize;
+        if iy < 0 || iy >= d.h as isize {
+            out.fill(T::ZERO);
+            continue;
+        }
+        let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
+        if d.stride == 1 {
+            // ix = ox + j - pad must lie in [0, W): ox in [pad - j, W + pad - j).
+            let lo = d.pad.saturating_sub(j).min(d.wo);
+            let hi = (d.w + d.pad).saturating_sub(j).clamp(lo, d.wo);
+            out[..lo].fill(T::ZERO);
+            out[hi..].fill(T::ZERO);
+            if hi > lo {
+                let start = lo + j - d.pad;
+                out[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+            }
+        } else {
+            for (ox, o) in out.iter_mut().enumerate() {
+                let ix = (ox * d.stride + j) as isize - d.pad as isize;
+                *o = if ix >= 0 && (ix as usize) < d.w {
+                    src[ix as usize]
+                } else {
+                    T::ZERO
+                };
+            }
+        }
+    }
+}
+
+fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]>, d: Dims) -> Vec<T> {
+    let (plane, out_plane) = (d.h * d.w, d.ho * d.wo);
+    let kk = d.cin * d.k * d.k;
+    let mut y = match residual {
+        Some(r) => r.to_vec(),
+        None => vec![T::ZERO; d.batch * d.cout * out_plane],
+    };
+    y.par_chunks_mut(out_plane).enumerate().for_each(|(i, p)| {
+        let bc = b[i % d.cout];
+        p.iter_mut().for_each(|v| *v += bc);
+    });
+    let band_rows = (BAND_FLOATS / (kk * d.wo).max(1)).clamp(1, d.ho);
+    let mut col = if d.pointwise() {
+        Vec::new()
+    } else {
+        vec![T::ZERO; kk * band_rows * d.wo]
+    };
+    for n in 0..d.batch {
+        let image = &x[n * d.cin * plane..(n + 1) * d.cin * plane];
+        let out = &mut y[n * d.cout * out_plane..(n + 1) * d.cout * out_plane];
+        if d.pointwise() {
+            // SAFETY: out is Cout × HW, W Cout × Cin and the image Cin × HW, all contiguous.
+            unsafe {
+                gemm_into(
+                    (d.cout, out_plane, d.cin),
+                    (out, out_plane, 1),
+                    (w, d.cin, 1),
+                    (image, plane, 1),
+                    T::ONE,
+                    T::ONE,
+                )
+            };
+            continue;
+        }
+        let mut oy0 = 0;
+        while oy0 < d.ho {
+            let rows = band_rows.min(d.ho - oy0);
+            let width = rows * d.wo;
+            let col = &mut col[..kk * width];
+            col.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
+                let (c, ij) = (r / (d.k * d.k), r % (d.k * d.k));
+                gather_row(row, &image[c * plane..(c + 1) * plane], &d, (ij / d.k, ij % d.k), oy0);
+            });
+            // SAFETY: the output band starts at row oy0 of each of the Cout planes (row stride Ho·Wo, `width`
+            // columns in bounds); W is Cout × kk and the band's patch matrix kk × width, both contiguous.
+            unsafe {
+                gemm_into(
+                    (d.cout, width, kk),
+                    (&mut out[oy0 * d.wo..], out_plane, 1),
+                    (w, kk, 1),
+                    (col, width, 1),
+                    T::ONE,
+                    T::ONE,
+                )
+            };
+            oy0 += rows;
+        }
+    }
+    y
+}
+
+/// The residual's values, contiguous, as `T`.
+fn residual_slice<'a, T: Float>(
+    residual: Option<(&'a candle_core::Storage, &Layout)>,
+    op: &str,
+) -> Result<Option<&'a [T]>> {
+    match residual {
+        Some((candle_core::Storage::Cpu(s), l)) => Ok(Some(contiguous(s.as_slice::<T>()?, l, op)?)),
+        Some(_) => candle_core::bail!("{op}: the residual must be on the CPU"),
+        None => Ok(None),
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(xl, wl, self.stride, self.padding)?;
+        let n = self.name();
+        let residual = match &self.residual {
+            Some(r) if r.dims() != [d.batch, d.cout, d.ho, d.wo] => {
+                candle_core::bail!("conv2d: residual {:?} is not the output's shape", r.dims())
+            }
+            Some(r) => Some(r.storage_and_layout()),
+            None => None,
+        };
+        let residual = residual.as_ref().map(|(s, l)| (&**s, *l));
+        let y = match (xs, ws, bs) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(conv_fwd(
+                contiguous(x, xl, n)?,
+                contiguous(w, wl, n)?,
+                contiguous(b, bl, n)?,
+                residual_slice(residual, n)?,
+                d,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(conv_fwd(
+                contiguous(x, xl, n)?,
+                contiguous(w, wl, n)?,
+                contiguous(b, bl, n)?,
+                residual_slice(residual, n)?,
+                d,
+            )),
+            _ => candle_core::bail!("conv2d: operands must all be f32 or all f64"),
+        };
+        Ok((y, Shape::from_dims(&[d.batch, d.cout, d.ho, d.wo])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let (d, s) = (d.to_dtype(DType::F64).unwrap(), s.to_dtype(DType::F64).unwrap());
+        d.to_scalar::<f64>().unwrap() / s.to_scalar::<f64>().unwrap().max(1e-30)
+    }
+
+    #[test]
+    fn im2col_kernel_matches_candle_conv2d() {
+        let dev = Device::Cpu;
+        // (batch, cin, h, w, cout, k, stride, padding), odd sizes included.
+        let cases = [
+            (2, 3, 9, 7, 5, 3, 1, 1),
+            (1, 4, 8, 8, 6, 3, 2, 0),
+            (3, 5, 11, 6, 4, 3, 2, 1),
+            (2, 7, 5, 9, 3, 1, 1, 0),
+            (1, 3, 6, 6, 2, 1, 2, 0),
+            (1, 2, 5, 5, 3, 5, 1, 2),
+            (2, 6, 13, 4, 7, 3, 1, 0),
+            (1, 2, 3, 3, 2, 3, 1, 3),
+        ];
+        for dtype in [DType::F32, DType::F64] {
+            for &(b, cin, h, w, cout, k, s, p) in &cases {
+                let x = Tensor::randn(0f32, 1., (b, cin, h, w), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let wt = Tensor::randn(0f32, 1., (cout, cin, k, k), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let bias = Tensor::randn(0f32, 1., cout, &dev).unwrap().to_dtype(dtype).unwrap();
+                let conv = Conv2d::new(wt, bias, s, p).unwrap();
+                let fast = conv.forward(&x).unwrap();
+                let want = conv.reference(&x).unwrap();
+                assert_eq!(fast.dims(), want.dims(), "case {:?}", (b, cin, h, w, cout, k, s, p));
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                let err = max_rel(&fast, &want);
+                assert!(
+                    err < tol,
+                    "case {:?} {dtype:?}: rel err {err}",
+                    (b, cin, h, w, cout, k, s, p)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn group_norm_kernel_matches_candle_nn() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            for &(b, c, h, w, g) in &[(2, 6, 5, 7, 3), (1, 8, 4, 4, 8), (3, 4, 9, 1, 1), (2, 12, 3, 5, 4)] {
+                let x = (Tensor::randn(0f32, 2., (b, c, h, w), &dev).unwrap() + 0.7)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let norm = GroupNorm::new(
+                    Tensor::randn(0f32, 1., c, &dev).unwrap().to_dtype(dtype).unwrap(),
+                    Tensor::randn(0f32, 1., c, &dev).unwrap().to_dtype(dtype).unwrap(),
+                    g,
+                    1e-6,
+                )
+                .unwrap();
+                for silu in [false, true] {
+                    let err = max_rel(&norm.forward(&x, silu).unwrap(), &norm.reference(&x, silu).unwrap());
+                    let tol = if dtype == DType::F32 { 1e-5 } else { 1e-7 };
+                    assert!(err < tol, "{:?} silu {silu} {dtype:?}: rel err {err}", (b, c, h, w, g));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn residual_conv_matches_the_sum() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 7, 6), &dev).unwrap();
+        let r = Tensor::randn(0f32, 1., (2, 4, 7, 6), &dev).unwrap();
+        let conv = Conv2d::new(
+            Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap(),
+            Tensor::randn(0f32, 1., 4, &dev).unwrap(),
+            1,
+            1,
+        )
+        .unwrap();
+        let want = (&r + conv.reference(&x).unwrap()).unwrap();
+        assert!(max_rel(&conv.forward_add(&x, &r).unwrap(), &want) < 1e-5);
+        assert!(
+            conv.forward_add(&x, &r.narrow(3, 0, 5).unwrap()).is_err(),
+            "a residual of another shape"
+        );
+    }
+
+    #[test]
+    fn a_recorded_graph_takes_the_differentiable_path() {
+        let dev = Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (1, 2, 5, 5), &dev).unwrap()).unwrap();
+        let conv = Conv2d::new(
+            Tensor::randn(0f32, 1., (3, 2, 3, 3), &dev).unwrap(),
+            Tensor::zeros(3, DType::F32, &dev).unwrap(),
+            1,
+            1,
+        )
+        .unwrap();
+        let y = conv.forward(x.as_tensor()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("the input receives a gradient");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+}
