@@ -286,8 +286,7 @@ impl Decoder {
                 x = r.forward(&x)?;
             }
             if let Some(c) = &stage.resample {
-                let (_, _, h, w) = x.dims4()?;
-                x = c.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+                x = c.forward_upsampled(&x, 2)?;
             }
         }
         self.conv_out.forward(&self.norm_out.forward(&x, true)?)

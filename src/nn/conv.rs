@@ -19,8 +19,9 @@ use rayon::prelude::*;
 use super::linear::{contiguous, gemm_into};
 use crate::float::Float;
 
-/// Floats one band of the patch matrix may hold (16 MiB of f32): bands of output rows are sized to it.
-const BAND_FLOATS: usize = 1 << 22;
+/// Floats one band of the patch matrix may hold (4 MiB of f32, so that it is still in cache when the GEMM reads
+/// it): bands of output rows are sized to it.
+const BAND_FLOATS: usize = 1 << 20;
 
 /// A 2-D convolution with square kernel, stride and symmetric zero padding, and a bias.
 #[derive(Debug, Clone)]
@@ -56,6 +57,7 @@ impl Conv2d {
             let op = ConvOp {
                 stride: self.stride,
                 padding: self.padding,
+                up: 1,
                 residual: None,
             };
             return x
@@ -65,12 +67,34 @@ impl Conv2d {
         self.reference(x)
     }
 
+    /// The convolution of x upsampled ×`up` by nearest neighbour (diffusers' `Upsample2D`), without
+    /// materialising the upsampled input on the fast path.
+    pub fn forward_upsampled(&self, x: &Tensor, up: usize) -> Result<Tensor> {
+        if up == 0 {
+            candle_core::bail!("conv2d: upsampling factor 0");
+        }
+        if frozen_cpu(&[x, &self.weight, &self.bias]) {
+            let op = ConvOp {
+                stride: self.stride,
+                padding: self.padding,
+                up,
+                residual: None,
+            };
+            return x
+                .contiguous()?
+                .apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op);
+        }
+        let (_, _, h, w) = x.dims4()?;
+        self.reference(&x.upsample_nearest2d(h * up, w * up)?)
+    }
+
     /// `residual + conv(x)`, the residual (B, Cout, Ho, Wo) taken as the GEMM's starting value on the fast path.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if frozen_cpu(&[x, &self.weight, &self.bias, residual]) && residual.dtype() == x.dtype() {
             let op = ConvOp {
                 stride: self.stride,
                 padding: self.padding,
+                up: 1,
                 residual: Some(residual.contiguous()?),
             };
             return x
@@ -226,6 +250,8 @@ impl CustomOp3 for GroupNormOp {
 struct ConvOp {
     stride: usize,
     padding: usize,
+    /// The nearest-neighbour upsampling factor the convolution reads its input through (1: none).
+    up: usize,
     /// Added to the output (the GEMM starts from it plus the bias).
     residual: Option<Tensor>,
 }
@@ -235,8 +261,10 @@ struct ConvOp {
 struct Dims {
     batch: usize,
     cin: usize,
+    /// The input's size after the nearest-neighbour upsampling by `up` that the convolution reads through.
     h: usize,
     w: usize,
+    up: usize,
     cout: usize,
     k: usize,
     stride: usize,
@@ -246,8 +274,9 @@ struct Dims {
 }
 
 impl Dims {
-    fn new(xl: &Layout, wl: &Layout, stride: usize, pad: usize) -> Result<Self> {
+    fn new(xl: &Layout, wl: &Layout, stride: usize, pad: usize, up: usize) -> Result<Self> {
         let (batch, cin, h, w) = xl.shape().dims4()?;
+        let (h, w) = (h * up, w * up);
         let (cout, cin2, k, k2) = wl.shape().dims4()?;
         if cin != cin2 || k != k2 || h + 2 * pad < k || w + 2 * pad < k {
             candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", xl.dims(), wl.dims());
@@ -258,6 +287,7 @@ impl Dims {
             cin,
             h,
             w,
+            up,
             cout,
             k,
             stride,
@@ -268,7 +298,12 @@ impl Dims {
     }
 
     fn pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
+        self.k == 1 && self.stride == 1 && self.pad == 0 && self.up == 1
+    }
+
+    /// Values in one channel of the input as stored (before the upsampling).
+    fn src_plane(&self) -> usize {
+        self.h * self.w / (self.up * self.up)
     }
 }
 
@@ -280,8 +315,9 @@ fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, us
             out.fill(T::ZERO);
             continue;
         }
-        let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
-        if d.stride == 1 {
+        let (src_y, src_w) = (iy as usize / d.up, d.w / d.up);
+        let src = &plane[src_y * src_w..(src_y + 1) * src_w];
+        if d.stride == 1 && d.up == 1 {
             // ix = ox + j - pad must lie in [0, W): ox in [pad - j, W + pad - j).
             let lo = d.pad.saturating_sub(j).min(d.wo);
             let hi = (d.w + d.pad).saturating_sub(j).clamp(lo, d.wo);
@@ -295,7 +331,7 @@ fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, us
             for (ox, o) in out.iter_mut().enumerate() {
                 let ix = (ox * d.stride + j) as isize - d.pad as isize;
                 *o = if ix >= 0 && (ix as usize) < d.w {
-                    src[ix as usize]
+                    src[ix as usize / d.up]
                 } else {
                     T::ZERO
                 };
@@ -305,7 +341,7 @@ fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, us
 }
 
 fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]>, d: Dims) -> Vec<T> {
-    let (plane, out_plane) = (d.h * d.w, d.ho * d.wo);
+    let (plane, out_plane) = (d.src_plane(), d.ho * d.wo);
     let kk = d.cin * d.k * d.k;
     let mut y = match residual {
         Some(r) => r.to_vec(),
@@ -391,7 +427,7 @@ impl CustomOp3 for ConvOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = Dims::new(xl, wl, self.stride, self.padding)?;
+        let d = Dims::new(xl, wl, self.stride, self.padding, self.up)?;
         let n = self.name();
         let residual = match &self.residual {
             Some(r) if r.dims() != [d.batch, d.cout, d.ho, d.wo] => {
@@ -495,6 +531,30 @@ mod tests {
                     assert!(err < tol, "{:?} silu {silu} {dtype:?}: rel err {err}", (b, c, h, w, g));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn upsampling_conv_matches_upsample_then_conv() {
+        let dev = Device::Cpu;
+        for &(h, w, k, s, p, up) in &[
+            (4, 5, 3, 1, 1, 2),
+            (3, 3, 3, 1, 0, 3),
+            (5, 2, 3, 2, 1, 2),
+            (4, 4, 1, 1, 0, 2),
+        ] {
+            let x = Tensor::randn(0f32, 1., (2, 3, h, w), &dev).unwrap();
+            let conv = Conv2d::new(
+                Tensor::randn(0f32, 1., (4, 3, k, k), &dev).unwrap(),
+                Tensor::randn(0f32, 1., 4, &dev).unwrap(),
+                s,
+                p,
+            )
+            .unwrap();
+            let want = conv.reference(&x.upsample_nearest2d(h * up, w * up).unwrap()).unwrap();
+            let got = conv.forward_upsampled(&x, up).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_rel(&got, &want) < 1e-5, "{:?}", (h, w, k, s, p, up));
         }
     }
 
