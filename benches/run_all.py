@@ -33,6 +33,7 @@ S2, B2 = ["--model", "Latte-S/2"], ["--model", "Latte-B/2"]
 JOBS = [
     ("forward S/2 b1", "default", "bench_forward.py", [*S2, "--batch", "1", "--repeat", "3"]),
     ("forward S/2 b4", "default", "bench_forward.py", [*S2, "--batch", "4", "--repeat", "3"]),
+    ("forward S/2 b1 bf16", "default", "bench_forward.py", [*S2, "--batch", "1", "--repeat", "3", "--bf16"]),
     ("forward B/2 b1", "default", "bench_forward.py", [*B2, "--batch", "1", "--repeat", "3"]),
     ("forward B/2 b4", "full", "bench_forward.py", [*B2, "--batch", "4", "--repeat", "2"]),
     ("train S/2 b1", "default", "bench_train.py", [*S2, "--batch", "1", "--repeat", "2"]),

@@ -9,7 +9,9 @@
 """
 
 from . import data, demo, evaluation
+from ._autocast import autocast
 from ._native import (
+    BF16_AUTOCAST_SUPPORTED,
     CUDA_AVAILABLE,
     FLASH_ATTN_AVAILABLE,
     I3D,
@@ -36,6 +38,7 @@ from .schedulers import (
 from .training import TrainResult, train
 
 __all__ = [
+    "BF16_AUTOCAST_SUPPORTED",
     "CUDA_AVAILABLE",
     "DDIMScheduler",
     "DDPMScheduler",
@@ -57,6 +60,7 @@ __all__ = [
     "Trainer",
     "VideoVAE",
     "__version__",
+    "autocast",
     "data",
     "demo",
     "evaluation",

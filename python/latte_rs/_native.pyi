@@ -10,6 +10,11 @@ import numpy.typing as npt
 __version__: str
 CUDA_AVAILABLE: bool
 FLASH_ATTN_AVAILABLE: bool
+BF16_AUTOCAST_SUPPORTED: bool  # the CPU has AVX512-BF16, so latte_rs.autocast() multiplies in bf16
+
+def set_autocast(dtype: str | None) -> str | None:
+    """Turn CPU bf16 autocast on (``"bfloat16"``) or off (``None``) for this thread; return the previous setting.
+    Use :class:`latte_rs.autocast` instead."""
 
 ArrayLike: TypeAlias = npt.ArrayLike | Any  # NumPy arrays, or any object with __dlpack__ (torch tensors)
 

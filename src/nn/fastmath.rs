@@ -19,9 +19,111 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Lanes of the softmax's partial maxima and sums: fixed, so every instruction set sums in the same order and
+/// gives the same bits.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let mut lane_max = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in lane_max.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lane_max)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut lane_sum = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, x) in lane_sum.iter_mut().zip(c) {
+            *x = exp_f32(*x - max);
+            *s += *x;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp_f32(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / lane_sum.iter().fold(sum, |a, &s| a + s);
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+#[inline(always)]
+fn softmax_rows_generic(values: &mut [f32], len: usize) {
+    values.chunks_exact_mut(len).for_each(softmax_row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(values: &mut [f32], len: usize) {
+    softmax_rows_generic(values, len)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_rows_avx2(values: &mut [f32], len: usize) {
+    softmax_rows_generic(values, len)
+}
+
+/// Softmax of each row of `len` values, in place, compiled for the widest vectors this CPU has (chosen at run
+/// time; the arithmetic, and so the result, is the same on every path: no FMA contraction, fixed lane order).
+pub fn softmax_rows(values: &mut [f32], len: usize) {
+    if len == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the instructions the function was compiled for.
+            return unsafe { softmax_rows_avx512(values, len) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { softmax_rows_avx2(values, len) };
+        }
+    }
+    softmax_rows_generic(values, len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_rows_is_the_softmax_and_the_same_on_every_path() {
+        let mut state = 7u32;
+        for &(rows, len) in &[(3usize, 1usize), (5, 15), (4, 16), (7, 33), (2, 256), (1, 1000)] {
+            let v: Vec<f32> = (0..rows * len)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 * 40.0 - 20.0
+                })
+                .collect();
+            let mut ours = v.clone();
+            softmax_rows(&mut ours, len);
+            let mut generic = v.clone();
+            softmax_rows_generic(&mut generic, len);
+            assert_eq!(ours, generic, "dispatch changes no bit ({rows}x{len})");
+            for (r, o) in v.chunks(len).zip(ours.chunks(len)) {
+                let m = r.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+                let e: Vec<f64> = r.iter().map(|&x| (x as f64 - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                for (&p, &want) in o.iter().zip(&e) {
+                    assert!(
+                        (p as f64 - want / s).abs() <= 1e-6 * (want / s) + 1e-9,
+                        "{p} vs {}",
+                        want / s
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_is_accurate() {

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::exp_f32;
+use super::fastmath::softmax_rows;
 
 struct FusedAttention {
     scale: f32,
@@ -105,16 +105,7 @@ unsafe fn probabilities(
         (k.ptr(gi, hi), 1, k.stride[2]),
         scale,
     );
-    for row in scores.chunks_exact_mut(lk) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0.0;
-        for x in row.iter_mut() {
-            *x = exp_f32(*x - max);
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
-    }
+    softmax_rows(scores, lk);
 }
 
 /// dst (m × n) = beta · lhs (m × k) · rhs (k × n), every matrix given by its pointer and (row, column) strides.

@@ -360,6 +360,17 @@ impl Linear {
                     .all(|t| t.dtype() == x.dtype() && t.device().is_cpu())
         };
         let y = match &self.bias {
+            b if super::autocast::applies(&x, &self.weight, b.as_ref()) => {
+                let zeros;
+                let b = match b {
+                    Some(b) => b,
+                    None => {
+                        zeros = Tensor::zeros(self.weight.dim(0)?, x.dtype(), x.device())?;
+                        &zeros
+                    }
+                };
+                super::autocast::linear_bf16(&x, &self.weight, b)?
+            }
             Some(b) if fused(b) => x
                 .contiguous()?
                 .apply_op3(&self.weight.contiguous()?, &b.contiguous()?, LinearOp)?,

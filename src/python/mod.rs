@@ -42,6 +42,22 @@ impl<T, E: Into<LatteError>> IntoPy<T> for std::result::Result<T, E> {
     }
 }
 
+/// Turns CPU bf16 autocast on (`"bfloat16"`) or off (`None`) for the calling thread; returns the previous
+/// setting. `latte_rs.autocast` is the public face.
+#[pyfunction]
+fn set_autocast(dtype: Option<&str>) -> PyResult<Option<&'static str>> {
+    let enable = match dtype {
+        None => false,
+        Some("bfloat16" | "bf16") => true,
+        Some(other) => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "autocast dtype: expected 'bfloat16' or None, got {other:?}"
+            )))
+        }
+    };
+    Ok(crate::nn::autocast::set_bf16(enable).then_some("bfloat16"))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crate::configure_runtime();
@@ -58,6 +74,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<i3d::PyI3d>()?;
     m.add_class::<t2v::PyLatteT2V>()?;
     m.add_class::<t2v::PyT5>()?;
+    m.add("BF16_AUTOCAST_SUPPORTED", crate::nn::autocast::bf16_supported())?;
     m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
+    m.add_function(wrap_pyfunction!(set_autocast, m)?)?;
     Ok(())
 }

@@ -1,0 +1,279 @@
+//! bf16 autocast for inference on the CPU, as `torch.autocast("cpu", dtype=torch.bfloat16)` does for linear layers.
+//!
+//! While it is on, every [`super::Linear`] whose input, weight and bias are f32 CPU tensors outside any recorded
+//! graph multiplies in bf16: the input rows and the weight are rounded to bf16, gemmkit's AVX512-BF16 kernel
+//! (`vdpbf16ps`: pairs of bf16 products accumulated in f32) computes `x Wᵀ` into bf16, and the bias is added as the
+//! result is widened back to f32. Everything else (norms, attention's softmax and products, activations, the
+//! sampler) stays f32, so the only rounding is that of the GEMMs' operands and outputs — the precision PyTorch's
+//! autocast gives its linear layers.
+//!
+//! It takes effect only where the CPU has AVX512-BF16: elsewhere gemmkit would widen bf16 back to f32 and the path
+//! would be slower than f32, so the layers stay in f32 ([`effective`] tells which). Training is untouched: the one
+//! place gradients are taken (`model::denoiser::loss_and_grads_by`, under every model's `loss_and_grads`) holds a
+//! [`Suspended`] guard, so a train step under autocast runs the differentiable f32 layers.
+
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemmkit::{bf16, MatMut, MatRef, Parallelism};
+use rayon::prelude::*;
+
+use super::linear::contiguous;
+
+thread_local! {
+    /// Per thread, as torch's autocast state: the models run on their caller's thread (rayon only inside kernels).
+    static BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Values per parallel work item of the conversions.
+const CHUNK: usize = 1 << 14;
+
+/// Turns bf16 autocast on or off for the calling thread; returns whether it was on.
+pub fn set_bf16(enabled: bool) -> bool {
+    BF16.with(|c| c.replace(enabled))
+}
+
+/// Whether bf16 autocast is on in this thread (see [`effective`] for whether it changes anything on this CPU).
+pub fn bf16_enabled() -> bool {
+    BF16.with(|c| c.get())
+}
+
+/// Whether this CPU multiplies bf16 natively (AVX512-BF16).
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Autocast off until dropped, then back to what it was: held while gradients are taken.
+pub struct Suspended(bool);
+
+/// Turns autocast off for the calling thread until the guard is dropped.
+pub fn suspend() -> Suspended {
+    Suspended(set_bf16(false))
+}
+
+impl Drop for Suspended {
+    fn drop(&mut self) {
+        set_bf16(self.0);
+    }
+}
+
+/// Whether autocast is on and this CPU has the instructions that make it pay.
+pub fn effective() -> bool {
+    bf16_enabled() && bf16_supported()
+}
+
+/// Whether a linear layer on these operands takes the bf16 path now.
+pub(crate) fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    effective()
+        && std::iter::once(x)
+            .chain(std::iter::once(weight))
+            .chain(bias)
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `x Wᵀ + b` with bf16 operands and f32 accumulation, for x (rows, in), W (out, in), b (out,) in f32; without
+/// looking at the autocast switch or the CPU (on one without AVX512-BF16 gemmkit widens, slowly but exactly so).
+pub fn linear_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &Bf16Linear)
+}
+
+struct Bf16Linear;
+
+/// f32 → bf16, rounding to nearest even as `half::bf16::from_f32` does (NaN stays a quiet NaN), written without
+/// branches so that it vectorises: `from_f32` itself runs one element at a time.
+#[inline(always)]
+fn round_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let rounded = ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    if nan {
+        ((bits >> 16) as u16) | 0x0040
+    } else {
+        rounded
+    }
+}
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    let mut out = Vec::<bf16>::with_capacity(v.len());
+    out.spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(v.par_chunks(CHUNK))
+        .for_each(|(o, v)| {
+            for (o, &v) in o.iter_mut().zip(v) {
+                o.write(bf16::from_bits(round_bf16(v)));
+            }
+        });
+    // SAFETY: every element up to len was written above (the chunks cover the whole spare capacity of len).
+    unsafe { out.set_len(v.len()) };
+    out
+}
+
+impl CustomOp3 for Bf16Linear {
+    fn name(&self) -> &'static str {
+        "linear-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, input) = xl.shape().dims2()?;
+        let (out, input2) = wl.shape().dims2()?;
+        if input != input2 || bl.dims() != [out] {
+            candle_core::bail!(
+                "linear-bf16: x {:?}, weight {:?}, bias {:?}",
+                xl.dims(),
+                wl.dims(),
+                bl.dims()
+            );
+        }
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (xs, ws, bs) else {
+            candle_core::bail!("linear-bf16: operands must be f32");
+        };
+        let n = self.name();
+        let (xb, wb) = (to_bf16(contiguous(x, xl, n)?), to_bf16(contiguous(w, wl, n)?));
+        let b = contiguous(b, bl, n)?;
+        let mut yb = vec![bf16::ZERO; rows * out];
+        if rows > 0 && out > 0 {
+            gemmkit::gemm(
+                bf16::ONE,
+                MatRef::from_row_major(&xb, rows, input),
+                // Wᵀ (in, out): W (out, in) row-major read with swapped strides.
+                MatRef::new(&wb, input, out, 1, input as isize),
+                bf16::ZERO,
+                MatMut::from_row_major(&mut yb, rows, out),
+                Parallelism::Rayon(0),
+            );
+        }
+        let mut y = Vec::<f32>::with_capacity(rows * out);
+        let band = out.max(1) * 64;
+        y.spare_capacity_mut()
+            .par_chunks_mut(band)
+            .zip(yb.par_chunks(band))
+            .for_each(|(y, yb)| {
+                for (yr, ybr) in y.chunks_mut(out).zip(yb.chunks(out)) {
+                    for ((o, &v), &bc) in yr.iter_mut().zip(ybr).zip(b) {
+                        o.write(f32::from_bits((v.to_bits() as u32) << 16) + bc);
+                    }
+                }
+            });
+        // SAFETY: the bands cover all rows * out elements, each written above.
+        unsafe { y.set_len(rows * out) };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, out])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bf16_linear_matches_the_f32_product_to_bf16_precision() {
+        let dev = Device::Cpu;
+        for &(rows, input, out) in &[(37, 19, 23), (256, 96, 288), (1, 7, 5), (130, 384, 64)] {
+            let x = Tensor::randn(0f32, 1., (rows, input), &dev).unwrap();
+            let w = (Tensor::randn(0f32, 1., (out, input), &dev).unwrap() / (input as f64).sqrt()).unwrap();
+            let b = Tensor::randn(0f32, 1., out, &dev).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            // The exact product of the bf16-rounded operands, in f32: what the kernel computes before its
+            // output is rounded to bf16.
+            let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+            let rounded = round(&x).matmul(&round(&w).t().unwrap()).unwrap();
+            let got = linear_bf16(&x, &w, &b).unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let err = |a: &Tensor, c: &Tensor| {
+                (a - c)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    / scale
+            };
+            let vs_rounded = err(&got, &rounded.broadcast_add(&b).unwrap());
+            assert!(
+                vs_rounded < 8e-3,
+                "{:?}: {vs_rounded} from the bf16 operands' product",
+                (rows, input, out)
+            );
+            let vs_f32 = err(&got, &want);
+            assert!(vs_f32 < 2e-2, "{:?}: {vs_f32} from the f32 product", (rows, input, out));
+            assert!(vs_f32 > 0.0, "the bf16 path rounds");
+        }
+    }
+
+    #[test]
+    fn the_rounding_is_half_s() {
+        let mut vals = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        vals.extend((0..20_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        // ties: exactly halfway between two bf16 values, odd and even
+        vals.extend([
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0xbf80_8000),
+        ]);
+        for v in vals {
+            let (ours, theirs) = (round_bf16(v), bf16::from_f32(v));
+            if v.is_nan() {
+                assert!(bf16::from_bits(ours).is_nan(), "{v:e}");
+            } else {
+                assert_eq!(ours, theirs.to_bits(), "{v:e} ({:#x})", v.to_bits());
+            }
+        }
+        assert!(
+            bf16::from_bits(round_bf16(f32::from_bits(0x7f80_0001))).is_nan(),
+            "a signalling NaN stays NaN"
+        );
+    }
+
+    #[test]
+    fn the_switch_turns_on_and_off_and_a_suspension_restores_it() {
+        let dev = Device::Cpu;
+        let was = set_bf16(true);
+        assert!(bf16_enabled());
+        let x = Tensor::randn(0f32, 1., (4, 8), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (3, 8), &dev).unwrap();
+        assert_eq!(applies(&x, &w, None), bf16_supported());
+        assert!(!applies(
+            &x.to_dtype(DType::F64).unwrap(),
+            &w.to_dtype(DType::F64).unwrap(),
+            None
+        ));
+        {
+            let _guard = suspend();
+            assert!(
+                !bf16_enabled() && !applies(&x, &w, None),
+                "suspended while gradients are taken"
+            );
+        }
+        assert!(bf16_enabled(), "the guard restores the switch");
+        set_bf16(false);
+        assert!(!applies(&x, &w, None));
+        set_bf16(was);
+    }
+}
