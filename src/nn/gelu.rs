@@ -7,12 +7,13 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::exp_f32;
+use super::fastmath::{exp_f32, map_wide};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const COEF: f64 = 0.044_715;
 const CHUNK: usize = 1 << 14;
 
+#[inline(always)]
 fn gelu_f64(x: f64) -> f64 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + COEF * x * x * x)).tanh())
 }
@@ -24,16 +25,19 @@ fn gelu_gate_f32(x: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-2.0 * c * (x + k * x * x * x)))
 }
 
+#[inline(always)]
 fn gelu_f32(x: f32) -> f32 {
     x * gelu_gate_f32(x)
 }
 
+#[inline(always)]
 fn dgelu_f64(x: f64) -> f64 {
     let u = SQRT_2_OVER_PI * (x + COEF * x * x * x);
     let th = u.tanh();
     0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * COEF * x * x)
 }
 
+#[inline(always)]
 fn dgelu_f32(x: f32) -> f32 {
     // With s = sigmoid(2u): 0.5 (1 + tanh u) = s and 1 - tanh² u = 4 s (1 - s).
     let (c, k) = (SQRT_2_OVER_PI as f32, COEF as f32);
@@ -43,11 +47,9 @@ fn dgelu_f32(x: f32) -> f32 {
 
 fn map_parallel<T: Copy + Send + Sync + Default>(src: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); src.len()];
-    out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| {
-        for (o, s) in o.iter_mut().zip(s) {
-            *o = f(*s);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(o, s)| map_wide(o, s, &f));
     out
 }
 
