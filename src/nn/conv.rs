@@ -16,12 +16,13 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::linear::{contiguous, gemm_into};
+use super::fastmath::map_wide;
+use super::linear::{contiguous, gemm_into, gemm_raw};
 use crate::float::Float;
 
-/// Floats one band of the patch matrix may hold (4 MiB of f32, so that it is still in cache when the GEMM reads
-/// it): bands of output rows are sized to it.
-const BAND_FLOATS: usize = 1 << 20;
+/// Floats one band of the patch matrix may hold (1 MiB of f32, so that it is still in the core's cache when the
+/// GEMM reads it; measured best of 2^17..2^20 on the SD VAE's decoder): bands of output rows are sized to it.
+const BAND_FLOATS: usize = 1 << 18;
 
 /// A 2-D convolution with square kernel, stride and symmetric zero padding, and a bias.
 #[derive(Debug, Clone)]
@@ -195,10 +196,10 @@ fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize
             let scale = w[ch].to_f64() * rstd;
             let (a, shift) = (T::of(scale), T::of(b[ch].to_f64() - mean * scale));
             if op.silu {
-                for (o, &v) in out.iter_mut().zip(xs) {
+                map_wide(out, xs, &|v: T| {
                     let t = v * a + shift;
-                    *o = t / (T::ONE + (T::ZERO - t).fast_exp());
-                }
+                    t / (T::ONE + (T::ZERO - t).fast_exp())
+                });
             } else {
                 for (o, &v) in out.iter_mut().zip(xs) {
                     *o = v * a + shift;
@@ -317,7 +318,7 @@ fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, us
         }
         let (src_y, src_w) = (iy as usize / d.up, d.w / d.up);
         let src = &plane[src_y * src_w..(src_y + 1) * src_w];
-        if d.stride == 1 && d.up == 1 {
+        if d.stride == 1 {
             // ix = ox + j - pad must lie in [0, W): ox in [pad - j, W + pad - j).
             let lo = d.pad.saturating_sub(j).min(d.wo);
             let hi = (d.w + d.pad).saturating_sub(j).clamp(lo, d.wo);
@@ -325,7 +326,7 @@ fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, us
             out[hi..].fill(T::ZERO);
             if hi > lo {
                 let start = lo + j - d.pad;
-                out[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                upsampled_copy(&mut out[lo..hi], src, start, d.up);
             }
         } else {
             for (ox, o) in out.iter_mut().enumerate() {
@@ -337,6 +338,86 @@ fn gather_row<T: Float>(row: &mut [T], plane: &[T], d: &Dims, (i, j): (usize, us
                 };
             }
         }
+    }
+}
+
+/// `out[o] = src[(start + o) / up]`: a run of a nearest-upsampled row, as contiguous copies (up = 1) or each
+/// source value written `up` times.
+fn upsampled_copy<T: Float>(out: &mut [T], src: &[T], start: usize, up: usize) {
+    if up == 1 {
+        out.copy_from_slice(&src[start..start + out.len()]);
+        return;
+    }
+    // The partial run of the first source value, then whole runs, then the partial last one.
+    let head = ((up - start % up) % up).min(out.len());
+    let (first, rest) = out.split_at_mut(head);
+    first.fill(src[start / up]);
+    let s0 = start.div_ceil(up);
+    let whole = rest.len() / up;
+    let mut runs = rest.chunks_exact_mut(up);
+    for (run, &v) in (&mut runs).zip(&src[s0..]) {
+        run.fill(v);
+    }
+    let tail = runs.into_remainder();
+    if !tail.is_empty() {
+        tail.fill(src[s0 + whole]);
+    }
+}
+
+/// A pointer that may cross to rayon's threads: each writes a disjoint part of what it points to.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: the users write disjoint elements only (see conv_fwd).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer `n` elements on (a method, so closures capture the whole Send wrapper).
+    fn offset(self, n: usize) -> *mut T {
+        // SAFETY: callers stay within the allocation.
+        unsafe { self.0.add(n) }
+    }
+}
+
+/// The patch matrix (Cin·k·k, rows·Wo) of the band of `rows` output rows from `oy0` of one image.
+fn gather_band<T: Float>(col: &mut [T], image: &[T], d: &Dims, oy0: usize, parallel: bool) {
+    let width = col.len() / (d.cin * d.k * d.k);
+    let plane = d.src_plane();
+    let fill = |(r, row): (usize, &mut [T])| {
+        let (c, ij) = (r / (d.k * d.k), r % (d.k * d.k));
+        gather_row(row, &image[c * plane..(c + 1) * plane], d, (ij / d.k, ij % d.k), oy0);
+    };
+    if parallel {
+        col.par_chunks_mut(width).enumerate().for_each(fill);
+    } else {
+        col.chunks_mut(width).enumerate().for_each(fill);
+    }
+}
+
+/// out[:, band] += W · col for one band: `out` points at the band's first output row in channel 0 (row stride
+/// Ho·Wo between channels).
+///
+/// # Safety
+/// `out` must point into an output of Cout planes of Ho·Wo values with at least `rows` rows left in each, and no
+/// other thread may touch those rows meanwhile.
+unsafe fn band_gemm<T: Float + 'static>(col: &[T], w: &[T], out: *mut T, d: &Dims, rows: usize, parallel: bool) {
+    let kk = d.cin * d.k * d.k;
+    let width = rows * d.wo;
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: W is Cout × kk and the band's patch matrix kk × width, both contiguous; the caller vouches for out.
+    unsafe {
+        gemm_raw(
+            (d.cout, width, kk),
+            (out, d.ho * d.wo, 1),
+            (w, kk, 1),
+            (col, width, 1),
+            (T::ONE, T::ONE),
+            parallelism,
+        )
     }
 }
 
@@ -352,15 +433,17 @@ fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]
         p.iter_mut().for_each(|v| *v += bc);
     });
     let band_rows = (BAND_FLOATS / (kk * d.wo).max(1)).clamp(1, d.ho);
-    let mut col = if d.pointwise() {
-        Vec::new()
-    } else {
-        vec![T::ZERO; kk * band_rows * d.wo]
-    };
-    for n in 0..d.batch {
-        let image = &x[n * d.cin * plane..(n + 1) * d.cin * plane];
-        let out = &mut y[n * d.cout * out_plane..(n + 1) * d.cout * out_plane];
-        if d.pointwise() {
+    let bands: Vec<(usize, usize, usize)> = (0..d.batch)
+        .flat_map(|n| {
+            (0..d.ho)
+                .step_by(band_rows)
+                .map(move |oy0| (n, oy0, band_rows.min(d.ho - oy0)))
+        })
+        .collect();
+    if d.pointwise() {
+        for n in 0..d.batch {
+            let image = &x[n * d.cin * plane..(n + 1) * d.cin * plane];
+            let out = &mut y[n * d.cout * out_plane..(n + 1) * d.cout * out_plane];
             // SAFETY: out is Cout × HW, W Cout × Cin and the image Cin × HW, all contiguous.
             unsafe {
                 gemm_into(
@@ -372,30 +455,29 @@ fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]
                     T::ONE,
                 )
             };
-            continue;
         }
-        let mut oy0 = 0;
-        while oy0 < d.ho {
-            let rows = band_rows.min(d.ho - oy0);
-            let width = rows * d.wo;
-            let col = &mut col[..kk * width];
-            col.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-                let (c, ij) = (r / (d.k * d.k), r % (d.k * d.k));
-                gather_row(row, &image[c * plane..(c + 1) * plane], &d, (ij / d.k, ij % d.k), oy0);
-            });
-            // SAFETY: the output band starts at row oy0 of each of the Cout planes (row stride Ho·Wo, `width`
-            // columns in bounds); W is Cout × kk and the band's patch matrix kk × width, both contiguous.
-            unsafe {
-                gemm_into(
-                    (d.cout, width, kk),
-                    (&mut out[oy0 * d.wo..], out_plane, 1),
-                    (w, kk, 1),
-                    (col, width, 1),
-                    T::ONE,
-                    T::ONE,
-                )
-            };
-            oy0 += rows;
+    } else if bands.len() >= 2 * rayon::current_num_threads() {
+        // Enough bands to keep every thread busy: one band per thread at a time, each gathered and multiplied on
+        // its thread (a serial GEMM into its own output rows), instead of a fork-join of every thread for each
+        // band's gather and again for its GEMM.
+        let out = SendPtr(y.as_mut_ptr());
+        bands.par_iter().for_each_init(
+            || vec![T::ZERO; kk * band_rows * d.wo],
+            |col, &(n, oy0, rows)| {
+                let col = &mut col[..kk * rows * d.wo];
+                gather_band(col, &x[n * d.cin * plane..(n + 1) * d.cin * plane], &d, oy0, false);
+                // SAFETY: as below; the bands' output rows are disjoint, so each is written by one thread only.
+                unsafe { band_gemm(col, w, out.offset(n * d.cout * out_plane + oy0 * d.wo), &d, rows, false) };
+            },
+        );
+    } else {
+        let mut col = vec![T::ZERO; kk * band_rows * d.wo];
+        for &(n, oy0, rows) in &bands {
+            let col = &mut col[..kk * rows * d.wo];
+            gather_band(col, &x[n * d.cin * plane..(n + 1) * d.cin * plane], &d, oy0, true);
+            let out = &mut y[n * d.cout * out_plane + oy0 * d.wo..];
+            // SAFETY: as in band_gemm; `out` starts at the band's first output row of channel 0.
+            unsafe { band_gemm(col, w, out.as_mut_ptr(), &d, rows, true) };
         }
     }
     y
@@ -482,6 +564,10 @@ mod tests {
             (1, 2, 5, 5, 3, 5, 1, 2),
             (2, 6, 13, 4, 7, 3, 1, 0),
             (1, 2, 3, 3, 2, 3, 1, 3),
+            // Several bands of output rows per image (Cin·k²·Wo large), with a short last band: the band-parallel
+            // path when there are at least twice as many bands as threads.
+            (2, 64, 66, 61, 5, 3, 1, 1),
+            (3, 48, 130, 129, 3, 3, 2, 1),
         ];
         for dtype in [DType::F32, DType::F64] {
             for &(b, cin, h, w, cout, k, s, p) in &cases {
@@ -535,6 +621,21 @@ mod tests {
     }
 
     #[test]
+    fn upsampled_copy_is_the_nearest_upsampled_run() {
+        let src: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        for up in 1..=4 {
+            for start in 0..(src.len() * up) {
+                for len in 0..=(src.len() * up - start) {
+                    let mut out = vec![-1f32; len];
+                    upsampled_copy(&mut out, &src, start, up);
+                    let want: Vec<f32> = (0..len).map(|o| src[(start + o) / up]).collect();
+                    assert_eq!(out, want, "up {up}, start {start}, len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn upsampling_conv_matches_upsample_then_conv() {
         let dev = Device::Cpu;
         for &(h, w, k, s, p, up) in &[
@@ -542,6 +643,8 @@ mod tests {
             (3, 3, 3, 1, 0, 3),
             (5, 2, 3, 2, 1, 2),
             (4, 4, 1, 1, 0, 2),
+            (5, 7, 5, 1, 2, 3),
+            (6, 9, 3, 1, 2, 2),
         ] {
             let x = Tensor::randn(0f32, 1., (2, 3, h, w), &dev).unwrap();
             let conv = Conv2d::new(

@@ -112,18 +112,36 @@ impl candle_core::CustomOp1 for ColumnSums {
 /// Every element reached through the slices' strides must be in bounds.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_into<T: Float + 'static>(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: (&mut [T], usize, usize),
     lhs: (&[T], usize, usize),
     rhs: (&[T], usize, usize),
     alpha: T,
     beta: T,
 ) {
+    let dst = (dst.0.as_mut_ptr(), dst.1, dst.2);
+    gemm_raw(dims, dst, lhs, rhs, (alpha, beta), gemm::Parallelism::Rayon(0))
+}
+
+/// [`gemm_into`] with the destination as a pointer and the threading chosen by the caller (`Parallelism::None`
+/// where the caller already runs one GEMM per thread, on disjoint parts of one destination).
+///
+/// # Safety
+/// Every element reached through the pointer, the slices and their strides must be in bounds, and no other
+/// thread may touch the destination's elements meanwhile.
+pub(crate) unsafe fn gemm_raw<T: Float + 'static>(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut T, usize, usize),
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+    (alpha, beta): (T, T),
+    parallelism: gemm::Parallelism,
+) {
     gemm::gemm(
         m,
         n,
         k,
-        dst.0.as_mut_ptr(),
+        dst.0,
         dst.2 as isize,
         dst.1 as isize,
         alpha != T::ZERO,
@@ -138,7 +156,7 @@ pub(crate) unsafe fn gemm_into<T: Float + 'static>(
         false,
         false,
         false,
-        gemm::Parallelism::Rayon(0),
+        parallelism,
     );
 }
 
