@@ -48,7 +48,7 @@ def run_torch(data, meta: dict, args) -> tuple[float, np.ndarray]:
     diffusion = create_diffusion(timestep_respacing=str(args.steps))
     z = torch.from_numpy(data["x"])
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
         out = diffusion.p_sample_loop(model.forward, z.shape, z, clip_denoised=False, model_kwargs={}, progress=False,
                                       device="cpu")
     return time.perf_counter() - start, out.numpy()
@@ -64,7 +64,8 @@ def run_latte(data, meta: dict, args) -> tuple[float, np.ndarray]:
     diffusion = latte_rs.GaussianDiffusion(timestep_respacing=str(args.steps))
     z = np.ascontiguousarray(data["x"], dtype=np.float32)
     start = time.perf_counter()
-    out = latte_rs.sample(model, diffusion, noise=z, progress=False, seed=0)
+    with latte_rs.autocast("bfloat16", enabled=args.bf16):
+        out = latte_rs.sample(model, diffusion, noise=z, progress=False, seed=0)
     return time.perf_counter() - start, np.asarray(out)
 
 
@@ -91,10 +92,10 @@ def parent(args) -> int:
         results = []
         for engine in args.engines:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--data", str(data),
-                   "--steps", str(args.steps), "--threads", str(args.threads), "--latte-repo", str(args.latte_repo)]
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--latte-repo", str(args.latte_repo)] + (["--bf16"] if args.bf16 else [])
             results.append(run_json_worker(cmd, engine, LABELS[engine], args.threads))
     workload = (f"{args.model} sampling, {args.steps} DDPM steps, batch {args.batch}, "
-                f"{args.frames}x{args.latent}x{args.latent}")
+                f"{args.frames}x{args.latent}x{args.latent}" + (", bf16 autocast" if args.bf16 else ""))
     rows = result_rows(workload, results, LABELS)
     print(f"\n## {workload}, learn_sigma, unconditional\n")
     print(f"host: {cpu_name()}, {os.cpu_count()} logical CPUs, {args.threads} threads\n")
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--latte-repo", default=os.environ.get("LATTE_REPO"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--bf16", action="store_true", help="both engines under bf16 autocast (torch.autocast / "
+                        "latte_rs.autocast)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()

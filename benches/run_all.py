@@ -42,6 +42,7 @@ JOBS = [
     # PyTorch's B/2 batch-4 step needs far more than a 24 GB machine has: only latte-rs checkpointed by default.
     ("train B/2 b4", "full", "bench_train.py", [*B2, "--batch", "4", "--repeat", "1", "--engines", "latte-ckpt"]),
     ("sampling S/2 b1", "default", "bench_sampling.py", [*S2, "--batch", "1", "--steps", "50"]),
+    ("sampling S/2 b1 bf16", "default", "bench_sampling.py", [*S2, "--batch", "1", "--steps", "50", "--bf16"]),
     ("sampling S/2 b4", "full", "bench_sampling.py", [*S2, "--batch", "4", "--steps", "50"]),
     ("sampling B/2 b1", "full", "bench_sampling.py", [*B2, "--batch", "1", "--steps", "50"]),
     ("sampling B/2 b4", "full", "bench_sampling.py", [*B2, "--batch", "4", "--steps", "50"]),
