@@ -1,8 +1,36 @@
 //! File helpers: atomic writes and reads with clear errors.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{LatteError, Result};
+
+/// A hidden sibling name for a temporary copy of `name` (`kind` "tmp" or "old"), unique in this process and
+/// across processes: `.{name}.{kind}-{pid}-{n}`. Two saves to one path, from threads or processes, never share one.
+pub(crate) fn sibling_name(name: &str, kind: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".{name}.{kind}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The process id a [`sibling_name`] of `name` was made by, if `file` is one (of any kind).
+pub(crate) fn sibling_pid(file: &str, name: &str) -> Option<u32> {
+    let rest = file.strip_prefix('.')?.strip_prefix(name)?.strip_prefix('.')?;
+    let (_, ids) = rest.split_once('-')?;
+    ids.split('-').next()?.parse().ok()
+}
+
+/// Whether the process `pid` may still be running (true where this cannot be told: only Linux's /proc is asked).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
 
 /// Runs `write` on a temporary file beside `path`, syncs it and renames it over `path`: readers see the old file
 /// or the new one, never a partial one.
@@ -22,7 +50,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(sibling_name(&name, "tmp"));
     let result = write(&tmp).and_then(|()| {
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -34,10 +62,89 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     result
 }
 
+/// Atomically swaps two directory entries (Linux's `renameat2(RENAME_EXCHANGE)`): afterwards `a` names what `b`
+/// named and the other way round, with no moment at which either name is missing. `Ok(false)` where the system or
+/// file system cannot (the caller falls back to two renames).
+pub(crate) fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+        let (Ok(ca), Ok(cb)) = (c(a), c(b)) else {
+            return Ok(false);
+        };
+        // SAFETY: two NUL-terminated paths relative to the working directory; the call reads them only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(err.into()),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        Ok(false)
+    }
+}
+
 /// Reads a whole file, mapping a missing file to [`LatteError::NotFound`].
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LatteError::NotFound(path.display().to_string()),
         _ => LatteError::Io(e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_names_are_unique_and_parse_back() {
+        let (a, b) = (sibling_name("ckpt", "tmp"), sibling_name("ckpt", "tmp"));
+        assert_ne!(a, b);
+        assert_eq!(sibling_pid(&a, "ckpt"), Some(std::process::id()));
+        assert_eq!(
+            sibling_pid(&sibling_name("ckpt", "old"), "ckpt"),
+            Some(std::process::id())
+        );
+        // Another checkpoint's copies, the checkpoint itself and other hidden files are not siblings of `ckpt`.
+        assert_eq!(sibling_pid(&sibling_name("ckpt2", "tmp"), "ckpt"), None);
+        assert_eq!(sibling_pid("ckpt", "ckpt"), None);
+        assert_eq!(sibling_pid(".ckpt.swp", "ckpt"), None);
+        assert!(process_alive(std::process::id()));
+    }
+
+    #[test]
+    fn exchange_swaps_two_directories() {
+        let root = std::env::temp_dir().join(sibling_name("latte-exchange-test", "tmp"));
+        let (a, b) = (root.join("a"), root.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("x"), b"a").unwrap();
+        std::fs::write(b.join("x"), b"b").unwrap();
+        if exchange(&a, &b).unwrap() {
+            assert_eq!(std::fs::read(a.join("x")).unwrap(), b"b");
+            assert_eq!(std::fs::read(b.join("x")).unwrap(), b"a");
+        }
+        #[cfg(target_os = "linux")]
+        assert!(
+            exchange(&root.join("missing"), &b).is_err(),
+            "a missing entry is an error, not a fallback"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

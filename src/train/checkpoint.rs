@@ -8,10 +8,19 @@
 //! <dir>/trainer.json           options, step counters, RNG position, loss scale, and a CRC-32 of every file
 //! ```
 //!
-//! The files are written into a hidden sibling directory, synced, and the directory is renamed into place; an
-//! existing checkpoint of the same name is swapped out only after the new one is complete. A crash at any moment
-//! leaves the previous checkpoint readable. Loading verifies every file against the manifest's checksum, so a
-//! truncated or corrupted file is reported by name instead of resuming from garbage.
+//! The save protocol: the files are written into a hidden sibling directory `.<name>.tmp-<pid>-<n>` (unique per
+//! save, so two saves to one path cannot collide), each synced, the manifest last (a directory with a manifest is
+//! complete). An existing checkpoint is then swapped with it in one step (Linux's `renameat2(RENAME_EXCHANGE)`),
+//! so there is no moment without a complete checkpoint at the path, and the old one is deleted. Where the file
+//! system cannot exchange, the old one is renamed to `.<name>.old-<pid>-<n>` and the new one into place; a crash
+//! between the two renames leaves both complete copies as hidden siblings, and [`load`] then resumes from the
+//! newer one by itself. After a successful save, siblings left by dead processes' interrupted saves are removed.
+//!
+//! Loading verifies every file against the manifest's checksum, so a truncated or corrupted file is reported by
+//! name instead of resuming from garbage.
+//!
+//! Fault injection for the tests: `LATTE_RS_TEST_CRASH_AT` = `files`, `manifest`, `moved-old` or `swapped`
+//! aborts the process at that point of the protocol; `LATTE_RS_TEST_NO_EXCHANGE=1` takes the two-rename path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -89,6 +98,12 @@ pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent)?;
+    if dir.exists() && !dir.is_dir() {
+        return Err(LatteError::Value(format!(
+            "path: {} exists and is not a checkpoint directory; refusing to replace it",
+            dir.display()
+        )));
+    }
     let config = trainer.model.config().to_json()?;
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         (
@@ -124,34 +139,79 @@ pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
             })
             .collect(),
     };
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = parent.join(crate::io::sibling_name(&name, "tmp"));
     let write_all = || -> Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
         std::fs::create_dir(&tmp)?;
         for (n, bytes) in &files {
             write_synced(&tmp.join(n), bytes)?;
         }
+        crash_point("files");
         // The manifest last: a directory with a manifest is complete.
         write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
         sync_dir(&tmp);
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-            std::fs::rename(dir, &old)?;
+        crash_point("manifest");
+        if !dir.exists() {
             std::fs::rename(&tmp, dir)?;
-            std::fs::remove_dir_all(&old)?;
+        } else if std::env::var_os("LATTE_RS_TEST_NO_EXCHANGE").is_none() && crate::io::exchange(&tmp, dir)? {
+            // `tmp` now names the previous checkpoint.
+            sync_dir(&parent);
+            crash_point("swapped");
+            std::fs::remove_dir_all(&tmp)?;
         } else {
-            std::fs::rename(&tmp, dir)?;
+            let old = parent.join(crate::io::sibling_name(&name, "old"));
+            std::fs::rename(dir, &old)?;
+            crash_point("moved-old");
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                // Put the previous checkpoint back rather than leave the path empty.
+                let _ = std::fs::rename(&old, dir);
+                return Err(e.into());
+            }
+            sync_dir(&parent);
+            crash_point("swapped");
+            std::fs::remove_dir_all(&old)?;
         }
         sync_dir(&parent);
         Ok(())
     };
     let result = write_all();
-    if result.is_err() {
+    if result.is_err() && tmp.exists() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
+    if result.is_ok() {
+        remove_stale_siblings(&parent, &name);
+    }
     result
+}
+
+/// Aborts the process here when the tests ask for it (see the module docs).
+fn crash_point(point: &str) {
+    if std::env::var_os("LATTE_RS_TEST_CRASH_AT").is_some_and(|p| p == point) {
+        std::process::abort();
+    }
+}
+
+/// The hidden copies of checkpoint `name` in `parent` (interrupted or in-progress saves), with their pids.
+fn siblings(parent: &Path, name: &str) -> Vec<(PathBuf, u32)> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            crate::io::sibling_pid(&file, name).map(|pid| (e.path(), pid))
+        })
+        .collect()
+}
+
+/// Removes what interrupted saves of dead processes left beside checkpoint `name` (a finished save's own are
+/// gone already; a live process's may be in progress).
+fn remove_stale_siblings(parent: &Path, name: &str) {
+    for (path, pid) in siblings(parent, name) {
+        if !crate::io::process_alive(pid) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn corrupt(path: &Path, why: impl std::fmt::Display) -> LatteError {
@@ -210,8 +270,41 @@ fn restore<T: Float>(
     Ok(())
 }
 
-/// Reads a checkpoint written by [`save`] and returns the trainer exactly as it was.
+/// Reads a checkpoint written by [`save`] and returns the trainer exactly as it was. Where `dir` holds no
+/// complete checkpoint because a save was interrupted between its renames, the newest complete hidden copy a
+/// save left beside it is read instead (verified as fully).
 pub fn load(dir: &Path, device: &Device) -> Result<Trainer> {
+    match load_dir(dir, device) {
+        Err(e) if !dir.join(MANIFEST).is_file() => recover(dir, device)?.ok_or(e),
+        other => other,
+    }
+}
+
+/// The trainer of the newest complete, verified copy an interrupted save left beside `dir`, if any.
+fn recover(dir: &Path, device: &Device) -> Result<Option<Trainer>> {
+    let (Some(name), Some(parent)) = (dir.file_name(), dir.parent()) else {
+        return Ok(None);
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let mut best: Option<Trainer> = None;
+    for (path, _) in siblings(parent, &name.to_string_lossy()) {
+        if !path.join(MANIFEST).is_file() {
+            continue;
+        }
+        if let Ok(t) = load_dir(&path, device) {
+            if best.as_ref().is_none_or(|b| t.step > b.step) {
+                best = Some(t);
+            }
+        }
+    }
+    Ok(best)
+}
+
+fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
     if !dir.is_dir() {
         return Err(LatteError::NotFound(format!("checkpoint directory {}", dir.display())));
     }
