@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "output folder.",
     )
     demo.add_argument("--steps", type=int, default=1000,
-                      help="training steps of 32 clips (default: 1000, ~8 minutes on 2 cores)")
+                      help="training steps of 32 clips (default: 1000, about 90 s on 2 cores)")
     demo.add_argument("--samples", type=int, default=8, help="sample videos to write (default: 8)")
     demo.add_argument("--sampling-steps", type=int, default=50, help="DDPM steps per sample (default: 50)")
     demo.add_argument("--guidance", type=float, default=2.0,
