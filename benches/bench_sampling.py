@@ -92,7 +92,8 @@ def parent(args) -> int:
         results = []
         for engine in args.engines:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--data", str(data),
-                   "--steps", str(args.steps), "--threads", str(args.threads), "--latte-repo", str(args.latte_repo)] + (["--bf16"] if args.bf16 else [])
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--latte-repo", str(args.latte_repo)]
+            cmd += ["--bf16"] if args.bf16 else []
             results.append(run_json_worker(cmd, engine, LABELS[engine], args.threads))
     workload = (f"{args.model} sampling, {args.steps} DDPM steps, batch {args.batch}, "
                 f"{args.frames}x{args.latent}x{args.latent}" + (", bf16 autocast" if args.bf16 else ""))

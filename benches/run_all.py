@@ -5,7 +5,7 @@ time over this engine's, and the host) to ``benches/results/<bench>.json``; this
 PyTorch/latte-rs pair in one run, one engine per subprocess where memory is reported) and then prints them all.
 
     python benches/run_all.py --latte-repo /path/to/Latte                  # the default tier (about 25 minutes)
-    python benches/run_all.py --latte-repo ../Latte --tier full            # adds Latte-B/2 and batch 4 (another hour; B/2 b4 sampling longer)
+    python benches/run_all.py --latte-repo ../Latte --tier full            # adds Latte-B/2 and batch 4 (hours)
     python benches/run_all.py --only forward train                         # the jobs whose name contains these
     python benches/run_all.py --table                                      # just print what results/ holds
     python benches/run_all.py --list                                       # the jobs and their commands

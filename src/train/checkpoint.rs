@@ -150,26 +150,16 @@ pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
         write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
         sync_dir(&tmp);
         crash_point("manifest");
-        if !dir.exists() {
-            std::fs::rename(&tmp, dir)?;
-        } else if std::env::var_os("LATTE_RS_TEST_NO_EXCHANGE").is_none() && crate::io::exchange(&tmp, dir)? {
-            // `tmp` now names the previous checkpoint.
-            sync_dir(&parent);
-            crash_point("swapped");
-            std::fs::remove_dir_all(&tmp)?;
-        } else {
-            let old = parent.join(crate::io::sibling_name(&name, "old"));
-            std::fs::rename(dir, &old)?;
-            crash_point("moved-old");
-            if let Err(e) = std::fs::rename(&tmp, dir) {
-                // Put the previous checkpoint back rather than leave the path empty.
-                let _ = std::fs::rename(&old, dir);
-                return Err(e.into());
+        // Another save to the same path (a thread, a process) may create or replace `dir` between the checks and
+        // the renames below; each attempt that loses such a race sees the new state and tries again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match put_in_place(&tmp, dir, &parent, &name) {
+                Err(e) if attempts < 8 && raced(&e) => continue,
+                other => break other,
             }
-            sync_dir(&parent);
-            crash_point("swapped");
-            std::fs::remove_dir_all(&old)?;
-        }
+        }?;
         sync_dir(&parent);
         Ok(())
     };
@@ -181,6 +171,42 @@ pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
         remove_stale_siblings(&parent, &name);
     }
     result
+}
+
+/// Moves the complete checkpoint `tmp` to `dir`, replacing what is there (see the module docs).
+fn put_in_place(tmp: &Path, dir: &Path, parent: &Path, name: &str) -> Result<()> {
+    if !dir.exists() {
+        std::fs::rename(tmp, dir)?;
+    } else if std::env::var_os("LATTE_RS_TEST_NO_EXCHANGE").is_none() && crate::io::exchange(tmp, dir)? {
+        // `tmp` now names the previous checkpoint.
+        sync_dir(parent);
+        crash_point("swapped");
+        std::fs::remove_dir_all(tmp)?;
+    } else {
+        let old = parent.join(crate::io::sibling_name(name, "old"));
+        std::fs::rename(dir, &old)?;
+        crash_point("moved-old");
+        if let Err(e) = std::fs::rename(tmp, dir) {
+            // Put the previous checkpoint back rather than leave the path empty.
+            let _ = std::fs::rename(&old, dir);
+            return Err(e.into());
+        }
+        sync_dir(parent);
+        crash_point("swapped");
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// Whether a rename failed because another save changed the path meanwhile (it appeared, or went away).
+fn raced(e: &LatteError) -> bool {
+    match e {
+        LatteError::Io(e) => {
+            use std::io::ErrorKind::*;
+            matches!(e.kind(), NotFound | AlreadyExists | DirectoryNotEmpty)
+        }
+        _ => false,
+    }
 }
 
 /// Aborts the process here when the tests ask for it (see the module docs).
