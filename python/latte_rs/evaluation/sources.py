@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,7 +90,7 @@ def _as_array(obj: Any) -> np.ndarray | None:
     return None
 
 
-class Plan:
+class Plan(ABC):
     """What one side reads: a description, the number of clips, batches of clips, a fingerprint for caching."""
 
     description: str
@@ -97,8 +98,9 @@ class Plan:
     fingerprint: str | None = None
     notes: dict[str, Any]
 
+    @abstractmethod
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, tuple[float, float]]]:
-        raise NotImplementedError
+        """Batches of at most ``batch_size`` clips, each with its value range."""
 
 
 class _ArrayPlan(Plan):
