@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
 
-use super::linear::contiguous;
+use super::linear::{contiguous, linear_dims};
 
 thread_local! {
     /// Per thread, as torch's autocast state: the models run on their caller's thread (rayon only inside kernels).
@@ -130,15 +130,9 @@ impl CustomOp3 for Bf16Linear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, input) = xl.shape().dims2()?;
-        let (out, input2) = wl.shape().dims2()?;
-        if input != input2 || bl.dims() != [out] {
-            candle_core::bail!(
-                "linear-bf16: x {:?}, weight {:?}, bias {:?}",
-                xl.dims(),
-                wl.dims(),
-                bl.dims()
-            );
+        let (rows, input, out) = linear_dims(xl, wl)?;
+        if bl.dims() != [out] {
+            candle_core::bail!("linear-bf16: bias {:?} for weight {:?}", bl.dims(), wl.dims());
         }
         let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (xs, ws, bs) else {
             candle_core::bail!("linear-bf16: operands must be f32");

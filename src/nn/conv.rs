@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use rayon::prelude::*;
 
 use super::fastmath::map_wide;
-use super::linear::{contiguous, gemm_into, gemm_raw};
+use super::linear::{contiguous, gemm_into, gemm_raw, run_kernel3, Kernel3};
 use crate::float::Float;
 
 /// Floats one band of the patch matrix may hold (1 MiB of f32, so that it is still in the core's cache when the
@@ -209,6 +209,12 @@ fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize
     y
 }
 
+impl Kernel3 for (&GroupNormOp, (usize, usize)) {
+    fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        Ok(group_norm_fwd(x, w, b, self.1, self.0))
+    }
+}
+
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
         "group-norm"
@@ -224,26 +230,8 @@ impl CustomOp3 for GroupNormOp {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = xl.dims();
-        let c = dims[1];
-        let dims2 = (c, dims[2..].iter().product::<usize>());
-        let n = self.name();
-        let y = match (xs, ws, bs) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(group_norm_fwd(
-                contiguous(x, xl, n)?,
-                contiguous(w, wl, n)?,
-                contiguous(b, bl, n)?,
-                dims2,
-                self,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(group_norm_fwd(
-                contiguous(x, xl, n)?,
-                contiguous(w, wl, n)?,
-                contiguous(b, bl, n)?,
-                dims2,
-                self,
-            )),
-            _ => candle_core::bail!("group_norm: operands must all be f32 or all f64"),
-        };
+        let planes = (dims[1], dims[2..].iter().product::<usize>());
+        let y = run_kernel3(&(self, planes), self.name(), (xs, xl), (ws, wl), (bs, bl))?;
         Ok((y, xl.shape().clone()))
     }
 }
@@ -495,6 +483,19 @@ fn residual_slice<'a, T: Float>(
     }
 }
 
+/// One convolution's sizes and its residual's storage.
+struct ConvKernel<'a> {
+    d: Dims,
+    residual: Option<(&'a candle_core::Storage, &'a Layout)>,
+    op: &'a str,
+}
+
+impl Kernel3 for ConvKernel<'_> {
+    fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        Ok(conv_fwd(x, w, b, residual_slice(self.residual, self.op)?, self.d))
+    }
+}
+
 impl CustomOp3 for ConvOp {
     fn name(&self) -> &'static str {
         "conv2d-im2col"
@@ -519,23 +520,7 @@ impl CustomOp3 for ConvOp {
             None => None,
         };
         let residual = residual.as_ref().map(|(s, l)| (&**s, *l));
-        let y = match (xs, ws, bs) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(conv_fwd(
-                contiguous(x, xl, n)?,
-                contiguous(w, wl, n)?,
-                contiguous(b, bl, n)?,
-                residual_slice(residual, n)?,
-                d,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(conv_fwd(
-                contiguous(x, xl, n)?,
-                contiguous(w, wl, n)?,
-                contiguous(b, bl, n)?,
-                residual_slice(residual, n)?,
-                d,
-            )),
-            _ => candle_core::bail!("conv2d: operands must all be f32 or all f64"),
-        };
+        let y = run_kernel3(&ConvKernel { d, residual, op: n }, n, (xs, xl), (ws, wl), (bs, bl))?;
         Ok((y, Shape::from_dims(&[d.batch, d.cout, d.ho, d.wo])))
     }
 }

@@ -63,6 +63,32 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Res
     }
 }
 
+/// The body of a three-operand CPU op (an input, a weight, a bias), generic over the float type: see
+/// [`run_kernel3`].
+pub(crate) trait Kernel3 {
+    fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>>;
+}
+
+/// Runs `kernel` on the contiguous values of three CPU operands that are all f32 or all f64: the dtype dispatch
+/// of every fused three-operand op's `cpu_fwd`.
+pub(crate) fn run_kernel3(
+    kernel: &impl Kernel3,
+    op: &str,
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    (bs, bl): (&CpuStorage, &Layout),
+) -> Result<CpuStorage> {
+    Ok(match (xs, ws, bs) {
+        (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+            CpuStorage::F32(kernel.run(contiguous(x, xl, op)?, contiguous(w, wl, op)?, contiguous(b, bl, op)?)?)
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+            CpuStorage::F64(kernel.run(contiguous(x, xl, op)?, contiguous(w, wl, op)?, contiguous(b, bl, op)?)?)
+        }
+        _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
+    })
+}
+
 impl CustomOp2 for AddBias {
     fn name(&self) -> &'static str {
         "add-bias"
@@ -161,7 +187,7 @@ pub(crate) unsafe fn gemm_raw<T: Float + 'static>(
 }
 
 /// The shapes of x (rows, in) and W (out, in).
-fn linear_dims(xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize)> {
+pub(crate) fn linear_dims(xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize)> {
     let (rows, input) = xl.shape().dims2()?;
     let (out, input2) = wl.shape().dims2()?;
     if input != input2 {
@@ -228,6 +254,15 @@ fn linear_dw<T: Float + 'static>(g: &[T], x: &[T], (rows, input, out): (usize, u
     dw
 }
 
+/// x·Wᵀ + b for these (rows, in, out).
+struct LinearDims((usize, usize, usize));
+
+impl Kernel3 for LinearDims {
+    fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        Ok(linear_fwd(x, w, b, self.0))
+    }
+}
+
 impl candle_core::CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "linear"
@@ -243,22 +278,7 @@ impl candle_core::CustomOp3 for LinearOp {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = linear_dims(xl, wl)?;
-        let n = self.name();
-        let y = match (xs, ws, bs) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(linear_fwd(
-                contiguous(x, xl, n)?,
-                contiguous(w, wl, n)?,
-                contiguous(b, bl, n)?,
-                dims,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(linear_fwd(
-                contiguous(x, xl, n)?,
-                contiguous(w, wl, n)?,
-                contiguous(b, bl, n)?,
-                dims,
-            )),
-            _ => candle_core::bail!("linear: operands must all be f32 or all f64"),
-        };
+        let y = run_kernel3(&LinearDims(dims), self.name(), (xs, xl), (ws, wl), (bs, bl))?;
         Ok((y, Shape::from_dims(&[dims.0, dims.2])))
     }
 
