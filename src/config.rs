@@ -266,6 +266,23 @@ impl LatteConfig {
                 return err(format!("{name} must be positive, got 0"));
             }
         }
+        // Bounds far beyond every published model (Latte-XL: depth 28, width 1152) that keep every size product
+        // below overflow; a larger value is a typo or a hostile file, refused before anything is allocated.
+        let bounded = [
+            ("depth", self.depth, 1 << 12),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("num_heads", self.num_heads, 1 << 12),
+            ("patch_size", self.patch_size, 1 << 10),
+            ("input_size", self.input_size, 1 << 14),
+            ("in_channels", self.in_channels, 1 << 12),
+            ("num_frames", self.num_frames, 1 << 14),
+            ("num_classes", self.num_classes, 1 << 24),
+            ("tubelet_size", self.tubelet_size, 1 << 10),
+            ("use_image_num", self.use_image_num, 1 << 10),
+        ];
+        for (name, v, max) in bounded {
+            crate::limits::at_most(name, v, max)?;
+        }
         if self.depth % 2 != 0 {
             return err(format!(
                 "depth counts spatial and temporal blocks together and must be even, got {}",
@@ -290,8 +307,14 @@ impl LatteConfig {
                 self.input_size, self.patch_size
             ));
         }
-        if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) {
-            return err(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 256.0) {
+            return err(format!("mlp_ratio must be in (0, 256], got {}", self.mlp_ratio));
+        }
+        if self.mlp_hidden() == 0 {
+            return err(format!(
+                "mlp_ratio ({}) × hidden_size ({}) gives an MLP of width 0; expected at least 1",
+                self.mlp_ratio, self.hidden_size
+            ));
         }
         if !(0.0..1.0).contains(&self.class_dropout_prob) {
             return err(format!(
@@ -344,9 +367,14 @@ impl LatteConfig {
         Ok(())
     }
 
+    /// The MLP's hidden width, `int(hidden_size * mlp_ratio)` as the official code computes it.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio) as usize
+    }
+
     /// Parse from JSON and validate.
     pub fn from_json(s: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(s)?;
+        let cfg: Self = crate::error::parse_json(s.as_bytes()).map_err(LatteError::Config)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -100,12 +100,58 @@ pub(crate) fn exchange(a: &Path, b: &Path) -> Result<bool> {
     }
 }
 
-/// Reads a whole file, mapping a missing file to [`LatteError::NotFound`].
-pub fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| match e.kind() {
+/// Opens `path` for reading if it is a regular file. Named pipes, devices (`/dev/zero`) and sockets are refused
+/// before anything is read (a pipe is opened without blocking, so a pipe with no writer cannot hang the caller);
+/// a missing file is [`LatteError::NotFound`].
+pub fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LatteError::NotFound(path.display().to_string()),
         _ => LatteError::Io(e),
-    })
+    })?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(LatteError::Value(format!(
+            "{}: expected a file, got a directory",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(LatteError::Value(format!(
+            "{}: expected a regular file, got a named pipe, device or socket",
+            path.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor this function owns; clears O_NONBLOCK for ordinary reads.
+        unsafe {
+            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// Reads a whole regular file (see [`open_regular`]) whose size fits in the memory available, and no more than
+/// that size even if the file grows meanwhile.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    crate::limits::ensure_fits(len as u128, &format!("reading {}", path.display()))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub mod diffusion;
 pub mod error;
 pub mod float;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod nn;

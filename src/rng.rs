@@ -82,7 +82,8 @@ impl Generator {
         dtype: candle_core::DType,
         device: &candle_core::Device,
     ) -> candle_core::Result<candle_core::Tensor> {
-        let n = dims.iter().product();
+        let n = crate::limits::ensure_tensor_fits("shape", dims, 8, 1)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         candle_core::Tensor::from_vec(self.normal(n, 0.0, 1.0), dims, device)?.to_dtype(dtype)
     }
 }

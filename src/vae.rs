@@ -41,6 +41,51 @@ pub struct VaeConfig {
     pub mid_block_add_attention: bool,
 }
 
+impl VaeConfig {
+    /// Refuses what the network cannot be built from: empty or zero sizes, groups that do not divide the
+    /// channels, sizes no real VAE has (the bounds keep every product far from overflow).
+    pub fn validate(&self) -> crate::Result<()> {
+        let err = |m: String| Err(LatteError::Config(format!("VAE: {m}")));
+        if self.block_out_channels.is_empty() || self.block_out_channels.len() > 16 {
+            return err(format!(
+                "block_out_channels: expected 1 to 16 entries, got {}",
+                self.block_out_channels.len()
+            ));
+        }
+        for (name, v, max) in [
+            ("in_channels", self.in_channels, 1 << 10),
+            ("out_channels", self.out_channels, 1 << 10),
+            ("layers_per_block", self.layers_per_block, 64),
+            ("latent_channels", self.latent_channels, 1 << 10),
+            ("norm_num_groups", self.norm_num_groups, 1 << 12),
+        ]
+        .into_iter()
+        .chain(
+            self.block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", c, 1 << 14)),
+        ) {
+            if v == 0 {
+                return err(format!("{name}: expected a positive value, got 0"));
+            }
+            crate::limits::at_most(name, v, max).map_err(|e| LatteError::Config(format!("VAE: {e}")))?;
+        }
+        if let Some(c) = self.block_out_channels.iter().find(|c| **c % self.norm_num_groups != 0) {
+            return err(format!(
+                "block_out_channels {c} is not divisible by norm_num_groups {}",
+                self.norm_num_groups
+            ));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return err(format!(
+                "scaling_factor: expected a positive finite value, got {}",
+                self.scaling_factor
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_channels() -> usize {
     3
 }
@@ -307,17 +352,7 @@ pub struct AutoencoderKl {
 
 impl AutoencoderKl {
     pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> crate::Result<Self> {
-        if cfg.block_out_channels.is_empty() || cfg.layers_per_block == 0 {
-            return Err(LatteError::Config(
-                "VAE: block_out_channels must be non-empty and layers_per_block >= 1".into(),
-            ));
-        }
-        if let Some(c) = cfg.block_out_channels.iter().find(|c| **c % cfg.norm_num_groups != 0) {
-            return Err(LatteError::Config(format!(
-                "VAE: block_out_channels {c} is not divisible by norm_num_groups {}",
-                cfg.norm_num_groups
-            )));
-        }
+        cfg.validate()?;
         let l = cfg.latent_channels;
         Ok(Self {
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
@@ -342,7 +377,7 @@ impl AutoencoderKl {
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> crate::Result<Self> {
         let folder = read_folder::<VaeConfig>(dir, "a diffusers vae/ folder", DIFFUSERS_WEIGHTS)?;
         let store = ParamStore::new(device, dtype)?;
-        let vae = Self::new(&folder.config, store.frozen_builder())?;
+        let vae = store.build(true, |vb| Self::new(&folder.config, vb))?;
         store.load(
             &folder.tensors,
             LoadPolicy::STRICT,
@@ -364,8 +399,37 @@ impl AutoencoderKl {
         &self.device
     }
 
+    /// Refuses frames (N, C, H, W) the network cannot take (`arg` names them): the wrong channel count, a side
+    /// smaller than 2^(number of downsamplings) (each downsampling pads by one and convolves 3×3 with stride 2, so
+    /// a side of 1 has no window left), or activations larger than the memory available.
+    fn check_frames(&self, x: &Tensor, arg: &str, channels: usize, min_side: usize, scale: usize) -> crate::Result<()> {
+        let dims = x.dims();
+        let ok = dims.len() == 4 && dims[1] == channels && dims[2] >= min_side && dims[3] >= min_side;
+        if !ok {
+            return Err(crate::error::value_error(
+                arg,
+                format!("shape (N, {channels}, H, W) with H, W >= {min_side}"),
+                format!("{dims:?}"),
+            ));
+        }
+        // The widest activation is the first (or last) level's, at full resolution; a few of them live at once.
+        let widest = self.cfg.block_out_channels.iter().copied().max().unwrap_or(1);
+        let side = |d: usize| d.saturating_mul(scale);
+        let act = crate::limits::elements(arg, &[dims[0], widest, side(dims[2]), side(dims[3])])?;
+        crate::limits::ensure_fits(
+            act as u128 * self.dtype.size_in_bytes().max(4) as u128 * 4,
+            &format!("the VAE on {arg} of shape {dims:?}"),
+        )
+    }
+
+    /// The smallest frame side the encoder takes: 2^(number of downsamplings).
+    pub fn min_frame_side(&self) -> usize {
+        1 << (self.cfg.block_out_channels.len() - 1)
+    }
+
     /// The latent distribution's mean and log-variance (clamped to [-30, 20] as diffusers) of images in [-1, 1].
-    pub fn encode_moments(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn encode_moments(&self, x: &Tensor) -> crate::Result<(Tensor, Tensor)> {
+        self.check_frames(x, "frames", self.cfg.in_channels, self.min_frame_side(), 1)?;
         let h = self.encoder.forward(x)?;
         let moments = match &self.quant_conv {
             Some(c) => c.forward(&h)?,
@@ -378,16 +442,17 @@ impl AutoencoderKl {
     }
 
     /// Images from (unscaled) latents.
-    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+    pub fn decode(&self, z: &Tensor) -> crate::Result<Tensor> {
+        self.check_frames(z, "latents", self.cfg.latent_channels, 1, self.min_frame_side())?;
         let z = match &self.post_quant_conv {
             Some(c) => c.forward(z)?,
             None => z.clone(),
         };
-        self.decoder.forward(&z)
+        Ok(self.decoder.forward(&z)?)
     }
 
     /// Latents of images: the mean, or a sample mean + σ·ε with ε from `rng`; times `scaling_factor`.
-    pub fn encode(&self, x: &Tensor, rng: Option<&mut Generator>) -> Result<Tensor> {
+    pub fn encode(&self, x: &Tensor, rng: Option<&mut Generator>) -> crate::Result<Tensor> {
         let (mean, logvar) = self.encode_moments(x)?;
         let z = match rng {
             None => mean,
@@ -396,6 +461,6 @@ impl AutoencoderKl {
                 (&mean + (logvar * 0.5)?.exp()?.mul(&eps)?)?
             }
         };
-        z * self.cfg.scaling_factor
+        Ok((z * self.cfg.scaling_factor)?)
     }
 }

@@ -99,6 +99,68 @@ fn cumprod(v: &[f64]) -> Vec<f64> {
 }
 
 impl GaussianDiffusion {
+    /// Checks a process read from a file (a checkpoint's `diffusion.json` is data, not code): every table as
+    /// long as the betas, finite, and a timestep map that rises within the original process. An inconsistent
+    /// file would otherwise index past a table's end in the middle of training.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.betas.len();
+        super::schedule::check_betas(&self.betas, "diffusion betas")?;
+        if n > super::schedule::MAX_DIFFUSION_STEPS {
+            return Err(value_error("diffusion betas", "at most 1000000 steps", n));
+        }
+        let tables: [(&str, &Vec<f64>); 12] = [
+            ("alphas_cumprod", &self.alphas_cumprod),
+            ("alphas_cumprod_prev", &self.alphas_cumprod_prev),
+            ("alphas_cumprod_next", &self.alphas_cumprod_next),
+            ("sqrt_alphas_cumprod", &self.sqrt_alphas_cumprod),
+            ("sqrt_one_minus_alphas_cumprod", &self.sqrt_one_minus_alphas_cumprod),
+            ("log_one_minus_alphas_cumprod", &self.log_one_minus_alphas_cumprod),
+            ("sqrt_recip_alphas_cumprod", &self.sqrt_recip_alphas_cumprod),
+            ("sqrt_recipm1_alphas_cumprod", &self.sqrt_recipm1_alphas_cumprod),
+            ("posterior_variance", &self.posterior_variance),
+            ("posterior_mean_coef1", &self.posterior_mean_coef1),
+            ("posterior_mean_coef2", &self.posterior_mean_coef2),
+            ("posterior_log_variance_clipped", &self.posterior_log_variance_clipped),
+        ];
+        for (name, table) in tables {
+            // A one-step process has no clipped log variance (there is no t = 1 to clip to).
+            let want = if name == "posterior_log_variance_clipped" && n == 1 {
+                0
+            } else {
+                n
+            };
+            if table.len() != want {
+                return Err(value_error(name, format!("{want} values (one per step)"), table.len()));
+            }
+            if let Some(v) = table.iter().find(|v| v.is_nan()) {
+                return Err(value_error(name, "numbers", v));
+            }
+        }
+        let map = &self.timestep_map;
+        if map.len() != n {
+            return Err(value_error(
+                "timestep_map",
+                format!("{n} entries (one per step)"),
+                map.len(),
+            ));
+        }
+        if self.original_num_steps < n || self.original_num_steps > super::schedule::MAX_DIFFUSION_STEPS {
+            return Err(value_error(
+                "original_num_steps",
+                format!("a count from {n} to {}", super::schedule::MAX_DIFFUSION_STEPS),
+                self.original_num_steps,
+            ));
+        }
+        if map.windows(2).any(|w| w[0] >= w[1]) || map.last().is_some_and(|&t| t >= self.original_num_steps) {
+            return Err(value_error(
+                "timestep_map",
+                format!("increasing timesteps below {}", self.original_num_steps),
+                format!("{map:?}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The process with these betas (each in (0, 1]).
     pub fn new(betas: Vec<f64>, mean_type: MeanType, var_type: VarType, loss_type: LossType) -> Result<Self> {
         if betas.is_empty() || betas.iter().any(|b| !(*b > 0.0 && *b <= 1.0)) {

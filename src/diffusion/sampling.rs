@@ -46,6 +46,8 @@ pub fn draw_noise(model: &dyn Denoiser, dims: &[usize], rng: &mut Generator) -> 
     if dims.first().is_none_or(|&b| b == 0) {
         return Err(value_error("num_samples", "at least 1", 0));
     }
+    crate::limits::ensure_tensor_fits("latent_shape", dims, 8, 1)?;
+    model.check_memory(dims, false)?;
     Ok(rng.randn(dims, state_dtype(model), model.device())?)
 }
 
@@ -92,6 +94,7 @@ pub fn sample(
     };
     let mut model_dims = x.dims().to_vec();
     model_dims[0] = model_batch;
+    model.check_memory(&model_dims, false)?;
     let cond = model.check_condition(&cond, &model_dims)?;
     if let Some(n) = opts.num_inference_steps {
         scheduler.set_timesteps(n)?;

@@ -62,7 +62,21 @@ pub fn named_beta_schedule(
     if num_timesteps == 0 {
         return Err(LatteError::Value("diffusion_steps: expected at least 1, got 0".into()));
     }
-    Ok(match schedule {
+    if num_timesteps > MAX_DIFFUSION_STEPS {
+        return Err(LatteError::Value(format!(
+            "diffusion_steps: expected at most {MAX_DIFFUSION_STEPS}, got {num_timesteps}"
+        )));
+    }
+    if schedule == BetaSchedule::ScaledLinear {
+        for (name, b) in [("beta_start", beta_start), ("beta_end", beta_end)] {
+            if !(b > 0.0 && b < 1.0) {
+                return Err(LatteError::Value(format!(
+                    "{name}: expected a value in (0, 1), got {b}"
+                )));
+            }
+        }
+    }
+    let betas = match schedule {
         BetaSchedule::Linear => {
             let scale = 1000.0 / num_timesteps as f64;
             linspace(scale * 0.0001, scale * 0.02, num_timesteps)
@@ -76,5 +90,21 @@ pub fn named_beta_schedule(
             |t| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2),
             0.999,
         ),
-    })
+    };
+    check_betas(&betas, "the betas")?;
+    Ok(betas)
+}
+
+/// The most diffusion steps a schedule may have (the paper's models use 1000).
+pub const MAX_DIFFUSION_STEPS: usize = 1_000_000;
+
+/// Refuses betas outside (0, 1] or non-finite (each gives NaN or infinite tables downstream); `what` names them.
+pub fn check_betas(betas: &[f64], what: &str) -> Result<()> {
+    if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b <= 1.0)) {
+        return Err(LatteError::Value(format!(
+            "{what}: expected every beta in (0, 1], got {b} at step {i} of {}",
+            betas.len()
+        )));
+    }
+    Ok(())
 }

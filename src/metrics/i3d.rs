@@ -505,10 +505,7 @@ impl I3d {
     /// Loads the converted `i3d-kinetics-400` weights (a safetensors file with flax names).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if !path.is_file() {
-            return Err(LatteError::NotFound(path.display().to_string()));
-        }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+        let tensors = crate::weights::diffusers::read_safetensors(path)?;
         let l = Loader {
             tensors,
             path: path.display().to_string(),

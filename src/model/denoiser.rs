@@ -177,6 +177,17 @@ pub trait Denoiser: Send + Sync {
     fn null_condition(&self, cond: &Condition) -> Result<Condition>;
     /// Checks latents (shape, dtype, finite values) and returns them on the device in the model's dtype.
     fn check_latents(&self, x: &Tensor) -> Result<Tensor>;
+    /// A lower bound of the values one pass over latents of shape `dims` holds at its peak (with `grad`, the
+    /// activations a backward pass keeps): tokens × width for a few live tensors, times the blocks when
+    /// training. Used only to refuse a workload that cannot fit before it starts; never an upper bound.
+    fn activation_elements(&self, dims: &[usize], grad: bool) -> u128;
+    /// Refuses, as [`LatteError::Memory`] with the estimate, a pass over latents of shape `dims` whose
+    /// [`Denoiser::activation_elements`] are more than the memory available.
+    fn check_memory(&self, dims: &[usize], grad: bool) -> Result<()> {
+        let bytes = self.activation_elements(dims, grad) * 4;
+        let what = if grad { "a training pass" } else { "a forward pass" };
+        crate::limits::ensure_fits(bytes, &format!("{what} on latents of shape {dims:?}"))
+    }
     /// Checks timesteps for `batch` latents and returns them as f32 on the device.
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor>;
     /// Checks `cond` for latents of shape `x_dims` and returns it on the device.
@@ -200,6 +211,7 @@ pub trait Denoiser: Send + Sync {
     /// Checked forward pass without gradients.
     fn forward(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
         let x = self.check_latents(x)?;
+        self.check_memory(x.dims(), false)?;
         let t = self.check_timesteps(t, x.dim(0)?)?;
         let cond = self.check_condition(cond, x.dims())?;
         self.denoise(&x, &t, &cond, false)
@@ -208,6 +220,7 @@ pub trait Denoiser: Send + Sync {
     /// Checked forward pass that keeps the autograd graph (for gradient checks and custom losses).
     fn forward_train(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
         let x = self.check_latents(x)?;
+        self.check_memory(x.dims(), true)?;
         let t = self.check_timesteps(t, x.dim(0)?)?;
         let cond = self.check_condition(cond, x.dims())?;
         self.denoise(&x, &t, &cond, true)

@@ -34,8 +34,14 @@ fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, Py
         np.call_method1("asarray", (obj,))
             .map_err(|e| PyTypeError::new_err(format!("{arg}: expected an array, got {} ({e})", obj.get_type())))?
     };
-    let arr = np.call_method1("ascontiguousarray", (arr,))?;
-    Ok(arr.cast_into::<PyUntypedArray>()?)
+    let mut arr = np.call_method1("ascontiguousarray", (arr,))?;
+    // Non-native byte order (a big-endian file read on a little-endian machine): the same values, native.
+    let dtype = arr.getattr("dtype")?;
+    if !dtype.getattr("isnative")?.extract::<bool>()? {
+        arr = arr.call_method1("astype", (dtype.call_method1("newbyteorder", ("=",))?,))?;
+    }
+    arr.cast_into::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err(format!("{arg}: expected a numeric array, got {}", obj.get_type())))
 }
 
 fn slice_of<'py, T: numpy::Element + Copy>(arr: &Bound<'py, PyUntypedArray>) -> PyResult<Vec<T>> {

@@ -62,20 +62,22 @@ impl PyGaussianDiffusion {
         beta_start: f64,
         beta_end: f64,
     ) -> PyResult<Self> {
-        let opts = DiffusionOptions {
-            timestep_respacing: timestep_respacing.into(),
-            noise_schedule: noise_schedule.into(),
-            learn_sigma,
-            sigma_small,
-            prediction_type: prediction_type.into(),
-            rescale_learned_sigmas,
-            use_kl,
-            diffusion_steps,
-            beta_start,
-            beta_end,
-        };
-        let inner = GaussianDiffusion::create(&opts).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let opts = DiffusionOptions {
+                timestep_respacing: timestep_respacing.into(),
+                noise_schedule: noise_schedule.into(),
+                learn_sigma,
+                sigma_small,
+                prediction_type: prediction_type.into(),
+                rescale_learned_sigmas,
+                use_kl,
+                diffusion_steps,
+                beta_start,
+                beta_end,
+            };
+            let inner = GaussianDiffusion::create(&opts).py()?;
+            Ok(Self { inner })
+        })
     }
 
     #[getter]
@@ -91,26 +93,28 @@ impl PyGaussianDiffusion {
 
     /// The per-timestep tables as float64 arrays, by the reference's names.
     fn tables<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        let g = &self.inner;
-        for (name, v) in [
-            ("betas", &g.betas),
-            ("alphas_cumprod", &g.alphas_cumprod),
-            ("alphas_cumprod_prev", &g.alphas_cumprod_prev),
-            ("alphas_cumprod_next", &g.alphas_cumprod_next),
-            ("sqrt_alphas_cumprod", &g.sqrt_alphas_cumprod),
-            ("sqrt_one_minus_alphas_cumprod", &g.sqrt_one_minus_alphas_cumprod),
-            ("log_one_minus_alphas_cumprod", &g.log_one_minus_alphas_cumprod),
-            ("sqrt_recip_alphas_cumprod", &g.sqrt_recip_alphas_cumprod),
-            ("sqrt_recipm1_alphas_cumprod", &g.sqrt_recipm1_alphas_cumprod),
-            ("posterior_variance", &g.posterior_variance),
-            ("posterior_log_variance_clipped", &g.posterior_log_variance_clipped),
-            ("posterior_mean_coef1", &g.posterior_mean_coef1),
-            ("posterior_mean_coef2", &g.posterior_mean_coef2),
-        ] {
-            d.set_item(name, PyArray1::from_vec(py, v.clone()).reshape([v.len()])?)?;
-        }
-        Ok(d)
+        crate::python::guard(move || {
+            let d = PyDict::new(py);
+            let g = &self.inner;
+            for (name, v) in [
+                ("betas", &g.betas),
+                ("alphas_cumprod", &g.alphas_cumprod),
+                ("alphas_cumprod_prev", &g.alphas_cumprod_prev),
+                ("alphas_cumprod_next", &g.alphas_cumprod_next),
+                ("sqrt_alphas_cumprod", &g.sqrt_alphas_cumprod),
+                ("sqrt_one_minus_alphas_cumprod", &g.sqrt_one_minus_alphas_cumprod),
+                ("log_one_minus_alphas_cumprod", &g.log_one_minus_alphas_cumprod),
+                ("sqrt_recip_alphas_cumprod", &g.sqrt_recip_alphas_cumprod),
+                ("sqrt_recipm1_alphas_cumprod", &g.sqrt_recipm1_alphas_cumprod),
+                ("posterior_variance", &g.posterior_variance),
+                ("posterior_log_variance_clipped", &g.posterior_log_variance_clipped),
+                ("posterior_mean_coef1", &g.posterior_mean_coef1),
+                ("posterior_mean_coef2", &g.posterior_mean_coef2),
+            ] {
+                d.set_item(name, PyArray1::from_vec(py, v.clone()).reshape([v.len()])?)?;
+            }
+            Ok(d)
+        })
     }
 
     /// x_t = √ᾱ_t x₀ + √(1−ᾱ_t) noise.
@@ -121,13 +125,15 @@ impl PyGaussianDiffusion {
         t: &Bound<'py, PyAny>,
         noise: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (x, t, n) = (
-            float_tensor(x_start, "x_start")?,
-            timesteps(t)?,
-            float_tensor(noise, "noise")?,
-        );
-        let out = py.detach(|| self.inner.q_sample(&x, &t, &n)).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let (x, t, n) = (
+                float_tensor(x_start, "x_start")?,
+                timesteps(t)?,
+                float_tensor(noise, "noise")?,
+            );
+            let out = py.detach(|| self.inner.q_sample(&x, &t, &n)).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// (mean, variance, clipped log-variance) of q(x_{t−1} | x_t, x₀).
@@ -138,13 +144,15 @@ impl PyGaussianDiffusion {
         x_t: &Bound<'py, PyAny>,
         t: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let (x0, xt, t) = (
-            float_tensor(x_start, "x_start")?,
-            float_tensor(x_t, "x_t")?,
-            timesteps(t)?,
-        );
-        let (m, v, l) = py.detach(|| self.inner.q_posterior_mean_variance(&x0, &xt, &t)).py()?;
-        Ok((to_numpy(py, &m)?, to_numpy(py, &v)?, to_numpy(py, &l)?))
+        crate::python::guard(move || {
+            let (x0, xt, t) = (
+                float_tensor(x_start, "x_start")?,
+                float_tensor(x_t, "x_t")?,
+                timesteps(t)?,
+            );
+            let (m, v, l) = py.detach(|| self.inner.q_posterior_mean_variance(&x0, &xt, &t)).py()?;
+            Ok((to_numpy(py, &m)?, to_numpy(py, &v)?, to_numpy(py, &l)?))
+        })
     }
 
     /// p(x_{t−1} | x_t) from a model output: dict with mean, variance, log_variance, pred_xstart.
@@ -157,20 +165,22 @@ impl PyGaussianDiffusion {
         t: &Bound<'py, PyAny>,
         clip_denoised: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (o, x, t) = (
-            float_tensor(model_output, "model_output")?,
-            float_tensor(x, "x")?,
-            timesteps(t)?,
-        );
-        let out = py
-            .detach(|| self.inner.p_mean_variance(&o, &x, &t, clip_denoised))
-            .py()?;
-        let d = PyDict::new(py);
-        d.set_item("mean", to_numpy(py, &out.mean)?)?;
-        d.set_item("variance", to_numpy(py, &out.variance)?)?;
-        d.set_item("log_variance", to_numpy(py, &out.log_variance)?)?;
-        d.set_item("pred_xstart", to_numpy(py, &out.pred_xstart)?)?;
-        Ok(d)
+        crate::python::guard(move || {
+            let (o, x, t) = (
+                float_tensor(model_output, "model_output")?,
+                float_tensor(x, "x")?,
+                timesteps(t)?,
+            );
+            let out = py
+                .detach(|| self.inner.p_mean_variance(&o, &x, &t, clip_denoised))
+                .py()?;
+            let d = PyDict::new(py);
+            d.set_item("mean", to_numpy(py, &out.mean)?)?;
+            d.set_item("variance", to_numpy(py, &out.variance)?)?;
+            d.set_item("log_variance", to_numpy(py, &out.log_variance)?)?;
+            d.set_item("pred_xstart", to_numpy(py, &out.pred_xstart)?)?;
+            Ok(d)
+        })
     }
 
     /// Per-sample training losses for a model output at x_t = q_sample(x_start, t, noise): dict with `loss`,
@@ -183,22 +193,24 @@ impl PyGaussianDiffusion {
         t: &Bound<'py, PyAny>,
         noise: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let o = float_tensor(model_output, "model_output")?;
-        let (x0, t, n) = (
-            float_tensor(x_start, "x_start")?,
-            timesteps(t)?,
-            float_tensor(noise, "noise")?,
-        );
-        let out = py.detach(|| self.inner.training_losses(&o, &x0, &t, &n)).py()?;
-        let d = PyDict::new(py);
-        d.set_item("loss", to_numpy(py, &out.loss)?)?;
-        if let Some(mse) = &out.mse {
-            d.set_item("mse", to_numpy(py, mse)?)?;
-        }
-        if let Some(vb) = &out.vb {
-            d.set_item("vb", to_numpy(py, vb)?)?;
-        }
-        Ok(d)
+        crate::python::guard(move || {
+            let o = float_tensor(model_output, "model_output")?;
+            let (x0, t, n) = (
+                float_tensor(x_start, "x_start")?,
+                timesteps(t)?,
+                float_tensor(noise, "noise")?,
+            );
+            let out = py.detach(|| self.inner.training_losses(&o, &x0, &t, &n)).py()?;
+            let d = PyDict::new(py);
+            d.set_item("loss", to_numpy(py, &out.loss)?)?;
+            if let Some(mse) = &out.mse {
+                d.set_item("mse", to_numpy(py, mse)?)?;
+            }
+            if let Some(vb) = &out.vb {
+                d.set_item("vb", to_numpy(py, vb)?)?;
+            }
+            Ok(d)
+        })
     }
 
     /// One ancestral step with the given noise: (x_{t−1}, pred_xstart).
@@ -212,10 +224,12 @@ impl PyGaussianDiffusion {
         noise: &Bound<'py, PyAny>,
         clip_denoised: bool,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
-        let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
-        let (s, p) = py.detach(|| self.inner.p_sample(&o, &x, &t, &n, clip_denoised)).py()?;
-        Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+        crate::python::guard(move || {
+            let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
+            let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
+            let (s, p) = py.detach(|| self.inner.p_sample(&o, &x, &t, &n, clip_denoised)).py()?;
+            Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+        })
     }
 
     /// One DDIM step with the given noise and `eta`: (x_{t−1}, pred_xstart).
@@ -231,12 +245,14 @@ impl PyGaussianDiffusion {
         eta: f64,
         clip_denoised: bool,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
-        let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
-        let (s, p) = py
-            .detach(|| self.inner.ddim_sample(&o, &x, &t, &n, eta, clip_denoised))
-            .py()?;
-        Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+        crate::python::guard(move || {
+            let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
+            let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
+            let (s, p) = py
+                .detach(|| self.inner.ddim_sample(&o, &x, &t, &n, eta, clip_denoised))
+                .py()?;
+            Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
+        })
     }
 
     /// Generates latents with `model`, running every step in Rust. See `latte_rs.sample` for the arguments.
@@ -259,21 +275,23 @@ impl PyGaussianDiffusion {
         clip_denoised: bool,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let kind = SamplerKind::parse(sampler).py()?;
-        let scheduler = Box::new(DiffusionSampler::new(self.inner.clone(), kind, clip_denoised));
-        let inputs = SampleInputs {
-            noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
-            num_samples,
-            latent_shape: None,
-            cond: condition(y, None, None, None)?,
-            opts: SamplingOptions {
-                guidance_scale: cfg_scale,
-                eta,
-                ..SamplingOptions::default()
-            },
-            seed,
-        };
-        run(py, denoiser(model)?, scheduler, inputs, callback)
+        crate::python::guard(move || {
+            let kind = SamplerKind::parse(sampler).py()?;
+            let scheduler = Box::new(DiffusionSampler::new(self.inner.clone(), kind, clip_denoised));
+            let inputs = SampleInputs {
+                noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
+                num_samples,
+                latent_shape: None,
+                cond: condition(y, None, None, None)?,
+                opts: SamplingOptions {
+                    guidance_scale: cfg_scale,
+                    eta,
+                    ..SamplingOptions::default()
+                },
+                seed,
+            };
+            run(py, denoiser(model)?, scheduler, inputs, callback)
+        })
     }
 
     fn __repr__(&self) -> String {

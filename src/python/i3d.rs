@@ -39,8 +39,10 @@ impl PyI3d {
     /// Loads converted weights (the safetensors file `latte_rs.evaluation.i3d_weights()` returns).
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| I3d::load(&path)).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = py.detach(|| I3d::load(&path)).py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// The FVD features (400-d logits averaged over time) of clips `(N, T, H, W, 3)`, channels last, RGB,
@@ -53,10 +55,12 @@ impl PyI3d {
         clips: &Bound<'py, PyAny>,
         value_range: Option<(f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor_keep_u8(clips, "clips")?;
-        let range = value_range_for(&x, value_range)?;
-        let out = py.detach(|| self.inner.logits(&prepare(&x, range)?)).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = to_tensor_keep_u8(clips, "clips")?;
+            let range = value_range_for(&x, value_range)?;
+            let out = py.detach(|| self.inner.logits(&prepare(&x, range)?)).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// The network's input made from clips (what `features` feeds it): `(N, T, 224, 224, 3)` float32 in [-1, 1].
@@ -67,17 +71,21 @@ impl PyI3d {
         clips: &Bound<'py, PyAny>,
         value_range: Option<(f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor_keep_u8(clips, "clips")?;
-        let range = value_range_for(&x, value_range)?;
-        let out = py.detach(|| prepare(&x, range)).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = to_tensor_keep_u8(clips, "clips")?;
+            let range = value_range_for(&x, value_range)?;
+            let out = py.detach(|| prepare(&x, range)).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// The raw network: logits of clips already at 224×224 in [-1, 1], float32 `(N, T, 224, 224, 3)`.
     fn logits<'py>(&self, py: Python<'py>, clips: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor_keep_u8(clips, "clips")?;
-        let out = py.detach(|| self.inner.logits(&x)).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = to_tensor_keep_u8(clips, "clips")?;
+            let out = py.detach(|| self.inner.logits(&x)).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     fn __repr__(&self) -> String {

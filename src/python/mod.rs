@@ -25,9 +25,29 @@ pub(crate) fn to_py_err(e: LatteError) -> PyErr {
         }
         LatteError::SafeTensors(_) => PyValueError::new_err(msg),
         LatteError::Type(_) => PyTypeError::new_err(msg),
+        LatteError::Memory(_) => PyMemoryError::new_err(msg),
         LatteError::NotFound(_) => PyFileNotFoundError::new_err(msg),
         LatteError::Io(_) => PyOSError::new_err(msg),
         LatteError::Unsupported(_) | LatteError::Candle(_) => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Runs a binding's body and turns a panic that escapes it into a `RuntimeError` that says it is a bug, instead
+/// of pyo3's `PanicException` (a `BaseException`, which `except Exception` does not catch). Every method that
+/// returns a `PyResult` runs in one; the core is meant never to panic on any input, so this is the last line.
+pub(crate) fn guard<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "latte-rs internal error (a bug; please report it with the call that caused it): {msg}"
+            )))
+        }
     }
 }
 

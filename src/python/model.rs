@@ -71,8 +71,14 @@ fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> Py
         }
         let mut trial = value.clone();
         trial[&key] = py_to_json(&v, &key)?;
-        if let Err(e) = serde_json::from_value::<LatteConfig>(trial.clone()) {
-            return Err(PyValueError::new_err(format!("{key}: {e}")));
+        if let Err(e) = crate::error::from_json_value::<LatteConfig>(trial.clone()) {
+            // The path already names the key when the value is the problem.
+            let msg = if e.starts_with(&format!("{key}:")) {
+                e
+            } else {
+                format!("{key}: {e}")
+            };
+            return Err(PyValueError::new_err(msg));
         }
         value = trial;
     }
@@ -91,9 +97,11 @@ impl PyLatteConfig {
     #[new]
     #[pyo3(signature = (**kwargs))]
     fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let inner = apply_overrides(&LatteConfig::default(), kwargs)?;
-        inner.validate().py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = apply_overrides(&LatteConfig::default(), kwargs)?;
+            inner.validate().py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// A preset by name ("Latte-S/2" ... "Latte-XL/8") with keyword overrides; `image_size` (pixels) sets
@@ -101,9 +109,11 @@ impl PyLatteConfig {
     #[staticmethod]
     #[pyo3(signature = (name, **kwargs))]
     fn preset(name: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let inner = apply_overrides(&LatteConfig::preset(name).py()?, kwargs)?;
-        inner.validate().py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = apply_overrides(&LatteConfig::preset(name).py()?, kwargs)?;
+            inner.validate().py()?;
+            Ok(Self { inner })
+        })
     }
 
     #[staticmethod]
@@ -114,41 +124,47 @@ impl PyLatteConfig {
     /// A copy with some fields changed.
     #[pyo3(signature = (**kwargs))]
     fn replace(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let inner = apply_overrides(&self.inner, kwargs)?;
-        inner.validate().py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = apply_overrides(&self.inner, kwargs)?;
+            inner.validate().py()?;
+            Ok(Self { inner })
+        })
     }
 
     fn to_json(&self) -> PyResult<String> {
-        self.inner.to_json().py()
+        crate::python::guard(move || self.inner.to_json().py())
     }
 
     #[staticmethod]
     fn from_json(s: &str) -> PyResult<Self> {
-        Ok(Self {
-            inner: LatteConfig::from_json(s).py()?,
+        crate::python::guard(move || {
+            Ok(Self {
+                inner: LatteConfig::from_json(s).py()?,
+            })
         })
     }
 
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        if let Value::Object(m) = serde_json::to_value(&self.inner).py()? {
-            for (k, v) in m {
-                d.set_item(k, json_to_py(py, &v)?)?;
+        crate::python::guard(move || {
+            let d = PyDict::new(py);
+            if let Value::Object(m) = serde_json::to_value(&self.inner).py()? {
+                for (k, v) in m {
+                    d.set_item(k, json_to_py(py, &v)?)?;
+                }
             }
-        }
-        Ok(d)
+            Ok(d)
+        })
     }
 
     #[staticmethod]
     fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
-        Self::new(Some(d))
+        crate::python::guard(move || Self::new(Some(d)))
     }
 
     /// Parameter count (`trainable_only`: without the fixed sin-cos tables), without allocating the model.
     #[pyo3(signature = (trainable_only = true))]
     fn num_parameters(&self, trainable_only: bool) -> PyResult<usize> {
-        self.inner.num_parameters(trainable_only).py()
+        crate::python::guard(move || self.inner.num_parameters(trainable_only).py())
     }
 
     #[getter]
@@ -157,13 +173,15 @@ impl PyLatteConfig {
     }
 
     fn __getattr__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        let value = serde_json::to_value(&self.inner).py()?;
-        match value.get(name) {
-            Some(v) => json_to_py(py, v),
-            None => Err(PyAttributeError::new_err(format!(
-                "LatteConfig has no attribute {name:?}"
-            ))),
-        }
+        crate::python::guard(move || {
+            let value = serde_json::to_value(&self.inner).py()?;
+            match value.get(name) {
+                Some(v) => json_to_py(py, v),
+                None => Err(PyAttributeError::new_err(format!(
+                    "LatteConfig has no attribute {name:?}"
+                ))),
+            }
+        })
     }
 
     fn __dir__(&self) -> Vec<String> {
@@ -198,8 +216,10 @@ impl PyLatteConfig {
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (String,))> {
-        let cls = py.get_type::<Self>().getattr("from_json")?;
-        Ok((cls, (self.to_json()?,)))
+        crate::python::guard(move || {
+            let cls = py.get_type::<Self>().getattr("from_json")?;
+            Ok((cls, (self.to_json()?,)))
+        })
     }
 }
 
@@ -214,11 +234,13 @@ impl PyLatteModel {
     #[new]
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
     fn new(py: Python<'_>, config: &PyLatteConfig, device: &str, seed: u64, dtype: &str) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let dtype = parse_dtype(dtype).py()?;
-        let cfg = config.inner.clone();
-        let inner = py.detach(|| LatteModel::new(&cfg, &device, dtype, seed)).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let device = parse_device(device).py()?;
+            let dtype = parse_dtype(dtype).py()?;
+            let cfg = config.inner.clone();
+            let inner = py.detach(|| LatteModel::new(&cfg, &device, dtype, seed)).py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// Predicted noise (and variance values with learn_sigma): (B, F, C_out, H, W).
@@ -231,13 +253,15 @@ impl PyLatteModel {
         y: Option<&Bound<'py, PyAny>>,
         y_image: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor(x, "x")?;
-        let t = to_tensor(t, "t")?;
-        let y = y.map(|v| to_tensor(v, "y")).transpose()?;
-        let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
-        let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
-        let out = py.detach(|| self.inner.forward(&x, &t, &cond)).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = to_tensor(x, "x")?;
+            let t = to_tensor(t, "t")?;
+            let y = y.map(|v| to_tensor(v, "y")).transpose()?;
+            let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
+            let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
+            let out = py.detach(|| self.inner.forward(&x, &t, &cond)).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// Same as calling the model.
@@ -250,7 +274,7 @@ impl PyLatteModel {
         y: Option<&Bound<'py, PyAny>>,
         y_image: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.__call__(py, x, t, y, y_image)
+        crate::python::guard(move || self.__call__(py, x, t, y, y_image))
     }
 
     /// Classifier-free guidance exactly as the official `forward_with_cfg`.
@@ -263,13 +287,15 @@ impl PyLatteModel {
         y: Option<&Bound<'py, PyAny>>,
         cfg_scale: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = to_tensor(x, "x")?;
-        let t = to_tensor(t, "t")?;
-        let y = y.map(|v| to_tensor(v, "y")).transpose()?;
-        let out = py
-            .detach(|| self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale))
-            .py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = to_tensor(x, "x")?;
+            let t = to_tensor(t, "t")?;
+            let y = y.map(|v| to_tensor(v, "y")).transpose()?;
+            let out = py
+                .detach(|| self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale))
+                .py()?;
+            to_numpy(py, &out)
+        })
     }
 
     #[pyo3(signature = (trainable_only = true))]
@@ -279,7 +305,7 @@ impl PyLatteModel {
 
     /// Every parameter by its official name, as NumPy arrays (copies).
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        state_dict_to_py(py, &self.inner.state_dict())
+        crate::python::guard(move || state_dict_to_py(py, &self.inner.state_dict()))
     }
 
     /// Loads parameters by name; returns (missing_keys, unexpected_keys). Raises ValueError listing missing,
@@ -291,14 +317,16 @@ impl PyLatteModel {
         state_dict: &Bound<'_, PyDict>,
         strict: bool,
     ) -> PyResult<(Vec<String>, Vec<String>)> {
-        let map = state_dict_from_py(state_dict, "state_dict")?;
-        let report = py.detach(|| self.inner.load_state_dict(&map, strict)).py()?;
-        Ok((report.missing, report.unexpected))
+        crate::python::guard(move || {
+            let map = state_dict_from_py(state_dict, "state_dict")?;
+            let report = py.detach(|| self.inner.load_state_dict(&map, strict)).py()?;
+            Ok((report.missing, report.unexpected))
+        })
     }
 
     /// Writes parameters and config to one safetensors file, atomically.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.inner.save(&path)).py()
+        crate::python::guard(move || py.detach(|| self.inner.save(&path)).py())
     }
 
     /// Loads an official Latte checkpoint (`.pt`, read without running pickled code), a safetensors file or a
@@ -314,22 +342,26 @@ impl PyLatteModel {
         device: &str,
         overrides: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let overrides: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&dict_to_json(py, overrides)?).map_err(|e| PyTypeError::new_err(e.to_string()))?;
-        let (inner, _) = py
-            .detach(|| LatteModel::from_checkpoint(&path, preset.as_deref(), use_ema, &overrides, &device))
-            .py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let device = parse_device(device).py()?;
+            let overrides: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&dict_to_json(py, overrides)?).map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let (inner, _) = py
+                .detach(|| LatteModel::from_checkpoint(&path, preset.as_deref(), use_ema, &overrides, &device))
+                .py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// Reads a file written by `save`.
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu"))]
     fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let inner = py.detach(|| LatteModel::load(&path, &device)).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let device = parse_device(device).py()?;
+            let inner = py.detach(|| LatteModel::load(&path, &device)).py()?;
+            Ok(Self { inner })
+        })
     }
 
     #[getter]

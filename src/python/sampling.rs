@@ -180,23 +180,25 @@ pub(crate) fn sample<'py>(
     seed: u64,
     callback: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let model = denoiser(model)?;
-    let scheduler = self::scheduler(scheduler, sampler, clip_denoised)?;
-    let uncond = negative_encoder_hidden_states
-        .map(|t| condition(None, None, Some(t), negative_encoder_attention_mask))
-        .transpose()?;
-    let inputs = SampleInputs {
-        noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
-        num_samples,
-        latent_shape,
-        cond: condition(y, y_image, encoder_hidden_states, encoder_attention_mask)?,
-        opts: SamplingOptions {
-            num_inference_steps,
-            guidance_scale,
-            uncond,
-            eta,
-        },
-        seed,
-    };
-    run(py, model, scheduler, inputs, callback)
+    crate::python::guard(move || {
+        let model = denoiser(model)?;
+        let scheduler = self::scheduler(scheduler, sampler, clip_denoised)?;
+        let uncond = negative_encoder_hidden_states
+            .map(|t| condition(None, None, Some(t), negative_encoder_attention_mask))
+            .transpose()?;
+        let inputs = SampleInputs {
+            noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
+            num_samples,
+            latent_shape,
+            cond: condition(y, y_image, encoder_hidden_states, encoder_attention_mask)?,
+            opts: SamplingOptions {
+                num_inference_steps,
+                guidance_scale,
+                uncond,
+                eta,
+            },
+            seed,
+        };
+        run(py, model, scheduler, inputs, callback)
+    })
 }

@@ -55,8 +55,11 @@ impl PyGenerator {
 
     /// Standard normal float32 draws of the given shape.
     fn randn<'py>(&self, py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyAny>> {
-        let t = self.lock().randn(&shape, DType::F32, &Device::Cpu).py()?;
-        to_numpy(py, &t)
+        crate::python::guard(move || {
+            crate::limits::ensure_tensor_fits("shape", &shape, 8, 1).py()?;
+            let t = self.lock().randn(&shape, DType::F32, &Device::Cpu).py()?;
+            to_numpy(py, &t)
+        })
     }
 }
 
@@ -121,20 +124,24 @@ impl PyScheduler {
     /// `kind`: "ddpm", "ddim", "euler" or "dpmsolver"; `config_json`: diffusers' config keys.
     #[new]
     fn new(kind: &str, config_json: &str) -> PyResult<Self> {
-        let config: SchedulerConfig =
-            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
-        Ok(Self {
-            inner: by_kind(kind, config).py()?,
+        crate::python::guard(move || {
+            let config: SchedulerConfig = crate::error::parse_json(config_json.as_bytes())
+                .map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
+            Ok(Self {
+                inner: by_kind(kind, config).py()?,
+            })
         })
     }
 
     /// The full config (with keys this crate does not use) as JSON.
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(self.config()?).map_err(|e| PyValueError::new_err(e.to_string()))
+        crate::python::guard(move || {
+            serde_json::to_string(self.config()?).map_err(|e| PyValueError::new_err(e.to_string()))
+        })
     }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
-        self.inner.set_timesteps(num_inference_steps).py()
+        crate::python::guard(move || self.inner.set_timesteps(num_inference_steps).py())
     }
 
     /// The schedule's timesteps (int64, or float32 for Euler, as diffusers).
@@ -174,9 +181,11 @@ impl PyScheduler {
         sample: &Bound<'py, PyAny>,
         timestep: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sample = float_tensor(sample, "sample")?;
-        let out = self.inner.scale_model_input(&sample, timestep).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let sample = float_tensor(sample, "sample")?;
+            let out = self.inner.scale_model_input(&sample, timestep).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// One step: (prev_sample, pred_original_sample). Stochastic steps take their noise from `variance_noise`,
@@ -201,28 +210,30 @@ impl PyScheduler {
         generator: Option<&Bound<'py, PyAny>>,
         variance_noise: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let sample = float_tensor(sample, "sample")?;
-        let out = float_tensor(model_output, "model_output")?
-            .to_dtype(sample.dtype())
-            .py()?;
-        let variance_noise = variance_noise.map(|n| float_tensor(n, "variance_noise")).transpose()?;
-        let churn = Churn {
-            s_churn,
-            s_tmin,
-            s_tmax,
-            s_noise,
-        };
-        let scheduler = &mut self.inner;
-        let r = run_step(generator, variance_noise.as_ref(), |noise| {
-            let mut opts = StepOptions {
-                eta,
-                use_clipped_model_output,
-                churn,
-                noise,
+        crate::python::guard(move || {
+            let sample = float_tensor(sample, "sample")?;
+            let out = float_tensor(model_output, "model_output")?
+                .to_dtype(sample.dtype())
+                .py()?;
+            let variance_noise = variance_noise.map(|n| float_tensor(n, "variance_noise")).transpose()?;
+            let churn = Churn {
+                s_churn,
+                s_tmin,
+                s_tmax,
+                s_noise,
             };
-            scheduler.step(&out, timestep, &sample, &mut opts)
-        })?;
-        Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
+            let scheduler = &mut self.inner;
+            let r = run_step(generator, variance_noise.as_ref(), |noise| {
+                let mut opts = StepOptions {
+                    eta,
+                    use_clipped_model_output,
+                    churn,
+                    noise,
+                };
+                scheduler.step(&out, timestep, &sample, &mut opts)
+            })?;
+            Ok((to_numpy(py, &r.prev_sample)?, to_numpy(py, &r.pred_original_sample)?))
+        })
     }
 
     /// q(x_t | x₀) at `timesteps`: one per sample, or one for the whole batch.
@@ -233,19 +244,21 @@ impl PyScheduler {
         noise: &Bound<'py, PyAny>,
         timesteps: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = float_tensor(original_samples, "original_samples")?;
-        let n = float_tensor(noise, "noise")?;
-        let t = to_tensor(timesteps, "timesteps")?
-            .flatten_all()
-            .and_then(|t| t.to_dtype(DType::F64)?.to_vec1::<f64>())
-            .py()?;
-        let out = py
-            .detach(|| self.inner.add_noise(&x, &n.to_dtype(x.dtype())?, &t))
-            .py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = float_tensor(original_samples, "original_samples")?;
+            let n = float_tensor(noise, "noise")?;
+            let t = to_tensor(timesteps, "timesteps")?
+                .flatten_all()
+                .and_then(|t| t.to_dtype(DType::F64)?.to_vec1::<f64>())
+                .py()?;
+            let out = py
+                .detach(|| self.inner.add_noise(&x, &n.to_dtype(x.dtype())?, &t))
+                .py()?;
+            to_numpy(py, &out)
+        })
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        Ok(self.config()?.num_train_timesteps)
+        crate::python::guard(move || Ok(self.config()?.num_train_timesteps))
     }
 }

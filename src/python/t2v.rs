@@ -33,11 +33,13 @@ impl PyLatteT2V {
     #[new]
     #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32"))]
     fn new(py: Python<'_>, config: Option<&Bound<'_, PyDict>>, seed: u64, device: &str, dtype: &str) -> PyResult<Self> {
-        let cfg = LatteT2VConfig::from_json(&dict_to_json(py, config)?).py()?;
-        let device = parse_device(device).py()?;
-        let dtype = parse_dtype(dtype).py()?;
-        let inner = py.detach(|| LatteT2VModel::new(&cfg, &device, dtype, seed)).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let cfg = LatteT2VConfig::from_json(&dict_to_json(py, config)?).py()?;
+            let device = parse_device(device).py()?;
+            let dtype = parse_dtype(dtype).py()?;
+            let inner = py.detach(|| LatteT2VModel::new(&cfg, &device, dtype, seed)).py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// Loads a diffusers `transformer/` folder (`config.json` + safetensors, sharded or not). `dtype` None keeps
@@ -45,8 +47,10 @@ impl PyLatteT2V {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = None))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
-        let inner = load_folder(py, &path, device, dtype, LatteT2VModel::from_pretrained)?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = load_folder(py, &path, device, dtype, LatteT2VModel::from_pretrained)?;
+            Ok(Self { inner })
+        })
     }
 
     /// The denoiser's output `(B, out_channels, F, H, W)` for latents `(B, in_channels, F, H, W)` (F =
@@ -60,15 +64,17 @@ impl PyLatteT2V {
         encoder_hidden_states: &Bound<'py, PyAny>,
         enable_temporal_attentions: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = float_tensor(hidden_states, "hidden_states")?;
-        let t = to_tensor(timestep, "timestep")?;
-        let text = Condition::Text {
-            embeddings: float_tensor(encoder_hidden_states, "encoder_hidden_states")?,
-            mask: None,
-        };
-        let model = self.inner.with_temporal_attention(enable_temporal_attentions);
-        let out = py.detach(|| model.forward(&x, &t, &text)).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let x = float_tensor(hidden_states, "hidden_states")?;
+            let t = to_tensor(timestep, "timestep")?;
+            let text = Condition::Text {
+                embeddings: float_tensor(encoder_hidden_states, "encoder_hidden_states")?,
+                mask: None,
+            };
+            let model = self.inner.with_temporal_attention(enable_temporal_attentions);
+            let out = py.detach(|| model.forward(&x, &t, &text)).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// The same transformer (sharing its parameters) with the temporal blocks on or off, as diffusers'
@@ -81,19 +87,21 @@ impl PyLatteT2V {
 
     /// Every parameter by its diffusers name.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        state_dict_to_py(py, &self.inner.state_dict())
+        crate::python::guard(move || state_dict_to_py(py, &self.inner.state_dict()))
     }
 
     /// Loads parameters by name, strictly (missing, unexpected and mis-shaped keys are listed in a ValueError).
     fn load_state_dict(&self, state_dict: &Bound<'_, PyDict>) -> PyResult<()> {
-        let map = state_dict_from_py(state_dict, "state_dict")?;
-        self.inner.load_state_dict(&map, None).py()
+        crate::python::guard(move || {
+            let map = state_dict_from_py(state_dict, "state_dict")?;
+            self.inner.load_state_dict(&map, None).py()
+        })
     }
 
     /// The config as diffusers' `config.json` keys.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, &self.inner.config().to_json().py()?)
+        crate::python::guard(move || json_to_py(py, &self.inner.config().to_json().py()?))
     }
 
     fn num_parameters(&self) -> usize {
@@ -125,8 +133,10 @@ impl PyT5 {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = None))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
-        let inner = load_folder(py, &path, device, dtype, T5EncoderModel::from_pretrained)?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = load_folder(py, &path, device, dtype, T5EncoderModel::from_pretrained)?;
+            Ok(Self { inner })
+        })
     }
 
     /// Hidden states `(B, L, d_model)` of token ids `(B, L)`; `attention_mask` (B, L) of 0/1 marks padding.
@@ -137,10 +147,12 @@ impl PyT5 {
         input_ids: &Bound<'py, PyAny>,
         attention_mask: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let ids = int_tensor(input_ids, "input_ids", "integer token ids")?;
-        let mask = attention_mask.map(|m| to_tensor(m, "attention_mask")).transpose()?;
-        let out = py.detach(|| self.inner.encode(&ids, mask.as_ref())).py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let ids = int_tensor(input_ids, "input_ids", "integer token ids")?;
+            let mask = attention_mask.map(|m| to_tensor(m, "attention_mask")).transpose()?;
+            let out = py.detach(|| self.inner.encode(&ids, mask.as_ref())).py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// The empty prompt's features `(1, max_length, d_model)` and mask `(1, max_length)` (`</s>` then padding,
@@ -151,8 +163,10 @@ impl PyT5 {
         py: Python<'py>,
         max_length: usize,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let (features, mask) = py.detach(|| self.inner.empty_prompt(max_length)).py()?;
-        Ok((to_numpy(py, &features)?, to_numpy(py, &mask)?))
+        crate::python::guard(move || {
+            let (features, mask) = py.detach(|| self.inner.empty_prompt(max_length)).py()?;
+            Ok((to_numpy(py, &features)?, to_numpy(py, &mask)?))
+        })
     }
 
     #[getter]

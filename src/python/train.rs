@@ -75,26 +75,28 @@ impl PyTrainer {
         skip_nonfinite: bool,
         seed: u64,
     ) -> PyResult<Self> {
-        let opts = TrainerOptions {
-            optimizer: AdamWConfig {
-                lr,
-                beta1: betas.0,
-                beta2: betas.1,
-                eps,
-                weight_decay,
-            },
-            warmup_steps,
-            ema_decay,
-            grad_clip,
-            clip_start_step,
-            grad_accumulation,
-            gradient_checkpointing,
-            skip_nonfinite,
-            seed,
-        };
-        let (m, d) = (&model.inner, &diffusion.inner);
-        let inner = py.detach(|| Trainer::new(m, d, opts)).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let opts = TrainerOptions {
+                optimizer: AdamWConfig {
+                    lr,
+                    beta1: betas.0,
+                    beta2: betas.1,
+                    eps,
+                    weight_decay,
+                },
+                warmup_steps,
+                ema_decay,
+                grad_clip,
+                clip_start_step,
+                grad_accumulation,
+                gradient_checkpointing,
+                skip_nonfinite,
+                seed,
+            };
+            let (m, d) = (&model.inner, &diffusion.inner);
+            let inner = py.detach(|| Trainer::new(m, d, opts)).py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// One optimiser step on clean latents (B, F, C, H, W); returns the step's statistics.
@@ -106,59 +108,71 @@ impl PyTrainer {
         labels: Option<&Bound<'py, PyAny>>,
         image_labels: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let x = to_tensor(latents, "latents")?;
-        let y = labels.map(|l| to_tensor(l, "labels")).transpose()?;
-        let yi = image_labels.map(|l| to_tensor(l, "image_labels")).transpose()?;
-        let inner = &mut self.inner;
-        let stats = py.detach(|| inner.step(&x, y.as_ref(), yi.as_ref())).py()?;
-        stats_dict(py, &stats)
+        crate::python::guard(move || {
+            let x = to_tensor(latents, "latents")?;
+            let y = labels.map(|l| to_tensor(l, "labels")).transpose()?;
+            let yi = image_labels.map(|l| to_tensor(l, "image_labels")).transpose()?;
+            let inner = &mut self.inner;
+            let stats = py.detach(|| inner.step(&x, y.as_ref(), yi.as_ref())).py()?;
+            stats_dict(py, &stats)
+        })
     }
 
     /// One optimiser step from gradients computed elsewhere, by parameter name.
     fn apply_gradients<'py>(&mut self, py: Python<'py>, grads: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
-        let mut map = HashMap::new();
-        for (k, v) in grads.iter() {
-            let name: String = k
-                .extract()
-                .map_err(|_| PyTypeError::new_err("grads: keys must be parameter names (str)"))?;
-            let t = to_tensor(&v, &format!("grads[{name:?}]"))?;
-            map.insert(name, t);
-        }
-        let inner = &mut self.inner;
-        let stats = py.detach(|| inner.apply_gradients(&map)).py()?;
-        stats_dict(py, &stats)
+        crate::python::guard(move || {
+            let mut map = HashMap::new();
+            for (k, v) in grads.iter() {
+                let name: String = k
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("grads: keys must be parameter names (str)"))?;
+                let t = to_tensor(&v, &format!("grads[{name:?}]"))?;
+                map.insert(name, t);
+            }
+            let inner = &mut self.inner;
+            let stats = py.detach(|| inner.apply_gradients(&map)).py()?;
+            stats_dict(py, &stats)
+        })
     }
 
     /// Writes a resumable checkpoint directory atomically.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let inner = &self.inner;
-        py.detach(|| inner.save(&path)).py()
+        crate::python::guard(move || {
+            let inner = &self.inner;
+            py.detach(|| inner.save(&path)).py()
+        })
     }
 
     /// The trainer saved in `path`, continuing exactly where it stopped.
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu"))]
     fn resume(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
-        let device = parse_device(device).py()?;
-        let inner = py.detach(|| Trainer::resume(&path, &device)).py()?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let device = parse_device(device).py()?;
+            let inner = py.detach(|| Trainer::resume(&path, &device)).py()?;
+            Ok(Self { inner })
+        })
     }
 
     /// The EMA weights as a new model (f32, or f64 for an f64 model).
     fn ema_model(&self, py: Python<'_>) -> PyResult<PyLatteModel> {
-        let inner = &self.inner;
-        Ok(PyLatteModel {
-            inner: py.detach(|| inner.ema_model()).py()?,
+        crate::python::guard(move || {
+            let inner = &self.inner;
+            Ok(PyLatteModel {
+                inner: py.detach(|| inner.ema_model()).py()?,
+            })
         })
     }
 
     /// The EMA weights by parameter name.
     fn ema_state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (name, t) in self.inner.ema_state_dict().py()? {
-            d.set_item(name, to_numpy(py, &t)?)?;
-        }
-        Ok(d)
+        crate::python::guard(move || {
+            let d = PyDict::new(py);
+            for (name, t) in self.inner.ema_state_dict().py()? {
+                d.set_item(name, to_numpy(py, &t)?)?;
+            }
+            Ok(d)
+        })
     }
 
     /// The model being trained (shares its weights with the trainer).
@@ -190,29 +204,33 @@ impl PyTrainer {
     /// The options as a dict (the constructor's keyword arguments).
     #[getter]
     fn options<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let o = self.inner.options();
-        let d = PyDict::new(py);
-        d.set_item("lr", o.optimizer.lr)?;
-        d.set_item("betas", (o.optimizer.beta1, o.optimizer.beta2))?;
-        d.set_item("eps", o.optimizer.eps)?;
-        d.set_item("weight_decay", o.optimizer.weight_decay)?;
-        d.set_item("warmup_steps", o.warmup_steps)?;
-        d.set_item("ema_decay", o.ema_decay)?;
-        d.set_item("grad_clip", o.grad_clip)?;
-        d.set_item("clip_start_step", o.clip_start_step)?;
-        d.set_item("grad_accumulation", o.grad_accumulation)?;
-        d.set_item("gradient_checkpointing", o.gradient_checkpointing)?;
-        d.set_item("skip_nonfinite", o.skip_nonfinite)?;
-        d.set_item("seed", o.seed)?;
-        Ok(d)
+        crate::python::guard(move || {
+            let o = self.inner.options();
+            let d = PyDict::new(py);
+            d.set_item("lr", o.optimizer.lr)?;
+            d.set_item("betas", (o.optimizer.beta1, o.optimizer.beta2))?;
+            d.set_item("eps", o.optimizer.eps)?;
+            d.set_item("weight_decay", o.optimizer.weight_decay)?;
+            d.set_item("warmup_steps", o.warmup_steps)?;
+            d.set_item("ema_decay", o.ema_decay)?;
+            d.set_item("grad_clip", o.grad_clip)?;
+            d.set_item("clip_start_step", o.clip_start_step)?;
+            d.set_item("grad_accumulation", o.grad_accumulation)?;
+            d.set_item("gradient_checkpointing", o.gradient_checkpointing)?;
+            d.set_item("skip_nonfinite", o.skip_nonfinite)?;
+            d.set_item("seed", o.seed)?;
+            Ok(d)
+        })
     }
 
     /// The learning rate of the 1-based optimiser step `step` (warm-up, then constant).
     fn lr_at(&self, step: u64) -> PyResult<f64> {
-        if step == 0 {
-            return Err(PyValueError::new_err("step: expected a 1-based step >= 1, got 0"));
-        }
-        Ok(self.inner.options().lr_at(step))
+        crate::python::guard(move || {
+            if step == 0 {
+                return Err(PyValueError::new_err("step: expected a 1-based step >= 1, got 0"));
+            }
+            Ok(self.inner.options().lr_at(step))
+        })
     }
 
     fn __repr__(&self) -> String {

@@ -68,10 +68,12 @@ impl PyVideoVae {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = "float32"))]
     fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
-        let inner = load_folder(py, &path, device, Some(dtype), |path, device, dtype| {
-            AutoencoderKl::from_pretrained(path, device, dtype.unwrap_or(DType::F32))
-        })?;
-        Ok(Self { inner })
+        crate::python::guard(move || {
+            let inner = load_folder(py, &path, device, Some(dtype), |path, device, dtype| {
+                AutoencoderKl::from_pretrained(path, device, dtype.unwrap_or(DType::F32))
+            })?;
+            Ok(Self { inner })
+        })
     }
 
     /// Latents × scaling_factor of frames in [-1, 1]: a sample (seeded by `seed`) or, with `sample=False`, the
@@ -85,16 +87,18 @@ impl PyVideoVae {
         seed: u64,
         chunk_size: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
-        let mut rng = Generator::new(seed);
-        let out = py
-            .detach(|| {
-                self.chunked(x, &lead, chunk_size, |c| {
-                    Ok(self.inner.encode(c, if sample { Some(&mut rng) } else { None })?)
+        crate::python::guard(move || {
+            let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
+            let mut rng = Generator::new(seed);
+            let out = py
+                .detach(|| {
+                    self.chunked(x, &lead, chunk_size, |c| {
+                        Ok(self.inner.encode(c, if sample { Some(&mut rng) } else { None })?)
+                    })
                 })
-            })
-            .py()?;
-        to_numpy(py, &out)
+                .py()?;
+            to_numpy(py, &out)
+        })
     }
 
     /// The latent distribution's (mean, logvar) of frames in [-1, 1], unscaled.
@@ -105,20 +109,22 @@ impl PyVideoVae {
         video: &Bound<'py, PyAny>,
         chunk_size: usize,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
-        let l = self.inner.config().latent_channels;
-        let both = py
-            .detach(|| {
-                self.chunked(x, &lead, chunk_size, |c| {
-                    let (m, v) = self.inner.encode_moments(c)?;
-                    Ok(Tensor::cat(&[&m, &v], 1)?)
+        crate::python::guard(move || {
+            let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
+            let l = self.inner.config().latent_channels;
+            let both = py
+                .detach(|| {
+                    self.chunked(x, &lead, chunk_size, |c| {
+                        let (m, v) = self.inner.encode_moments(c)?;
+                        Ok(Tensor::cat(&[&m, &v], 1)?)
+                    })
                 })
-            })
-            .py()?;
-        let axis = both.rank() - 3;
-        let mean = both.narrow(axis, 0, l).py()?;
-        let logvar = both.narrow(axis, l, l).py()?;
-        Ok((to_numpy(py, &mean)?, to_numpy(py, &logvar)?))
+                .py()?;
+            let axis = both.rank() - 3;
+            let mean = both.narrow(axis, 0, l).py()?;
+            let logvar = both.narrow(axis, l, l).py()?;
+            Ok((to_numpy(py, &mean)?, to_numpy(py, &logvar)?))
+        })
     }
 
     /// Frames from latents × scaling_factor (what `encode` returns), `chunk_size` frames at a time.
@@ -129,12 +135,14 @@ impl PyVideoVae {
         latents: &Bound<'py, PyAny>,
         chunk_size: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (z, lead) = frames(latents, "latents", self.inner.config().latent_channels)?;
-        let scale = self.inner.config().scaling_factor;
-        let out = py
-            .detach(|| self.chunked(z, &lead, chunk_size, |c| Ok(self.inner.decode(&(c / scale)?)?)))
-            .py()?;
-        to_numpy(py, &out)
+        crate::python::guard(move || {
+            let (z, lead) = frames(latents, "latents", self.inner.config().latent_channels)?;
+            let scale = self.inner.config().scaling_factor;
+            let out = py
+                .detach(|| self.chunked(z, &lead, chunk_size, |c| Ok(self.inner.decode(&(c / scale)?)?)))
+                .py()?;
+            to_numpy(py, &out)
+        })
     }
 
     #[getter]

@@ -339,7 +339,7 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
         LatteError::NotFound(p) => LatteError::NotFound(format!("{p} (not a latte-rs trainer checkpoint)")),
         e => e,
     })?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(&manifest_path, e))?;
+    let manifest: Manifest = crate::error::parse_json(&bytes).map_err(|e| corrupt(&manifest_path, e))?;
     if manifest.format != FORMAT || manifest.version > VERSION {
         return Err(corrupt(
             &manifest_path,
@@ -375,7 +375,10 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
     };
     let model = LatteModel::from_model_file(file(MODEL_FILE)?, &dir.join(MODEL_FILE), device)?;
     let diffusion: GaussianDiffusion =
-        serde_json::from_slice(file(DIFFUSION_FILE)?).map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
+        crate::error::parse_json(file(DIFFUSION_FILE)?).map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
+    diffusion
+        .validate()
+        .map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
     let opt = candle_core::safetensors::load_buffer(file(OPTIMIZER_FILE)?, &Device::Cpu)?;
     let ema = candle_core::safetensors::load_buffer(file(EMA_FILE)?, &Device::Cpu)?;
     let mut trainer = Trainer::new(&model, &diffusion, manifest.options)?;

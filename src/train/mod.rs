@@ -22,7 +22,7 @@ use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
 use crate::model::{Condition, Denoiser, LatteModel};
 use crate::rng::Generator;
-use optim::{adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Update};
+use optim::{adamw_stays_finite, adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Update};
 
 /// The trainer's options; the defaults are the official Latte recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,8 +73,9 @@ impl TrainerOptions {
                 return Err(value_error(name, "a value in [0, 1)", b));
             }
         }
-        if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(value_error("eps", "a finite number > 0", o.eps));
+        // Below 1e-30 eps is 0 or subnormal in float32, and AdamW divides 0 by it where a gradient is 0.
+        if !(o.eps.is_finite() && o.eps >= 1e-30) {
+            return Err(value_error("eps", "a finite number >= 1e-30", format!("{:?}", o.eps)));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return Err(value_error("weight_decay", "a finite number >= 0", o.weight_decay));
@@ -209,7 +210,7 @@ impl<T: Float> Buffers<T> {
         opts: &TrainerOptions,
         grads: &[Tensor],
         pending: Pending,
-    ) -> Result<(f64, bool)> {
+    ) -> Result<(f64, Skip)> {
         let Pending {
             loss,
             loss_scale,
@@ -227,7 +228,7 @@ impl<T: Float> Buffers<T> {
         }
         let norm = sum_sq.sqrt() / loss_scale;
         if !(loss.is_finite() && norm.is_finite()) {
-            return Ok((norm, false));
+            return Ok((norm, Skip::NonFinite));
         }
         // Clipping (torch's clip_grad_norm_ factor) and unscaling fold into one factor on each gradient.
         let update = Update {
@@ -235,6 +236,22 @@ impl<T: Float> Buffers<T> {
             lr,
             grad_scale: clip.map_or(1.0, |max| clip_coefficient(norm, max)) / loss_scale,
         };
+        // Finite gradients can still overflow a parameter (a huge learning rate or weight decay): the step is
+        // tried on copies first and refused as a whole, so that no parameter is ever left non-finite.
+        for (i, (var, g)) in vars.iter().zip(&grads).enumerate() {
+            let (m, v) = (&self.m[i], &self.v[i]);
+            let finite = with_slice::<T, _>(g, |g| -> Result<bool> {
+                Ok(match self.master.as_ref() {
+                    Some(ms) => adamw_stays_finite(&ms[i], g, m, v, update, &opts.optimizer),
+                    None => with_slice::<T, _>(var.as_tensor(), |p| {
+                        adamw_stays_finite(p, g, m, v, update, &opts.optimizer)
+                    })?,
+                })
+            })??;
+            if !finite {
+                return Ok((norm, Skip::Overflow));
+            }
+        }
         for (i, (var, g)) in vars.iter().zip(&grads).enumerate() {
             let (m, v, ema) = (&mut self.m[i], &mut self.v[i], &mut self.ema[i]);
             let master = self.master.as_mut().map(|ms| &mut ms[i]);
@@ -266,8 +283,18 @@ impl<T: Float> Buffers<T> {
                 Ok(())
             })??;
         }
-        Ok((norm, true))
+        Ok((norm, Skip::No))
     }
+}
+
+/// Why [`Buffers::apply`] did not apply a step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    No,
+    /// The loss or the gradients are not finite.
+    NonFinite,
+    /// The update would make a parameter or a moment non-finite.
+    Overflow,
 }
 
 /// Runs `f` on the values of `t` without copying when it is a contiguous CPU tensor of dtype `T`, else on a copy.
@@ -402,6 +429,9 @@ impl Trainer {
         }
         // The model's own checks (clip shape against its config, finite values), once per step.
         self.model.check_latents(x0)?;
+        let mut micro = x0.dims().to_vec();
+        micro[0] = micro[0].div_ceil(self.opts.grad_accumulation.max(1));
+        self.model.check_memory(&micro, !self.opts.gradient_checkpointing)?;
         let pd = state_dtype(self.model.dtype());
         let device = self.model.device().clone();
         let x0 = x0.to_dtype(pd)?.to_device(&device)?;
@@ -551,7 +581,12 @@ impl Trainer {
         scale_factor: f64,
     ) -> Result<StepStats> {
         let loss_value = loss.unwrap_or(0.0);
-        let next = self.step + 1;
+        let next = self.step.checked_add(1).ok_or_else(|| {
+            LatteError::Value(format!(
+                "the step counter is at its maximum ({}); no step can follow",
+                self.step
+            ))
+        })?;
         let lr = self.opts.lr_at(next);
         let clip = self.opts.grad_clip.filter(|_| self.step >= self.opts.clip_start_step);
         let pending = Pending {
@@ -561,19 +596,26 @@ impl Trainer {
             step: next,
             lr,
         };
-        let (norm, finite) = match &mut self.state {
+        let (norm, skip) = match &mut self.state {
             State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
             State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
         };
-        let skipped = !finite;
+        let skipped = skip != Skip::No;
         if skipped {
             match &mut self.loss_scale {
                 // An f16 overflow with a finite loss: back off and retry at a smaller scale.
-                Some(s) if loss_value.is_finite() => {
+                Some(s) if loss_value.is_finite() && skip == Skip::NonFinite => {
                     s.scale /= 2.0;
                     s.clean_steps = 0;
                 }
                 _ if self.opts.skip_nonfinite => {}
+                _ if skip == Skip::Overflow => {
+                    return Err(LatteError::Value(format!(
+                        "optimiser step {next} would make parameters non-finite (learning rate {lr}, gradient norm \
+                         {norm}); the weights are unchanged. Lower lr or weight_decay, or pass skip_nonfinite=True \
+                         to skip such steps"
+                    )))
+                }
                 _ => {
                     return Err(LatteError::Value(format!(
                         "non-finite {} at optimiser step {next} (loss {loss_value}, gradient norm {norm}); the \
@@ -583,7 +625,7 @@ impl Trainer {
                     )))
                 }
             }
-            self.skipped_steps += 1;
+            self.skipped_steps = self.skipped_steps.saturating_add(1);
         } else {
             self.step = next;
             if let Some(s) = &mut self.loss_scale {

@@ -75,6 +75,25 @@ pub fn adamw_step<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T
         });
 }
 
+/// Whether [`adamw_step`] with the same arguments would leave every parameter (and moment) finite. It reads
+/// only, so that a step that would overflow can be refused with nothing changed.
+pub fn adamw_stays_finite<T: Float>(
+    param: &[T],
+    grad: &[T],
+    m: &[T],
+    v: &[T],
+    update: Update,
+    cfg: &AdamWConfig,
+) -> bool {
+    let (mut p, mut m, mut v) = (param.to_vec(), m.to_vec(), v.to_vec());
+    // On copies of one chunk at a time would save memory; the copies are the optimiser's own size, once.
+    adamw_step(&mut p, grad, &mut m, &mut v, update, cfg);
+    p.par_chunks(CHUNK)
+        .zip(m.par_chunks(CHUNK))
+        .zip(v.par_chunks(CHUNK))
+        .all(|((p, m), v)| p.iter().chain(m).chain(v).all(|x| x.to_f64().is_finite()))
+}
+
 /// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
 pub fn ema_update<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
     let (d, w) = (T::of(decay), T::of(1.0 - decay));

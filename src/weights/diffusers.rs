@@ -43,7 +43,7 @@ pub fn read_folder<T: DeserializeOwned>(dir: &Path, kind: &str, stem: &str) -> R
 /// Parses a `config.json`; errors name the file.
 pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = crate::io::read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| LatteError::Config(format!("{}: {e}", path.display())))
+    crate::error::parse_json(&bytes).map_err(|e| LatteError::Config(format!("{}: {e}", path.display())))
 }
 
 /// Reads `<stem>.safetensors`, or the shards listed in `<stem>.safetensors.index.json`, from `dir`. Returns
@@ -103,9 +103,6 @@ pub fn read_weights(dir: &Path, stem: &str) -> Result<(HashMap<String, Tensor>, 
 
 /// Every tensor of a safetensors file, on the CPU; errors name the file.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    if !path.is_file() {
-        return Err(LatteError::NotFound(path.display().to_string()));
-    }
-    candle_core::safetensors::load(path, &Device::Cpu)
+    candle_core::safetensors::load_buffer(&crate::io::read(path)?, &Device::Cpu)
         .map_err(|e| LatteError::Value(format!("{}: {e}", path.display())))
 }

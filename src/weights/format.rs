@@ -61,9 +61,7 @@ impl Format {
                 path.display()
             )));
         }
-        if !path.is_file() {
-            return Err(LatteError::NotFound(path.display().to_string()));
-        }
+        crate::io::open_regular(path)?;
         if path.extension().is_some_and(|e| e == "safetensors") {
             let bytes = crate::io::read(path)?;
             return Ok(if config_metadata(&bytes, path)?.is_some() {

@@ -2,6 +2,7 @@
 //! named variables on one device in one dtype, their state dict, and the one strict loader with its report.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use candle_core::Shape;
 use candle_core::{DType, Device, Tensor, Var};
@@ -60,6 +61,38 @@ pub struct ParamStore {
     varmap: VarMap,
     device: Device,
     dtype: DType,
+    budget: Arc<Budget>,
+}
+
+/// The memory a store may allocate for its parameters, fixed when it is made (see [`crate::limits`]): a network
+/// whose parameters would not fit is refused before its first large allocation, not aborted or killed part way.
+struct Budget {
+    limit: u128,
+    used: Mutex<u128>,
+    /// The refusal, kept so that [`ParamStore::build`] can return it as a memory error (candle's error type
+    /// carries only a message).
+    refused: Mutex<Option<String>>,
+}
+
+impl Budget {
+    fn take(&self, name: &str, shape: &Shape, dtype: DType) -> candle_core::Result<()> {
+        let bytes = crate::limits::elements(name, shape.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            as u128
+            * dtype.size_in_bytes() as u128;
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *used + bytes > self.limit {
+            let msg = format!(
+                "the model's parameters need more than {} of memory (at {name} {:?}), but only {} is available",
+                crate::limits::human(*used + bytes),
+                shape.dims(),
+                crate::limits::human(self.limit)
+            );
+            *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(msg.clone());
+            candle_core::bail!("{msg}");
+        }
+        *used += bytes;
+        Ok(())
+    }
 }
 
 impl ParamStore {
@@ -70,12 +103,47 @@ impl ParamStore {
             varmap: VarMap::new(),
             device: device.clone(),
             dtype,
+            budget: Arc::new(Budget {
+                limit: crate::limits::available_bytes() as u128,
+                used: Mutex::new(0),
+                refused: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Runs a network's constructor on [`ParamStore::builder`] (or the frozen builder) and returns a refusal of
+    /// the memory budget as [`LatteError::Memory`] rather than as the constructor's error.
+    pub fn build<T, E: Into<LatteError>>(
+        &self,
+        frozen: bool,
+        construct: impl FnOnce(VarBuilder<'static>) -> std::result::Result<T, E>,
+    ) -> Result<T> {
+        let vb = if frozen { self.frozen_builder() } else { self.builder() };
+        construct(vb).map_err(|e| {
+            match self
+                .budget
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                Some(msg) => LatteError::Memory(msg),
+                None => e.into(),
+            }
         })
     }
 
     /// The builder a network's constructor reads its parameters from; paths mirror the checkpoint names.
     pub fn builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_varmap(&self.varmap, self.dtype, &self.device)
+        VarBuilder::from_backend(
+            Box::new(Budgeted {
+                varmap: self.varmap.clone(),
+                budget: self.budget.clone(),
+                frozen: false,
+            }),
+            self.dtype,
+            self.device.clone(),
+        )
     }
 
     /// The builder of an inference-only network (the VAE, the text encoder): the same parameters, read without
@@ -83,7 +151,15 @@ impl ParamStore {
     /// as the next op has used it. (With variables among its inputs every op keeps its inputs alive for a
     /// backward pass, which holds a whole forward pass's activations until its output is dropped.)
     pub fn frozen_builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(Frozen(self.varmap.clone())), self.dtype, self.device.clone())
+        VarBuilder::from_backend(
+            Box::new(Budgeted {
+                varmap: self.varmap.clone(),
+                budget: self.budget.clone(),
+                frozen: true,
+            }),
+            self.dtype,
+            self.device.clone(),
+        )
     }
 
     pub fn device(&self) -> &Device {
@@ -186,13 +262,22 @@ impl ParamStore {
     }
 }
 
-/// A parameter map read as plain tensors (see [`ParamStore::frozen_builder`]): they share the variables' storage,
-/// so loading into the store updates them.
-struct Frozen(VarMap);
+/// The backend of a store's builders: each new parameter is charged to the store's [`Budget`] before the variable
+/// map allocates it; `frozen` builders read the parameters as plain tensors (see [`ParamStore::frozen_builder`]),
+/// which share the variables' storage, so loading into the store updates them.
+struct Budgeted {
+    varmap: VarMap,
+    budget: Arc<Budget>,
+    frozen: bool,
+}
 
-impl SimpleBackend for Frozen {
+impl SimpleBackend for Budgeted {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        Ok(self.0.get(s, name, h, dtype, dev)?.detach())
+        if !self.contains_tensor(name) {
+            self.budget.take(name, &s, dtype)?;
+        }
+        let t = self.varmap.get(s, name, h, dtype, dev)?;
+        Ok(if self.frozen { t.detach() } else { t })
     }
 
     fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
@@ -200,7 +285,7 @@ impl SimpleBackend for Frozen {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0
+        self.varmap
             .data()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

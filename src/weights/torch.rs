@@ -78,10 +78,7 @@ fn entries(obj: &Object) -> Option<Vec<(String, &Object)>> {
 /// `state_dict`, else the file itself when it is a dict of tensors. `module.` / `_orig_mod.` prefixes (DDP,
 /// `torch.compile`) are removed.
 pub fn read_torch_state_dict(path: &Path, use_ema: bool) -> Result<(HashMap<String, Tensor>, CheckpointInfo)> {
-    if !path.is_file() {
-        return Err(LatteError::NotFound(path.display().to_string()));
-    }
-    let file = std::fs::File::open(path)?;
+    let file = crate::io::open_regular(path)?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|_| {
         bad(
             path,

@@ -94,7 +94,20 @@ impl SchedulerConfig {
                 "thresholding and rescale_betas_zero_snr are not supported by latte-rs's schedulers yet".into(),
             ));
         }
+        if self.num_train_timesteps > crate::diffusion::schedule::MAX_DIFFUSION_STEPS {
+            return Err(value_error(
+                "num_train_timesteps",
+                format!("at most {}", crate::diffusion::schedule::MAX_DIFFUSION_STEPS),
+                self.num_train_timesteps,
+            ));
+        }
+        for (name, b) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(value_error(name, "a value in [0, 1)", b));
+            }
+        }
         if let Some(b) = &self.trained_betas {
+            crate::diffusion::schedule::check_betas(b, "trained_betas")?;
             if b.len() != self.num_train_timesteps {
                 return Err(value_error(
                     "trained_betas",
@@ -122,5 +135,6 @@ pub(crate) fn check_num_inference_steps(n: usize, total: usize) -> Result<()> {
 /// The options one scheduler reads from the config's extra keys.
 pub(crate) fn extra_options<T: serde::de::DeserializeOwned>(config: &SchedulerConfig) -> Result<T> {
     let map = config.other.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok(serde_json::from_value(serde_json::Value::Object(map))?)
+    crate::error::from_json_value(serde_json::Value::Object(map))
+        .map_err(|e| LatteError::Value(format!("scheduler config: {e}")))
 }

@@ -56,11 +56,7 @@ fn modulation(cfg: &LatteConfig, chunks: usize, vb: VarBuilder) -> Result<Option
 }
 
 fn mlp(cfg: &LatteConfig, vb: VarBuilder) -> Result<Mlp> {
-    Mlp::new(
-        cfg.hidden_size,
-        (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
-        vb.pp("mlp"),
-    )
+    Mlp::new(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("mlp"))
 }
 
 fn attention(cfg: &LatteConfig, vb: VarBuilder) -> Result<Attention> {

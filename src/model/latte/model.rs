@@ -42,7 +42,7 @@ impl LatteModel {
         crate::configure_runtime();
         cfg.validate()?;
         let store = ParamStore::new(device, dtype)?;
-        let network = Latte::new(cfg, store.builder())?;
+        let network = store.build(false, |vb| Latte::new(cfg, vb))?;
         Ok(Self {
             cfg: cfg.clone(),
             store,
@@ -250,6 +250,14 @@ impl Denoiser for LatteModel {
     fn latent_shape(&self, batch: usize) -> Vec<usize> {
         let c = &self.cfg;
         vec![batch, c.num_frames, c.in_channels, c.input_size, c.input_size]
+    }
+
+    fn activation_elements(&self, dims: &[usize], grad: bool) -> u128 {
+        let c = &self.cfg;
+        let numel = dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
+        let tokens = numel / (c.in_channels.max(1) * c.patch_size * c.patch_size * c.tubelet_size) as u128;
+        let live = if grad { 2 * c.depth as u128 + 6 } else { 6 };
+        tokens.saturating_mul(c.hidden_size as u128).saturating_mul(live)
     }
 
     fn null_condition(&self, cond: &Condition) -> Result<Condition> {

@@ -31,7 +31,7 @@ impl LatteT2VModel {
         crate::configure_runtime();
         cfg.validate()?;
         let store = ParamStore::new(device, dtype)?;
-        let network = LatteT2V::new(cfg, store.builder())?;
+        let network = store.build(false, |vb| LatteT2V::new(cfg, vb))?;
         Ok(Self {
             cfg: cfg.clone(),
             store,
@@ -124,6 +124,14 @@ impl Denoiser for LatteT2VModel {
     fn latent_shape(&self, batch: usize) -> Vec<usize> {
         let c = &self.cfg;
         vec![batch, c.in_channels, c.video_length, c.sample_size, c.sample_size]
+    }
+
+    fn activation_elements(&self, dims: &[usize], grad: bool) -> u128 {
+        let c = &self.cfg;
+        let numel = dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
+        let tokens = numel / (c.in_channels.max(1) * c.patch_size * c.patch_size) as u128;
+        let live = if grad { 2 * 2 * c.num_layers as u128 + 6 } else { 6 };
+        tokens.saturating_mul(c.inner_dim() as u128).saturating_mul(live)
     }
 
     fn null_condition(&self, cond: &Condition) -> Result<Condition> {

@@ -57,6 +57,41 @@ impl Default for T5Config {
 }
 
 impl T5Config {
+    /// Refuses sizes the encoder cannot be built from or that no T5 has (far beyond XXL's).
+    pub fn validate(&self) -> Result<()> {
+        self.gated()?;
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("d_model", self.d_model, 1 << 16),
+            ("d_kv", self.d_kv, 1 << 12),
+            ("d_ff", self.d_ff, 1 << 18),
+            ("num_layers", self.num_layers, 1 << 10),
+            ("num_heads", self.num_heads, 1 << 10),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                1 << 12,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+                1 << 20,
+            ),
+        ] {
+            if v == 0 {
+                return Err(LatteError::Config(format!("{name}: expected a positive value, got 0")));
+            }
+            crate::limits::at_most(name, v, max)?;
+        }
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return Err(LatteError::Config(format!(
+                "layer_norm_epsilon: expected a positive finite value, got {}",
+                self.layer_norm_epsilon
+            )));
+        }
+        Ok(())
+    }
+
     fn gated(&self) -> Result<bool> {
         match self.feed_forward_proj.as_str() {
             "gated-gelu" => Ok(true),
@@ -107,6 +142,7 @@ pub struct T5Encoder {
 
 impl T5Encoder {
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let gated = cfg.gated()?;
         let (d, inner) = (cfg.d_model, cfg.num_heads * cfg.d_kv);
         let norm = |vb: VarBuilder| -> candle_core::Result<RmsNorm> {
@@ -240,7 +276,7 @@ impl T5EncoderModel {
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
         let folder = read_folder::<T5Config>(dir, "a text_encoder/ folder", TRANSFORMERS_WEIGHTS)?;
         let cfg = folder.config;
-        cfg.gated()
+        cfg.validate()
             .map_err(|e| LatteError::Config(format!("{}: {e}", dir.join("config.json").display())))?;
         let mut state = folder.tensors;
         if !state.contains_key("shared.weight") {
@@ -251,7 +287,7 @@ impl T5EncoderModel {
         state.remove("encoder.embed_tokens.weight");
         let dtype = dtype.unwrap_or_else(|| state.values().next().map_or(DType::F32, |t| t.dtype()));
         let store = ParamStore::new(device, dtype)?;
-        let model = T5Encoder::new(&cfg, store.frozen_builder())?;
+        let model = store.build(true, |vb| T5Encoder::new(&cfg, vb))?;
         // A full T5 checkpoint's decoder weights are not the encoder's business.
         let policy = LoadPolicy {
             allow_missing: false,
