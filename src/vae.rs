@@ -412,6 +412,9 @@ impl AutoencoderKl {
                 format!("{dims:?}"),
             ));
         }
+        if !crate::model::denoiser::all_finite(x)? {
+            return Err(crate::error::value_error(arg, "finite values", "NaN or infinity"));
+        }
         // The widest activation is the first (or last) level's, at full resolution; a few of them live at once.
         let widest = self.cfg.block_out_channels.iter().copied().max().unwrap_or(1);
         let side = |d: usize| d.saturating_mul(scale);
@@ -438,6 +441,7 @@ impl AutoencoderKl {
         let l = self.cfg.latent_channels;
         let mean = moments.narrow(1, 0, l)?;
         let logvar = moments.narrow(1, l, l)?.clamp(-30.0, 20.0)?;
+        crate::model::denoiser::check_output(&mean)?;
         Ok((mean, logvar))
     }
 
@@ -448,7 +452,9 @@ impl AutoencoderKl {
             Some(c) => c.forward(z)?,
             None => z.clone(),
         };
-        Ok(self.decoder.forward(&z)?)
+        let out = self.decoder.forward(&z)?;
+        crate::model::denoiser::check_output(&out)?;
+        Ok(out)
     }
 
     /// Latents of images: the mean, or a sample mean + σ·ε with ε from `rng`; times `scaling_factor`.

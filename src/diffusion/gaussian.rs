@@ -547,6 +547,9 @@ impl GaussianDiffusion {
         clip_denoised: bool,
     ) -> Result<(Tensor, Tensor)> {
         Self::same_shape("noise", noise, x)?;
+        if !(eta.is_finite() && eta >= 0.0) {
+            return Err(value_error("eta", "a finite number >= 0", eta));
+        }
         let out = self.p_mean_variance(model_output, x, t, clip_denoised)?;
         let eps = self.predict_eps_from_xstart(x, t, &out.pred_xstart)?;
         let ab: Vec<f64> = t.iter().map(|&i| self.alphas_cumprod[i]).collect();
@@ -558,7 +561,24 @@ impl GaussianDiffusion {
             .collect();
         let idx: Vec<usize> = (0..t.len()).collect();
         let sqrt_abp: Vec<f64> = abp.iter().map(|p| p.sqrt()).collect();
-        let dir: Vec<f64> = abp.iter().zip(&sigma).map(|(p, s)| (1.0 - p - s * s).sqrt()).collect();
+        // The direction to x_t has variance 1 − ᾱ_prev − σ²: an eta above 1 can make it negative (no such step).
+        if let Some((i, _)) = abp
+            .iter()
+            .zip(&sigma)
+            .enumerate()
+            .find(|(_, (p, s))| 1.0 - *p - *s * *s < -1e-12)
+        {
+            return Err(LatteError::Value(format!(
+                "eta: {eta} makes the DDIM noise variance exceed 1 - alphas_cumprod_prev at timestep {} (expected \
+                 eta in [0, 1], the range DDIM is defined for)",
+                t[i]
+            )));
+        }
+        let dir: Vec<f64> = abp
+            .iter()
+            .zip(&sigma)
+            .map(|(p, s)| (1.0 - p - s * s).max(0.0).sqrt())
+            .collect();
         let mean = (out.pred_xstart.broadcast_mul(&self.extract(&sqrt_abp, &idx, x)?)?
             + eps.broadcast_mul(&self.extract(&dir, &idx, x)?)?)?;
         let nonzero = self.nonzero_mask(t, x)?;

@@ -154,6 +154,45 @@ pub struct DenoiserSpec {
     pub guidance_rule: GuidanceRule,
 }
 
+/// Whether every value of `t` is finite: `t · 0` is 0 for a finite value and NaN for NaN or ±∞, so its sum is NaN
+/// exactly when one is not (no overflow, whatever the magnitudes).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    let probe = (t * 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(probe == 0.0)
+}
+
+/// `x` (named `arg`) in `dtype` on `device`, refused when a value is NaN or infinite after the conversion (a
+/// float64 1e300 is infinite in float32).
+pub fn to_model_finite(x: &Tensor, arg: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+    let converted = x.to_dtype(dtype)?.to_device(device)?;
+    if !all_finite(&converted)? {
+        let why = if all_finite(x)? {
+            format!(" (values beyond the range of {dtype:?})")
+        } else {
+            String::new()
+        };
+        return Err(LatteError::Value(format!(
+            "{arg}: expected finite values, got NaN or infinity{why}"
+        )));
+    }
+    Ok(converted)
+}
+
+/// Refuses a model output with NaN or infinity (from finite, checked inputs: the activations overflowed).
+pub fn check_output(out: &Tensor) -> Result<()> {
+    if !all_finite(out)? {
+        return Err(LatteError::Value(format!(
+            "the model's output has NaN or infinity although its inputs are finite: its activations overflowed \
+             {:?}; inputs of this magnitude (or these weights) are out of the model's range",
+            out.dtype()
+        )));
+    }
+    Ok(())
+}
+
 /// A Latte denoiser: what the sampling loop and the trainer need of a model.
 ///
 /// Inputs are checked once by the `check_*` methods (which also move them to the model's device and dtype);
@@ -214,7 +253,9 @@ pub trait Denoiser: Send + Sync {
         self.check_memory(x.dims(), false)?;
         let t = self.check_timesteps(t, x.dim(0)?)?;
         let cond = self.check_condition(cond, x.dims())?;
-        self.denoise(&x, &t, &cond, false)
+        let out = self.denoise(&x, &t, &cond, false)?;
+        check_output(&out)?;
+        Ok(out)
     }
 
     /// Checked forward pass that keeps the autograd graph (for gradient checks and custom losses).

@@ -183,3 +183,66 @@ pub fn load_folder<T: Send>(
     let dtype = dtype.map(crate::model::parse_dtype).transpose().py()?;
     py.detach(|| load(path, &device, dtype)).py()
 }
+
+/// An integer argument of an unsigned type (a count, a size, a seed). pyo3 reports a negative or too large
+/// Python int as an `OverflowError` ("can't convert negative int to unsigned"); this raises `ValueError` with the
+/// range and the value (and `TypeError` for a non-integer), and pyo3 adds the note "while processing
+/// 'diffusion_steps'" that names the argument.
+fn unsigned<T: TryFrom<u64>>(obj: &Bound<'_, PyAny>, bits: u32) -> PyResult<T> {
+    let range = || {
+        format!(
+            "expected an integer in [0, 2^{bits}), got {}",
+            obj.str().map(|s| s.to_string()).unwrap_or_default()
+        )
+    };
+    if !obj.is_instance_of::<pyo3::types::PyInt>() {
+        if let Ok(index) = obj.call_method0("__index__") {
+            return unsigned(&index, bits);
+        }
+        return Err(PyTypeError::new_err(format!(
+            "expected an integer, got {}",
+            obj.get_type().name()?
+        )));
+    }
+    obj.extract::<u64>()
+        .ok()
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(range()))
+}
+
+/// [`unsigned`] for `usize` parameters (`#[pyo3(from_py_with = crate::python::convert::usize_arg)]`).
+pub fn usize_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    unsigned(obj, usize::BITS)
+}
+
+/// [`unsigned`] for `u64` parameters (seeds, step counts).
+pub fn u64_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    unsigned(obj, 64)
+}
+
+/// [`unsigned`] for an optional `usize` (None stays None).
+pub fn opt_usize_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    usize_arg(obj).map(Some)
+}
+
+/// A shape: a sequence of [`usize_arg`] values; the message names the entry.
+pub fn shape_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    if obj.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err("expected a sequence of integers, got str"));
+    }
+    let mut dims = Vec::new();
+    for (i, item) in obj.try_iter()?.enumerate() {
+        dims.push(usize_arg(&item?).map_err(|e| {
+            let py = obj.py();
+            if e.is_instance_of::<PyTypeError>(py) {
+                PyTypeError::new_err(format!("[{i}]: {}", e.value(py)))
+            } else {
+                pyo3::exceptions::PyValueError::new_err(format!("[{i}]: {}", e.value(py)))
+            }
+        })?);
+    }
+    Ok(dims)
+}

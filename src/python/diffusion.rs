@@ -34,6 +34,12 @@ pub struct PyGaussianDiffusion {
     pub(crate) inner: GaussianDiffusion,
 }
 
+/// `t` in the dtype of `first`: the arrays of one call are computed in the dtype of its first (float64 noise from
+/// NumPy's default generator with float32 latents is converted, not refused).
+fn same_dtype(first: &candle_core::Tensor, t: candle_core::Tensor) -> PyResult<candle_core::Tensor> {
+    t.to_dtype(first.dtype()).py()
+}
+
 #[pymethods]
 impl PyGaussianDiffusion {
     #[new]
@@ -58,7 +64,7 @@ impl PyGaussianDiffusion {
         prediction_type: &str,
         rescale_learned_sigmas: bool,
         use_kl: bool,
-        diffusion_steps: usize,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] diffusion_steps: usize,
         beta_start: f64,
         beta_end: f64,
     ) -> PyResult<Self> {
@@ -131,6 +137,7 @@ impl PyGaussianDiffusion {
                 timesteps(t)?,
                 float_tensor(noise, "noise")?,
             );
+            let n = same_dtype(&x, n)?;
             let out = py.detach(|| self.inner.q_sample(&x, &t, &n)).py()?;
             to_numpy(py, &out)
         })
@@ -150,6 +157,7 @@ impl PyGaussianDiffusion {
                 float_tensor(x_t, "x_t")?,
                 timesteps(t)?,
             );
+            let xt = same_dtype(&x0, xt)?;
             let (m, v, l) = py.detach(|| self.inner.q_posterior_mean_variance(&x0, &xt, &t)).py()?;
             Ok((to_numpy(py, &m)?, to_numpy(py, &v)?, to_numpy(py, &l)?))
         })
@@ -171,6 +179,7 @@ impl PyGaussianDiffusion {
                 float_tensor(x, "x")?,
                 timesteps(t)?,
             );
+            let x = same_dtype(&o, x)?;
             let out = py
                 .detach(|| self.inner.p_mean_variance(&o, &x, &t, clip_denoised))
                 .py()?;
@@ -200,6 +209,7 @@ impl PyGaussianDiffusion {
                 timesteps(t)?,
                 float_tensor(noise, "noise")?,
             );
+            let (x0, n) = (same_dtype(&o, x0)?, same_dtype(&o, n)?);
             let out = py.detach(|| self.inner.training_losses(&o, &x0, &t, &n)).py()?;
             let d = PyDict::new(py);
             d.set_item("loss", to_numpy(py, &out.loss)?)?;
@@ -227,6 +237,7 @@ impl PyGaussianDiffusion {
         crate::python::guard(move || {
             let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
             let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
+            let (x, n) = (same_dtype(&o, x)?, same_dtype(&o, n)?);
             let (s, p) = py.detach(|| self.inner.p_sample(&o, &x, &t, &n, clip_denoised)).py()?;
             Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
         })
@@ -248,6 +259,7 @@ impl PyGaussianDiffusion {
         crate::python::guard(move || {
             let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
             let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
+            let (x, n) = (same_dtype(&o, x)?, same_dtype(&o, n)?);
             let (s, p) = py
                 .detach(|| self.inner.ddim_sample(&o, &x, &t, &n, eta, clip_denoised))
                 .py()?;
@@ -265,13 +277,13 @@ impl PyGaussianDiffusion {
         &self,
         py: Python<'py>,
         model: &Bound<'py, PyAny>,
-        num_samples: usize,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] num_samples: usize,
         noise: Option<&Bound<'py, PyAny>>,
         y: Option<&Bound<'py, PyAny>>,
         cfg_scale: f64,
         sampler: &str,
         eta: f64,
-        seed: u64,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
         clip_denoised: bool,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {

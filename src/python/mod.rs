@@ -28,7 +28,9 @@ pub(crate) fn to_py_err(e: LatteError) -> PyErr {
         LatteError::Memory(_) => PyMemoryError::new_err(msg),
         LatteError::NotFound(_) => PyFileNotFoundError::new_err(msg),
         LatteError::Io(_) => PyOSError::new_err(msg),
-        LatteError::Unsupported(_) | LatteError::Candle(_) => PyRuntimeError::new_err(msg),
+        // NotImplementedError is a RuntimeError: a capability this build lacks.
+        LatteError::Unsupported(_) => PyNotImplementedError::new_err(msg),
+        LatteError::Candle(_) => PyRuntimeError::new_err(msg),
     }
 }
 

@@ -16,7 +16,13 @@ fn py_to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
     if obj.is_instance_of::<PyBool>() {
         Ok(Value::Bool(obj.extract()?))
     } else if obj.is_instance_of::<PyInt>() {
-        Ok(Value::from(obj.extract::<i64>()?))
+        match obj.extract::<i64>() {
+            Ok(i) => Ok(Value::from(i)),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "{key}: expected an integer that fits in 64 bits, got {}",
+                obj.str()?
+            ))),
+        }
     } else if obj.is_instance_of::<PyFloat>() {
         Ok(serde_json::Number::from_f64(obj.extract()?)
             .map(Value::Number)
@@ -233,7 +239,13 @@ pub struct PyLatteModel {
 impl PyLatteModel {
     #[new]
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
-    fn new(py: Python<'_>, config: &PyLatteConfig, device: &str, seed: u64, dtype: &str) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        config: &PyLatteConfig,
+        device: &str,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+        dtype: &str,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
             let device = parse_device(device).py()?;
             let dtype = parse_dtype(dtype).py()?;

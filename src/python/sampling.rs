@@ -164,7 +164,7 @@ pub(crate) fn sample<'py>(
     model: &Bound<'py, PyAny>,
     scheduler: &Bound<'py, PyAny>,
     noise: Option<&Bound<'py, PyAny>>,
-    num_samples: usize,
+    #[pyo3(from_py_with = crate::python::convert::usize_arg)] num_samples: usize,
     latent_shape: Option<Vec<usize>>,
     y: Option<&Bound<'py, PyAny>>,
     y_image: Option<&Bound<'py, PyAny>>,
@@ -174,10 +174,10 @@ pub(crate) fn sample<'py>(
     negative_encoder_attention_mask: Option<&Bound<'py, PyAny>>,
     guidance_scale: f64,
     eta: f64,
-    num_inference_steps: Option<usize>,
+    #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] num_inference_steps: Option<usize>,
     sampler: &str,
     clip_denoised: bool,
-    seed: u64,
+    #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
     callback: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     crate::python::guard(move || {

@@ -34,7 +34,7 @@ impl PyGenerator {
 impl PyGenerator {
     #[new]
     #[pyo3(signature = (seed = 0))]
-    fn new(seed: u64) -> Self {
+    fn new(#[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64) -> Self {
         Self {
             inner: Mutex::new(Generator::new(seed)),
             seed,
@@ -42,7 +42,10 @@ impl PyGenerator {
     }
 
     /// Restarts the stream from `seed` (torch's name); returns the generator.
-    fn manual_seed(mut slf: PyRefMut<'_, Self>, seed: u64) -> PyRefMut<'_, Self> {
+    fn manual_seed(
+        mut slf: PyRefMut<'_, Self>,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+    ) -> PyRefMut<'_, Self> {
         slf.inner = Mutex::new(Generator::new(seed));
         slf.seed = seed;
         slf
@@ -54,9 +57,14 @@ impl PyGenerator {
     }
 
     /// Standard normal float32 draws of the given shape.
-    fn randn<'py>(&self, py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyAny>> {
+    fn randn<'py>(
+        &self,
+        py: Python<'py>,
+        #[pyo3(from_py_with = crate::python::convert::shape_arg)] shape: Vec<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
-            crate::limits::ensure_tensor_fits("shape", &shape, 8, 1).py()?;
+            // Drawn as f64, converted to f32, copied into NumPy: 16 bytes per value at the peak.
+            crate::limits::ensure_tensor_fits("shape", &shape, 16, 1).py()?;
             let t = self.lock().randn(&shape, DType::F32, &Device::Cpu).py()?;
             to_numpy(py, &t)
         })
@@ -140,7 +148,10 @@ impl PyScheduler {
         })
     }
 
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> PyResult<()> {
+    fn set_timesteps(
+        &mut self,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] num_inference_steps: usize,
+    ) -> PyResult<()> {
         crate::python::guard(move || self.inner.set_timesteps(num_inference_steps).py())
     }
 

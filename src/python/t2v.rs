@@ -32,7 +32,13 @@ impl PyLatteT2V {
     /// A randomly initialised model from a diffusers config dict (missing keys: Latte-1's values).
     #[new]
     #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32"))]
-    fn new(py: Python<'_>, config: Option<&Bound<'_, PyDict>>, seed: u64, device: &str, dtype: &str) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        config: Option<&Bound<'_, PyDict>>,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+        device: &str,
+        dtype: &str,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
             let cfg = LatteT2VConfig::from_json(&dict_to_json(py, config)?).py()?;
             let device = parse_device(device).py()?;
@@ -161,7 +167,7 @@ impl PyT5 {
     fn empty_prompt<'py>(
         &self,
         py: Python<'py>,
-        max_length: usize,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] max_length: usize,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         crate::python::guard(move || {
             let (features, mask) = py.detach(|| self.inner.empty_prompt(max_length)).py()?;

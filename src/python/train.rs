@@ -66,14 +66,14 @@ impl PyTrainer {
         betas: (f64, f64),
         eps: f64,
         weight_decay: f64,
-        warmup_steps: u64,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] warmup_steps: u64,
         ema_decay: f64,
         grad_clip: Option<f64>,
-        clip_start_step: u64,
-        grad_accumulation: usize,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] clip_start_step: u64,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] grad_accumulation: usize,
         gradient_checkpointing: bool,
         skip_nonfinite: bool,
-        seed: u64,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
     ) -> PyResult<Self> {
         crate::python::guard(move || {
             let opts = TrainerOptions {
@@ -224,7 +224,7 @@ impl PyTrainer {
     }
 
     /// The learning rate of the 1-based optimiser step `step` (warm-up, then constant).
-    fn lr_at(&self, step: u64) -> PyResult<f64> {
+    fn lr_at(&self, #[pyo3(from_py_with = crate::python::convert::u64_arg)] step: u64) -> PyResult<f64> {
         crate::python::guard(move || {
             if step == 0 {
                 return Err(PyValueError::new_err("step: expected a 1-based step >= 1, got 0"));

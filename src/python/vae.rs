@@ -48,10 +48,13 @@ impl PyVideoVae {
         chunk_size: usize,
         mut f: impl FnMut(&Tensor) -> crate::Result<Tensor>,
     ) -> crate::Result<Tensor> {
+        if chunk_size == 0 {
+            return Err(crate::error::value_error("chunk_size", "at least 1", 0));
+        }
         let n = x.dim(0)?;
         let x = x.to_dtype(self.inner.dtype())?.to_device(self.inner.device())?;
         let mut parts = Vec::new();
-        for start in (0..n).step_by(chunk_size.max(1)) {
+        for start in (0..n).step_by(chunk_size) {
             let part = f(&x.narrow(0, start, chunk_size.min(n - start))?)?;
             parts.push(part.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?);
         }
@@ -84,8 +87,8 @@ impl PyVideoVae {
         py: Python<'py>,
         video: &Bound<'py, PyAny>,
         sample: bool,
-        seed: u64,
-        chunk_size: usize,
+        #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] chunk_size: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
             let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
@@ -93,7 +96,7 @@ impl PyVideoVae {
             let out = py
                 .detach(|| {
                     self.chunked(x, &lead, chunk_size, |c| {
-                        Ok(self.inner.encode(c, if sample { Some(&mut rng) } else { None })?)
+                        self.inner.encode(c, if sample { Some(&mut rng) } else { None })
                     })
                 })
                 .py()?;
@@ -107,7 +110,7 @@ impl PyVideoVae {
         &self,
         py: Python<'py>,
         video: &Bound<'py, PyAny>,
-        chunk_size: usize,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] chunk_size: usize,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         crate::python::guard(move || {
             let (x, lead) = frames(video, "video", self.inner.config().in_channels)?;
@@ -133,13 +136,13 @@ impl PyVideoVae {
         &self,
         py: Python<'py>,
         latents: &Bound<'py, PyAny>,
-        chunk_size: usize,
+        #[pyo3(from_py_with = crate::python::convert::usize_arg)] chunk_size: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
             let (z, lead) = frames(latents, "latents", self.inner.config().latent_channels)?;
             let scale = self.inner.config().scaling_factor;
             let out = py
-                .detach(|| self.chunked(z, &lead, chunk_size, |c| Ok(self.inner.decode(&(c / scale)?)?)))
+                .detach(|| self.chunked(z, &lead, chunk_size, |c| self.inner.decode(&(c / scale)?)))
                 .py()?;
             to_numpy(py, &out)
         })

@@ -330,10 +330,7 @@ fn recover(dir: &Path, device: &Device) -> Result<Option<Trainer>> {
     Ok(best)
 }
 
-fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
-    if !dir.is_dir() {
-        return Err(LatteError::NotFound(format!("checkpoint directory {}", dir.display())));
-    }
+fn read_manifest(dir: &Path) -> Result<(Manifest, std::path::PathBuf)> {
     let manifest_path = dir.join(MANIFEST);
     let bytes = crate::io::read(&manifest_path).map_err(|e| match e {
         LatteError::NotFound(p) => LatteError::NotFound(format!("{p} (not a latte-rs trainer checkpoint)")),
@@ -349,24 +346,65 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
             ),
         ));
     }
+    Ok((manifest, manifest_path))
+}
+
+/// The bytes of the file `name` that the manifest lists, checked against its recorded size and CRC-32.
+fn read_entry(dir: &Path, manifest_path: &Path, name: &str, entry: &FileEntry) -> Result<Vec<u8>> {
+    // A manifest is data: its names must be plain file names inside the checkpoint, never a path that leads
+    // elsewhere ("/dev/zero", "../../secret").
+    let mut parts = Path::new(name).components();
+    let plain = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !plain {
+        return Err(corrupt(
+            manifest_path,
+            format!("lists {name:?}, which is not a file name inside the checkpoint"),
+        ));
+    }
+    let path = dir.join(name);
+    let bytes = crate::io::read(&path)?;
+    if bytes.len() as u64 != entry.bytes {
+        return Err(corrupt(
+            &path,
+            format!("{} bytes, expected {}", bytes.len(), entry.bytes),
+        ));
+    }
+    let crc = crc32fast::hash(&bytes);
+    if crc != entry.crc32 {
+        return Err(corrupt(
+            &path,
+            format!("CRC-32 {crc:08x}, expected {:08x}", entry.crc32),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// One file of a trainer checkpoint, verified against the manifest's size and CRC-32 as [`load`] verifies every
+/// file (`LatteModel.from_checkpoint` on a trainer folder). A folder without a manifest (a model file alone)
+/// is read as it is.
+pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    if !dir.join(MANIFEST).is_file() {
+        return crate::io::read(&dir.join(name));
+    }
+    let (manifest, manifest_path) = read_manifest(dir)?;
+    let entry = manifest
+        .files
+        .get(name)
+        .ok_or_else(|| corrupt(&manifest_path, format!("{name} is not listed")))?;
+    read_entry(dir, &manifest_path, name, entry)
+}
+
+fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
+    if !dir.is_dir() {
+        return Err(LatteError::NotFound(format!("checkpoint directory {}", dir.display())));
+    }
+    let (manifest, manifest_path) = read_manifest(dir)?;
     let mut contents = HashMap::new();
     for (name, entry) in &manifest.files {
-        let path = dir.join(name);
-        let bytes = crate::io::read(&path)?;
-        if bytes.len() as u64 != entry.bytes {
-            return Err(corrupt(
-                &path,
-                format!("{} bytes, expected {}", bytes.len(), entry.bytes),
-            ));
-        }
-        let crc = crc32fast::hash(&bytes);
-        if crc != entry.crc32 {
-            return Err(corrupt(
-                &path,
-                format!("CRC-32 {crc:08x}, expected {:08x}", entry.crc32),
-            ));
-        }
-        contents.insert(name.clone(), bytes);
+        contents.insert(name.clone(), read_entry(dir, &manifest_path, name, entry)?);
     }
     let file = |name: &str| -> Result<&Vec<u8>> {
         contents

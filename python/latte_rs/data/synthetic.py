@@ -88,6 +88,11 @@ class SyntheticVideos:
             raise ValueError(f"num_classes: expected 1 to 4, got {num_classes}")
         if num_shapes < 1:
             raise ValueError(f"num_shapes: expected at least 1, got {num_shapes}")
+        # Bounds far beyond any use (each clip is rendered whole, num_shapes times): a larger value is a typo.
+        for name, value, most in (("num_frames", num_frames, 1 << 16), ("image_size", image_size, 1 << 14),
+                                  ("num_shapes", num_shapes, 64)):
+            if value > most:
+                raise ValueError(f"{name}: expected at most {most}, got {value}")
         if not speed > 0:
             raise ValueError(f"speed: expected a positive fraction of the image size, got {speed}")
         try:

@@ -24,6 +24,10 @@ import numpy as np
 
 
 def _check(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    for arg, value in ((f"mu{name}", mu), (f"sigma{name}", sigma)):
+        kind = np.asarray(value).dtype.kind
+        if kind not in "fiub":
+            raise TypeError(f"{arg}: expected a real-valued array, got dtype {np.asarray(value).dtype}")
     mu = np.asarray(mu, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     if mu.ndim != 1:
@@ -60,6 +64,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     trace_sqrt = (_trace_sqrt_product(sigma1, sigma2) + _trace_sqrt_product(sigma2, sigma1)) / 2
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+    if not np.isfinite(value):
+        raise ValueError("mu/sigma: values too large for a float64 Fréchet distance (it overflowed); expected feature "
+                         "statistics of a sensible magnitude")
     return max(value, 0.0)
 
 

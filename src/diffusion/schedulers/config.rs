@@ -108,6 +108,9 @@ impl SchedulerConfig {
         }
         if let Some(b) = &self.trained_betas {
             crate::diffusion::schedule::check_betas(b, "trained_betas")?;
+            if b.len() == self.num_train_timesteps {
+                self.check_alphas_cumprod()?;
+            }
             if b.len() != self.num_train_timesteps {
                 return Err(value_error(
                     "trained_betas",
@@ -115,6 +118,23 @@ impl SchedulerConfig {
                     b.len(),
                 ));
             }
+        }
+        if self.trained_betas.is_none() {
+            self.check_alphas_cumprod()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a schedule whose ᾱ reaches 0 in float32 (betas this large underflow the cumulative product): every
+    /// scheduler divides by ᾱ or its root somewhere, so such a schedule gives NaN latents, in diffusers too.
+    fn check_alphas_cumprod(&self) -> Result<()> {
+        let acp = super::spacing::alphas_cumprod(self);
+        if let Some(i) = acp.iter().position(|a| a.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
+            return Err(LatteError::Value(format!(
+                "beta_end / beta_schedule: alphas_cumprod reaches 0 in float32 at step {i} of {} (the betas are too \
+                 large); expected a schedule whose signal never vanishes (e.g. beta_end <= 0.02 for \"linear\")",
+                acp.len()
+            )));
         }
         Ok(())
     }

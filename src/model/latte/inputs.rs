@@ -46,13 +46,7 @@ pub fn check_latents(cfg: &LatteConfig, x: &Tensor, dtype: DType, device: &Devic
     {
         return Err(value_error("x", expected, format!("shape {dims:?}")));
     }
-    let sum = x.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-    if !sum.is_finite() {
-        return Err(LatteError::Value(
-            "x: expected finite values, got NaN or infinity".into(),
-        ));
-    }
-    Ok(x.to_dtype(dtype)?.to_device(device)?)
+    crate::model::denoiser::to_model_finite(x, "x", dtype, device)
 }
 
 /// One timestep per clip, each in [0, 1000), as f32 on `device`.

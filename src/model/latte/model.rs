@@ -140,7 +140,8 @@ impl LatteModel {
                     key: Some(name.trim_end_matches(".safetensors").into()),
                     keys: vec!["model".into(), "ema".into()],
                 };
-                Ok((Self::load(&file, device)?, info))
+                let bytes = crate::train::checkpoint::read_checked(path, name)?;
+                Ok((Self::from_model_file(&bytes, &file, device)?, info))
             }
             Format::LatteSafetensors => Ok((Self::load(path, device)?, CheckpointInfo::bare())),
             Format::Safetensors => bare(

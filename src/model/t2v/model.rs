@@ -170,7 +170,7 @@ impl Denoiser for LatteT2VModel {
                 format!("{frames} frames"),
             ));
         }
-        Ok(x.to_dtype(self.dtype())?.to_device(self.device())?)
+        crate::model::denoiser::to_model_finite(x, "hidden_states", self.dtype(), self.device())
     }
 
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
@@ -207,7 +207,8 @@ impl Denoiser for LatteT2VModel {
                 format!("{dims:?}"),
             ));
         }
-        let embeddings = embeddings.to_dtype(self.dtype())?.to_device(self.device())?;
+        let embeddings =
+            crate::model::denoiser::to_model_finite(embeddings, "encoder_hidden_states", self.dtype(), self.device())?;
         // Latte-1 was trained with padded caption features zeroed (LattePipeline's `mask_feature`), not with a
         // masked cross-attention: a mask zeroes the padding.
         let embeddings = match mask {

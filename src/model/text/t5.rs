@@ -312,6 +312,7 @@ impl T5EncoderModel {
         if max_length == 0 {
             return Err(value_error("max_length", "at least 1", 0));
         }
+        self.check_memory(1, max_length, "max_length")?;
         let mut ids = vec![self.cfg.pad_token_id as i64; max_length];
         ids[0] = self.cfg.eos_token_id as i64;
         let mut mask = vec![0i64; max_length];
@@ -321,12 +322,23 @@ impl T5EncoderModel {
         Ok((self.encode(&ids, Some(&mask))?, mask))
     }
 
+    /// Refuses (before anything is allocated) an encoding of `batch` sequences of `len` tokens whose activations
+    /// (a few of width d_model or d_ff, and the attention scores, L² per head) cannot fit.
+    fn check_memory(&self, batch: usize, len: usize, arg: &str) -> Result<()> {
+        let c = &self.cfg;
+        crate::limits::elements(arg, &[batch, len, len.max(c.d_ff), c.num_heads.max(1)])?;
+        let (b, l) = (batch as u128, len as u128);
+        let values = b * l * (4 * c.d_model as u128 + c.d_ff as u128) + b * c.num_heads as u128 * l * l;
+        crate::limits::ensure_fits(values * 4, &format!("the T5 encoder on {batch} × {len} tokens"))
+    }
+
     /// Encodes token ids `(B, L)` (integers below vocab_size) with a 0/1 mask `(B, L)` (None: all ones).
     pub fn encode(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let dims = ids.dims();
         if dims.len() != 2 || dims.contains(&0) {
             return Err(value_error("input_ids", "shape (B, L)", format!("{dims:?}")));
         }
+        self.check_memory(dims[0], dims[1], "input_ids")?;
         let ids_i64 = ids.to_dtype(DType::I64)?;
         let flat = ids_i64.flatten_all()?.to_vec1::<i64>()?;
         if let Some(bad) = flat.iter().find(|&&i| i < 0 || i as usize >= self.cfg.vocab_size) {
@@ -337,7 +349,18 @@ impl T5EncoderModel {
             ));
         }
         let mask = match mask {
-            Some(m) if m.dims() == dims => m.to_dtype(DType::F32)?,
+            Some(m) if m.dims() == dims => {
+                let m = m.to_dtype(DType::F32)?;
+                // Any other value would scale T5's additive -3.4e38 mask past the float range (NaN scores).
+                if m.flatten_all()?.to_vec1::<f32>()?.iter().any(|&v| v != 0.0 && v != 1.0) {
+                    return Err(value_error(
+                        "attention_mask",
+                        "0/1 values (1 for tokens, 0 for padding)",
+                        "other values",
+                    ));
+                }
+                m
+            }
             Some(m) => {
                 return Err(value_error(
                     "attention_mask",
