@@ -62,6 +62,9 @@ pub struct ParamStore {
     device: Device,
     dtype: DType,
     budget: Arc<Budget>,
+    /// Readers are passes over the parameters (forwards, sampling); writers replace them (an optimiser step, a
+    /// load). Shared by clones, so a forward on one clone never sees a half-applied step made through another.
+    access: Arc<std::sync::RwLock<()>>,
 }
 
 /// The memory a store may allocate for its parameters, fixed when it is made (see [`crate::limits`]): a network
@@ -108,6 +111,7 @@ impl ParamStore {
                 used: Mutex::new(0),
                 refused: Mutex::new(None),
             }),
+            access: Arc::new(std::sync::RwLock::new(())),
         })
     }
 
@@ -162,6 +166,17 @@ impl ParamStore {
         )
     }
 
+    /// Held for a whole pass that reads the parameters: an update waits until it ends, and it waits for an update
+    /// in progress, so the pass sees the parameters of one step throughout.
+    pub fn read_access(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.access.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Held while the parameters are replaced (see [`ParamStore::read_access`]).
+    pub fn write_access(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.access.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -203,6 +218,7 @@ impl ParamStore {
 
     /// Sets every variable, in name order, to `value(name, var)` (the seeded initialisers rely on the order).
     pub fn initialise(&self, mut value: impl FnMut(&str, &Var) -> Result<Tensor>) -> Result<()> {
+        let _writing = self.write_access();
         for (name, var) in self.vars(|_| true) {
             let t = value(&name, &var)?;
             var.set(&t.to_device(&self.device)?.to_dtype(self.dtype)?)?;
@@ -219,6 +235,7 @@ impl ParamStore {
         source: Option<&str>,
         model: &str,
     ) -> Result<LoadReport> {
+        let _writing = self.write_access();
         self.with_vars(|data| {
             let mut report = LoadReport::default();
             let mut mismatched = Vec::new();

@@ -129,7 +129,10 @@ impl SchedulerConfig {
     /// scheduler divides by ᾱ or its root somewhere, so such a schedule gives NaN latents, in diffusers too.
     fn check_alphas_cumprod(&self) -> Result<()> {
         let acp = super::spacing::alphas_cumprod(self);
-        if let Some(i) = acp.iter().position(|a| a.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
+        if let Some(i) = acp
+            .iter()
+            .position(|a| a.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
             return Err(LatteError::Value(format!(
                 "beta_end / beta_schedule: alphas_cumprod reaches 0 in float32 at step {i} of {} (the betas are too \
                  large); expected a schedule whose signal never vanishes (e.g. beta_end <= 0.02 for \"linear\")",

@@ -310,6 +310,7 @@ impl Denoiser for LatteModel {
     }
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
+        let _reading = self.store.read_access();
         let (y, y_image) = labels_of(cond)?;
         let out = self.network.forward(x, t, y, y_image, grad)?;
         // Without a graph to keep, the output must not hold the activations its ops reference.

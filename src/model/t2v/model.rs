@@ -229,6 +229,7 @@ impl Denoiser for LatteT2VModel {
     }
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
+        let _reading = self.store.read_access();
         let caption = caption_of(cond)?;
         let out = self.network.forward(x, t, caption, self.temporal_attention, grad)?;
         // Without a graph to keep, the output must not hold the activations its ops reference.
