@@ -52,6 +52,8 @@ pub mod config;
 pub mod diffusion;
 pub mod error;
 pub mod float;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod limits;
 pub mod metrics;

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"demo": _demo, "forward": _forward, "train": _train, "encode": _encode, "fvd": _fvd, "sample": _sample}
     try:
         return commands[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
+    except (ValueError, TypeError, FileNotFoundError, MemoryError, OSError, RuntimeError) as e:
         print(f"latte-rs: error: {e}", file=sys.stderr)
         return 2
 

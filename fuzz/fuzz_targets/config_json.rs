@@ -1,0 +1,4 @@
+#![no_main]
+//! `latte_rs::fuzzing::config_json` under libFuzzer: any input may be refused, none may panic, abort or hang.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| latte_rs::fuzzing::config_json(data));
