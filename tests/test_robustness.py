@@ -411,3 +411,22 @@ def test_forwards_during_training_see_whole_steps():
     assert len(outputs) > 0
     for out in outputs:
         assert any(np.array_equal(out, e) for e in expected), "a forward saw a half-applied step"
+
+
+def test_a_damaged_latent_cache_is_a_value_error(tmp_path):
+    from latte_rs.data import LatentClips, SyntheticVideos, encode_dataset
+
+    vae = latte_rs.VideoVAE.from_pretrained(VAE)
+    out = tmp_path / "cache"
+    encode_dataset(SyntheticVideos(num_clips=2, num_frames=2, image_size=8), vae, out, shard_size=1)
+    shard = sorted(out.glob("shard-*.safetensors"))[1]
+    shard.write_bytes(b"\xff" * 16 + shard.read_bytes()[16:])
+    cache = LatentClips(out)
+    cache[0]
+    with pytest.raises(ValueError, match="unreadable shard"):
+        cache[1]
+    index = json.loads((out / "index.json").read_text())
+    index["shards"][0]["file"] = "../../etc/passwd"
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="not a shard of this cache"):
+        LatentClips(out)

@@ -167,7 +167,8 @@ impl ParamStore {
     }
 
     /// Held for a whole pass that reads the parameters: an update waits until it ends, and it waits for an update
-    /// in progress, so the pass sees the parameters of one step throughout.
+    /// in progress, so the pass sees the parameters of one step throughout. (A train step's own forward and
+    /// backward do not hold it: loading weights from another thread during a step is not supported.)
     pub fn read_access(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.access.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

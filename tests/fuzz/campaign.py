@@ -506,12 +506,66 @@ def _file_sources(latte_rs, out: Path) -> dict:
         "t5_folder": (FIXTURES / "t5" / "gated", None, lambda m, p: m.T5TextEncoder.from_pretrained(p)),
         "t2v_folder": (FIXTURES / "t2v" / "video", None, lambda m, p: m.LatteT2VTransformer.from_pretrained(p)),
     }
+    videos = _video_folder(out / "videos")
+    if videos is not None:
+        sources["video_folder"] = (videos, None, _read_videos)
+    sources["latent_cache"] = (_latent_cache(latte_rs, out / "latents"), None, _read_latents)
     pt = _official_pt(out)
     if pt is not None:
         sources["official_pt"] = (pt, None, lambda m, p: m.LatteModel.from_checkpoint(
             p, preset="Latte-S/2", num_frames=2, input_size=4, depth=2, hidden_size=16, num_heads=2,
             in_channels=4, patch_size=2))
     return sources
+
+
+def _video_folder(out: Path) -> Path | None:
+    """Two classes of two short mp4 clips (needs PyAV; skipped without it)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    for cls in ("run", "walk"):
+        (out / cls).mkdir(parents=True, exist_ok=True)
+        for k in range(2):
+            with av.open(str(out / cls / f"{k}.mp4"), "w") as c:
+                stream = c.add_stream("mpeg4", rate=10)
+                stream.height, stream.width, stream.pix_fmt = 16, 24, "yuv420p"
+                for i in range(6):
+                    img = np.full((16, 24, 3), (i * 37 + k * 11) % 256, np.uint8)
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        c.mux(packet)
+                for packet in stream.encode():
+                    c.mux(packet)
+    return out
+
+
+def _read_videos(latte_rs, root: Path) -> None:
+    import warnings
+
+    from latte_rs.data import VideoClips
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged files are reported once as warnings and skipped
+        ds = VideoClips(root, num_frames=3, frame_interval=1, image_size=8, seed=0)
+        for i in range(len(ds)):
+            ds[i]
+
+
+def _latent_cache(latte_rs, out: Path) -> Path:
+    from latte_rs.data import SyntheticVideos
+    from latte_rs.data.latents import encode_dataset
+
+    vae = latte_rs.VideoVAE.from_pretrained(FIXTURES / "vae" / "tiny_attn")
+    encode_dataset(SyntheticVideos(num_clips=3, num_frames=2, image_size=8), vae, out, shard_size=2)
+    return out
+
+
+def _read_latents(latte_rs, root: Path) -> None:
+    from latte_rs.data.latents import LatentClips
+
+    ds = LatentClips(root)
+    for i in range(len(ds)):
+        ds[i]
 
 
 def _official_pt(out: Path) -> Path | None:

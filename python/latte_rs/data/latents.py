@@ -96,12 +96,19 @@ class LatentClips:
             self.index = json.loads(index_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{index_path}: unreadable ({e})") from None
-        self.shards = self.index["shards"]
-        for s in self.shards:
-            if not (self.path / s["file"]).is_file():
-                raise FileNotFoundError(f"{self.path / s['file']}: listed in {INDEX} but missing")
-        self.offsets = np.cumsum([0] + [s["count"] for s in self.shards])
-        self.scaling_factor = float(self.index["scaling_factor"])
+        try:
+            self.shards = list(self.index["shards"])
+            files = [str(s["file"]) for s in self.shards]
+            counts = [int(s["count"]) for s in self.shards]
+            self.scaling_factor = float(self.index["scaling_factor"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{index_path}: not a latent cache index ({type(e).__name__}: {e})") from None
+        for name, count in zip(files, counts, strict=True):
+            if Path(name).name != name or count < 0:
+                raise ValueError(f"{index_path}: shard {name!r} with {count} clips is not a shard of this cache")
+            if not (self.path / name).is_file():
+                raise FileNotFoundError(f"{self.path / name}: listed in {INDEX} but missing")
+        self.offsets = np.cumsum([0] + counts)
         self._open: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -121,9 +128,13 @@ class LatentClips:
         index %= n
         k = int(np.searchsorted(self.offsets, index, side="right") - 1)
         j = index - int(self.offsets[k])
-        shard = self._shard(k)
-        latents = shard.get_slice("latents")[j:j + 1][0]
-        label = int(shard.get_slice("labels")[j:j + 1][0])
+        try:
+            shard = self._shard(k)
+            latents = shard.get_slice("latents")[j:j + 1][0]
+            label = int(shard.get_slice("labels")[j:j + 1][0])
+        except Exception as e:  # safetensors' SafetensorError, a missing key, fewer rows than the index says
+            shard_path = self.path / self.shards[k]["file"]
+            raise ValueError(f"{shard_path}: unreadable shard ({type(e).__name__}: {e})") from None
         return np.asarray(latents, np.float32), label
 
     def __getstate__(self) -> dict:  # open shard handles do not pickle; workers reopen them
