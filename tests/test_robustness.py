@@ -84,6 +84,13 @@ def _rewrite_safetensors_metadata(path: Path, edit) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
 
 
+def _saved_checkpoint(tmp_path: Path) -> Path:
+    """A freshly saved trainer checkpoint of the tiny model (step 0)."""
+    ckpt = tmp_path / "ckpt"
+    latte_rs.Trainer(latte_rs.LatteModel(tiny_config(), seed=0), latte_rs.GaussianDiffusion()).save(ckpt)
+    return ckpt
+
+
 def _refresh_manifest(ckpt: Path) -> None:
     """Recomputes the manifest's sizes and CRC-32s, as a hostile author of a checkpoint would."""
     manifest = json.loads((ckpt / "trainer.json").read_text())
@@ -148,9 +155,7 @@ def test_named_pipes_and_devices_are_refused_without_blocking(tmp_path):
 
 
 def test_a_manifest_cannot_point_resume_outside_the_checkpoint(tmp_path):
-    trainer = latte_rs.Trainer(latte_rs.LatteModel(tiny_config(), seed=0), latte_rs.GaussianDiffusion())
-    ckpt = tmp_path / "ckpt"
-    trainer.save(ckpt)
+    ckpt = _saved_checkpoint(tmp_path)
     manifest = json.loads((ckpt / "trainer.json").read_text())
     for name in ("/dev/zero", "../outside.safetensors"):
         files = dict(manifest["files"])
@@ -161,9 +166,7 @@ def test_a_manifest_cannot_point_resume_outside_the_checkpoint(tmp_path):
 
 
 def test_from_checkpoint_on_a_trainer_folder_verifies_the_checksums(tmp_path):
-    trainer = latte_rs.Trainer(latte_rs.LatteModel(tiny_config(), seed=0), latte_rs.GaussianDiffusion())
-    ckpt = tmp_path / "ckpt"
-    trainer.save(ckpt)
+    ckpt = _saved_checkpoint(tmp_path)
     latte_rs.LatteModel.from_checkpoint(ckpt)
     data = bytearray((ckpt / "ema.safetensors").read_bytes())
     data[-5] ^= 0x10  # a flipped bit in a weight: still a valid safetensors file
@@ -210,9 +213,7 @@ def test_a_vae_config_with_zero_groups_is_a_value_error(tmp_path):
 
 
 def test_a_resumed_diffusion_table_shorter_than_its_schedule_is_refused(tmp_path):
-    trainer = latte_rs.Trainer(latte_rs.LatteModel(tiny_config(), seed=0), latte_rs.GaussianDiffusion())
-    ckpt = tmp_path / "ckpt"
-    trainer.save(ckpt)
+    ckpt = _saved_checkpoint(tmp_path)
     diffusion = json.loads((ckpt / "diffusion.json").read_text())
     diffusion["posterior_mean_coef1"] = diffusion["posterior_mean_coef1"][:10]
     (ckpt / "diffusion.json").write_text(json.dumps(diffusion))
@@ -278,9 +279,7 @@ def test_an_update_that_would_overflow_the_weights_changes_nothing():
 
 
 def test_a_step_counter_at_its_maximum_refuses_to_wrap(tmp_path):
-    trainer = latte_rs.Trainer(latte_rs.LatteModel(tiny_config(), seed=0), latte_rs.GaussianDiffusion())
-    ckpt = tmp_path / "ckpt"
-    trainer.save(ckpt)
+    ckpt = _saved_checkpoint(tmp_path)
     manifest = json.loads((ckpt / "trainer.json").read_text())
     assert "step" in manifest, sorted(manifest)
     manifest["step"] = 2**64 - 1
