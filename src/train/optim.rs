@@ -45,18 +45,54 @@ pub struct Update {
     pub grad_scale: f64,
 }
 
+/// The per-step constants of AdamW in the parameters' float type, and the update of one element: shared by the
+/// step and by its dry run, so that the dry run's verdict is about exactly the values the step writes.
+struct AdamWCoefficients<T> {
+    decay: T,
+    w1: T,
+    b2: T,
+    w2: T,
+    neg_step: T,
+    bc2: T,
+    eps: T,
+    gs: T,
+    scaled: bool,
+}
+
+impl<T: Float> AdamWCoefficients<T> {
+    fn new(update: Update, cfg: &AdamWConfig) -> Self {
+        let Update { step, lr, grad_scale } = update;
+        let bias1 = 1.0 - cfg.beta1.powi(step as i32);
+        let bias2_sqrt = (1.0 - cfg.beta2.powi(step as i32)).sqrt();
+        Self {
+            decay: T::of(1.0 - lr * cfg.weight_decay),
+            w1: T::of(1.0 - cfg.beta1),
+            b2: T::of(cfg.beta2),
+            w2: T::of(1.0 - cfg.beta2),
+            neg_step: T::of(-(lr / bias1)),
+            bc2: T::of(bias2_sqrt),
+            eps: T::of(cfg.eps),
+            gs: T::of(grad_scale),
+            scaled: grad_scale != 1.0,
+        }
+    }
+
+    /// The new (parameter, first moment, second moment) of one element.
+    #[inline(always)]
+    fn element(&self, p: T, g: T, m: T, v: T) -> (T, T, T) {
+        let gi = if self.scaled { g * self.gs } else { g };
+        let p = p * self.decay;
+        // torch's lerp with weight < 0.5: m + w (g - m).
+        let m = m + self.w1 * (gi - m);
+        let v = v * self.b2 + self.w2 * gi * gi;
+        let denom = v.sqrt() / self.bc2 + self.eps;
+        (p + self.neg_step * (m / denom), m, v)
+    }
+}
+
 /// One AdamW step in place: `param`, first moment `m` and second moment `v` updated from `grad · grad_scale`.
 pub fn adamw_step<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], update: Update, cfg: &AdamWConfig) {
-    let Update { step, lr, grad_scale } = update;
-    let bias1 = 1.0 - cfg.beta1.powi(step as i32);
-    let bias2_sqrt = (1.0 - cfg.beta2.powi(step as i32)).sqrt();
-    let decay = T::of(1.0 - lr * cfg.weight_decay);
-    let w1 = T::of(1.0 - cfg.beta1);
-    let (b2, w2) = (T::of(cfg.beta2), T::of(1.0 - cfg.beta2));
-    let neg_step = T::of(-(lr / bias1));
-    let (bc2, eps) = (T::of(bias2_sqrt), T::of(cfg.eps));
-    let gs = T::of(grad_scale);
-    let scaled = grad_scale != 1.0;
+    let c = AdamWCoefficients::<T>::new(update, cfg);
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
@@ -64,19 +100,13 @@ pub fn adamw_step<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
             for i in 0..p.len() {
-                let gi = if scaled { g[i] * gs } else { g[i] };
-                p[i] *= decay;
-                // torch's lerp with weight < 0.5: m + w (g - m).
-                m[i] = m[i] + w1 * (gi - m[i]);
-                v[i] = v[i] * b2 + w2 * gi * gi;
-                let denom = v[i].sqrt() / bc2 + eps;
-                p[i] += neg_step * (m[i] / denom);
+                (p[i], m[i], v[i]) = c.element(p[i], g[i], m[i], v[i]);
             }
         });
 }
 
 /// Whether [`adamw_step`] with the same arguments would leave every parameter (and moment) finite. It reads
-/// only, so that a step that would overflow can be refused with nothing changed.
+/// only (no copies), so that a step that would overflow can be refused with nothing changed.
 pub fn adamw_stays_finite<T: Float>(
     param: &[T],
     grad: &[T],
@@ -85,13 +115,18 @@ pub fn adamw_stays_finite<T: Float>(
     update: Update,
     cfg: &AdamWConfig,
 ) -> bool {
-    let (mut p, mut m, mut v) = (param.to_vec(), m.to_vec(), v.to_vec());
-    // On copies of one chunk at a time would save memory; the copies are the optimiser's own size, once.
-    adamw_step(&mut p, grad, &mut m, &mut v, update, cfg);
-    p.par_chunks(CHUNK)
+    let c = AdamWCoefficients::<T>::new(update, cfg);
+    param
+        .par_chunks(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks(CHUNK))
         .zip(v.par_chunks(CHUNK))
-        .all(|((p, m), v)| p.iter().chain(m).chain(v).all(|x| x.to_f64().is_finite()))
+        .all(|(((p, g), m), v)| {
+            (0..p.len()).all(|i| {
+                let (p, m, v) = c.element(p[i], g[i], m[i], v[i]);
+                p.to_f64().is_finite() && m.to_f64().is_finite() && v.to_f64().is_finite()
+            })
+        })
 }
 
 /// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
