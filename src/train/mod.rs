@@ -597,8 +597,7 @@ impl Trainer {
             lr,
         };
         // Forwards on clones of the model (other threads) see the weights before this step or after it.
-        let store = self.model.store().clone();
-        let _writing = store.write_access();
+        let _writing = self.model.store().write_access();
         let (norm, skip) = match &mut self.state {
             State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
             State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,

@@ -99,7 +99,7 @@ impl Budget {
 }
 
 impl ParamStore {
-    /// An empty store; networks add their parameters (as zeros) through [`ParamStore::builder`].
+    /// An empty store; networks add their parameters (as zeros) through [`ParamStore::build`].
     pub fn new(device: &Device, dtype: DType) -> Result<Self> {
         check_float_dtype(dtype)?;
         Ok(Self {
@@ -115,15 +115,14 @@ impl ParamStore {
         })
     }
 
-    /// Runs a network's constructor on [`ParamStore::builder`] (or the frozen builder) and returns a refusal of
+    /// Runs a network's constructor on a [`ParamStore::builder`] (frozen or not) and returns a refusal of
     /// the memory budget as [`LatteError::Memory`] rather than as the constructor's error.
     pub fn build<T, E: Into<LatteError>>(
         &self,
         frozen: bool,
         construct: impl FnOnce(VarBuilder<'static>) -> std::result::Result<T, E>,
     ) -> Result<T> {
-        let vb = if frozen { self.frozen_builder() } else { self.builder() };
-        construct(vb).map_err(|e| {
+        construct(self.builder(frozen)).map_err(|e| {
             match self
                 .budget
                 .refused
@@ -137,33 +136,19 @@ impl ParamStore {
         })
     }
 
-    /// The builder a network's constructor reads its parameters from; paths mirror the checkpoint names.
-    pub fn builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(
-            Box::new(Budgeted {
-                varmap: self.varmap.clone(),
-                budget: self.budget.clone(),
-                frozen: false,
-            }),
-            self.dtype,
-            self.device.clone(),
-        )
-    }
-
-    /// The builder of an inference-only network (the VAE, the text encoder): the same parameters, read without
-    /// their autograd identity, so the network's forward passes record no graph and free each activation as soon
-    /// as the next op has used it. (With variables among its inputs every op keeps its inputs alive for a
-    /// backward pass, which holds a whole forward pass's activations until its output is dropped.)
-    pub fn frozen_builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(
-            Box::new(Budgeted {
-                varmap: self.varmap.clone(),
-                budget: self.budget.clone(),
-                frozen: true,
-            }),
-            self.dtype,
-            self.device.clone(),
-        )
+    /// The builder a network's constructor reads its parameters from (paths mirror the checkpoint names), each
+    /// new parameter charged to the budget. A `frozen` builder is for an inference-only network (the VAE, the text
+    /// encoder): the same parameters, read without their autograd identity, so the network's forward passes
+    /// record no graph and free each activation as soon as the next op has used it. (With variables among its
+    /// inputs every op keeps its inputs alive for a backward pass, which holds a whole forward pass's activations
+    /// until its output is dropped.)
+    fn builder(&self, frozen: bool) -> VarBuilder<'static> {
+        let backend = Budgeted {
+            varmap: self.varmap.clone(),
+            budget: self.budget.clone(),
+            frozen,
+        };
+        VarBuilder::from_backend(Box::new(backend), self.dtype, self.device.clone())
     }
 
     /// Held for a whole pass that reads the parameters: an update waits until it ends, and it waits for an update
@@ -281,7 +266,7 @@ impl ParamStore {
 }
 
 /// The backend of a store's builders: each new parameter is charged to the store's [`Budget`] before the variable
-/// map allocates it; `frozen` builders read the parameters as plain tensors (see [`ParamStore::frozen_builder`]),
+/// map allocates it; `frozen` builders read the parameters as plain tensors (see [`ParamStore::builder`]),
 /// which share the variables' storage, so loading into the store updates them.
 struct Budgeted {
     varmap: VarMap,
