@@ -250,39 +250,21 @@ impl LatteConfig {
     /// Reject values and combinations that cannot work, with a message that says why.
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(LatteError::Config(m));
-        let positive = [
-            ("depth", self.depth),
-            ("hidden_size", self.hidden_size),
-            ("num_heads", self.num_heads),
-            ("patch_size", self.patch_size),
-            ("input_size", self.input_size),
-            ("in_channels", self.in_channels),
-            ("num_frames", self.num_frames),
-            ("tubelet_size", self.tubelet_size),
-            ("attention_chunk_size", self.attention_chunk_size),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return err(format!("{name} must be positive, got 0"));
-            }
-        }
         // Bounds far beyond every published model (Latte-XL: depth 28, width 1152) that keep every size product
         // below overflow; a larger value is a typo or a hostile file, refused before anything is allocated.
-        let bounded = [
-            ("depth", self.depth, 1 << 12),
-            ("hidden_size", self.hidden_size, 1 << 16),
-            ("num_heads", self.num_heads, 1 << 12),
-            ("patch_size", self.patch_size, 1 << 10),
-            ("input_size", self.input_size, 1 << 14),
-            ("in_channels", self.in_channels, 1 << 12),
-            ("num_frames", self.num_frames, 1 << 14),
-            ("num_classes", self.num_classes, 1 << 24),
-            ("tubelet_size", self.tubelet_size, 1 << 10),
-            ("use_image_num", self.use_image_num, 1 << 10),
-        ];
-        for (name, v, max) in bounded {
-            crate::limits::at_most(name, v, max)?;
-        }
+        crate::limits::sizes(&[
+            ("depth", self.depth, 1, 1 << 12),
+            ("hidden_size", self.hidden_size, 1, 1 << 16),
+            ("num_heads", self.num_heads, 1, 1 << 12),
+            ("patch_size", self.patch_size, 1, 1 << 10),
+            ("input_size", self.input_size, 1, 1 << 14),
+            ("in_channels", self.in_channels, 1, 1 << 12),
+            ("num_frames", self.num_frames, 1, 1 << 14),
+            ("num_classes", self.num_classes, 0, 1 << 24),
+            ("tubelet_size", self.tubelet_size, 1, 1 << 10),
+            ("use_image_num", self.use_image_num, 0, 1 << 10),
+            ("attention_chunk_size", self.attention_chunk_size, 1, usize::MAX),
+        ])?;
         if self.depth % 2 != 0 {
             return err(format!(
                 "depth counts spatial and temporal blocks together and must be even, got {}",

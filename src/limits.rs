@@ -79,20 +79,29 @@ pub fn elements(arg: &str, dims: &[usize]) -> Result<usize> {
     }
 }
 
-/// [`elements`] and then [`ensure_fits`] for a tensor of `dims` with `elem_size`-byte elements, made `copies`
-/// times (an operation's inputs, outputs and temporaries).
-pub fn ensure_tensor_fits(arg: &str, dims: &[usize], elem_size: usize, copies: usize) -> Result<usize> {
+/// [`elements`] and then [`ensure_fits`] for a tensor of `dims` taking `elem_size` bytes per element at its
+/// peak (its temporaries included).
+pub fn ensure_tensor_fits(arg: &str, dims: &[usize], elem_size: usize) -> Result<usize> {
     let n = elements(arg, dims)?;
-    ensure_fits(n as u128 * elem_size as u128 * copies as u128, arg)?;
+    ensure_fits(n as u128 * elem_size as u128, arg)?;
     Ok(n)
 }
 
-/// A config field checked against an upper bound that no real model reaches (`ValueError` naming it).
-pub fn at_most(field: &str, value: usize, max: usize) -> Result<()> {
-    if value > max {
-        return Err(LatteError::Config(format!(
-            "{field} must be at most {max}, got {value}"
-        )));
+/// Config sizes checked against their ranges, `(field, value, min, max)` each: the lower bounds a network needs
+/// (1 for a width or a count of blocks) and upper bounds that no real model reaches but that keep every size
+/// product far from overflow. The first one out of range is a config error naming it.
+pub fn sizes(fields: &[(&str, usize, usize, usize)]) -> Result<()> {
+    for &(field, value, min, max) in fields {
+        if value < min {
+            return Err(LatteError::Config(format!(
+                "{field} must be at least {min}, got {value}"
+            )));
+        }
+        if value > max {
+            return Err(LatteError::Config(format!(
+                "{field} must be at most {max}, got {value}"
+            )));
+        }
     }
     Ok(())
 }
@@ -115,5 +124,9 @@ mod tests {
         assert!(matches!(elements("shape", &[usize::MAX, 3]), Err(LatteError::Value(_))));
         assert_eq!(elements("shape", &[2, 3, 0]).unwrap(), 0);
         assert_eq!(human(1536), "1.5 KiB");
+        assert!(sizes(&[("a", 1, 1, 4), ("b", 4, 0, 4)]).is_ok());
+        let low = sizes(&[("a", 0, 1, 4)]).unwrap_err().to_string();
+        let high = sizes(&[("a", 1, 1, 4), ("b", 5, 0, 4)]).unwrap_err().to_string();
+        assert!(low.contains("a must be at least 1, got 0") && high.contains("b must be at most 4, got 5"));
     }
 }

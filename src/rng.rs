@@ -82,7 +82,8 @@ impl Generator {
         dtype: candle_core::DType,
         device: &candle_core::Device,
     ) -> candle_core::Result<candle_core::Tensor> {
-        let n = crate::limits::ensure_tensor_fits("shape", dims, 8, 1)
+        // The f64 draws and their cast live at once.
+        let n = crate::limits::ensure_tensor_fits("shape", dims, 8 + dtype.size_in_bytes())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         candle_core::Tensor::from_vec(self.normal(n, 0.0, 1.0), dims, device)?.to_dtype(dtype)
     }

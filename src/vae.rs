@@ -52,24 +52,19 @@ impl VaeConfig {
                 self.block_out_channels.len()
             ));
         }
-        for (name, v, max) in [
-            ("in_channels", self.in_channels, 1 << 10),
-            ("out_channels", self.out_channels, 1 << 10),
-            ("layers_per_block", self.layers_per_block, 64),
-            ("latent_channels", self.latent_channels, 1 << 10),
-            ("norm_num_groups", self.norm_num_groups, 1 << 12),
-        ]
-        .into_iter()
-        .chain(
+        let mut fields = vec![
+            ("in_channels", self.in_channels, 1, 1 << 10),
+            ("out_channels", self.out_channels, 1, 1 << 10),
+            ("layers_per_block", self.layers_per_block, 1, 64),
+            ("latent_channels", self.latent_channels, 1, 1 << 10),
+            ("norm_num_groups", self.norm_num_groups, 1, 1 << 12),
+        ];
+        fields.extend(
             self.block_out_channels
                 .iter()
-                .map(|&c| ("block_out_channels", c, 1 << 14)),
-        ) {
-            if v == 0 {
-                return err(format!("{name}: expected a positive value, got 0"));
-            }
-            crate::limits::at_most(name, v, max).map_err(|e| LatteError::Config(format!("VAE: {e}")))?;
-        }
+                .map(|&c| ("block_out_channels", c, 1, 1 << 14)),
+        );
+        crate::limits::sizes(&fields).map_err(|e| LatteError::Config(format!("VAE: {e}")))?;
         if let Some(c) = self.block_out_channels.iter().find(|c| **c % self.norm_num_groups != 0) {
             return err(format!(
                 "block_out_channels {c} is not divisible by norm_num_groups {}",

@@ -46,7 +46,8 @@ pub fn draw_noise(model: &dyn Denoiser, dims: &[usize], rng: &mut Generator) -> 
     if dims.first().is_none_or(|&b| b == 0) {
         return Err(value_error("num_samples", "at least 1", 0));
     }
-    crate::limits::ensure_tensor_fits("latent_shape", dims, 8, 1)?;
+    // Checked here too so that the refusal is a memory error, not the generator's message.
+    crate::limits::ensure_tensor_fits("latent_shape", dims, 8 + state_dtype(model).size_in_bytes())?;
     model.check_memory(dims, false)?;
     Ok(rng.randn(dims, state_dtype(model), model.device())?)
 }

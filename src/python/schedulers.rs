@@ -63,8 +63,9 @@ impl PyGenerator {
         #[pyo3(from_py_with = crate::python::convert::shape_arg)] shape: Vec<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
-            // Drawn as f64, converted to f32, copied into NumPy: 16 bytes per value at the peak.
-            crate::limits::ensure_tensor_fits("shape", &shape, 16, 1).py()?;
+            // Drawn as f64, cast to f32, copied into NumPy: 16 bytes per value at the peak. (The generator checks
+            // its part too, but its error type is candle's: this makes the refusal a MemoryError.)
+            crate::limits::ensure_tensor_fits("shape", &shape, 16).py()?;
             let t = self.lock().randn(&shape, DType::F32, &Device::Cpu).py()?;
             to_numpy(py, &t)
         })

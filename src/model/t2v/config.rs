@@ -84,38 +84,19 @@ impl LatteT2VConfig {
                 self.activation_fn
             ));
         }
-        for (name, v) in [
-            ("num_attention_heads", self.num_attention_heads),
-            ("attention_head_dim", self.attention_head_dim),
-            ("in_channels", self.in_channels),
-            ("num_layers", self.num_layers),
-            ("patch_size", self.patch_size),
-            ("sample_size", self.sample_size),
-            ("caption_channels", self.caption_channels),
-            ("video_length", self.video_length),
-        ] {
-            if v == 0 {
-                return err(format!("{name}: expected a positive value"));
-            }
-        }
-        for (name, v, max) in [
-            ("num_attention_heads", self.num_attention_heads, 1 << 12),
-            ("attention_head_dim", self.attention_head_dim, 1 << 12),
-            ("in_channels", self.in_channels, 1 << 12),
-            ("out_channels", self.out_channels(), 1 << 12),
-            ("num_layers", self.num_layers, 1 << 12),
-            ("patch_size", self.patch_size, 1 << 10),
-            ("sample_size", self.sample_size, 1 << 14),
-            ("caption_channels", self.caption_channels, 1 << 16),
-            ("video_length", self.video_length, 1 << 14),
-            ("num_embeds_ada_norm", self.num_embeds_ada_norm.unwrap_or(0), 1 << 24),
-        ] {
-            crate::limits::at_most(name, v, max)?;
-        }
-        crate::limits::at_most("num_attention_heads × attention_head_dim", self.inner_dim(), 1 << 16)?;
-        if self.out_channels == Some(0) {
-            return err("out_channels: expected a positive value".into());
-        }
+        crate::limits::sizes(&[
+            ("num_attention_heads", self.num_attention_heads, 1, 1 << 12),
+            ("attention_head_dim", self.attention_head_dim, 1, 1 << 12),
+            ("in_channels", self.in_channels, 1, 1 << 12),
+            ("out_channels", self.out_channels(), 1, 1 << 12),
+            ("num_layers", self.num_layers, 1, 1 << 12),
+            ("patch_size", self.patch_size, 1, 1 << 10),
+            ("sample_size", self.sample_size, 1, 1 << 14),
+            ("caption_channels", self.caption_channels, 1, 1 << 16),
+            ("video_length", self.video_length, 1, 1 << 14),
+            ("num_embeds_ada_norm", self.num_embeds_ada_norm.unwrap_or(0), 0, 1 << 24),
+            ("num_attention_heads × attention_head_dim", self.inner_dim(), 1, 1 << 16),
+        ])?;
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
             return err(format!(
                 "norm_eps: expected a positive finite value, got {}",

@@ -60,29 +60,26 @@ impl T5Config {
     /// Refuses sizes the encoder cannot be built from or that no T5 has (far beyond XXL's).
     pub fn validate(&self) -> Result<()> {
         self.gated()?;
-        for (name, v, max) in [
-            ("vocab_size", self.vocab_size, 1 << 22),
-            ("d_model", self.d_model, 1 << 16),
-            ("d_kv", self.d_kv, 1 << 12),
-            ("d_ff", self.d_ff, 1 << 18),
-            ("num_layers", self.num_layers, 1 << 10),
-            ("num_heads", self.num_heads, 1 << 10),
+        crate::limits::sizes(&[
+            ("vocab_size", self.vocab_size, 1, 1 << 22),
+            ("d_model", self.d_model, 1, 1 << 16),
+            ("d_kv", self.d_kv, 1, 1 << 12),
+            ("d_ff", self.d_ff, 1, 1 << 18),
+            ("num_layers", self.num_layers, 1, 1 << 10),
+            ("num_heads", self.num_heads, 1, 1 << 10),
             (
                 "relative_attention_num_buckets",
                 self.relative_attention_num_buckets,
+                1,
                 1 << 12,
             ),
             (
                 "relative_attention_max_distance",
                 self.relative_attention_max_distance,
+                1,
                 1 << 20,
             ),
-        ] {
-            if v == 0 {
-                return Err(LatteError::Config(format!("{name}: expected a positive value, got 0")));
-            }
-            crate::limits::at_most(name, v, max)?;
-        }
+        ])?;
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
             return Err(LatteError::Config(format!(
                 "layer_norm_epsilon: expected a positive finite value, got {}",
