@@ -240,8 +240,8 @@ def test_an_mlp_of_width_zero_is_a_value_error():
         tiny_config(mlp_ratio=0.01)
 
 
-def test_a_panic_would_be_a_runtime_error_not_a_base_exception():
-    # Every binding runs under catch_unwind; an out-of-range mask used to overflow T5's additive mask.
+def test_t5_inputs_that_used_to_panic_or_give_nan_are_value_errors():
+    # A mask value other than 0/1 overflowed T5's additive mask into NaN; a huge max_length overflowed a capacity.
     t5 = latte_rs.T5TextEncoder.from_pretrained(FIXTURES / "t5" / "gated")
     with pytest.raises(ValueError, match="attention_mask"):
         t5(np.array([[3, 4, 1]]), np.array([[1, 3, 0]]))

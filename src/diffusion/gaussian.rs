@@ -163,11 +163,12 @@ impl GaussianDiffusion {
 
     /// The process with these betas (each in (0, 1]).
     pub fn new(betas: Vec<f64>, mean_type: MeanType, var_type: VarType, loss_type: LossType) -> Result<Self> {
-        if betas.is_empty() || betas.iter().any(|b| !(*b > 0.0 && *b <= 1.0)) {
+        if betas.is_empty() {
             return Err(LatteError::Value(
                 "betas: expected a non-empty list of values in (0, 1]".into(),
             ));
         }
+        super::schedule::check_betas(&betas, "betas")?;
         let n = betas.len();
         let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
         let acp = cumprod(&alphas);

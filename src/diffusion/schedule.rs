@@ -76,7 +76,8 @@ pub fn named_beta_schedule(
             }
         }
     }
-    let betas = match schedule {
+    // The betas are checked where every process is made (`GaussianDiffusion::new`).
+    Ok(match schedule {
         BetaSchedule::Linear => {
             let scale = 1000.0 / num_timesteps as f64;
             linspace(scale * 0.0001, scale * 0.02, num_timesteps)
@@ -90,9 +91,7 @@ pub fn named_beta_schedule(
             |t| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2),
             0.999,
         ),
-    };
-    check_betas(&betas, "the betas")?;
-    Ok(betas)
+    })
 }
 
 /// The most diffusion steps a schedule may have (the paper's models use 1000).

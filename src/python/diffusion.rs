@@ -34,10 +34,10 @@ pub struct PyGaussianDiffusion {
     pub(crate) inner: GaussianDiffusion,
 }
 
-/// `t` in the dtype of `first`: the arrays of one call are computed in the dtype of its first (float64 noise from
-/// NumPy's default generator with float32 latents is converted, not refused).
-fn same_dtype(first: &candle_core::Tensor, t: candle_core::Tensor) -> PyResult<candle_core::Tensor> {
-    t.to_dtype(first.dtype()).py()
+/// A float array argument in the dtype of `first`: the arrays of one call are computed in the dtype of its first
+/// (float64 noise from NumPy's default generator with float32 latents is converted, not refused).
+fn float_like(obj: &Bound<'_, PyAny>, arg: &str, first: &candle_core::Tensor) -> PyResult<candle_core::Tensor> {
+    float_tensor(obj, arg)?.to_dtype(first.dtype()).py()
 }
 
 #[pymethods]
@@ -132,12 +132,8 @@ impl PyGaussianDiffusion {
         noise: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
-            let (x, t, n) = (
-                float_tensor(x_start, "x_start")?,
-                timesteps(t)?,
-                float_tensor(noise, "noise")?,
-            );
-            let n = same_dtype(&x, n)?;
+            let x = float_tensor(x_start, "x_start")?;
+            let (t, n) = (timesteps(t)?, float_like(noise, "noise", &x)?);
             let out = py.detach(|| self.inner.q_sample(&x, &t, &n)).py()?;
             to_numpy(py, &out)
         })
@@ -152,12 +148,8 @@ impl PyGaussianDiffusion {
         t: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         crate::python::guard(move || {
-            let (x0, xt, t) = (
-                float_tensor(x_start, "x_start")?,
-                float_tensor(x_t, "x_t")?,
-                timesteps(t)?,
-            );
-            let xt = same_dtype(&x0, xt)?;
+            let x0 = float_tensor(x_start, "x_start")?;
+            let (xt, t) = (float_like(x_t, "x_t", &x0)?, timesteps(t)?);
             let (m, v, l) = py.detach(|| self.inner.q_posterior_mean_variance(&x0, &xt, &t)).py()?;
             Ok((to_numpy(py, &m)?, to_numpy(py, &v)?, to_numpy(py, &l)?))
         })
@@ -174,12 +166,8 @@ impl PyGaussianDiffusion {
         clip_denoised: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::python::guard(move || {
-            let (o, x, t) = (
-                float_tensor(model_output, "model_output")?,
-                float_tensor(x, "x")?,
-                timesteps(t)?,
-            );
-            let x = same_dtype(&o, x)?;
+            let o = float_tensor(model_output, "model_output")?;
+            let (x, t) = (float_like(x, "x", &o)?, timesteps(t)?);
             let out = py
                 .detach(|| self.inner.p_mean_variance(&o, &x, &t, clip_denoised))
                 .py()?;
@@ -204,12 +192,8 @@ impl PyGaussianDiffusion {
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::python::guard(move || {
             let o = float_tensor(model_output, "model_output")?;
-            let (x0, t, n) = (
-                float_tensor(x_start, "x_start")?,
-                timesteps(t)?,
-                float_tensor(noise, "noise")?,
-            );
-            let (x0, n) = (same_dtype(&o, x0)?, same_dtype(&o, n)?);
+            let (x0, t) = (float_like(x_start, "x_start", &o)?, timesteps(t)?);
+            let n = float_like(noise, "noise", &o)?;
             let out = py.detach(|| self.inner.training_losses(&o, &x0, &t, &n)).py()?;
             let d = PyDict::new(py);
             d.set_item("loss", to_numpy(py, &out.loss)?)?;
@@ -235,9 +219,8 @@ impl PyGaussianDiffusion {
         clip_denoised: bool,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         crate::python::guard(move || {
-            let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
-            let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
-            let (x, n) = (same_dtype(&o, x)?, same_dtype(&o, n)?);
+            let o = float_tensor(model_output, "model_output")?;
+            let (x, t, n) = (float_like(x, "x", &o)?, timesteps(t)?, float_like(noise, "noise", &o)?);
             let (s, p) = py.detach(|| self.inner.p_sample(&o, &x, &t, &n, clip_denoised)).py()?;
             Ok((to_numpy(py, &s)?, to_numpy(py, &p)?))
         })
@@ -257,9 +240,8 @@ impl PyGaussianDiffusion {
         clip_denoised: bool,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         crate::python::guard(move || {
-            let (o, x) = (float_tensor(model_output, "model_output")?, float_tensor(x, "x")?);
-            let (t, n) = (timesteps(t)?, float_tensor(noise, "noise")?);
-            let (x, n) = (same_dtype(&o, x)?, same_dtype(&o, n)?);
+            let o = float_tensor(model_output, "model_output")?;
+            let (x, t, n) = (float_like(x, "x", &o)?, timesteps(t)?, float_like(noise, "noise", &o)?);
             let (s, p) = py
                 .detach(|| self.inner.ddim_sample(&o, &x, &t, &n, eta, clip_denoised))
                 .py()?;

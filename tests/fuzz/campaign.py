@@ -431,11 +431,11 @@ def t_files(data, ctx):
 
     if tmp.exists():
         shutil.rmtree(tmp)
-    path, victim, load = src[kind]
+    path, load = src[kind]
     if path.is_dir():
         shutil.copytree(path, tmp)
         names = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
-        target = tmp / (victim or data.draw(st.sampled_from(names)))
+        target = tmp / data.draw(st.sampled_from(names))
         root = tmp
     else:
         tmp.mkdir(parents=True)
@@ -499,20 +499,20 @@ def _file_sources(latte_rs, out: Path) -> dict:
     trainer.step(np.zeros((1, 2, 4, 4, 4), np.float32), np.array([1]))
     trainer.save(out / "ckpt")
     sources = {
-        "model_file": (out / "model.safetensors", None, lambda m, p: m.LatteModel.load(p)),
-        "checkpoint_resume": (out / "ckpt", None, lambda m, p: m.Trainer.resume(p)),
-        "checkpoint_model": (out / "ckpt", None, lambda m, p: m.LatteModel.from_checkpoint(p)),
-        "vae_folder": (FIXTURES / "vae" / "tiny_attn", None, lambda m, p: m.VideoVAE.from_pretrained(p)),
-        "t5_folder": (FIXTURES / "t5" / "gated", None, lambda m, p: m.T5TextEncoder.from_pretrained(p)),
-        "t2v_folder": (FIXTURES / "t2v" / "video", None, lambda m, p: m.LatteT2VTransformer.from_pretrained(p)),
+        "model_file": (out / "model.safetensors", lambda m, p: m.LatteModel.load(p)),
+        "checkpoint_resume": (out / "ckpt", lambda m, p: m.Trainer.resume(p)),
+        "checkpoint_model": (out / "ckpt", lambda m, p: m.LatteModel.from_checkpoint(p)),
+        "vae_folder": (FIXTURES / "vae" / "tiny_attn", lambda m, p: m.VideoVAE.from_pretrained(p)),
+        "t5_folder": (FIXTURES / "t5" / "gated", lambda m, p: m.T5TextEncoder.from_pretrained(p)),
+        "t2v_folder": (FIXTURES / "t2v" / "video", lambda m, p: m.LatteT2VTransformer.from_pretrained(p)),
     }
     videos = _video_folder(out / "videos")
     if videos is not None:
-        sources["video_folder"] = (videos, None, _read_videos)
-    sources["latent_cache"] = (_latent_cache(latte_rs, out / "latents"), None, _read_latents)
+        sources["video_folder"] = (videos, _read_videos)
+    sources["latent_cache"] = (_latent_cache(latte_rs, out / "latents"), _read_latents)
     pt = _official_pt(out)
     if pt is not None:
-        sources["official_pt"] = (pt, None, lambda m, p: m.LatteModel.from_checkpoint(
+        sources["official_pt"] = (pt, lambda m, p: m.LatteModel.from_checkpoint(
             p, preset="Latte-S/2", num_frames=2, input_size=4, depth=2, hidden_size=16, num_heads=2,
             in_channels=4, patch_size=2))
     return sources
