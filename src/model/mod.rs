@@ -8,7 +8,7 @@ pub mod latte;
 pub mod t2v;
 pub mod text;
 
-pub use denoiser::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
+pub use denoiser::{apply_guidance, Condition, Denoiser, DenoiserSpec, Graph, GuidanceRule, LatentLayout, LossFn};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};
 pub use latte::{Latte, LatteModel, NUM_TRAIN_TIMESTEPS};
 pub use t2v::{LatteT2VConfig, LatteT2VModel};

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use numpy::{PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -245,4 +245,46 @@ pub fn shape_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
         })?);
     }
     Ok(dims)
+}
+
+/// Keeps a tensor's storage alive while NumPy arrays (and torch tensors over them) view it.
+#[pyclass(name = "_SharedStorage", module = "latte_rs", frozen)]
+pub struct SharedStorage {
+    _tensor: Tensor,
+}
+
+/// A NumPy array over `t`'s own memory, without a copy: writes through it (e.g. a torch optimiser updating a
+/// parameter in place) change the tensor. For contiguous float32/float64 CPU tensors; the array keeps the
+/// storage alive.
+pub fn shared_numpy<'py>(py: Python<'py>, t: &Tensor, arg: &str) -> PyResult<Bound<'py, PyAny>> {
+    use numpy::ndarray::{ArrayView, IxDyn};
+    use numpy::PyArray;
+    let dims = t.dims().to_vec();
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err(PyValueError::new_err(format!(
+            "{arg}: not contiguous, cannot be shared"
+        )));
+    };
+    let holder = Bound::new(py, SharedStorage { _tensor: t.clone() })?.into_any();
+    // SAFETY: the holder owns a handle on the storage, which candle never reallocates (parameters are written in
+    // place); NumPy keeps the holder as the array's base, so the memory outlives every view of it.
+    let arr = match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => unsafe {
+            let view = ArrayView::from_shape_ptr(IxDyn(&dims), v[start..end].as_ptr());
+            PyArray::borrow_from_array(&view, holder).into_any()
+        },
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F64(v)) => unsafe {
+            let view = ArrayView::from_shape_ptr(IxDyn(&dims), v[start..end].as_ptr());
+            PyArray::borrow_from_array(&view, holder).into_any()
+        },
+        _ => {
+            return Err(PyTypeError::new_err(format!(
+                "{arg}: only float32 and float64 tensors on the CPU can be shared with NumPy/torch, got {:?} on {:?}",
+                t.dtype(),
+                t.device()
+            )))
+        }
+    };
+    Ok(arr)
 }

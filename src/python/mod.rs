@@ -88,6 +88,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FLASH_ATTN_AVAILABLE", cfg!(feature = "flash-attn"))?;
     m.add_class::<model::PyLatteConfig>()?;
     m.add_class::<model::PyLatteModel>()?;
+    m.add_class::<model::PyForwardGraph>()?;
+    m.add_class::<convert::SharedStorage>()?;
     m.add_class::<diffusion::PyGaussianDiffusion>()?;
     m.add_class::<schedulers::PyGenerator>()?;
     m.add_class::<schedulers::PyScheduler>()?;

@@ -7,10 +7,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 use serde_json::Value;
 
-use super::convert::{dict_to_json, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
+use super::convert::{dict_to_json, shared_numpy, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
 use super::IntoPy;
 use crate::config::{latent_size, LatteConfig};
-use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, LatteModel};
+use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteModel};
 
 fn py_to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
     if obj.is_instance_of::<PyBool>() {
@@ -315,6 +315,57 @@ impl PyLatteModel {
         self.inner.num_parameters(trainable_only)
     }
 
+    /// The forward pass keeping its graph, for an autograd engine outside latte-rs (`latte_rs.torch`): returns
+    /// (output, graph); `graph.backward(grad_output)` gives the gradients. Class labels are used as given (no
+    /// dropout: the caller drops them).
+    #[pyo3(signature = (x, t, y = None, y_image = None, *, input_grad = false))]
+    fn forward_graph<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyAny>,
+        y: Option<&Bound<'py, PyAny>>,
+        y_image: Option<&Bound<'py, PyAny>>,
+        input_grad: bool,
+    ) -> PyResult<(Bound<'py, PyAny>, PyForwardGraph)> {
+        crate::python::guard(move || {
+            let x = to_tensor(x, "x")?;
+            let t = to_tensor(t, "t")?;
+            let y = y.map(|v| to_tensor(v, "y")).transpose()?;
+            let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
+            let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
+            let graph = py
+                .detach(|| Graph::forward(&self.inner, &x, &t, &cond, input_grad))
+                .py()?;
+            let out = to_numpy(py, &graph.output())?;
+            Ok((
+                out,
+                PyForwardGraph {
+                    graph: std::sync::Mutex::new(Some(graph)),
+                },
+            ))
+        })
+    }
+
+    /// Every parameter by its official name as a NumPy array over the model's own memory (no copy; writes go
+    /// into the model). float32/float64 models only.
+    fn shared_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::python::guard(move || {
+            let d = PyDict::new(py);
+            for (name, var) in self.inner.store().vars(|_| true) {
+                d.set_item(&name, shared_numpy(py, var.as_tensor(), &name)?)?;
+            }
+            Ok(d)
+        })
+    }
+
+    /// The names of the trainable parameters (without the fixed sin-cos tables), sorted: the order of
+    /// `forward_graph`'s gradients.
+    #[getter]
+    fn trainable_parameter_names(&self) -> Vec<String> {
+        self.inner.trainable_vars().into_iter().map(|(n, _)| n).collect()
+    }
+
     /// Every parameter by its official name, as NumPy arrays (copies).
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         crate::python::guard(move || state_dict_to_py(py, &self.inner.state_dict()))
@@ -404,5 +455,53 @@ impl PyLatteModel {
             self.device(),
             self.dtype()
         )
+    }
+}
+
+/// The graph of one `LatteModel.forward_graph`, for one backward pass.
+#[pyclass(name = "ForwardGraph", module = "latte_rs", frozen)]
+pub struct PyForwardGraph {
+    graph: std::sync::Mutex<Option<Graph>>,
+}
+
+#[pymethods]
+impl PyForwardGraph {
+    /// The gradients of sum(output * grad_output): (towards x, or None without `input_grad`; a list with one per
+    /// trainable parameter in `trainable_parameter_names` order). The arrays share the gradients' memory (no
+    /// copy). A graph runs backward once; a second call raises RuntimeError.
+    fn backward<'py>(
+        &self,
+        py: Python<'py>,
+        grad_output: &Bound<'py, PyAny>,
+    ) -> PyResult<(Option<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>)> {
+        crate::python::guard(move || {
+            let g = super::convert::float_tensor(grad_output, "grad_output")?;
+            let graph = self
+                .graph
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyRuntimeError::new_err(
+                        "Trying to backward through the latte-rs graph a second time: its saved values were \
+                         freed by the first backward (run the forward again)",
+                    )
+                })?;
+            let (gx, grads) = py.detach(|| graph.backward(&g)).py()?;
+            let gx = gx
+                .map(|t| t.contiguous().py().and_then(|t| shared_numpy(py, &t, "grad_x")))
+                .transpose()?;
+            let grads = grads
+                .iter()
+                .map(|t| t.contiguous().py().and_then(|t| shared_numpy(py, &t, "grad")))
+                .collect::<PyResult<_>>()?;
+            Ok((gx, grads))
+        })
+    }
+
+    /// Whether `backward` can still run.
+    #[getter]
+    fn alive(&self) -> bool {
+        self.graph.lock().map(|g| g.is_some()).unwrap_or(false)
     }
 }

@@ -7,13 +7,16 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{to_numpy, to_tensor};
+use candle_core::{DType, Tensor};
+
+use super::convert::{float_tensor, to_numpy, to_tensor};
 use super::diffusion::PyGaussianDiffusion;
 use super::model::PyLatteModel;
 use super::IntoPy;
 use crate::model::parse_device;
+use crate::rng::GeneratorState;
 use crate::train::optim::AdamWConfig;
-use crate::train::{StepStats, Trainer, TrainerOptions};
+use crate::train::{Draws, StepStats, Trainer, TrainerOptions};
 
 fn stats_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -27,6 +30,79 @@ fn stats_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict
     d.set_item("skipped_steps", s.skipped_steps)?;
     d.set_item("loss_scale", s.loss_scale)?;
     Ok(d)
+}
+
+type BatchArgs = (Tensor, Option<Tensor>, Option<Tensor>, Draws);
+
+fn batch_args(
+    latents: &Bound<'_, PyAny>,
+    labels: Option<&Bound<'_, PyAny>>,
+    image_labels: Option<&Bound<'_, PyAny>>,
+    timesteps: Option<&Bound<'_, PyAny>>,
+    noise: Option<&Bound<'_, PyAny>>,
+) -> PyResult<BatchArgs> {
+    let x = to_tensor(latents, "latents")?;
+    let y = labels.map(|l| to_tensor(l, "labels")).transpose()?;
+    let yi = image_labels.map(|l| to_tensor(l, "image_labels")).transpose()?;
+    let timesteps = match timesteps {
+        None => None,
+        Some(t) => {
+            let t = to_tensor(t, "timesteps")?;
+            if t.dtype().is_float() || t.rank() != 1 {
+                return Err(PyTypeError::new_err(format!(
+                    "timesteps: expected a 1-D integer array, got {:?} of shape {:?}",
+                    t.dtype(),
+                    t.dims()
+                )));
+            }
+            let v = t.to_vec1::<i64>().py()?;
+            if let Some(bad) = v.iter().find(|&&i| i < 0) {
+                return Err(PyValueError::new_err(format!(
+                    "timesteps: expected indices >= 0, got {bad}"
+                )));
+            }
+            Some(v.into_iter().map(|i| i as usize).collect())
+        }
+    };
+    let noise = noise.map(|n| float_tensor(n, "noise")).transpose()?;
+    Ok((x, y, yi, Draws { timesteps, noise }))
+}
+
+/// Gradients as one flat NumPy array (f64 stays f64, every other float becomes f32), one copy.
+fn flatten_gradients<'py>(py: Python<'py>, grads: &[Tensor]) -> PyResult<Bound<'py, PyAny>> {
+    fn gather<'py, T: crate::float::Float + numpy::Element>(
+        py: Python<'py>,
+        grads: &[Tensor],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let total = grads.iter().map(|g| g.elem_count()).sum();
+        let mut flat: Vec<T> = Vec::with_capacity(total);
+        for g in grads {
+            let g = g.to_dtype(T::DTYPE).py()?;
+            let (storage, layout) = g.storage_and_layout();
+            match (&*storage, layout.contiguous_offsets()) {
+                (candle_core::Storage::Cpu(cpu), Some((a, b))) => {
+                    flat.extend_from_slice(&cpu.as_slice::<T>().py()?[a..b])
+                }
+                _ => {
+                    drop(storage);
+                    flat.extend(g.flatten_all().and_then(|f| f.to_vec1::<T>()).py()?)
+                }
+            }
+        }
+        Ok(numpy::PyArray1::from_vec(py, flat).into_any())
+    }
+    if grads.first().is_some_and(|g| g.dtype() == DType::F64) {
+        gather::<f64>(py, grads)
+    } else {
+        gather::<f32>(py, grads)
+    }
+}
+
+fn parse_rng_state(s: &str, arg: &str) -> PyResult<GeneratorState> {
+    let state: GeneratorState = crate::error::parse_json(s.as_bytes())
+        .map_err(|e| PyValueError::new_err(format!("{arg}: not a generator state ({e})")))?;
+    crate::rng::Generator::from_state(&state).map_err(|e| PyValueError::new_err(format!("{arg}: {e}")))?;
+    Ok(state)
 }
 
 /// Trains a `LatteModel` with a `GaussianDiffusion`: the official Latte recipe (AdamW, EMA, gradient clipping
@@ -99,48 +175,173 @@ impl PyTrainer {
         })
     }
 
-    /// One optimiser step on clean latents (B, F, C, H, W); returns the step's statistics.
-    #[pyo3(signature = (latents, labels = None, image_labels = None))]
+    /// One optimiser step on clean latents (B, F, C, H, W); returns the step's statistics. `timesteps` (B,)
+    /// (indices into the diffusion's steps) and `noise` (the latents' shape) replace the trainer's own draws.
+    #[pyo3(signature = (latents, labels = None, image_labels = None, *, timesteps = None, noise = None))]
     fn step<'py>(
         &mut self,
         py: Python<'py>,
         latents: &Bound<'py, PyAny>,
         labels: Option<&Bound<'py, PyAny>>,
         image_labels: Option<&Bound<'py, PyAny>>,
+        timesteps: Option<&Bound<'py, PyAny>>,
+        noise: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::python::guard(move || {
-            let x = to_tensor(latents, "latents")?;
-            let y = labels.map(|l| to_tensor(l, "labels")).transpose()?;
-            let yi = image_labels.map(|l| to_tensor(l, "image_labels")).transpose()?;
+            let (x, y, yi, draws) = batch_args(latents, labels, image_labels, timesteps, noise)?;
             let inner = &mut self.inner;
-            let stats = py.detach(|| inner.step(&x, y.as_ref(), yi.as_ref())).py()?;
+            let stats = py
+                .detach(|| inner.step_with(&x, y.as_ref(), yi.as_ref(), &draws))
+                .py()?;
             stats_dict(py, &stats)
         })
     }
 
-    /// One optimiser step from gradients computed elsewhere, by parameter name.
-    fn apply_gradients<'py>(&mut self, py: Python<'py>, grads: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    /// The first half of `step` for data-parallel training: returns (gradient, losses) without changing the
+    /// weights. The gradient is one flat array (float32; float64 for a float64 model) of every trainable
+    /// parameter in `parameter_names` order, unscaled; the losses are a dict (loss, mse, vb). Averaging both
+    /// over processes (e.g. `torch.distributed.all_reduce` on `torch.from_numpy(gradient)`, which shares its
+    /// memory) and passing them to `apply_gradients` is one step on the joint batch.
+    #[pyo3(signature = (latents, labels = None, image_labels = None, *, timesteps = None, noise = None))]
+    fn forward_backward<'py>(
+        &mut self,
+        py: Python<'py>,
+        latents: &Bound<'py, PyAny>,
+        labels: Option<&Bound<'py, PyAny>>,
+        image_labels: Option<&Bound<'py, PyAny>>,
+        timesteps: Option<&Bound<'py, PyAny>>,
+        noise: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
         crate::python::guard(move || {
-            let mut map = HashMap::new();
-            for (k, v) in grads.iter() {
-                let name: String = k
-                    .extract()
-                    .map_err(|_| PyTypeError::new_err("grads: keys must be parameter names (str)"))?;
-                let t = to_tensor(&v, &format!("grads[{name:?}]"))?;
-                map.insert(name, t);
+            let (x, y, yi, draws) = batch_args(latents, labels, image_labels, timesteps, noise)?;
+            let inner = &mut self.inner;
+            let g = py
+                .detach(|| inner.forward_backward(&x, y.as_ref(), yi.as_ref(), &draws))
+                .py()?;
+            let flat = flatten_gradients(py, &g.grads)?;
+            let d = PyDict::new(py);
+            d.set_item("loss", g.loss)?;
+            d.set_item("mse", g.mse)?;
+            d.set_item("vb", g.vb)?;
+            Ok((flat, d))
+        })
+    }
+
+    /// One optimiser step from gradients computed elsewhere: a dict by parameter name, or the flat array of
+    /// `forward_backward` (averaged over processes). `loss`, `mse` and `vb` (the losses the gradient comes
+    /// from) go into the statistics and the non-finite check.
+    #[pyo3(signature = (grads, *, loss = None, mse = None, vb = None))]
+    fn apply_gradients<'py>(
+        &mut self,
+        py: Python<'py>,
+        grads: &Bound<'py, PyAny>,
+        loss: Option<f64>,
+        mse: Option<f64>,
+        vb: Option<f64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        crate::python::guard(move || {
+            let inner = &mut self.inner;
+            if let Ok(grads) = grads.cast::<PyDict>() {
+                if loss.is_some() || mse.is_some() || vb.is_some() {
+                    return Err(PyValueError::new_err(
+                        "loss, mse, vb: only with the flat gradient of forward_backward",
+                    ));
+                }
+                let mut map = HashMap::new();
+                for (k, v) in grads.iter() {
+                    let name: String = k
+                        .extract()
+                        .map_err(|_| PyTypeError::new_err("grads: keys must be parameter names (str)"))?;
+                    let t = to_tensor(&v, &format!("grads[{name:?}]"))?;
+                    map.insert(name, t);
+                }
+                let stats = py.detach(|| inner.apply_gradients(&map)).py()?;
+                return stats_dict(py, &stats);
             }
-            let inner = &mut self.inner;
-            let stats = py.detach(|| inner.apply_gradients(&map)).py()?;
+            let flat = to_tensor(grads, "grads")?;
+            let shapes = inner.parameter_shapes();
+            let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+            if flat.dims() != [total] || !flat.dtype().is_float() {
+                return Err(PyValueError::new_err(format!(
+                    "grads: expected a dict by parameter name or a flat float array of {total} values (the \
+                     gradient of forward_backward), got {:?} of shape {:?}",
+                    flat.dtype(),
+                    flat.dims()
+                )));
+            }
+            let mut list = Vec::with_capacity(shapes.len());
+            let mut offset = 0;
+            for shape in shapes {
+                let n: usize = shape.iter().product();
+                list.push(flat.narrow(0, offset, n).and_then(|t| t.reshape(shape)).py()?);
+                offset += n;
+            }
+            let stats = py.detach(|| inner.apply_gradient_list(&list, loss, mse, vb)).py()?;
             stats_dict(py, &stats)
         })
     }
 
-    /// Writes a resumable checkpoint directory atomically.
-    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    /// Writes a resumable checkpoint directory atomically. `rank_rng_states` (the `rng_state` of every process
+    /// of a data-parallel run, by rank) lets a resume with as many processes continue each stream exactly.
+    #[pyo3(signature = (path, *, rank_rng_states = None))]
+    fn save(&self, py: Python<'_>, path: PathBuf, rank_rng_states: Option<Vec<String>>) -> PyResult<()> {
         crate::python::guard(move || {
+            let states = rank_rng_states
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, s)| parse_rng_state(s, &format!("rank_rng_states[{i}]")))
+                .collect::<PyResult<Vec<_>>>()?;
             let inner = &self.inner;
-            py.detach(|| inner.save(&path)).py()
+            py.detach(|| inner.save_with_ranks(&path, &states)).py()
         })
+    }
+
+    /// The position of the trainer's random stream (timesteps, noise, label dropout), as JSON.
+    #[getter]
+    fn rng_state(&self) -> PyResult<String> {
+        crate::python::guard(move || serde_json::to_string(&self.inner.rng_state()).py())
+    }
+
+    /// Moves the random stream to a position from `rng_state`.
+    fn set_rng_state(&mut self, state: &str) -> PyResult<()> {
+        crate::python::guard(move || {
+            let state = parse_rng_state(state, "state")?;
+            self.inner.set_rng_state(&state).py()
+        })
+    }
+
+    /// Restarts the random stream from `seed`.
+    fn reseed(&mut self, #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64) -> PyResult<()> {
+        crate::python::guard(move || {
+            self.inner.reseed(seed);
+            Ok(())
+        })
+    }
+
+    /// The random streams of every process of the data-parallel run this trainer was resumed from (by rank;
+    /// empty for a single-process checkpoint).
+    #[getter]
+    fn rank_rng_states(&self) -> PyResult<Vec<String>> {
+        crate::python::guard(move || {
+            self.inner
+                .rank_rng_states()
+                .iter()
+                .map(|s| serde_json::to_string(s).py())
+                .collect()
+        })
+    }
+
+    /// The trainable parameters' names, in the order of `forward_backward`'s flat gradient.
+    #[getter]
+    fn parameter_names(&self) -> Vec<String> {
+        self.inner.parameter_names().to_vec()
+    }
+
+    /// The trainable parameters' shapes, in the same order.
+    #[getter]
+    fn parameter_shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.parameter_shapes()
     }
 
     /// The trainer saved in `path`, continuing exactly where it stopped.

@@ -55,6 +55,9 @@ struct Manifest {
     skipped_steps: u64,
     loss_scale: Option<LossScale>,
     rng: GeneratorState,
+    /// The random streams of all processes of a data-parallel run, by rank (empty for one process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rank_rngs: Vec<GeneratorState>,
     options: TrainerOptions,
     files: BTreeMap<String, FileEntry>,
 }
@@ -88,7 +91,7 @@ fn buffers_state<T: Float>(b: &Buffers<T>, trainer: &Trainer) -> Result<BTreeMap
 }
 
 /// Writes `trainer` to the checkpoint directory `dir` atomically (see the module docs).
-pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
+pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Result<()> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -125,6 +128,7 @@ pub fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
         skipped_steps: trainer.skipped_steps,
         loss_scale: trainer.loss_scale.clone(),
         rng: trainer.rng.state(),
+        rank_rngs: rank_rngs.to_vec(),
         options: trainer.opts.clone(),
         files: files
             .iter()
@@ -426,6 +430,10 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
         State::F64(b) => restore(b, &names, &opt, &ema, dir)?,
     }
     trainer.rng = Generator::from_state(&manifest.rng)?;
+    for state in &manifest.rank_rngs {
+        Generator::from_state(state).map_err(|e| corrupt(&manifest_path, e))?;
+    }
+    trainer.rank_rngs = manifest.rank_rngs;
     trainer.step = manifest.step;
     trainer.skipped_steps = manifest.skipped_steps;
     trainer.loss_scale = manifest.loss_scale;
@@ -435,7 +443,13 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
 impl Trainer {
     /// Writes a resumable checkpoint directory atomically; see [`save`].
     pub fn save(&self, dir: &Path) -> Result<()> {
-        save(self, dir)
+        save(self, dir, &[])
+    }
+
+    /// [`Trainer::save`] from the first process of a data-parallel run, recording every process's random stream
+    /// (by rank) so that a resume with the same number of processes continues each of them exactly.
+    pub fn save_with_ranks(&self, dir: &Path, rank_rngs: &[GeneratorState]) -> Result<()> {
+        save(self, dir, rank_rngs)
     }
 
     /// The trainer saved in `dir`, ready to continue exactly where it stopped.

@@ -21,7 +21,7 @@ use crate::diffusion::GaussianDiffusion;
 use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
 use crate::model::{Condition, Denoiser, LatteModel};
-use crate::rng::Generator;
+use crate::rng::{Generator, GeneratorState};
 use optim::{adamw_stays_finite, adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Update};
 
 /// The trainer's options; the defaults are the official Latte recipe.
@@ -126,6 +126,25 @@ pub struct StepStats {
     pub loss_scale: Option<f64>,
 }
 
+/// Random draws of a step given by the caller instead of taken from the trainer's stream: the timesteps (indices
+/// into the diffusion's steps, one per clip) and the noise (the latents' shape). Label dropout is still drawn.
+#[derive(Clone, Debug, Default)]
+pub struct Draws {
+    pub timesteps: Option<Vec<usize>>,
+    pub noise: Option<Tensor>,
+}
+
+/// The outcome of [`Trainer::forward_backward`]: one gradient per trainable parameter and the batch's mean losses.
+#[derive(Clone, Debug)]
+pub struct BatchGradients {
+    pub grads: Vec<Tensor>,
+    pub loss: f64,
+    pub mse: Option<f64>,
+    pub vb: Option<f64>,
+    /// The loss scale the gradients carry (1 once [`Trainer::forward_backward`] has unscaled them).
+    pub loss_scale: f64,
+}
+
 /// Dynamic loss scaling for f16 models (as torch's `GradScaler`): scale the loss so small gradients survive f16,
 /// halve the scale and skip the step on overflow, double it after `GROWTH_INTERVAL` clean steps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +183,8 @@ pub struct Trainer {
     step: u64,
     skipped_steps: u64,
     loss_scale: Option<LossScale>,
+    /// The random streams of every process of the data-parallel run a checkpoint was saved from.
+    rank_rngs: Vec<GeneratorState>,
 }
 
 /// The precision of the optimiser state and the loss for a model dtype.
@@ -362,6 +383,7 @@ impl Trainer {
             step: 0,
             skipped_steps: 0,
             loss_scale,
+            rank_rngs: Vec::new(),
         })
     }
 
@@ -389,6 +411,86 @@ impl Trainer {
     /// One optimiser step on a batch of clean latents `x0` (B, F, C, H, W), with class labels `y` (B,) and the
     /// image frames' labels `y_image` (B, use_image_num) for image-video joint batches.
     pub fn step(&mut self, x0: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<StepStats> {
+        self.step_with(x0, y, y_image, &Draws::default())
+    }
+
+    /// [`Trainer::step`] with some of the step's random draws given (`draws`): the same step with the same
+    /// draws gives the same numbers however the batch is split over processes.
+    pub fn step_with(
+        &mut self,
+        x0: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+        draws: &Draws,
+    ) -> Result<StepStats> {
+        let g = self.gradients(x0, y, y_image, draws)?;
+        self.finish(&g.grads, Some(g.loss), g.mse, g.vb, g.loss_scale)
+    }
+
+    /// The first half of a step, for data-parallel training: the gradient of the batch's mean loss (unscaled, in
+    /// the optimiser's precision, in the order of [`Trainer::parameter_names`]) and the losses, without touching
+    /// the weights. Averaging it over processes and passing the result to [`Trainer::apply_gradient_list`] is
+    /// one optimiser step on the joint batch.
+    pub fn forward_backward(
+        &mut self,
+        x0: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+        draws: &Draws,
+    ) -> Result<BatchGradients> {
+        let mut g = self.gradients(x0, y, y_image, draws)?;
+        if g.loss_scale != 1.0 {
+            let inv = 1.0 / g.loss_scale;
+            g.grads = g
+                .grads
+                .iter()
+                .map(|t| t.affine(inv, 0.0))
+                .collect::<candle_core::Result<_>>()?;
+            g.loss_scale = 1.0;
+        }
+        Ok(g)
+    }
+
+    /// The trainable parameters' names, in the order of the gradients of [`Trainer::forward_backward`].
+    pub fn parameter_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The trainable parameters' shapes, in the same order.
+    pub fn parameter_shapes(&self) -> Vec<Vec<usize>> {
+        self.vars.iter().map(|v| v.dims().to_vec()).collect()
+    }
+
+    /// The position of the trainer's random stream (timesteps, noise, label dropout).
+    pub fn rng_state(&self) -> GeneratorState {
+        self.rng.state()
+    }
+
+    /// Moves the random stream to a saved position.
+    pub fn set_rng_state(&mut self, state: &GeneratorState) -> Result<()> {
+        self.rng = Generator::from_state(state)?;
+        Ok(())
+    }
+
+    /// Restarts the random stream from `seed` (a process of a data-parallel run that cannot continue the saved
+    /// streams, e.g. after resuming with a different number of processes).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = Generator::new(seed);
+    }
+
+    /// The random streams of all processes of the data-parallel run this trainer was resumed from (empty for a
+    /// single-process checkpoint); see [`Trainer::save_with_ranks`].
+    pub fn rank_rng_states(&self) -> &[GeneratorState] {
+        &self.rank_rngs
+    }
+
+    fn gradients(
+        &mut self,
+        x0: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+        draws: &Draws,
+    ) -> Result<BatchGradients> {
         let dims = x0.dims().to_vec();
         if dims.len() != 5 {
             return Err(value_error(
@@ -451,8 +553,33 @@ impl Trainer {
         let y_dims = y.map(|t| t.dims().to_vec());
         let yi_dims = y_image.map(|t| t.dims().to_vec());
 
-        let timesteps = self.rng.below(b, self.diffusion.num_timesteps());
-        let noise = self.rng.randn(&dims, pd, &device)?;
+        let timesteps = match &draws.timesteps {
+            Some(t) => {
+                let n = self.diffusion.num_timesteps();
+                if t.len() != b || t.iter().any(|&i| i >= n) {
+                    return Err(value_error(
+                        "timesteps",
+                        format!("{b} integers in [0, {n})"),
+                        format!("{t:?}"),
+                    ));
+                }
+                t.clone()
+            }
+            None => self.rng.below(b, self.diffusion.num_timesteps()),
+        };
+        let noise = match &draws.noise {
+            Some(n) => {
+                if n.dims() != dims.as_slice() {
+                    return Err(value_error(
+                        "noise",
+                        format!("shape {dims:?} (the latents')"),
+                        format!("shape {:?}", n.dims()),
+                    ));
+                }
+                crate::model::denoiser::to_model_finite(n, "noise", pd, &device)?
+            }
+            None => self.rng.randn(&dims, pd, &device)?,
+        };
         let p = cfg.class_dropout_prob;
         if cfg.num_classes > 0 && p > 0.0 {
             let null = cfg.num_classes as i64;
@@ -534,8 +661,42 @@ impl Trainer {
                     .collect::<candle_core::Result<_>>()?,
             });
         }
-        let grads = acc.expect("at least one micro-batch");
-        self.finish(&grads, Some(loss_sum), mse_sum, vb_sum, scale_factor)
+        Ok(BatchGradients {
+            grads: acc.expect("at least one micro-batch"),
+            loss: loss_sum,
+            mse: mse_sum,
+            vb: vb_sum,
+            loss_scale: scale_factor,
+        })
+    }
+
+    /// One optimiser step from the gradients of [`Trainer::forward_backward`] (averaged over processes), in the
+    /// order of [`Trainer::parameter_names`], with the losses they come from (for the statistics and the
+    /// non-finite check; averaged as well).
+    pub fn apply_gradient_list(
+        &mut self,
+        grads: &[Tensor],
+        loss: Option<f64>,
+        mse: Option<f64>,
+        vb: Option<f64>,
+    ) -> Result<StepStats> {
+        if grads.len() != self.vars.len() {
+            return Err(value_error(
+                "grads",
+                format!("{} gradients, one per trainable parameter", self.vars.len()),
+                grads.len(),
+            ));
+        }
+        for ((name, var), g) in self.names.iter().zip(&self.vars).zip(grads) {
+            if g.dims() != var.dims() {
+                return Err(value_error(
+                    &format!("grads[{name:?}]"),
+                    format!("shape {:?}", var.dims()),
+                    format!("shape {:?}", g.dims()),
+                ));
+            }
+        }
+        self.finish(grads, loss, mse, vb, 1.0)
     }
 
     /// One optimiser step from gradients computed elsewhere (e.g. a custom loss), by parameter name: the same
