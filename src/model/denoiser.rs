@@ -372,8 +372,9 @@ impl Graph {
     }
 
     /// The gradients of `sum(output · grad_output)`: towards the latents (when asked for) and every trainable
-    /// parameter (zeros where the output does not depend on one). Consumes the graph.
-    pub fn backward(self, grad_output: &Tensor) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+    /// parameter (zeros where the output does not depend on one). The graph stays (for another backward pass)
+    /// until it is dropped.
+    pub fn backward(&self, grad_output: &Tensor) -> Result<(Option<Tensor>, Vec<Tensor>)> {
         if grad_output.dims() != self.out.dims() {
             return Err(value_error(
                 "grad_output",

@@ -338,12 +338,7 @@ impl PyLatteModel {
                 .detach(|| Graph::forward(&self.inner, &x, &t, &cond, input_grad))
                 .py()?;
             let out = to_numpy(py, &graph.output())?;
-            Ok((
-                out,
-                PyForwardGraph {
-                    graph: std::sync::Mutex::new(Some(graph)),
-                },
-            ))
+            Ok((out, PyForwardGraph { graph, token: [0.0] }))
         })
     }
 
@@ -458,17 +453,18 @@ impl PyLatteModel {
     }
 }
 
-/// The graph of one `LatteModel.forward_graph`, for one backward pass.
-#[pyclass(name = "ForwardGraph", module = "latte_rs", frozen)]
+/// The graph of one `LatteModel.forward_graph`: it keeps the forward's activations until it is dropped.
+#[pyclass(name = "ForwardGraph", module = "latte_rs", frozen, weakref)]
 pub struct PyForwardGraph {
-    graph: std::sync::Mutex<Option<Graph>>,
+    graph: Graph,
+    token: [f32; 1],
 }
 
 #[pymethods]
 impl PyForwardGraph {
     /// The gradients of sum(output * grad_output): (towards x, or None without `input_grad`; a list with one per
     /// trainable parameter in `trainable_parameter_names` order). The arrays share the gradients' memory (no
-    /// copy). A graph runs backward once; a second call raises RuntimeError.
+    /// copy). The graph can run backward again (as torch's `retain_graph=True`) until it is dropped.
     fn backward<'py>(
         &self,
         py: Python<'py>,
@@ -476,17 +472,7 @@ impl PyForwardGraph {
     ) -> PyResult<(Option<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>)> {
         crate::python::guard(move || {
             let g = super::convert::float_tensor(grad_output, "grad_output")?;
-            let graph = self
-                .graph
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-                .ok_or_else(|| {
-                    pyo3::exceptions::PyRuntimeError::new_err(
-                        "Trying to backward through the latte-rs graph a second time: its saved values were \
-                         freed by the first backward (run the forward again)",
-                    )
-                })?;
+            let graph = &self.graph;
             let (gx, grads) = py.detach(|| graph.backward(&g)).py()?;
             let gx = gx
                 .map(|t| t.contiguous().py().and_then(|t| shared_numpy(py, &t, "grad_x")))
@@ -499,9 +485,12 @@ impl PyForwardGraph {
         })
     }
 
-    /// Whether `backward` can still run.
-    #[getter]
-    fn alive(&self) -> bool {
-        self.graph.lock().map(|g| g.is_some()).unwrap_or(false)
+    /// A one-element array whose base is this graph: whoever holds it (a tensor torch saves for backward) keeps
+    /// the graph alive, so the graph is freed exactly when torch frees the node's saved tensors.
+    fn token<'py>(slf: Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let view = numpy::ndarray::ArrayView1::from(&slf.get().token[..]);
+        // SAFETY: the view points into the graph object, which the array keeps alive as its base; frozen pyclass
+        // objects do not move.
+        unsafe { numpy::PyArray1::borrow_from_array(&view, slf.clone().into_any()).into_any() }
     }
 }

@@ -1,0 +1,387 @@
+"""latte-rs inside PyTorch code: a ``torch.nn.Module`` whose forward and backward run in the Rust core.
+
+:class:`LatteModule` has the official Latte model's interface: ``forward(x, t, y)`` on torch tensors in the official
+layout, ``forward_with_cfg``, and its parameters are torch ``Parameter`` s under the official checkpoint's names
+(``state_dict()`` has the official keys; ``load_state_dict`` takes an official checkpoint). The parameters share
+their memory with the Rust model: an optimiser's in-place update is what the next forward computes with, and the
+gradients the backward hands to torch are the Rust gradients' own memory (no copies per step beyond the inputs and
+the output). So the official training step runs on it by swapping the model constructor::
+
+    import torch, latte_rs
+    from latte_rs.torch import LatteModule, create_diffusion, update_ema
+    model = LatteModule(latte_rs.LatteConfig.preset("Latte-S/2", num_classes=101, image_size=256))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    model = torch.nn.parallel.DistributedDataParallel(model)      # under torchrun, gloo on the CPU
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    diffusion = create_diffusion(timestep_respacing="")           # the official create_diffusion's arguments
+    for x, y in loader:
+        t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],))
+        loss = diffusion.training_losses(model, x, t, dict(y=y))["loss"].mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step(); opt.zero_grad(); update_ema(ema, model.module)
+
+torch stays an optional dependency of latte-rs (``pip install latte-rs[torch]``); this module imports it. The
+module runs float32 (or float64) on the CPU; the native :class:`latte_rs.Trainer` is the faster way to train
+(fused optimiser, no autograd-engine round trips), this one is the way to plug latte-rs into existing torch code.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError("latte_rs.torch needs PyTorch: pip install 'latte-rs[torch]'") from e
+
+from ._native import GaussianDiffusion, LatteConfig, LatteModel
+
+__all__ = ["LatteModule", "TorchDiffusion", "create_diffusion", "update_ema", "requires_grad"]
+
+# The official modules' attribute order, so that parameters() / state_dict() list the parameters in the official
+# model's order (which fixes the summation order of clip_grad_norm_ and DDP's buckets as in the official code).
+_ORDER = {name: i for i, name in enumerate([
+    "pos_embed", "temp_embed", "x_embedder", "t_embedder", "y_embedder", "blocks", "final_layer",
+    "norm1", "attn", "attn_temp", "norm2", "mlp", "norm_final", "linear", "adaLN_modulation",
+    "qkv", "proj", "fc1", "fc2", "embedding_table", "weight", "bias",
+])}
+
+
+def _order_key(name: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, _ORDER.get(p, len(_ORDER)), p) for p in name.split("."))
+
+
+def _numpy(t: Any, arg: str, dtype=None) -> np.ndarray:
+    """A torch tensor (CPU) as NumPy without a copy where it can; other array-likes as they are."""
+    if isinstance(t, torch.Tensor):
+        if t.device.type != "cpu":
+            raise ValueError(f"{arg}: latte_rs.torch runs on the CPU; got a tensor on {t.device} (move it with .cpu())")
+        t = t.detach()
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            t = t.to(dtype)
+        return t.contiguous().numpy()
+    return t
+
+
+class _Container(nn.Module):
+    """A node of the parameter tree (``blocks`` / ``blocks.0`` / ``blocks.0.attn`` ...), only for the names."""
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - never called
+        raise RuntimeError("a parameter container of LatteModule is not callable")
+
+
+class _LatteFunction(torch.autograd.Function):
+    """The Rust forward (keeping its graph) and its backward, as one node of torch's autograd graph.
+
+    The Rust graph lives as long as the tensor saved for backward (its ``token``), so torch's own rules apply:
+    freed by a backward pass unless ``retain_graph=True``, after which a second backward raises torch's error.
+    """
+
+    @staticmethod
+    def forward(ctx, module: LatteModule, x, t, y, y_image, *params):
+        out, graph = module.core.forward_graph(
+            _numpy(x, "x", module._dtype), _numpy(t, "t"), None if y is None else _numpy(y, "y"),
+            None if y_image is None else _numpy(y_image, "y_image"), input_grad=ctx.needs_input_grad[1])
+        ctx.save_for_backward(torch.from_numpy(graph.token()))
+        ctx.graph = weakref.ref(graph)
+        ctx.dtype = module._dtype
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: a derivative of the backward was asked for
+            raise RuntimeError("latte-rs computes first derivatives only: backward with create_graph=True "
+                               "(double backward, gradient penalties) is not supported through LatteModule")
+        _token = ctx.saved_tensors  # raises torch's error when the graph was freed  # noqa: F841
+        graph = ctx.graph()
+        gx, grads = graph.backward(_numpy(grad_out, "grad_output", ctx.dtype))
+        gx = None if gx is None else torch.from_numpy(gx)
+        return (None, gx, None, None, None, *(torch.from_numpy(g) for g in grads))
+
+
+class LatteModule(nn.Module):
+    """The official ``Latte`` model's interface over a :class:`latte_rs.LatteModel` (see the module docs).
+
+    Args:
+        config: a :class:`latte_rs.LatteConfig` (or a preset name, with ``overrides`` as LatteConfig fields).
+        model: wrap this existing model instead (the module then shares its weights).
+        seed: the initialisation seed for a new model (the DiT/Latte recipe).
+        dtype: "float32" (default) or "float64".
+
+    >>> import torch, latte_rs
+    >>> from latte_rs.torch import LatteModule
+    >>> m = LatteModule(latte_rs.LatteConfig(depth=2, hidden_size=32, num_heads=2, input_size=8, num_frames=2))
+    >>> out = m(torch.randn(1, 2, 4, 8, 8), torch.tensor([10]))
+    >>> tuple(out.shape), "blocks.0.attn.qkv.weight" in m.state_dict()
+    ((1, 2, 8, 8, 8), True)
+    """
+
+    def __init__(self, config: LatteConfig | str | None = None, *, model: LatteModel | None = None, seed: int = 0,
+                 dtype: str = "float32", **overrides: Any) -> None:
+        super().__init__()
+        if model is None:
+            if config is None:
+                config = LatteConfig(**overrides)
+            elif isinstance(config, str):
+                config = LatteConfig.preset(config, **overrides)
+            elif not isinstance(config, LatteConfig):
+                raise TypeError(f"config: expected a LatteConfig or a preset name, got {type(config).__name__}")
+            elif overrides:
+                config = config.replace(**overrides)
+            model = LatteModel(config, seed=seed, dtype=dtype)
+        elif not isinstance(model, LatteModel):
+            raise TypeError(f"model: expected a latte_rs.LatteModel, got {type(model).__name__}")
+        if model.dtype not in ("float32", "float64"):
+            raise TypeError(f"model: LatteModule runs float32 or float64 models, got {model.dtype} (half precision "
+                            "training is the native Trainer's mixed precision)")
+        if model.device != "cpu":
+            raise ValueError(f"model: LatteModule runs on the CPU, got a model on {model.device}")
+        self.core = model
+        self._dtype = torch.float64 if model.dtype == "float64" else torch.float32
+        trainable = list(model.trainable_parameter_names)
+        shared = model.shared_parameters()
+        for name in sorted(shared, key=_order_key):
+            *path, leaf = name.split(".")
+            parent: nn.Module = self
+            for part in path:
+                child = parent._modules.get(part)
+                if child is None:
+                    child = _Container()
+                    parent.add_module(part, child)
+                parent = child
+            parent.register_parameter(leaf, nn.Parameter(torch.from_numpy(shared[name]),
+                                                         requires_grad=name in trainable))
+        params = dict(self.named_parameters())
+        self._trainable = [params[n] for n in trainable]
+        self._addresses = {n: p.data_ptr() for n, p in params.items()}
+
+    @property
+    def config(self) -> LatteConfig:
+        return self.core.config
+
+    @classmethod
+    def from_checkpoint(cls, path, *, use_ema: bool = True, **overrides: Any) -> LatteModule:
+        """An official ``.pt``, a safetensors file or a latte-rs checkpoint (see ``LatteModel.from_checkpoint``)."""
+        return cls(model=LatteModel.from_checkpoint(path, use_ema=use_ema, **overrides))
+
+    def _check_shared(self) -> None:
+        for name, p in self.named_parameters():
+            if p.data_ptr() != self._addresses[name] or p.dtype != self._dtype or p.device.type != "cpu":
+                raise RuntimeError(
+                    f"LatteModule parameter {name!r} no longer shares memory with the latte-rs model (it was "
+                    f"replaced, converted or moved: now {p.dtype} on {p.device}). Update parameters in place "
+                    "(optimisers, load_state_dict and copy_ do); for float64 build LatteModule(dtype='float64')")
+
+    def _drop_labels(self, y, y_image):
+        """Classifier-free-guidance label dropout in training mode, drawn from torch's generator exactly as the
+        official LabelEmbedder (one draw per clip for y, then one per clip for its image labels)."""
+        cfg = self.core.config
+        p = cfg.class_dropout_prob
+        if not (self.training and cfg.num_classes > 0 and p > 0):
+            return y, y_image
+        if y is not None:
+            y = torch.as_tensor(y)
+            y = torch.where(torch.rand(y.shape[0], device=y.device) < p, cfg.num_classes, y)
+        if y_image is not None:
+            rows = [torch.as_tensor(r).reshape(1, -1) for r in y_image]
+            y_image = torch.cat([torch.where(torch.rand(1, device=r.device) < p, cfg.num_classes, r) for r in rows])
+        return y, y_image
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, text_embedding=None,
+                use_fp16: bool = False, y_image=None, use_image_num: int | None = None) -> torch.Tensor:
+        """The official ``Latte.forward``: x (N, F, C, H, W), t (N,), y (N,) class labels; returns
+        (N, F, C_out, H, W). ``y_image`` and ``use_image_num`` are ``latte_img``'s (image-video joint clips)."""
+        if text_embedding is not None:
+            raise TypeError("text_embedding: this class-conditional/unconditional Latte takes no text (the "
+                            "text-to-video model is latte_rs.LatteT2V)")
+        if use_fp16:
+            raise NotImplementedError("use_fp16: LatteModule runs float32/float64; half precision is the native "
+                                      "Trainer's mixed precision")
+        want = self.core.config.use_image_num
+        if use_image_num is not None and use_image_num not in (0, want):
+            raise ValueError(f"use_image_num: this model was built with use_image_num={want}, got {use_image_num}")
+        if isinstance(y_image, (list, tuple)):
+            y_image = torch.stack([torch.as_tensor(r).reshape(-1) for r in y_image])
+        self._check_shared()
+        y, y_image = self._drop_labels(y, y_image)
+        if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self._trainable)):
+            out = self.core(_numpy(x, "x", self._dtype), _numpy(t, "t"), None if y is None else _numpy(y, "y"),
+                            None if y_image is None else _numpy(y_image, "y_image"))
+            return torch.from_numpy(out)
+        return _LatteFunction.apply(self, x, t, y, y_image, *self._trainable)
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                         cfg_scale: float = 7.0, use_fp16: bool = False, text_embedding=None) -> torch.Tensor:
+        """The official ``forward_with_cfg``: the first half of the batch is guided with the second half's labels
+        (the null class), on the first ``in_channels`` channels."""
+        half = x[: len(x) // 2]
+        out = self.forward(torch.cat([half, half], dim=0), t, y=y, use_fp16=use_fp16, text_embedding=text_embedding)
+        c = self.core.config.in_channels
+        eps, rest = out[:, :, :c], out[:, :, c:]
+        cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+        half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=2)
+
+    def __deepcopy__(self, memo: dict) -> LatteModule:
+        """A copy with its own Rust model (``copy.deepcopy(model)`` for the EMA, as the official code does)."""
+        core = LatteModel(self.core.config, seed=0, dtype=self.core.dtype)
+        with torch.no_grad():
+            core.load_state_dict({n: p.detach().numpy() for n, p in self.named_parameters()})
+        new = type(self)(model=core)
+        for (_, p), (_, q) in zip(self.named_parameters(), new.named_parameters(), strict=True):
+            q.requires_grad_(p.requires_grad)
+        new.train(self.training)
+        for k, v in self.__dict__.items():  # user attributes (not torch's own state or ours)
+            if k not in new.__dict__:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        memo[id(self)] = new
+        return new
+
+    def __getstate__(self):
+        raise TypeError("LatteModule does not pickle (its weights live in the Rust model); save state_dict() "
+                        "with torch.save, or the model with module.core.save(path)")
+
+    def extra_repr(self) -> str:
+        c = self.core.config
+        return (f"depth={c.depth}, hidden_size={c.hidden_size}, num_heads={c.num_heads}, variant={c.variant}, "
+                f"params={self.core.num_parameters():,}, dtype={self.core.dtype}")
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float = 0.9999) -> None:
+    """The official ``update_ema``: every parameter of ``ema_model`` moves towards ``model``'s (in place)."""
+    ema = dict(ema_model.named_parameters())
+    for name, param in model.named_parameters():
+        ema[name].mul_(decay).add_(param.data, alpha=1 - decay)
+
+
+def requires_grad(model: nn.Module, flag: bool = True) -> None:
+    """The official ``requires_grad`` helper."""
+    for p in model.parameters():
+        p.requires_grad = flag
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_standard_normal_cdf(x):
+    """The tanh approximation of Φ the reference (IDDPM) uses."""
+    return 0.5 * (1.0 + torch.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+def _discretized_gaussian_log_likelihood(x, means, log_scales):
+    """Log-likelihood of data in [-1, 1] discretised to 8 bits under N(means, e^(2 log_scales))."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = _approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+
+
+def _mean_flat(x):
+    return x.mean(dim=list(range(1, x.ndim)))
+
+
+class TorchDiffusion:
+    """A :class:`latte_rs.GaussianDiffusion` whose ``training_losses`` runs in torch (differentiable through the
+    model), with the official ``SpacedDiffusion.training_losses`` signature and numbers: ε prediction, MSE plus
+    the variational-bound term with the mean detached when the variance is learned.
+
+    Args:
+        diffusion: the process (its tables and options); default ``GaussianDiffusion()`` (the official one).
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion | None = None, *, learn_sigma: bool | None = None,
+                 rescale_learned_sigmas: bool = False) -> None:
+        self.diffusion = GaussianDiffusion() if diffusion is None else diffusion
+        text = repr(self.diffusion)
+        if "mean=Epsilon" not in text or ("loss=Mse" not in text and "loss=RescaledMse" not in text):
+            raise NotImplementedError(f"diffusion: TorchDiffusion computes the ε-prediction MSE/hybrid loss; got "
+                                      f"{text} (use latte_rs.Trainer for the others)")
+        self.learn_sigma = "variance=Learned" in text if learn_sigma is None else learn_sigma
+        self.rescale = "loss=RescaledMse" in text or rescale_learned_sigmas
+        self._fixed_large = "variance=FixedLarge" in text
+        self.tables = {k: torch.from_numpy(v) for k, v in self.diffusion.tables().items()}
+        self.timestep_map = torch.from_numpy(self.diffusion.timestep_map)
+        self.num_timesteps = self.diffusion.num_timesteps
+
+    def _extract(self, name: str, t, shape):
+        """Table values at ``t`` as float32, broadcast to ``shape`` (the reference's _extract_into_tensor)."""
+        v = self.tables[name].to(t.device)[t].float()
+        return v.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+
+    def q_sample(self, x_start, t, noise):
+        return (self._extract("sqrt_alphas_cumprod", t, x_start.shape) * x_start
+                + self._extract("sqrt_one_minus_alphas_cumprod", t, x_start.shape) * noise)
+
+    def _posterior(self, x_start, x_t, t):
+        mean = (self._extract("posterior_mean_coef1", t, x_t.shape) * x_start
+                + self._extract("posterior_mean_coef2", t, x_t.shape) * x_t)
+        return mean, self._extract("posterior_log_variance_clipped", t, x_t.shape)
+
+    def _vb(self, eps, var_values, x_start, x_t, t):
+        true_mean, true_logvar = self._posterior(x_start, x_t, t)
+        if var_values is not None:
+            min_log = self._extract("posterior_log_variance_clipped", t, x_t.shape)
+            max_log = torch.log(self.tables["betas"]).to(t.device)[t].float().reshape(-1, *([1] * (x_t.ndim - 1)))
+            frac = (var_values + 1) / 2
+            logvar = frac * max_log + (1 - frac) * min_log
+        else:
+            raise NotImplementedError("the variational-bound term needs a learned variance")
+        pred_x0 = (self._extract("sqrt_recip_alphas_cumprod", t, x_t.shape) * x_t
+                   - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t.shape) * eps)
+        mean, _ = self._posterior(pred_x0, x_t, t)
+        kl = _mean_flat(_normal_kl(true_mean, true_logvar, mean, logvar)) / np.log(2.0)
+        nll = -_mean_flat(_discretized_gaussian_log_likelihood(x_start, mean, 0.5 * logvar)) / np.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    def training_losses(self, model, x_start: torch.Tensor, t: torch.Tensor,
+                        model_kwargs: Mapping[str, Any] | None = None, noise: torch.Tensor | None = None) -> dict:
+        """{"loss", "mse"[, "vb"]}, each (N,): the official training loss for clean latents ``x_start``
+        (N, F, C, H, W) at step indices ``t`` (N,); ``model`` is called on the model's timesteps."""
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise)
+        out = model(x_t, self.timestep_map.to(t.device)[t], **(model_kwargs or {}))
+        c = x_t.shape[2]
+        terms = {}
+        if self.learn_sigma:
+            if out.shape[2] != 2 * c:
+                raise ValueError(f"model output: expected {2 * c} channels (learn_sigma), got {out.shape[2]}")
+            eps, var_values = torch.split(out, c, dim=2)
+            terms["vb"] = self._vb(eps.detach(), var_values, x_start, x_t, t)
+            if self.rescale:
+                terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
+        else:
+            eps = out
+        terms["mse"] = _mean_flat((noise - eps) ** 2)
+        terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
+        return terms
+
+
+def create_diffusion(timestep_respacing="", noise_schedule: str = "linear", use_kl: bool = False,
+                     sigma_small: bool = False, predict_xstart: bool = False, learn_sigma: bool = True,
+                     rescale_learned_sigmas: bool = False, diffusion_steps: int = 1000) -> TorchDiffusion:
+    """The official ``create_diffusion`` (same arguments and defaults), as a :class:`TorchDiffusion`."""
+    if use_kl or predict_xstart:
+        raise NotImplementedError("use_kl, predict_xstart: TorchDiffusion computes the ε-prediction MSE/hybrid "
+                                  "loss (latte_rs.Trainer has the others)")
+    if isinstance(timestep_respacing, (list, tuple)):
+        timestep_respacing = ",".join(str(s) for s in timestep_respacing)
+    d = GaussianDiffusion(timestep_respacing=str(timestep_respacing or ""), noise_schedule=noise_schedule,
+                          learn_sigma=learn_sigma, sigma_small=sigma_small,
+                          rescale_learned_sigmas=rescale_learned_sigmas, diffusion_steps=diffusion_steps)
+    return TorchDiffusion(d)
