@@ -71,6 +71,10 @@ def _train(args: argparse.Namespace) -> int:
         cfg.update(overrides)
     result = train(cfg, output_dir=args.output_dir, max_steps=args.steps, resume=args.resume or None,
                    progress=not args.no_progress)
+    from .distributed import world
+
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return 0
     last = result.history[-1] if result.history else {}
     print(json.dumps({
         "experiment_dir": str(result.experiment_dir),
@@ -237,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a Latte model from an official Latte YAML training config",
         description="Train as the official train.py from its YAML config (e.g. configs/ucf101/ucf101_train.yaml). "
-        "Writes config.yaml, loss.csv, loss.png and checkpoints/<step>/ to the experiment folder.",
+        "Writes config.yaml, loss.csv, loss.png and checkpoints/<step>/ to the experiment folder. Under torchrun "
+        "(torchrun --nproc_per_node N -m latte_rs.cli train ...) it trains data-parallel over the N processes "
+        "(gloo), as the official code does with DDP.",
     )
     tr.add_argument("--config", help="YAML training config (official keys; see latte_rs.training)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

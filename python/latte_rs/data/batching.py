@@ -37,24 +37,41 @@ class Batch:
     image_labels: np.ndarray | None
 
 
+def shard(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """The clip indices rank `rank` of `world_size` reads in `epoch`, as torch's DistributedSampler (shuffle,
+    no drop_last) does: a seeded permutation of all `n`, padded by repeating its start to a multiple of the world
+    size, and every `world_size`-th index from `rank` on. One process reads the whole permutation."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank: expected 0 <= rank < world_size = {world_size}, got {rank}")
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if world_size == 1:
+        return order
+    total = -(-n // world_size) * world_size
+    padded = np.resize(order, total)  # repeats the permutation from its start, as the sampler's padding
+    return padded[rank:total:world_size]
+
+
 def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_image_num: int = 0,
-            num_frames: int | None = None) -> Iterator[Batch]:
+            num_frames: int | None = None, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
     """Endless batches over `dataset` in a seeded random order per epoch (drop_last, as the official loader).
 
-    The order depends only on (seed, epoch), so a resumed run at step `start_step` sees exactly the batches an
+    With `world_size` > 1 each rank reads its own shard (:func:`shard`, DistributedSampler semantics) in batches
+    of `batch_size`. The order depends only on (seed, epoch), so a resumed run at step `start_step` sees exactly the batches an
     uninterrupted run would; datasets with a ``set_epoch`` method are told the epoch (new random crops). With
     `use_image_num`, clips of `num_frames` frames get that many frames appended, each drawn from a random other
     clip, with those clips' labels as image labels (image-video joint training), unless the dataset already
     yields joint clips (``VideoClips(use_image_num=...)``).
     """
     n = len(dataset)
-    per_epoch = n // batch_size
+    per_rank = -(-n // world_size)
+    per_epoch = per_rank // batch_size
     if per_epoch == 0:
-        raise ValueError(f"dataset: {n} clips, fewer than one batch of {batch_size}")
+        where = f" per rank ({world_size} ranks)" if world_size > 1 else ""
+        raise ValueError(f"dataset: {per_rank} clips{where}, fewer than one batch of {batch_size}")
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = shard(n, seed, epoch, rank, world_size)
         idx = order[offset * batch_size:(offset + 1) * batch_size]
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
@@ -63,7 +80,7 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
         labels = [lab for _, lab, _ in items]
         image_labels = [il for _, _, il in items] if all(il is not None for _, _, il in items) else None
         if image_labels is None and use_image_num and num_frames is not None and clips[0].shape[0] == num_frames:
-            rng = np.random.default_rng([seed, epoch, offset, 1])
+            rng = np.random.default_rng([seed, epoch, offset, 1] + ([rank] if world_size > 1 else []))
             image_labels = []
             for j, clip in enumerate(clips):
                 frames, labs = [], []

@@ -32,6 +32,7 @@ _NUMERIC = {
     "num_clips": int,
     "keep_checkpoints": int,
     "shape_speed": float,
+    "dist_timeout": float,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -70,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "shape_speed": 1 / 32,
     "class_colours": False,
     "keep_checkpoints": None,
+    "dist_timeout": 300.0,
 }
 
 # Official keys that change nothing here (logging backends, GPU-only switches, sampling settings).

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._native import GaussianDiffusion, LatteConfig, LatteModel, Trainer
 from ..data.batching import batches, clip_and_label
+from ..distributed import world
 from .config import load_config, make_dataset, model_config, model_dtype
 from .history import plot_loss, read_history, write_history
 
@@ -105,17 +106,60 @@ def train(
     if max_steps is not None:
         cfg["max_train_steps"] = int(max_steps)
     resume = bool(cfg["resume_from_checkpoint"]) if resume is None else resume
-    exp = _experiment_dir(cfg, output_dir, resume)
+    rank, size = world()
+    owns_group = False
+    if size > 1:
+        from .. import distributed
+
+        owns_group = not _group_initialised()
+        rank, size = distributed.init_from_env(timeout=float(cfg.get("dist_timeout") or distributed.DEFAULT_TIMEOUT))
+    main = rank == 0
+    try:
+        result = _train(cfg, dataset, output_dir, resume, model, progress and main, callback if main else None,
+                        rank, size)
+    except BaseException:
+        owns_group = False  # a failed collective leaves the group unusable; the process is ending anyway
+        raise
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return result
+
+
+def _group_initialised() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
+def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: int, size: int) -> TrainResult:
+    main = rank == 0
+    dp = None
+    if size > 1:
+        from ..distributed import DistributedTrainer, continue_streams, share
+    else:
+        from ..distributed import continue_streams
+
+        share = lambda obj: obj  # noqa: E731
+    exp = share(_experiment_dir(cfg, output_dir, resume) if main else None)
     ckpt_dir = exp / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _save_config(cfg, exp / "config.yaml")
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _save_config(cfg, exp / "config.yaml")
 
     trainer = None
     if resume:
-        found = resume_latest(ckpt_dir)
-        if found is not None:
-            trainer = found[1]
-    if trainer is None:
+        found = resume_latest(ckpt_dir) if main else None
+        path = share(None if found is None else str(found[0]))
+        if path is not None:
+            trainer = found[1] if main else Trainer.resume(path)
+            continue_streams(trainer, cfg["global_seed"], rank, size)
+    fresh = trainer is None
+    if fresh:
         mcfg = model_config(cfg)
         if model is None:
             model = LatteModel(mcfg, seed=cfg["global_seed"], dtype=model_dtype(cfg))
@@ -132,8 +176,13 @@ def train(
             clip_start_step=cfg["start_clip_iter"],
             grad_accumulation=cfg["gradient_accumulation_steps"],
             gradient_checkpointing=bool(cfg["gradient_checkpointing"]),
-            seed=cfg["global_seed"],
+            # The official derivation: each rank draws from global_seed + rank (rank 0 as one process does).
+            seed=cfg["global_seed"] + rank,
         )
+    if size > 1:
+        dp = DistributedTrainer(trainer)
+        if fresh:
+            dp.broadcast_parameters()  # every rank starts from rank 0's weights, as DDP
     mcfg = trainer.model.config
     if dataset is None:
         dataset = make_dataset(cfg)
@@ -141,22 +190,24 @@ def train(
 
     start = trainer.step_count
     total = cfg["max_train_steps"]
-    history = read_history(exp / "loss.csv", start)
+    history = read_history(exp / "loss.csv", start) if main else []
     result = TrainResult(exp, trainer, history)
     data = batches(dataset, cfg["local_batch_size"], seed=cfg["global_seed"], start_step=start,
-                   use_image_num=mcfg.use_image_num, num_frames=mcfg.num_frames)
+                   use_image_num=mcfg.use_image_num, num_frames=mcfg.num_frames, rank=rank, world_size=size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=start, desc="train" if size == 1 else f"train ({size} ranks)", unit="step",
+                   dynamic_ncols=True)
     window: list[dict] = []
     tick = time.perf_counter()
+    step_fn = trainer.step if dp is None else dp.step
     try:
         while trainer.step_count < total:
             batch = next(data)
-            stats = trainer.step(batch.latents, labels=batch.labels if mcfg.num_classes else None,
-                                 image_labels=batch.image_labels if mcfg.num_classes else None)
+            stats = step_fn(batch.latents, labels=batch.labels if mcfg.num_classes else None,
+                            image_labels=batch.image_labels if mcfg.num_classes else None)
             if stats["skipped"]:
                 continue
             window.append(stats)
@@ -164,9 +215,11 @@ def train(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", grad=f"{stats['grad_norm']:.3f}")
-            if step % cfg["log_every"] == 0 or step == total:
+            if main and (step % cfg["log_every"] == 0 or step == total):
                 now = time.perf_counter()
                 row = _log_row(window, step, now - tick, stats)
+                if size > 1:
+                    row["clips_per_sec"] = row["steps_per_sec"] * cfg["local_batch_size"] * size
                 tick, window = now, []
                 history.append(row)
                 write_history(exp / "loss.csv", history)
@@ -174,12 +227,16 @@ def train(
                     callback(row)
             if step % cfg["ckpt_every"] == 0 or step == total:
                 result.last_checkpoint = ckpt_dir / f"{step:07d}"
-                trainer.save(result.last_checkpoint)
-                _prune(ckpt_dir, cfg["keep_checkpoints"])
+                if dp is None:
+                    trainer.save(result.last_checkpoint)
+                else:
+                    dp.save(result.last_checkpoint)
+                if main:
+                    _prune(ckpt_dir, cfg["keep_checkpoints"])
     finally:
         if bar is not None:
             bar.close()
-        if history:
+        if main and history:
             plot_loss(history, exp / "loss.png", title=f"{cfg['model']} on {cfg['dataset']}")
     return result
 
