@@ -107,7 +107,8 @@ def test_forward_matches_the_core_and_sees_in_place_updates(rng):
     np.testing.assert_array_equal(m.core.state_dict()["final_layer.linear.bias"],
                                   m.final_layer.linear.bias.detach().numpy())
     with_cfg = m.forward_with_cfg(torch.from_numpy(x), torch.from_numpy(t), torch.tensor([1, 3]), cfg_scale=4.0)
-    np.testing.assert_allclose(with_cfg.detach().numpy(), m.core.forward_with_cfg(x, t, np.array([1, 3]), 4.0), atol=1e-6)
+    want = m.core.forward_with_cfg(x, t, np.array([1, 3]), 4.0)
+    np.testing.assert_allclose(with_cfg.detach().numpy(), want, atol=1e-6)
 
 
 def test_deepcopy_is_an_independent_model():
@@ -119,7 +120,8 @@ def test_deepcopy_is_an_independent_model():
     assert not torch.equal(m.x_embedder.proj.bias, ema.x_embedder.proj.bias)
     update_ema(ema, m, decay=0.0)
     assert torch.equal(m.x_embedder.proj.bias, ema.x_embedder.proj.bias)
-    np.testing.assert_array_equal(ema.core.state_dict()["x_embedder.proj.bias"], m.x_embedder.proj.bias.detach().numpy())
+    np.testing.assert_array_equal(ema.core.state_dict()["x_embedder.proj.bias"],
+                                  m.x_embedder.proj.bias.detach().numpy())
 
 
 def test_float64_module_passes_a_finite_difference_check():

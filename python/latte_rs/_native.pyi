@@ -109,6 +109,23 @@ class LatteModel:
         ``y``: conditional half, then null-class half) and the first ``in_channels`` channels of both halves become
         ``uncond + cfg_scale * (cond - uncond)``."""
     def num_parameters(self, trainable_only: bool = True) -> int: ...
+    def forward_graph(
+        self,
+        x: ArrayLike,
+        t: ArrayLike,
+        y: ArrayLike | None = None,
+        y_image: ArrayLike | None = None,
+        *,
+        input_grad: bool = False,
+    ) -> tuple[npt.NDArray[np.floating], ForwardGraph]:
+        """The forward pass keeping its graph, for an autograd engine outside latte-rs (``latte_rs.torch``):
+        ``(output, graph)``. Labels are used as given (the caller does the dropout)."""
+    def shared_parameters(self) -> dict[str, npt.NDArray[np.floating]]:
+        """Every parameter as a NumPy array over the model's own memory (no copy; writes change the model).
+        float32/float64 models on the CPU."""
+    @property
+    def trainable_parameter_names(self) -> list[str]:
+        """The trainable parameters (without the fixed sin-cos tables), sorted: ``forward_graph``'s order."""
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter by its official name (copies), including ``pos_embed`` / ``temp_embed``."""
     def load_state_dict(self, state_dict: dict[str, ArrayLike], strict: bool = True) -> tuple[list[str], list[str]]:
@@ -340,17 +357,61 @@ class Trainer:
         ``ValueError``; the weights are untouched either way.
         """
     def step(
-        self, latents: ArrayLike, labels: ArrayLike | None = None, image_labels: ArrayLike | None = None
+        self,
+        latents: ArrayLike,
+        labels: ArrayLike | None = None,
+        image_labels: ArrayLike | None = None,
+        *,
+        timesteps: ArrayLike | None = None,
+        noise: ArrayLike | None = None,
     ) -> StepStats:
         """One optimiser step on clean latents ``(B, F, C, H, W)`` (F = num_frames, plus up to use_image_num image
         frames), with labels ``(B,)`` for a class-conditional model and the image frames' labels
-        ``(B, F - num_frames)``. B must be divisible by ``grad_accumulation``."""
-    def apply_gradients(self, grads: dict[str, ArrayLike]) -> StepStats:
-        """One optimiser step (clipping, AdamW, EMA) from gradients computed elsewhere, one per trainable parameter."""
-    def save(self, path: str | PathLike[str]) -> None:
+        ``(B, F - num_frames)``. B must be divisible by ``grad_accumulation``. ``timesteps`` ``(B,)`` (indices
+        into the diffusion's steps) and ``noise`` (the latents' shape) replace the trainer's own draws (label
+        dropout is still drawn)."""
+    def forward_backward(
+        self,
+        latents: ArrayLike,
+        labels: ArrayLike | None = None,
+        image_labels: ArrayLike | None = None,
+        *,
+        timesteps: ArrayLike | None = None,
+        noise: ArrayLike | None = None,
+    ) -> tuple[npt.NDArray[np.floating], dict[str, float | None]]:
+        """The first half of ``step`` (data parallelism): ``(gradient, {"loss", "mse", "vb"})`` without changing
+        the weights. The gradient is one flat array of every trainable parameter in ``parameter_names`` order
+        (unscaled; float32, float64 for a float64 model). Average both over processes and pass them to
+        ``apply_gradients`` for one step on the joint batch (``latte_rs.distributed.DistributedTrainer``)."""
+    def apply_gradients(
+        self,
+        grads: dict[str, ArrayLike] | ArrayLike,
+        *,
+        loss: float | None = None,
+        mse: float | None = None,
+        vb: float | None = None,
+    ) -> StepStats:
+        """One optimiser step (clipping, AdamW, EMA) from gradients computed elsewhere: a dict with one per
+        trainable parameter, or the flat gradient of ``forward_backward`` with the losses it came from."""
+    def save(self, path: str | PathLike[str], *, rank_rng_states: list[str] | None = None) -> None:
         """Writes a checkpoint directory atomically: ``model.safetensors`` and ``ema.safetensors`` (both load with
         ``LatteModel.load``), ``optimizer.safetensors``, ``diffusion.json`` and ``trainer.json`` (options, step,
-        RNG state, CRC-32 of every file). A crash mid-save leaves any previous checkpoint intact."""
+        RNG state, CRC-32 of every file). A crash mid-save leaves any previous checkpoint intact.
+        ``rank_rng_states``: every rank's ``rng_state`` of a data-parallel run, kept for an exact resume."""
+    @property
+    def rng_state(self) -> str:
+        """The position of the random stream (timesteps, noise, label dropout), as JSON."""
+    def set_rng_state(self, state: str) -> None: ...
+    def reseed(self, seed: int) -> None:
+        """Restarts the random stream from ``seed``."""
+    @property
+    def rank_rng_states(self) -> list[str]:
+        """Every rank's stream of the data-parallel run this trainer was resumed from (empty for one process)."""
+    @property
+    def parameter_names(self) -> list[str]:
+        """The trainable parameters in the order of ``forward_backward``'s flat gradient."""
+    @property
+    def parameter_shapes(self) -> list[list[int]]: ...
     @staticmethod
     def resume(path: str | PathLike[str], device: str = "cpu") -> Trainer:
         """The trainer saved at ``path``, continuing bit-exactly. A truncated or corrupted file raises
@@ -517,3 +578,15 @@ def sample(
     branch is the null class, or ``negative_encoder_hidden_states``. Without ``noise``, ``num_samples`` clips of
     the model's size (or ``latent_shape``) are drawn from ``seed``, and every step's noise from the same
     generator. ``callback(done, total)`` runs after each step. Used by ``latte_rs.sample`` and the pipelines."""
+
+
+class ForwardGraph:
+    """The graph of one ``LatteModel.forward_graph``; it keeps the activations until it is dropped."""
+
+    def backward(
+        self, grad_output: ArrayLike
+    ) -> tuple[npt.NDArray[np.floating] | None, list[npt.NDArray[np.floating]]]:
+        """The gradients of ``sum(output * grad_output)``: towards x (with ``input_grad``) and one per trainable
+        parameter, as arrays over the gradients' own memory. Can run again until the graph is dropped."""
+    def token(self) -> npt.NDArray[np.float32]:
+        """A one-element array whose base is this graph (holding it keeps the graph alive)."""

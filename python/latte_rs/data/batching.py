@@ -56,11 +56,11 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
     """Endless batches over `dataset` in a seeded random order per epoch (drop_last, as the official loader).
 
     With `world_size` > 1 each rank reads its own shard (:func:`shard`, DistributedSampler semantics) in batches
-    of `batch_size`. The order depends only on (seed, epoch), so a resumed run at step `start_step` sees exactly the batches an
-    uninterrupted run would; datasets with a ``set_epoch`` method are told the epoch (new random crops). With
-    `use_image_num`, clips of `num_frames` frames get that many frames appended, each drawn from a random other
-    clip, with those clips' labels as image labels (image-video joint training), unless the dataset already
-    yields joint clips (``VideoClips(use_image_num=...)``).
+    of `batch_size`. The order depends only on (seed, epoch), so a resumed run at step `start_step` sees exactly
+    the batches an uninterrupted run would; datasets with a ``set_epoch`` method are told the epoch (new random
+    crops). With `use_image_num`, clips of `num_frames` frames get that many frames appended, each drawn from a
+    random other clip, with those clips' labels as image labels (image-video joint training), unless the dataset
+    already yields joint clips (``VideoClips(use_image_num=...)``).
     """
     n = len(dataset)
     per_rank = -(-n // world_size)
@@ -80,7 +80,8 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
         labels = [lab for _, lab, _ in items]
         image_labels = [il for _, _, il in items] if all(il is not None for _, _, il in items) else None
         if image_labels is None and use_image_num and num_frames is not None and clips[0].shape[0] == num_frames:
-            rng = np.random.default_rng([seed, epoch, offset, 1] + ([rank] if world_size > 1 else []))
+            key = [seed, epoch, offset, 1] + ([rank] if world_size > 1 else [])
+            rng = np.random.default_rng(key)
             image_labels = []
             for j, clip in enumerate(clips):
                 frames, labs = [], []
