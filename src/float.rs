@@ -19,6 +19,8 @@ pub trait Float:
     const ZERO: Self;
     const ONE: Self;
     const NEG_INF: Self;
+    /// The largest finite value, as f64.
+    const MAX_F64: f64;
     /// `v` rounded to this type.
     fn of(v: f64) -> Self;
     fn from_usize(n: usize) -> Self;
@@ -38,6 +40,7 @@ macro_rules! float {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INF: Self = <$t>::NEG_INFINITY;
+            const MAX_F64: f64 = <$t>::MAX as f64;
             #[inline(always)]
             fn of(v: f64) -> Self {
                 v as $t

@@ -22,7 +22,10 @@ use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
 use crate::model::{Condition, Denoiser, LatteModel};
 use crate::rng::{Generator, GeneratorState};
-use optim::{adamw_stays_finite, adamw_step, clip_coefficient, ema_update, sum_of_squares, AdamWConfig, Update};
+use optim::{
+    adamw_cannot_overflow, adamw_ema_step, adamw_stays_finite, clip_coefficient, max_abs, sum_of_squares, AdamWConfig,
+    Magnitudes, Update,
+};
 
 /// The trainer's options; the defaults are the official Latte recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,11 +265,19 @@ impl<T: Float> Buffers<T> {
         for (i, (var, g)) in vars.iter().zip(&grads).enumerate() {
             let (m, v) = (&self.m[i], &self.v[i]);
             let finite = with_slice::<T, _>(g, |g| -> Result<bool> {
+                let check = |p: &[T]| {
+                    let mag = Magnitudes {
+                        param: max_abs(p),
+                        grad: max_abs(g),
+                        m: max_abs(m),
+                        v: max_abs(v),
+                    };
+                    adamw_cannot_overflow::<T>(mag, update, &opts.optimizer)
+                        || adamw_stays_finite(p, g, m, v, update, &opts.optimizer)
+                };
                 Ok(match self.master.as_ref() {
-                    Some(ms) => adamw_stays_finite(&ms[i], g, m, v, update, &opts.optimizer),
-                    None => with_slice::<T, _>(var.as_tensor(), |p| {
-                        adamw_stays_finite(p, g, m, v, update, &opts.optimizer)
-                    })?,
+                    Some(ms) => check(&ms[i]),
+                    None => with_slice::<T, _>(var.as_tensor(), check)?,
                 })
             })??;
             if !finite {
@@ -289,8 +300,7 @@ impl<T: Float> Buffers<T> {
                 };
                 match param {
                     Some(param) => {
-                        adamw_step(param, g, m, v, update, &opts.optimizer);
-                        ema_update(ema, param, opts.ema_decay);
+                        adamw_ema_step(param, g, m, v, ema, update, &opts.optimizer, opts.ema_decay);
                         let t = Tensor::from_slice(param, var.shape(), var.device())?.to_dtype(var.dtype())?;
                         var.set(&t)?;
                     }
@@ -353,8 +363,16 @@ impl<T: Float> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
         let param = &mut values[start..end];
         let mut moments = self.moments.borrow_mut();
         let (m, v, ema) = &mut *moments;
-        adamw_step(param, self.grad, m, v, self.update, &self.opts.optimizer);
-        ema_update(ema, param, self.opts.ema_decay);
+        adamw_ema_step(
+            param,
+            self.grad,
+            m,
+            v,
+            ema,
+            self.update,
+            &self.opts.optimizer,
+            self.opts.ema_decay,
+        );
         Ok(())
     }
 }

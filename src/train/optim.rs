@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Elements per parallel work item: large tensors are split, small ones run on one thread.
 const CHUNK: usize = 1 << 15;
+/// Accumulators of the vectorised reductions.
+const LANES: usize = 16;
 
 use crate::float::Float;
 
@@ -99,8 +101,9 @@ pub fn adamw_step<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                (p[i], m[i], v[i]) = c.element(p[i], g[i], m[i], v[i]);
+            // Zipped iterators (no bounds checks) so that the loop vectorises.
+            for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                (*p, *m, *v) = c.element(*p, *g, *m, *v);
             }
         });
 }
@@ -130,6 +133,100 @@ pub fn adamw_stays_finite<T: Float>(
 }
 
 /// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
+/// The largest |x| (0 for an empty slice; NaN propagates as "not finite" through the callers' checks).
+pub fn max_abs<T: Float>(x: &[T]) -> f64 {
+    x.par_chunks(CHUNK)
+        .map(|c| {
+            // Independent lanes, so that the reduction vectorises (one accumulator is a serial chain).
+            let mut lanes = [T::ZERO; LANES];
+            let mut blocks = c.chunks_exact(LANES);
+            for b in &mut blocks {
+                for (l, x) in lanes.iter_mut().zip(b) {
+                    let a = if *x < T::ZERO { T::ZERO - *x } else { *x };
+                    // NaN compares false both ways: keep it, so that it reaches the finite checks.
+                    *l = if a > *l || a != a { a } else { *l };
+                }
+            }
+            blocks.remainder().iter().chain(&lanes).fold(0.0f64, |m, v| {
+                let v = v.to_f64().abs();
+                if v > m || v.is_nan() {
+                    v
+                } else {
+                    m
+                }
+            })
+        })
+        .reduce(|| 0.0, |a, b| if b > a || b.is_nan() { b } else { a })
+}
+
+/// Largest magnitudes of one parameter's values, gradient and moments (for [`adamw_cannot_overflow`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Magnitudes {
+    pub param: f64,
+    pub grad: f64,
+    pub m: f64,
+    pub v: f64,
+}
+
+/// Whether one AdamW step on values bounded by `mag` certainly stays finite in `T`, by a bound in f64 on every
+/// intermediate of [`AdamWCoefficients::element`] (with half of `T`'s range as margin for rounding): the moments
+/// are convex combinations, and the update is at most lr/bias1 · |m| / eps. When this says no, the exact
+/// element-by-element dry run ([`adamw_stays_finite`]) decides, so no step is refused that would have stayed
+/// finite; it is the cheap check in front of it (one max pass instead of the whole update computed twice).
+pub fn adamw_cannot_overflow<T: Float>(mag: Magnitudes, update: Update, cfg: &AdamWConfig) -> bool {
+    let limit = 0.5 * T::MAX_F64;
+    let c = |v: f64| v.is_finite() && v < limit;
+    let Update { step, lr, grad_scale } = update;
+    let bias1 = 1.0 - cfg.beta1.powi(step.min(i32::MAX as u64) as i32);
+    if !(bias1 > 0.0 && cfg.eps > 0.0) {
+        return false;
+    }
+    let g = mag.grad * grad_scale.abs();
+    let m = mag.m.max(g);
+    let v = mag.v.max(g * g);
+    let bias2_sqrt = (1.0 - cfg.beta2.powi(step.min(i32::MAX as u64) as i32)).sqrt();
+    let update_max = (lr / bias1).abs() * (m / cfg.eps);
+    let p = mag.param * (1.0 - lr * cfg.weight_decay).abs() + update_max;
+    let denom = v.sqrt() / bias2_sqrt + cfg.eps;
+    [g, g * g, mag.m + g, m, v, denom, m / cfg.eps, update_max, p]
+        .into_iter()
+        .all(c)
+}
+
+/// [`adamw_step`] and [`ema_update`] in one pass over the values (the EMA reads the new parameter).
+#[allow(clippy::too_many_arguments)] // the optimiser's buffers, one by one
+pub fn adamw_ema_step<T: Float>(
+    param: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    ema: &mut [T],
+    update: Update,
+    cfg: &AdamWConfig,
+    ema_decay: f64,
+) {
+    let c = AdamWCoefficients::<T>::new(update, cfg);
+    let (d, w) = (T::of(ema_decay), T::of(1.0 - ema_decay));
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(ema.par_chunks_mut(CHUNK))
+        .for_each(|((((p, g), m), v), e)| {
+            for ((((p, g), m), v), e) in p
+                .iter_mut()
+                .zip(g)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+                .zip(e.iter_mut())
+            {
+                (*p, *m, *v) = c.element(*p, *g, *m, *v);
+                *e = *e * d + *p * w;
+            }
+        });
+}
+
 pub fn ema_update<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
     let (d, w) = (T::of(decay), T::of(1.0 - decay));
     ema.par_chunks_mut(CHUNK)
@@ -144,13 +241,23 @@ pub fn ema_update<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
 /// Σ x² in f64, in a fixed order (chunks in parallel, then summed in sequence): the same on every run.
 pub fn sum_of_squares<T: Float>(g: &[T]) -> f64 {
     g.par_chunks(CHUNK)
-        .map(|c| c.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>())
+        .map(|c| {
+            // In f64, over independent lanes so that the loop vectorises.
+            let mut lanes = [0.0f64; LANES];
+            let mut blocks = c.chunks_exact(LANES);
+            for b in &mut blocks {
+                for (l, x) in lanes.iter_mut().zip(b) {
+                    let x = x.to_f64();
+                    *l += x * x;
+                }
+            }
+            lanes.iter().sum::<f64>() + blocks.remainder().iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>()
+        })
         .collect::<Vec<_>>()
         .into_iter()
         .sum()
 }
 
-/// `torch.nn.utils.clip_grad_norm_`'s factor for a total norm: max_norm / (norm + 1e-6), at most 1.
 pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
     (max_norm / (norm + 1e-6)).min(1.0)
 }

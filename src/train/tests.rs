@@ -334,3 +334,92 @@ fn bad_options_and_inputs_are_named() {
     assert!(err.contains("labels in"), "{err}");
     assert_eq!(t.step_count(), 0);
 }
+
+/// A step equals its two halves (forward_backward, then apply_gradient_list), and given draws replace the
+/// trainer's: the same draws give the same step from any trainer state.
+#[test]
+fn step_equals_forward_backward_then_apply_and_draws_replace_the_stream() {
+    let cfg = tiny(0, 0);
+    let x = data(&cfg, 4, DType::F32, 1);
+    let whole = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let halves = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let mut a = Trainer::new(&whole, &diffusion(), opts()).unwrap();
+    let mut b = Trainer::new(&halves, &diffusion(), opts()).unwrap();
+    for _ in 0..3 {
+        let sa = a.step(&x, None, None).unwrap();
+        let g = b.forward_backward(&x, None, None, &Draws::default()).unwrap();
+        assert_eq!(g.grads.len(), b.parameter_names().len());
+        let sb = b.apply_gradient_list(&g.grads, Some(g.loss), g.mse, g.vb).unwrap();
+        assert_eq!(sa, sb);
+    }
+    assert_eq!(weights(&whole), weights(&halves));
+
+    // Given draws: two trainers with different seeds take the same step.
+    let noise = data(&cfg, 4, DType::F32, 9);
+    let draws = Draws {
+        timesteps: Some(vec![0, 17, 500, 999]),
+        noise: Some(noise),
+    };
+    let (m1, m2) = (
+        LatteModel::new(&cfg, &Device::Cpu, DType::F32, 3).unwrap(),
+        LatteModel::new(&cfg, &Device::Cpu, DType::F32, 3).unwrap(),
+    );
+    let mut t1 = Trainer::new(&m1, &diffusion(), TrainerOptions { seed: 1, ..opts() }).unwrap();
+    let mut t2 = Trainer::new(&m2, &diffusion(), TrainerOptions { seed: 2, ..opts() }).unwrap();
+    assert_eq!(
+        t1.step_with(&x, None, None, &draws).unwrap(),
+        t2.step_with(&x, None, None, &draws).unwrap()
+    );
+    assert_eq!(weights(&m1), weights(&m2));
+    // Bad draws are refused by name.
+    let bad = Draws {
+        timesteps: Some(vec![0, 1, 2, 1000]),
+        noise: None,
+    };
+    assert!(t1
+        .step_with(&x, None, None, &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("timesteps"));
+    let bad = Draws {
+        timesteps: None,
+        noise: Some(data(&cfg, 2, DType::F32, 9)),
+    };
+    assert!(t1
+        .step_with(&x, None, None, &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("noise"));
+}
+
+/// The cheap overflow bound never lets an overflowing step through: wherever it says "cannot overflow", the exact
+/// dry run agrees.
+#[test]
+fn overflow_bound_is_conservative() {
+    use optim::{adamw_cannot_overflow, adamw_stays_finite, max_abs, Magnitudes, Update};
+    let cfg = AdamWConfig::default();
+    let mut rng = Generator::new(5);
+    for case in 0..400 {
+        let scale = 10f64.powi((case % 80) - 40);
+        let p: Vec<f32> = rng.normal(64, 0.0, 1.0).iter().map(|v| (v * scale) as f32).collect();
+        let g: Vec<f32> = rng.normal(64, 0.0, scale * 1e3).iter().map(|&v| v as f32).collect();
+        let m: Vec<f32> = rng.normal(64, 0.0, scale).iter().map(|&v| v as f32).collect();
+        let v: Vec<f32> = m.iter().map(|x| x * x).collect();
+        let update = Update {
+            step: 1 + case as u64 % 5,
+            lr: 10f64.powi((case % 13) as i32 - 4),
+            grad_scale: 1.0,
+        };
+        let mag = Magnitudes {
+            param: max_abs(&p),
+            grad: max_abs(&g),
+            m: max_abs(&m),
+            v: max_abs(&v),
+        };
+        if adamw_cannot_overflow::<f32>(mag, update, &cfg) {
+            assert!(adamw_stays_finite(&p, &g, &m, &v, update, &cfg), "case {case}");
+        }
+    }
+    assert_eq!(max_abs(&[1.0f32, -3.0, 2.0]), 3.0);
+    assert!(max_abs(&[1.0f32, f32::NAN]).is_nan());
+}
