@@ -453,6 +453,9 @@ impl PyLatteModel {
     }
 }
 
+/// The gradients towards the input (when asked for) and every trainable parameter.
+type GraphGradients<'py> = (Option<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>);
+
 /// The graph of one `LatteModel.forward_graph`: it keeps the forward's activations until it is dropped.
 #[pyclass(name = "ForwardGraph", module = "latte_rs", frozen, weakref)]
 pub struct PyForwardGraph {
@@ -465,11 +468,7 @@ impl PyForwardGraph {
     /// The gradients of sum(output * grad_output): (towards x, or None without `input_grad`; a list with one per
     /// trainable parameter in `trainable_parameter_names` order). The arrays share the gradients' memory (no
     /// copy). The graph can run backward again (as torch's `retain_graph=True`) until it is dropped.
-    fn backward<'py>(
-        &self,
-        py: Python<'py>,
-        grad_output: &Bound<'py, PyAny>,
-    ) -> PyResult<(Option<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>)> {
+    fn backward<'py>(&self, py: Python<'py>, grad_output: &Bound<'py, PyAny>) -> PyResult<GraphGradients<'py>> {
         crate::python::guard(move || {
             let g = super::convert::float_tensor(grad_output, "grad_output")?;
             let graph = &self.graph;

@@ -133,30 +133,31 @@ pub fn adamw_stays_finite<T: Float>(
 }
 
 /// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
-/// The largest |x| (0 for an empty slice; NaN propagates as "not finite" through the callers' checks).
+/// The largest |x| (0 for an empty slice; NaN where any value is not finite).
 pub fn max_abs<T: Float>(x: &[T]) -> f64 {
     x.par_chunks(CHUNK)
         .map(|c| {
             // Independent lanes, so that the reduction vectorises (one accumulator is a serial chain).
             let mut lanes = [T::ZERO; LANES];
+            let mut finite = true;
             let mut blocks = c.chunks_exact(LANES);
             for b in &mut blocks {
                 for (l, x) in lanes.iter_mut().zip(b) {
                     let a = if *x < T::ZERO { T::ZERO - *x } else { *x };
-                    // NaN compares false both ways: keep it, so that it reaches the finite checks.
-                    *l = if a > *l || a != a { a } else { *l };
+                    finite &= a.is_finite();
+                    *l = if a > *l { a } else { *l };
                 }
             }
-            blocks.remainder().iter().chain(&lanes).fold(0.0f64, |m, v| {
-                let v = v.to_f64().abs();
-                if v > m || v.is_nan() {
-                    v
-                } else {
-                    m
-                }
-            })
+            let rest = blocks.remainder().iter().chain(&lanes);
+            if !finite || rest.clone().any(|v| !v.is_finite()) {
+                return f64::NAN;
+            }
+            rest.fold(0.0f64, |m, v| m.max(v.to_f64().abs()))
         })
-        .reduce(|| 0.0, |a, b| if b > a || b.is_nan() { b } else { a })
+        .reduce(
+            || 0.0,
+            |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) },
+        )
 }
 
 /// Largest magnitudes of one parameter's values, gradient and moments (for [`adamw_cannot_overflow`]).

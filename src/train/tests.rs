@@ -407,7 +407,7 @@ fn overflow_bound_is_conservative() {
         let v: Vec<f32> = m.iter().map(|x| x * x).collect();
         let update = Update {
             step: 1 + case as u64 % 5,
-            lr: 10f64.powi((case % 13) as i32 - 4),
+            lr: 10f64.powi(case % 13 - 4),
             grad_scale: 1.0,
         };
         let mag = Magnitudes {

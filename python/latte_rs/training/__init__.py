@@ -39,9 +39,9 @@ resume_from_checkpoint          resume from the newest checkpoint of the experim
 ``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
 ``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config``
 (LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``,
-``dist_timeout`` (seconds a rank waits for the others in a collective before it
-raises ``RankFailure``; default 300), ``label_by``, ``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the frame
-per frame) and ``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the
+``dist_timeout`` (seconds a rank waits for the others in a collective before it raises ``RankFailure``; default
+300), ``label_by``, ``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the
+frame per frame) and ``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the
 newest N; default all).
 
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` in the environment) the same call trains data-parallel
