@@ -22,6 +22,16 @@ def load_official_case(name: str) -> dict:
     return data
 
 
+def fixture_script(name: str):
+    """The golden-file script ``tests/fixtures/<name>.py`` as a module (its reference functions, not its main)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(**overrides) -> latte_rs.LatteConfig:
     """A model small enough for fast tests: 4 blocks of width 32, 4 frames of 8×8 latents."""
     base = dict(depth=4, hidden_size=32, num_heads=4, patch_size=2, input_size=8, num_frames=4, in_channels=4)

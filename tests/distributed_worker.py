@@ -44,6 +44,28 @@ def new_trainer(rank: int) -> latte_rs.Trainer:
                             seed=7 + rank)
 
 
+def official_steps(model, rank: int, size: int, steps: int = 3) -> list[float]:
+    """The official train step (hybrid loss, backward, clipping, AdamW) on this rank's part of fixed batches."""
+    import torch
+
+    from latte_rs.torch import create_diffusion
+
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
+    diffusion = create_diffusion(timestep_respacing="")
+    losses = []
+    for step in range(steps):
+        b = {k: torch.from_numpy(v) for k, v in part(joint_batch(step), rank, size).items()}
+        loss = diffusion.training_losses(model, b["latents"], b["timesteps"], dict(y=b["labels"]),
+                                         noise=b["noise"])["loss"].mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def write_state(out: str, trainer: latte_rs.Trainer, **extra) -> None:
     arrays = {f"param/{k}": v for k, v in trainer.model.state_dict().items()}
     arrays.update({f"ema/{k}": v for k, v in trainer.ema_state_dict().items()})
@@ -106,26 +128,12 @@ def main() -> None:
         if rank == 0:
             write_state(os.path.join(out, "final.npz"), result.trainer)
     elif mode == "ddp":
-        import torch
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from latte_rs.torch import LatteModule, create_diffusion
+        from latte_rs.torch import LatteModule
 
-        torch.manual_seed(0)
         module = LatteModule(latte_rs.LatteConfig(**CONFIG), seed=5)
-        model = DDP(module)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
-        diffusion = create_diffusion(timestep_respacing="")
-        losses = []
-        for step in range(3):
-            b = {k: torch.from_numpy(v) for k, v in part(joint_batch(step), rank, size).items()}
-            loss = diffusion.training_losses(model, b["latents"], b["timesteps"], dict(y=b["labels"]),
-                                             noise=b["noise"])["loss"].mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
+        losses = official_steps(DDP(module), rank, size)
         if rank == 0:
             np.savez(out, losses=np.array(losses),
                      **{f"param/{k}": v.detach().numpy() for k, v in module.state_dict().items()})

@@ -7,7 +7,6 @@ create_diffusion, AdamW, clip_grad_norm_, update_ema); with LATTE_REPO set the c
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,16 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import latte_rs  # noqa: E402
+from conftest import fixture_script  # noqa: E402
 from latte_rs.torch import LatteModule, TorchDiffusion, create_diffusion, update_ema  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_torch_module_golden", FIXTURES / "make_torch_module_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fixture_script("make_torch_module_golden")
 
 
 @pytest.fixture(scope="module")

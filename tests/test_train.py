@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,17 +10,14 @@ import numpy as np
 import pytest
 
 import latte_rs
-from conftest import tiny_config
+from conftest import fixture_script, tiny_config
 from latte_rs.data import SyntheticVideos
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _golden_script():
-    spec = importlib.util.spec_from_file_location("make_train_golden", FIXTURES / "make_train_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fixture_script("make_train_golden")
 
 
 def _trainer_from_golden(golden) -> tuple[latte_rs.Trainer, list[str], dict]:
@@ -193,3 +189,51 @@ def test_torch_tensors_and_bad_arguments():
         latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), grad_accumulation=0)
     with pytest.raises(ValueError, match="betas"):
         latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), betas=(1.0, 0.9))
+
+
+def test_data_parallel_entry_points_refuse_bad_input_by_name(tmp_path):
+    model = latte_rs.LatteModel(tiny_config(), seed=0)
+    trainer = latte_rs.Trainer(model, latte_rs.GaussianDiffusion())
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="timesteps"):
+        trainer.forward_backward(x, timesteps=np.array([0, 1000]))
+    with pytest.raises(ValueError, match="timesteps"):
+        trainer.step(x, timesteps=np.array([-1, 3]))
+    with pytest.raises(TypeError, match="timesteps"):
+        trainer.step(x, timesteps=np.array([0.5, 3.0]))
+    with pytest.raises(ValueError, match="noise"):
+        trainer.step(x, noise=x[:1])
+    with pytest.raises(ValueError, match="noise"):
+        trainer.step(x, noise=np.full_like(x, np.nan))
+    grad, losses = trainer.forward_backward(x)
+    assert grad.shape == (model.num_parameters(),) and grad.dtype == np.float32
+    assert trainer.step_count == 0  # the weights are untouched until apply_gradients
+    with pytest.raises(ValueError, match="grads"):
+        trainer.apply_gradients(grad[:-1], loss=losses["loss"])
+    with pytest.raises(ValueError, match="loss, mse, vb"):
+        trainer.apply_gradients({}, loss=1.0)
+    with pytest.raises(ValueError, match="state"):
+        trainer.set_rng_state("{}")
+    with pytest.raises(ValueError, match=r"rank_rng_states\[1\]"):
+        trainer.save(tmp_path / "c", rank_rng_states=[trainer.rng_state, "nope"])
+    assert trainer.apply_gradients(grad, loss=losses["loss"])["step"] == 1
+    out, graph = model.forward_graph(x, np.array([3, 9]))
+    with pytest.raises(ValueError, match="grad_output"):
+        graph.backward(out[:1])
+    with pytest.raises(ValueError, match="grad_output"):
+        graph.backward(np.full_like(out, np.inf))
+
+
+def test_rank_streams_survive_a_checkpoint(tmp_path):
+    model = latte_rs.LatteModel(tiny_config(), seed=0)
+    trainers = [latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), seed=3 + r) for r in range(2)]
+    states = [t.rng_state for t in trainers]
+    assert states[0] != states[1]
+    trainers[0].save(tmp_path / "c", rank_rng_states=states)
+    resumed = latte_rs.Trainer.resume(tmp_path / "c")
+    assert resumed.rank_rng_states == states and resumed.rng_state == states[0]
+    resumed.set_rng_state(states[1])
+    assert resumed.rng_state == states[1]
+    resumed.reseed(3)
+    assert resumed.rng_state == states[0]  # the stream of seed 3 from its start
+    assert latte_rs.Trainer.resume(tmp_path / "c").rank_rng_states == states

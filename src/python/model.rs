@@ -50,6 +50,19 @@ fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     })
 }
 
+/// The latents, timesteps and class condition of a model call.
+fn model_inputs(
+    x: &Bound<'_, PyAny>,
+    t: &Bound<'_, PyAny>,
+    y: Option<&Bound<'_, PyAny>>,
+    y_image: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(candle_core::Tensor, candle_core::Tensor, Condition)> {
+    let y = y.map(|v| to_tensor(v, "y")).transpose()?;
+    let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
+    let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
+    Ok((to_tensor(x, "x")?, to_tensor(t, "t")?, cond))
+}
+
 /// Applies keyword overrides to `base`, checking each key on its own so an error names the argument.
 fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<LatteConfig> {
     let mut value = serde_json::to_value(base).py()?;
@@ -266,11 +279,7 @@ impl PyLatteModel {
         y_image: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
-            let x = to_tensor(x, "x")?;
-            let t = to_tensor(t, "t")?;
-            let y = y.map(|v| to_tensor(v, "y")).transpose()?;
-            let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
-            let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
+            let (x, t, cond) = model_inputs(x, t, y, y_image)?;
             let out = py.detach(|| self.inner.forward(&x, &t, &cond)).py()?;
             to_numpy(py, &out)
         })
@@ -329,11 +338,7 @@ impl PyLatteModel {
         input_grad: bool,
     ) -> PyResult<(Bound<'py, PyAny>, PyForwardGraph)> {
         crate::python::guard(move || {
-            let x = to_tensor(x, "x")?;
-            let t = to_tensor(t, "t")?;
-            let y = y.map(|v| to_tensor(v, "y")).transpose()?;
-            let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
-            let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
+            let (x, t, cond) = model_inputs(x, t, y, y_image)?;
             let graph = py
                 .detach(|| Graph::forward(&self.inner, &x, &t, &cond, input_grad))
                 .py()?;
