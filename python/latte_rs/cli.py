@@ -149,7 +149,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .pipelines import LattePipeline, LatteT2VPipeline
     from .video_io import frame_grid
 
-    if args.checkpoint is None:
+    builtin = args.checkpoint is None
+    if builtin:
         from .demo import TINY_GUIDANCE, TINY_MODEL
 
         args.checkpoint = str(TINY_MODEL)
@@ -162,6 +163,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"CHECKPOINT: no such file or directory {ckpt}")
     out_dir = Path(args.output_dir)
     if (ckpt / "transformer").is_dir():
+        if args.classes:
+            raise ValueError("--classes: a text-to-video (diffusers Latte-1) folder takes --prompt, not class labels")
         if not args.prompt:
             raise ValueError("--prompt: required for a text-to-video (diffusers Latte-1) folder")
         pipe = LatteT2VPipeline.from_pretrained(ckpt)
@@ -173,6 +176,11 @@ def _sample(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
         frames = result.frames
     else:
+        if args.prompt or args.negative_prompt:
+            which = "the built-in tiny model" if builtin else str(ckpt)
+            raise ValueError(f"--prompt: {which} is a class-conditional/unconditional Latte, which takes no text "
+                             "(the prompt would be ignored); pass --classes, or a diffusers Latte-1 folder as "
+                             "CHECKPOINT for text-to-video")
         # No --sampler (or 'folder', which a class model has no folder for): the pipeline's default, DDPM.
         scheduler = _scheduler(args.sampler) if args.sampler not in (None, "folder") else None
         pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, scheduler=scheduler, use_ema=not args.no_ema)

@@ -259,7 +259,7 @@ class LattePipeline:
     def __call__(self, class_labels: int | list[int] | np.ndarray | None = None, num_videos: int = 1,
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
                  latents: Any = None, output_type: str = "uint8", decode_chunk_size: int = 16,
-                 progress: bool = True) -> LatteOutput:
+                 progress: bool = True, prompt: Any = None) -> LatteOutput:
         """Generates videos.
 
         Args:
@@ -273,8 +273,14 @@ class LattePipeline:
             eta: DDIM's stochasticity (with a ``DDIMScheduler``; other schedulers have none).
             latents: starting noise ``(B, F, C, h, w)`` instead of drawing it.
             output_type: "uint8", "np" (float in [0, 1]) or "latent".
+            prompt: refused: this model takes class labels, not text (``LatteT2VPipeline`` takes prompts). It is
+                an argument only so that a prompt is an error instead of being dropped.
         """
         cfg = self.model.config
+        if prompt is not None:
+            kind = "class-conditional" if cfg.num_classes > 0 else "unconditional"
+            raise ValueError(f"prompt: this is a {kind} Latte model, which takes no text (prompt {prompt!r} would "
+                             "be ignored); give class_labels, or use a text-to-video model (LatteT2VPipeline)")
         if output_type not in ("uint8", "np", "latent"):
             raise ValueError(f"output_type: expected 'uint8', 'np' or 'latent', got {output_type!r}")
         if not isinstance(num_videos, (int, np.integer)) or num_videos < 1:
