@@ -187,6 +187,10 @@ def main() -> int:
         rows.append({"workload": workload, "engine": e, "processes": w, "median_s": r["median_s"],
                      "clips_per_s": r["clips_per_s"], "speedup_vs_native_1": speed, "scaling_efficiency": eff,
                      "all_reduce_s": r.get("all_reduce_s"), "peak_rss_mib": r["peak_rss_mib"]})
+    ref = next((r for r in rows if r["engine"] == "torch-1" and r.get("clips_per_s")), None)
+    for r in rows:  # run_all's ratio: the reference's (official PyTorch, 1 process) throughput over this one's
+        r["ratio"] = r["clips_per_s"] / ref["clips_per_s"] if ref and r.get("clips_per_s") else None
+        r.setdefault("peak_rss_mib", None)
     path = write_results("bench_distributed", rows)
     print(f"\nwrote {path}")
     return 0

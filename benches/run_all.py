@@ -50,8 +50,9 @@ JOBS = [
     ("vae", "default", "bench_vae.py", ["--frames", "4", "--repeat", "2"]),
     ("t2v", "default", "bench_t2v.py", []),
     ("i3d", "default", "bench_fvd.py", ["--batch", "8", "--repeat", "3"]),
+    ("distributed", "default", "bench_distributed.py", ["--steps", "6"]),
 ]
-NEEDS_LATTE = {"bench_forward.py", "bench_train.py", "bench_sampling.py", "bench_learning.py"}
+NEEDS_LATTE = {"bench_forward.py", "bench_train.py", "bench_sampling.py", "bench_learning.py", "bench_distributed.py"}
 
 
 def load_rows() -> list[tuple[str, dict]]:
