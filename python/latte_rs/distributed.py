@@ -185,12 +185,13 @@ class DistributedTrainer:
         self._collective("the parameter broadcast", run)
 
     def all_reduce_mean(self, flat: np.ndarray) -> np.ndarray:
-        """Averages a flat float array over the ranks, in place, in buckets."""
+        """Averages a flat float array over the ranks, in place: the gradient in its buckets, anything else whole."""
         torch = self._torch
         t = torch.from_numpy(flat)
+        buckets = self.buckets if flat.size == self.num_values else [(0, flat.size)]
 
         def run():
-            works = [self.dist.all_reduce(t[a:b], group=self.group, async_op=True) for a, b in self.buckets]
+            works = [self.dist.all_reduce(t[a:b], group=self.group, async_op=True) for a, b in buckets]
             for w in works:
                 w.wait()
 
