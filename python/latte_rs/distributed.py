@@ -204,8 +204,6 @@ class DistributedTrainer:
         losses are averaged over the ranks). ``timesteps`` and ``noise`` replace this rank's draws (for tests
         and exact reproductions: the same draws give the numbers of one process with the joint batch)."""
         grad, losses = self.trainer.forward_backward(latents, labels, image_labels, timesteps=timesteps, noise=noise)
-        if grad.size != self.num_values:  # pragma: no cover - an internal invariant
-            raise RuntimeError(f"gradient of {grad.size} values, expected {self.num_values}")
         parts = np.array([losses["loss"], losses["mse"] or 0.0, losses["vb"] or 0.0], dtype=np.float64)
         self.all_reduce_mean(grad)
         self.all_reduce_mean(parts)
@@ -232,15 +230,3 @@ class DistributedTrainer:
             raise error
         if flag[0] is not None:
             raise RuntimeError(f"rank 0 could not save the checkpoint {path}: {flag[0]}")
-
-    def continue_streams(self, seed: int) -> None:
-        """See :func:`continue_streams`."""
-        continue_streams(self.trainer, seed, self.rank, self.world_size)
-
-    def barrier(self) -> None:
-        self._collective("the barrier", lambda: self.dist.barrier(group=self.group))
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        box = [obj]
-        self._collective("a broadcast", lambda: self.dist.broadcast_object_list(box, src=src, group=self.group))
-        return box[0]

@@ -202,8 +202,8 @@ class LatteModule(nn.Module):
             raise TypeError("text_embedding: this class-conditional/unconditional Latte takes no text (the "
                             "text-to-video model is latte_rs.LatteT2V)")
         if use_fp16:
-            raise NotImplementedError("use_fp16: LatteModule runs float32/float64; half precision is the native "
-                                      "Trainer's mixed precision")
+            raise ValueError("use_fp16: expected False (LatteModule runs float32/float64; half precision is the "
+                             "native Trainer's mixed precision), got True")
         want = self.core.config.use_image_num
         if use_image_num is not None and use_image_num not in (0, want):
             raise ValueError(f"use_image_num: this model was built with use_image_num={want}, got {use_image_num}")
@@ -309,12 +309,13 @@ class TorchDiffusion:
         self.diffusion = GaussianDiffusion() if diffusion is None else diffusion
         text = repr(self.diffusion)
         if "mean=Epsilon" not in text or ("loss=Mse" not in text and "loss=RescaledMse" not in text):
-            raise NotImplementedError(f"diffusion: TorchDiffusion computes the ε-prediction MSE/hybrid loss; got "
-                                      f"{text} (use latte_rs.Trainer for the others)")
+            raise ValueError(f"diffusion: expected an ε-prediction process with the MSE/hybrid loss (what "
+                             f"TorchDiffusion computes; latte_rs.Trainer trains the others), got {text}")
         self.learn_sigma = "variance=Learned" in text if learn_sigma is None else learn_sigma
         self.rescale = "loss=RescaledMse" in text or rescale_learned_sigmas
         self._fixed_large = "variance=FixedLarge" in text
         self.tables = {k: torch.from_numpy(v) for k, v in self.diffusion.tables().items()}
+        self.tables["log_betas"] = torch.log(self.tables["betas"])  # the learned range's upper end, in float64
         self.timestep_map = torch.from_numpy(self.diffusion.timestep_map)
         self.num_timesteps = self.diffusion.num_timesteps
 
@@ -333,14 +334,10 @@ class TorchDiffusion:
         return mean, self._extract("posterior_log_variance_clipped", t, x_t.shape)
 
     def _vb(self, eps, var_values, x_start, x_t, t):
+        """The variational-bound term of a learned-range variance (``var_values`` in [-1, 1])."""
         true_mean, true_logvar = self._posterior(x_start, x_t, t)
-        if var_values is not None:
-            min_log = self._extract("posterior_log_variance_clipped", t, x_t.shape)
-            max_log = torch.log(self.tables["betas"]).to(t.device)[t].float().reshape(-1, *([1] * (x_t.ndim - 1)))
-            frac = (var_values + 1) / 2
-            logvar = frac * max_log + (1 - frac) * min_log
-        else:
-            raise NotImplementedError("the variational-bound term needs a learned variance")
+        frac = (var_values + 1) / 2
+        logvar = frac * self._extract("log_betas", t, x_t.shape) + (1 - frac) * true_logvar
         pred_x0 = (self._extract("sqrt_recip_alphas_cumprod", t, x_t.shape) * x_t
                    - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t.shape) * eps)
         mean, _ = self._posterior(pred_x0, x_t, t)
@@ -377,8 +374,8 @@ def create_diffusion(timestep_respacing="", noise_schedule: str = "linear", use_
                      rescale_learned_sigmas: bool = False, diffusion_steps: int = 1000) -> TorchDiffusion:
     """The official ``create_diffusion`` (same arguments and defaults), as a :class:`TorchDiffusion`."""
     if use_kl or predict_xstart:
-        raise NotImplementedError("use_kl, predict_xstart: TorchDiffusion computes the ε-prediction MSE/hybrid "
-                                  "loss (latte_rs.Trainer has the others)")
+        raise ValueError(f"use_kl, predict_xstart: expected False (TorchDiffusion computes the ε-prediction "
+                         f"MSE/hybrid loss; latte_rs.Trainer trains the others), got {use_kl}, {predict_xstart}")
     if isinstance(timestep_respacing, (list, tuple)):
         timestep_respacing = ",".join(str(s) for s in timestep_respacing)
     d = GaussianDiffusion(timestep_respacing=str(timestep_respacing or ""), noise_schedule=noise_schedule,

@@ -247,12 +247,24 @@ pub trait Denoiser: Send + Sync {
         loss_fn: &mut LossFn<'_>,
     ) -> Result<(Tensor, Vec<Tensor>)>;
 
-    /// Checked forward pass without gradients.
-    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
+    /// Every input check of one pass (with `grad`, of a training pass): latents, memory, timesteps, condition.
+    fn check_inputs(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Condition,
+        grad: bool,
+    ) -> Result<(Tensor, Tensor, Condition)> {
         let x = self.check_latents(x)?;
-        self.check_memory(x.dims(), false)?;
+        self.check_memory(x.dims(), grad)?;
         let t = self.check_timesteps(t, x.dim(0)?)?;
         let cond = self.check_condition(cond, x.dims())?;
+        Ok((x, t, cond))
+    }
+
+    /// Checked forward pass without gradients.
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
+        let (x, t, cond) = self.check_inputs(x, t, cond, false)?;
         let out = self.denoise(&x, &t, &cond, false)?;
         check_output(&out)?;
         Ok(out)
@@ -260,10 +272,7 @@ pub trait Denoiser: Send + Sync {
 
     /// Checked forward pass that keeps the autograd graph (for gradient checks and custom losses).
     fn forward_train(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Tensor> {
-        let x = self.check_latents(x)?;
-        self.check_memory(x.dims(), true)?;
-        let t = self.check_timesteps(t, x.dim(0)?)?;
-        let cond = self.check_condition(cond, x.dims())?;
+        let (x, t, cond) = self.check_inputs(x, t, cond, true)?;
         self.denoise(&x, &t, &cond, true)
     }
 }
@@ -351,10 +360,7 @@ impl Graph {
     pub fn forward(model: &dyn Denoiser, x: &Tensor, t: &Tensor, cond: &Condition, input_grad: bool) -> Result<Self> {
         // Gradients flow through the f32 layers only, as in the trainer.
         let _f32 = crate::nn::autocast::suspend();
-        let x = model.check_latents(x)?;
-        model.check_memory(x.dims(), true)?;
-        let t = model.check_timesteps(t, x.dim(0)?)?;
-        let cond = model.check_condition(cond, x.dims())?;
+        let (x, t, cond) = model.check_inputs(x, t, cond, true)?;
         let input = if input_grad { Some(Var::from_tensor(&x)?) } else { None };
         let x = input.as_ref().map_or(x, |v| v.as_tensor().clone());
         let out = model.denoise(&x, &t, &cond, true)?;
