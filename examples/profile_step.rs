@@ -50,10 +50,11 @@ fn main() -> latte_rs::Result<()> {
     let labels = (cfg.num_classes > 0)
         .then(|| Tensor::new((0..batch as u32).map(|i| i % 4).collect::<Vec<_>>(), &Device::Cpu))
         .transpose()?;
-    trainer.step(&x, labels.as_ref(), None)?;
+    let cond = Condition::from_labels(labels.as_ref(), None)?;
+    trainer.step(&x, &cond)?;
     let start = std::time::Instant::now();
     for _ in 0..steps {
-        trainer.step(&x, labels.as_ref(), None)?;
+        trainer.step(&x, &cond)?;
     }
     let per_step = start.elapsed().as_secs_f64() / steps as f64;
     eprintln!("{workload}: {:.1} ms per step ({steps} steps)", per_step * 1e3);

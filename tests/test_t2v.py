@@ -112,8 +112,13 @@ def test_bad_inputs_raise_named_errors():
     x, t, c = case["x"], case["t"], case["caption"]
     with pytest.raises(ValueError, match=r"hidden_states: expected shape \(B, 4, F, H, W\)"):
         model(x[:, :3], t, c)
-    with pytest.raises(ValueError, match=r"hidden_states: expected 4 frames \(video_length\) or 1, got 3 frames"):
+    with pytest.raises(ValueError, match=r"hidden_states: expected 4 frames \(video_length\), 1 \(an image\), or more "
+                                         r"for image-video joint clips, got 3 frames"):
         model(x[:, :, :3], t, c)
+    # More frames are joint clips: they need one caption per image frame after the video's.
+    with pytest.raises(ValueError, match=r"encoder_hidden_states: expected shape \(2, 2, S, 12\): the video's caption, "
+                                         r"then one per image frame \(5 frames are 4 video frames and 1 images\)"):
+        model(np.concatenate([x, x[:, :, :1]], axis=2), t, c)
     with pytest.raises(ValueError, match=r"encoder_hidden_states: expected shape \(2, S, 12\)"):
         model(x, t, c[..., :5])
     with pytest.raises(ValueError, match=r"timestep: expected a scalar or shape \(2,\)"):

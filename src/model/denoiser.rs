@@ -33,6 +33,22 @@ impl Condition {
         }
     }
 
+    /// Clips `start..start + len` of a batch's condition (a micro-batch's).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Condition> {
+        let cut = |t: &Tensor| t.narrow(0, start, len);
+        Ok(match self {
+            Self::Unconditional => Self::Unconditional,
+            Self::Classes { labels, image_labels } => Self::Classes {
+                labels: cut(labels)?,
+                image_labels: image_labels.as_ref().map(cut).transpose()?,
+            },
+            Self::Text { embeddings, mask } => Self::Text {
+                embeddings: cut(embeddings)?,
+                mask: mask.as_ref().map(cut).transpose()?,
+            },
+        })
+    }
+
     /// The condition of a guided pass: this batch's, then `other`'s (the unconditional branch).
     pub fn concat(&self, other: &Condition) -> Result<Condition> {
         let cat = |a: &Tensor, b: &Tensor, arg: &str| -> Result<Tensor> {

@@ -2,6 +2,7 @@
 //! all the paper's variants ([`latte`]), the text-to-video Latte-1 transformer ([`t2v`]), the text encoder that
 //! turns prompts into its caption features ([`text`]), and device and dtype names ([`device`]).
 
+pub(crate) mod checkpointing;
 pub mod denoiser;
 pub mod device;
 pub mod latte;

@@ -12,11 +12,12 @@ use candle_core::{DType, Tensor};
 use super::convert::{float_tensor, to_numpy, to_tensor};
 use super::diffusion::PyGaussianDiffusion;
 use super::model::PyLatteModel;
+use super::t2v::PyLatteT2V;
 use super::IntoPy;
-use crate::model::parse_device;
+use crate::model::{parse_device, Condition};
 use crate::rng::GeneratorState;
 use crate::train::optim::AdamWConfig;
-use crate::train::{Draws, StepStats, Trainer, TrainerOptions};
+use crate::train::{Draws, StepStats, TrainedModel, Trainer, TrainerOptions};
 
 fn stats_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -32,18 +33,58 @@ fn stats_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict
     Ok(d)
 }
 
-type BatchArgs = (Tensor, Option<Tensor>, Option<Tensor>, Draws);
+type BatchArgs = (Tensor, Condition, Draws);
+
+/// The condition of a step: caption features (with their mask) for a text model, else the class labels.
+struct CondArgs<'a, 'py> {
+    labels: Option<&'a Bound<'py, PyAny>>,
+    image_labels: Option<&'a Bound<'py, PyAny>>,
+    encoder_hidden_states: Option<&'a Bound<'py, PyAny>>,
+    encoder_attention_mask: Option<&'a Bound<'py, PyAny>>,
+}
+
+impl CondArgs<'_, '_> {
+    fn condition(&self, text_model: bool) -> PyResult<Condition> {
+        let has_labels = self.labels.is_some() || self.image_labels.is_some();
+        if text_model {
+            if has_labels {
+                return Err(PyValueError::new_err(
+                    "labels: a text-to-video model takes encoder_hidden_states (caption features), not class labels",
+                ));
+            }
+            let Some(e) = self.encoder_hidden_states else {
+                return Err(PyValueError::new_err(
+                    "encoder_hidden_states: required for a text-to-video model (the captions' T5 features, (B, S, C) \
+                     or (B, 1 + use_image_num, S, C))",
+                ));
+            };
+            let embeddings = float_tensor(e, "encoder_hidden_states")?;
+            let mask = self
+                .encoder_attention_mask
+                .map(|m| to_tensor(m, "encoder_attention_mask"))
+                .transpose()?;
+            return Ok(Condition::Text { embeddings, mask });
+        }
+        if self.encoder_hidden_states.is_some() || self.encoder_attention_mask.is_some() {
+            return Err(PyValueError::new_err(
+                "encoder_hidden_states: this Latte model takes class labels (or nothing), not caption features",
+            ));
+        }
+        let y = self.labels.map(|l| to_tensor(l, "labels")).transpose()?;
+        let yi = self.image_labels.map(|l| to_tensor(l, "image_labels")).transpose()?;
+        Condition::from_labels(y.as_ref(), yi.as_ref()).py()
+    }
+}
 
 fn batch_args(
     latents: &Bound<'_, PyAny>,
-    labels: Option<&Bound<'_, PyAny>>,
-    image_labels: Option<&Bound<'_, PyAny>>,
+    cond: CondArgs<'_, '_>,
+    text_model: bool,
     timesteps: Option<&Bound<'_, PyAny>>,
     noise: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<BatchArgs> {
     let x = to_tensor(latents, "latents")?;
-    let y = labels.map(|l| to_tensor(l, "labels")).transpose()?;
-    let yi = image_labels.map(|l| to_tensor(l, "image_labels")).transpose()?;
+    let cond = cond.condition(text_model)?;
     let timesteps = match timesteps {
         None => None,
         Some(t) => {
@@ -65,7 +106,7 @@ fn batch_args(
         }
     };
     let noise = noise.map(|n| float_tensor(n, "noise")).transpose()?;
-    Ok((x, y, yi, Draws { timesteps, noise }))
+    Ok((x, cond, Draws { timesteps, noise }))
 }
 
 /// Gradients as one flat NumPy array (f64 stays f64, every other float becomes f32), one copy.
@@ -98,6 +139,27 @@ fn flatten_gradients<'py>(py: Python<'py>, grads: &[Tensor]) -> PyResult<Bound<'
     }
 }
 
+/// The model a Python object is: a `LatteModel` or a `LatteT2VTransformer`.
+fn trained_model(model: &Bound<'_, PyAny>) -> PyResult<TrainedModel> {
+    if let Ok(m) = model.cast::<PyLatteModel>() {
+        return Ok(TrainedModel::Latte(m.borrow().inner.clone()));
+    }
+    if let Ok(m) = model.cast::<PyLatteT2V>() {
+        return Ok(TrainedModel::Text(m.get().inner.clone()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "model: expected a LatteModel or a LatteT2VTransformer, got {}",
+        model.get_type().name()?
+    )))
+}
+
+fn model_to_py(py: Python<'_>, model: TrainedModel) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match model {
+        TrainedModel::Latte(inner) => Bound::new(py, PyLatteModel { inner })?.into_any(),
+        TrainedModel::Text(inner) => Bound::new(py, PyLatteT2V { inner })?.into_any(),
+    })
+}
+
 fn parse_rng_state(s: &str, arg: &str) -> PyResult<GeneratorState> {
     let state: GeneratorState = crate::error::parse_json(s.as_bytes())
         .map_err(|e| PyValueError::new_err(format!("{arg}: not a generator state ({e})")))?;
@@ -105,9 +167,11 @@ fn parse_rng_state(s: &str, arg: &str) -> PyResult<GeneratorState> {
     Ok(state)
 }
 
-/// Trains a `LatteModel` with a `GaussianDiffusion`: the official Latte recipe (AdamW, EMA, gradient clipping
-/// after a start step) plus warm-up, gradient accumulation, activation checkpointing, mixed precision with f32
-/// master weights, and exactly resumable checkpoints.
+/// Trains a `LatteModel` or a text-to-video `LatteT2VTransformer` with a `GaussianDiffusion`: the official Latte
+/// recipe (AdamW, EMA, gradient clipping after a start step) plus warm-up, gradient accumulation, activation
+/// checkpointing, mixed precision with f32 master weights, and exactly resumable checkpoints. A text model is
+/// trained on caption features with caption dropout (`caption_dropout_prob`) to `null_caption`, the empty
+/// prompt's features (`T5TextEncoder.empty_prompt(max_length)`).
 #[pyclass(name = "Trainer", module = "latte_rs")]
 pub struct PyTrainer {
     inner: Trainer,
@@ -132,11 +196,14 @@ impl PyTrainer {
         gradient_checkpointing = false,
         skip_nonfinite = false,
         seed = 3407,
+        caption_dropout_prob = 0.1,
+        null_caption = None,
+        null_caption_mask = None,
     ))]
     #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one by one
     fn new(
         py: Python<'_>,
-        model: PyRef<'_, PyLatteModel>,
+        model: &Bound<'_, PyAny>,
         diffusion: PyRef<'_, PyGaussianDiffusion>,
         lr: f64,
         betas: (f64, f64),
@@ -150,8 +217,12 @@ impl PyTrainer {
         gradient_checkpointing: bool,
         skip_nonfinite: bool,
         #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+        caption_dropout_prob: f64,
+        null_caption: Option<&Bound<'_, PyAny>>,
+        null_caption_mask: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let model = trained_model(model)?;
             let opts = TrainerOptions {
                 optimizer: AdamWConfig {
                     lr,
@@ -168,31 +239,54 @@ impl PyTrainer {
                 gradient_checkpointing,
                 skip_nonfinite,
                 seed,
+                caption_dropout_prob,
             };
-            let (m, d) = (&model.inner, &diffusion.inner);
-            let inner = py.detach(|| Trainer::new(m, d, opts)).py()?;
+            let d = &diffusion.inner;
+            let mut inner = py.detach(|| Trainer::new(model, d, opts)).py()?;
+            if let Some(null) = null_caption {
+                let features = float_tensor(null, "null_caption")?;
+                let mask = null_caption_mask
+                    .map(|m| to_tensor(m, "null_caption_mask"))
+                    .transpose()?;
+                inner.set_null_caption(&features, mask.as_ref()).py()?;
+            } else if null_caption_mask.is_some() {
+                return Err(PyValueError::new_err("null_caption_mask: given without null_caption"));
+            }
             Ok(Self { inner })
         })
     }
 
     /// One optimiser step on clean latents (B, F, C, H, W); returns the step's statistics. `timesteps` (B,)
     /// (indices into the diffusion's steps) and `noise` (the latents' shape) replace the trainer's own draws.
-    #[pyo3(signature = (latents, labels = None, image_labels = None, *, timesteps = None, noise = None))]
+    /// A text model takes `encoder_hidden_states` (B, S, C) (or (B, 1 + n, S, C) for image-video joint clips:
+    /// the video's caption, then one per image frame) with their 0/1 `encoder_attention_mask` (padding zeroed)
+    /// instead of labels.
+    #[pyo3(signature = (
+        latents, labels = None, image_labels = None, *, encoder_hidden_states = None,
+        encoder_attention_mask = None, timesteps = None, noise = None
+    ))]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one by one
     fn step<'py>(
         &mut self,
         py: Python<'py>,
         latents: &Bound<'py, PyAny>,
         labels: Option<&Bound<'py, PyAny>>,
         image_labels: Option<&Bound<'py, PyAny>>,
+        encoder_hidden_states: Option<&Bound<'py, PyAny>>,
+        encoder_attention_mask: Option<&Bound<'py, PyAny>>,
         timesteps: Option<&Bound<'py, PyAny>>,
         noise: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::python::guard(move || {
-            let (x, y, yi, draws) = batch_args(latents, labels, image_labels, timesteps, noise)?;
+            let cond = CondArgs {
+                labels,
+                image_labels,
+                encoder_hidden_states,
+                encoder_attention_mask,
+            };
+            let (x, cond, draws) = batch_args(latents, cond, self.inner.model().is_text(), timesteps, noise)?;
             let inner = &mut self.inner;
-            let stats = py
-                .detach(|| inner.step_with(&x, y.as_ref(), yi.as_ref(), &draws))
-                .py()?;
+            let stats = py.detach(|| inner.step_with(&x, &cond, &draws)).py()?;
             stats_dict(py, &stats)
         })
     }
@@ -202,22 +296,32 @@ impl PyTrainer {
     /// parameter in `parameter_names` order, unscaled; the losses are a dict (loss, mse, vb). Averaging both
     /// over processes (e.g. `torch.distributed.all_reduce` on `torch.from_numpy(gradient)`, which shares its
     /// memory) and passing them to `apply_gradients` is one step on the joint batch.
-    #[pyo3(signature = (latents, labels = None, image_labels = None, *, timesteps = None, noise = None))]
+    #[pyo3(signature = (
+        latents, labels = None, image_labels = None, *, encoder_hidden_states = None,
+        encoder_attention_mask = None, timesteps = None, noise = None
+    ))]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one by one
     fn forward_backward<'py>(
         &mut self,
         py: Python<'py>,
         latents: &Bound<'py, PyAny>,
         labels: Option<&Bound<'py, PyAny>>,
         image_labels: Option<&Bound<'py, PyAny>>,
+        encoder_hidden_states: Option<&Bound<'py, PyAny>>,
+        encoder_attention_mask: Option<&Bound<'py, PyAny>>,
         timesteps: Option<&Bound<'py, PyAny>>,
         noise: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
         crate::python::guard(move || {
-            let (x, y, yi, draws) = batch_args(latents, labels, image_labels, timesteps, noise)?;
+            let cond = CondArgs {
+                labels,
+                image_labels,
+                encoder_hidden_states,
+                encoder_attention_mask,
+            };
+            let (x, cond, draws) = batch_args(latents, cond, self.inner.model().is_text(), timesteps, noise)?;
             let inner = &mut self.inner;
-            let g = py
-                .detach(|| inner.forward_backward(&x, y.as_ref(), yi.as_ref(), &draws))
-                .py()?;
+            let g = py.detach(|| inner.forward_backward(&x, &cond, &draws)).py()?;
             let flat = flatten_gradients(py, &g.grads)?;
             let d = PyDict::new(py);
             d.set_item("loss", g.loss)?;
@@ -355,14 +459,18 @@ impl PyTrainer {
         })
     }
 
-    /// The EMA weights as a new model (f32, or f64 for an f64 model).
-    fn ema_model(&self, py: Python<'_>) -> PyResult<PyLatteModel> {
+    /// The EMA weights as a new model (f32, or f64 for an f64 model): a `LatteModel` or a `LatteT2VTransformer`.
+    fn ema_model<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
             let inner = &self.inner;
-            Ok(PyLatteModel {
-                inner: py.detach(|| inner.ema_model()).py()?,
-            })
+            model_to_py(py, py.detach(|| inner.ema_model()).py()?)
         })
+    }
+
+    /// The null caption of caption dropout (1, S, C), padding zeroed, or None.
+    #[getter]
+    fn null_caption<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        crate::python::guard(move || self.inner.null_caption().map(|t| to_numpy(py, t)).transpose())
     }
 
     /// The EMA weights by parameter name.
@@ -376,12 +484,10 @@ impl PyTrainer {
         })
     }
 
-    /// The model being trained (shares its weights with the trainer).
+    /// The model being trained (shares its weights with the trainer): a `LatteModel` or a `LatteT2VTransformer`.
     #[getter]
-    fn model(&self) -> PyLatteModel {
-        PyLatteModel {
-            inner: self.inner.model().clone(),
-        }
+    fn model<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        model_to_py(py, self.inner.model().clone())
     }
 
     #[getter]
@@ -420,6 +526,7 @@ impl PyTrainer {
             d.set_item("gradient_checkpointing", o.gradient_checkpointing)?;
             d.set_item("skip_nonfinite", o.skip_nonfinite)?;
             d.set_item("seed", o.seed)?;
+            d.set_item("caption_dropout_prob", o.caption_dropout_prob)?;
             Ok(d)
         })
     }

@@ -5,6 +5,7 @@
 //! <dir>/ema.safetensors        the EMA weights, same format
 //! <dir>/optimizer.safetensors  AdamW moments `m/<name>`, `v/<name>` (and f32 master weights `master/<name>`)
 //! <dir>/diffusion.json         the diffusion process (its f64 tables, exactly)
+//! <dir>/null_caption.safetensors  text models: the null caption of caption dropout (when set)
 //! <dir>/trainer.json           options, step counters, RNG position, loss scale, and a CRC-32 of every file
 //! ```
 //!
@@ -28,14 +29,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Buffers, LossScale, State, Trainer, TrainerOptions};
+use super::{Buffers, LossScale, State, TrainedModel, Trainer, TrainerOptions};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{LatteError, Result};
 use crate::float::Float;
-use crate::model::LatteModel;
 use crate::rng::{Generator, GeneratorState};
 use crate::weights::format::{
-    safetensors_bytes, DIFFUSION_FILE, EMA_FILE, MANIFEST_FILE as MANIFEST, MODEL_FILE, OPTIMIZER_FILE,
+    safetensors_bytes, DIFFUSION_FILE, EMA_FILE, MANIFEST_FILE as MANIFEST, MODEL_FILE, NULL_CAPTION_FILE,
+    OPTIMIZER_FILE,
 };
 
 const FORMAT: &str = "latte-rs-trainer";
@@ -107,14 +108,14 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
             dir.display()
         )));
     }
-    let config = trainer.model.config().to_json()?;
     let mut files: Vec<(&str, Vec<u8>)> = vec![
-        (
-            MODEL_FILE,
-            safetensors_bytes(&trainer.model.state_dict(), Some(config.clone()))?,
-        ),
-        (EMA_FILE, safetensors_bytes(&trainer.ema_state_dict()?, Some(config))?),
+        (MODEL_FILE, trainer.model.model_file_bytes(&trainer.model.state_dict())?),
+        (EMA_FILE, trainer.model.model_file_bytes(&trainer.ema_state_dict()?)?),
     ];
+    if let Some(null) = &trainer.null_caption {
+        let state = BTreeMap::from([("null_caption".to_string(), null.to_device(&Device::Cpu)?)]);
+        files.push((NULL_CAPTION_FILE, safetensors_bytes(&state, None)?));
+    }
     let opt = match &trainer.state {
         State::F32(b) => buffers_state(b, trainer)?,
         State::F64(b) => buffers_state(b, trainer)?,
@@ -415,7 +416,7 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
             .get(name)
             .ok_or_else(|| corrupt(&manifest_path, format!("{name} is not listed")))
     };
-    let model = LatteModel::from_model_file(file(MODEL_FILE)?, &dir.join(MODEL_FILE), device)?;
+    let model = TrainedModel::from_model_file(file(MODEL_FILE)?, &dir.join(MODEL_FILE), device)?;
     let diffusion: GaussianDiffusion =
         crate::error::parse_json(file(DIFFUSION_FILE)?).map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
     diffusion
@@ -423,7 +424,15 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
         .map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
     let opt = candle_core::safetensors::load_buffer(file(OPTIMIZER_FILE)?, &Device::Cpu)?;
     let ema = candle_core::safetensors::load_buffer(file(EMA_FILE)?, &Device::Cpu)?;
-    let mut trainer = Trainer::new(&model, &diffusion, manifest.options)?;
+    let mut trainer = Trainer::new(model, &diffusion, manifest.options)?;
+    if let Ok(bytes) = file(NULL_CAPTION_FILE) {
+        let path = dir.join(NULL_CAPTION_FILE);
+        let state = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| corrupt(&path, e))?;
+        let null = state
+            .get("null_caption")
+            .ok_or_else(|| corrupt(&path, "missing tensor null_caption"))?;
+        trainer.set_null_caption(null, None).map_err(|e| corrupt(&path, e))?;
+    }
     let names = trainer.names.clone();
     match &mut trainer.state {
         State::F32(b) => restore(b, &names, &opt, &ema, dir)?,

@@ -8,6 +8,7 @@
 //! so the numbers do not depend on `k`. A checkpoint therefore never holds half-accumulated gradients.
 
 pub mod checkpoint;
+pub mod model;
 pub mod optim;
 #[cfg(test)]
 mod tests;
@@ -20,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
-use crate::model::{Condition, Denoiser, LatteModel};
+use crate::model::{Condition, Denoiser, LatentLayout};
 use crate::rng::{Generator, GeneratorState};
+pub use model::TrainedModel;
 use optim::{
     adamw_cannot_overflow, adamw_ema_step, adamw_stays_finite, clip_coefficient, max_abs, sum_of_squares, AdamWConfig,
     Magnitudes, Update,
@@ -47,6 +49,15 @@ pub struct TrainerOptions {
     /// are untouched either way.
     pub skip_nonfinite: bool,
     pub seed: u64,
+    /// Text models: the probability that a clip's caption is replaced by the null caption (the empty prompt's
+    /// features, the unconditional branch of classifier-free guidance); one draw per clip for its video caption
+    /// and one for all its image captions. Class models drop labels by their config's `class_dropout_prob`.
+    #[serde(default = "default_caption_dropout")]
+    pub caption_dropout_prob: f64,
+}
+
+fn default_caption_dropout() -> f64 {
+    0.1
 }
 
 impl Default for TrainerOptions {
@@ -61,6 +72,7 @@ impl Default for TrainerOptions {
             gradient_checkpointing: false,
             skip_nonfinite: false,
             seed: 3407,
+            caption_dropout_prob: default_caption_dropout(),
         }
     }
 }
@@ -93,6 +105,13 @@ impl TrainerOptions {
         }
         if self.grad_accumulation == 0 {
             return Err(value_error("grad_accumulation", "an integer >= 1", 0));
+        }
+        if !(0.0..=1.0).contains(&self.caption_dropout_prob) {
+            return Err(value_error(
+                "caption_dropout_prob",
+                "a value in [0, 1]",
+                self.caption_dropout_prob,
+            ));
         }
         Ok(())
     }
@@ -174,9 +193,10 @@ pub(crate) enum State {
     F64(Buffers<f64>),
 }
 
-/// Trains a [`LatteModel`] with a [`GaussianDiffusion`]; see the module docs.
+/// Trains a [`TrainedModel`] (a [`LatteModel`] or the text-to-video transformer) with a [`GaussianDiffusion`];
+/// see the module docs.
 pub struct Trainer {
-    model: LatteModel,
+    model: TrainedModel,
     diffusion: GaussianDiffusion,
     opts: TrainerOptions,
     names: Vec<String>,
@@ -188,6 +208,8 @@ pub struct Trainer {
     loss_scale: Option<LossScale>,
     /// The random streams of every process of the data-parallel run a checkpoint was saved from.
     rank_rngs: Vec<GeneratorState>,
+    /// Text models: the null caption `(1, S, caption_channels)` (padding zeroed) that caption dropout puts in.
+    null_caption: Option<Tensor>,
 }
 
 /// The precision of the optimiser state and the loss for a model dtype.
@@ -379,9 +401,10 @@ impl<T: Float> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
 
 impl Trainer {
     /// A trainer for `model` (whose parameters it updates in place: clones of the model see the new weights).
-    pub fn new(model: &LatteModel, diffusion: &GaussianDiffusion, opts: TrainerOptions) -> Result<Self> {
+    pub fn new(model: impl Into<TrainedModel>, diffusion: &GaussianDiffusion, opts: TrainerOptions) -> Result<Self> {
         opts.validate()?;
-        let (names, vars): (Vec<_>, Vec<_>) = model.trainable_vars().into_iter().unzip();
+        let model: TrainedModel = model.into();
+        let (names, vars): (Vec<_>, Vec<_>) = model.denoiser().trainable_vars().into_iter().unzip();
         let state = match state_dtype(model.dtype()) {
             DType::F64 => State::F64(new_buffers(&vars, model.dtype())?),
             _ => State::F32(new_buffers(&vars, model.dtype())?),
@@ -391,7 +414,7 @@ impl Trainer {
             clean_steps: 0,
         });
         Ok(Self {
-            model: model.clone(),
+            model,
             diffusion: diffusion.clone(),
             rng: Generator::new(opts.seed),
             opts,
@@ -402,11 +425,57 @@ impl Trainer {
             skipped_steps: 0,
             loss_scale,
             rank_rngs: Vec::new(),
+            null_caption: None,
         })
     }
 
-    pub fn model(&self) -> &LatteModel {
+    pub fn model(&self) -> &TrainedModel {
         &self.model
+    }
+
+    /// Sets the null caption of caption dropout: the empty prompt's T5 features `(1, S, caption_channels)` or
+    /// `(S, caption_channels)`, with their 0/1 mask (padding zeroed, as every caption of a batch).
+    pub fn set_null_caption(&mut self, features: &Tensor, mask: Option<&Tensor>) -> Result<()> {
+        let TrainedModel::Text(m) = &self.model else {
+            return Err(LatteError::Value(
+                "null_caption: only a text-to-video model has captions to drop (a class model drops labels)".into(),
+            ));
+        };
+        let features = if features.rank() == 2 {
+            features.unsqueeze(0)?
+        } else {
+            features.clone()
+        };
+        let mask = match mask {
+            Some(m) if m.rank() == 1 => Some(m.unsqueeze(0)?),
+            Some(m) => Some(m.clone()),
+            None => None,
+        };
+        let c = m.config().caption_channels;
+        if features.rank() != 3 || features.dim(0)? != 1 || features.dim(2)? != c || features.dim(1)? == 0 {
+            return Err(value_error(
+                "null_caption",
+                format!("shape (1, S, {c}) or (S, {c})"),
+                format!("shape {:?}", features.dims()),
+            ));
+        }
+        let x_dims = [1, m.config().in_channels, m.config().video_length, 1, 1];
+        let checked = m.check_condition(
+            &Condition::Text {
+                embeddings: features,
+                mask,
+            },
+            &x_dims,
+        )?;
+        if let Condition::Text { embeddings, .. } = checked {
+            self.null_caption = Some(embeddings);
+        }
+        Ok(())
+    }
+
+    /// The null caption of caption dropout (padding zeroed), if set.
+    pub fn null_caption(&self) -> Option<&Tensor> {
+        self.null_caption.as_ref()
     }
 
     pub fn diffusion(&self) -> &GaussianDiffusion {
@@ -426,22 +495,17 @@ impl Trainer {
         self.skipped_steps
     }
 
-    /// One optimiser step on a batch of clean latents `x0` (B, F, C, H, W), with class labels `y` (B,) and the
-    /// image frames' labels `y_image` (B, use_image_num) for image-video joint batches.
-    pub fn step(&mut self, x0: &Tensor, y: Option<&Tensor>, y_image: Option<&Tensor>) -> Result<StepStats> {
-        self.step_with(x0, y, y_image, &Draws::default())
+    /// One optimiser step on a batch of clean latents `x0` (B, F, C, H, W) (the datasets' layout, whatever the
+    /// model's) conditioned on `cond`: class labels (and the image frames' labels of image-video joint batches),
+    /// caption features (`(B, S, C)`, or `(B, 1 + n, S, C)` with one caption per image frame), or nothing.
+    pub fn step(&mut self, x0: &Tensor, cond: &Condition) -> Result<StepStats> {
+        self.step_with(x0, cond, &Draws::default())
     }
 
     /// [`Trainer::step`] with some of the step's random draws given (`draws`): the same step with the same
     /// draws gives the same numbers however the batch is split over processes.
-    pub fn step_with(
-        &mut self,
-        x0: &Tensor,
-        y: Option<&Tensor>,
-        y_image: Option<&Tensor>,
-        draws: &Draws,
-    ) -> Result<StepStats> {
-        let g = self.gradients(x0, y, y_image, draws)?;
+    pub fn step_with(&mut self, x0: &Tensor, cond: &Condition, draws: &Draws) -> Result<StepStats> {
+        let g = self.gradients(x0, cond, draws)?;
         self.finish(&g.grads, Some(g.loss), g.mse, g.vb, g.loss_scale)
     }
 
@@ -449,14 +513,8 @@ impl Trainer {
     /// the optimiser's precision, in the order of [`Trainer::parameter_names`]) and the losses, without touching
     /// the weights. Averaging it over processes and passing the result to [`Trainer::apply_gradient_list`] is
     /// one optimiser step on the joint batch.
-    pub fn forward_backward(
-        &mut self,
-        x0: &Tensor,
-        y: Option<&Tensor>,
-        y_image: Option<&Tensor>,
-        draws: &Draws,
-    ) -> Result<BatchGradients> {
-        let mut g = self.gradients(x0, y, y_image, draws)?;
+    pub fn forward_backward(&mut self, x0: &Tensor, cond: &Condition, draws: &Draws) -> Result<BatchGradients> {
+        let mut g = self.gradients(x0, cond, draws)?;
         if g.loss_scale != 1.0 {
             let inv = 1.0 / g.loss_scale;
             g.grads = g
@@ -502,13 +560,91 @@ impl Trainer {
         &self.rank_rngs
     }
 
-    fn gradients(
-        &mut self,
-        x0: &Tensor,
-        y: Option<&Tensor>,
-        y_image: Option<&Tensor>,
-        draws: &Draws,
-    ) -> Result<BatchGradients> {
+    /// The classifier-free-guidance dropout of a checked condition: class labels to the null class (one draw per
+    /// clip for its label and one for all its image labels, as the official `LabelEmbedder.token_drop`), captions
+    /// to the null caption (the same two draws per clip).
+    fn drop_condition(&mut self, cond: Condition, b: usize) -> Result<Condition> {
+        match cond {
+            Condition::Classes { labels, image_labels } => {
+                let Some((null, p)) = self.model.label_dropout() else {
+                    return Ok(Condition::Classes { labels, image_labels });
+                };
+                let null = null as u32;
+                let mut drop = |l: &Tensor| -> Result<Tensor> {
+                    let mut v = l.flatten_all()?.to_vec1::<u32>()?;
+                    let per = (v.len() / b).max(1);
+                    for (chunk, u) in v.chunks_mut(per).zip(self.rng.uniform(b, 0.0, 1.0)) {
+                        if u < p {
+                            chunk.iter_mut().for_each(|l| *l = null);
+                        }
+                    }
+                    Ok(Tensor::from_vec(v, l.dims(), l.device())?)
+                };
+                let labels = drop(&labels)?;
+                let image_labels = image_labels.as_ref().map(&mut drop).transpose()?;
+                Ok(Condition::Classes { labels, image_labels })
+            }
+            Condition::Text { embeddings, mask } => {
+                let p = self.opts.caption_dropout_prob;
+                if p == 0.0 {
+                    return Ok(Condition::Text { embeddings, mask });
+                }
+                let null = self.null_caption.as_ref().ok_or_else(|| {
+                    LatteError::Value(format!(
+                        "null_caption: caption dropout (caption_dropout_prob = {p}) replaces dropped captions by the \
+                         empty prompt's T5 features; give them (T5TextEncoder.empty_prompt(max_length), or the \
+                         latent cache's null_caption), or set caption_dropout_prob=0"
+                    ))
+                })?;
+                let s = embeddings.dim(embeddings.rank() - 2)?;
+                if null.dim(1)? != s {
+                    return Err(value_error(
+                        "null_caption",
+                        format!("{s} tokens (the batch's captions')"),
+                        format!("{} tokens", null.dim(1)?),
+                    ));
+                }
+                let null = null.to_dtype(embeddings.dtype())?.to_device(embeddings.device())?;
+                let joint = embeddings.rank() == 4;
+                let video_drop = self.rng.uniform(b, 0.0, 1.0);
+                let image_drop = if joint {
+                    self.rng.uniform(b, 0.0, 1.0)
+                } else {
+                    Vec::new()
+                };
+                let mut rows = Vec::with_capacity(b);
+                for i in 0..b {
+                    let clip = embeddings.narrow(0, i, 1)?;
+                    let pick = |drop: bool, t: Tensor| -> candle_core::Result<Tensor> {
+                        if drop {
+                            null.reshape((1, 1, null.dim(1)?, null.dim(2)?))?
+                                .broadcast_as(t.dims())?
+                                .contiguous()
+                        } else {
+                            Ok(t)
+                        }
+                    };
+                    rows.push(if joint {
+                        let n = clip.dim(1)?;
+                        let video = pick(video_drop[i] < p, clip.narrow(1, 0, 1)?)?;
+                        let images = pick(image_drop[i] < p, clip.narrow(1, 1, n - 1)?)?;
+                        Tensor::cat(&[&video, &images], 1)?
+                    } else if video_drop[i] < p {
+                        null.clone()
+                    } else {
+                        clip
+                    });
+                }
+                Ok(Condition::Text {
+                    embeddings: Tensor::cat(&rows, 0)?,
+                    mask,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn gradients(&mut self, x0: &Tensor, cond: &Condition, draws: &Draws) -> Result<BatchGradients> {
         let dims = x0.dims().to_vec();
         if dims.len() != 5 {
             return Err(value_error(
@@ -532,44 +668,45 @@ impl Trainer {
                 format!("batch {b}"),
             ));
         }
-        let cfg = self.model.config().clone();
-        for (arg, l, want) in [
-            ("labels", y, vec![b]),
-            ("image_labels", y_image, vec![b, dims[1].saturating_sub(cfg.num_frames)]),
-        ] {
-            if let Some(l) = l {
-                if l.dims() != want.as_slice() {
-                    return Err(value_error(
-                        arg,
-                        format!("shape {want:?}"),
-                        format!("shape {:?}", l.dims()),
-                    ));
+        if let Condition::Classes { labels, image_labels } = cond {
+            let images = dims[1].saturating_sub(self.model.video_frames());
+            for (arg, l, want) in [
+                ("labels", Some(labels), vec![b]),
+                ("image_labels", image_labels.as_ref(), vec![b, images]),
+            ] {
+                if let Some(l) = l {
+                    if l.dims() != want.as_slice() {
+                        return Err(value_error(
+                            arg,
+                            format!("shape {want:?}"),
+                            format!("shape {:?}", l.dims()),
+                        ));
+                    }
                 }
             }
         }
-        // The model's own checks (clip shape against its config, finite values), once per step.
-        self.model.check_latents(x0)?;
-        let mut micro = x0.dims().to_vec();
-        micro[0] = micro[0].div_ceil(self.opts.grad_accumulation.max(1));
-        self.model.check_memory(&micro, !self.opts.gradient_checkpointing)?;
+        // The model sees its own layout; the diffusion and its loss work in the datasets' (B, F, C, H, W).
+        let channels_first = self.model.denoiser().spec().layout == LatentLayout::ChannelsFirst;
+        let to_model = |t: &Tensor| -> candle_core::Result<Tensor> {
+            if channels_first {
+                t.permute((0, 2, 1, 3, 4))?.contiguous()
+            } else {
+                Ok(t.clone())
+            }
+        };
+        // The model's own checks (clip shape against its config, finite values, condition), once per step.
+        let model_dims = to_model(x0)?.dims().to_vec();
+        let checked_x = self.model.denoiser().check_latents(&to_model(x0)?)?;
+        drop(checked_x);
+        let mut micro = model_dims.clone();
+        micro[0] = micro[0].div_ceil(k.max(1));
+        self.model
+            .denoiser()
+            .check_memory(&micro, !self.opts.gradient_checkpointing)?;
+        let cond = self.model.denoiser().check_condition(cond, &model_dims)?;
         let pd = state_dtype(self.model.dtype());
         let device = self.model.device().clone();
         let x0 = x0.to_dtype(pd)?.to_device(&device)?;
-        // Labels: integer, then the classifier-free-guidance dropout (one draw per clip for the video label and
-        // one per clip for all its image labels, as the official LabelEmbedder.token_drop).
-        let labels = |arg: &str, l: Option<&Tensor>| -> Result<Option<Vec<i64>>> {
-            match l {
-                None => Ok(None),
-                Some(l) if l.dtype().is_float() => Err(LatteError::Type(format!(
-                    "{arg}: expected integer class labels, got {:?}",
-                    l.dtype()
-                ))),
-                Some(l) => Ok(Some(l.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?)),
-            }
-        };
-        let (mut yv, mut yiv) = (labels("labels", y)?, labels("image_labels", y_image)?);
-        let y_dims = y.map(|t| t.dims().to_vec());
-        let yi_dims = y_image.map(|t| t.dims().to_vec());
 
         let timesteps = match &draws.timesteps {
             Some(t) => {
@@ -598,33 +735,7 @@ impl Trainer {
             }
             None => self.rng.randn(&dims, pd, &device)?,
         };
-        let p = cfg.class_dropout_prob;
-        if cfg.num_classes > 0 && p > 0.0 {
-            let null = cfg.num_classes as i64;
-            if let Some(yv) = &mut yv {
-                for (l, u) in yv.iter_mut().zip(self.rng.uniform(b, 0.0, 1.0)) {
-                    if u < p {
-                        *l = null;
-                    }
-                }
-            }
-            if let Some(yiv) = &mut yiv {
-                let per = (yiv.len() / b).max(1);
-                for (chunk, u) in yiv.chunks_mut(per).zip(self.rng.uniform(b, 0.0, 1.0)) {
-                    if u < p {
-                        chunk.iter_mut().for_each(|l| *l = null);
-                    }
-                }
-            }
-        }
-        let to_tensor = |v: &Option<Vec<i64>>, shape: &Option<Vec<usize>>| -> Result<Option<Tensor>> {
-            match (v, shape) {
-                (Some(v), Some(s)) => Ok(Some(Tensor::from_slice(v, s.as_slice(), &device)?)),
-                _ => Ok(None),
-            }
-        };
-        let y_all = to_tensor(&yv, &y_dims)?;
-        let yi_all = to_tensor(&yiv, &yi_dims)?;
+        let cond = self.drop_condition(cond, b)?;
 
         let scale_factor = self.loss_scale.as_ref().map_or(1.0, |s| s.scale);
         let mb = b / k;
@@ -638,15 +749,16 @@ impl Trainer {
             let x_t = self.diffusion.q_sample(&x0_j, t_j, &noise_j)?;
             let t_model: Vec<f32> = t_j.iter().map(|&i| self.diffusion.timestep_map[i] as f32).collect();
             let t_model = Tensor::from_vec(t_model, mb, &device)?;
-            let y_j = y_all.as_ref().map(narrow).transpose()?;
-            let yi_j = yi_all.as_ref().map(narrow).transpose()?;
-            let cond = self
-                .model
-                .check_condition(&Condition::from_labels(y_j.as_ref(), yi_j.as_ref())?, x_t.dims())?;
+            let cond_j = cond.narrow(j * mb, mb)?;
             let weight = mb as f64 / b as f64;
             let mut parts = (None, None);
             let diffusion = &self.diffusion;
             let mut loss_fn = |out: &Tensor| -> Result<Tensor> {
+                let out = if channels_first {
+                    out.permute((0, 2, 1, 3, 4))?
+                } else {
+                    out.clone()
+                };
                 let losses = diffusion.training_losses(&out.to_dtype(pd)?, &x0_j, t_j, &noise_j)?;
                 let mean = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
                 parts = (
@@ -655,10 +767,10 @@ impl Trainer {
                 );
                 Ok((losses.loss.mean_all()? * (weight * scale_factor))?)
             };
-            let (loss, grads) = self.model.loss_and_grads(
-                &x_t.to_dtype(self.model.dtype())?,
+            let (loss, grads) = self.model.denoiser().loss_and_grads(
+                &to_model(&x_t.to_dtype(self.model.dtype())?)?,
                 &t_model,
-                &cond,
+                &cond_j,
                 self.opts.gradient_checkpointing,
                 &mut loss_fn,
             )?;
@@ -776,7 +888,7 @@ impl Trainer {
             lr,
         };
         // Forwards on clones of the model (other threads) see the weights before this step or after it.
-        let _writing = self.model.store().write_access();
+        let _writing = self.model.denoiser().store().write_access();
         let (norm, skip) = match &mut self.state {
             State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
             State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
@@ -831,15 +943,10 @@ impl Trainer {
     }
 
     /// The EMA weights as a model (in the optimiser's precision: f32, or f64 for an f64 model).
-    pub fn ema_model(&self) -> Result<LatteModel> {
+    pub fn ema_model(&self) -> Result<TrainedModel> {
         let state = self.ema_state_dict()?;
-        let model = LatteModel::uninitialised(
-            self.model.config(),
-            self.model.device(),
-            state_dtype(self.model.dtype()),
-        )?;
-        model.load_state_dict(&state.into_iter().collect(), true)?;
-        Ok(model)
+        self.model
+            .with_state(&state.into_iter().collect(), state_dtype(self.model.dtype()))
     }
 
     /// The EMA of every trainable parameter plus the model's fixed tables, by name.

@@ -7,6 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use super::*;
 use crate::config::LatteConfig;
 use crate::diffusion::{named_beta_schedule, BetaSchedule, LossType, MeanType, VarType};
+use crate::model::{LatteModel, LatteT2VModel};
+use crate::rng::Generator;
 
 fn tiny(classes: usize, images: usize) -> LatteConfig {
     LatteConfig {
@@ -55,7 +57,8 @@ fn opts() -> TrainerOptions {
     }
 }
 
-fn weights(model: &LatteModel) -> Vec<Vec<f32>> {
+fn weights(model: impl Into<TrainedModel>) -> Vec<Vec<f32>> {
+    let model: TrainedModel = model.into();
     model
         .state_dict()
         .values()
@@ -87,7 +90,13 @@ fn resume_is_bit_exact() {
     let y = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
     let yi = Tensor::new(&[[1u32], [0]], &Device::Cpu).unwrap();
     let run = |trainer: &mut Trainer, n: usize| -> Vec<StepStats> {
-        (0..n).map(|_| trainer.step(&x, Some(&y), Some(&yi)).unwrap()).collect()
+        (0..n)
+            .map(|_| {
+                trainer
+                    .step(&x, &Condition::from_labels(Some(&y), Some(&yi)).unwrap())
+                    .unwrap()
+            })
+            .collect()
     };
     let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
     let mut straight = Trainer::new(&model, &diffusion(), opts()).unwrap();
@@ -103,10 +112,10 @@ fn resume_is_bit_exact() {
     assert_eq!(resumed.step_count(), 2);
     losses.extend(run(&mut resumed, 3));
     assert_eq!(all, losses, "per-step statistics differ after resume");
-    assert_eq!(weights(straight.model()), weights(resumed.model()));
+    assert_eq!(weights(straight.model().clone()), weights(resumed.model().clone()));
     assert_eq!(
-        weights(&straight.ema_model().unwrap()),
-        weights(&resumed.ema_model().unwrap())
+        weights(straight.ema_model().unwrap()),
+        weights(resumed.ema_model().unwrap())
     );
     // The checkpoint's weights load for sampling.
     let loaded = LatteModel::load(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -126,7 +135,9 @@ fn corrupt_or_truncated_checkpoints_are_reported_by_file() {
     let cfg = tiny(0, 0);
     let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
     let mut trainer = Trainer::new(&model, &diffusion(), opts()).unwrap();
-    trainer.step(&data(&cfg, 2, DType::F32, 1), None, None).unwrap();
+    trainer
+        .step(&data(&cfg, 2, DType::F32, 1), &Condition::Unconditional)
+        .unwrap();
     let root = tmpdir("corrupt");
     let good = root.join("good");
     trainer.save(&good).unwrap();
@@ -209,7 +220,7 @@ fn non_finite_steps_raise_or_skip_without_touching_the_weights() {
 
     // A NaN in the data gives a clear error before any work.
     let x = (data(&cfg, 2, DType::F32, 1) * f64::NAN).unwrap();
-    let err = trainer.step(&x, None, None).err().unwrap().to_string();
+    let err = trainer.step(&x, &Condition::Unconditional).err().unwrap().to_string();
     assert!(err.contains("NaN") || err.contains("non-finite"), "{err}");
 }
 
@@ -228,7 +239,7 @@ fn accumulation_matches_the_whole_batch() {
             },
         )
         .unwrap();
-        let stats: Vec<_> = (0..3).map(|_| t.step(&x, None, None).unwrap()).collect();
+        let stats: Vec<_> = (0..3).map(|_| t.step(&x, &Condition::Unconditional).unwrap()).collect();
         (stats, weights(&model))
     };
     let (s1, w1) = run(1);
@@ -256,7 +267,7 @@ fn accumulation_matches_the_whole_batch() {
         },
     )
     .unwrap();
-    let err = t.step(&x, None, None).err().unwrap().to_string();
+    let err = t.step(&x, &Condition::Unconditional).err().unwrap().to_string();
     assert!(err.contains("grad_accumulation = 3"), "{err}");
 }
 
@@ -268,7 +279,7 @@ fn half_precision_models_train_with_f32_master_weights() {
         let mut t = Trainer::new(&model, &diffusion(), opts()).unwrap();
         let x = data(&cfg, 2, DType::F32, 1);
         for _ in 0..3 {
-            let s = t.step(&x, None, None).unwrap();
+            let s = t.step(&x, &Condition::Unconditional).unwrap();
             assert!(s.loss.is_finite() && !s.skipped, "{dtype:?}: {s:?}");
             assert_eq!(s.loss_scale.is_some(), dtype == DType::F16);
         }
@@ -324,13 +335,21 @@ fn bad_options_and_inputs_are_named() {
     );
     let mut t = Trainer::new(&model, &diffusion(), opts()).unwrap();
     let x = data(&cfg, 2, DType::F32, 1);
-    let err = t.step(&x, None, None).err().unwrap().to_string();
+    let err = t.step(&x, &Condition::Unconditional).err().unwrap().to_string();
     assert!(err.contains("labels are required"), "{err}");
     let y = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
-    let err = t.step(&x, Some(&y), None).err().unwrap().to_string();
+    let err = t
+        .step(&x, &Condition::from_labels(Some(&y), None).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("labels") && err.contains("[2]"), "{err}");
     let y = Tensor::new(&[0u32, 7], &Device::Cpu).unwrap();
-    let err = t.step(&x, Some(&y), None).err().unwrap().to_string();
+    let err = t
+        .step(&x, &Condition::from_labels(Some(&y), None).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("labels in"), "{err}");
     assert_eq!(t.step_count(), 0);
 }
@@ -346,8 +365,10 @@ fn step_equals_forward_backward_then_apply_and_draws_replace_the_stream() {
     let mut a = Trainer::new(&whole, &diffusion(), opts()).unwrap();
     let mut b = Trainer::new(&halves, &diffusion(), opts()).unwrap();
     for _ in 0..3 {
-        let sa = a.step(&x, None, None).unwrap();
-        let g = b.forward_backward(&x, None, None, &Draws::default()).unwrap();
+        let sa = a.step(&x, &Condition::Unconditional).unwrap();
+        let g = b
+            .forward_backward(&x, &Condition::Unconditional, &Draws::default())
+            .unwrap();
         assert_eq!(g.grads.len(), b.parameter_names().len());
         let sb = b.apply_gradient_list(&g.grads, Some(g.loss), g.mse, g.vb).unwrap();
         assert_eq!(sa, sb);
@@ -367,8 +388,8 @@ fn step_equals_forward_backward_then_apply_and_draws_replace_the_stream() {
     let mut t1 = Trainer::new(&m1, &diffusion(), TrainerOptions { seed: 1, ..opts() }).unwrap();
     let mut t2 = Trainer::new(&m2, &diffusion(), TrainerOptions { seed: 2, ..opts() }).unwrap();
     assert_eq!(
-        t1.step_with(&x, None, None, &draws).unwrap(),
-        t2.step_with(&x, None, None, &draws).unwrap()
+        t1.step_with(&x, &Condition::Unconditional, &draws).unwrap(),
+        t2.step_with(&x, &Condition::Unconditional, &draws).unwrap()
     );
     assert_eq!(weights(&m1), weights(&m2));
     // Bad draws are refused by name.
@@ -377,7 +398,7 @@ fn step_equals_forward_backward_then_apply_and_draws_replace_the_stream() {
         noise: None,
     };
     assert!(t1
-        .step_with(&x, None, None, &bad)
+        .step_with(&x, &Condition::Unconditional, &bad)
         .unwrap_err()
         .to_string()
         .contains("timesteps"));
@@ -386,7 +407,7 @@ fn step_equals_forward_backward_then_apply_and_draws_replace_the_stream() {
         noise: Some(data(&cfg, 2, DType::F32, 9)),
     };
     assert!(t1
-        .step_with(&x, None, None, &bad)
+        .step_with(&x, &Condition::Unconditional, &bad)
         .unwrap_err()
         .to_string()
         .contains("noise"));
@@ -422,4 +443,87 @@ fn overflow_bound_is_conservative() {
     }
     assert_eq!(max_abs(&[1.0f32, -3.0, 2.0]), 3.0);
     assert!(max_abs(&[1.0f32, f32::NAN]).is_nan());
+}
+
+fn tiny_t2v() -> crate::model::LatteT2VConfig {
+    crate::model::LatteT2VConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 4,
+        in_channels: 3,
+        out_channels: Some(6),
+        num_layers: 2,
+        cross_attention_dim: Some(8),
+        sample_size: 4,
+        patch_size: 2,
+        caption_channels: 5,
+        video_length: 3,
+        ..crate::model::LatteT2VConfig::default()
+    }
+}
+
+/// The text-to-video trainer: caption dropout to the null caption, image-video joint captions, the resume
+/// (null caption included) bit-exact, and checkpointing equal to the plain path.
+#[test]
+fn text_to_video_resume_is_bit_exact() {
+    let cfg = tiny_t2v();
+    let dev = Device::Cpu;
+    let mut rng = Generator::new(2);
+    // (B, F + 1 image, C, H, W) in the datasets' layout; a video caption and an image caption per clip.
+    let x = rng.randn(&[2, 4, 3, 4, 4], DType::F32, &dev).unwrap();
+    let caption = rng.randn(&[2, 2, 6, 5], DType::F32, &dev).unwrap();
+    let mask = Tensor::new(&[[[1f32, 1., 1., 0., 0., 0.], [1., 1., 0., 0., 0., 0.]]; 2], &dev).unwrap();
+    let null = rng.randn(&[1, 6, 5], DType::F32, &dev).unwrap();
+    let null_mask = Tensor::new(&[[1f32, 0., 0., 0., 0., 0.]], &dev).unwrap();
+    let cond = Condition::Text {
+        embeddings: caption,
+        mask: Some(mask),
+    };
+    let options = TrainerOptions {
+        caption_dropout_prob: 0.5,
+        ..opts()
+    };
+    let new = |checkpointing: bool| {
+        let model = LatteT2VModel::new(&cfg, &dev, DType::F32, 0).unwrap();
+        let o = TrainerOptions {
+            gradient_checkpointing: checkpointing,
+            ..options.clone()
+        };
+        let mut t = Trainer::new(&model, &diffusion(), o).unwrap();
+        t.set_null_caption(&null, Some(&null_mask)).unwrap();
+        t
+    };
+    // Without a null caption, caption dropout is refused by name.
+    let model = LatteT2VModel::new(&cfg, &dev, DType::F32, 0).unwrap();
+    let err = Trainer::new(&model, &diffusion(), options.clone())
+        .unwrap()
+        .step(&x, &cond)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("null_caption"), "{err}");
+
+    let mut straight = new(false);
+    let all: Vec<_> = (0..5).map(|_| straight.step(&x, &cond).unwrap()).collect();
+    let mut checkpointed = new(true);
+    let with_ckpt: Vec<_> = (0..5).map(|_| checkpointed.step(&x, &cond).unwrap()).collect();
+    for (a, b) in all.iter().zip(&with_ckpt) {
+        assert!((a.loss - b.loss).abs() <= 1e-6 * a.loss.abs(), "{a:?} vs {b:?}");
+    }
+    let mut first = new(false);
+    let mut losses: Vec<_> = (0..2).map(|_| first.step(&x, &cond).unwrap()).collect();
+    let dir = tmpdir("t2v-resume").join("ckpt");
+    first.save(&dir).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&dir, &dev).unwrap();
+    assert!(resumed.model().is_text());
+    assert!(resumed.null_caption().is_some());
+    losses.extend((0..3).map(|_| resumed.step(&x, &cond).unwrap()));
+    assert_eq!(all, losses, "per-step statistics differ after resume");
+    assert_eq!(weights(straight.model().clone()), weights(resumed.model().clone()));
+    assert_eq!(
+        weights(straight.ema_model().unwrap()),
+        weights(resumed.ema_model().unwrap())
+    );
+    // A class-model loader refuses the text checkpoint by name.
+    let err = LatteModel::load(&dir.join("model.safetensors"), &dev).err().unwrap();
+    assert!(err.to_string().contains("LatteT2VTransformer"), "{err}");
 }

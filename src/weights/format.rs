@@ -15,6 +15,10 @@ use crate::error::{LatteError, Result};
 
 /// The safetensors metadata key holding a model's config (JSON).
 pub const LATTE_CONFIG_KEY: &str = "latte_config";
+/// The safetensors metadata key holding a text-to-video model's config (diffusers' `config.json` keys).
+pub const T2V_CONFIG_KEY: &str = "latte_t2v_config";
+/// A trainer checkpoint's null caption (the empty prompt's features that caption dropout puts in), when it has one.
+pub const NULL_CAPTION_FILE: &str = "null_caption.safetensors";
 /// A trainer checkpoint's weights.
 pub const MODEL_FILE: &str = "model.safetensors";
 /// A trainer checkpoint's EMA weights.
@@ -77,14 +81,24 @@ impl Format {
 /// The config JSON stored under [`LATTE_CONFIG_KEY`] in the metadata of safetensors `bytes`, if any; `path`
 /// names the file in errors.
 pub fn config_metadata(bytes: &[u8], path: &Path) -> Result<Option<String>> {
+    metadata_value(bytes, path, LATTE_CONFIG_KEY)
+}
+
+/// The value under `key` in the metadata of safetensors `bytes`, if any; `path` names the file in errors.
+pub fn metadata_value(bytes: &[u8], path: &Path, key: &str) -> Result<Option<String>> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| LatteError::Value(format!("{}: not a readable safetensors file ({e})", path.display())))?;
-    Ok(meta.metadata().as_ref().and_then(|m| m.get(LATTE_CONFIG_KEY)).cloned())
+    Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
 }
 
 /// The bytes of a safetensors file holding `state` and, when given, a config in the metadata.
 pub fn safetensors_bytes(state: &BTreeMap<String, Tensor>, config_json: Option<String>) -> Result<Vec<u8>> {
-    let metadata = config_json.map(|c| HashMap::from([(LATTE_CONFIG_KEY.to_string(), c)]));
+    safetensors_bytes_with(state, config_json.map(|c| (LATTE_CONFIG_KEY, c)))
+}
+
+/// The bytes of a safetensors file holding `state` and, when given, one (key, value) pair of metadata.
+pub fn safetensors_bytes_with(state: &BTreeMap<String, Tensor>, meta: Option<(&str, String)>) -> Result<Vec<u8>> {
+    let metadata = meta.map(|(k, v)| HashMap::from([(k.to_string(), v)]));
     Ok(safetensors::serialize(
         state.iter().map(|(k, v)| (k.as_str(), v)),
         metadata,
@@ -100,6 +114,12 @@ pub fn write_model_file(path: &Path, state: &BTreeMap<String, Tensor>, config_js
 /// Reads a model file written by [`write_model_file`]: its config JSON and tensors (on the CPU).
 pub fn read_model_file(bytes: &[u8], path: &Path) -> Result<(String, HashMap<String, Tensor>)> {
     let config = config_metadata(bytes, path)?.ok_or_else(|| {
+        if matches!(metadata_value(bytes, path, T2V_CONFIG_KEY), Ok(Some(_))) {
+            return LatteError::Value(format!(
+                "{}: a text-to-video model file; load it with LatteT2VTransformer.from_checkpoint",
+                path.display()
+            ));
+        }
         LatteError::Value(format!(
             "{}: no {LATTE_CONFIG_KEY} in the safetensors metadata; not a file written by latte-rs",
             path.display()

@@ -1,11 +1,11 @@
 //! The Latte model: embeddings, the variant's arrangement of spatial and temporal attention, the final layer.
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::block::{Cond, FactorisedBlock, FinalLayer, SplitHeadBlock, TransformerBlock};
 use crate::config::{Injection, LatteConfig, TemporalPos, Variant};
+use crate::model::checkpointing::checkpointed_backprop;
 use crate::nn::embed::{LabelEmbedder, PatchEmbedder, TimestepEmbedder};
 use crate::nn::Rope;
 
@@ -61,37 +61,6 @@ enum Stage<'a> {
     Temporal { block: &'a TransformerBlock, first: bool },
     Factorised { block: &'a FactorisedBlock, first: bool },
     SplitHead(&'a SplitHeadBlock),
-}
-
-/// Sums gradients of a fixed list of parameters over several backward passes.
-struct GradAccumulator<'a> {
-    params: &'a [Tensor],
-    grads: Vec<Option<Tensor>>,
-}
-
-impl<'a> GradAccumulator<'a> {
-    fn new(params: &'a [Tensor]) -> Self {
-        Self {
-            params,
-            grads: vec![None; params.len()],
-        }
-    }
-
-    fn add(&mut self, store: &GradStore) -> Result<()> {
-        for (p, slot) in self.params.iter().zip(self.grads.iter_mut()) {
-            if let Some(g) = store.get(p) {
-                *slot = Some(match slot.take() {
-                    Some(prev) => (prev + g)?,
-                    None => g.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn into_grads(self) -> Vec<Option<Tensor>> {
-        self.grads
-    }
 }
 
 /// Latte: a latent video diffusion transformer.
@@ -239,78 +208,26 @@ impl Latte {
         params: &[Tensor],
         loss_fn: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
-        let mut acc = GradAccumulator::new(params);
         // Embeddings and conditioning keep their graph (they are small); everything after starts from leaves.
         let (h0, pass) = self.embed(x, t, y, y_image)?;
-        let cond_spatial = Var::from_tensor(&pass.cond.spatial.detach())?;
-        let cond_temporal = Var::from_tensor(&pass.cond.temporal.detach())?;
-        let leaf_pass = Pass {
+        let stages = self.stages();
+        let with = |cond: &[Tensor]| Pass {
             cond: Conditioning {
-                spatial: cond_spatial.as_tensor().clone(),
-                temporal: cond_temporal.as_tensor().clone(),
+                spatial: cond[0].clone(),
+                temporal: cond[1].clone(),
                 injection: pass.cond.injection,
             },
             ..pass.clone()
         };
-        let stages = self.stages();
-        let mut inputs = Vec::with_capacity(stages.len() + 1);
-        inputs.push(h0.detach());
-        for stage in &stages {
-            let last = inputs.last().expect("inputs start non-empty");
-            let next = self.run_stage(*stage, last, &leaf_pass, true)?.detach();
-            inputs.push(next);
-        }
-        let mut g_spatial: Option<Tensor> = None;
-        let mut g_temporal: Option<Tensor> = None;
-        let mut add_cond = |grads: &GradStore| -> Result<()> {
-            for (slot, var) in [(&mut g_spatial, &cond_spatial), (&mut g_temporal, &cond_temporal)] {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(prev) => (prev + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
-            Ok(())
-        };
-        // The head and the loss.
-        let h_last = Var::from_tensor(inputs.last().expect("inputs start non-empty"))?;
-        let out = self.head(h_last.as_tensor(), &leaf_pass, true)?;
-        let loss = loss_fn(&out)?;
-        let grads = loss.backward()?;
-        acc.add(&grads)?;
-        add_cond(&grads)?;
-        let mut g_h = grads.get(h_last.as_tensor()).cloned();
-        drop(grads);
-        // Each stage, last to first: recompute from its saved input, pull the output gradient through it.
-        for (stage, input) in stages.iter().zip(&inputs).rev() {
-            let Some(g_out) = g_h.take() else { break };
-            let h_in = Var::from_tensor(input)?;
-            let out = self.run_stage(*stage, h_in.as_tensor(), &leaf_pass, true)?;
-            let grads = (out * g_out)?.sum_all()?.backward()?;
-            acc.add(&grads)?;
-            add_cond(&grads)?;
-            g_h = grads.get(h_in.as_tensor()).cloned();
-        }
-        // The embeddings: their outputs' gradients are now complete.
-        let mut surrogate: Option<Tensor> = None;
-        for (value, g) in [
-            (&h0, g_h),
-            (&pass.cond.spatial, g_spatial),
-            (&pass.cond.temporal, g_temporal),
-        ] {
-            if let Some(g) = g {
-                let term = (value * g)?.sum_all()?;
-                surrogate = Some(match surrogate {
-                    Some(s) => (s + term)?,
-                    None => term,
-                });
-            }
-        }
-        if let Some(s) = surrogate {
-            acc.add(&s.backward()?)?;
-        }
-        Ok((loss.detach(), acc.into_grads()))
+        checkpointed_backprop(
+            params,
+            &h0,
+            &[pass.cond.spatial.clone(), pass.cond.temporal.clone()],
+            stages.len(),
+            &|i, h, cond| self.run_stage(stages[i], h, &with(cond), true),
+            &|h, cond| self.head(h, &with(cond), true),
+            loss_fn,
+        )
     }
 
     /// The checkpointable stages of the network body, in order; each maps (B, F, N, D) to (B, F, N, D).

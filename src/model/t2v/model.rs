@@ -10,7 +10,7 @@ use super::config::LatteT2VConfig;
 use super::network::LatteT2V;
 use crate::error::{value_error, LatteError, Result};
 use crate::model::denoiser::{
-    backprop, param_tensors, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn,
+    backprop, loss_and_grads_by, param_tensors, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn,
 };
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};
@@ -163,10 +163,15 @@ impl Denoiser for LatteT2VModel {
             ));
         }
         let frames = dims[2];
-        if frames != 1 && frames != cfg.video_length {
+        // More frames than video_length: image-video joint clips (images after the video frames, each with its
+        // own caption; checked with the condition).
+        if frames != 1 && frames < cfg.video_length {
             return Err(value_error(
                 "hidden_states",
-                format!("{} frames (video_length) or 1", cfg.video_length),
+                format!(
+                    "{} frames (video_length), 1 (an image), or more for image-video joint clips",
+                    cfg.video_length
+                ),
                 format!("{frames} frames"),
             ));
         }
@@ -192,7 +197,8 @@ impl Denoiser for LatteT2VModel {
         let Condition::Text { embeddings, mask } = cond else {
             return Err(self.refuse(cond));
         };
-        let batch = x_dims[0];
+        let (batch, frames) = (x_dims[0], x_dims[2]);
+        let images = frames.saturating_sub(self.cfg.video_length);
         let dims = embeddings.dims();
         if !embeddings.dtype().is_float() {
             return Err(LatteError::Type(format!(
@@ -200,12 +206,24 @@ impl Denoiser for LatteT2VModel {
                 embeddings.dtype()
             )));
         }
-        if dims.len() != 3 || dims[0] != batch || dims[2] != self.cfg.caption_channels || dims[1] == 0 {
-            return Err(value_error(
-                "encoder_hidden_states",
-                format!("shape ({batch}, S, {})", self.cfg.caption_channels),
-                format!("{dims:?}"),
-            ));
+        let c = self.cfg.caption_channels;
+        let ok = match dims {
+            [b, s, cc] => *b == batch && *s > 0 && *cc == c && images == 0,
+            [b, n, s, cc] => *b == batch && *n == 1 + images && *s > 0 && *cc == c && images > 0,
+            _ => false,
+        };
+        if !ok {
+            let want = if images == 0 {
+                format!("shape ({batch}, S, {c})")
+            } else {
+                format!(
+                    "shape ({batch}, {}, S, {c}): the video's caption, then one per image frame ({frames} frames \
+                     are {} video frames and {images} images)",
+                    1 + images,
+                    self.cfg.video_length
+                )
+            };
+            return Err(value_error("encoder_hidden_states", want, format!("{dims:?}")));
         }
         let embeddings =
             crate::model::denoiser::to_model_finite(embeddings, "encoder_hidden_states", self.dtype(), self.device())?;
@@ -213,14 +231,14 @@ impl Denoiser for LatteT2VModel {
         // masked cross-attention: a mask zeroes the padding.
         let embeddings = match mask {
             None => embeddings,
-            Some(m) if m.dims() == &dims[..2] => {
+            Some(m) if m.dims() == &dims[..dims.len() - 1] => {
                 let m = m.to_dtype(self.dtype())?.to_device(self.device())?;
-                embeddings.broadcast_mul(&m.unsqueeze(2)?)?
+                embeddings.broadcast_mul(&m.unsqueeze(m.rank())?)?
             }
             Some(m) => {
                 return Err(value_error(
                     "encoder_attention_mask",
-                    format!("shape {:?}", &dims[..2]),
+                    format!("shape {:?}", &dims[..dims.len() - 1]),
                     format!("{:?}", m.dims()),
                 ))
             }
@@ -248,13 +266,14 @@ impl Denoiser for LatteT2VModel {
         checkpoint: bool,
         loss_fn: &mut LossFn<'_>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        if checkpoint {
-            return Err(LatteError::Unsupported(
-                "gradient_checkpointing: not implemented for the text-to-video transformer yet".into(),
-            ));
-        }
         let caption = caption_of(cond)?;
         let params = param_tensors(&self.trainable_vars());
+        if checkpoint {
+            return loss_and_grads_by(&params, loss_fn, |loss_fn| {
+                self.network
+                    .loss_and_grads_checkpointed(x, t, caption, self.temporal_attention, &params, loss_fn)
+            });
+        }
         backprop(&params, loss_fn, || {
             self.network.forward(x, t, caption, self.temporal_attention, true)
         })

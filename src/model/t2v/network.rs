@@ -17,6 +17,7 @@ use candle_nn::VarBuilder;
 
 use super::blocks::TransformerBlock;
 use super::config::LatteT2VConfig;
+use crate::model::checkpointing::checkpointed_backprop;
 use crate::nn::embed::{PatchEmbedder, TimestepEmbedder};
 use crate::nn::pos::{sincos_1d, sincos_2d_at};
 use crate::nn::{gelu::gelu, LayerNorm, Linear};
@@ -105,58 +106,97 @@ impl LatteT2V {
         Ok(table)
     }
 
-    /// x: (B, C, F, H, W) latents; t: (B,) timesteps; caption: (B, S, caption_channels) T5 features; `temporal`:
-    /// run the temporal blocks. Returns (B, out_channels, F, H, W).
-    pub fn forward(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool, grad: bool) -> Result<Tensor> {
+    /// The embeddings of one pass: the tokens (B·F, L, D) and the conditioning every layer and the head read.
+    fn embed(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool) -> Result<(Tensor, Pass, Vec<Tensor>)> {
         let (b, _, f, height, width) = x.dims5()?;
         let (p, d) = (self.cfg.patch_size, self.cfg.inner_dim());
         let (h, w) = (height / p, width / p);
         let l = h * w;
         let dtype = x.dtype();
+        // Image-video joint clips: the frames after the first video_length are images, each with its own caption.
+        let fv = if caption.rank() == 4 {
+            f + 1 - caption.dim(1)?
+        } else {
+            f
+        };
         // Every frame's patches: (B, F, L, D) → (B·F, L, D).
         let patches = self.patch_embed.forward(&x.permute((0, 2, 1, 3, 4))?)?;
-        let mut hidden =
-            patches
-                .reshape((b * f, l, d))?
-                .broadcast_add(&self.pos_embed_2d(h, w, dtype, x.device())?)?;
+        let hidden = patches
+            .reshape((b * f, l, d))?
+            .broadcast_add(&self.pos_embed_2d(h, w, dtype, x.device())?)?;
 
         let emb = self.timestep_embedder.forward(t)?; // (B, D)
         let modulation = self.adaln_linear.forward(&emb.silu()?)?; // (B, 6D)
-        let caption = self
+        let projected = self
             .caption_linear_2
             .forward(&gelu(&self.caption_linear_1.forward(caption)?)?)?;
-        let caption = repeat_rows(&caption, f)?;
-        let spatial_mod = repeat_rows(&modulation, f)?;
-        let temporal_mod = repeat_rows(&modulation, l)?;
-        for (i, (spatial, temporal_block)) in self.spatial_blocks.iter().zip(&self.temporal_blocks).enumerate() {
-            hidden = spatial.forward(&hidden, &spatial_mod, Some(&caption), grad)?;
-            if temporal {
-                // (B·F, L, D) → (B·L, F, D)
-                let mut frames = hidden
-                    .reshape((b, f, l, d))?
-                    .transpose(1, 2)?
-                    .contiguous()?
-                    .reshape((b * l, f, d))?;
-                if i == 0 && f > 1 {
-                    frames = frames.broadcast_add(&self.temp_pos.to_dtype(dtype)?)?;
-                }
-                frames = temporal_block.forward(&frames, &temporal_mod, None, grad)?;
-                hidden = frames
-                    .reshape((b, l, f, d))?
-                    .transpose(1, 2)?
-                    .contiguous()?
-                    .reshape((b * f, l, d))?;
-            }
-            if !grad {
-                // Inference keeps no graph: each layer's activations go as the next one starts.
-                hidden = hidden.detach();
-            }
+        // One caption per frame: the video's over its frames, then each image's own.
+        let caption = if projected.rank() == 4 {
+            let (_, _, s, _) = projected.dims4()?;
+            let video = projected.narrow(1, 0, 1)?.broadcast_as((b, fv, s, d))?;
+            let images = projected.narrow(1, 1, f - fv)?;
+            Tensor::cat(&[&video, &images], 1)?.reshape((b * f, s, d))?
+        } else {
+            repeat_rows(&projected, f)?
+        };
+        let cond = vec![
+            repeat_rows(&modulation, f)?,
+            repeat_rows(&modulation, l)?,
+            caption,
+            repeat_rows(&emb, f)?.unsqueeze(1)?,
+        ];
+        let pass = Pass {
+            b,
+            f,
+            fv,
+            h,
+            w,
+            temporal,
+        };
+        Ok((hidden, pass, cond))
+    }
+
+    /// Layer `i`: its spatial block, then (when the pass runs them) its temporal block over the video frames.
+    /// `cond` is [spatial modulation, temporal modulation, per-frame caption, final embedding].
+    fn layer(&self, i: usize, hidden: &Tensor, pass: &Pass, cond: &[Tensor], grad: bool) -> Result<Tensor> {
+        let d = self.cfg.inner_dim();
+        let (b, f, fv, l) = (pass.b, pass.f, pass.fv, pass.h * pass.w);
+        let hidden = self.spatial_blocks[i].forward(hidden, &cond[0], Some(&cond[2]), grad)?;
+        if !pass.temporal {
+            return Ok(hidden);
         }
-        let emb = repeat_rows(&emb, f)?.unsqueeze(1)?; // (B·F, 1, D)
+        // (B·F, L, D) → (B·L, F, D)
+        let frames = hidden
+            .reshape((b, f, l, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * l, f, d))?;
+        let (mut video, images) = if fv < f {
+            (frames.narrow(1, 0, fv)?, Some(frames.narrow(1, fv, f - fv)?))
+        } else {
+            (frames, None)
+        };
+        if i == 0 && fv > 1 {
+            video = video.broadcast_add(&self.temp_pos.to_dtype(hidden.dtype())?)?;
+        }
+        let mut frames = self.temporal_blocks[i].forward(&video.contiguous()?, &cond[1], None, grad)?;
+        if let Some(images) = images {
+            frames = Tensor::cat(&[&frames, &images], 1)?;
+        }
+        frames
+            .reshape((b, l, f, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * f, l, d))
+    }
+
+    /// The final norm, modulation and projection, unpatchified to (B, out_channels, F, H, W).
+    fn head(&self, hidden: &Tensor, pass: &Pass, cond: &[Tensor], grad: bool) -> Result<Tensor> {
+        let (p, b, f, h, w) = (self.cfg.patch_size, pass.b, pass.f, pass.h, pass.w);
         let table = self.scale_shift_table.unsqueeze(0)?;
-        let shift = table.narrow(1, 0, 1)?.broadcast_add(&emb)?;
-        let scale = table.narrow(1, 1, 1)?.broadcast_add(&emb)?;
-        let hidden = LayerNorm::plain(1e-6).modulated(&hidden, &shift, &scale, grad)?;
+        let shift = table.narrow(1, 0, 1)?.broadcast_add(&cond[3])?;
+        let scale = table.narrow(1, 1, 1)?.broadcast_add(&cond[3])?;
+        let hidden = LayerNorm::plain(1e-6).modulated(hidden, &shift, &scale, grad)?;
         let out = self.proj_out.forward(&hidden)?; // (B·F, L, p·p·c_out)
         let c_out = self.cfg.out_channels();
         let out = out
@@ -167,4 +207,54 @@ impl LatteT2V {
             .permute((0, 2, 1, 3, 4))?
             .contiguous()
     }
+
+    /// x: (B, C, F, H, W) latents; t: (B,) timesteps; caption: (B, S, caption_channels) T5 features, or for
+    /// image-video joint clips (B, 1 + n, S, caption_channels): the video's caption, then one per image frame
+    /// (the last n frames); `temporal`: run the temporal blocks (over the video frames). Returns (B,
+    /// out_channels, F, H, W).
+    pub fn forward(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool, grad: bool) -> Result<Tensor> {
+        let (mut hidden, pass, cond) = self.embed(x, t, caption, temporal)?;
+        for i in 0..self.spatial_blocks.len() {
+            hidden = self.layer(i, &hidden, &pass, &cond, grad)?;
+            if !grad {
+                // Inference keeps no graph: each layer's activations go as the next one starts.
+                hidden = hidden.detach();
+            }
+        }
+        self.head(&hidden, &pass, &cond, grad)
+    }
+
+    /// [`LatteT2V::forward`]'s loss `loss_fn(out)` and the gradients of `params`, with activation checkpointing
+    /// (one layer, spatial and temporal block, per stage).
+    pub fn loss_and_grads_checkpointed(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        caption: &Tensor,
+        temporal: bool,
+        params: &[Tensor],
+        loss_fn: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let (h0, pass, cond) = self.embed(x, t, caption, temporal)?;
+        checkpointed_backprop(
+            params,
+            &h0,
+            &cond,
+            self.spatial_blocks.len(),
+            &|i, h, cond| self.layer(i, h, &pass, cond, true),
+            &|h, cond| self.head(h, &pass, cond, true),
+            loss_fn,
+        )
+    }
+}
+
+/// The geometry of one pass: batch, frames (video frames first, then images), the patch grid, and whether the
+/// temporal blocks run.
+struct Pass {
+    b: usize,
+    f: usize,
+    fv: usize,
+    h: usize,
+    w: usize,
+    temporal: bool,
 }

@@ -89,3 +89,108 @@ fn gradients_match_finite_differences_in_f64() {
         crate::test_util::check_finite_differences(&vars, &grads, lossf, 2, act);
     }
 }
+
+/// Activation checkpointing recomputes each layer in the backward pass; the gradients equal the plain path's.
+#[test]
+fn checkpointed_gradients_equal_the_plain_path() {
+    let cfg = tiny("gelu-approximate", false);
+    let model = perturbed(&cfg, DType::F64);
+    let b = batch(DType::F64);
+    let text = Condition::Text {
+        embeddings: b.caption.clone(),
+        mask: None,
+    };
+    let run = |checkpoint: bool| {
+        let mut loss_fn = |out: &Tensor| Ok((out * &b.weights)?.sum_all()?);
+        model
+            .loss_and_grads(&b.x, &b.t, &text, checkpoint, &mut loss_fn)
+            .unwrap()
+    };
+    let (l0, g0) = run(false);
+    let (l1, g1) = run(true);
+    assert_eq!(l0.to_scalar::<f64>().unwrap(), l1.to_scalar::<f64>().unwrap());
+    for ((name, _), (a, b)) in model.trainable_vars().iter().zip(g0.iter().zip(&g1)) {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff <= 1e-12 * scale.max(1.0), "{name}: {diff} (scale {scale})");
+    }
+}
+
+/// Image-video joint clips: the image frames (after the video frames) see their own caption in the spatial
+/// blocks and skip the temporal blocks, so an image frame's output depends on its caption and its own pixels only;
+/// every parameter still gets a gradient that matches finite differences.
+#[test]
+fn joint_clips_route_captions_per_frame_and_skip_temporal_blocks() {
+    let cfg = tiny("gelu-approximate", false);
+    let model = perturbed(&cfg, DType::F64);
+    let mut rng = Generator::new(4);
+    let dev = Device::Cpu;
+    // 3 video frames + 2 images, one caption for the video and one per image.
+    let x = rng.randn(&[2, 3, 5, 4, 6], DType::F64, &dev).unwrap();
+    let t = Tensor::new(&[3f32, 700.0], &dev).unwrap();
+    let caption = rng.randn(&[2, 3, 4, 5], DType::F64, &dev).unwrap();
+    let text = |c: &Tensor| Condition::Text {
+        embeddings: c.clone(),
+        mask: None,
+    };
+    let out = model.forward(&x, &t, &text(&caption)).unwrap();
+    assert_eq!(out.dims(), &[2, 6, 5, 4, 6]);
+    // Changing the last image's caption changes only that frame.
+    let mut changed = caption.narrow(1, 0, 2).unwrap();
+    changed = Tensor::cat(&[&changed, &(caption.narrow(1, 2, 1).unwrap() * 3.0).unwrap()], 1).unwrap();
+    let out2 = model.forward(&x, &t, &text(&changed)).unwrap();
+    let frame_diff = |f: usize| {
+        let a = out.narrow(2, f, 1).unwrap();
+        let b = out2.narrow(2, f, 1).unwrap();
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    for f in 0..4 {
+        assert_eq!(frame_diff(f), 0.0, "frame {f} changed with the last image's caption");
+    }
+    assert!(frame_diff(4) > 1e-6);
+    // Changing an image's pixels changes only that image's output (no temporal attention across images).
+    let mut pixels = x.narrow(2, 0, 3).unwrap();
+    let img = (x.narrow(2, 3, 1).unwrap() + 1.0).unwrap();
+    pixels = Tensor::cat(&[&pixels, &img, &x.narrow(2, 4, 1).unwrap()], 2).unwrap();
+    let out3 = model.forward(&pixels, &t, &text(&caption)).unwrap();
+    for f in [0, 1, 2, 4] {
+        let d = (out.narrow(2, f, 1).unwrap() - out3.narrow(2, f, 1).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(d, 0.0, "frame {f} changed with image frame 3's pixels");
+    }
+    // Wrong caption counts are refused by name.
+    let err = model
+        .forward(&x, &t, &text(&caption.narrow(1, 0, 2).unwrap()))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("encoder_hidden_states"), "{err}");
+    // Gradients against finite differences through the joint path.
+    let weights = rng.randn(&[2, 6, 5, 4, 6], DType::F64, &dev).unwrap();
+    let loss = || {
+        let out = model.forward_train(&x, &t, &text(&caption)).unwrap();
+        (out * &weights).unwrap().sum_all().unwrap()
+    };
+    let grads = loss().backward().unwrap();
+    let vars = model.trainable_vars();
+    crate::test_util::check_finite_differences(&vars, &grads, || loss().to_scalar::<f64>().unwrap(), 2, "joint");
+}
