@@ -89,18 +89,54 @@ def _train(args: argparse.Namespace) -> int:
 def _encode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import VideoVAE
-    from .data import encode_dataset
+    from . import T5TextEncoder, VideoVAE
+    from .data import CaptionedVideos, encode_dataset
+    from .pipelines import T5Tokenizer
     from .training import load_config, make_dataset
 
     cfg = load_config(args.config) if args.config else load_config({})
     cfg.update(_parse_set(args.set))
+    if args.dataset is not None:
+        cfg["dataset"] = args.dataset
+    if args.root is not None:
+        cfg["data_path"] = args.root
+    captioned = cfg["dataset"] == "captions"
+    if not captioned:
+        for option, value in (("--path-key", args.path_key), ("--caption-key", args.caption_key),
+                              ("--video-root", args.video_root), ("--text-encoder", args.text_encoder)):
+            if value is not None:
+                raise ValueError(f"{option}: only with --dataset captions (the dataset is {cfg['dataset']!r})")
+    if args.tokenizer is not None and args.text_encoder is None:
+        raise ValueError("--tokenizer: only with --text-encoder (the tokenizer feeds the text encoder)")
     vae_dir = args.vae or (Path(str(cfg.get("pretrained_model_path") or "")) / "vae")
     vae = VideoVAE.from_pretrained(vae_dir)
-    dataset = make_dataset(cfg)
+    text_encoder = tokenizer = None
+    if args.text_encoder is not None:
+        text_dir = Path(args.text_encoder)
+        tokenizer_dir = Path(args.tokenizer) if args.tokenizer is not None else text_dir.parent / "tokenizer"
+        if not (tokenizer_dir / "spiece.model").is_file() and not tokenizer_dir.is_file():
+            which = "--tokenizer" if args.tokenizer is not None else f"--tokenizer (default: beside {text_dir})"
+            raise FileNotFoundError(f"{which}: no spiece.model in {tokenizer_dir}; pass --tokenizer FOLDER")
+        text_encoder = T5TextEncoder.from_pretrained(text_dir)
+        tokenizer = T5Tokenizer(tokenizer_dir)
+    if captioned:
+        if not cfg["data_path"]:
+            raise ValueError("--root: dataset 'captions' needs a folder of videos with .txt captions or a manifest")
+        dataset = CaptionedVideos(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"],
+                                  seed=cfg["global_seed"], video_root=args.video_root, path_key=args.path_key,
+                                  caption_key=args.caption_key)
+    else:
+        dataset = make_dataset(cfg)
     out = encode_dataset(dataset, vae, args.output, shard_size=args.shard_size, sample=not args.mean,
-                         seed=cfg["global_seed"], progress=not args.no_progress)
-    print(json.dumps({"latent_cache": str(out), "clips": len(dataset), "vae": str(vae_dir)}, indent=2))
+                         seed=cfg["global_seed"], progress=not args.no_progress, text_encoder=text_encoder,
+                         tokenizer=tokenizer, max_length=args.max_length, text_dtype=args.text_dtype)
+    summary = {"latent_cache": str(out), "clips": len(dataset), "vae": str(vae_dir)}
+    if captioned:
+        summary["captions"] = True
+        summary["left_out"] = len(dataset.bad)
+    if text_encoder is not None:
+        summary.update(text_encoder=str(args.text_encoder), max_length=args.max_length, text_dtype=args.text_dtype)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -265,10 +301,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode a dataset's clips with the VAE into a latent cache (sharded safetensors)",
         description="Encode the clips of the config's dataset (dataset, data_path, num_frames, frame_interval, "
         "image_size, global_seed) with a diffusers VAE folder, so training reads latents (dataset: latents, "
-        "data_path: OUTPUT) instead of rerunning the VAE every epoch.",
+        "data_path: OUTPUT) instead of rerunning the VAE every epoch. Captioned videos (--dataset captions: a "
+        "folder of videos with same-named .txt captions, or a CSV/JSON/JSONL manifest as WebVid and Open-Sora "
+        "ship) store their captions, and with --text-encoder their T5 features and the empty prompt's.",
     )
     enc.add_argument("--config", help="YAML config naming the dataset (official keys)")
     enc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    enc.add_argument("--dataset",
+                     help="dataset to encode, overriding the config's: a `train` dataset name (ucf101, ffs, sky, "
+                     "taichi, folder, synthetic) or 'captions' for captioned videos")
+    enc.add_argument("--root", metavar="FOLDER_OR_MANIFEST",
+                     help="the dataset's folder, or for --dataset captions a folder of videos with .txt captions "
+                     "or a .csv/.json/.jsonl manifest (overrides the config's data_path)")
+    enc.add_argument("--path-key", metavar="COLUMN",
+                     help="manifest column holding the video path (default: the first of path, video, video_path, "
+                     "file, filename, or WebVid's page_dir + videoid)")
+    enc.add_argument("--caption-key", metavar="COLUMN",
+                     help="manifest column holding the caption (default: the first of caption, text, name, prompt)")
+    enc.add_argument("--video-root", metavar="FOLDER",
+                     help="folder that relative manifest paths are read from (default: the manifest's folder)")
+    enc.add_argument("--text-encoder", metavar="FOLDER",
+                     help="T5 text_encoder/ folder (e.g. Latte-1/text_encoder): also store each caption's T5 "
+                     "features and mask, and the empty prompt's (null_caption.safetensors)")
+    enc.add_argument("--tokenizer", metavar="FOLDER",
+                     help="tokenizer folder with spiece.model (default: the tokenizer/ folder beside "
+                     "--text-encoder, as in a Latte-1 pipeline folder)")
+    enc.add_argument("--max-length", type=int, default=120,
+                     help="tokens per caption, truncated or padded (default: 120, as Latte-1)")
+    enc.add_argument("--text-dtype", choices=("float32", "float16"), default="float32",
+                     help="dtype of the stored T5 features (default: float32; float16 halves the size and is "
+                     "refused when a value does not fit)")
     enc.add_argument("--vae", help="diffusers vae/ folder (default: <pretrained_model_path>/vae)")
     enc.add_argument("--output", required=True, help="folder for the latent cache")
     enc.add_argument("--shard-size", type=int, default=256, help="clips per shard file (default: 256)")

@@ -82,6 +82,33 @@ class T5Tokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
 
+def encode_captions(text_encoder: T5TextEncoder, tokenizer: T5Tokenizer, texts: str | list[str],
+                    max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """T5 features ``(B, max_length, d_model)`` float32 and attention mask ``(B, max_length)`` int64 of `texts`,
+    as the text-to-video pipeline encodes prompts: lower-cased and stripped, ``</s>`` appended, truncated and
+    right-padded to `max_length`. The one place captions and prompts become features, for sampling and for the
+    latent cache alike; ``[""]`` gives ``text_encoder.empty_prompt(max_length)``, the null caption.
+
+    >>> encoder = T5TextEncoder.from_pretrained("Latte-1/text_encoder")  # doctest: +SKIP
+    >>> features, mask = encode_captions(encoder, T5Tokenizer("Latte-1/tokenizer"), ["A cat", "a dog "])
+    ... # doctest: +SKIP
+    >>> features.shape, mask.shape  # doctest: +SKIP
+    ((2, 120, 4096), (2, 120))
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("texts: expected at least one text, got none")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts: expected str items, got {type(text).__name__} at position {i}")
+    if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError(f"max_length: expected an int >= 1, got {max_length!r}")
+    tokens = tokenizer([t.lower().strip() for t in texts], max_length=int(max_length))
+    mask = np.asarray(tokens["attention_mask"], np.int64)
+    features = np.asarray(text_encoder(tokens["input_ids"], mask), np.float32)
+    return features, mask
+
+
 @dataclass
 class LatteOutput:
     """Generated videos, from either pipeline: ``frames`` ``(B, F, H, W, 3)`` as uint8 (``output_type="uint8"``,
@@ -134,8 +161,7 @@ class LatteT2VPipeline:
     def _encode(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("prompt: this pipeline has no text encoder/tokenizer; pass prompt_embeds instead")
-        tokens = self.tokenizer([t.lower().strip() for t in texts], max_length=max_length)
-        return self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
+        return encode_captions(self.text_encoder, self.tokenizer, texts, max_length)
 
     def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] = "",
                       do_classifier_free_guidance: bool = True, num_videos_per_prompt: int = 1,

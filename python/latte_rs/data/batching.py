@@ -1,5 +1,9 @@
 """Training batches from a dataset: a seeded order per epoch (the same batches after a resume), drop_last as the
-official loader, and image-video joint clips (frames from other clips appended, their labels as image labels)."""
+official loader, and image-video joint clips (frames from other clips appended, their labels as image labels).
+
+Captioned datasets (``CaptionedVideos``, a captioned ``LatentClips``) also fill a batch's text fields: the
+captions and, from a latent cache with text, the T5 features and masks; the image frames of joint clips drawn
+from other clips bring those clips' captions and features along."""
 
 from __future__ import annotations
 
@@ -28,13 +32,47 @@ def clip_and_label(item: Any) -> tuple[np.ndarray, int | None, np.ndarray | None
     return video, None if label is None else int(label), image_labels
 
 
+def caption_and_text(item: Any) -> tuple[str | None, np.ndarray | None, np.ndarray | None, list[str] | None]:
+    """(caption, text features (L, d) float32, text mask (L,) int64, image captions) of a dataset item, None
+    where the item has none: dicts from ``CaptionedVideos`` ("caption", "image_captions") and captioned
+    ``LatentClips`` ("caption", "text_embedding", "text_mask"); other items have no text.
+
+    >>> caption_and_text({"video": np.zeros((2, 4, 1, 1)), "caption": "a cat", "video_name": 0})
+    ('a cat', None, None, None)
+    >>> caption_and_text((np.zeros((2, 4, 1, 1)), 3))
+    (None, None, None, None)
+    """
+    if not isinstance(item, Mapping):
+        return None, None, None, None
+    caption = item.get("caption")
+    features, mask, image_captions = item.get("text_embedding"), item.get("text_mask"), item.get("image_captions")
+    if features is not None:
+        features = np.asarray(features.detach().cpu().numpy() if hasattr(features, "detach") else features,
+                              np.float32)
+    if mask is not None:
+        mask = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask, np.int64)
+    return (None if caption is None else str(caption), features, mask,
+            None if image_captions is None else [str(c) for c in image_captions])
+
+
 @dataclass
 class Batch:
-    """One training batch: clips (B, F, C, H, W), labels (B,) or None, image labels (B, use_image_num) or None."""
+    """One training batch: clips (B, F, C, H, W), labels (B,) or None, image labels (B, use_image_num) or None;
+    for captioned datasets the captions (B strings), the image frames' captions (B lists of use_image_num) and,
+    from a latent cache with text, T5 features (B, L, d) and masks (B, L), or for joint batches (B, 1 + n, L, d)
+    and (B, 1 + n, L): the video caption's first, then each image frame's. Absent fields are None."""
 
     latents: np.ndarray
     labels: np.ndarray | None
     image_labels: np.ndarray | None
+    text_embeddings: np.ndarray | None = None
+    text_mask: np.ndarray | None = None
+    captions: list[str] | None = None
+    image_captions: list[list[str]] | None = None
+
+
+def _all_or_none(values: list) -> list | None:
+    return values if all(v is not None for v in values) else None
 
 
 def shard(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -61,6 +99,9 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
     crops). With `use_image_num`, clips of `num_frames` frames get that many frames appended, each drawn from a
     random other clip, with those clips' labels as image labels (image-video joint training), unless the dataset
     already yields joint clips (``VideoClips(use_image_num=...)``).
+
+    Captioned items fill the text fields of :class:`Batch`; the frames drawn from other clips bring those clips'
+    captions (``image_captions``) and features (``text_embeddings`` (B, 1 + n, L, d), the clip's own first).
     """
     n = len(dataset)
     per_rank = -(-n // world_size)
@@ -75,26 +116,45 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
         idx = order[offset * batch_size:(offset + 1) * batch_size]
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        items = [clip_and_label(dataset[int(i)]) for i in idx]
+        raw = [dataset[int(i)] for i in idx]
+        items = [clip_and_label(r) for r in raw]
+        texts = [caption_and_text(r) for r in raw]
         clips = [c for c, _, _ in items]
         labels = [lab for _, lab, _ in items]
         image_labels = [il for _, _, il in items] if all(il is not None for _, _, il in items) else None
+        captions = _all_or_none([t[0] for t in texts])
+        features = _all_or_none([t[1] for t in texts])
+        masks = _all_or_none([t[2] for t in texts])
+        image_captions = _all_or_none([t[3] for t in texts])  # joint clips the dataset made itself
         if image_labels is None and use_image_num and num_frames is not None and clips[0].shape[0] == num_frames:
             key = [seed, epoch, offset, 1] + ([rank] if world_size > 1 else [])
             rng = np.random.default_rng(key)
-            image_labels = []
+            image_labels, drawn_texts = [], []
             for j, clip in enumerate(clips):
-                frames, labs = [], []
+                frames, labs, others = [], [], []
                 for _ in range(use_image_num):
                     other = int(rng.integers(n))
-                    oclip, olab, _ = clip_and_label(dataset[other])
+                    oitem = dataset[other]
+                    oclip, olab, _ = clip_and_label(oitem)
                     frames.append(oclip[int(rng.integers(oclip.shape[0]))])
                     labs.append(olab)
+                    others.append(caption_and_text(oitem))
                 clips[j] = np.concatenate([clip, np.stack(frames)], axis=0)
                 image_labels.append(labs)
+                drawn_texts.append(others)
+            if captions is not None:
+                image_captions = _all_or_none([_all_or_none([t[0] for t in ts]) for ts in drawn_texts])
+            if features is not None and masks is not None:
+                drawn = [(_all_or_none([t[1] for t in ts]), _all_or_none([t[2] for t in ts])) for ts in drawn_texts]
+                if all(f is not None and m is not None for f, m in drawn):
+                    features = [np.stack([f, *fs]) for f, (fs, _) in zip(features, drawn, strict=True)]
+                    masks = [np.stack([m, *ms]) for m, (_, ms) in zip(masks, drawn, strict=True)]
+                else:
+                    features = masks = None
         x = np.stack(clips)
         has_labels = all(lab is not None for lab in labels)
         y = np.asarray(labels, dtype=np.int64) if has_labels else None
         yi = np.asarray(image_labels, dtype=np.int64) if (image_labels is not None and has_labels) else None
-        yield Batch(x, y, yi)
+        text = (np.stack(features), np.stack(masks)) if features is not None and masks is not None else (None, None)
+        yield Batch(x, y, yi, text[0], text[1], captions, image_captions)
         step += 1

@@ -45,9 +45,10 @@ def _frame_key(name: str) -> tuple:
     return (int(numbers[-1]) if numbers else -1, name)
 
 
-def scan(root: str | os.PathLike) -> tuple[list[Path], int]:
+def scan(root: str | os.PathLike, companions: tuple[str, ...] = ()) -> tuple[list[Path], int]:
     """Video files and frame folders under `root` (recursive, sorted), and how many other files were ignored
-    (reported in one warning that names the first few)."""
+    (reported in one warning that names the first few). Files ending in one of `companions` (e.g. ``(".txt",)``
+    for captions beside the videos) belong with the videos: they are neither returned nor reported."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: no such directory {root}")
@@ -61,7 +62,7 @@ def scan(root: str | os.PathLike) -> tuple[list[Path], int]:
         for f in sorted(filenames):
             if f.lower().endswith(VIDEO_EXTENSIONS):
                 items.append(Path(dirpath) / f)
-            elif not f.lower().endswith(IMAGE_EXTENSIONS):
+            elif not f.lower().endswith(IMAGE_EXTENSIONS + tuple(companions)):
                 ignored.append(os.path.join(dirpath, f))
     if ignored:
         shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
@@ -246,6 +247,8 @@ class VideoClips:
     >>> clip, label = ds[0]  # (16, 3, 256, 256) float32 in [-1, 1]  # doctest: +SKIP
     """
 
+    _source_arg = "root"  # the argument named in errors about the sources (CaptionedVideos: "source")
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -331,9 +334,11 @@ class VideoClips:
             clip = clip[..., ::-1]
         return np.ascontiguousarray((clip - 0.5) / 0.5, dtype=np.float32)
 
-    def _joint(self, index: int, frames: np.ndarray, flip: bool) -> dict:
+    def _image_frames(self, index: int, flip: bool) -> tuple[np.ndarray, list[int]]:
+        """The ``use_image_num`` single frames clip `index` appends, (n, 3, S, S), and the sources they come
+        from: each a random frame of a random other good source, drawn from ``[seed, epoch, index, 1]``."""
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        images, image_labels = [], []
+        images, others = [], []
         for _ in range(self.use_image_num):
             for _attempt in range(len(self)):
                 other = int(rng.integers(len(self)))
@@ -343,15 +348,20 @@ class VideoClips:
                     image, _ = read_frames(self.sources[other], lambda total: [int(rng.integers(total))])
                 except (ValueError, OSError) as e:
                     self.bad[str(self.sources[other])] = str(e)
-                    warnings.warn(f"skipping {self.sources[other]}: {e}", stacklevel=3)
+                    warnings.warn(f"skipping {self.sources[other]}: {e}", stacklevel=4)
                     continue
                 images.append(self._transform(image, flip)[0])
-                image_labels.append(self.label(other))
+                others.append(other)
                 break
             else:
                 raise ValueError("no readable source for the image frames")
-        video = np.concatenate([self._transform(frames, flip), np.stack(images)], axis=0)
-        return {"video": video, "video_name": self.label(index), "image_labels": np.asarray(image_labels, np.int64)}
+        return np.stack(images), others
+
+    def _joint(self, index: int, frames: np.ndarray, flip: bool) -> dict:
+        images, others = self._image_frames(index, flip)
+        video = np.concatenate([self._transform(frames, flip), images], axis=0)
+        image_labels = np.asarray([self.label(other) for other in others], np.int64)
+        return {"video": video, "video_name": self.label(index), "image_labels": image_labels}
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         n = len(self)
@@ -368,7 +378,8 @@ class VideoClips:
             except (ValueError, OSError) as e:
                 self.bad[key] = str(e)
                 warnings.warn(f"skipping {key}: {e}", stacklevel=2)
-        raise ValueError(f"root: none of the {n} sources under {self.root} gives a clip; reasons: {self.bad}")
+        raise ValueError(f"{self._source_arg}: none of the {n} sources under {self.root} gives a clip; "
+                         f"reasons: {self.bad}")
 
     def __repr__(self) -> str:
         return (f"VideoClips({str(self.root)!r}, clips={len(self)}, num_frames={self.num_frames}, "
