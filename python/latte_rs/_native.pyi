@@ -311,7 +311,8 @@ class StepStats(TypedDict):
     """The dynamic loss scale of an f16 model."""
 
 class Trainer:
-    """Trains a ``LatteModel`` with a ``GaussianDiffusion`` as the official Latte ``train.py``, and more.
+    """Trains a ``LatteModel`` (or the text-to-video ``LatteT2VTransformer``) with a ``GaussianDiffusion`` as the
+    official Latte ``train.py``, and more.
 
     Each ``step`` samples timesteps, noise and classifier-free-guidance label dropout from the trainer's seeded
     generator, computes the hybrid loss (MSE + variational bound), back-propagates, clips the global gradient
@@ -330,11 +331,24 @@ class Trainer:
     (1, True)
     >>> trainer.save("ckpt/0000001")  # doctest: +SKIP
     >>> trainer = latte_rs.Trainer.resume("ckpt/0000001")  # doctest: +SKIP
+
+    A text-to-video model trains on caption features (T5's, padding zeroed by the mask) with caption dropout to
+    ``null_caption``, the empty prompt's features (the unconditional branch of the pipelines' guidance). Latents
+    are in the datasets' ``(B, F, C, H, W)`` for both kinds of model:
+
+    >>> t2v = latte_rs.LatteT2VTransformer(dict(num_attention_heads=2, attention_head_dim=4, num_layers=1,
+    ...     cross_attention_dim=8, sample_size=4, caption_channels=6, video_length=2), seed=0)
+    >>> null = np.zeros((1, 5, 6), np.float32)
+    >>> trainer = latte_rs.Trainer(t2v, latte_rs.GaussianDiffusion(), lr=1e-3, null_caption=null)
+    >>> x = np.random.default_rng(0).normal(size=(2, 2, 4, 4, 4)).astype(np.float32)
+    >>> text = np.random.default_rng(1).normal(size=(2, 5, 6)).astype(np.float32)
+    >>> trainer.step(x, encoder_hidden_states=text, encoder_attention_mask=np.ones((2, 5)))["step"]
+    1
     """
 
     def __init__(
         self,
-        model: LatteModel,
+        model: LatteModel | LatteT2VTransformer,
         diffusion: GaussianDiffusion,
         *,
         lr: float = 1e-4,
@@ -349,12 +363,20 @@ class Trainer:
         gradient_checkpointing: bool = False,
         skip_nonfinite: bool = False,
         seed: int = 3407,
+        caption_dropout_prob: float = 0.1,
+        null_caption: ArrayLike | None = None,
+        null_caption_mask: ArrayLike | None = None,
     ) -> None:
         """Defaults are the official recipe (AdamW 1e-4, no weight decay, constant LR, EMA 0.9999).
 
         ``warmup_steps``: linear warm-up of the learning rate. ``grad_clip``: max global norm (None: no clipping).
         ``skip_nonfinite``: on a NaN/Inf loss or gradient, skip the step and count it instead of raising
         ``ValueError``; the weights are untouched either way.
+
+        Text models: ``caption_dropout_prob`` of the clips (one draw per clip for its caption, one for all its
+        image captions) get ``null_caption`` ``(1, S, C)`` or ``(S, C)`` (the empty prompt's T5 features:
+        ``T5TextEncoder.empty_prompt(S)`` or ``LatentClips.null_caption``), masked by ``null_caption_mask``.
+        It is kept in checkpoints. Class models drop labels by their config's ``class_dropout_prob``.
         """
     def step(
         self,
@@ -362,6 +384,8 @@ class Trainer:
         labels: ArrayLike | None = None,
         image_labels: ArrayLike | None = None,
         *,
+        encoder_hidden_states: ArrayLike | None = None,
+        encoder_attention_mask: ArrayLike | None = None,
         timesteps: ArrayLike | None = None,
         noise: ArrayLike | None = None,
     ) -> StepStats:
@@ -369,13 +393,17 @@ class Trainer:
         frames), with labels ``(B,)`` for a class-conditional model and the image frames' labels
         ``(B, F - num_frames)``. B must be divisible by ``grad_accumulation``. ``timesteps`` ``(B,)`` (indices
         into the diffusion's steps) and ``noise`` (the latents' shape) replace the trainer's own draws (label
-        dropout is still drawn)."""
+        dropout is still drawn). A text model takes ``encoder_hidden_states`` ``(B, S, C)`` instead of labels, or
+        ``(B, 1 + n, S, C)`` for clips whose last n frames are images (the video's caption, then one per image),
+        with their 0/1 ``encoder_attention_mask`` (the same shape without C)."""
     def forward_backward(
         self,
         latents: ArrayLike,
         labels: ArrayLike | None = None,
         image_labels: ArrayLike | None = None,
         *,
+        encoder_hidden_states: ArrayLike | None = None,
+        encoder_attention_mask: ArrayLike | None = None,
         timesteps: ArrayLike | None = None,
         noise: ArrayLike | None = None,
     ) -> tuple[npt.NDArray[np.floating], dict[str, float | None]]:
@@ -416,11 +444,14 @@ class Trainer:
     def resume(path: str | PathLike[str], device: str = "cpu") -> Trainer:
         """The trainer saved at ``path``, continuing bit-exactly. A truncated or corrupted file raises
         ``ValueError`` naming it."""
-    def ema_model(self) -> LatteModel:
+    def ema_model(self) -> LatteModel | LatteT2VTransformer:
         """The EMA weights as a new model (float32, or float64 for a float64 model)."""
     def ema_state_dict(self) -> dict[str, npt.NDArray[np.floating]]: ...
     @property
-    def model(self) -> LatteModel:
+    def null_caption(self) -> npt.NDArray[np.floating] | None:
+        """A text trainer's null caption ``(1, S, C)`` (padding zeroed), or None."""
+    @property
+    def model(self) -> LatteModel | LatteT2VTransformer:
         """The model being trained (shares its weights with the trainer)."""
     @property
     def diffusion(self) -> GaussianDiffusion: ...
@@ -516,6 +547,12 @@ class LatteT2VTransformer:
         """Loads a diffusers ``transformer/`` folder: ``config.json`` and ``diffusion_pytorch_model.safetensors``
         or its shards with ``diffusion_pytorch_model.safetensors.index.json``. Missing files are named in a
         ``FileNotFoundError``; missing, unexpected or mis-shaped keys in a ``ValueError``."""
+    @staticmethod
+    def from_checkpoint(
+        path: str | PathLike[str], use_ema: bool = True, device: str = "cpu"
+    ) -> LatteT2VTransformer:
+        """A trained model: a ``Trainer.save`` folder (its EMA weights when ``use_ema``, verified against the
+        manifest), a model file a trainer wrote, or a diffusers ``transformer/`` folder."""
     def __call__(
         self,
         hidden_states: ArrayLike,
@@ -524,7 +561,9 @@ class LatteT2VTransformer:
         enable_temporal_attentions: bool = True,
     ) -> npt.NDArray[np.float32]:
         """``(B, in_channels, F, H, W)`` latents (F = video_length, or 1), timesteps ``(B,)`` or a scalar, T5
-        features ``(B, S, caption_channels)`` → ``(B, out_channels, F, H, W)``."""
+        features ``(B, S, caption_channels)`` → ``(B, out_channels, F, H, W)``. Image-video joint clips have
+        video_length + n frames (the last n are images, skipped by the temporal blocks) and features
+        ``(B, 1 + n, S, caption_channels)``: the video's caption, then one per image."""
     def with_temporal_attentions(self, enabled: bool) -> LatteT2VTransformer:
         """The same transformer (sharing its parameters) with the temporal blocks on or off."""
     def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...

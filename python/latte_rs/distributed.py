@@ -199,11 +199,15 @@ class DistributedTrainer:
         t.div_(self.world_size)
         return flat
 
-    def step(self, latents, labels=None, image_labels=None, *, timesteps=None, noise=None) -> dict[str, Any]:
+    def step(self, latents, labels=None, image_labels=None, *, encoder_hidden_states=None,
+             encoder_attention_mask=None, timesteps=None, noise=None) -> dict[str, Any]:
         """One optimiser step on this rank's part of the joint batch; returns the joint step's statistics (the
-        losses are averaged over the ranks). ``timesteps`` and ``noise`` replace this rank's draws (for tests
-        and exact reproductions: the same draws give the numbers of one process with the joint batch)."""
-        grad, losses = self.trainer.forward_backward(latents, labels, image_labels, timesteps=timesteps, noise=noise)
+        losses are averaged over the ranks). A text model takes ``encoder_hidden_states`` (and their mask) as
+        ``Trainer.step``. ``timesteps`` and ``noise`` replace this rank's draws (for tests and exact
+        reproductions: the same draws give the numbers of one process with the joint batch)."""
+        grad, losses = self.trainer.forward_backward(
+            latents, labels, image_labels, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, timesteps=timesteps, noise=noise)
         parts = np.array([losses["loss"], losses["mse"] or 0.0, losses["vb"] or 0.0], dtype=np.float64)
         self.all_reduce_mean(grad)
         self.all_reduce_mean(parts)

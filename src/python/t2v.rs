@@ -59,6 +59,20 @@ impl PyLatteT2V {
         })
     }
 
+    /// A trained model: a latte-rs trainer checkpoint folder (its EMA weights when `use_ema`), a model file a
+    /// trainer wrote, or a diffusers `transformer/` folder.
+    #[staticmethod]
+    #[pyo3(signature = (path, use_ema = true, device = "cpu"))]
+    fn from_checkpoint(py: Python<'_>, path: PathBuf, use_ema: bool, device: &str) -> PyResult<Self> {
+        crate::python::guard(move || {
+            let device = parse_device(device).py()?;
+            let inner = py
+                .detach(|| LatteT2VModel::from_checkpoint(&path, use_ema, &device))
+                .py()?;
+            Ok(Self { inner })
+        })
+    }
+
     /// The denoiser's output `(B, out_channels, F, H, W)` for latents `(B, in_channels, F, H, W)` (F =
     /// video_length, or 1 for images), timesteps `(B,)` or a scalar, and T5 features `(B, S, caption_channels)`.
     #[pyo3(signature = (hidden_states, timestep, encoder_hidden_states, enable_temporal_attentions = true))]

@@ -44,6 +44,31 @@ resume_from_checkpoint          resume from the newest checkpoint of the experim
 frame per frame) and ``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the
 newest N; default all).
 
+Text-to-video (``model: LatteT2V``, the official text-to-video configs' name; Latte-1's transformer, diffusers'
+``LatteTransformer3DModel``):
+
+==============================  ==========================================================================
+key                             meaning
+==============================  ==========================================================================
+pretrained_model_path           a Latte-1 folder (its ``transformer/``) or a ``transformer/`` folder:
+                                fine-tune from its weights; unset: a new model from ``model_config``
+                                (diffusers config keys over Latte-1's) trained from scratch
+video_length                    the official name of num_frames
+text_encoder_path               a T5 ``text_encoder/`` folder (default: ``<pretrained>/text_encoder``)
+tokenizer_path                  a folder with ``spiece.model`` (default: ``tokenizer/`` beside the encoder)
+model_max_length                caption tokens (120, as Latte-1)
+caption_dropout_prob            captions replaced by the empty prompt's features (0.1): the unconditional
+                                branch of classifier-free guidance
+use_image_num                   image frames per clip, each with its own caption (joint training)
+dataset, data_path              ``latents`` (a cache made by ``latte-rs encode --text-encoder``: features
+                                computed once) or ``captions`` (videos with ``.txt`` captions or a CSV/JSON
+                                manifest; with ``pixel_space``, or encode them first)
+caption_key, path_key,          manifest columns and the folder relative paths resolve against
+video_root
+==============================  ==========================================================================
+
+Items with captions but no features get them from the text encoder, each distinct caption encoded once.
+
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` in the environment) the same call trains data-parallel
 (:mod:`latte_rs.distributed`): ``local_batch_size`` clips per rank and step, each rank its own shard of the data,
 gradients averaged with gloo, rank 0 writing the folder.

@@ -33,6 +33,9 @@ _NUMERIC = {
     "keep_checkpoints": int,
     "shape_speed": float,
     "dist_timeout": float,
+    "video_length": int,
+    "model_max_length": int,
+    "caption_dropout_prob": float,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -72,6 +75,15 @@ DEFAULTS: dict[str, Any] = {
     "class_colours": False,
     "keep_checkpoints": None,
     "dist_timeout": 300.0,
+    # Text-to-video (model: LatteT2V).
+    "video_length": None,
+    "text_encoder_path": None,
+    "tokenizer_path": None,
+    "model_max_length": 120,
+    "caption_dropout_prob": 0.1,
+    "caption_key": None,
+    "path_key": None,
+    "video_root": None,
 }
 
 # Official keys that change nothing here (logging backends, GPU-only switches, sampling settings).
@@ -79,7 +91,17 @@ _IGNORED = {
     "frame_data_path", "frame_data_txt", "save_ceph", "num_workers",
     "use_compile", "enable_xformers_memory_efficient_attention", "num_sampling_steps", "fixed_spatial",
     "attention_bias", "pretrained", "load_from_ceph",
+    # The official sampling config's keys (t2v_sample.yaml), accepted so that it can be a training config's base.
+    "save_img_path", "beta_start", "beta_end", "beta_schedule", "variance_type", "use_fp16", "seed", "run_time",
+    "guidance_scale", "sample_method", "enable_temporal_attentions", "enable_vae_temporal_decoder", "text_prompt",
 }
+
+TEXT_MODELS = ("LatteT2V",)
+
+
+def is_text(cfg: Mapping[str, Any]) -> bool:
+    """Whether a config trains the text-to-video transformer (``model: LatteT2V``)."""
+    return str(cfg["model"]) in TEXT_MODELS
 
 
 def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
@@ -108,6 +130,11 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"config: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in raw.items() if k in DEFAULTS and v is not None})
+    size = cfg["image_size"]
+    if isinstance(size, (list, tuple)):  # the text-to-video configs' [H, W]
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"config: image_size expected one size or [size, size] (square clips), got {size!r}")
+        cfg["image_size"] = size[0]
     for key, kind in _NUMERIC.items():
         value = cfg[key]
         if value is None:
@@ -125,11 +152,20 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
                 "num_frames", "image_size"):
         if cfg[key] < 1:
             raise ValueError(f"config: {key} expected >= 1, got {cfg[key]}")
+    if cfg["video_length"] is not None:  # the official text-to-video name of num_frames
+        cfg["num_frames"] = cfg["video_length"]
+    if not 0.0 <= cfg["caption_dropout_prob"] <= 1.0:
+        raise ValueError(f"config: caption_dropout_prob expected a value in [0, 1], got {cfg['caption_dropout_prob']}")
+    if cfg["model_max_length"] < 1:
+        raise ValueError(f"config: model_max_length expected >= 1, got {cfg['model_max_length']}")
+    if is_text(cfg):
+        cfg["extras"] = 78  # the official code's number for text conditioning
+        return cfg
     if cfg["extras"] == 2 and not cfg["num_classes"]:
         raise ValueError("config: extras: 2 (class-conditional) needs num_classes")
     if cfg["extras"] not in (1, 2):
         raise ValueError(f"config: extras expected 1 (unconditional) or 2 (class-conditional), got {cfg['extras']} "
-                         "(text-to-video training is not supported)")
+                         "(text-to-video training: model: LatteT2V)")
     if not isinstance(cfg["model_config"], Mapping):
         raise ValueError(f"config: model_config expected a mapping, got {cfg['model_config']!r}")
     if cfg["mixed_precision"] not in (False, True, "bf16", "fp16", "no"):
@@ -156,6 +192,18 @@ def model_config(cfg: Mapping[str, Any]) -> LatteConfig:
         return LatteConfig.preset(cfg["model"], **overrides)
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
+
+
+def t2v_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The diffusers ``LatteTransformer3DModel`` config a text-to-video training config describes: Latte-1's,
+    with ``video_length``, ``sample_size`` (latents of image_size / 8, or pixels with ``pixel_space``),
+    learned sigma and ``model_config``'s keys over it."""
+    channels = 3 if cfg["pixel_space"] else 4
+    size = cfg["image_size"] if cfg["pixel_space"] else cfg["image_size"] // 8
+    out = dict(in_channels=channels, out_channels=2 * channels if cfg["learn_sigma"] else channels,
+               sample_size=size, video_length=cfg["num_frames"])
+    out.update(cfg["model_config"])
+    return out
 
 
 def model_dtype(cfg: Mapping[str, Any]) -> str:
@@ -190,12 +238,20 @@ def make_dataset(cfg: Mapping[str, Any]):
         if not cfg["data_path"]:
             raise ValueError("data_path: dataset 'latents' needs the folder of a latent cache")
         return data.LatentClips(cfg["data_path"])
+    if name == "captions":  # a folder of videos with .txt captions, or a CSV/JSON manifest
+        if not cfg["data_path"]:
+            raise ValueError("data_path: dataset 'captions' needs a folder of videos with .txt captions or a "
+                             "CSV/JSON manifest")
+        return data.CaptionedVideos(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"],
+                                    seed=cfg["global_seed"], caption_key=cfg["caption_key"],
+                                    path_key=cfg["path_key"], video_root=cfg["video_root"])
     loaders = {"ucf101": data.UCF101, "ffs": data.FaceForensics, "sky": data.SkyTimelapse, "taichi": data.TaichiHD,
                "folder": data.VideoClips}
     base = name.removesuffix("_img")
     if base not in loaders:
         known = ", ".join(loaders)
-        raise ValueError(f"dataset: expected one of synthetic, latents, {known} (or their _img forms), got {name!r}")
+        raise ValueError(f"dataset: expected one of synthetic, latents, captions, {known} (or their _img forms), "
+                         f"got {name!r}")
     if not cfg["data_path"]:
         raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
     joint = cfg["use_image_num"] if name.endswith("_img") else 0

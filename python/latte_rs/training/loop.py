@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .._native import GaussianDiffusion, LatteConfig, LatteModel, Trainer
-from ..data.batching import batches, clip_and_label
+from .._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, Trainer
+from ..data.batching import batches, caption_and_text, clip_and_label
 from ..distributed import world
-from .config import load_config, make_dataset, model_config, model_dtype
+from .config import is_text, load_config, make_dataset, model_config, model_dtype, t2v_config
 from .history import plot_loss, read_history, write_history
 
 
@@ -31,7 +31,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
 
     @property
-    def model(self) -> LatteModel:
+    def model(self) -> LatteModel | LatteT2VTransformer:
         return self.trainer.model
 
 
@@ -77,7 +77,7 @@ def train(
     output_dir: str | Path | None = None,
     max_steps: int | None = None,
     resume: bool | None = None,
-    model: LatteModel | None = None,
+    model: LatteModel | LatteT2VTransformer | None = None,
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
@@ -159,12 +159,21 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
             trainer = found[1] if main else Trainer.resume(path)
             continue_streams(trainer, cfg["global_seed"], rank, size)
     fresh = trainer is None
+    text = is_text(cfg)
+    if dataset is None:
+        dataset = make_dataset(cfg)
+    if text:
+        dataset = _with_caption_features(dataset, cfg)
     if fresh:
-        mcfg = model_config(cfg)
-        if model is None:
-            model = LatteModel(mcfg, seed=cfg["global_seed"], dtype=model_dtype(cfg))
-        elif model.config != mcfg:
-            raise ValueError(f"model: its config {model.config} differs from the training config's {mcfg}")
+        if text:
+            model = _text_model(cfg, model)
+        else:
+            mcfg = model_config(cfg)
+            if model is None:
+                model = LatteModel(mcfg, seed=cfg["global_seed"], dtype=model_dtype(cfg))
+            elif model.config != mcfg:
+                raise ValueError(f"model: its config {model.config} differs from the training config's {mcfg}")
+        null = _null_caption(cfg, dataset) if text and cfg["caption_dropout_prob"] > 0 else (None, None)
         trainer = Trainer(
             model,
             GaussianDiffusion(learn_sigma=bool(cfg["learn_sigma"])),
@@ -178,22 +187,23 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
             gradient_checkpointing=bool(cfg["gradient_checkpointing"]),
             # The official derivation: each rank draws from global_seed + rank (rank 0 as one process does).
             seed=cfg["global_seed"] + rank,
+            caption_dropout_prob=cfg["caption_dropout_prob"],
+            null_caption=null[0],
+            null_caption_mask=null[1],
         )
     if size > 1:
         dp = DistributedTrainer(trainer)
         if fresh:
             dp.broadcast_parameters()  # every rank starts from rank 0's weights, as DDP
-    mcfg = trainer.model.config
-    if dataset is None:
-        dataset = make_dataset(cfg)
-    _check_dataset(dataset, mcfg)
+    frames = _check_dataset(dataset, trainer.model, cfg)
 
     start = trainer.step_count
     total = cfg["max_train_steps"]
     history = read_history(exp / "loss.csv", start) if main else []
     result = TrainResult(exp, trainer, history)
     data = batches(dataset, cfg["local_batch_size"], seed=cfg["global_seed"], start_step=start,
-                   use_image_num=mcfg.use_image_num, num_frames=mcfg.num_frames, rank=rank, world_size=size)
+                   use_image_num=cfg["use_image_num"], num_frames=frames, rank=rank, world_size=size)
+    classes = not text and trainer.model.config.num_classes > 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -206,8 +216,12 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
     try:
         while trainer.step_count < total:
             batch = next(data)
-            stats = step_fn(batch.latents, labels=batch.labels if mcfg.num_classes else None,
-                            image_labels=batch.image_labels if mcfg.num_classes else None)
+            if text:
+                stats = step_fn(batch.latents, encoder_hidden_states=batch.text_embeddings,
+                                encoder_attention_mask=batch.text_mask)
+            else:
+                stats = step_fn(batch.latents, labels=batch.labels if classes else None,
+                                image_labels=batch.image_labels if classes else None)
             if stats["skipped"]:
                 continue
             window.append(stats)
@@ -276,19 +290,129 @@ def _save_config(cfg: Mapping[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-def _check_dataset(dataset, mcfg: LatteConfig) -> None:
+def _check_dataset(dataset, model, cfg: Mapping[str, Any]) -> int:
+    """Checks the dataset's first clip against the model; returns the video frames per clip."""
     try:
         n = len(dataset)
     except TypeError:
         raise TypeError("dataset: expected an indexable dataset with len() (e.g. a torch map-style Dataset)") from None
     if n == 0:
         raise ValueError("dataset: it is empty")
-    clip, _, _ = clip_and_label(dataset[0])
-    want = (mcfg.num_frames, mcfg.in_channels, mcfg.input_size, mcfg.input_size)
-    ok_frames = clip.ndim == 4 and mcfg.num_frames <= clip.shape[0] <= mcfg.num_frames + mcfg.use_image_num
+    item = dataset[0]
+    clip, _, _ = clip_and_label(item)
+    if isinstance(model, LatteT2VTransformer):
+        c = model.config
+        frames, channels, size, images = c["video_length"], c["in_channels"], c["sample_size"], cfg["use_image_num"]
+        _, features, _, _ = caption_and_text(item)
+        if features is None:
+            raise ValueError("dataset: a text-to-video model trains on caption features; its items need "
+                             "'text_embedding' (a latent cache made by `latte-rs encode --text-encoder`) or a "
+                             "'caption' with text_encoder_path set")
+        if features.ndim != 2 or features.shape[1] != c["caption_channels"]:
+            raise ValueError(f"dataset: caption features expected (L, {c['caption_channels']}) (the model's "
+                             f"caption_channels), got {features.shape}")
+    else:
+        frames, channels, size, images = model.config.num_frames, model.config.in_channels, \
+            model.config.input_size, model.config.use_image_num
+    want = (frames, channels, size, size)
+    ok_frames = clip.ndim == 4 and frames <= clip.shape[0] <= frames + images
     if not ok_frames or clip.shape[1:] != want[1:]:
         hint = ""
-        if clip.ndim == 4 and clip.shape[1] == 3 and mcfg.in_channels == 4:
+        if clip.ndim == 4 and clip.shape[1] == 3 and channels == 4:
             hint = ("; these look like RGB frames while the model takes 4-channel VAE latents: encode them first, "
                     "or set pixel_space: true to train on pixels")
         raise ValueError(f"dataset: expected clips of shape {want} (F, C, H, W), got {clip.shape}{hint}")
+    return frames
+
+
+def _transformer_folder(path: str | Path) -> Path:
+    """A diffusers ``transformer/`` folder: the path itself, or its ``transformer/`` (a Latte-1 pipeline folder)."""
+    folder = Path(path)
+    return folder / "transformer" if (folder / "transformer" / "config.json").is_file() else folder
+
+
+def _text_model(cfg: Mapping[str, Any], model: LatteT2VTransformer | None) -> LatteT2VTransformer:
+    """The text-to-video transformer to train: the given one, Latte-1's weights (``pretrained_model_path``,
+    fine-tuning) or a new one from ``model_config`` (from scratch)."""
+    if model is not None:
+        if not isinstance(model, LatteT2VTransformer):
+            raise TypeError(f"model: a LatteT2V config trains a LatteT2VTransformer, got {type(model).__name__}")
+        return model
+    if cfg["pretrained_model_path"]:
+        return LatteT2VTransformer.from_pretrained(_transformer_folder(cfg["pretrained_model_path"]),
+                                                   dtype=model_dtype(cfg))
+    return LatteT2VTransformer(t2v_config(cfg), seed=cfg["global_seed"], dtype=model_dtype(cfg))
+
+
+def _text_encoder(cfg: Mapping[str, Any]):
+    """The T5 encoder and tokenizer a config names (``text_encoder_path``, default ``<pretrained>/text_encoder``;
+    ``tokenizer_path``, default the ``tokenizer/`` folder beside the encoder), or None."""
+    from .._native import T5TextEncoder
+    from ..pipelines import T5Tokenizer
+
+    path = cfg["text_encoder_path"] or (Path(cfg["pretrained_model_path"]) / "text_encoder"
+                                        if cfg["pretrained_model_path"] else None)
+    if path is None or not Path(path).is_dir():
+        return None
+    tok = cfg["tokenizer_path"] or Path(path).parent / "tokenizer"
+    return T5TextEncoder.from_pretrained(path), T5Tokenizer(tok)
+
+
+def _null_caption(cfg: Mapping[str, Any], dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The null caption of caption dropout: the latent cache's, or the text encoder's empty prompt."""
+    null = getattr(dataset, "null_caption", None)
+    if null is not None:
+        return null
+    encoder = _text_encoder(cfg)
+    if encoder is None:
+        raise ValueError("text_encoder_path: caption dropout (caption_dropout_prob > 0) needs the empty prompt's "
+                         "features: a latent cache made with a text encoder, or text_encoder_path (a T5 "
+                         "text_encoder/ folder); or set caption_dropout_prob: 0")
+    return encoder[0].empty_prompt(cfg["model_max_length"])
+
+
+class _CaptionFeatures:
+    """A captioned dataset whose items gain their caption's T5 features (each distinct caption encoded once)."""
+
+    def __init__(self, dataset, encoder, tokenizer, max_length: int) -> None:
+        self.dataset, self.encoder, self.tokenizer, self.max_length = dataset, encoder, tokenizer, max_length
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.null_caption = getattr(dataset, "null_caption", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int):
+        from ..pipelines import encode_captions
+
+        item = self.dataset[index]
+        if not isinstance(item, Mapping) or "caption" not in item or "text_embedding" in item:
+            return item
+        caption = item["caption"]
+        if caption not in self.cache:
+            features, mask = encode_captions(self.encoder, self.tokenizer, [caption], self.max_length)
+            self.cache[caption] = (features[0], mask[0])
+        features, mask = self.cache[caption]
+        return {**item, "text_embedding": features, "text_mask": mask}
+
+
+def _with_caption_features(dataset, cfg: Mapping[str, Any]):
+    """`dataset`, with caption features computed by the config's text encoder where items have captions only."""
+    try:
+        item = dataset[0]
+    except (IndexError, TypeError):
+        return dataset
+    if not isinstance(item, Mapping) or "caption" not in item or "text_embedding" in item:
+        return dataset
+    encoder = _text_encoder(cfg)
+    if encoder is None:
+        raise ValueError("text_encoder_path: the dataset has captions but no T5 features; set text_encoder_path "
+                         "(a T5 text_encoder/ folder) or cache them with `latte-rs encode --text-encoder`")
+    wrapped = _CaptionFeatures(dataset, *encoder, cfg["model_max_length"])
+    if wrapped.null_caption is None:
+        wrapped.null_caption = encoder[0].empty_prompt(cfg["model_max_length"])
+    return wrapped

@@ -64,6 +64,29 @@ impl LatteT2VModel {
         Ok(model)
     }
 
+    /// A trained text-to-video model: a latte-rs trainer checkpoint folder (its EMA weights when `use_ema`, each
+    /// file verified against the manifest), a model file a trainer wrote, or a diffusers `transformer/` folder.
+    pub fn from_checkpoint(path: &Path, use_ema: bool, device: &Device) -> Result<Self> {
+        use crate::train::TrainedModel;
+        use crate::weights::format::{EMA_FILE, MANIFEST_FILE, MODEL_FILE};
+        if path.is_dir() && !path.join(MANIFEST_FILE).is_file() {
+            return Self::from_pretrained(path, device, None);
+        }
+        let (file, bytes) = if path.is_dir() {
+            let name = if use_ema { EMA_FILE } else { MODEL_FILE };
+            (path.join(name), crate::train::checkpoint::read_checked(path, name)?)
+        } else {
+            (path.to_path_buf(), crate::io::read(path)?)
+        };
+        match TrainedModel::from_model_file(&bytes, &file, device)? {
+            TrainedModel::Text(m) => Ok(m),
+            TrainedModel::Latte(_) => Err(LatteError::Value(format!(
+                "{}: a class-conditional or unconditional Latte checkpoint; load it with LatteModel.from_checkpoint",
+                file.display()
+            ))),
+        }
+    }
+
     /// The same model (sharing its parameters) with the temporal blocks on or off.
     pub fn with_temporal_attention(&self, enabled: bool) -> Self {
         Self {
