@@ -63,3 +63,44 @@ pub fn init_weights(store: &ParamStore, cfg: &LatteConfig, seed: u64) -> Result<
         Ok(Tensor::from_vec(values, dims, var.device())?)
     })
 }
+
+/// The initial value of the text-to-video transformer's parameter `name` (diffusers' names) for training from
+/// scratch, PixArt-α's recipe: linear weights (and the patch embedding as a linear) xavier-uniform, biases 0; the
+/// timestep MLP, adaLN-single's linear and the caption projection N(0, 0.02); the cross-attention output
+/// projections and `proj_out` 0 (each block's cross-attention and the output start silent); the
+/// `scale_shift_table`s N(0, 1/D); norm weights 1.
+fn t2v_initial_value(name: &str, dims: &[usize], rng: &mut Generator) -> Vec<f64> {
+    let n: usize = dims.iter().product();
+    let is_weight = name.ends_with(".weight");
+    if name.ends_with("scale_shift_table") {
+        let d = *dims.last().unwrap_or(&1) as f64;
+        return rng.normal(n, 0.0, 1.0 / d.sqrt());
+    }
+    if name.starts_with("proj_out.") || name.contains(".attn2.to_out.") {
+        return vec![0.0; n];
+    }
+    if is_weight && (name.starts_with("adaln_single.") || name.starts_with("caption_projection.")) {
+        return rng.normal(n, 0.0, 0.02);
+    }
+    if name.contains("norm") {
+        return vec![if is_weight { 1.0 } else { 0.0 }; n];
+    }
+    if is_weight && dims.len() >= 2 {
+        let fan_out = dims[0];
+        let fan_in = n / fan_out;
+        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+        return rng.uniform(n, -bound, bound);
+    }
+    vec![0.0; n]
+}
+
+/// Initialises a text-to-video transformer's `store` for training from scratch (see [`t2v_initial_value`]'s
+/// recipe), from a generator seeded with `seed`, names in sorted order.
+pub fn init_t2v_weights(store: &ParamStore, seed: u64) -> Result<()> {
+    let mut rng = Generator::new(seed);
+    store.initialise(|name, var| {
+        let dims = var.dims().to_vec();
+        let values = t2v_initial_value(name, &dims, &mut rng);
+        Ok(Tensor::from_vec(values, dims, var.device())?)
+    })
+}

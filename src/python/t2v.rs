@@ -29,21 +29,32 @@ pub struct PyLatteT2V {
 
 #[pymethods]
 impl PyLatteT2V {
-    /// A randomly initialised model from a diffusers config dict (missing keys: Latte-1's values).
+    /// A randomly initialised model from a diffusers config dict (missing keys: Latte-1's values). `init`:
+    /// "normal" (every weight N(0, 0.02²), for tests) or "pixart" (PixArt-α's recipe, for training from scratch).
     #[new]
-    #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32"))]
+    #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32", init = "normal"))]
     fn new(
         py: Python<'_>,
         config: Option<&Bound<'_, PyDict>>,
         #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
         device: &str,
         dtype: &str,
+        init: &str,
     ) -> PyResult<Self> {
         crate::python::guard(move || {
             let cfg = LatteT2VConfig::from_json(&dict_to_json(py, config)?).py()?;
             let device = parse_device(device).py()?;
             let dtype = parse_dtype(dtype).py()?;
-            let inner = py.detach(|| LatteT2VModel::new(&cfg, &device, dtype, seed)).py()?;
+            let make = match init {
+                "normal" => LatteT2VModel::new,
+                "pixart" => LatteT2VModel::for_training,
+                other => {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "init: expected \"normal\" or \"pixart\", got {other:?}"
+                    )))
+                }
+            };
+            let inner = py.detach(|| make(&cfg, &device, dtype, seed)).py()?;
             Ok(Self { inner })
         })
     }

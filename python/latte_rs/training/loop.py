@@ -333,7 +333,7 @@ def _transformer_folder(path: str | Path) -> Path:
 
 def _text_model(cfg: Mapping[str, Any], model: LatteT2VTransformer | None) -> LatteT2VTransformer:
     """The text-to-video transformer to train: the given one, Latte-1's weights (``pretrained_model_path``,
-    fine-tuning) or a new one from ``model_config`` (from scratch)."""
+    fine-tuning) or a new one from ``model_config`` (from scratch, PixArt-α's initialisation)."""
     if model is not None:
         if not isinstance(model, LatteT2VTransformer):
             raise TypeError(f"model: a LatteT2V config trains a LatteT2VTransformer, got {type(model).__name__}")
@@ -341,7 +341,7 @@ def _text_model(cfg: Mapping[str, Any], model: LatteT2VTransformer | None) -> La
     if cfg["pretrained_model_path"]:
         return LatteT2VTransformer.from_pretrained(_transformer_folder(cfg["pretrained_model_path"]),
                                                    dtype=model_dtype(cfg))
-    return LatteT2VTransformer(t2v_config(cfg), seed=cfg["global_seed"], dtype=model_dtype(cfg))
+    return LatteT2VTransformer(t2v_config(cfg), seed=cfg["global_seed"], dtype=model_dtype(cfg), init="pixart")
 
 
 def _text_encoder(cfg: Mapping[str, Any]):

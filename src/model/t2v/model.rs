@@ -50,6 +50,14 @@ impl LatteT2VModel {
         Ok(me)
     }
 
+    /// A model initialised for training from scratch, PixArt-α's recipe ([`crate::nn::init::init_t2v_weights`]:
+    /// xavier linears, silent cross-attention outputs and output projection).
+    pub fn for_training(cfg: &LatteT2VConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+        let me = Self::uninitialised(cfg, device, dtype)?;
+        crate::nn::init::init_t2v_weights(&me.store, seed)?;
+        Ok(me)
+    }
+
     /// Loads a diffusers `transformer/` folder: `config.json` and `diffusion_pytorch_model.safetensors`, or its
     /// shards listed in `diffusion_pytorch_model.safetensors.index.json`. `dtype` None keeps the file's.
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
