@@ -192,20 +192,26 @@ class LatteT2VPipeline:
 
     def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] = "",
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, num_videos_per_prompt: int = 1,
-                 video_length: int | None = None, height: int = 512, width: int = 512, seed: int = 0,
+                 video_length: int | None = None, height: int | None = None, width: int | None = None,
+                 seed: int = 0,
                  eta: float = 0.0, latents: Any = None, prompt_embeds: Any = None,
                  negative_prompt_embeds: Any = None, output_type: str = "np", mask_feature: bool = True,
                  enable_temporal_attentions: bool = True, decode_chunk_size: int = 14,
                  progress: bool = True) -> LatteOutput:
         """Generates videos; the arguments are diffusers' ``LattePipeline.__call__``'s (``seed`` replaces
-        ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there."""
+        ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there. Height and
+        width default to the transformer's ``sample_size`` times the VAE's factor (512 for Latte-1). A transformer
+        of 3 input channels without a VAE is a pixel-space model: its samples are the frames."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
             raise ValueError(f"output_type: expected 'np', 'uint8' or 'latent', got {output_type!r}")
-        if output_type != "latent" and self.vae is None:
+        pixel = self.vae is None and cfg["in_channels"] == 3
+        if output_type != "latent" and self.vae is None and not pixel:
             raise ValueError("output_type: decoding needs a VAE (this pipeline has none); use 'latent'")
-        scale = self.vae.downsample_factor if self.vae is not None else 8
+        scale = self.vae.downsample_factor if self.vae is not None else (1 if pixel else 8)
+        height = cfg["sample_size"] * scale if height is None else height
+        width = cfg["sample_size"] * scale if width is None else width
         if height % (scale * cfg["patch_size"]) or width % (scale * cfg["patch_size"]):
             raise ValueError(f"height/width: expected multiples of {scale * cfg['patch_size']}, got {height}x{width}")
         cfg_on = guidance_scale > 1.0
@@ -234,7 +240,9 @@ class LatteT2VPipeline:
             bar.close()
         if output_type == "latent":
             return LatteOutput(latents, latents)
-        video = self.vae.decode(np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4)), chunk_size=decode_chunk_size)
+        video = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4))  # (B, F, C, H, W)
+        if not pixel:
+            video = self.vae.decode(video, chunk_size=decode_chunk_size)
         frames = np.clip(video / 2 + 0.5, 0, 1).transpose(0, 1, 3, 4, 2)  # (B, F, H, W, 3)
         if output_type == "uint8":
             frames = (frames * 255).round().astype(np.uint8)

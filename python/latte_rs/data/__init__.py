@@ -3,7 +3,7 @@ captioned videos (``CaptionedVideos``) come as the official dicts with a ``"capt
 
 from .captions import CaptionedVideos
 from .latents import LatentClips, encode_dataset
-from .synthetic import SyntheticVideos
+from .synthetic import CaptionedSyntheticVideos, SyntheticVideos
 from .video import UCF101, FaceForensics, SkyTimelapse, TaichiHD, VideoClips, find_classes
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "FaceForensics",
     "LatentClips",
     "SkyTimelapse",
+    "CaptionedSyntheticVideos",
     "SyntheticVideos",
     "TaichiHD",
     "UCF101",

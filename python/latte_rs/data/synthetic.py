@@ -164,3 +164,97 @@ class SyntheticVideos:
                 m = _mask(shape, rows, cols, ys[f], xs[f], radius)
                 video[f][:, m] = colour[:, None]
         return video, label
+
+
+#: The colour names of ``CLASS_COLOURS``, in order.
+COLOURS = ("red", "green", "blue", "yellow")
+
+
+def synthetic_caption(colour: int, shape: int, direction: int) -> str:
+    """The caption of a (colour, shape, direction) combination: "a red square moving left"."""
+    return f"a {COLOURS[colour]} {SHAPES[shape]} moving {DIRECTIONS[direction]}"
+
+
+#: The combinations held out of the captioned synthetic training set, to test prompt following on captions a
+#: model never saw: (c + s + d) % 4 == 0 with direction right or left (8 of the 64). Every colour, shape and
+#: direction, and every pair of them, is still in the training set.
+HELD_OUT = tuple((c, s, d) for c in range(4) for s in range(4) for d in range(4) if (c + s + d) % 4 == 0 and d < 2)
+
+
+class CaptionedSyntheticVideos:
+    """Captioned clips of one shape moving on a dark background: "a {colour} {shape} moving {direction}", with
+    4 colours (``COLOURS``, painted as ``CLASS_COLOURS``) × 4 shapes (``SHAPES``) × 4 directions
+    (``DIRECTIONS``; the clip opens moving that way and reverses at a wall). The built-in text-to-video data.
+
+    Args:
+        num_clips, num_frames, image_size, speed, shape_size, seed: as ``SyntheticVideos``.
+        combinations: "train" (all but ``HELD_OUT``), "held_out" (only those) or "all".
+
+    Items are dicts ``{"video": (F, 3, S, S) float32 in [-1, 1], "caption": str, "video_name": combination
+    index c·16 + s·4 + d}``; ``combination(i)`` gives clip i's (colour, shape, direction) without rendering.
+
+    >>> ds = CaptionedSyntheticVideos(num_clips=4, num_frames=4, image_size=16)
+    >>> item = ds[0]
+    >>> item["video"].shape, item["caption"].startswith("a ")
+    ((4, 3, 16, 16), True)
+    """
+
+    def __init__(self, num_clips: int = 1024, num_frames: int = 8, image_size: int = 16, *,
+                 speed: float = 1 / 16, shape_size: tuple[float, float] = (0.2, 0.3),
+                 combinations: Literal["train", "held_out", "all"] = "train", seed: int = 0) -> None:
+        if combinations not in ("train", "held_out", "all"):
+            raise ValueError(f'combinations: expected "train", "held_out" or "all", got {combinations!r}')
+        # The geometry checks of SyntheticVideos (one place for them).
+        self._base = SyntheticVideos(num_clips, num_frames, image_size, label_by="motion", speed=speed,
+                                     shape_size=shape_size, seed=seed)
+        every = [(c, s, d) for c in range(4) for s in range(4) for d in range(4)]
+        held = set(HELD_OUT)
+        self.combinations = {"train": [x for x in every if x not in held], "held_out": list(HELD_OUT),
+                             "all": every}[combinations]
+        self.num_clips, self.num_frames, self.image_size = num_clips, num_frames, image_size
+        self.speed, self.shape_size, self.seed = speed, self._base.shape_size, seed
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, index, 17]))
+
+    def combination(self, index: int) -> tuple[int, int, int]:
+        """Clip `index`'s (colour, shape, direction) indices."""
+        return self.combinations[int(self._rng(index).integers(len(self.combinations)))]
+
+    def caption(self, index: int) -> str:
+        return synthetic_caption(*self.combination(index))
+
+    def __getitem__(self, index: int) -> dict:
+        if not -self.num_clips <= index < self.num_clips:
+            raise IndexError(f"index {index} out of range for {self.num_clips} clips")
+        index %= self.num_clips
+        rng = self._rng(index)
+        c, s, d = self.combinations[int(rng.integers(len(self.combinations)))]
+        size = self.image_size
+        steps = np.arange(self.num_frames, dtype=np.float64)
+        rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+        video = np.full((self.num_frames, 3, size, size), BACKGROUND, dtype=np.float32)
+        radius = size * rng.uniform(*self.shape_size)
+        vy, vx = _DIRECTION_VECTORS[DIRECTIONS[d]]
+        low, high = radius, size - 1 - radius
+        cy0, cx0 = rng.uniform(low, high, size=2)
+        # Start in the half of the track behind the motion, so the clip opens moving as captioned.
+        half = (high - low) / 2 * rng.uniform()
+        if vy:
+            cy0 = low + half if vy > 0 else high - half
+        else:
+            cx0 = low + half if vx > 0 else high - half
+        speed = self.speed * size
+        ys = _bounce(cy0, vy * speed, steps, low, high)
+        xs = _bounce(cx0, vx * speed, steps, low, high)
+        colour = np.asarray(CLASS_COLOURS[c], dtype=np.float32)
+        for f in range(self.num_frames):
+            video[f][:, _mask(SHAPES[s], rows, cols, ys[f], xs[f], radius)] = colour[:, None]
+        return {"video": video, "caption": synthetic_caption(c, s, d), "video_name": c * 16 + s * 4 + d}
+
+    def __repr__(self) -> str:
+        return (f"CaptionedSyntheticVideos(clips={self.num_clips}, num_frames={self.num_frames}, "
+                f"image_size={self.image_size}, combinations={len(self.combinations)})")

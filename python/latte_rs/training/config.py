@@ -234,6 +234,10 @@ def make_dataset(cfg: Mapping[str, Any]):
         )
     from .. import data
 
+    if name == "synthetic_captions":  # built in: "a red square moving left", the held-out combinations left out
+        return data.CaptionedSyntheticVideos(num_clips=cfg["num_clips"], num_frames=cfg["num_frames"],
+                                             image_size=cfg["image_size"], speed=cfg["shape_speed"],
+                                             shape_size=tuple(cfg["shape_size"]), seed=cfg["global_seed"])
     if name == "latents":  # a cache written by `latte-rs encode`
         if not cfg["data_path"]:
             raise ValueError("data_path: dataset 'latents' needs the folder of a latent cache")
@@ -250,7 +254,8 @@ def make_dataset(cfg: Mapping[str, Any]):
     base = name.removesuffix("_img")
     if base not in loaders:
         known = ", ".join(loaders)
-        raise ValueError(f"dataset: expected one of synthetic, latents, captions, {known} (or their _img forms), "
+        raise ValueError(f"dataset: expected one of synthetic, synthetic_captions, latents, captions, {known} (or "
+                         f"their _img forms), "
                          f"got {name!r}")
     if not cfg["data_path"]:
         raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
