@@ -17,8 +17,8 @@ def _demo(args: argparse.Namespace) -> int:
                        sampling_steps=args.sampling_steps, guidance_scale=args.guidance,
                        eval_clips=args.eval_clips, seed=args.seed, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
-    print(f"latte-rs demo: wrote samples (GIF, MP4), grid.png, loss.png, the built-in tiny model's samples "
-          f"(pretrained_*) and summary.json to {summary['output_dir']}", file=sys.stderr)
+    print(f"latte-rs demo: wrote samples (GIF, MP4), grid.png, loss.png, the built-in tiny models' samples "
+          f"(pretrained_*, and prompt-to-video t2v_*) and summary.json to {summary['output_dir']}", file=sys.stderr)
     return 0
 
 
@@ -183,9 +183,22 @@ def _sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .pipelines import LattePipeline, LatteT2VPipeline
-    from .video_io import frame_grid
 
     builtin = args.checkpoint is None
+    if builtin and (args.prompt or args.negative_prompt):
+        # The built-in text-to-video model: "a red square moving left" (4 colours, shapes and directions).
+        if args.classes:
+            raise ValueError("--classes: with --prompt the built-in model is the text-to-video one, which takes "
+                             "no class labels")
+        if args.height or args.width or args.video_length:
+            raise ValueError("--height/--width/--video-length: the built-in text-to-video model makes 8 frames "
+                             "of 16x16 only")
+        from . import tiny_t2v
+
+        result = tiny_t2v.generate([args.prompt or ""], num_videos_per_prompt=args.num_videos,
+                                   guidance_scale=args.guidance if args.guidance is not None else tiny_t2v.GUIDANCE,
+                                   num_inference_steps=args.steps, seed=args.seed, progress=not args.no_progress)
+        return _write_samples(args, result.frames, str(tiny_t2v.TINY_T2V))
     if builtin:
         from .demo import TINY_GUIDANCE, TINY_MODEL
 
@@ -197,7 +210,6 @@ def _sample(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise FileNotFoundError(f"CHECKPOINT: no such file or directory {ckpt}")
-    out_dir = Path(args.output_dir)
     if (ckpt / "transformer").is_dir():
         if args.classes:
             raise ValueError("--classes: a text-to-video (diffusers Latte-1) folder takes --prompt, not class labels")
@@ -213,8 +225,7 @@ def _sample(args: argparse.Namespace) -> int:
         frames = result.frames
     else:
         if args.prompt or args.negative_prompt:
-            which = "the built-in tiny model" if builtin else str(ckpt)
-            raise ValueError(f"--prompt: {which} is a class-conditional/unconditional Latte, which takes no text "
+            raise ValueError(f"--prompt: {ckpt} is a class-conditional/unconditional Latte, which takes no text "
                              "(the prompt would be ignored); pass --classes, or a diffusers Latte-1 folder as "
                              "CHECKPOINT for text-to-video")
         # No --sampler (or 'folder', which a class model has no folder for): the pipeline's default, DDPM.
@@ -224,8 +235,15 @@ def _sample(args: argparse.Namespace) -> int:
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 1.0, seed=args.seed,
                       progress=not args.no_progress).frames
-    from .video_io import save_gif, save_mp4
+    return _write_samples(args, frames, str(ckpt))
 
+
+def _write_samples(args: argparse.Namespace, frames, checkpoint: str) -> int:
+    from pathlib import Path
+
+    from .video_io import frame_grid, save_gif, save_mp4
+
+    out_dir = Path(args.output_dir)
     written = []
     for i, video in enumerate(frames):
         if "gif" in args.format:
@@ -238,7 +256,7 @@ def _sample(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(frame_grid(frames)).save(out_dir / "grid.png")
         written.append(str(out_dir / "grid.png"))
-    print(json.dumps({"checkpoint": str(ckpt), "videos": int(frames.shape[0]), "frames": int(frames.shape[1]),
+    print(json.dumps({"checkpoint": checkpoint, "videos": int(frames.shape[0]), "frames": int(frames.shape[1]),
                       "size": [int(frames.shape[2]), int(frames.shape[3])], "seed": args.seed, "files": written},
                      indent=2))
     return 0
@@ -287,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train as the official train.py from its YAML config (e.g. configs/ucf101/ucf101_train.yaml). "
         "Writes config.yaml, loss.csv, loss.png and checkpoints/<step>/ to the experiment folder. Under torchrun "
         "(torchrun --nproc_per_node N -m latte_rs.cli train ...) it trains data-parallel over the N processes "
-        "(gloo), as the official code does with DDP.",
+        "(gloo), as the official code does with DDP. `model: LatteT2V` trains Latte-1's text-to-video transformer "
+        "(pretrained_model_path to fine-tune, text_encoder_path, model_max_length, caption_dropout_prob; see "
+        "latte_rs.training).",
     )
     tr.add_argument("--config", help="YAML training config (official keys; see latte_rs.training)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -373,24 +393,28 @@ def build_parser() -> argparse.ArgumentParser:
         "latte-rs checkpoint folder (with --vae for latent models), or a diffusers Latte-1 folder (with --prompt).",
     )
     sa.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                    help="weights to sample from (default: the built-in tiny model, 4 shape classes)")
+                    help="weights to sample from (default: the built-in tiny models: with --prompt the text-to-video "
+                    "one, \"a red square moving left\" in 4 colours, shapes and directions; otherwise the class one, "
+                    "4 shape classes)")
     sa.add_argument("--vae", help="diffusers vae/ folder for latent (4-channel) models")
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     sa.add_argument("--classes", type=int, nargs="+", metavar="LABEL", help="class labels (class-conditional models)")
-    sa.add_argument("--prompt", help="text prompt (Latte-1 folders)")
+    sa.add_argument("--prompt", help="text prompt (Latte-1 folders, or the built-in text-to-video model)")
     sa.add_argument("--negative-prompt", default="", help="negative prompt (Latte-1 folders)")
     sa.add_argument("--num-videos", type=int, default=1, help="videos per label / prompt (default: 1)")
     sa.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     sa.add_argument("--guidance", type=float,
-                    help="classifier-free guidance scale (default: 1.0; 2.0 for the built-in tiny model; 7.5 for "
+                    help="classifier-free guidance scale (default: 1.0; 2.0 for the built-in tiny model, 4.0 for the "
+                    "built-in text-to-video one; 7.5 for "
                     "text)")
     sa.add_argument("--sampler", choices=("ddpm", "ddim", "euler", "dpm", "folder"),
                     help="scheduler (default: ddpm, the official sampler, for class-conditional and unconditional "
                     "models; a Latte-1 folder's own scheduler/ ('folder') for text-to-video)")
     sa.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     sa.add_argument("--video-length", type=int, help="frames (Latte-1 folders; default: the model's)")
-    sa.add_argument("--height", type=int, default=512, help="height in pixels (Latte-1 folders; default: 512)")
-    sa.add_argument("--width", type=int, default=512, help="width in pixels (Latte-1 folders; default: 512)")
+    sa.add_argument("--height", type=int, help="height in pixels (Latte-1 folders; default: the model's, 512 for "
+                    "Latte-1)")
+    sa.add_argument("--width", type=int, help="width in pixels (Latte-1 folders; default: the model's)")
     sa.add_argument("--format", nargs="+", default=["gif", "mp4", "png"], choices=("gif", "mp4", "png"),
                     help="what to write (default: gif mp4 png)")
     sa.add_argument("--fps", type=float, default=8.0, help="frames per second of GIF/MP4 (default: 8)")

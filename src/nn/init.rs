@@ -44,13 +44,18 @@ fn initial_value(name: &str, dims: &[usize], cfg: &LatteConfig, rng: &mut Genera
         return vec![if is_weight { 1.0 } else { 0.0 }; n];
     }
     if is_weight && dims.len() >= 2 {
-        // xavier-uniform on the (out, in) view; a conv/tubelet kernel counts all its input elements.
-        let fan_out = dims[0];
-        let fan_in = n / fan_out;
-        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-        return rng.uniform(n, -bound, bound);
+        return xavier_uniform(dims, rng);
     }
     vec![0.0; n]
+}
+
+/// Xavier-uniform on the (out, in) view of a weight; a conv/tubelet kernel counts all its input elements.
+fn xavier_uniform(dims: &[usize], rng: &mut Generator) -> Vec<f64> {
+    let n: usize = dims.iter().product();
+    let fan_out = dims[0];
+    let fan_in = n / fan_out;
+    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    rng.uniform(n, -bound, bound)
 }
 
 /// Initialises every parameter of `store` by the recipe above, drawing from a generator seeded with `seed`.
@@ -86,10 +91,7 @@ fn t2v_initial_value(name: &str, dims: &[usize], rng: &mut Generator) -> Vec<f64
         return vec![if is_weight { 1.0 } else { 0.0 }; n];
     }
     if is_weight && dims.len() >= 2 {
-        let fan_out = dims[0];
-        let fan_in = n / fan_out;
-        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-        return rng.uniform(n, -bound, bound);
+        return xavier_uniform(dims, rng);
     }
     vec![0.0; n]
 }

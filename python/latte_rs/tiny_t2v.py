@@ -1,0 +1,226 @@
+"""The built-in text-to-video model's text side, made here without downloads: a SentencePiece tokenizer trained on
+the captions of the built-in captioned synthetic videos (``CaptionedSyntheticVideos``: "a red square moving
+left", 4 colours × 4 shapes × 4 directions), and a tiny T5 v1.1 encoder (gated GELU, 2 layers, d_model 32) with
+T5's initialisation from a fixed seed. The encoder is not trained: its features tell the words and their order
+apart, and the transformer's caption projection and cross-attention learn what they mean.
+
+The recipe of the shipped model (``assets/tiny_t2v/``, a Latte-1-shaped folder: ``transformer/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``)::
+
+    python -m latte_rs.tiny_t2v text-encoder python/latte_rs/assets/tiny_t2v
+    latte-rs train --config python/latte_rs/assets/tiny_t2v.yaml --output-dir tiny-t2v-train
+    python -m latte_rs.tiny_t2v transformer tiny-t2v-train python/latte_rs/assets/tiny_t2v
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .data.synthetic import synthetic_caption
+
+ASSETS = Path(__file__).parent / "assets"
+#: The built-in text-to-video pipeline folder.
+TINY_T2V = ASSETS / "tiny_t2v"
+#: Its training config.
+CONFIG_FILE = ASSETS / "tiny_t2v.yaml"
+#: Caption tokens (every caption of the dataset has fewer).
+MAX_LENGTH = 16
+T5_CONFIG = {
+    "architectures": ["T5EncoderModel"], "model_type": "t5", "d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64,
+    "num_layers": 2, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True,
+    "layer_norm_epsilon": 1e-6, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
+    "pad_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": False, "dropout_rate": 0.0,
+    "initializer_factor": 1.0,
+}
+
+
+def captions() -> list[str]:
+    """Every caption of the captioned synthetic videos (64)."""
+    return [synthetic_caption(c, s, d) for c in range(4) for s in range(4) for d in range(4)]
+
+
+def build_tokenizer(folder: str | Path) -> Path:
+    """Trains a word-level SentencePiece model (T5's special pieces: pad 0, eos 1, unk 2) on the captions; writes
+    ``folder/spiece.model``."""
+    import sentencepiece as spm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(captions() * 4) + "\n")
+    words = sorted({w for c in captions() for w in c.split()})
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"),
+                                   vocab_size=len(words) + 4, model_type="word", pad_id=0, eos_id=1, unk_id=2,
+                                   bos_id=-1, minloglevel=2, hard_vocab_limit=False)
+    corpus.unlink()
+    (folder / "spiece.vocab").unlink(missing_ok=True)
+    return folder / "spiece.model"
+
+
+def build_text_encoder(folder: str | Path, vocab_size: int, seed: int = 0) -> Path:
+    """A T5 v1.1 encoder with T5's initialisation (transformers' ``T5PreTrainedModel._init_weights``, factor 1)
+    from `seed`: ``folder/config.json`` and ``folder/model.safetensors``."""
+    from safetensors.numpy import save_file
+
+    cfg = dict(T5_CONFIG, vocab_size=int(vocab_size))
+    d, kv, h, ff = cfg["d_model"], cfg["d_kv"], cfg["num_heads"], cfg["d_ff"]
+    rng = np.random.default_rng(seed)
+
+    def normal(shape, std):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    state = {"shared.weight": normal((vocab_size, d), 1.0)}
+    for i in range(cfg["num_layers"]):
+        p = f"encoder.block.{i}.layer."
+        state[p + "0.SelfAttention.q.weight"] = normal((h * kv, d), (d * kv) ** -0.5)
+        state[p + "0.SelfAttention.k.weight"] = normal((h * kv, d), d ** -0.5)
+        state[p + "0.SelfAttention.v.weight"] = normal((h * kv, d), d ** -0.5)
+        state[p + "0.SelfAttention.o.weight"] = normal((d, h * kv), (h * kv) ** -0.5)
+        if i == 0:
+            state[p + "0.SelfAttention.relative_attention_bias.weight"] = normal(
+                (cfg["relative_attention_num_buckets"], h), d ** -0.5)
+        state[p + "0.layer_norm.weight"] = np.ones(d, np.float32)
+        state[p + "1.DenseReluDense.wi_0.weight"] = normal((ff, d), d ** -0.5)
+        state[p + "1.DenseReluDense.wi_1.weight"] = normal((ff, d), d ** -0.5)
+        state[p + "1.DenseReluDense.wo.weight"] = normal((d, ff), ff ** -0.5)
+        state[p + "1.layer_norm.weight"] = np.ones(d, np.float32)
+    state["encoder.final_layer_norm.weight"] = np.ones(d, np.float32)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "model.safetensors").chmod(0o644)  # safetensors writes 0600; installed copies must be readable
+    return folder
+
+
+def build_text_side(pipeline_folder: str | Path, seed: int = 0) -> Path:
+    """The tokenizer, the text encoder and the scheduler config of the built-in pipeline folder."""
+    import sentencepiece as spm
+
+    from .schedulers import DDIMScheduler
+
+    root = Path(pipeline_folder)
+    model = build_tokenizer(root / "tokenizer")
+    vocab = spm.SentencePieceProcessor(model_file=str(model)).get_piece_size()
+    build_text_encoder(root / "text_encoder", vocab, seed)
+    DDIMScheduler(beta_schedule="linear", clip_sample=False).save_config(root / "scheduler")
+    return root
+
+
+def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> Path:
+    """Copies the EMA weights of a training run's last checkpoint into ``pipeline_folder/transformer`` (diffusers
+    layout: ``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+    from . import LatteT2VTransformer
+    from .training import latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(experiment) / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"experiment: no checkpoint under {Path(experiment) / 'checkpoints'}")
+    model = LatteT2VTransformer.from_checkpoint(ckpt)
+    out = Path(pipeline_folder) / "transformer"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in model.state_dict().items()},
+              str(out / "diffusion_pytorch_model.safetensors"))
+    (out / "diffusion_pytorch_model.safetensors").chmod(0o644)
+    (out / "config.json").write_text(json.dumps({"_class_name": "LatteTransformer3DModel", **model.config},
+                                                indent=2) + "\n")
+    return out
+
+
+#: Classifier-free guidance for the built-in model (trained with 10% caption dropout).
+GUIDANCE = 4.0
+#: Denoising steps for the built-in model (ancestral DDPM over the training process, as the class demo).
+STEPS = 50
+
+
+def pipeline():
+    """The built-in text-to-video pipeline (``LatteT2VPipeline`` over ``assets/tiny_t2v``; pixel space, no VAE)
+    with the ancestral DDPM sampler."""
+    from .pipelines import LatteT2VPipeline, default_scheduler
+
+    if not (TINY_T2V / "transformer" / "config.json").is_file():
+        raise FileNotFoundError(f"{TINY_T2V / 'transformer'}: the built-in text-to-video model's weights are not "
+                                "in this install (see latte_rs.tiny_t2v for the recipe)")
+    pipe = LatteT2VPipeline.from_pretrained(TINY_T2V)
+    pipe.scheduler = default_scheduler()
+    return pipe
+
+
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The prompts' features as the built-in model was trained on them (``MAX_LENGTH`` tokens, padding zeroed,
+    for any batch size; ``LattePipeline.encode_prompt`` cuts a single prompt to its tokens instead), and the
+    negative prompt's, the same way (the null caption of its caption dropout for "")."""
+    from .pipelines import encode_captions
+
+    feats, mask = encode_captions(pipe.text_encoder, pipe.tokenizer, list(prompts), MAX_LENGTH)
+    neg, neg_mask = encode_captions(pipe.text_encoder, pipe.tokenizer, [negative_prompt] * len(prompts), MAX_LENGTH)
+    return feats * mask[..., None], neg * neg_mask[..., None]
+
+
+def generate(prompts: list[str], *, num_videos_per_prompt: int = 1, guidance_scale: float = GUIDANCE,
+             num_inference_steps: int = STEPS, seed: int = 0, progress: bool = True, pipe=None):
+    """Videos from the built-in text-to-video model: a ``LatteOutput`` of uint8 frames ``(B, 8, 16, 16, 3)``."""
+    pipe = pipe or pipeline()
+    embeds, negative = encode_prompts(pipe, [p for p in prompts for _ in range(num_videos_per_prompt)])
+    return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps, seed=seed, output_type="uint8", progress=progress)
+
+
+def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, seed: int = 0,
+             guidance_scale: float = GUIDANCE, num_inference_steps: int = STEPS, progress: bool = False,
+             pipe=None) -> dict[str, float]:
+    """Prompt following of the built-in model on the held-out (or the training) combinations: each attribute's
+    accuracy measured on the generated pixels (``latte_rs.evaluation.prompt_following``); chance is 0.25 for
+    each attribute and 1/64 for all three."""
+    from .data.synthetic import HELD_OUT
+    from .evaluation.prompt_following import prompt_following
+
+    if combinations == "held_out":
+        combos = list(HELD_OUT)
+    elif combinations == "train":
+        combos = [(c, s, d) for c in range(4) for s in range(4) for d in range(4) if (c, s, d) not in HELD_OUT]
+    else:
+        raise ValueError(f'combinations: expected "held_out" or "train", got {combinations!r}')
+    prompts = [synthetic_caption(*c) for c in combos]
+    out = generate(prompts, num_videos_per_prompt=videos_per_combination, guidance_scale=guidance_scale,
+                   num_inference_steps=num_inference_steps, seed=seed, progress=progress, pipe=pipe)
+    wanted = [c for c in combos for _ in range(videos_per_combination)]
+    return prompt_following(list(out.frames), wanted)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m latte_rs.tiny_t2v", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("text-encoder", help="write the tokenizer, text encoder and scheduler into a folder")
+    t.add_argument("folder")
+    m = sub.add_parser("transformer", help="install a training run's EMA weights as the folder's transformer")
+    m.add_argument("experiment")
+    m.add_argument("folder")
+    e = sub.add_parser("evaluate", help="prompt following of the built-in model, measured on the pixels (JSON)")
+    e.add_argument("--combinations", choices=("held_out", "train"), default="held_out")
+    e.add_argument("--videos", type=int, default=8, help="videos per combination (default: 8)")
+    e.add_argument("--guidance", type=float, default=GUIDANCE)
+    e.add_argument("--steps", type=int, default=STEPS)
+    e.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.what == "text-encoder":
+        print(build_text_side(args.folder))
+    elif args.what == "transformer":
+        print(install_transformer(args.experiment, args.folder))
+    else:
+        print(json.dumps(evaluate(args.combinations, args.videos, args.seed, args.guidance, args.steps,
+                                  progress=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
