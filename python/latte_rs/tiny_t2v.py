@@ -162,8 +162,9 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple
     from .pipelines import encode_captions
 
     feats, mask = encode_captions(pipe.text_encoder, pipe.tokenizer, list(prompts), MAX_LENGTH)
-    neg, neg_mask = encode_captions(pipe.text_encoder, pipe.tokenizer, [negative_prompt] * len(prompts), MAX_LENGTH)
-    return feats * mask[..., None], neg * neg_mask[..., None]
+    neg, neg_mask = encode_captions(pipe.text_encoder, pipe.tokenizer, [negative_prompt], MAX_LENGTH)
+    neg = np.repeat(neg * neg_mask[..., None], len(prompts), axis=0)  # one negative prompt, encoded once
+    return feats * mask[..., None], neg
 
 
 def generate(prompts: list[str], *, num_videos_per_prompt: int = 1, guidance_scale: float = GUIDANCE,

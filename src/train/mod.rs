@@ -689,15 +689,16 @@ impl Trainer {
         let channels_first = self.model.denoiser().spec().layout == LatentLayout::ChannelsFirst;
         let to_model = |t: &Tensor| -> candle_core::Result<Tensor> {
             if channels_first {
-                t.permute((0, 2, 1, 3, 4))?.contiguous()
+                t.permute((0, 2, 1, 3, 4))
             } else {
                 Ok(t.clone())
             }
         };
-        // The model's own checks (clip shape against its config, finite values, condition), once per step.
-        let model_dims = to_model(x0)?.dims().to_vec();
-        let checked_x = self.model.denoiser().check_latents(&to_model(x0)?)?;
-        drop(checked_x);
+        // The model's own checks (clip shape against its config, finite values, condition), once per step, on a
+        // view in the model's layout.
+        let x0_model = to_model(x0)?;
+        let model_dims = x0_model.dims().to_vec();
+        drop(self.model.denoiser().check_latents(&x0_model)?);
         let mut micro = model_dims.clone();
         micro[0] = micro[0].div_ceil(k.max(1));
         self.model
@@ -768,7 +769,7 @@ impl Trainer {
                 Ok((losses.loss.mean_all()? * (weight * scale_factor))?)
             };
             let (loss, grads) = self.model.denoiser().loss_and_grads(
-                &to_model(&x_t.to_dtype(self.model.dtype())?)?,
+                &to_model(&x_t.to_dtype(self.model.dtype())?)?.contiguous()?,
                 &t_model,
                 &cond_j,
                 self.opts.gradient_checkpointing,

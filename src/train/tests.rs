@@ -445,27 +445,11 @@ fn overflow_bound_is_conservative() {
     assert!(max_abs(&[1.0f32, f32::NAN]).is_nan());
 }
 
-fn tiny_t2v() -> crate::model::LatteT2VConfig {
-    crate::model::LatteT2VConfig {
-        num_attention_heads: 2,
-        attention_head_dim: 4,
-        in_channels: 3,
-        out_channels: Some(6),
-        num_layers: 2,
-        cross_attention_dim: Some(8),
-        sample_size: 4,
-        patch_size: 2,
-        caption_channels: 5,
-        video_length: 3,
-        ..crate::model::LatteT2VConfig::default()
-    }
-}
-
 /// The text-to-video trainer: caption dropout to the null caption, image-video joint captions, the resume
 /// (null caption included) bit-exact, and checkpointing equal to the plain path.
 #[test]
 fn text_to_video_resume_is_bit_exact() {
-    let cfg = tiny_t2v();
+    let cfg = crate::model::t2v::tests::tiny("gelu-approximate", false);
     let dev = Device::Cpu;
     let mut rng = Generator::new(2);
     // (B, F + 1 image, C, H, W) in the datasets' layout; a video caption and an image caption per clip.

@@ -8,7 +8,7 @@ pub mod config;
 pub mod model;
 pub mod network;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use config::LatteT2VConfig;
 pub use model::LatteT2VModel;

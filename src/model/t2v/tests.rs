@@ -6,7 +6,8 @@ use super::{LatteT2VConfig, LatteT2VModel};
 use crate::model::{Condition, Denoiser};
 use crate::rng::Generator;
 
-fn tiny(activation: &str, affine: bool) -> LatteT2VConfig {
+/// A tiny config (also the trainer tests').
+pub(crate) fn tiny(activation: &str, affine: bool) -> LatteT2VConfig {
     LatteT2VConfig {
         num_attention_heads: 2,
         attention_head_dim: 4,
@@ -49,6 +50,20 @@ fn loss(model: &LatteT2VModel, b: &Batch) -> Tensor {
     };
     let out = model.forward_train(&b.x, &b.t, &text).unwrap();
     (out * &b.weights).unwrap().sum_all().unwrap()
+}
+
+/// max |a - b| as f64.
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Random weights of a larger scale than `new`'s, so no path is negligible.
@@ -168,14 +183,7 @@ fn joint_clips_route_captions_per_frame_and_skip_temporal_blocks() {
     pixels = Tensor::cat(&[&pixels, &img, &x.narrow(2, 4, 1).unwrap()], 2).unwrap();
     let out3 = model.forward(&pixels, &t, &text(&caption)).unwrap();
     for f in [0, 1, 2, 4] {
-        let d = (out.narrow(2, f, 1).unwrap() - out3.narrow(2, f, 1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let d = max_diff(&out.narrow(2, f, 1).unwrap(), &out3.narrow(2, f, 1).unwrap());
         assert_eq!(d, 0.0, "frame {f} changed with image frame 3's pixels");
     }
     // Wrong caption counts are refused by name.
