@@ -14,6 +14,35 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap())
 }
 
+/// Runs `f` once on the fused CPU kernels and once on the device-generic path (what CUDA runs, forced on the
+/// CPU), and asserts that every tensor it returns agrees to `tol` relative to its largest value.
+pub fn assert_generic_matches_fused(what: &str, tol: f64, mut f: impl FnMut() -> Vec<(String, Tensor)>) {
+    let fused = {
+        let _auto = crate::nn::kernels::scope(crate::nn::kernels::KernelPath::Auto);
+        f()
+    };
+    let generic = {
+        let _g = crate::nn::kernels::force_generic();
+        f()
+    };
+    assert_eq!(
+        fused.len(),
+        generic.len(),
+        "{what}: the two paths return different outputs"
+    );
+    // A gradient that is zero in exact arithmetic (attention's key bias: softmax ignores a shift shared by all
+    // keys) is rounding noise on both paths; it is compared against the largest value of the whole set instead.
+    let largest = fused.iter().map(|(_, b)| max_abs(b)).fold(0.0, f64::max);
+    for ((name, a), (_, b)) in generic.iter().zip(&fused) {
+        let scale = max_abs(b).max(1e-3 * largest).max(f64::MIN_POSITIVE);
+        let r = max_abs_diff(a, b) / scale;
+        assert!(
+            r <= tol,
+            "{what}: {name} differs between the generic path and the fused kernels by {r:e} relative"
+        );
+    }
+}
+
 /// Central finite differences (step 1e-6) on `per_var` randomly drawn elements of each f64 variable, against
 /// the analytic gradients in `grads`; `loss` recomputes the scalar loss with the variables as they are set.
 /// Tolerance: 1e-6 + 1e-5 · max(|numeric|, |analytic|). `what` names the case in failure messages.

@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
 
@@ -71,11 +71,8 @@ pub fn effective() -> bool {
 
 /// Whether a linear layer on these operands takes the bf16 path now.
 pub(crate) fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-    effective()
-        && std::iter::once(x)
-            .chain(std::iter::once(weight))
-            .chain(bias)
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    let operands: Vec<&Tensor> = [x, weight].into_iter().chain(bias).collect();
+    effective() && super::kernels::fused_cpu(&operands, super::kernels::F32)
 }
 
 /// `x Wᵀ + b` with bf16 operands and f32 accumulation, for x (rows, in), W (out, in), b (out,) in f32; without
@@ -173,7 +170,7 @@ impl CustomOp3 for Bf16Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn bf16_linear_matches_the_f32_product_to_bf16_precision() {

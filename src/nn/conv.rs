@@ -13,7 +13,7 @@
 //! composition makes eight passes over the tensor; and the residual sum after a ResNet block's second convolution
 //! is taken by [`Conv2d::forward_add`], which starts the GEMM from `residual + bias` instead of adding afterwards.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::map_wide;
@@ -114,8 +114,7 @@ impl Conv2d {
 
 /// Whether the fast kernels apply: CPU tensors of f32 or f64 that no backward pass will reach.
 fn frozen_cpu(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::F64) && !t.track_op())
+    super::kernels::fused_cpu(ts, super::kernels::FULL) && ts.iter().all(|t| !t.track_op())
 }
 
 /// Group normalisation of (B, C, …) over groups of C/G channels, with a per-channel affine transform.
@@ -528,6 +527,7 @@ impl CustomOp3 for ConvOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Device};
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();

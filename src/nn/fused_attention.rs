@@ -10,7 +10,7 @@
 //! dK = scale · dSᵀ Q. Nothing beyond q, k, v and the output (which the projections around it keep anyway) is
 //! saved for it, so attention adds no activation memory to training.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::softmax_rows;
@@ -459,7 +459,7 @@ pub fn fused_qkv_attention(qkv: &Tensor, scale: f64, grad: bool) -> Result<Tenso
 
 /// Whether the fused kernel can run these operands (f32 on the CPU).
 pub fn applicable(q: &Tensor) -> bool {
-    q.device().is_cpu() && q.dtype() == DType::F32
+    super::kernels::fused_cpu(&[q], super::kernels::F32)
 }
 
 /// softmax(q kᵀ · scale) v for q (G, H, Lq, d), k and v (G, H, Lk, d), any strides with a contiguous last
@@ -477,7 +477,7 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: boo
 mod tests {
     use super::*;
     use crate::test_util::max_abs_diff;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// The packed-projection kernel equals the three-view kernel, forward and d(qkv), on a strided projection.
     #[test]

@@ -104,7 +104,7 @@ impl CustomOp1 for GeluTanhDerivative {
 /// GELU with the tanh approximation (PyTorch's `approximate="tanh"`), differentiable. On CPU in f32/f64 it runs
 /// the parallel kernel; elsewhere candle's own `gelu`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
+    if super::kernels::fused_cpu(&[x], super::kernels::FULL) {
         x.contiguous()?.apply_op1(GeluTanh)
     } else {
         x.gelu()

@@ -358,7 +358,7 @@ impl CustomOp2 for LinearWeightGrad {
 
 /// `y + b` over the rows of y (rows, n): the fused kernel on the CPU, a broadcast add elsewhere.
 fn plus_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if super::rowwise::kernel_applies(y) && b.dtype() == y.dtype() && b.device().is_cpu() && b.rank() == 1 {
+    if super::kernels::fused_same_dtype(&[y, b], super::kernels::FULL) && b.rank() == 1 {
         y.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
     } else {
         y.broadcast_add(b)
@@ -391,12 +391,7 @@ impl Linear {
         let rows = x.elem_count() / in_dim;
         // One 2D GEMM instead of a batched one: faster, and candle's matmul wants contiguous operands.
         let x = x.reshape((rows, in_dim))?;
-        let fused = |b: &Tensor| {
-            super::rowwise::kernel_applies(&x)
-                && [&self.weight, b]
-                    .iter()
-                    .all(|t| t.dtype() == x.dtype() && t.device().is_cpu())
-        };
+        let fused = |b: &Tensor| super::kernels::fused_same_dtype(&[&x, &self.weight, b], super::kernels::FULL);
         let y = match &self.bias {
             b if super::autocast::applies(&x, &self.weight, b.as_ref()) => {
                 let zeros;

@@ -12,6 +12,7 @@ pub mod fastmath;
 pub mod fused_attention;
 pub mod gelu;
 pub mod init;
+pub mod kernels;
 pub mod linear;
 pub mod modulation;
 pub mod norm;

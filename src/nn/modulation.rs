@@ -20,7 +20,6 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::rowwise::kernel_applies;
 use crate::float::Float;
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -409,10 +408,9 @@ impl CustomOp3 for GatedAddBackward {
 
 /// Whether the kernels run `x` with conditioning `cond` (CPU, f32/f64, the same dtype, a (…, 1, D) broadcast).
 fn fused(x: &Tensor, cond: &[&Tensor]) -> bool {
-    kernel_applies(x)
-        && cond
-            .iter()
-            .all(|c| c.dtype() == x.dtype() && Broadcast::new(x.dims(), c.dims(), "").is_ok() && c.device().is_cpu())
+    let operands: Vec<&Tensor> = std::iter::once(x).chain(cond.iter().copied()).collect();
+    super::kernels::fused_same_dtype(&operands, super::kernels::FULL)
+        && cond.iter().all(|c| Broadcast::new(x.dims(), c.dims(), "").is_ok())
 }
 
 /// LayerNorm(x) (no affine) · (1 + scale) + shift, with shift and scale (…, 1, D) broadcast over x's tokens

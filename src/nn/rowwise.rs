@@ -11,7 +11,7 @@
 //! - x̂ = (x − mean) · r with r = 1/√(var + eps): dx = r · (g − mean(g) − x̂ · mean(g⊙x̂))
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Rows per parallel work item are chosen so that one item holds about this many values.
@@ -193,7 +193,7 @@ impl CustomOp2 for LayerNormBackward {
 
 /// Whether the CPU kernels of this module (and `modulation`) run `x`: on the CPU, in f32 or f64.
 pub(crate) fn kernel_applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    super::kernels::fused_cpu(&[x], super::kernels::FULL)
 }
 
 /// Differentiable softmax over the last dimension (the kernel on CPU f32/f64, tensor ops elsewhere).
@@ -222,7 +222,7 @@ pub fn normalize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::test_util::max_abs_diff;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn composite_softmax(x: &Tensor) -> Tensor {
         let max = x.max_keepdim(D::Minus1).unwrap().detach();

@@ -119,6 +119,8 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
     let opt = match &trainer.state {
         State::F32(b) => buffers_state(b, trainer)?,
         State::F64(b) => buffers_state(b, trainer)?,
+        State::Device(b) if b.dtype == candle_core::DType::F64 => buffers_state(&b.to_host::<f64>()?, trainer)?,
+        State::Device(b) => buffers_state(&b.to_host::<f32>()?, trainer)?,
     };
     files.push((OPTIMIZER_FILE, safetensors_bytes(&opt, None)?));
     files.push((DIFFUSION_FILE, serde_json::to_vec(&trainer.diffusion)?));
@@ -437,6 +439,16 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
     match &mut trainer.state {
         State::F32(b) => restore(b, &names, &opt, &ema, dir)?,
         State::F64(b) => restore(b, &names, &opt, &ema, dir)?,
+        State::Device(b) if b.dtype == candle_core::DType::F64 => {
+            let mut host = b.to_host::<f64>()?;
+            restore(&mut host, &names, &opt, &ema, dir)?;
+            b.load_host(&host)?;
+        }
+        State::Device(b) => {
+            let mut host = b.to_host::<f32>()?;
+            restore(&mut host, &names, &opt, &ema, dir)?;
+            b.load_host(&host)?;
+        }
     }
     trainer.rng = Generator::from_state(&manifest.rng)?;
     for state in &manifest.rank_rngs {

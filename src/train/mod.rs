@@ -8,6 +8,8 @@
 //! so the numbers do not depend on `k`. A checkpoint therefore never holds half-accumulated gradients.
 
 pub mod checkpoint;
+mod device_state;
+pub use device_state::host_values_read;
 pub mod model;
 pub mod optim;
 #[cfg(test)]
@@ -187,10 +189,13 @@ pub(crate) struct Buffers<T> {
     pub ema: Vec<Vec<T>>,
 }
 
+/// The optimiser's state: host buffers updated by the CPU kernels in place, or flat tensors on the parameters'
+/// device (see [`device_state`]); [`crate::nn::kernels`] decides which.
 #[derive(Clone, Debug)]
 pub(crate) enum State {
     F32(Buffers<f32>),
     F64(Buffers<f64>),
+    Device(device_state::DeviceBuffers),
 }
 
 /// Trains a [`TrainedModel`] (a [`LatteModel`] or the text-to-video transformer) with a [`GaussianDiffusion`];
@@ -405,7 +410,10 @@ impl Trainer {
         opts.validate()?;
         let model: TrainedModel = model.into();
         let (names, vars): (Vec<_>, Vec<_>) = model.denoiser().trainable_vars().into_iter().unzip();
+        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let host = crate::nn::kernels::fused_cpu(&tensors, &[DType::F32, DType::F64, DType::BF16, DType::F16]);
         let state = match state_dtype(model.dtype()) {
+            dtype if !host => State::Device(device_state::DeviceBuffers::new(&vars, model.dtype(), dtype)?),
             DType::F64 => State::F64(new_buffers(&vars, model.dtype())?),
             _ => State::F32(new_buffers(&vars, model.dtype())?),
         };
@@ -893,6 +901,7 @@ impl Trainer {
         let (norm, skip) = match &mut self.state {
             State::F32(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
             State::F64(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
+            State::Device(buf) => buf.apply(&self.vars, &self.opts, grads, pending)?,
         };
         let skipped = skip != Skip::No;
         if skipped {
@@ -958,6 +967,7 @@ impl Trainer {
             let t = match &self.state {
                 State::F32(b) => Tensor::from_slice(&b.ema[i], var.shape(), var.device())?,
                 State::F64(b) => Tensor::from_slice(&b.ema[i], var.shape(), var.device())?,
+                State::Device(b) => b.part(&b.ema, i, var.dims())?,
             };
             state.insert(name.clone(), t);
         }

@@ -295,7 +295,7 @@ fn half_precision_models_train_with_f32_master_weights() {
                     .unwrap();
                 assert_eq!(crate::test_util::max_abs_diff(&rounded, var.as_tensor()), 0.0);
             }
-            State::F64(_) => panic!("f64 state for a half model"),
+            State::F64(_) | State::Device(_) => panic!("f64 or device state for a half model on the host path"),
         }
         // Resume keeps the master weights (not the rounded ones).
         let dir = tmpdir(&format!("half-{dtype:?}")).join("c");
@@ -510,4 +510,169 @@ fn text_to_video_resume_is_bit_exact() {
     // A class-model loader refuses the text checkpoint by name.
     let err = LatteModel::load(&dir.join("model.safetensors"), &dev).err().unwrap();
     assert!(err.to_string().contains("LatteT2VTransformer"), "{err}");
+}
+
+/// A trainer whose optimiser state is chosen under the device-generic path: the flat device buffers that CUDA
+/// parameters get, here on the CPU.
+fn device_trainer(model: impl Into<TrainedModel>, o: TrainerOptions) -> Trainer {
+    let _g = crate::nn::kernels::force_generic();
+    let t = Trainer::new(model, &diffusion(), o).unwrap();
+    assert!(
+        matches!(t.state, State::Device(_)),
+        "the generic path keeps the optimiser on the device"
+    );
+    t
+}
+
+/// Random gradients of every parameter's shape (of the given scale).
+fn random_grads(t: &Trainer, seed: u64, scale: f64) -> Vec<Tensor> {
+    let mut rng = Generator::new(seed);
+    t.parameter_shapes()
+        .iter()
+        .map(|s| (rng.randn(s, DType::F32, &Device::Cpu).unwrap() * scale).unwrap())
+        .collect()
+}
+
+/// The device optimiser (tensor ops) takes the host kernels' steps to the last bit: AdamW with weight decay,
+/// warmup, clipping from a start step, the EMA, f32 master weights of half models, f64 models; and its
+/// checkpoints resume exactly, on either path.
+#[test]
+fn the_device_optimizer_equals_the_host_kernels_bit_for_bit() {
+    let cfg = tiny(0, 0);
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
+        let (a, b) = (
+            LatteModel::new(&cfg, &Device::Cpu, dtype, 0).unwrap(),
+            LatteModel::new(&cfg, &Device::Cpu, dtype, 0).unwrap(),
+        );
+        let mut host = Trainer::new(&a, &diffusion(), opts()).unwrap();
+        assert!(!matches!(host.state, State::Device(_)));
+        let mut device = device_trainer(&b, opts());
+        for step in 0..4u64 {
+            // Large gradients at the later steps, so clipping acts.
+            let g = random_grads(&host, step, if step < 2 { 0.1 } else { 10.0 });
+            let sa = host.apply_gradient_list(&g, Some(1.0), None, None).unwrap();
+            let sb = device.apply_gradient_list(&g, Some(1.0), None, None).unwrap();
+            assert_eq!(sa.step, sb.step);
+            assert!(
+                (sa.grad_norm - sb.grad_norm).abs() <= 1e-12 * sa.grad_norm,
+                "{sa:?} vs {sb:?}"
+            );
+        }
+        assert_eq!(weights(&a), weights(&b), "{dtype:?}: weights");
+        assert_eq!(
+            weights(host.ema_model().unwrap()),
+            weights(device.ema_model().unwrap()),
+            "{dtype:?}: EMA"
+        );
+        // A checkpoint of the device state resumes on the host path and on the device path alike.
+        let dir = tmpdir(&format!("device-opt-{dtype:?}")).join("c");
+        device.save(&dir).unwrap();
+        let mut on_host = Trainer::resume(&dir, &Device::Cpu).unwrap();
+        let mut on_device = {
+            let _g = crate::nn::kernels::force_generic();
+            Trainer::resume(&dir, &Device::Cpu).unwrap()
+        };
+        assert!(matches!(on_device.state, State::Device(_)));
+        let g = random_grads(&host, 99, 1.0);
+        for t in [&mut host, &mut on_host, &mut on_device] {
+            t.apply_gradient_list(&g, Some(1.0), None, None).unwrap();
+        }
+        let w = weights(host.model().clone());
+        assert_eq!(w, weights(on_host.model().clone()), "{dtype:?}: resumed on the host");
+        assert_eq!(
+            w,
+            weights(on_device.model().clone()),
+            "{dtype:?}: resumed on the device"
+        );
+    }
+}
+
+/// On the device path a step reads back scalars only (the gradient norm and one finiteness flag), never the
+/// parameters or the gradients; it refuses a step that would overflow, and a non-finite gradient, with the weights
+/// unchanged, as the host path does.
+#[test]
+fn the_device_optimizer_takes_no_host_copy_of_parameters_or_gradients() {
+    let cfg = tiny(3, 0);
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    let params: usize = model.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let mut t = device_trainer(&model, opts());
+    let x = data(&cfg, 2, DType::F32, 1);
+    let y = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+    let before = super::host_values_read();
+    let steps = 3;
+    for _ in 0..steps {
+        let _g = crate::nn::kernels::force_generic();
+        t.step(&x, &Condition::from_labels(Some(&y), None).unwrap()).unwrap();
+    }
+    let read = super::host_values_read() - before;
+    assert_eq!(
+        read,
+        2 * steps,
+        "values read back per step (the model has {params} parameters)"
+    );
+
+    let w = weights(&model);
+    let huge = TrainerOptions {
+        optimizer: AdamWConfig {
+            lr: 1e300,
+            ..Default::default()
+        },
+        grad_clip: None,
+        warmup_steps: 0,
+        ..opts()
+    };
+    let mut t = device_trainer(&model, huge);
+    let g = random_grads(&t, 1, 1.0);
+    let err = t
+        .apply_gradient_list(&g, Some(1.0), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    let nan: Vec<Tensor> = g.iter().map(|g| (g * f64::NAN).unwrap()).collect();
+    let err = t
+        .apply_gradient_list(&nan, Some(1.0), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite gradient"), "{err}");
+    assert_eq!(weights(&model), w, "a refused step changed the weights");
+}
+
+/// The whole train step on the device-generic path, with activation checkpointing and accumulation, gives the
+/// fused kernels' loss and gradients (f32, 1e-5 relative).
+#[test]
+fn the_generic_train_step_matches_the_fused_one_with_checkpointing() {
+    let cfg = tiny(3, 1);
+    let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+    // Away from the zero init, so that every path carries gradient.
+    let mut rng = Generator::new(5);
+    for (_, var) in model.trainable_vars() {
+        let noise = (rng.randn(var.dims(), DType::F32, &Device::Cpu).unwrap() * 0.1).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+    }
+    let x = data(&cfg, 4, DType::F32, 1);
+    let y = Tensor::new(&[0u32, 2, 1, 3], &Device::Cpu).unwrap();
+    let cond = Condition::from_labels(
+        Some(&y),
+        Some(&Tensor::new(&[[1u32], [0], [2], [1]], &Device::Cpu).unwrap()),
+    )
+    .unwrap();
+    let draws = Draws {
+        timesteps: Some(vec![3, 250, 600, 999]),
+        noise: Some(data(&cfg, 4, DType::F32, 2)),
+    };
+    let o = TrainerOptions {
+        gradient_checkpointing: true,
+        grad_accumulation: 2,
+        ..opts()
+    };
+    let mut t = Trainer::new(&model, &diffusion(), o).unwrap();
+    // The same label dropout on both runs.
+    let rng = t.rng_state();
+    crate::test_util::assert_generic_matches_fused("train step", 1e-5, || {
+        t.set_rng_state(&rng).unwrap();
+        let g = t.forward_backward(&x, &cond, &draws).unwrap();
+        let mut all = vec![("loss".to_string(), Tensor::new(g.loss, &Device::Cpu).unwrap())];
+        all.extend(t.parameter_names().iter().cloned().zip(g.grads));
+        all
+    });
 }

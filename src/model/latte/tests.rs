@@ -278,3 +278,26 @@ fn checkpointed_gradients_equal_the_plain_path() {
         }
     }
 }
+
+/// The device-generic path (what CUDA runs) against the fused CPU kernels, forced on the CPU: the training
+/// forward, every parameter's gradient and the inference forward, for every variant and option.
+#[test]
+fn the_device_generic_path_matches_the_fused_kernels() {
+    for cfg in all_configs() {
+        let model = LatteModel::new(&cfg, &Device::Cpu, DType::F32, 0).unwrap();
+        perturb(&model, 1);
+        let b = batch(&cfg, DType::F32, 2);
+        crate::test_util::assert_generic_matches_fused(&format!("{cfg:?}"), 1e-5, || {
+            let out = model.forward_train(&b.x, &b.t, &b.cond()).unwrap();
+            let grads = (&out * &b.weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![
+                ("forward_train".to_string(), out.detach()),
+                ("forward".to_string(), model.forward(&b.x, &b.t, &b.cond()).unwrap()),
+            ];
+            for (name, var) in model.trainable_vars() {
+                all.push((format!("grad {name}"), grads.get(var.as_tensor()).unwrap().clone()));
+            }
+            all
+        });
+    }
+}

@@ -202,3 +202,33 @@ fn joint_clips_route_captions_per_frame_and_skip_temporal_blocks() {
     let vars = model.trainable_vars();
     crate::test_util::check_finite_differences(&vars, &grads, || loss().to_scalar::<f64>().unwrap(), 2, "joint");
 }
+
+/// The device-generic path (what CUDA runs) against the fused CPU kernels, forced on the CPU: the training
+/// forward, every parameter's gradient and the inference forward, with and without a caption mask.
+#[test]
+fn the_device_generic_path_matches_the_fused_kernels() {
+    for (act, affine) in [("gelu-approximate", false), ("geglu", true), ("gelu", true)] {
+        let cfg = tiny(act, affine);
+        let model = perturbed(&cfg, DType::F32);
+        let b = batch(DType::F32);
+        let mask = Tensor::new(&[[1f32, 1., 1., 0.], [1., 0., 0., 0.]], &Device::Cpu).unwrap();
+        for mask in [None, Some(mask)] {
+            let text = Condition::Text {
+                embeddings: b.caption.clone(),
+                mask,
+            };
+            crate::test_util::assert_generic_matches_fused(&format!("{act} {affine}"), 1e-5, || {
+                let out = model.forward_train(&b.x, &b.t, &text).unwrap();
+                let grads = (&out * &b.weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut all = vec![
+                    ("forward_train".to_string(), out.detach()),
+                    ("forward".to_string(), model.forward(&b.x, &b.t, &text).unwrap()),
+                ];
+                for (name, var) in model.trainable_vars() {
+                    all.push((format!("grad {name}"), grads.get(var.as_tensor()).unwrap().clone()));
+                }
+                all
+            });
+        }
+    }
+}
