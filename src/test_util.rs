@@ -32,6 +32,13 @@ pub fn assert_generic_matches_fused(what: &str, tol: f64, mut f: impl FnMut() ->
     );
     // A gradient that is zero in exact arithmetic (attention's key bias: softmax ignores a shift shared by all
     // keys) is rounding noise on both paths; it is compared against the largest value of the whole set instead.
+    assert!(
+        generic
+            .iter()
+            .zip(&fused)
+            .any(|((_, a), (_, b))| max_abs_diff(a, b) > 0.0),
+        "{what}: the two paths agree to the bit: the generic path did not run"
+    );
     let largest = fused.iter().map(|(_, b)| max_abs(b)).fold(0.0, f64::max);
     for ((name, a), (_, b)) in generic.iter().zip(&fused) {
         let scale = max_abs(b).max(1e-3 * largest).max(f64::MIN_POSITIVE);

@@ -34,13 +34,6 @@ impl KernelPath {
             _ => None,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Generic => "generic",
-        }
-    }
 }
 
 /// 0: not read yet, 1: auto, 2: generic.

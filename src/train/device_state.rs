@@ -16,7 +16,7 @@ use std::cell::Cell;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::optim::{clip_coefficient, AdamWConfig, Update};
+use super::optim::{AdamWConfig, Update};
 use super::{Buffers, Pending, Skip, TrainerOptions};
 use crate::error::Result;
 use crate::float::Float;
@@ -137,25 +137,13 @@ impl DeviceBuffers {
         grads: &[Tensor],
         pending: Pending,
     ) -> Result<(f64, Skip)> {
-        let Pending {
-            loss,
-            loss_scale,
-            clip,
-            step,
-            lr,
-        } = pending;
         let device = self.m.device().clone();
         let g = flat(&grads.iter().collect::<Vec<_>>(), self.dtype, &device)?;
         // Σ g² in f64, as the host path.
         let sum_sq = read_scalar(&g.to_dtype(DType::F64)?.sqr()?.sum_all()?)?;
-        let norm = sum_sq.sqrt() / loss_scale;
-        if !(loss.is_finite() && norm.is_finite()) {
+        let (norm, update) = pending.update(sum_sq);
+        let Some(update) = update else {
             return Ok((norm, Skip::NonFinite));
-        }
-        let update = Update {
-            step,
-            lr,
-            grad_scale: clip.map_or(1.0, |max| clip_coefficient(norm, max)) / loss_scale,
         };
         let param = match &self.master {
             Some(master) => master.clone(),

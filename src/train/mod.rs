@@ -251,6 +251,25 @@ struct Pending {
     lr: f64,
 }
 
+impl Pending {
+    /// The unscaled global norm from the summed squares of the (scaled) gradients, and the update to take: None
+    /// when the loss or the norm is not finite. Clipping (torch's clip_grad_norm_ factor) and unscaling fold into
+    /// one factor on each gradient.
+    fn update(&self, sum_sq: f64) -> (f64, Option<Update>) {
+        let norm = sum_sq.sqrt() / self.loss_scale;
+        if !(self.loss.is_finite() && norm.is_finite()) {
+            return (norm, None);
+        }
+        let grad_scale = self.clip.map_or(1.0, |max| clip_coefficient(norm, max)) / self.loss_scale;
+        let update = Update {
+            step: self.step,
+            lr: self.lr,
+            grad_scale,
+        };
+        (norm, Some(update))
+    }
+}
+
 impl<T: Float> Buffers<T> {
     /// Checks the summed gradients (scaled by the loss scale), and when loss and gradients are finite clips them,
     /// steps AdamW and the EMA, and writes the new weights into `vars`. Returns the (unscaled) global norm and
@@ -262,13 +281,6 @@ impl<T: Float> Buffers<T> {
         grads: &[Tensor],
         pending: Pending,
     ) -> Result<(f64, Skip)> {
-        let Pending {
-            loss,
-            loss_scale,
-            clip,
-            step,
-            lr,
-        } = pending;
         let grads: Vec<Tensor> = grads
             .iter()
             .map(|g| g.to_dtype(T::DTYPE))
@@ -277,15 +289,9 @@ impl<T: Float> Buffers<T> {
         for g in &grads {
             sum_sq += with_slice::<T, _>(g, sum_of_squares)?;
         }
-        let norm = sum_sq.sqrt() / loss_scale;
-        if !(loss.is_finite() && norm.is_finite()) {
+        let (norm, update) = pending.update(sum_sq);
+        let Some(update) = update else {
             return Ok((norm, Skip::NonFinite));
-        }
-        // Clipping (torch's clip_grad_norm_ factor) and unscaling fold into one factor on each gradient.
-        let update = Update {
-            step,
-            lr,
-            grad_scale: clip.map_or(1.0, |max| clip_coefficient(norm, max)) / loss_scale,
         };
         // Finite gradients can still overflow a parameter (a huge learning rate or weight decay): the step is
         // tried on copies first and refused as a whole, so that no parameter is ever left non-finite.
