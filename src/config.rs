@@ -76,11 +76,15 @@ pub enum TemporalPos {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionBackend {
+    /// FlashAttention-2 wherever it can run (inference in float16/bfloat16 on a CUDA GPU of compute capability
+    /// 8.0+, with the `flash-attn` build), the math composition elsewhere (training, float32, the CPU).
+    Auto,
     /// Plain softmax(QKᵀ/√d)V over the whole sequence.
     Math,
     /// The same, over chunks of `attention_chunk_size` queries to bound memory.
     Chunked,
-    /// FlashAttention-2 on CUDA (f16/bf16, inference only; needs the `flash-attn` feature).
+    /// FlashAttention-2 on CUDA (f16/bf16, sm80+, needs the `flash-attn` feature): an error where it cannot run
+    /// for inference; training uses the math composition (the kernel has no backward).
     Flash,
 }
 
@@ -162,7 +166,7 @@ impl Default for LatteConfig {
             injection: Injection::Adaln,
             temporal_position: TemporalPos::Absolute,
             use_image_num: 0,
-            attention: AttentionBackend::Math,
+            attention: AttentionBackend::Auto,
             attention_chunk_size: 1024,
         }
     }

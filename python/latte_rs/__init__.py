@@ -24,6 +24,7 @@ from ._native import (
     Trainer,
     VideoVAE,
     __version__,
+    set_kernel_path,
 )
 from .evaluation import fvd
 from .pipelines import LatteOutput, LattePipeline, LatteT2VPipeline
@@ -66,5 +67,6 @@ __all__ = [
     "evaluation",
     "fvd",
     "sample",
+    "set_kernel_path",
     "train",
 ]

@@ -16,6 +16,18 @@ def set_autocast(dtype: str | None) -> str | None:
     """Turn CPU bf16 autocast on (``"bfloat16"``) or off (``None``) for this thread; return the previous setting.
     Use :class:`latte_rs.autocast` instead."""
 
+def set_kernel_path(path: Literal["auto", "generic"]) -> Literal["auto", "generic"]:
+    """Choose, for the whole process, what the building blocks run; return the previous choice.
+
+    ``"auto"`` (the default): the fused CPU kernels where they apply (CPU tensors of a dtype they handle), the
+    device-generic tensor ops elsewhere (CUDA). ``"generic"``: the device-generic ops everywhere, also on the CPU,
+    to run on the CPU exactly the code a GPU runs. ``LATTE_RS_KERNELS=generic`` sets it from the environment.
+
+    >>> previous = latte_rs.set_kernel_path("generic")
+    >>> latte_rs.set_kernel_path(previous)
+    'generic'
+    """
+
 ArrayLike: TypeAlias = npt.ArrayLike | Any  # NumPy arrays, or any object with __dlpack__ (torch tensors)
 
 class LatteConfig:
@@ -43,7 +55,7 @@ class LatteConfig:
     injection: Literal["adaln", "tokens"]
     temporal_position: Literal["absolute", "rope"]
     use_image_num: int
-    attention: Literal["math", "chunked", "flash"]
+    attention: Literal["auto", "math", "chunked", "flash"]
     attention_chunk_size: int
 
     def __init__(self, **kwargs: Any) -> None:

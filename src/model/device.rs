@@ -15,14 +15,64 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         s => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
     };
     match ordinal {
-        None => Err(value_error("device", "\"cpu\", \"cuda\" or \"cuda:N\"", format!("{spec:?}"))),
-        Some(_) if !cfg!(feature = "cuda") => Err(LatteError::Unsupported(
-            "device: latte-rs was built without CUDA support; rebuild with `maturin develop --release --features cuda` \
-             (or `pip install . --config-settings=build-args='--features cuda'`)"
-                .into(),
+        None => Err(value_error(
+            "device",
+            "\"cpu\", \"cuda\" or \"cuda:N\"",
+            format!("{spec:?}"),
         )),
-        Some(n) => Ok(Device::new_cuda(n)?),
+        Some(n) => new_cuda(n),
     }
+}
+
+/// CUDA device `ordinal`, or an error naming what is missing. The CUDA build loads the driver and the CUDA
+/// libraries when a GPU is first asked for (cudarc's dynamic loading, see vendor/README.md), and cudarc panics when
+/// one cannot be found: ask it first, and catch a panic from a driver that loads but fails.
+#[cfg(feature = "cuda")]
+fn new_cuda(ordinal: usize) -> Result<Device> {
+    // SAFETY: each call only tries to open a shared library (dlopen) and reports whether it could.
+    let present = unsafe {
+        [
+            (
+                "the NVIDIA driver (libcuda.so.1)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            ("cuBLAS (libcublas)", cudarc::cublas::sys::is_culib_present()),
+            ("cuBLASLt (libcublasLt)", cudarc::cublaslt::sys::is_culib_present()),
+            ("cuRAND (libcurand)", cudarc::curand::sys::is_culib_present()),
+            ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present()),
+        ]
+    };
+    let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
+    if !missing.is_empty() {
+        return Err(LatteError::Unsupported(format!(
+            "device: cuda:{ordinal} needs {} and none was found; install the NVIDIA driver and the CUDA 13 libraries \
+             (e.g. `pip install nvidia-cublas nvidia-curand nvidia-cuda-nvrtc`) and put their lib folders on \
+             LD_LIBRARY_PATH",
+            missing.join(", ")
+        )));
+    }
+    match std::panic::catch_unwind(|| Device::new_cuda(ordinal)) {
+        Ok(device) => Ok(device?),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown reason");
+            Err(LatteError::Unsupported(format!(
+                "device: cuda:{ordinal} could not be started: {why}"
+            )))
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn new_cuda(_ordinal: usize) -> Result<Device> {
+    Err(LatteError::Unsupported(
+        "device: latte-rs was built without CUDA support; rebuild with `maturin develop --release --features cuda` \
+         (or `pip install . --config-settings=build-args='--features cuda'`)"
+            .into(),
+    ))
 }
 
 /// The name of a device as [`parse_device`] reads it.

@@ -1,23 +1,28 @@
 //! Multi-head attention (timm's layout: one `qkv` linear, one `proj`) with interchangeable kernels.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::{fused_attention, Linear, Rope};
 use crate::config::AttentionBackend;
 
-/// The kernel that computes softmax(QKᵀ/√d)V.
+/// The kernel that computes softmax(QKᵀ/√d)V, as configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
+    /// FlashAttention-2 where it applies (see [`choose`]), else the math composition.
+    Auto,
     Math,
     /// Queries in chunks of this many, so the score matrix never exceeds chunk × keys.
     Chunked(usize),
+    /// FlashAttention-2 for inference; an error where it cannot run. Training uses the math composition (the
+    /// flash kernel has no backward).
     Flash,
 }
 
 impl AttentionKernel {
     pub fn from_config(backend: AttentionBackend, chunk: usize) -> Self {
         match backend {
+            AttentionBackend::Auto => Self::Auto,
             AttentionBackend::Math => Self::Math,
             AttentionBackend::Chunked => Self::Chunked(chunk),
             AttentionBackend::Flash => Self::Flash,
@@ -25,16 +30,132 @@ impl AttentionKernel {
     }
 }
 
+/// What decides whether FlashAttention-2 can run one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlashFacts {
+    /// latte-rs was built with the `flash-attn` feature.
+    pub built: bool,
+    /// The compute capability of the CUDA device the operands live on (major × 10 + minor); None off CUDA.
+    pub compute_capability: Option<u32>,
+    pub dtype: DType,
+    pub head_dim: usize,
+    /// Sequences × heads: the kernel's grid dimension, at most 65535.
+    pub groups: usize,
+    /// A backward pass will run through this call.
+    pub grad: bool,
+}
+
+impl FlashFacts {
+    fn of(q: &Tensor, grad: bool) -> Result<Self> {
+        let (g, h, _, hd) = q.dims4()?;
+        Ok(Self {
+            built: cfg!(feature = "flash-attn"),
+            compute_capability: compute_capability(q.device())?,
+            dtype: q.dtype(),
+            head_dim: hd,
+            groups: g * h,
+            grad,
+        })
+    }
+
+    /// Why FlashAttention-2 cannot run here (None: it can).
+    pub fn obstacle(&self) -> Option<String> {
+        if !self.built {
+            return Some(
+                "latte-rs was built without the `flash-attn` feature; rebuild with `maturin develop --release \
+                 --features flash-attn`"
+                    .into(),
+            );
+        }
+        let Some(cap) = self.compute_capability else {
+            return Some("it runs on CUDA devices only; the operands are on the CPU".into());
+        };
+        if cap < 80 {
+            return Some(format!(
+                "it needs compute capability 8.0 or newer (Ampere, Hopper), got {}.{}",
+                cap / 10,
+                cap % 10
+            ));
+        }
+        if !matches!(self.dtype, DType::F16 | DType::BF16) {
+            return Some(format!(
+                "it computes in float16/bfloat16 only, got {:?} (use dtype=\"bfloat16\")",
+                self.dtype
+            ));
+        }
+        if self.head_dim % 8 != 0 || self.head_dim > 256 {
+            return Some(format!(
+                "it needs a head dimension that is a multiple of 8 and at most 256, got {}",
+                self.head_dim
+            ));
+        }
+        if self.groups > 65535 {
+            return Some(format!(
+                "it takes at most 65535 sequences × heads in one call, got {}",
+                self.groups
+            ));
+        }
+        if self.grad {
+            return Some("it has no backward pass".into());
+        }
+        None
+    }
+}
+
+/// The one rule for the kernel of an attention call: `Auto` takes FlashAttention-2 wherever it can run (inference
+/// in f16/bf16 on an sm80+ GPU with the `flash-attn` build) and the math composition elsewhere (training, f32,
+/// the CPU, older GPUs, a build without the feature); `Flash` is the same for training and an error naming the
+/// obstacle for inference; `Math` and `Chunked` are taken as they are. (On the CPU the math composition is the
+/// fused kernel where it applies, see `nn::kernels`.)
+pub fn choose(kernel: AttentionKernel, facts: &FlashFacts) -> std::result::Result<AttentionKernel, String> {
+    match kernel {
+        AttentionKernel::Auto => Ok(if facts.obstacle().is_none() {
+            AttentionKernel::Flash
+        } else {
+            AttentionKernel::Math
+        }),
+        AttentionKernel::Flash if facts.grad => Ok(AttentionKernel::Math),
+        AttentionKernel::Flash => match facts.obstacle() {
+            None => Ok(AttentionKernel::Flash),
+            Some(why) => Err(format!(
+                "attention = \"flash\" cannot run: {why}; or use \"auto\" or \"math\""
+            )),
+        },
+        other => Ok(other),
+    }
+}
+
+#[cfg(feature = "flash-attn")]
+fn compute_capability(device: &candle_core::Device) -> Result<Option<u32>> {
+    match device {
+        candle_core::Device::Cuda(dev) => {
+            let (major, minor) = dev
+                .cuda_stream()
+                .context()
+                .compute_capability()
+                .map_err(|e| candle_core::Error::Msg(format!("compute capability: {e}")))?;
+            Ok(Some((major * 10 + minor) as u32))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "flash-attn"))]
+fn compute_capability(_device: &candle_core::Device) -> Result<Option<u32>> {
+    Ok(None)
+}
+
 /// q, k, v: (G, heads, L, head_dim), any strides with a contiguous last dimension. Returns the heads merged:
 /// (G, Lq, heads, head_dim).
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionKernel, grad: bool) -> Result<Tensor> {
     let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
+    let kernel = choose(kernel, &FlashFacts::of(q, grad)?).map_err(candle_core::Error::Msg)?;
     if kernel != AttentionKernel::Flash && fused_attention::applicable(q) {
         return fused_attention::fused_attention(q, k, v, scale, grad);
     }
     let (q, k, v) = (&q.contiguous()?, &k.contiguous()?, &v.contiguous()?);
     let out = match kernel {
-        AttentionKernel::Math => sdpa_math(q, k, v, scale, grad)?,
+        AttentionKernel::Math | AttentionKernel::Auto => sdpa_math(q, k, v, scale, grad)?,
         AttentionKernel::Chunked(chunk) => {
             let len = q.dim(2)?;
             let parts = (0..len)
@@ -43,7 +164,7 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionK
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&parts, 2)?
         }
-        AttentionKernel::Flash => sdpa_flash(q, k, v, scale, grad)?,
+        AttentionKernel::Flash => sdpa_flash(q, k, v, scale)?,
     };
     out.transpose(1, 2)
 }
@@ -58,29 +179,19 @@ fn sdpa_math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Resu
     probs.matmul(v)
 }
 
+/// FlashAttention-2 (only where [`choose`] picked it: f16/bf16 on CUDA). Returns (G, heads, Lq, head_dim) like
+/// `sdpa_math`.
 #[cfg(feature = "flash-attn")]
-fn sdpa_flash(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
-    if grad {
-        candle_core::bail!("attention = \"flash\" is forward-only (FlashAttention-2 has no backward in candle); train with \"math\" or \"chunked\"");
-    }
-    // candle-flash-attn wants (batch, seq, heads, head_dim) in f16/bf16.
-    let dtype = q.dtype();
-    let half = if dtype == candle_core::DType::BF16 {
-        dtype
-    } else {
-        candle_core::DType::F16
-    };
-    let prep = |t: &Tensor| t.transpose(1, 2)?.contiguous()?.to_dtype(half);
+fn sdpa_flash(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    // candle-flash-attn wants (batch, seq, heads, head_dim).
+    let prep = |t: &Tensor| t.transpose(1, 2)?.contiguous();
     let out = candle_flash_attn::flash_attn(&prep(q)?, &prep(k)?, &prep(v)?, scale as f32, false)?;
-    out.transpose(1, 2)?.contiguous()?.to_dtype(dtype)
+    out.transpose(1, 2)
 }
 
 #[cfg(not(feature = "flash-attn"))]
-fn sdpa_flash(_q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f64, _grad: bool) -> Result<Tensor> {
-    candle_core::bail!(
-        "attention = \"flash\" needs latte-rs built with the `flash-attn` feature; rebuild with \
-         `maturin develop --release --features flash-attn`"
-    )
+fn sdpa_flash(_q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f64) -> Result<Tensor> {
+    candle_core::bail!("flash attention needs the `flash-attn` feature (choose() does not pick it without)")
 }
 
 /// Splits a (G, L, 3, heads, head_dim) projection into q, k, v of shape (G, heads, L, head_dim).
@@ -158,7 +269,14 @@ pub fn attend_heads(
     kernel: AttentionKernel,
     grad: bool,
 ) -> Result<Tensor> {
-    if rope.is_none() && extra_qkv.is_none() && kernel != AttentionKernel::Flash && fused_attention::applicable(qkv) {
+    if rope.is_none()
+        && extra_qkv.is_none()
+        && matches!(
+            kernel,
+            AttentionKernel::Auto | AttentionKernel::Math | AttentionKernel::Chunked(_)
+        )
+        && fused_attention::applicable(qkv)
+    {
         let scale = (qkv.dim(D::Minus1)? as f64).powf(-0.5);
         return fused_attention::fused_qkv_attention(qkv, scale, grad);
     }
@@ -181,4 +299,126 @@ pub fn attend_heads(
         None => (k, v),
     };
     scaled_dot_product(&q, &k, &v, kernel, grad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> FlashFacts {
+        FlashFacts {
+            built: true,
+            compute_capability: Some(90),
+            dtype: DType::BF16,
+            head_dim: 72,
+            groups: 16 * 256,
+            grad: false,
+        }
+    }
+
+    #[test]
+    fn auto_takes_flash_exactly_where_it_can_run() {
+        assert_eq!(choose(AttentionKernel::Auto, &facts()), Ok(AttentionKernel::Flash));
+        assert_eq!(
+            choose(
+                AttentionKernel::Auto,
+                &FlashFacts {
+                    dtype: DType::F16,
+                    compute_capability: Some(80),
+                    ..facts()
+                }
+            ),
+            Ok(AttentionKernel::Flash)
+        );
+        let fallbacks = [
+            FlashFacts {
+                built: false,
+                ..facts()
+            },
+            FlashFacts {
+                compute_capability: None,
+                ..facts()
+            },
+            FlashFacts {
+                compute_capability: Some(75),
+                ..facts()
+            },
+            FlashFacts {
+                dtype: DType::F32,
+                ..facts()
+            },
+            FlashFacts {
+                head_dim: 20,
+                ..facts()
+            },
+            FlashFacts {
+                head_dim: 264,
+                ..facts()
+            },
+            FlashFacts {
+                groups: 70_000,
+                ..facts()
+            },
+            FlashFacts { grad: true, ..facts() },
+        ];
+        for f in fallbacks {
+            assert!(f.obstacle().is_some(), "{f:?}");
+            assert_eq!(choose(AttentionKernel::Auto, &f), Ok(AttentionKernel::Math), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn flash_trains_with_math_and_refuses_what_it_cannot_run() {
+        assert_eq!(choose(AttentionKernel::Flash, &facts()), Ok(AttentionKernel::Flash));
+        assert_eq!(
+            choose(AttentionKernel::Flash, &FlashFacts { grad: true, ..facts() }),
+            Ok(AttentionKernel::Math)
+        );
+        let err = choose(
+            AttentionKernel::Flash,
+            &FlashFacts {
+                dtype: DType::F32,
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("float16/bfloat16") && err.contains("F32"), "{err}");
+        let err = choose(
+            AttentionKernel::Flash,
+            &FlashFacts {
+                compute_capability: Some(75),
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("got 7.5"), "{err}");
+        for kernel in [AttentionKernel::Math, AttentionKernel::Chunked(8)] {
+            assert_eq!(choose(kernel, &facts()), Ok(kernel));
+        }
+    }
+
+    #[test]
+    fn auto_is_the_math_kernel_on_the_cpu_to_the_bit() {
+        let dev = candle_core::Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev).unwrap();
+        for grad in [false, true] {
+            let auto = scaled_dot_product(&q, &k, &v, AttentionKernel::Auto, grad).unwrap();
+            let math = scaled_dot_product(&q, &k, &v, AttentionKernel::Math, grad).unwrap();
+            let diff = (auto - math)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0);
+        }
+        let err = scaled_dot_product(&q, &k, &v, AttentionKernel::Flash, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("attention = \"flash\" cannot run"), "{err}");
+    }
 }

@@ -80,6 +80,25 @@ fn set_autocast(dtype: Option<&str>) -> PyResult<Option<&'static str>> {
     Ok(crate::nn::autocast::set_bf16(enable).then_some("bfloat16"))
 }
 
+/// Sets the process-wide kernel path ("auto": the fused CPU kernels where they apply; "generic": the
+/// device-generic tensor ops everywhere, the code CUDA runs) and returns the previous one.
+#[pyfunction]
+fn set_kernel_path(path: &str) -> PyResult<&'static str> {
+    use crate::nn::kernels::{default_path, set_default, KernelPath};
+    let Some(new) = KernelPath::parse(path) else {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "kernel path: expected 'auto' or 'generic', got {path:?}"
+        )));
+    };
+    let name = |p: KernelPath| match p {
+        KernelPath::Auto => "auto",
+        KernelPath::Generic => "generic",
+    };
+    let previous = name(default_path());
+    set_default(new);
+    Ok(previous)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crate::configure_runtime();
@@ -101,5 +120,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BF16_AUTOCAST_SUPPORTED", crate::nn::autocast::bf16_supported())?;
     m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
     m.add_function(wrap_pyfunction!(set_autocast, m)?)?;
+    m.add_function(wrap_pyfunction!(set_kernel_path, m)?)?;
     Ok(())
 }

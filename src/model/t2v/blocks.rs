@@ -41,7 +41,7 @@ impl Attention {
         let q = split(self.to_q.forward(x)?, queries)?;
         let k = split(self.to_k.forward(context)?, keys)?;
         let v = split(self.to_v.forward(context)?, keys)?;
-        let out = scaled_dot_product(&q, &k, &v, AttentionKernel::Math, grad)?
+        let out = scaled_dot_product(&q, &k, &v, AttentionKernel::Auto, grad)?
             .contiguous()?
             .reshape((groups, queries, dim))?;
         self.to_out.forward(&out)
