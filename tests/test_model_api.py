@@ -149,6 +149,26 @@ def test_nan_and_other_bad_values(cond_model) -> None:
         no_null(np.zeros((1, 4, 4, 8, 8), np.float32), np.array([1]), y=np.array([3]))
 
 
+def test_the_generic_kernel_path_is_the_fused_one_within_rounding(rng) -> None:
+    """set_kernel_path("generic") runs the code a GPU runs (candle tensor ops) on the CPU: the same numbers as the
+    fused CPU kernels to rounding, but not the same bits (it did run), and "auto" restores the fused kernels."""
+    model = latte_rs.LatteModel(tiny_config(num_classes=5), seed=0)
+    model.load_state_dict({k: 0.05 * rng.standard_normal(v.shape).astype(v.dtype) + v
+                           for k, v in model.state_dict().items()})
+    x, t = inputs(rng)
+    fused = model(x, t, y=np.array([1, 2]))
+    assert latte_rs.set_kernel_path("generic") == "auto"
+    try:
+        generic = model(x, t, y=np.array([1, 2]))
+    finally:
+        assert latte_rs.set_kernel_path("auto") == "generic"
+    assert not np.array_equal(fused, generic)
+    assert np.max(np.abs(fused - generic)) <= 1e-5 * np.max(np.abs(fused))
+    assert np.array_equal(fused, model(x, t, y=np.array([1, 2])))
+    with pytest.raises(ValueError, match="'auto' or 'generic'"):
+        latte_rs.set_kernel_path("cuda")
+
+
 def test_devices_and_dtypes() -> None:
     if not latte_rs.CUDA_AVAILABLE:
         with pytest.raises(RuntimeError, match="built without CUDA support; rebuild with"):
