@@ -6,7 +6,7 @@
 #
 #   bash benches/gpu_run.sh path/to/latte_rs-*.whl [gpu_check.py options]
 #
-# The wheel: `maturin build --release --features cuda,flash-attn` with CUDA_COMPUTE_CAP=90 for an H100/H200
+# The wheel: `maturin build --release --features python,cuda,flash-attn` with CUDA_COMPUTE_CAP=90 for an H100/H200
 # (see the README's GPU section; .ci/cuda_toolkit.sh provides the toolkit on a machine without one).
 set -euo pipefail
 wheel="${1:?usage: gpu_run.sh WHEEL [gpu_check.py options]}"

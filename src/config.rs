@@ -346,7 +346,7 @@ impl LatteConfig {
         if self.attention == AttentionBackend::Flash && !cfg!(feature = "flash-attn") {
             return Err(LatteError::Unsupported(
                 "attention = \"flash\" needs latte-rs built with the `flash-attn` feature; rebuild with \
-                 `maturin develop --release --features flash-attn` (CUDA, sm80+), or use \"math\" / \"chunked\""
+                 `maturin develop --release --features python,flash-attn` (CUDA, sm80+), or use \"math\" / \"chunked\""
                     .into(),
             ));
         }

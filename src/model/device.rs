@@ -45,9 +45,9 @@ fn new_cuda(ordinal: usize) -> Result<Device> {
     let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
     if !missing.is_empty() {
         return Err(LatteError::Unsupported(format!(
-            "device: cuda:{ordinal} needs {} and none was found; install the NVIDIA driver and the CUDA 13 libraries \
-             (e.g. `pip install nvidia-cublas nvidia-curand nvidia-cuda-nvrtc`) and put their lib folders on \
-             LD_LIBRARY_PATH",
+            "device: cuda:{ordinal} cannot start, not found: {}; it needs the NVIDIA driver and the CUDA libraries of \
+             the version latte-rs was built with (e.g. `pip install nvidia-cublas nvidia-curand nvidia-cuda-nvrtc` \
+             for CUDA 13), their lib folders on LD_LIBRARY_PATH",
             missing.join(", ")
         )));
     }
@@ -69,8 +69,8 @@ fn new_cuda(ordinal: usize) -> Result<Device> {
 #[cfg(not(feature = "cuda"))]
 fn new_cuda(_ordinal: usize) -> Result<Device> {
     Err(LatteError::Unsupported(
-        "device: latte-rs was built without CUDA support; rebuild with `maturin develop --release --features cuda` \
-         (or `pip install . --config-settings=build-args='--features cuda'`)"
+        "device: latte-rs was built without CUDA support; rebuild with `maturin develop --release --features python,cuda` \
+         (or `pip install . --config-settings=build-args='--features python,cuda'`)"
             .into(),
     ))
 }

@@ -63,7 +63,7 @@ impl FlashFacts {
         if !self.built {
             return Some(
                 "latte-rs was built without the `flash-attn` feature; rebuild with `maturin develop --release \
-                 --features flash-attn`"
+                 --features python,flash-attn`"
                     .into(),
             );
         }
@@ -406,15 +406,7 @@ mod tests {
         for grad in [false, true] {
             let auto = scaled_dot_product(&q, &k, &v, AttentionKernel::Auto, grad).unwrap();
             let math = scaled_dot_product(&q, &k, &v, AttentionKernel::Math, grad).unwrap();
-            let diff = (auto - math)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(diff, 0.0);
+            assert_eq!(crate::test_util::max_abs_diff(&auto, &math), 0.0);
         }
         let err = scaled_dot_product(&q, &k, &v, AttentionKernel::Flash, false)
             .unwrap_err()
