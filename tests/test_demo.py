@@ -78,7 +78,9 @@ def test_the_shipped_tiny_model_beats_noise_and_an_untrained_model():
     """Scores on 64 held-out clips with the default sampler (DDPM, 50 steps) and the tiny model's guidance."""
     cfg = demo_config()
     model = tiny_model()
-    assert repr(model.config) == repr(model_config(cfg))
+    # The recipe is the demo's; the attention kernel is not part of it (the model was saved when "math" was the
+    # default, which "auto" is on the CPU).
+    assert repr(model.config.replace(attention="auto")) == repr(model_config(cfg))
     real, labels = real_clips(64, cfg, seed=1000)
     sampling = dict(class_labels=labels, num_inference_steps=50, guidance_scale=TINY_GUIDANCE, seed=1, progress=False)
     tiny = latte_rs.LattePipeline(model)(**sampling).frames

@@ -150,12 +150,14 @@ fn compute_capability(_device: &candle_core::Device) -> Result<Option<u32>> {
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionKernel, grad: bool) -> Result<Tensor> {
     let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
     let kernel = choose(kernel, &FlashFacts::of(q, grad)?).map_err(candle_core::Error::Msg)?;
-    if kernel != AttentionKernel::Flash && fused_attention::applicable(q) {
+    if kernel == AttentionKernel::Flash {
+        return sdpa_flash(q, k, v, scale);
+    }
+    if fused_attention::applicable(q) {
         return fused_attention::fused_attention(q, k, v, scale, grad);
     }
     let (q, k, v) = (&q.contiguous()?, &k.contiguous()?, &v.contiguous()?);
     let out = match kernel {
-        AttentionKernel::Math | AttentionKernel::Auto => sdpa_math(q, k, v, scale, grad)?,
         AttentionKernel::Chunked(chunk) => {
             let len = q.dim(2)?;
             let parts = (0..len)
@@ -164,7 +166,8 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionK
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&parts, 2)?
         }
-        AttentionKernel::Flash => sdpa_flash(q, k, v, scale)?,
+        // Math: what `choose` resolves Auto to where flash is not taken above.
+        _ => sdpa_math(q, k, v, scale, grad)?,
     };
     out.transpose(1, 2)
 }
@@ -179,14 +182,13 @@ fn sdpa_math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Resu
     probs.matmul(v)
 }
 
-/// FlashAttention-2 (only where [`choose`] picked it: f16/bf16 on CUDA). Returns (G, heads, Lq, head_dim) like
-/// `sdpa_math`.
+/// FlashAttention-2 (only where [`choose`] picked it: f16/bf16 on CUDA) of q, k, v (G, heads, L, head_dim).
+/// Returns the heads merged: (G, Lq, heads, head_dim), contiguous.
 #[cfg(feature = "flash-attn")]
 fn sdpa_flash(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     // candle-flash-attn wants (batch, seq, heads, head_dim).
     let prep = |t: &Tensor| t.transpose(1, 2)?.contiguous();
-    let out = candle_flash_attn::flash_attn(&prep(q)?, &prep(k)?, &prep(v)?, scale as f32, false)?;
-    out.transpose(1, 2)
+    candle_flash_attn::flash_attn(&prep(q)?, &prep(k)?, &prep(v)?, scale as f32, false)
 }
 
 #[cfg(not(feature = "flash-attn"))]
