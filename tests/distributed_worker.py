@@ -10,6 +10,7 @@ module under DistributedDataParallel).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -133,7 +134,13 @@ def main() -> None:
         from latte_rs.torch import LatteModule
 
         module = LatteModule(latte_rs.LatteConfig(**CONFIG), seed=5)
-        losses = official_steps(DDP(module), rank, size)
+        ddp = DDP(module)
+        losses = official_steps(ddp, rank, size)
+        # DDP's reducer sits in reference cycles: left to the garbage collector, it can be torn down during
+        # interpreter finalisation, after the process group, with gloo work still holding tensors whose memory
+        # Python owns (a rare abort on CI: "terminate called without an active exception"). Drop it now.
+        del ddp
+        gc.collect()
         if rank == 0:
             np.savez(out, losses=np.array(losses),
                      **{f"param/{k}": v.detach().numpy() for k, v in module.state_dict().items()})
@@ -142,6 +149,7 @@ def main() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():  # gloo's threads must be stopped before the interpreter exits
+        dist.barrier()  # no rank tears its end down while another still talks to it (rank 0 hosts the store)
         dist.destroy_process_group()
 
 
