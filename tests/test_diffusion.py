@@ -98,6 +98,37 @@ def test_the_vb_term_only_trains_the_variance(golden) -> None:
     assert np.all(a["mse"] == b["mse"]) and np.all(a["vb"] != b["vb"])
 
 
+def test_velocity_prediction_is_the_reference_noise_prediction_in_other_words(golden) -> None:
+    """A velocity model (prediction_type="v_prediction", for training: the content term keeps its weight at high
+    noise) against two references: its MSE target is diffusers' ``DDPMScheduler.get_velocity``, and a velocity
+    output that means the same as the golden noise output (v = sqrt(abar)·eps − sqrt(1 − abar)·x0_pred) gives the
+    official noise model's posterior, prediction of x0 and variational bound exactly."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    d = latte_rs.GaussianDiffusion(prediction_type="v_prediction")
+    x0, noise, t = golden["inputs/x_start"], golden["inputs/noise"], golden["inputs/t"]
+    eps_out = golden["inputs/model_output_learned"]
+    key = "case/learned_range"
+    abar = d.tables()["alphas_cumprod"][t][:, None, None, None, None]
+    x_t = d.q_sample(x0, t, noise)
+    eps, var = eps_out[:, :, :4], eps_out[:, :, 4:]
+    x0_pred = (x_t - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+    v_out = np.concatenate([np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0_pred, var], axis=2)
+    pmv = d.p_mean_variance(v_out, x_t, t, clip_denoised=False)
+    reference = latte_rs.GaussianDiffusion().p_mean_variance(eps_out, x_t, t, clip_denoised=False)
+    for term in ("mean", "log_variance", "pred_xstart"):
+        close(pmv[term], reference[term], 1e-8)
+    close(d.p_mean_variance(v_out, x_t, t)["mean"], golden[f"{key}/pmv_mean"], 1e-8)  # clipped x0, as golden
+    terms = d.training_losses(v_out, x0, t, noise)
+    close(terms["vb"], golden[f"{key}/vb"], 1e-8)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                        beta_end=0.02, prediction_type="v_prediction")
+    velocity = scheduler.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)).numpy()
+    mse = ((velocity - v_out[:, :, :4]) ** 2).mean(axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(terms["mse"], mse, rtol=2e-6)  # diffusers' alphas are float32
+    close(terms["loss"], terms["mse"] + terms["vb"])
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

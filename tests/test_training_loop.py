@@ -53,6 +53,8 @@ def test_bad_configs_name_the_key(tmp_path):
         load_config({"lerning_rate": 1e-4})
     with pytest.raises(ValueError, match="num_classes"):
         load_config({"extras": 2})
+    with pytest.raises(ValueError, match="prediction_type.*'v'"):
+        load_config({"prediction_type": "v"})
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
 
@@ -106,6 +108,29 @@ def test_class_conditional_image_joint_training_runs(tmp_path):
     mc = result.model.config
     assert mc.num_classes == 4 and mc.use_image_num == 2
     assert result.trainer.options["grad_clip"] == 0.5 and result.trainer.options["gradient_checkpointing"]
+
+
+def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_path):
+    """prediction_type: v_prediction trains the velocity (the trainer's process says so in the checkpoint), and a
+    pipeline made from the checkpoint samples with it, whatever sampler is asked for; models without a training
+    process of ours (official checkpoints, model files) predict the noise."""
+    from latte_rs.cli import main
+    from latte_rs.pipelines import LattePipeline, checkpoint_prediction_type
+
+    result = latte_rs.train(dict(TINY, prediction_type="v_prediction"), output_dir=tmp_path, max_steps=3,
+                            progress=False)
+    ckpt = tmp_path / "checkpoints" / "0000003"
+    assert checkpoint_prediction_type(ckpt) == "v_prediction"
+    assert checkpoint_prediction_type(ckpt / "ema.safetensors") == "epsilon"
+    # The trainer's loss is the velocity's: the same step on a noise model gives another loss.
+    eps = latte_rs.train(TINY, output_dir=tmp_path / "eps", max_steps=3, progress=False)
+    assert checkpoint_prediction_type(tmp_path / "eps" / "checkpoints" / "0000003") == "epsilon"
+    assert result.history[-1]["loss"] != eps.history[-1]["loss"]
+    pipe = LattePipeline.from_pretrained(ckpt)
+    assert pipe.scheduler.config["prediction_type"] == "v_prediction"
+    for sampler in ("ddpm", "ddim", "euler", "dpm"):
+        assert main(["sample", str(ckpt), "--sampler", sampler, "--steps", "2", "--no-progress", "--format",
+                     "png", "--output-dir", str(tmp_path / sampler)]) == 0
 
 
 def test_wrong_dataset_shape_is_explained(tmp_path):

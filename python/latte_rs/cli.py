@@ -165,14 +165,15 @@ def _fvd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scheduler(name: str):
+def _scheduler(name: str, prediction_type: str = "epsilon"):
+    """The sampler `name` over Latte's training process, for a model that predicts `prediction_type`."""
     from . import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-    from .pipelines import TRAINING_BETAS as betas
-    from .pipelines import default_scheduler
+    from .pipelines import TRAINING_BETAS, default_scheduler
 
+    betas = dict(TRAINING_BETAS, prediction_type=prediction_type)
     kinds = {
         "ddim": lambda: DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        "ddpm": default_scheduler,
+        "ddpm": lambda: default_scheduler(prediction_type),
         "euler": lambda: EulerDiscreteScheduler(**betas),
         "dpm": lambda: DPMSolverMultistepScheduler(**betas),
     }
@@ -182,7 +183,7 @@ def _scheduler(name: str):
 def _sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .pipelines import LattePipeline, LatteT2VPipeline
+    from .pipelines import LattePipeline, LatteT2VPipeline, checkpoint_prediction_type
 
     builtin = args.checkpoint is None
     if builtin and (args.prompt or args.negative_prompt):
@@ -216,7 +217,8 @@ def _sample(args: argparse.Namespace) -> int:
         if not args.prompt:
             raise ValueError("--prompt: required for a text-to-video (diffusers Latte-1) folder")
         pipe = LatteT2VPipeline.from_pretrained(ckpt)
-        pipe.scheduler = _scheduler(args.sampler) if args.sampler not in (None, "folder") else pipe.scheduler
+        if args.sampler not in (None, "folder"):
+            pipe.scheduler = _scheduler(args.sampler, pipe.scheduler.config.get("prediction_type", "epsilon"))
         result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 7.5,
                       num_videos_per_prompt=args.num_videos, video_length=args.video_length,
@@ -229,7 +231,9 @@ def _sample(args: argparse.Namespace) -> int:
                              "(the prompt would be ignored); pass --classes, or a diffusers Latte-1 folder as "
                              "CHECKPOINT for text-to-video")
         # No --sampler (or 'folder', which a class model has no folder for): the pipeline's default, DDPM.
-        scheduler = _scheduler(args.sampler) if args.sampler not in (None, "folder") else None
+        scheduler = None
+        if args.sampler not in (None, "folder"):
+            scheduler = _scheduler(args.sampler, checkpoint_prediction_type(ckpt))
         pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, scheduler=scheduler, use_ema=not args.no_ema)
         labels = args.classes if args.classes else None
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,

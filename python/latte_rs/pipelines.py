@@ -254,11 +254,37 @@ TRAINING_BETAS: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.000
                                       beta_schedule="linear")
 
 
-def default_scheduler() -> DDPMScheduler:
+def default_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     """Ancestral DDPM over Latte's training process (1000 linear betas from 1e-4 to 0.02): the official
     ``sample.py``'s sampler (``sample_method: ddpm``). It forgives a model's noise-prediction error at high noise
-    levels far better than deterministic DDIM, which can lock an early error in (see ``latte_rs.demo``)."""
-    return DDPMScheduler(**TRAINING_BETAS, clip_sample=False)
+    levels far better than deterministic DDIM, which can lock an early error in (see ``latte_rs.demo``).
+    ``prediction_type`` is what the model predicts (Latte's "epsilon", or "v_prediction" / "sample" for models
+    trained so: ``checkpoint_prediction_type``)."""
+    return DDPMScheduler(**TRAINING_BETAS, clip_sample=False, prediction_type=prediction_type)
+
+
+#: The trainer's names of what a model predicts (``diffusion.json``'s ``mean_type``) in diffusers' words.
+_PREDICTION_TYPES = {"Epsilon": "epsilon", "Velocity": "v_prediction", "StartX": "sample"}
+
+
+def checkpoint_prediction_type(checkpoint: str | os.PathLike) -> str:
+    """What a model predicts, in diffusers' words: the training process of a ``Trainer.save`` folder
+    (``diffusion.json``), "epsilon" for anything else (official checkpoints, model files: Latte predicts the
+    noise). A sampler must be told, or a velocity model's samples are noise.
+
+    >>> checkpoint_prediction_type("ucf101.pt")
+    'epsilon'
+    """
+    path = Path(checkpoint) / "diffusion.json"
+    if not path.is_file():
+        return "epsilon"
+    try:
+        mean_type = json.loads(path.read_text()).get("mean_type", "Epsilon")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint: {path} is not a readable training process: {e}") from None
+    if mean_type not in _PREDICTION_TYPES:
+        raise ValueError(f"checkpoint: {path} has mean_type {mean_type!r}; expected one of {sorted(_PREDICTION_TYPES)}")
+    return _PREDICTION_TYPES[mean_type]
 
 
 class LattePipeline:
@@ -283,9 +309,12 @@ class LattePipeline:
                         scheduler: Any = None, preset: str | None = None, use_ema: bool = True,
                         device: str = "cpu", **overrides: Any) -> LattePipeline:
         """A pipeline for any checkpoint ``LatteModel.from_checkpoint`` reads (official ``.pt``, safetensors,
-        our trainer's folders), with a diffusers ``vae/`` folder for latent models."""
+        our trainer's folders), with a diffusers ``vae/`` folder for latent models. Without ``scheduler``:
+        ancestral DDPM for what the checkpoint predicts (``checkpoint_prediction_type``)."""
         model = LatteModel.from_checkpoint(str(checkpoint), preset=preset, use_ema=use_ema, device=device,
                                            **overrides)
+        if scheduler is None:
+            scheduler = default_scheduler(checkpoint_prediction_type(checkpoint))
         if vae is not None and not isinstance(vae, VideoVAE):
             vae = VideoVAE.from_pretrained(str(vae), device=device)
         return cls(model, scheduler, vae)

@@ -99,23 +99,22 @@ def build_text_encoder(folder: str | Path, vocab_size: int, seed: int = 0) -> Pa
 
 
 def build_text_side(pipeline_folder: str | Path, seed: int = 0) -> Path:
-    """The tokenizer, the text encoder and the scheduler config of the built-in pipeline folder."""
+    """The tokenizer and the text encoder of the built-in pipeline folder."""
     import sentencepiece as spm
-
-    from .schedulers import DDIMScheduler
 
     root = Path(pipeline_folder)
     model = build_tokenizer(root / "tokenizer")
     vocab = spm.SentencePieceProcessor(model_file=str(model)).get_piece_size()
     build_text_encoder(root / "text_encoder", vocab, seed)
-    DDIMScheduler(beta_schedule="linear", clip_sample=False).save_config(root / "scheduler")
     return root
 
 
 def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> Path:
     """Copies the EMA weights of a training run's last checkpoint into ``pipeline_folder/transformer`` (diffusers
-    layout: ``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+    layout: ``config.json`` + ``diffusion_pytorch_model.safetensors``) and writes the sampler for what it
+    predicts into ``pipeline_folder/scheduler`` (ancestral DDPM over the training process)."""
     from . import LatteT2VTransformer
+    from .pipelines import checkpoint_prediction_type, default_scheduler
     from .training import latest_checkpoint
 
     ckpt = latest_checkpoint(Path(experiment) / "checkpoints")
@@ -133,6 +132,7 @@ def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> 
     (out / "diffusion_pytorch_model.safetensors").chmod(0o644)
     (out / "config.json").write_text(json.dumps({"_class_name": "LatteTransformer3DModel", **model.config},
                                                 indent=2) + "\n")
+    default_scheduler(checkpoint_prediction_type(ckpt)).save_config(Path(pipeline_folder) / "scheduler")
     return out
 
 
@@ -144,15 +144,13 @@ STEPS = 50
 
 def pipeline():
     """The built-in text-to-video pipeline (``LatteT2VPipeline`` over ``assets/tiny_t2v``; pixel space, no VAE)
-    with the ancestral DDPM sampler."""
-    from .pipelines import LatteT2VPipeline, default_scheduler
+    with its sampler: ancestral DDPM for a model that predicts the velocity."""
+    from .pipelines import LatteT2VPipeline
 
     if not (TINY_T2V / "transformer" / "config.json").is_file():
         raise FileNotFoundError(f"{TINY_T2V / 'transformer'}: the built-in text-to-video model's weights are not "
                                 "in this install (see latte_rs.tiny_t2v for the recipe)")
-    pipe = LatteT2VPipeline.from_pretrained(TINY_T2V)
-    pipe.scheduler = default_scheduler()
-    return pipe
+    return LatteT2VPipeline.from_pretrained(TINY_T2V)
 
 
 def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 256,
     "frame_interval": 3,
     "learn_sigma": True,
+    "prediction_type": "epsilon",
     "extras": 1,
     "num_classes": None,
     "use_image_num": 0,
@@ -97,6 +98,9 @@ _IGNORED = {
 }
 
 TEXT_MODELS = ("LatteT2V",)
+#: What the model predicts (diffusers' ``prediction_type`` names): the noise (Latte's), the velocity
+#: sqrt(alpha_bar)·noise − sqrt(1 − alpha_bar)·x0, or the clean sample.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def is_text(cfg: Mapping[str, Any]) -> bool:
@@ -156,6 +160,9 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         cfg["num_frames"] = cfg["video_length"]
     if not 0.0 <= cfg["caption_dropout_prob"] <= 1.0:
         raise ValueError(f"config: caption_dropout_prob expected a value in [0, 1], got {cfg['caption_dropout_prob']}")
+    if cfg["prediction_type"] not in PREDICTION_TYPES:
+        raise ValueError(f"config: prediction_type expected one of {list(PREDICTION_TYPES)}, got "
+                         f"{cfg['prediction_type']!r}")
     if cfg["model_max_length"] < 1:
         raise ValueError(f"config: model_max_length expected >= 1, got {cfg['model_max_length']}")
     if is_text(cfg):

@@ -176,7 +176,7 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
         null = _null_caption(cfg, dataset) if text and cfg["caption_dropout_prob"] > 0 else (None, None)
         trainer = Trainer(
             model,
-            GaussianDiffusion(learn_sigma=bool(cfg["learn_sigma"])),
+            GaussianDiffusion(learn_sigma=bool(cfg["learn_sigma"]), prediction_type=cfg["prediction_type"]),
             lr=cfg["learning_rate"],
             weight_decay=cfg["weight_decay"],
             warmup_steps=cfg["lr_warmup_steps"],
