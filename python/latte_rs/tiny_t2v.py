@@ -7,9 +7,14 @@ apart, and the transformer's caption projection and cross-attention learn what t
 The recipe of the shipped model (``assets/tiny_t2v/``, a Latte-1-shaped folder: ``transformer/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``)::
 
-    python -m latte_rs.tiny_t2v text-encoder python/latte_rs/assets/tiny_t2v
+    python -m latte_rs.tiny_t2v text-encoder python/latte_rs/assets/tiny_t2v    # tokenizer/, text_encoder/
     latte-rs train --config python/latte_rs/assets/tiny_t2v.yaml --output-dir tiny-t2v-train
-    python -m latte_rs.tiny_t2v transformer tiny-t2v-train python/latte_rs/assets/tiny_t2v
+    python -m latte_rs.tiny_t2v transformer tiny-t2v-train python/latte_rs/assets/tiny_t2v   # + scheduler/
+
+The transformer predicts the velocity (``prediction_type: v_prediction``), not the noise as Latte-1 does: with
+the noise as target, the loss at high noise levels (where a clip's layout and motion are decided) hardly depends
+on the clip at all, and a model trained so learns colour (visible at every noise level) but never the direction
+of motion (see the README's "The built-in text-to-video model").
 """
 
 from __future__ import annotations
