@@ -39,12 +39,13 @@ resume_from_checkpoint          resume from the newest checkpoint of the experim
 ``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
 ``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config``
 (LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``,
-``prediction_type`` (what the model predicts, diffusers' names: ``epsilon``, the official noise; ``v_prediction``,
-the velocity, whose loss keeps weighing the clip's content at high noise, where layout and motion are decided;
-``sample``; checkpoints record it and pipelines made from them sample with it), ``dist_timeout`` (seconds a rank waits for the others in a collective before it raises ``RankFailure``; default
-300), ``label_by``, ``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the
-frame per frame) and ``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the
-newest N; default all).
+``prediction_type`` (what the model predicts, diffusers' names: ``epsilon``, the official noise;
+``v_prediction``, the velocity, whose loss keeps weighing the clip's content at high noise, where layout and motion
+are decided; ``sample``; checkpoints record it and pipelines made from them sample with it), ``dist_timeout``
+(seconds a rank waits for the others in a collective before it raises ``RankFailure``; default 300), ``label_by``,
+``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the frame per frame) and
+``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the newest N;
+default all).
 
 Text-to-video (``model: LatteT2V``, the official text-to-video configs' name; Latte-1's transformer, diffusers'
 ``LatteTransformer3DModel``):
