@@ -83,7 +83,7 @@ def test_the_builtin_model_follows_held_out_prompts(pipe):
     right far more often than chance (0.25 each; the README has the numbers on more clips)."""
     scores = tiny_t2v.evaluate("held_out", videos_per_combination=2, seed=11, pipe=pipe)
     assert scores["clips"] == 2 * len(HELD_OUT)
-    assert scores["colour"] >= 0.9 and scores["direction"] >= 0.8 and scores["shape"] >= 0.6, scores
+    assert scores["colour"] >= 0.9 and scores["direction"] >= 0.8 and scores["shape"] >= 0.8, scores
     # Every attribute comes from the prompt: four prompts that differ in all three, each drawn as asked.
     prompts = [(2, 0, 0), (0, 1, 1), (1, 2, 3), (3, 3, 2)]  # blue square right, red disc left, ...
     videos = tiny_t2v.generate([synthetic_caption(*c) for c in prompts], seed=11, pipe=pipe, progress=False)
