@@ -106,6 +106,7 @@ def test_velocity_prediction_is_the_reference_noise_prediction_in_other_words(go
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
     d = latte_rs.GaussianDiffusion(prediction_type="v_prediction")
+    assert d.prediction_type == "v_prediction" and latte_rs.GaussianDiffusion().prediction_type == "epsilon"
     x0, noise, t = golden["inputs/x_start"], golden["inputs/noise"], golden["inputs/t"]
     eps_out = golden["inputs/model_output_learned"]
     key = "case/learned_range"

@@ -128,6 +128,15 @@ def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_pa
     assert result.history[-1]["loss"] != eps.history[-1]["loss"]
     pipe = LattePipeline.from_pretrained(ckpt)
     assert pipe.scheduler.config["prediction_type"] == "v_prediction"
+    # The process is read as a resume reads it: a missing or damaged one is an error, never a silent "epsilon".
+    assert latte_rs.GaussianDiffusion.load(ckpt / "diffusion.json").prediction_type == "v_prediction"
+    with pytest.raises(FileNotFoundError):
+        latte_rs.GaussianDiffusion.load(tmp_path / "missing.json")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "diffusion.json").write_text((ckpt / "diffusion.json").read_text()[:1000])
+    with pytest.raises(ValueError, match="diffusion.json: not a diffusion process"):
+        checkpoint_prediction_type(damaged)
     for sampler in ("ddpm", "ddim", "euler", "dpm"):
         assert main(["sample", str(ckpt), "--sampler", sampler, "--steps", "2", "--no-progress", "--format",
                      "png", "--output-dir", str(tmp_path / sampler)]) == 0

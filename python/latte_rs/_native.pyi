@@ -207,6 +207,13 @@ class GaussianDiffusion:
         """``timestep_respacing``: "" (all steps), "250" (counts per equal section, e.g. "10,10,10") or "ddim50".
         ``beta_start``/``beta_end`` apply to "scaled_linear" only ("linear" is DiT's 1e-4 → 0.02 scaled by 1000/T).
         Variance: learned-range with ``learn_sigma``, else fixed-small (``sigma_small``) or fixed-large."""
+    @staticmethod
+    def load(path: str | PathLike[str]) -> GaussianDiffusion:
+        """The process of a trainer checkpoint (its folder, or its ``diffusion.json``), checked as a resume
+        checks it. ``FileNotFoundError`` if there is none, ``ValueError`` if it is not a valid process."""
+    @property
+    def prediction_type(self) -> Literal["epsilon", "sample", "v_prediction"]:
+        """What the model's output predicts, in diffusers' words: what a sampler must be told."""
     @property
     def num_timesteps(self) -> int: ...
     @property

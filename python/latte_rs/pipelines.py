@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
+from ._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
 from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from .video_io import frame_grid, save_gif, save_mp4
@@ -263,10 +263,6 @@ def default_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     return DDPMScheduler(**TRAINING_BETAS, clip_sample=False, prediction_type=prediction_type)
 
 
-#: The trainer's names of what a model predicts (``diffusion.json``'s ``mean_type``) in diffusers' words.
-_PREDICTION_TYPES = {"Epsilon": "epsilon", "Velocity": "v_prediction", "StartX": "sample"}
-
-
 def checkpoint_prediction_type(checkpoint: str | os.PathLike) -> str:
     """What a model predicts, in diffusers' words: the training process of a ``Trainer.save`` folder
     (``diffusion.json``), "epsilon" for anything else (official checkpoints, model files: Latte predicts the
@@ -276,15 +272,7 @@ def checkpoint_prediction_type(checkpoint: str | os.PathLike) -> str:
     'epsilon'
     """
     path = Path(checkpoint) / "diffusion.json"
-    if not path.is_file():
-        return "epsilon"
-    try:
-        mean_type = json.loads(path.read_text()).get("mean_type", "Epsilon")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"checkpoint: {path} is not a readable training process: {e}") from None
-    if mean_type not in _PREDICTION_TYPES:
-        raise ValueError(f"checkpoint: {path} has mean_type {mean_type!r}; expected one of {sorted(_PREDICTION_TYPES)}")
-    return _PREDICTION_TYPES[mean_type]
+    return GaussianDiffusion.load(path).prediction_type if path.is_file() else "epsilon"
 
 
 class LattePipeline:

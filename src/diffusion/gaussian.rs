@@ -15,6 +15,31 @@ pub enum MeanType {
     Velocity,
 }
 
+impl MeanType {
+    /// diffusers' `prediction_type` name of this mean type (what a sampler must be told).
+    pub fn prediction_type(self) -> &'static str {
+        match self {
+            MeanType::Epsilon => "epsilon",
+            MeanType::StartX => "sample",
+            MeanType::Velocity => "v_prediction",
+        }
+    }
+
+    /// The mean type of diffusers' `prediction_type` name.
+    pub fn from_prediction_type(name: &str) -> Result<Self> {
+        [MeanType::Epsilon, MeanType::StartX, MeanType::Velocity]
+            .into_iter()
+            .find(|m| m.prediction_type() == name)
+            .ok_or_else(|| {
+                value_error(
+                    "prediction_type",
+                    "\"epsilon\", \"sample\" or \"v_prediction\"",
+                    format!("{name:?}"),
+                )
+            })
+    }
+}
+
 /// How the variance of p(x_{t−1} | x_t) is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VarType {
@@ -99,6 +124,13 @@ fn cumprod(v: &[f64]) -> Vec<f64> {
 }
 
 impl GaussianDiffusion {
+    /// A process saved as JSON (a trainer checkpoint's `diffusion.json`), checked by [`Self::validate`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let process: Self = crate::error::parse_json(bytes).map_err(LatteError::Value)?;
+        process.validate()?;
+        Ok(process)
+    }
+
     /// Checks a process read from a file (a checkpoint's `diffusion.json` is data, not code): every table as
     /// long as the betas, finite, and a timestep map that rises within the original process. An inconsistent
     /// file would otherwise index past a table's end in the middle of training.
@@ -643,18 +675,7 @@ impl GaussianDiffusion {
     pub fn create(opts: &DiffusionOptions) -> Result<Self> {
         let schedule = super::BetaSchedule::parse(&opts.noise_schedule)?;
         let betas = super::named_beta_schedule(schedule, opts.diffusion_steps, opts.beta_start, opts.beta_end)?;
-        let mean_type = match opts.prediction_type.as_str() {
-            "epsilon" => MeanType::Epsilon,
-            "sample" => MeanType::StartX,
-            "v_prediction" => MeanType::Velocity,
-            other => {
-                return Err(value_error(
-                    "prediction_type",
-                    "\"epsilon\", \"sample\" or \"v_prediction\"",
-                    format!("{other:?}"),
-                ))
-            }
-        };
+        let mean_type = MeanType::from_prediction_type(&opts.prediction_type)?;
         let var_type = match (opts.learn_sigma, opts.sigma_small) {
             (true, _) => VarType::LearnedRange,
             (false, true) => VarType::FixedSmall,

@@ -86,6 +86,30 @@ impl PyGaussianDiffusion {
         })
     }
 
+    /// The process of a trainer checkpoint (its folder, or its `diffusion.json`), checked as a resume checks it.
+    #[staticmethod]
+    fn load(path: std::path::PathBuf) -> PyResult<Self> {
+        crate::python::guard(move || {
+            let file = if path.is_dir() {
+                path.join(crate::weights::format::DIFFUSION_FILE)
+            } else {
+                path
+            };
+            let bytes = crate::io::read(&file).py()?;
+            let inner = GaussianDiffusion::from_json(&bytes).map_err(|e| {
+                PyValueError::new_err(format!("path: {}: not a diffusion process ({e})", file.display()))
+            })?;
+            Ok(Self { inner })
+        })
+    }
+
+    /// What the model's output predicts, in diffusers' words ("epsilon", "sample" or "v_prediction"): what a
+    /// sampler must be told.
+    #[getter]
+    fn prediction_type(&self) -> &'static str {
+        self.inner.mean_type.prediction_type()
+    }
+
     #[getter]
     fn num_timesteps(&self) -> usize {
         self.inner.num_timesteps()
