@@ -265,13 +265,17 @@ def default_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
 
 def checkpoint_prediction_type(checkpoint: str | os.PathLike) -> str:
     """What a model predicts, in diffusers' words: the training process of a ``Trainer.save`` folder
-    (``diffusion.json``), "epsilon" for anything else (official checkpoints, model files: Latte predicts the
-    noise). A sampler must be told, or a velocity model's samples are noise.
+    (``diffusion.json``; for a model file inside one, ``model.safetensors`` or ``ema.safetensors``, its folder's),
+    "epsilon" for anything else (official checkpoints, other model files: Latte predicts the noise). A sampler must
+    be told, or a velocity model's samples are noise.
 
     >>> checkpoint_prediction_type("ucf101.pt")
     'epsilon'
     """
-    path = Path(checkpoint) / "diffusion.json"
+    folder = Path(checkpoint)
+    if folder.is_file() and (folder.parent / "trainer.json").is_file():
+        folder = folder.parent
+    path = folder / "diffusion.json"
     return GaussianDiffusion.load(path).prediction_type if path.is_file() else "epsilon"
 
 
