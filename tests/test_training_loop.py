@@ -111,12 +111,13 @@ def test_class_conditional_image_joint_training_runs(tmp_path):
     assert result.trainer.options["grad_clip"] == 0.5 and result.trainer.options["gradient_checkpointing"]
 
 
-def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_path):
+def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_path, monkeypatch):
     """prediction_type: v_prediction trains the velocity (the trainer's process says so in the checkpoint), and a
     pipeline made from the checkpoint samples with it, whatever sampler is asked for; models without a training
     process of ours (official checkpoints, model files) predict the noise."""
-    from latte_rs.cli import main
+    from latte_rs import cli
     from latte_rs.pipelines import LattePipeline, checkpoint_prediction_type
+    from latte_rs.tiny_t2v import TINY_T2V
 
     result = latte_rs.train(dict(TINY, prediction_type="v_prediction"), output_dir=tmp_path, max_steps=3,
                             progress=False)
@@ -141,9 +142,20 @@ def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_pa
     (damaged / "diffusion.json").write_text((ckpt / "diffusion.json").read_text()[:1000])
     with pytest.raises(ValueError, match="diffusion.json: not a diffusion process"):
         checkpoint_prediction_type(damaged)
-    for sampler in ("ddpm", "ddim", "euler", "dpm"):
-        assert main(["sample", str(ckpt), "--sampler", sampler, "--steps", "2", "--no-progress", "--format",
-                     "png", "--output-dir", str(tmp_path / sampler)]) == 0
+    # Every sampler `latte-rs sample` makes is told what the model predicts: the trainer's velocity here, the
+    # scheduler config's for a diffusers folder (the built-in text model predicts the velocity too).
+    made = []
+    real = cli._scheduler
+    monkeypatch.setattr(cli, "_scheduler", lambda *a: made.append(real(*a)) or made[-1])
+    samplers = ("ddpm", "ddim", "euler", "dpm")
+    for sampler in samplers:
+        assert cli.main(["sample", str(ckpt), "--sampler", sampler, "--steps", "2", "--no-progress", "--format",
+                         "png", "--output-dir", str(tmp_path / sampler)]) == 0
+    assert cli.main(["sample", str(TINY_T2V), "--prompt", "a red square moving left", "--sampler", "ddim",
+                     "--steps", "2", "--no-progress", "--format", "png", "--output-dir", str(tmp_path / "t2v")]) == 0
+    assert [type(s).__name__ for s in made] == ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
+                                                 "DPMSolverMultistepScheduler", "DDIMScheduler"]
+    assert [s.config["prediction_type"] for s in made] == ["v_prediction"] * 5
 
 
 def test_wrong_dataset_shape_is_explained(tmp_path):
