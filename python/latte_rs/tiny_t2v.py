@@ -147,15 +147,21 @@ GUIDANCE = 4.0
 STEPS = 50
 
 
-def pipeline():
+def pipeline(checkpoint: str | Path | None = None):
     """The built-in text-to-video pipeline (``LatteT2VPipeline`` over ``assets/tiny_t2v``; pixel space, no VAE)
-    with its sampler: ancestral DDPM for a model that predicts the velocity."""
-    from .pipelines import LatteT2VPipeline
+    with its sampler: ancestral DDPM for a model that predicts the velocity. With ``checkpoint`` (a checkpoint of
+    a run of the recipe), its EMA transformer and a sampler for what it predicts, with the built-in text side."""
+    from . import LatteT2VTransformer
+    from .pipelines import LatteT2VPipeline, checkpoint_prediction_type, default_scheduler
 
     if not (TINY_T2V / "transformer" / "config.json").is_file():
         raise FileNotFoundError(f"{TINY_T2V / 'transformer'}: the built-in text-to-video model's weights are not "
                                 "in this install (see latte_rs.tiny_t2v for the recipe)")
-    return LatteT2VPipeline.from_pretrained(TINY_T2V)
+    pipe = LatteT2VPipeline.from_pretrained(TINY_T2V)
+    if checkpoint is not None:
+        pipe.transformer = LatteT2VTransformer.from_checkpoint(str(checkpoint))
+        pipe.scheduler = default_scheduler(checkpoint_prediction_type(checkpoint))
+    return pipe
 
 
 def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -204,9 +210,10 @@ def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, se
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m latte_rs.tiny_t2v", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    t = sub.add_parser("text-encoder", help="write the tokenizer, text encoder and scheduler into a folder")
+    t = sub.add_parser("text-encoder", help="write the tokenizer and the text encoder into a folder")
     t.add_argument("folder")
-    m = sub.add_parser("transformer", help="install a training run's EMA weights as the folder's transformer")
+    m = sub.add_parser("transformer", help="install a training run's EMA weights as the folder's transformer, "
+                       "with the sampler for what it predicts")
     m.add_argument("experiment")
     m.add_argument("folder")
     e = sub.add_parser("evaluate", help="prompt following of the built-in model, measured on the pixels (JSON)")
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--guidance", type=float, default=GUIDANCE)
     e.add_argument("--steps", type=int, default=STEPS)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--checkpoint", help="a checkpoint of a run of the recipe instead of the installed model")
     args = parser.parse_args(argv)
     if args.what == "text-encoder":
         print(build_text_side(args.folder))
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(install_transformer(args.experiment, args.folder))
     else:
         print(json.dumps(evaluate(args.combinations, args.videos, args.seed, args.guidance, args.steps,
-                                  progress=True)))
+                                  progress=True, pipe=pipeline(args.checkpoint))))
     return 0
 
 
