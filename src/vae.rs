@@ -407,7 +407,7 @@ impl AutoencoderKl {
                 format!("{dims:?}"),
             ));
         }
-        if !crate::model::denoiser::all_finite(x)? {
+        if !crate::finite::all_finite(x)? {
             return Err(crate::error::value_error(arg, "finite values", "NaN or infinity"));
         }
         // The widest activation is the first (or last) level's, at full resolution; a few of them live at once.
@@ -436,7 +436,7 @@ impl AutoencoderKl {
         let l = self.cfg.latent_channels;
         let mean = moments.narrow(1, 0, l)?;
         let logvar = moments.narrow(1, l, l)?.clamp(-30.0, 20.0)?;
-        crate::model::denoiser::check_output(&mean)?;
+        crate::finite::check_output(&mean)?;
         Ok((mean, logvar))
     }
 
@@ -448,7 +448,7 @@ impl AutoencoderKl {
             None => z.clone(),
         };
         let out = self.decoder.forward(&z)?;
-        crate::model::denoiser::check_output(&out)?;
+        crate::finite::check_output(&out)?;
         Ok(out)
     }
 

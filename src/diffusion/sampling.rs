@@ -138,7 +138,7 @@ pub fn sample(
         x = scheduler.step(&out, t, &x, &mut step)?.prev_sample.detach();
         progress(done + 1, timesteps.len())?;
     }
-    if !crate::model::denoiser::all_finite(&x)? {
+    if !crate::finite::all_finite(&x)? {
         return Err(LatteError::Value(
             "the sampled latents have NaN or infinity although the noise and the condition are finite: the model's \
              activations or the scheduler's steps overflowed (check the weights, guidance_scale and the schedule)"

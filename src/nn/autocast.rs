@@ -9,7 +9,7 @@
 //!
 //! It takes effect only where the CPU has AVX512-BF16: elsewhere gemmkit would widen bf16 back to f32 and the path
 //! would be slower than f32, so the layers stay in f32 ([`effective`] tells which). Training is untouched: the one
-//! place gradients are taken (`model::denoiser::loss_and_grads_by`, under every model's `loss_and_grads`) holds a
+//! place gradients are taken (`model::backprop::loss_and_grads_by`, under every model's `loss_and_grads`) holds a
 //! [`Suspended`] guard, so a train step under autocast runs the differentiable f32 layers.
 
 use std::cell::Cell;

@@ -101,7 +101,7 @@ fn set_kernel_path(path: &str) -> PyResult<&'static str> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    crate::configure_runtime();
+    crate::runtime::configure_runtime();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CUDA_AVAILABLE", cfg!(feature = "cuda"))?;
     m.add("FLASH_ATTN_AVAILABLE", cfg!(feature = "flash-attn"))?;

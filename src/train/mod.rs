@@ -746,7 +746,7 @@ impl Trainer {
                         format!("shape {:?}", n.dims()),
                     ));
                 }
-                crate::model::denoiser::to_model_finite(n, "noise", pd, &device)?
+                crate::finite::to_model_finite(n, "noise", pd, &device)?
             }
             None => self.rng.randn(&dims, pd, &device)?,
         };

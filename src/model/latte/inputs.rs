@@ -46,7 +46,7 @@ pub fn check_latents(cfg: &LatteConfig, x: &Tensor, dtype: DType, device: &Devic
     {
         return Err(value_error("x", expected, format!("shape {dims:?}")));
     }
-    crate::model::denoiser::to_model_finite(x, "x", dtype, device)
+    crate::finite::to_model_finite(x, "x", dtype, device)
 }
 
 /// One timestep per clip, each in [0, 1000), as f32 on `device`.

@@ -10,10 +10,8 @@ use super::inputs;
 use super::network::Latte;
 use crate::config::LatteConfig;
 use crate::error::{value_error, LatteError, Result};
-use crate::model::denoiser::{
-    apply_guidance, backprop, loss_and_grads_by, param_tensors, Condition, Denoiser, DenoiserSpec, GuidanceRule,
-    LatentLayout, LossFn,
-};
+use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
+use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
 use crate::nn::init::{init_weights, is_trainable};
 use crate::weights::format::{read_model_file, write_model_file, EMA_FILE, MODEL_FILE};
 use crate::weights::{read_torch_state_dict, CheckpointInfo, Format, LoadPolicy, LoadReport, ParamStore};
@@ -39,7 +37,7 @@ impl LatteModel {
 
     /// The model with every parameter zero (to be loaded into).
     pub fn uninitialised(cfg: &LatteConfig, device: &Device, dtype: DType) -> Result<Self> {
-        crate::configure_runtime();
+        crate::runtime::configure_runtime();
         cfg.validate()?;
         let store = ParamStore::new(device, dtype)?;
         let network = store.build(false, |vb| Latte::new(cfg, vb))?;

@@ -9,9 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::LatteT2VConfig;
 use super::network::LatteT2V;
 use crate::error::{value_error, LatteError, Result};
-use crate::model::denoiser::{
-    backprop, loss_and_grads_by, param_tensors, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn,
-};
+use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
+use crate::model::{Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};
 
@@ -28,7 +27,7 @@ pub struct LatteT2VModel {
 impl LatteT2VModel {
     /// The model with every parameter zero (to be loaded into).
     pub fn uninitialised(cfg: &LatteT2VConfig, device: &Device, dtype: DType) -> Result<Self> {
-        crate::configure_runtime();
+        crate::runtime::configure_runtime();
         cfg.validate()?;
         let store = ParamStore::new(device, dtype)?;
         let network = store.build(false, |vb| LatteT2V::new(cfg, vb))?;
@@ -206,7 +205,7 @@ impl Denoiser for LatteT2VModel {
                 format!("{frames} frames"),
             ));
         }
-        crate::model::denoiser::to_model_finite(x, "hidden_states", self.dtype(), self.device())
+        crate::finite::to_model_finite(x, "hidden_states", self.dtype(), self.device())
     }
 
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
@@ -257,7 +256,7 @@ impl Denoiser for LatteT2VModel {
             return Err(value_error("encoder_hidden_states", want, format!("{dims:?}")));
         }
         let embeddings =
-            crate::model::denoiser::to_model_finite(embeddings, "encoder_hidden_states", self.dtype(), self.device())?;
+            crate::finite::to_model_finite(embeddings, "encoder_hidden_states", self.dtype(), self.device())?;
         // Latte-1 was trained with padded caption features zeroed (LattePipeline's `mask_feature`), not with a
         // masked cross-attention: a mask zeroes the padding.
         let embeddings = match mask {
