@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
 
-use super::linear::{contiguous, linear_dims};
+use super::gemm::{contiguous, linear_dims};
 
 thread_local! {
     /// Per thread, as torch's autocast state: the models run on their caller's thread (rayon only inside kernels).

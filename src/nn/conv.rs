@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::map_wide;
-use super::linear::{contiguous, gemm_into, gemm_raw, run_kernel3, Kernel3};
+use super::gemm::{contiguous, gemm_into, gemm_raw, run_kernel3, Kernel3};
 use crate::float::Float;
 
 /// Floats one band of the patch matrix may hold (1 MiB of f32, so that it is still in the core's cache when the

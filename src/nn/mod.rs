@@ -11,6 +11,7 @@ pub mod embed;
 pub mod fastmath;
 pub mod fused_attention;
 pub mod gelu;
+pub(crate) mod gemm;
 pub mod init;
 pub mod kernels;
 pub mod linear;
