@@ -1,14 +1,16 @@
-//! `GaussianDiffusion` as a Python class (the process Latte trains with, as DiT's `create_diffusion`).
+//! `GaussianDiffusion` as a Python class (the process Latte trains with, as DiT's `create_diffusion`), and `sample`,
+//! the sampling entry that takes it or any latte-rs scheduler.
 
 use numpy::{PyArray1, PyArrayMethods};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::{float_tensor, int_tensor, to_numpy};
 use super::sampling::{condition, denoiser, run, SampleInputs};
+use super::schedulers::PyScheduler;
 use super::IntoPy;
-use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, SamplingOptions};
+use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, SamplingOptions, Scheduler};
 
 fn timesteps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     let t = int_tensor(obj, "t", "integer step indices")?;
@@ -323,4 +325,75 @@ impl PyGaussianDiffusion {
             g.loss_type
         )
     }
+}
+
+/// The scheduler argument: the native core of a latte-rs scheduler (copied, so the caller's keeps its state), or
+/// a `GaussianDiffusion` sampled as the official code (`sampler` "ddpm" or "ddim").
+fn scheduler_arg(obj: &Bound<'_, PyAny>, sampler: &str, clip_denoised: bool) -> PyResult<Box<dyn Scheduler>> {
+    if let Ok(s) = obj.extract::<PyRef<PyScheduler>>() {
+        return Ok(s.inner.clone());
+    }
+    if let Ok(d) = obj.extract::<PyRef<PyGaussianDiffusion>>() {
+        let kind = SamplerKind::parse(sampler).py()?;
+        return Ok(Box::new(DiffusionSampler::new(d.inner.clone(), kind, clip_denoised)));
+    }
+    Err(PyTypeError::new_err(format!(
+        "scheduler: expected a GaussianDiffusion or a latte-rs scheduler (DDPM, DDIM, Euler, DPM-Solver), got {}",
+        obj.get_type()
+    )))
+}
+
+/// Generates latents with any model and any scheduler, every step in Rust (see `latte_rs.sample` and the
+/// pipelines). Without `noise`, the starting noise of `num_samples` clips at the model's size (or `latent_shape`)
+/// is drawn from `seed`; every step's noise comes from the same generator.
+#[pyfunction]
+#[pyo3(signature = (
+    model, scheduler, *, noise = None, num_samples = 1, latent_shape = None, y = None, y_image = None,
+    encoder_hidden_states = None, negative_encoder_hidden_states = None, encoder_attention_mask = None,
+    negative_encoder_attention_mask = None, guidance_scale = 1.0, eta = 0.0, num_inference_steps = None,
+    sampler = "ddpm", clip_denoised = false, seed = 0, callback = None,
+))]
+#[allow(clippy::too_many_arguments)] // the Python keywords, one by one
+pub(crate) fn sample<'py>(
+    py: Python<'py>,
+    model: &Bound<'py, PyAny>,
+    scheduler: &Bound<'py, PyAny>,
+    noise: Option<&Bound<'py, PyAny>>,
+    #[pyo3(from_py_with = crate::python::convert::usize_arg)] num_samples: usize,
+    latent_shape: Option<Vec<usize>>,
+    y: Option<&Bound<'py, PyAny>>,
+    y_image: Option<&Bound<'py, PyAny>>,
+    encoder_hidden_states: Option<&Bound<'py, PyAny>>,
+    negative_encoder_hidden_states: Option<&Bound<'py, PyAny>>,
+    encoder_attention_mask: Option<&Bound<'py, PyAny>>,
+    negative_encoder_attention_mask: Option<&Bound<'py, PyAny>>,
+    guidance_scale: f64,
+    eta: f64,
+    #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] num_inference_steps: Option<usize>,
+    sampler: &str,
+    clip_denoised: bool,
+    #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+    callback: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    crate::python::guard(move || {
+        let model = denoiser(model)?;
+        let scheduler = scheduler_arg(scheduler, sampler, clip_denoised)?;
+        let uncond = negative_encoder_hidden_states
+            .map(|t| condition(None, None, Some(t), negative_encoder_attention_mask))
+            .transpose()?;
+        let inputs = SampleInputs {
+            noise: noise.map(|n| float_tensor(n, "noise")).transpose()?,
+            num_samples,
+            latent_shape,
+            cond: condition(y, y_image, encoder_hidden_states, encoder_attention_mask)?,
+            opts: SamplingOptions {
+                num_inference_steps,
+                guidance_scale,
+                uncond,
+                eta,
+            },
+            seed,
+        };
+        run(py, model, scheduler, inputs, callback)
+    })
 }

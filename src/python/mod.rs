@@ -118,7 +118,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<t2v::PyLatteT2V>()?;
     m.add_class::<t2v::PyT5>()?;
     m.add("BF16_AUTOCAST_SUPPORTED", crate::nn::autocast::bf16_supported())?;
-    m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
+    m.add_function(wrap_pyfunction!(diffusion::sample, m)?)?;
     m.add_function(wrap_pyfunction!(set_autocast, m)?)?;
     m.add_function(wrap_pyfunction!(set_kernel_path, m)?)?;
     Ok(())
