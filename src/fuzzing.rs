@@ -57,7 +57,7 @@ pub fn trainer_manifest(bytes: &[u8]) {
     let _ = std::fs::create_dir_all(&dir);
     via_file(&dir, crate::weights::format::MANIFEST_FILE, bytes, |_| {
         let _ = crate::train::checkpoint::load(&dir, &Device::Cpu);
-        let _ = crate::train::checkpoint::read_checked(&dir, crate::weights::format::MODEL_FILE);
+        let _ = crate::weights::checkpoint::read_checked(&dir, crate::weights::format::MODEL_FILE);
     });
 }
 

@@ -30,6 +30,7 @@ pub mod model;
 pub mod nn;
 pub mod rng;
 pub mod runtime;
+pub mod sampling;
 pub mod train;
 pub mod vae;
 pub mod weights;

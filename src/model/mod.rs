@@ -2,6 +2,7 @@
 //! all the paper's variants ([`latte`]), the text-to-video Latte-1 transformer ([`t2v`]), the text encoder that
 //! turns prompts into its caption features ([`text`]), and device and dtype names ([`device`]).
 
+pub mod any;
 pub(crate) mod backprop;
 pub(crate) mod checkpointing;
 pub mod condition;
@@ -10,14 +11,17 @@ pub mod graph;
 pub mod guidance;
 pub mod device;
 pub mod latte;
+pub mod open;
 pub mod t2v;
 pub mod text;
 
+pub use any::AnyModel;
 pub use condition::Condition;
 pub use denoiser::{Denoiser, DenoiserSpec, LatentLayout, LossFn};
 pub use graph::Graph;
 pub use guidance::{apply_guidance, GuidanceRule};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};
 pub use latte::{Latte, LatteModel, NUM_TRAIN_TIMESTEPS};
+pub use open::{open_model, ModelKind, OpenOptions, OpenedModel};
 pub use t2v::{LatteT2VConfig, LatteT2VModel};
 pub use text::t5::{T5Config, T5EncoderModel};

@@ -10,7 +10,8 @@ use super::convert::{float_tensor, int_tensor, to_numpy};
 use super::sampling::{condition, denoiser, run, SampleInputs};
 use super::schedulers::PyScheduler;
 use super::IntoPy;
-use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, SamplingOptions, Scheduler};
+use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, Scheduler};
+use crate::sampling::SamplingOptions;
 
 fn timesteps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     let t = int_tensor(obj, "t", "integer step indices")?;

@@ -5,6 +5,7 @@ mod convert;
 mod diffusion;
 mod i3d;
 mod model;
+mod open;
 mod sampling;
 mod schedulers;
 mod t2v;
@@ -118,6 +119,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<t2v::PyLatteT2V>()?;
     m.add_class::<t2v::PyT5>()?;
     m.add("BF16_AUTOCAST_SUPPORTED", crate::nn::autocast::bf16_supported())?;
+    m.add_class::<open::PyOpenedModel>()?;
+    m.add_function(wrap_pyfunction!(open::open_model, m)?)?;
     m.add_function(wrap_pyfunction!(diffusion::sample, m)?)?;
     m.add_function(wrap_pyfunction!(set_autocast, m)?)?;
     m.add_function(wrap_pyfunction!(set_kernel_path, m)?)?;

@@ -11,7 +11,8 @@ use super::convert::{float_tensor, int_tensor, to_numpy, to_tensor};
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
 use super::IntoPy;
-use crate::diffusion::{self, SamplingOptions, Scheduler};
+use crate::diffusion::Scheduler;
+use crate::sampling::{self, SamplingOptions};
 use crate::error::{LatteError, Result};
 use crate::model::{Condition, Denoiser};
 use crate::rng::Generator;
@@ -114,10 +115,10 @@ pub(crate) fn run<'py>(
                 if let Some(b) = dims.first_mut() {
                     *b = inputs.num_samples;
                 }
-                diffusion::draw_noise(model.as_ref(), &dims, &mut rng)?
+                sampling::draw_noise(model.as_ref(), &dims, &mut rng)?
             }
         };
-        diffusion::sample(
+        sampling::sample(
             model.as_ref(),
             scheduler.as_mut(),
             &noise,

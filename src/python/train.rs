@@ -17,7 +17,8 @@ use super::IntoPy;
 use crate::model::{parse_device, Condition};
 use crate::rng::GeneratorState;
 use crate::train::optim::AdamWConfig;
-use crate::train::{Draws, StepStats, TrainedModel, Trainer, TrainerOptions};
+use crate::model::AnyModel;
+use crate::train::{Draws, StepStats, Trainer, TrainerOptions};
 
 fn stats_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -140,12 +141,12 @@ fn flatten_gradients<'py>(py: Python<'py>, grads: &[Tensor]) -> PyResult<Bound<'
 }
 
 /// The model a Python object is: a `LatteModel` or a `LatteT2VTransformer`.
-fn trained_model(model: &Bound<'_, PyAny>) -> PyResult<TrainedModel> {
+fn trained_model(model: &Bound<'_, PyAny>) -> PyResult<AnyModel> {
     if let Ok(m) = model.cast::<PyLatteModel>() {
-        return Ok(TrainedModel::Latte(m.borrow().inner.clone()));
+        return Ok(AnyModel::Latte(m.borrow().inner.clone()));
     }
     if let Ok(m) = model.cast::<PyLatteT2V>() {
-        return Ok(TrainedModel::Text(m.get().inner.clone()));
+        return Ok(AnyModel::Text(m.get().inner.clone()));
     }
     Err(PyTypeError::new_err(format!(
         "model: expected a LatteModel or a LatteT2VTransformer, got {}",
@@ -153,10 +154,10 @@ fn trained_model(model: &Bound<'_, PyAny>) -> PyResult<TrainedModel> {
     )))
 }
 
-fn model_to_py(py: Python<'_>, model: TrainedModel) -> PyResult<Bound<'_, PyAny>> {
+fn model_to_py(py: Python<'_>, model: AnyModel) -> PyResult<Bound<'_, PyAny>> {
     Ok(match model {
-        TrainedModel::Latte(inner) => Bound::new(py, PyLatteModel { inner })?.into_any(),
-        TrainedModel::Text(inner) => Bound::new(py, PyLatteT2V { inner })?.into_any(),
+        AnyModel::Latte(inner) => Bound::new(py, PyLatteModel { inner })?.into_any(),
+        AnyModel::Text(inner) => Bound::new(py, PyLatteT2V { inner })?.into_any(),
     })
 }
 

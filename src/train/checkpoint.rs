@@ -29,24 +29,17 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Buffers, LossScale, State, TrainedModel, Trainer, TrainerOptions};
+use super::{Buffers, LossScale, State, Trainer, TrainerOptions};
+use crate::model::AnyModel;
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{LatteError, Result};
 use crate::float::Float;
 use crate::rng::{Generator, GeneratorState};
+use crate::weights::checkpoint::{corrupt, CheckpointFolder, FileEntry, FORMAT, VERSION};
 use crate::weights::format::{
     safetensors_bytes, DIFFUSION_FILE, EMA_FILE, MANIFEST_FILE as MANIFEST, MODEL_FILE, NULL_CAPTION_FILE,
     OPTIMIZER_FILE,
 };
-
-const FORMAT: &str = "latte-rs-trainer";
-const VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct FileEntry {
-    bytes: u64,
-    crc32: u32,
-}
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
@@ -135,15 +128,7 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
         options: trainer.opts.clone(),
         files: files
             .iter()
-            .map(|(n, b)| {
-                (
-                    n.to_string(),
-                    FileEntry {
-                        bytes: b.len() as u64,
-                        crc32: crc32fast::hash(b),
-                    },
-                )
-            })
+            .map(|(n, b)| (n.to_string(), FileEntry::of(b)))
             .collect(),
     };
     let tmp = parent.join(crate::io::sibling_name(&name, "tmp"));
@@ -247,13 +232,6 @@ fn remove_stale_siblings(parent: &Path, name: &str) {
     }
 }
 
-fn corrupt(path: &Path, why: impl std::fmt::Display) -> LatteError {
-    LatteError::Value(format!(
-        "{}: corrupt or incomplete checkpoint file ({why}); resume from an earlier checkpoint",
-        path.display()
-    ))
-}
-
 fn restore<T: Float>(
     b: &mut Buffers<T>,
     trainer_names: &[String],
@@ -337,88 +315,17 @@ fn recover(dir: &Path, device: &Device) -> Result<Option<Trainer>> {
     Ok(best)
 }
 
-fn read_manifest(dir: &Path) -> Result<(Manifest, std::path::PathBuf)> {
-    let manifest_path = dir.join(MANIFEST);
-    let bytes = crate::io::read(&manifest_path).map_err(|e| match e {
-        LatteError::NotFound(p) => LatteError::NotFound(format!("{p} (not a latte-rs trainer checkpoint)")),
-        e => e,
-    })?;
-    let manifest: Manifest = crate::error::parse_json(&bytes).map_err(|e| corrupt(&manifest_path, e))?;
-    if manifest.format != FORMAT || manifest.version > VERSION {
-        return Err(corrupt(
-            &manifest_path,
-            format!(
-                "format {:?} version {}, expected {FORMAT:?} <= {VERSION}",
-                manifest.format, manifest.version
-            ),
-        ));
-    }
-    Ok((manifest, manifest_path))
-}
-
-/// The bytes of the file `name` that the manifest lists, checked against its recorded size and CRC-32.
-fn read_entry(dir: &Path, manifest_path: &Path, name: &str, entry: &FileEntry) -> Result<Vec<u8>> {
-    // A manifest is data: its names must be plain file names inside the checkpoint, never a path that leads
-    // elsewhere ("/dev/zero", "../../secret").
-    let mut parts = Path::new(name).components();
-    let plain = matches!(
-        (parts.next(), parts.next()),
-        (Some(std::path::Component::Normal(_)), None)
-    );
-    if !plain {
-        return Err(corrupt(
-            manifest_path,
-            format!("lists {name:?}, which is not a file name inside the checkpoint"),
-        ));
-    }
-    let path = dir.join(name);
-    let bytes = crate::io::read(&path)?;
-    if bytes.len() as u64 != entry.bytes {
-        return Err(corrupt(
-            &path,
-            format!("{} bytes, expected {}", bytes.len(), entry.bytes),
-        ));
-    }
-    let crc = crc32fast::hash(&bytes);
-    if crc != entry.crc32 {
-        return Err(corrupt(
-            &path,
-            format!("CRC-32 {crc:08x}, expected {:08x}", entry.crc32),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// One file of a trainer checkpoint, verified against the manifest's size and CRC-32 as [`load`] verifies every
-/// file (`LatteModel.from_checkpoint` on a trainer folder). A folder without a manifest (a model file alone)
-/// is read as it is.
-pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>> {
-    if !dir.join(MANIFEST).is_file() {
-        return crate::io::read(&dir.join(name));
-    }
-    let (manifest, manifest_path) = read_manifest(dir)?;
-    let entry = manifest
-        .files
-        .get(name)
-        .ok_or_else(|| corrupt(&manifest_path, format!("{name} is not listed")))?;
-    read_entry(dir, &manifest_path, name, entry)
-}
-
 fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
-    if !dir.is_dir() {
-        return Err(LatteError::NotFound(format!("checkpoint directory {}", dir.display())));
-    }
-    let (manifest, manifest_path) = read_manifest(dir)?;
-    let mut contents = HashMap::new();
-    for (name, entry) in &manifest.files {
-        contents.insert(name.clone(), read_entry(dir, &manifest_path, name, entry)?);
-    }
+    let folder = CheckpointFolder::open(dir)?;
+    let manifest: Manifest = folder.manifest()?;
+    let manifest_path = dir.join(MANIFEST);
+    let contents = folder.read_all()?;
     let file = |name: &str| -> Result<&Vec<u8>> {
         contents
             .get(name)
             .ok_or_else(|| corrupt(&manifest_path, format!("{name} is not listed")))
     };
-    let model = TrainedModel::from_model_file(file(MODEL_FILE)?, &dir.join(MODEL_FILE), device)?;
+    let model = AnyModel::from_model_file(file(MODEL_FILE)?, &dir.join(MODEL_FILE), device)?;
     let diffusion =
         GaussianDiffusion::from_json(file(DIFFUSION_FILE)?).map_err(|e| corrupt(&dir.join(DIFFUSION_FILE), e))?;
     let opt = candle_core::safetensors::load_buffer(file(OPTIMIZER_FILE)?, &Device::Cpu)?;

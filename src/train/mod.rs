@@ -10,7 +10,6 @@
 pub mod checkpoint;
 mod device_state;
 pub use device_state::host_values_read;
-pub mod model;
 pub mod optim;
 #[cfg(test)]
 mod tests;
@@ -23,9 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{value_error, LatteError, Result};
 use crate::float::Float;
-use crate::model::{Condition, Denoiser, LatentLayout};
+use crate::model::{AnyModel, Condition, Denoiser, LatentLayout};
 use crate::rng::{Generator, GeneratorState};
-pub use model::TrainedModel;
 use optim::{
     adamw_cannot_overflow, adamw_ema_step, adamw_stays_finite, clip_coefficient, max_abs, sum_of_squares, AdamWConfig,
     Magnitudes, Update,
@@ -198,10 +196,10 @@ pub(crate) enum State {
     Device(device_state::DeviceBuffers),
 }
 
-/// Trains a [`TrainedModel`] (a [`LatteModel`] or the text-to-video transformer) with a [`GaussianDiffusion`];
+/// Trains a [`AnyModel`] (a [`LatteModel`] or the text-to-video transformer) with a [`GaussianDiffusion`];
 /// see the module docs.
 pub struct Trainer {
-    model: TrainedModel,
+    model: AnyModel,
     diffusion: GaussianDiffusion,
     opts: TrainerOptions,
     names: Vec<String>,
@@ -412,9 +410,9 @@ impl<T: Float> candle_core::InplaceOp1 for InPlaceAdamW<'_, T> {
 
 impl Trainer {
     /// A trainer for `model` (whose parameters it updates in place: clones of the model see the new weights).
-    pub fn new(model: impl Into<TrainedModel>, diffusion: &GaussianDiffusion, opts: TrainerOptions) -> Result<Self> {
+    pub fn new(model: impl Into<AnyModel>, diffusion: &GaussianDiffusion, opts: TrainerOptions) -> Result<Self> {
         opts.validate()?;
-        let model: TrainedModel = model.into();
+        let model: AnyModel = model.into();
         let (names, vars): (Vec<_>, Vec<_>) = model.denoiser().trainable_vars().into_iter().unzip();
         let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
         let host = crate::nn::kernels::fused_cpu(&tensors, &[DType::F32, DType::F64, DType::BF16, DType::F16]);
@@ -443,14 +441,14 @@ impl Trainer {
         })
     }
 
-    pub fn model(&self) -> &TrainedModel {
+    pub fn model(&self) -> &AnyModel {
         &self.model
     }
 
     /// Sets the null caption of caption dropout: the empty prompt's T5 features `(1, S, caption_channels)` or
     /// `(S, caption_channels)`, with their 0/1 mask (padding zeroed, as every caption of a batch).
     pub fn set_null_caption(&mut self, features: &Tensor, mask: Option<&Tensor>) -> Result<()> {
-        let TrainedModel::Text(m) = &self.model else {
+        let AnyModel::Text(m) = &self.model else {
             return Err(LatteError::Value(
                 "null_caption: only a text-to-video model has captions to drop (a class model drops labels)".into(),
             ));
@@ -959,7 +957,7 @@ impl Trainer {
     }
 
     /// The EMA weights as a model (in the optimiser's precision: f32, or f64 for an f64 model).
-    pub fn ema_model(&self) -> Result<TrainedModel> {
+    pub fn ema_model(&self) -> Result<AnyModel> {
         let state = self.ema_state_dict()?;
         self.model
             .with_state(&state.into_iter().collect(), state_dtype(self.model.dtype()))

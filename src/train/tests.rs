@@ -57,8 +57,8 @@ fn opts() -> TrainerOptions {
     }
 }
 
-fn weights(model: impl Into<TrainedModel>) -> Vec<Vec<f32>> {
-    let model: TrainedModel = model.into();
+fn weights(model: impl Into<AnyModel>) -> Vec<Vec<f32>> {
+    let model: AnyModel = model.into();
     model
         .state_dict()
         .values()
@@ -514,7 +514,7 @@ fn text_to_video_resume_is_bit_exact() {
 
 /// A trainer whose optimiser state is chosen under the device-generic path: the flat device buffers that CUDA
 /// parameters get, here on the CPU.
-fn device_trainer(model: impl Into<TrainedModel>, o: TrainerOptions) -> Trainer {
+fn device_trainer(model: impl Into<AnyModel>, o: TrainerOptions) -> Trainer {
     let _g = crate::nn::kernels::force_generic();
     let t = Trainer::new(model, &diffusion(), o).unwrap();
     assert!(

@@ -106,3 +106,17 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load_buffer(&crate::io::read(path)?, &Device::Cpu)
         .map_err(|e| LatteError::Value(format!("{}: {e}", path.display())))
 }
+
+/// The `prediction_type` of a diffusers pipeline folder's `scheduler/scheduler_config.json`, where it has one
+/// (what the pipeline's transformer predicts).
+pub fn scheduler_prediction_type(pipeline: &Path) -> Result<Option<String>> {
+    #[derive(serde::Deserialize)]
+    struct SchedulerConfig {
+        prediction_type: Option<String>,
+    }
+    let path = pipeline.join("scheduler").join("scheduler_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(read_config::<SchedulerConfig>(&path)?.prediction_type)
+}

@@ -1,9 +1,10 @@
 //! The files latte-rs writes and the formats it tells apart, each defined once.
 //!
 //! - A model file is safetensors with the model's config as JSON in the metadata under [`LATTE_CONFIG_KEY`]
-//!   (readable by any safetensors reader; latte-rs rebuilds the model from it alone).
+//!   (a text-to-video model's under [`T2V_CONFIG_KEY`]; readable by any safetensors reader; latte-rs rebuilds the
+//!   model from it alone).
 //! - A trainer checkpoint is a folder of [`MODEL_FILE`], [`EMA_FILE`], [`OPTIMIZER_FILE`], [`DIFFUSION_FILE`]
-//!   and the manifest [`MANIFEST_FILE`] (see `train::checkpoint`).
+//!   and the manifest [`MANIFEST_FILE`] (read by [`super::checkpoint`], written by `train::checkpoint`).
 //! - [`Format::detect`] names what a path holds, so every loader dispatches the same way.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,8 +40,8 @@ pub enum Format {
     DiffusersModel,
     /// A diffusers pipeline folder (with a `transformer/` model folder).
     DiffusersPipeline,
-    /// A safetensors file with a latte-rs config in its metadata.
-    LatteSafetensors,
+    /// A latte-rs model file: safetensors with a model config (class or text-to-video) in its metadata.
+    ModelFile,
     /// A safetensors file without one (a bare state dict).
     Safetensors,
     /// Anything else that is a file: a PyTorch checkpoint (zip archive).
@@ -68,8 +69,9 @@ impl Format {
         crate::io::open_regular(path)?;
         if path.extension().is_some_and(|e| e == "safetensors") {
             let bytes = crate::io::read(path)?;
-            return Ok(if config_metadata(&bytes, path)?.is_some() {
-                Self::LatteSafetensors
+            let has_config = config_metadata(&bytes, path)?.is_some() || metadata_value(&bytes, path, T2V_CONFIG_KEY)?.is_some();
+            return Ok(if has_config {
+                Self::ModelFile
             } else {
                 Self::Safetensors
             });

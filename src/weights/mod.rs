@@ -2,6 +2,7 @@
 //! strict loader (with its report), diffusers/transformers folders, PyTorch checkpoints, and latte-rs's own file
 //! names and formats, each defined once.
 
+pub mod checkpoint;
 pub mod diffusers;
 pub mod format;
 pub mod store;

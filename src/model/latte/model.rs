@@ -5,7 +5,6 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::infer::infer_config;
 use super::inputs;
 use super::network::Latte;
 use crate::config::LatteConfig;
@@ -13,8 +12,10 @@ use crate::error::{value_error, LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
 use crate::nn::init::{init_weights, is_trainable};
-use crate::weights::format::{read_model_file, write_model_file, EMA_FILE, MODEL_FILE};
-use crate::weights::{read_torch_state_dict, CheckpointInfo, Format, LoadPolicy, LoadReport, ParamStore};
+use crate::model::open::wrong_kind;
+use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
+use crate::weights::format::{read_model_file, write_model_file};
+use crate::weights::{CheckpointInfo, LoadPolicy, LoadReport, ParamStore};
 
 /// A Latte model with its parameters.
 ///
@@ -91,7 +92,7 @@ impl LatteModel {
     }
 
     /// A model of `cfg` holding `state` (in the dtype of its tensors), strictly: `path` names the file in errors.
-    fn from_state(cfg: &LatteConfig, state: &HashMap<String, Tensor>, path: &Path, device: &Device) -> Result<Self> {
+    pub(crate) fn from_state(cfg: &LatteConfig, state: &HashMap<String, Tensor>, path: &Path, device: &Device) -> Result<Self> {
         let dtype = state
             .values()
             .next()
@@ -104,11 +105,10 @@ impl LatteModel {
         Ok(model)
     }
 
-    /// Loads trained weights from any of the files users have: an official Latte checkpoint (`ffs.pt`,
-    /// `ucf101.pt`, ..., or `train.py`'s `{"model", "ema"}` files; PyTorch zip archives read without running any
-    /// pickled code), a safetensors file (ours, with its config, or a bare state dict), or one of our trainer's
-    /// checkpoint folders. EMA weights are used when present and `use_ema`. Options the file does not record are
-    /// inferred from the tensor shapes (see [`infer_config`]).
+    /// Loads trained weights from any of the files users have (see [`crate::model::open_model`]): official
+    /// checkpoints, safetensors files (ours, with the config, or a bare state dict), our trainer's checkpoint folders.
+    /// EMA weights are used when present and `use_ema`. Options the file does not record are inferred from the
+    /// tensor shapes (see [`super::infer::infer_config`]).
     pub fn from_checkpoint(
         path: &Path,
         preset: Option<&str>,
@@ -116,45 +116,17 @@ impl LatteModel {
         overrides: &serde_json::Map<String, serde_json::Value>,
         device: &Device,
     ) -> Result<(Self, CheckpointInfo)> {
-        let bare = |state: HashMap<String, Tensor>, info: CheckpointInfo| -> Result<(Self, CheckpointInfo)> {
-            let cfg = infer_config(&state, preset, overrides, path)?;
-            Ok((Self::from_state(&cfg, &state, path, device)?, info))
+        let opts = OpenOptions {
+            use_ema,
+            preset: preset.map(String::from),
+            overrides: overrides.clone(),
+            kind: Some(ModelKind::Latte),
+            device: device.clone(),
         };
-        match Format::detect(path)? {
-            Format::TrainerCheckpoint => {
-                let name = if use_ema && path.join(EMA_FILE).is_file() {
-                    EMA_FILE
-                } else {
-                    MODEL_FILE
-                };
-                let file = path.join(name);
-                if !file.is_file() {
-                    return Err(LatteError::NotFound(format!(
-                        "{}: a folder, but not a latte-rs checkpoint (no {name})",
-                        path.display()
-                    )));
-                }
-                let info = CheckpointInfo {
-                    key: Some(name.trim_end_matches(".safetensors").into()),
-                    keys: vec!["model".into(), "ema".into()],
-                };
-                let bytes = crate::train::checkpoint::read_checked(path, name)?;
-                Ok((Self::from_model_file(&bytes, &file, device)?, info))
-            }
-            Format::LatteSafetensors => Ok((Self::load(path, device)?, CheckpointInfo::bare())),
-            Format::Safetensors => bare(
-                crate::weights::diffusers::read_safetensors(path)?,
-                CheckpointInfo::bare(),
-            ),
-            Format::Torch => {
-                let (state, info) = read_torch_state_dict(path, use_ema)?;
-                bare(state, info)
-            }
-            Format::DiffusersModel | Format::DiffusersPipeline => Err(LatteError::Value(format!(
-                "{}: a diffusers folder (the text-to-video Latte-1); load it with LatteT2VTransformer.from_pretrained \
-                 or LatteT2VPipeline.from_pretrained",
-                path.display()
-            ))),
+        let opened = open_model(path, &opts)?;
+        match opened.model {
+            AnyModel::Latte(m) => Ok((m, opened.info)),
+            other => Err(wrong_kind(path, ModelKind::Latte, other.kind())),
         }
     }
 

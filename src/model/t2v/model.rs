@@ -9,6 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::LatteT2VConfig;
 use super::network::LatteT2V;
 use crate::error::{value_error, LatteError, Result};
+use crate::model::open::wrong_kind;
+use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::{Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
@@ -71,26 +73,19 @@ impl LatteT2VModel {
         Ok(model)
     }
 
-    /// A trained text-to-video model: a latte-rs trainer checkpoint folder (its EMA weights when `use_ema`, each
-    /// file verified against the manifest), a model file a trainer wrote, or a diffusers `transformer/` folder.
+    /// A trained text-to-video model (see [`crate::model::open_model`]): a latte-rs trainer checkpoint folder (its
+    /// EMA weights when `use_ema`, each file verified against the manifest), a model file a trainer wrote, or a
+    /// diffusers `transformer/` folder (or the pipeline folder above it).
     pub fn from_checkpoint(path: &Path, use_ema: bool, device: &Device) -> Result<Self> {
-        use crate::train::TrainedModel;
-        use crate::weights::format::{EMA_FILE, MANIFEST_FILE, MODEL_FILE};
-        if path.is_dir() && !path.join(MANIFEST_FILE).is_file() {
-            return Self::from_pretrained(path, device, None);
-        }
-        let (file, bytes) = if path.is_dir() {
-            let name = if use_ema { EMA_FILE } else { MODEL_FILE };
-            (path.join(name), crate::train::checkpoint::read_checked(path, name)?)
-        } else {
-            (path.to_path_buf(), crate::io::read(path)?)
+        let opts = OpenOptions {
+            use_ema,
+            kind: Some(ModelKind::Text),
+            device: device.clone(),
+            ..OpenOptions::default()
         };
-        match TrainedModel::from_model_file(&bytes, &file, device)? {
-            TrainedModel::Text(m) => Ok(m),
-            TrainedModel::Latte(_) => Err(LatteError::Value(format!(
-                "{}: a class-conditional or unconditional Latte checkpoint; load it with LatteModel.from_checkpoint",
-                file.display()
-            ))),
+        match open_model(path, &opts)?.model {
+            AnyModel::Text(m) => Ok(m),
+            other => Err(wrong_kind(path, ModelKind::Text, other.kind())),
         }
     }
 

@@ -1,6 +1,6 @@
-//! [`TrainedModel`]: the models the trainer trains, seen through the [`Denoiser`] interface plus what a checkpoint
+//! [`AnyModel`]: either kind of model latte-rs builds, seen through the [`Denoiser`] interface plus what a file
 //! needs (the weights with the config that rebuilds them) and what a train step needs (the condition dropout of
-//! classifier-free guidance).
+//! classifier-free guidance). What [`super::open_model`] returns and what the trainer trains.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -8,43 +8,43 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{LatteError, Result};
+use super::open::ModelKind;
 use crate::model::{Denoiser, LatteModel, LatteT2VConfig, LatteT2VModel};
 use crate::weights::format::{metadata_value, safetensors_bytes_with, LATTE_CONFIG_KEY, T2V_CONFIG_KEY};
 
-/// A model the [`crate::train::Trainer`] trains: a class-conditional or unconditional Latte, or the text-to-video
-/// transformer. Clones share the parameters.
+/// A class-conditional or unconditional Latte, or the text-to-video transformer. Clones share the parameters.
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant)] // one per trainer, cloned rarely; boxing would only add indirection
-pub enum TrainedModel {
+pub enum AnyModel {
     Latte(LatteModel),
     Text(LatteT2VModel),
 }
 
-impl From<LatteModel> for TrainedModel {
+impl From<LatteModel> for AnyModel {
     fn from(m: LatteModel) -> Self {
         Self::Latte(m)
     }
 }
 
-impl From<&LatteModel> for TrainedModel {
+impl From<&LatteModel> for AnyModel {
     fn from(m: &LatteModel) -> Self {
         Self::Latte(m.clone())
     }
 }
 
-impl From<&LatteT2VModel> for TrainedModel {
+impl From<&LatteT2VModel> for AnyModel {
     fn from(m: &LatteT2VModel) -> Self {
         Self::Text(m.clone())
     }
 }
 
-impl From<LatteT2VModel> for TrainedModel {
+impl From<LatteT2VModel> for AnyModel {
     fn from(m: LatteT2VModel) -> Self {
         Self::Text(m)
     }
 }
 
-impl TrainedModel {
+impl AnyModel {
     pub fn denoiser(&self) -> &dyn Denoiser {
         match self {
             Self::Latte(m) => m,
@@ -135,6 +135,13 @@ impl TrainedModel {
 
     pub fn is_text(&self) -> bool {
         matches!(self, Self::Text(_))
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::Latte(_) => ModelKind::Latte,
+            Self::Text(_) => ModelKind::Text,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::schedulers::{Noise, Scheduler, StepOptions};
+use crate::diffusion::schedulers::{Noise, Scheduler, StepOptions};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::{apply_guidance, Condition, Denoiser};
 use crate::rng::Generator;
