@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{LatteError, Result};
 use super::open::ModelKind;
+use crate::error::{LatteError, Result};
 use crate::model::{Denoiser, LatteModel, LatteT2VConfig, LatteT2VModel};
 use crate::weights::format::{metadata_value, safetensors_bytes_with, LATTE_CONFIG_KEY, T2V_CONFIG_KEY};
 

@@ -12,10 +12,10 @@ use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
 use super::IntoPy;
 use crate::diffusion::Scheduler;
-use crate::sampling::{self, SamplingOptions};
 use crate::error::{LatteError, Result};
 use crate::model::{Condition, Denoiser};
 use crate::rng::Generator;
+use crate::sampling::{self, SamplingOptions};
 
 /// Runs `body` without the GIL, handing it a progress function that calls `callback(done, total)` and checks
 /// for Ctrl-C; a Python exception from either stops the run and is raised as it was.

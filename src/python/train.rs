@@ -14,10 +14,10 @@ use super::diffusion::PyGaussianDiffusion;
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
 use super::IntoPy;
+use crate::model::AnyModel;
 use crate::model::{parse_device, Condition};
 use crate::rng::GeneratorState;
 use crate::train::optim::AdamWConfig;
-use crate::model::AnyModel;
 use crate::train::{Draws, StepStats, Trainer, TrainerOptions};
 
 fn stats_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>> {

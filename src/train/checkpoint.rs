@@ -29,11 +29,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Buffers, LossScale, State, Trainer, TrainerOptions};
-use crate::model::AnyModel;
+use super::host_state::Buffers;
+use super::trainer::State;
+use super::{LossScale, Trainer, TrainerOptions};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::{LatteError, Result};
 use crate::float::Float;
+use crate::model::AnyModel;
 use crate::rng::{Generator, GeneratorState};
 use crate::weights::checkpoint::{corrupt, CheckpointFolder, FileEntry, FORMAT, VERSION};
 use crate::weights::format::{
@@ -126,10 +128,7 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
         rng: trainer.rng.state(),
         rank_rngs: rank_rngs.to_vec(),
         options: trainer.opts.clone(),
-        files: files
-            .iter()
-            .map(|(n, b)| (n.to_string(), FileEntry::of(b)))
-            .collect(),
+        files: files.iter().map(|(n, b)| (n.to_string(), FileEntry::of(b))).collect(),
     };
     let tmp = parent.join(crate::io::sibling_name(&name, "tmp"));
     let write_all = || -> Result<()> {

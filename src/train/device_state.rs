@@ -16,8 +16,10 @@ use std::cell::Cell;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use super::host_state::Buffers;
 use super::optim::{AdamWConfig, Update};
-use super::{Buffers, Pending, Skip, TrainerOptions};
+use super::optim::{Pending, Skip};
+use super::TrainerOptions;
 use crate::error::Result;
 use crate::float::Float;
 

@@ -323,3 +323,43 @@ mod tests {
         assert!(e.iter().all(|x| (*x - 0.1).abs() < 1e-7));
     }
 }
+
+/// An optimiser step about to be taken: the loss it comes from, the loss scale its gradients carry, the clipping
+/// norm (None: no clipping at this step), and the 1-based step with its scheduled learning rate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    pub loss: f64,
+    pub loss_scale: f64,
+    pub clip: Option<f64>,
+    pub step: u64,
+    pub lr: f64,
+}
+
+impl Pending {
+    /// The unscaled global norm from the summed squares of the (scaled) gradients, and the update to take: None
+    /// when the loss or the norm is not finite. Clipping (torch's clip_grad_norm_ factor) and unscaling fold into
+    /// one factor on each gradient.
+    pub fn update(&self, sum_sq: f64) -> (f64, Option<Update>) {
+        let norm = sum_sq.sqrt() / self.loss_scale;
+        if !(self.loss.is_finite() && norm.is_finite()) {
+            return (norm, None);
+        }
+        let grad_scale = self.clip.map_or(1.0, |max| clip_coefficient(norm, max)) / self.loss_scale;
+        let update = Update {
+            step: self.step,
+            lr: self.lr,
+            grad_scale,
+        };
+        (norm, Some(update))
+    }
+}
+
+/// Why an optimiser step was not applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skip {
+    No,
+    /// The loss or the gradients are not finite.
+    NonFinite,
+    /// The update would make a parameter or a moment non-finite.
+    Overflow,
+}

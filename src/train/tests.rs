@@ -6,9 +6,14 @@ use candle_core::{DType, Device, Tensor};
 
 use super::*;
 use crate::config::LatteConfig;
+use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::{named_beta_schedule, BetaSchedule, LossType, MeanType, VarType};
+use crate::error::LatteError;
+use crate::model::{AnyModel, Condition, Denoiser};
 use crate::model::{LatteModel, LatteT2VModel};
 use crate::rng::Generator;
+use optim::AdamWConfig;
+use trainer::State;
 
 fn tiny(classes: usize, images: usize) -> LatteConfig {
     LatteConfig {

@@ -69,12 +69,9 @@ impl Format {
         crate::io::open_regular(path)?;
         if path.extension().is_some_and(|e| e == "safetensors") {
             let bytes = crate::io::read(path)?;
-            let has_config = config_metadata(&bytes, path)?.is_some() || metadata_value(&bytes, path, T2V_CONFIG_KEY)?.is_some();
-            return Ok(if has_config {
-                Self::ModelFile
-            } else {
-                Self::Safetensors
-            });
+            let has_config =
+                config_metadata(&bytes, path)?.is_some() || metadata_value(&bytes, path, T2V_CONFIG_KEY)?.is_some();
+            return Ok(if has_config { Self::ModelFile } else { Self::Safetensors });
         }
         Ok(Self::Torch)
     }

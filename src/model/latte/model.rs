@@ -10,10 +10,10 @@ use super::network::Latte;
 use crate::config::LatteConfig;
 use crate::error::{value_error, LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
-use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
-use crate::nn::init::{init_weights, is_trainable};
 use crate::model::open::wrong_kind;
+use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
+use crate::nn::init::{init_weights, is_trainable};
 use crate::weights::format::{read_model_file, write_model_file};
 use crate::weights::{CheckpointInfo, LoadPolicy, LoadReport, ParamStore};
 
@@ -92,7 +92,12 @@ impl LatteModel {
     }
 
     /// A model of `cfg` holding `state` (in the dtype of its tensors), strictly: `path` names the file in errors.
-    pub(crate) fn from_state(cfg: &LatteConfig, state: &HashMap<String, Tensor>, path: &Path, device: &Device) -> Result<Self> {
+    pub(crate) fn from_state(
+        cfg: &LatteConfig,
+        state: &HashMap<String, Tensor>,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let dtype = state
             .values()
             .next()
