@@ -307,13 +307,13 @@ class TorchDiffusion:
     def __init__(self, diffusion: GaussianDiffusion | None = None, *, learn_sigma: bool | None = None,
                  rescale_learned_sigmas: bool = False) -> None:
         self.diffusion = GaussianDiffusion() if diffusion is None else diffusion
-        text = repr(self.diffusion)
-        if "mean=Epsilon" not in text or ("loss=Mse" not in text and "loss=RescaledMse" not in text):
+        d = self.diffusion
+        if d.prediction_type != "epsilon" or d.loss_type not in ("mse", "rescaled_mse"):
             raise ValueError(f"diffusion: expected an ε-prediction process with the MSE/hybrid loss (what "
-                             f"TorchDiffusion computes; latte_rs.Trainer trains the others), got {text}")
-        self.learn_sigma = "variance=Learned" in text if learn_sigma is None else learn_sigma
-        self.rescale = "loss=RescaledMse" in text or rescale_learned_sigmas
-        self._fixed_large = "variance=FixedLarge" in text
+                             f"TorchDiffusion computes; latte_rs.Trainer trains the others), got {d!r}")
+        self.learn_sigma = d.variance_type in ("learned", "learned_range") if learn_sigma is None else learn_sigma
+        self.rescale = d.loss_type == "rescaled_mse" or rescale_learned_sigmas
+        self._fixed_large = d.variance_type == "fixed_large"
         self.tables = {k: torch.from_numpy(v) for k, v in self.diffusion.tables().items()}
         self.tables["log_betas"] = torch.log(self.tables["betas"])  # the learned range's upper end, in float64
         self.timestep_map = torch.from_numpy(self.diffusion.timestep_map)

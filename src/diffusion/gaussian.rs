@@ -57,6 +57,16 @@ impl VarType {
     pub fn is_learned(self) -> bool {
         matches!(self, Self::Learned | Self::LearnedRange)
     }
+
+    /// Its name in diffusers' `variance_type` words ("fixed_small", "fixed_large", "learned", "learned_range").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FixedSmall => "fixed_small",
+            Self::FixedLarge => "fixed_large",
+            Self::Learned => "learned",
+            Self::LearnedRange => "learned_range",
+        }
+    }
 }
 
 /// The training objective.
@@ -70,6 +80,18 @@ pub enum LossType {
     Kl,
     /// The variational bound times T.
     RescaledKl,
+}
+
+impl LossType {
+    /// Its name as the reference code's `LossType` ("mse", "rescaled_mse", "kl", "rescaled_kl").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mse => "mse",
+            Self::RescaledMse => "rescaled_mse",
+            Self::Kl => "kl",
+            Self::RescaledKl => "rescaled_kl",
+        }
+    }
 }
 
 /// The model's predicted distribution p(x_{t−1} | x_t) and its x₀ estimate.

@@ -1,5 +1,5 @@
 //! The conversions every binding shares: NumPy / DLPack arrays in, NumPy arrays out; state dicts both ways;
-//! dicts as JSON; the float and integer checks of array arguments.
+//! Python values as JSON and back (one converter); the float and integer checks of array arguments.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use numpy::{PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString, PyTuple};
+use serde_json::Value;
 
 use super::IntoPy;
 
@@ -157,17 +158,84 @@ pub fn state_dict_from_py(dict: &Bound<'_, PyDict>, arg: &str) -> PyResult<HashM
     Ok(map)
 }
 
-/// A Python dict (of JSON-able values) as JSON text, for configs parsed by serde in the core.
-pub fn dict_to_json(py: Python<'_>, dict: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
-    match dict {
-        Some(d) => py.import("json")?.call_method1("dumps", (d,))?.extract(),
-        None => Ok("{}".into()),
+/// A Python value as JSON: bools, integers (anything with `__index__`, so NumPy integers too), floats (and
+/// anything with `__float__`), strings, None, lists and tuples, dicts with string keys. `key` names the argument
+/// in errors. The one conversion of Python values into the core's JSON configs.
+pub fn to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
+    if obj.is_none() {
+        Ok(Value::Null)
+    } else if obj.is_instance_of::<PyBool>() {
+        Ok(Value::Bool(obj.extract()?))
+    } else if obj.is_instance_of::<PyString>() {
+        Ok(Value::String(obj.extract()?))
+    } else if obj.is_instance_of::<PyFloat>() {
+        let x: f64 = obj.extract()?;
+        serde_json::Number::from_f64(x)
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("{key}: expected a finite number, got {x}")))
+    } else if obj.hasattr("__index__")? {
+        match obj.call_method0("__index__")?.extract::<i64>() {
+            Ok(i) => Ok(Value::from(i)),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "{key}: expected an integer that fits in 64 bits, got {}",
+                obj.str()?
+            ))),
+        }
+    } else if let Ok(d) = obj.cast::<PyDict>() {
+        Ok(Value::Object(dict_to_json(Some(d), key)?))
+    } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let items: Vec<Bound<'_, PyAny>> = obj.extract()?;
+        Ok(Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| to_json(v, &format!("{key}[{i}]")))
+                .collect::<PyResult<_>>()?,
+        ))
+    } else if obj.hasattr("__float__")? {
+        to_json(&obj.call_method0("__float__")?, key)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{key}: expected a bool, int, float, str, None, list or dict, got {}",
+            obj.get_type()
+        )))
     }
 }
 
-/// JSON text as a Python object (dicts, lists, numbers, strings).
-pub fn json_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    py.import("json")?.call_method1("loads", (text,))
+/// A dict of keyword arguments as a JSON object (None: empty); `what` names it in errors.
+pub fn dict_to_json(dict: Option<&Bound<'_, PyDict>>, what: &str) -> PyResult<serde_json::Map<String, Value>> {
+    let mut map = serde_json::Map::new();
+    for (k, v) in dict.into_iter().flat_map(|d| d.iter()) {
+        let key: String = k
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("{what}: expected string keys, got {}", k.get_type())))?;
+        let value = to_json(&v, &key)?;
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// JSON as a Python value (dicts, lists, ints, floats, strings, None): the inverse of [`to_json`].
+pub fn from_json<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => i.into_pyobject(py)?.into_any(),
+            None => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            PyList::new(py, items.iter().map(|i| from_json(py, i)).collect::<PyResult<Vec<_>>>()?)?.into_any()
+        }
+        Value::Object(map) => {
+            let d = PyDict::new(py);
+            for (k, v) in map {
+                d.set_item(k, from_json(py, v)?)?;
+            }
+            d.into_any()
+        }
+    })
 }
 
 /// A model read by `load(path, device, dtype)` without the GIL, the device and dtype parsed from their names

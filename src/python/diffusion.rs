@@ -113,6 +113,20 @@ impl PyGaussianDiffusion {
         self.inner.mean_type.prediction_type()
     }
 
+    /// How the variance of each step is chosen: "fixed_small", "fixed_large", "learned" or "learned_range" (the
+    /// model's second half of channels interpolates between the two fixed ones, as Latte's).
+    #[getter]
+    fn variance_type(&self) -> &'static str {
+        self.inner.var_type.name()
+    }
+
+    /// The training objective: "mse" (with the variational-bound term for a learned variance: the hybrid loss),
+    /// "rescaled_mse", "kl" or "rescaled_kl".
+    #[getter]
+    fn loss_type(&self) -> &'static str {
+        self.inner.loss_type.name()
+    }
+
     #[getter]
     fn num_timesteps(&self) -> usize {
         self.inner.num_timesteps()
@@ -318,12 +332,12 @@ impl PyGaussianDiffusion {
     fn __repr__(&self) -> String {
         let g = &self.inner;
         format!(
-            "GaussianDiffusion(steps={} of {}, mean={:?}, variance={:?}, loss={:?})",
+            "GaussianDiffusion(steps={} of {}, prediction_type={:?}, variance_type={:?}, loss_type={:?})",
             g.num_timesteps(),
             g.original_num_steps,
-            g.mean_type,
-            g.var_type,
-            g.loss_type
+            g.mean_type.prediction_type(),
+            g.var_type.name(),
+            g.loss_type.name()
         )
     }
 }

@@ -1,6 +1,7 @@
 //! The pyo3 layer: converts arrays, maps errors to Python exception types, and delegates to the core.
 //! Nothing here computes; every numerical decision lives in the core crate.
 
+mod config;
 mod convert;
 mod diffusion;
 mod i3d;
@@ -106,7 +107,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CUDA_AVAILABLE", cfg!(feature = "cuda"))?;
     m.add("FLASH_ATTN_AVAILABLE", cfg!(feature = "flash-attn"))?;
-    m.add_class::<model::PyLatteConfig>()?;
+    m.add_class::<config::PyLatteConfig>()?;
+    m.add_class::<config::PyLatteT2VConfig>()?;
     m.add_class::<model::PyLatteModel>()?;
     m.add_class::<model::PyForwardGraph>()?;
     m.add_class::<convert::SharedStorage>()?;

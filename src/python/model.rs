@@ -1,54 +1,14 @@
-//! `LatteConfig` and `LatteModel` as Python classes.
+//! `LatteModel` as a Python class, with its forward graph for the torch face.
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
-use serde_json::Value;
+use pyo3::types::PyDict;
 
+use super::config::PyLatteConfig;
 use super::convert::{dict_to_json, shared_numpy, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
 use super::IntoPy;
-use crate::config::{latent_size, LatteConfig};
 use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteModel};
-
-fn py_to_json(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
-    if obj.is_instance_of::<PyBool>() {
-        Ok(Value::Bool(obj.extract()?))
-    } else if obj.is_instance_of::<PyInt>() {
-        match obj.extract::<i64>() {
-            Ok(i) => Ok(Value::from(i)),
-            Err(_) => Err(PyValueError::new_err(format!(
-                "{key}: expected an integer that fits in 64 bits, got {}",
-                obj.str()?
-            ))),
-        }
-    } else if obj.is_instance_of::<PyFloat>() {
-        Ok(serde_json::Number::from_f64(obj.extract()?)
-            .map(Value::Number)
-            .unwrap_or(Value::Null))
-    } else if obj.is_instance_of::<PyString>() {
-        Ok(Value::String(obj.extract()?))
-    } else {
-        Err(PyTypeError::new_err(format!(
-            "{key}: expected a bool, int, float or str, got {}",
-            obj.get_type()
-        )))
-    }
-}
-
-fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => i.into_pyobject(py)?.into_any(),
-            None => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
-        },
-        Value::String(s) => PyString::new(py, s).into_any(),
-        Value::Null => py.None().into_bound(py),
-        other => PyString::new(py, &other.to_string()).into_any(),
-    })
-}
 
 /// The latents, timesteps and class condition of a model call.
 fn model_inputs(
@@ -61,185 +21,6 @@ fn model_inputs(
     let y_image = y_image.map(|v| to_tensor(v, "y_image")).transpose()?;
     let cond = Condition::from_labels(y.as_ref(), y_image.as_ref()).py()?;
     Ok((to_tensor(x, "x")?, to_tensor(t, "t")?, cond))
-}
-
-/// Applies keyword overrides to `base`, checking each key on its own so an error names the argument.
-fn apply_overrides(base: &LatteConfig, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<LatteConfig> {
-    let mut value = serde_json::to_value(base).py()?;
-    let Some(kwargs) = kwargs else {
-        return Ok(base.clone());
-    };
-    let fields: Vec<String> = value
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
-    for (k, v) in kwargs.iter() {
-        let key: String = k.extract()?;
-        if key == "image_size" {
-            let size: usize = v
-                .extract()
-                .map_err(|_| PyTypeError::new_err("image_size: expected an int"))?;
-            value["input_size"] = Value::from(latent_size(size).py()?);
-            continue;
-        }
-        if !fields.contains(&key) {
-            return Err(PyTypeError::new_err(format!(
-                "LatteConfig got an unexpected keyword argument '{key}'; valid: image_size, {}",
-                fields.join(", ")
-            )));
-        }
-        let mut trial = value.clone();
-        trial[&key] = py_to_json(&v, &key)?;
-        if let Err(e) = crate::error::from_json_value::<LatteConfig>(trial.clone()) {
-            // The path already names the key when the value is the problem.
-            let msg = if e.starts_with(&format!("{key}:")) {
-                e
-            } else {
-                format!("{key}: {e}")
-            };
-            return Err(PyValueError::new_err(msg));
-        }
-        value = trial;
-    }
-    serde_json::from_value(value).py()
-}
-
-/// Every option of a Latte model (see the README's options table). Immutable; `replace` makes a changed copy.
-#[pyclass(name = "LatteConfig", module = "latte_rs", frozen, eq)]
-#[derive(Clone, PartialEq)]
-pub struct PyLatteConfig {
-    pub inner: LatteConfig,
-}
-
-#[pymethods]
-impl PyLatteConfig {
-    #[new]
-    #[pyo3(signature = (**kwargs))]
-    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        crate::python::guard(move || {
-            let inner = apply_overrides(&LatteConfig::default(), kwargs)?;
-            inner.validate().py()?;
-            Ok(Self { inner })
-        })
-    }
-
-    /// A preset by name ("Latte-S/2" ... "Latte-XL/8") with keyword overrides; `image_size` (pixels) sets
-    /// `input_size` = image_size / 8.
-    #[staticmethod]
-    #[pyo3(signature = (name, **kwargs))]
-    fn preset(name: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        crate::python::guard(move || {
-            let inner = apply_overrides(&LatteConfig::preset(name).py()?, kwargs)?;
-            inner.validate().py()?;
-            Ok(Self { inner })
-        })
-    }
-
-    #[staticmethod]
-    fn preset_names() -> Vec<String> {
-        LatteConfig::preset_names()
-    }
-
-    /// A copy with some fields changed.
-    #[pyo3(signature = (**kwargs))]
-    fn replace(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        crate::python::guard(move || {
-            let inner = apply_overrides(&self.inner, kwargs)?;
-            inner.validate().py()?;
-            Ok(Self { inner })
-        })
-    }
-
-    fn to_json(&self) -> PyResult<String> {
-        crate::python::guard(move || self.inner.to_json().py())
-    }
-
-    #[staticmethod]
-    fn from_json(s: &str) -> PyResult<Self> {
-        crate::python::guard(move || {
-            Ok(Self {
-                inner: LatteConfig::from_json(s).py()?,
-            })
-        })
-    }
-
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        crate::python::guard(move || {
-            let d = PyDict::new(py);
-            if let Value::Object(m) = serde_json::to_value(&self.inner).py()? {
-                for (k, v) in m {
-                    d.set_item(k, json_to_py(py, &v)?)?;
-                }
-            }
-            Ok(d)
-        })
-    }
-
-    #[staticmethod]
-    fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
-        crate::python::guard(move || Self::new(Some(d)))
-    }
-
-    /// Parameter count (`trainable_only`: without the fixed sin-cos tables), without allocating the model.
-    #[pyo3(signature = (trainable_only = true))]
-    fn num_parameters(&self, trainable_only: bool) -> PyResult<usize> {
-        crate::python::guard(move || self.inner.num_parameters(trainable_only).py())
-    }
-
-    #[getter]
-    fn out_channels(&self) -> usize {
-        self.inner.out_channels()
-    }
-
-    fn __getattr__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        crate::python::guard(move || {
-            let value = serde_json::to_value(&self.inner).py()?;
-            match value.get(name) {
-                Some(v) => json_to_py(py, v),
-                None => Err(PyAttributeError::new_err(format!(
-                    "LatteConfig has no attribute {name:?}"
-                ))),
-            }
-        })
-    }
-
-    fn __dir__(&self) -> Vec<String> {
-        let mut names: Vec<String> = serde_json::to_value(&self.inner)
-            .ok()
-            .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
-            .unwrap_or_default();
-        names.extend(
-            [
-                "preset",
-                "preset_names",
-                "replace",
-                "to_json",
-                "from_json",
-                "to_dict",
-                "from_dict",
-                "num_parameters",
-                "out_channels",
-            ]
-            .map(String::from),
-        );
-        names
-    }
-
-    fn __repr__(&self) -> String {
-        let fields = serde_json::to_value(&self.inner)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default();
-        format!("LatteConfig({fields})")
-    }
-
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (String,))> {
-        crate::python::guard(move || {
-            let cls = py.get_type::<Self>().getattr("from_json")?;
-            Ok((cls, (self.to_json()?,)))
-        })
-    }
 }
 
 /// A Latte model on a device, with its parameters.
@@ -408,7 +189,7 @@ impl PyLatteModel {
         crate::python::guard(move || {
             let device = parse_device(device).py()?;
             let overrides: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&dict_to_json(py, overrides)?).map_err(|e| PyTypeError::new_err(e.to_string()))?;
+                dict_to_json(overrides, "overrides")?;
             let (inner, _) = py
                 .detach(|| LatteModel::from_checkpoint(&path, preset.as_deref(), use_ema, &overrides, &device))
                 .py()?;

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -78,8 +77,7 @@ pub(crate) fn open_model(
         let opts = OpenOptions {
             use_ema,
             preset,
-            overrides: serde_json::from_str(&dict_to_json(py, overrides)?)
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?,
+            overrides: dict_to_json(overrides, "overrides")?,
             kind,
             device: parse_device(device).py()?,
         };

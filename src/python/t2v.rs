@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{
-    dict_to_json, float_tensor, int_tensor, json_to_py, load_folder, state_dict_from_py, state_dict_to_py, to_numpy,
-    to_tensor,
-};
+use super::config::{t2v_config_arg, PyLatteT2VConfig};
+use super::convert::{float_tensor, int_tensor, load_folder, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
 use super::IntoPy;
-use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VConfig, LatteT2VModel, T5EncoderModel};
+use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VModel, T5EncoderModel};
 
 /// The text-to-video Latte transformer (Latte-1), with diffusers' parameter names and config keys.
 ///
@@ -29,20 +27,21 @@ pub struct PyLatteT2V {
 
 #[pymethods]
 impl PyLatteT2V {
-    /// A randomly initialised model from a diffusers config dict (missing keys: Latte-1's values). `init`:
+    /// A randomly initialised model from a `LatteT2VConfig` or a dict of diffusers config keys (missing keys:
+    /// Latte-1's values). `init`:
     /// "normal" (every weight N(0, 0.02²), for tests) or "pixart" (PixArt-α's recipe, for training from scratch).
     #[new]
     #[pyo3(signature = (config = None, seed = 0, device = "cpu", dtype = "float32", init = "normal"))]
     fn new(
         py: Python<'_>,
-        config: Option<&Bound<'_, PyDict>>,
+        config: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
         device: &str,
         dtype: &str,
         init: &str,
     ) -> PyResult<Self> {
         crate::python::guard(move || {
-            let cfg = LatteT2VConfig::from_json(&dict_to_json(py, config)?).py()?;
+            let cfg = t2v_config_arg(config)?;
             let device = parse_device(device).py()?;
             let dtype = parse_dtype(dtype).py()?;
             let make = match init {
@@ -129,10 +128,12 @@ impl PyLatteT2V {
         })
     }
 
-    /// The config as diffusers' `config.json` keys.
+    /// The config (diffusers' `config.json` keys; reads as attributes or as a mapping).
     #[getter]
-    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        crate::python::guard(move || json_to_py(py, &self.inner.config().to_json().py()?))
+    fn config(&self) -> PyLatteT2VConfig {
+        PyLatteT2VConfig {
+            inner: self.inner.config().clone(),
+        }
     }
 
     fn num_parameters(&self) -> usize {
