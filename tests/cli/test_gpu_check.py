@@ -16,7 +16,7 @@ import pytest
 
 import latte_rs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benches" / "gpu_check.py"
 SECTIONS = ("a_forward_parity", "b_gradient_parity", "c_train_parity", "d_flash_vs_math", "e_timings", "f_flops",
             "g_peak_memory")

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 import latte_rs
+from conftest import T5_GATED, TINY_VAE
 from latte_rs.data import CaptionedVideos, LatentClips, SyntheticVideos, VideoClips, encode_dataset
 from latte_rs.data.batching import batches, shard
 from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, encode_captions
 
 av = pytest.importorskip("av")
 
-FIXTURES = Path(__file__).parent / "fixtures"
-T5 = FIXTURES / "t5" / "gated"
-VAE = FIXTURES / "vae" / "tiny_attn"
+T5 = T5_GATED
+VAE = TINY_VAE
 CLIP = dict(num_frames=4, frame_interval=2, image_size=16)
 
 

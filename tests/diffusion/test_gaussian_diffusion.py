@@ -1,6 +1,6 @@
 """GaussianDiffusion against the IDDPM/DiT reference (`diffusion/` of the official Latte code), in float64.
 
-Golden values come from tests/fixtures/make_diffusion_golden.py, which runs the reference package.
+Golden values come from tests/diffusion/fixtures/make_diffusion_golden.py, which runs the reference package.
 """
 
 from __future__ import annotations

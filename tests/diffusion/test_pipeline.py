@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import latte_rs
+from conftest import TINY_VAE
 from latte_rs.pipelines import LatteOutput, LattePipeline
 from latte_rs.video_io import frame_grid, save_gif, save_mp4
 
-VAE = Path(__file__).parent / "fixtures" / "vae" / "tiny_attn"
+VAE = TINY_VAE
 
 
 def _pixel_model(num_classes=3, seed=0):
@@ -156,7 +155,7 @@ def test_a_prompt_to_a_model_without_text_is_an_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="prompt: this is a class-conditional Latte model, which takes no text"):
         pipe(class_labels=[0], prompt="a red square moving left", num_inference_steps=2, progress=False)
     # The command line: a class-model file refuses --prompt, never ignores it (without a checkpoint, --prompt
-    # picks the built-in text-to-video model: tests/test_tiny_t2v.py).
+    # picks the built-in text-to-video model: tests/t2v/test_tiny_t2v.py).
     _pixel_model().save(str(tmp_path / "m.safetensors"))
     for argv in (["sample", str(tmp_path / "m.safetensors"), "--prompt", "a blue triangle"],):
         assert main(argv + ["--steps", "2", "--no-progress", "--output-dir", str(tmp_path / "out")]) != 0

@@ -3,9 +3,9 @@ dummy model `sample * t / (t + 1)`): every spacing, prediction type and variance
 Euler, the SDE forms of DPM-Solver, full 10-step loops; `add_noise` with one timestep per sample and one for
 the batch.
 
-Golden runs come from tests/fixtures/make_scheduler_golden.py (which runs diffusers, recording the noise of each
-step); here the same noise is replayed through a stand-in generator. When diffusers is installed, a few runs are
-also compared live.
+Golden runs come from tests/diffusion/fixtures/make_scheduler_golden.py (which runs diffusers, recording the noise
+of each step); here the same noise is replayed through a stand-in generator. When diffusers is installed, a few
+runs are also compared live.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from latte_rs.evaluation import protocol as fvd_module
 from latte_rs.evaluation import sources as fvd_sources
 from latte_rs.evaluation import weights as weights_module
 
-GOLDEN = Path(__file__).parent / "fixtures" / "fvd" / "i3d_logits.npz"
+GOLDEN = Path(__file__).parent / "fixtures" / "i3d_logits.npz"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Parity with the official Latte implementation (models/latte.py and models/latte_img.py).
 
-Golden outputs come from tests/fixtures/make_official_golden.py, which runs the official code; the same
+Golden outputs come from tests/model/fixtures/make_official_golden.py, which runs the official code; the same
 weights and inputs go through latte-rs here. Tolerance: max relative error 1e-5 (f32).
 """
 

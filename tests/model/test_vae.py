@@ -1,4 +1,4 @@
-"""The VAE against diffusers' AutoencoderKL (golden files from tests/fixtures/make_vae_golden.py, and live)."""
+"""The VAE against diffusers' AutoencoderKL (golden files from tests/model/fixtures/make_vae_golden.py, and live)."""
 
 from __future__ import annotations
 

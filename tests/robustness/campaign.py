@@ -18,9 +18,9 @@ and ``--cases`` give the same cases on every run (after a crash the worker resta
 derived from its index, so the sequence stays deterministic), and every case's drawn arguments are recorded as
 they are drawn, so that a crash is reported with the arguments that caused it.
 
-    python tests/fuzz/campaign.py --cases 1000              # the long run (every target, ~15 min on 2 cores)
-    python tests/fuzz/campaign.py --cases 30 --json out.json
-    python tests/fuzz/campaign.py --target trainer --cases 100 --verbose
+    python tests/robustness/campaign.py --cases 1000              # the long run (every target, ~15 min on 2 cores)
+    python tests/robustness/campaign.py --cases 30 --json out.json
+    python tests/robustness/campaign.py --target trainer --cases 100 --verbose
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-FIXTURES = HERE.parent / "fixtures"
 # IndexError is what Python raises for an index past a sequence's end (datasets).
 # NotImplementedError: a capability this build lacks (attention="flash" without the flash-attn feature).
 EXPECTED = (ValueError, TypeError, FileNotFoundError, MemoryError, OSError, OverflowError, IndexError,
@@ -470,6 +469,15 @@ TARGETS: dict[str, Callable[[Any, dict], list]] = {
 # The worker: runs cases start .. start+count of one target and reports each on stdout.
 
 
+def _fixtures():
+    """The shared test fixtures' paths (tests/conftest.py), imported in the worker only: the parent process needs
+    neither latte_rs nor pytest."""
+    sys.path.insert(0, str(HERE.parent))
+    import conftest
+
+    return conftest
+
+
 def _context(target: str, tmp: str) -> dict:
     import latte_rs
 
@@ -482,9 +490,9 @@ def _context(target: str, tmp: str) -> dict:
                                           temporal_position="rope"), seed=2),
         ]
     if target == "vae":
-        ctx["vae"] = latte_rs.VideoVAE.from_pretrained(FIXTURES / "vae" / "tiny_attn")
+        ctx["vae"] = latte_rs.VideoVAE.from_pretrained(_fixtures().TINY_VAE)
     if target == "t5":
-        ctx["t5"] = latte_rs.T5TextEncoder.from_pretrained(FIXTURES / "t5" / "gated")
+        ctx["t5"] = latte_rs.T5TextEncoder.from_pretrained(_fixtures().T5_GATED)
     if target == "files":
         ctx["files"] = _file_sources(latte_rs, Path(tmp) / "sources")
     return ctx
@@ -498,13 +506,14 @@ def _file_sources(latte_rs, out: Path) -> dict:
     trainer = latte_rs.Trainer(model, latte_rs.GaussianDiffusion())
     trainer.step(np.zeros((1, 2, 4, 4, 4), np.float32), np.array([1]))
     trainer.save(out / "ckpt")
+    fixtures = _fixtures()
     sources = {
         "model_file": (out / "model.safetensors", lambda m, p: m.LatteModel.load(p)),
         "checkpoint_resume": (out / "ckpt", lambda m, p: m.Trainer.resume(p)),
         "checkpoint_model": (out / "ckpt", lambda m, p: m.LatteModel.from_checkpoint(p)),
-        "vae_folder": (FIXTURES / "vae" / "tiny_attn", lambda m, p: m.VideoVAE.from_pretrained(p)),
-        "t5_folder": (FIXTURES / "t5" / "gated", lambda m, p: m.T5TextEncoder.from_pretrained(p)),
-        "t2v_folder": (FIXTURES / "t2v" / "video", lambda m, p: m.LatteT2VTransformer.from_pretrained(p)),
+        "vae_folder": (fixtures.TINY_VAE, lambda m, p: m.VideoVAE.from_pretrained(p)),
+        "t5_folder": (fixtures.T5_GATED, lambda m, p: m.T5TextEncoder.from_pretrained(p)),
+        "t2v_folder": (fixtures.T2V_VIDEO, lambda m, p: m.LatteT2VTransformer.from_pretrained(p)),
     }
     videos = _video_folder(out / "videos")
     if videos is not None:
@@ -555,7 +564,7 @@ def _latent_cache(latte_rs, out: Path) -> Path:
     from latte_rs.data import SyntheticVideos
     from latte_rs.data.latents import encode_dataset
 
-    vae = latte_rs.VideoVAE.from_pretrained(FIXTURES / "vae" / "tiny_attn")
+    vae = latte_rs.VideoVAE.from_pretrained(_fixtures().TINY_VAE)
     encode_dataset(SyntheticVideos(num_clips=3, num_frames=2, image_size=8), vae, out, shard_size=2)
     return out
 

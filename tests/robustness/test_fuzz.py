@@ -1,6 +1,6 @@
 """The fuzzing campaign at CI size: every entry point, every case isolated, zero defects allowed.
 
-``tests/fuzz/campaign.py`` is the campaign (its docstring has the long-run command); this runs it with
+``tests/robustness/campaign.py`` is the campaign (its docstring has the long-run command); this runs it with
 ``LATTE_RS_FUZZ_CASES`` cases per target (default 120, about a minute on two cores) and fails on any signal, panic,
 hang, unclear exception or silent non-finite result, listing each with the arguments that caused it.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+sys.path.insert(0, str(Path(__file__).parent))
 import campaign  # noqa: E402
 
 pytest.importorskip("hypothesis")

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import latte_rs
-from conftest import FIXTURES, tiny_config
+from conftest import T2V_VIDEO, T5_GATED, TINY_VAE, tiny_config
 
-VAE = FIXTURES / "vae" / "tiny_attn"
+VAE = TINY_VAE
 
 
 def _x(cfg: latte_rs.LatteConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -126,7 +126,7 @@ def test_a_text_to_video_config_with_a_huge_layer_count_is_refused(tmp_path):
     import shutil
 
     folder = tmp_path / "t2v"
-    shutil.copytree(FIXTURES / "t2v" / "video", folder)
+    shutil.copytree(T2V_VIDEO, folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["num_layers"] = 10**9
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -242,7 +242,7 @@ def test_an_mlp_of_width_zero_is_a_value_error():
 
 def test_t5_inputs_that_used_to_panic_or_give_nan_are_value_errors():
     # A mask value other than 0/1 overflowed T5's additive mask into NaN; a huge max_length overflowed a capacity.
-    t5 = latte_rs.T5TextEncoder.from_pretrained(FIXTURES / "t5" / "gated")
+    t5 = latte_rs.T5TextEncoder.from_pretrained(T5_GATED)
     with pytest.raises(ValueError, match="attention_mask"):
         t5(np.array([[3, 4, 1]]), np.array([[1, 3, 0]]))
     with pytest.raises((ValueError, MemoryError)):

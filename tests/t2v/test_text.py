@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import latte_rs
+from conftest import TINY_VAE
 from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, load_scheduler
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -105,9 +106,9 @@ class _TorchTokenizer:
 def _pipeline_folder(root: Path, spiece: Path) -> Path:
     import shutil
 
-    shutil.copytree(FIXTURES / "t2v" / "video", root / "transformer")
+    shutil.copytree(FIXTURES / "transformer" / "video", root / "transformer")
     shutil.copytree(FIXTURES / "t5" / "gated", root / "text_encoder")
-    shutil.copytree(FIXTURES / "vae" / "tiny_attn", root / "vae")
+    shutil.copytree(TINY_VAE, root / "vae")
     (root / "tokenizer").mkdir()
     shutil.copy(spiece / "spiece.model", root / "tokenizer" / "spiece.model")
     latte_rs.DDIMScheduler(beta_schedule="linear", clip_sample=False).save_config(root / "scheduler")

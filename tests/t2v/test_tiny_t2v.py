@@ -146,7 +146,7 @@ def test_the_builtin_models_loss_depends_on_every_attribute_of_the_caption_at_hi
     its numbers: at t = 800 the right caption gives a lower loss than any caption with one attribute swapped."""
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "benches" / "t2v_caption_sensitivity.py"
+    script = Path(__file__).resolve().parents[2] / "benches" / "t2v_caption_sensitivity.py"
     spec = importlib.util.spec_from_file_location("t2v_caption_sensitivity", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,7 +1,7 @@
 """The Trainer on the text-to-video transformer: gradients against diffusers' LatteTransformer3DModel under the
 official Latte loss, activation checkpointing and accumulation, learning, exact resume, caption dropout, errors.
 
-The golden file comes from tests/fixtures/make_t2v_train_golden.py (diffusers' model, the official
+The golden file comes from tests/t2v/fixtures/make_t2v_train_golden.py (diffusers' model, the official
 ``create_diffusion`` ``training_losses``, PyTorch autograd); with LATTE_REPO set the comparison also runs live.
 """
 
@@ -30,7 +30,7 @@ TINY = dict(num_attention_heads=2, attention_head_dim=4, in_channels=4, out_chan
 
 
 def _script():
-    return fixture_script("make_t2v_train_golden")
+    return fixture_script(FIXTURES / "make_t2v_train_golden.py")
 
 
 @pytest.fixture(scope="module")

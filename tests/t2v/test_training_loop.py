@@ -22,7 +22,7 @@ def pipeline_folder(tmp_path_factory) -> Path:
     and a SentencePiece tokenizer trained on the captions' words."""
     spm = pytest.importorskip("sentencepiece")
     root = tmp_path_factory.mktemp("latte1")
-    shutil.copytree(FIXTURES / "t2v" / "video", root / "transformer")
+    shutil.copytree(FIXTURES / "transformer" / "video", root / "transformer")
     shutil.copytree(FIXTURES / "t5" / "gated", root / "text_encoder")
     (root / "tokenizer").mkdir()
     corpus = root / "corpus.txt"

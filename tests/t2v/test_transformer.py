@@ -1,5 +1,5 @@
 """The text-to-video transformer against diffusers' LatteTransformer3DModel (golden files from
-tests/fixtures/make_t2v_golden.py, plus live runs of diffusers), and loading diffusers folders."""
+tests/t2v/fixtures/make_t2v_golden.py, plus live runs of diffusers), and loading diffusers folders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 import latte_rs
 
-FIXTURES = Path(__file__).parent / "fixtures" / "t2v"
+FIXTURES = Path(__file__).parent / "fixtures" / "transformer"
 CASES = ["video", "image", "no_temporal", "odd", "large_sample"]
 
 

@@ -1,6 +1,6 @@
-"""One rank of the data-parallel tests (tests/test_distributed.py starts WORLD_SIZE of these on loopback).
+"""One rank of the data-parallel tests (tests/torch/test_distributed.py starts WORLD_SIZE of these on loopback).
 
-    python tests/distributed_worker.py MODE OUT [options as JSON]
+    python tests/torch/distributed_worker.py MODE OUT [options as JSON]
 
 Modes: ``joint`` (one step of DistributedTrainer on this rank's part of a fixed joint batch), ``steps`` (steps
 ``start``..``end`` on fixed joint batches and draws, optionally resuming and saving), ``train``

@@ -1,6 +1,6 @@
 """Data-parallel training through torch.distributed: two gloo ranks on loopback against one process.
 
-Each test starts the ranks as separate processes (tests/distributed_worker.py) with torchrun's environment
+Each test starts the ranks as separate processes (tests/torch/distributed_worker.py) with torchrun's environment
 variables, as ``torchrun --nproc_per_node 2`` would.
 """
 

@@ -1,6 +1,6 @@
 """latte_rs.torch: the torch.nn.Module face over the Rust core, against the official PyTorch model and train step.
 
-The golden file comes from tests/fixtures/make_torch_module_golden.py, which runs the official Latte code (model,
+The golden file comes from tests/torch/fixtures/make_torch_module_golden.py, which runs the official Latte code (model,
 create_diffusion, AdamW, clip_grad_norm_, update_ema); with LATTE_REPO set the comparison also runs live.
 """
 
@@ -17,14 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import latte_rs  # noqa: E402
-from conftest import fixture_script  # noqa: E402
+from conftest import fixture_script, load_official_case  # noqa: E402
 from latte_rs.torch import LatteModule, TorchDiffusion, create_diffusion, update_ema  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _script():
-    return fixture_script("make_torch_module_golden")
+    return fixture_script(FIXTURES / "make_torch_module_golden.py")
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +204,6 @@ def test_torch_diffusion_matches_the_native_loss(rng):
 
 def test_image_video_joint_forward_equals_the_official_latte_img():
     """latte_img's forward(x, t, y, y_image=[...], use_image_num) on the official golden case (train mode)."""
-    from conftest import load_official_case
-
     case = load_official_case("v1_img_class")
     m = LatteModule(latte_rs.LatteConfig(**case["config"]))
     m.load_state_dict({k: torch.from_numpy(v) for k, v in case["params"].items()})

@@ -59,7 +59,7 @@ def test_a_killed_save_always_leaves_a_checkpoint_to_resume(tmp_path, point, pat
     env_args = ([f"LATTE_RS_TEST_CRASH_AT={point}"] if point else []) + (
         ["LATTE_RS_TEST_NO_EXCHANGE=1"] if path == "renames" else []
     )
-    script = SCRIPT.format(tests=str(Path(__file__).parent))
+    script = SCRIPT.format(tests=str(Path(__file__).parents[1]))
     proc = subprocess.run([sys.executable, "-c", script, str(ckpt), *env_args], capture_output=True, text=True,
                           timeout=300)
     if point is None:

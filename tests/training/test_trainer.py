@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _golden_script():
-    return fixture_script("make_train_golden")
+    return fixture_script(FIXTURES / "make_train_golden.py")
 
 
 def _trainer_from_golden(golden) -> tuple[latte_rs.Trainer, list[str], dict]:
