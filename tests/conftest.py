@@ -57,6 +57,12 @@ def tiny_config(**overrides) -> latte_rs.LatteConfig:
     return latte_rs.LatteConfig(**base)
 
 
+def random_latents(cfg: latte_rs.LatteConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """Standard-normal float32 latents shaped for ``cfg``: (batch, frames, channels, size, size)."""
+    shape = (batch, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
