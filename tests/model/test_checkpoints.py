@@ -1,18 +1,32 @@
-"""Loading trained weights: official `.pt` checkpoints (read without running pickled code), safetensors files
-and latte-rs checkpoints, with the model options inferred from the tensor shapes."""
+"""Model files: opening trained weights (official `.pt` checkpoints read without running pickled code, safetensors
+files and latte-rs checkpoints, with the model options inferred from the tensor shapes) and writing them
+(`LatteModel.save` / `load`, atomic under a kill).
+
+Hostile files are in tests/robustness/test_checkpoints.py; the Trainer's checkpoints (exact resume, the save
+protocol under a crash) in tests/training/."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import latte_rs
-from conftest import load_official_case
+from conftest import load_official_case, tiny_config
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:
+    torch = None
+# Official checkpoints are written here with torch.save; latte-rs's own files need no torch.
+needs_torch = pytest.mark.skipif(torch is None, reason="torch writes the official-format checkpoints")
 
 CASES = ["v1_uncond", "v1_class", "v1_img_class", "v1_p4_class"]
 INFERRED = ["depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_frames",
@@ -27,6 +41,7 @@ def _torch_state(params: dict, scale: float = 1.0, prefix: str = "") -> dict:
     return {prefix + k: torch.from_numpy(np.array(v) * scale) for k, v in params.items()}
 
 
+@needs_torch
 @pytest.mark.parametrize("name", CASES)
 def test_official_train_checkpoints_load_and_reproduce_the_official_outputs(name, tmp_path):
     """A checkpoint as the official train.py writes it ({"model", "ema"}, here with the official golden model's
@@ -50,6 +65,7 @@ def test_official_train_checkpoints_load_and_reproduce_the_official_outputs(name
     np.testing.assert_allclose(raw.state_dict()[some], 0.5 * case["params"][some], rtol=1e-6)
 
 
+@needs_torch
 def test_bare_and_prefixed_state_dicts_and_safetensors_load(tmp_path):
     from safetensors.torch import save_file
 
@@ -76,6 +92,7 @@ def test_bare_and_prefixed_state_dicts_and_safetensors_load(tmp_path):
     assert not np.array_equal(ema.state_dict()[key], raw.state_dict()[key])
 
 
+@needs_torch
 def test_presets_supply_the_head_count_and_widths_of_presets_are_recognised(tmp_path):
     cfg = latte_rs.LatteConfig.preset("Latte-S/8", num_frames=2, input_size=16, num_classes=3)
     model = latte_rs.LatteModel(cfg, seed=1)
@@ -96,6 +113,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@needs_torch
 def test_pickled_code_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     torch.save(_Payload(str(marker)), tmp_path / "evil.pt")
@@ -110,6 +128,7 @@ def test_pickled_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+@needs_torch
 def test_wrong_files_name_the_file_and_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         latte_rs.LatteModel.from_checkpoint(str(tmp_path / "missing.pt"))
@@ -132,3 +151,50 @@ def test_wrong_files_name_the_file_and_the_key(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(FileNotFoundError, match="not a latte-rs checkpoint"):
         latte_rs.LatteModel.from_checkpoint(str(tmp_path / "empty_dir"))
+
+
+def test_save_and_load(tmp_path: Path, rng) -> None:
+    cfg = tiny_config(num_classes=5, variant=3, temporal_position="rope")
+    model = latte_rs.LatteModel(cfg, seed=1)
+    model.load_state_dict({k: v + 0.01 for k, v in model.state_dict().items()})
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    loaded = latte_rs.LatteModel.load(path)
+    assert loaded.config == cfg
+    x, t = rng.standard_normal((2, 4, 4, 8, 8), dtype=np.float32), np.array([3, 999])
+    np.testing.assert_array_equal(loaded(x, t, y=np.array([1, 2])), model(x, t, y=np.array([1, 2])))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary files left
+
+    with pytest.raises(FileNotFoundError):
+        latte_rs.LatteModel.load(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError):
+        model.save(tmp_path / "no" / "such" / "dir.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError):
+        latte_rs.LatteModel.load(tmp_path / "junk.safetensors")
+
+
+CRASHING_SAVE = """
+import sys, latte_rs
+model = latte_rs.LatteModel(latte_rs.LatteConfig.preset("Latte-B/2", num_frames=16, input_size=32), seed=1)
+print("saving", flush=True)
+model.save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_a_save_killed_midway_leaves_a_readable_checkpoint(tmp_path: Path, delay: float) -> None:
+    """Kill a process while it overwrites a checkpoint: the file is the old one or the new one, never a torn mix."""
+    path = tmp_path / "model.safetensors"
+    old = latte_rs.LatteModel(tiny_config(), seed=1)
+    old.save(path)
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    loaded = latte_rs.LatteModel.load(path)
+    if loaded.config == old.config:
+        assert all(np.array_equal(v, old.state_dict()[k]) for k, v in loaded.state_dict().items())
+    else:
+        assert loaded.config.hidden_size == 768  # the save finished before the kill

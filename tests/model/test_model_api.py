@@ -1,13 +1,10 @@
-"""LatteModel's Python API: inputs, outputs, bad input, state dicts, files, devices, the GIL."""
+"""LatteModel's Python API: inputs, outputs, bad input, state dicts, devices, the GIL (its files are in
+test_checkpoints.py)."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,53 +205,6 @@ def test_state_dict_round_trip_and_strictness(rng) -> None:
     missing, unexpected = b.load_state_dict(broken, strict=False)
     assert missing == ["blocks.0.attn.qkv.bias", "final_layer.linear.weight"]
     assert unexpected == ["blocks.9.extra"]
-
-
-def test_save_and_load(tmp_path: Path, rng) -> None:
-    cfg = tiny_config(num_classes=5, variant=3, temporal_position="rope")
-    model = latte_rs.LatteModel(cfg, seed=1)
-    model.load_state_dict({k: v + 0.01 for k, v in model.state_dict().items()})
-    path = tmp_path / "model.safetensors"
-    model.save(path)
-    loaded = latte_rs.LatteModel.load(path)
-    assert loaded.config == cfg
-    x, t = inputs(rng)
-    np.testing.assert_array_equal(loaded(x, t, y=np.array([1, 2])), model(x, t, y=np.array([1, 2])))
-    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary files left
-
-    with pytest.raises(FileNotFoundError):
-        latte_rs.LatteModel.load(tmp_path / "nope.safetensors")
-    with pytest.raises(FileNotFoundError):
-        model.save(tmp_path / "no" / "such" / "dir.safetensors")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError):
-        latte_rs.LatteModel.load(tmp_path / "junk.safetensors")
-
-
-CRASHING_SAVE = """
-import sys, latte_rs
-model = latte_rs.LatteModel(latte_rs.LatteConfig.preset("Latte-B/2", num_frames=16, input_size=32), seed=1)
-print("saving", flush=True)
-model.save(sys.argv[1])
-"""
-
-
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
-def test_a_save_killed_midway_leaves_a_readable_checkpoint(tmp_path: Path, delay: float) -> None:
-    """Kill a process while it overwrites a checkpoint: the file is the old one or the new one, never a torn mix."""
-    path = tmp_path / "model.safetensors"
-    old = latte_rs.LatteModel(tiny_config(), seed=1)
-    old.save(path)
-    proc = subprocess.Popen([sys.executable, "-c", CRASHING_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    loaded = latte_rs.LatteModel.load(path)
-    if loaded.config == old.config:
-        assert all(np.array_equal(v, old.state_dict()[k]) for k, v in loaded.state_dict().items())
-    else:
-        assert loaded.config.hidden_size == 768  # the save finished before the kill
 
 
 def test_compute_releases_the_gil(rng) -> None:
