@@ -1,5 +1,6 @@
 """Captioned videos (folders with .txt captions, WebVid / Open-Sora manifests), the text side of the latent cache
-(captions, T5 features, the null caption) and the text fields of training batches."""
+(captions, T5 features, the null caption), the text fields of training batches, and `latte-rs encode` on captioned
+videos. How one caption becomes T5 features (encode_captions) is tested with the prompts, in t2v/test_text.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import latte_rs
 from conftest import T5_GATED, TINY_VAE
 from latte_rs.data import CaptionedVideos, LatentClips, SyntheticVideos, VideoClips, encode_dataset
 from latte_rs.data.batching import batches, shard
-from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, encode_captions
+from latte_rs.pipelines import T5Tokenizer, encode_captions
 
 av = pytest.importorskip("av")
 
@@ -263,28 +264,6 @@ def test_joint_image_captions_come_from_the_image_frames_sources(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the text side of the cache
-
-
-def test_encode_captions_is_the_pipelines_prompt_encoding_and_the_null_caption(text):
-    encoder, tokenizer = text
-    features, mask = encode_captions(encoder, tokenizer, [""], max_length=7)
-    null, null_mask = encoder.empty_prompt(7)
-    np.testing.assert_allclose(features, null, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(mask, null_mask)
-    assert features.dtype == np.float32 and mask.dtype == np.int64 and features.shape == (1, 7, encoder.d_model)
-    # Lower-cased and stripped, as LatteT2VPipeline encodes prompts (which goes through the same function).
-    shouted, _ = encode_captions(encoder, tokenizer, ["  A RED FOX "], max_length=7)
-    quiet, _ = encode_captions(encoder, tokenizer, "a red fox", max_length=7)
-    np.testing.assert_array_equal(shouted, quiet)
-    pipe = LatteT2VPipeline(None, None, text_encoder=encoder, tokenizer=tokenizer)
-    embeds, negative = pipe.encode_prompt(["A red fox", "the dog"], mask_feature=False)
-    want, _ = encode_captions(encoder, tokenizer, ["a red fox", "the dog"], max_length=120)
-    np.testing.assert_array_equal(embeds, want)
-    np.testing.assert_array_equal(negative[0], encoder.empty_prompt(120)[0][0])
-    with pytest.raises(TypeError, match="texts: expected str items, got int at position 1"):
-        encode_captions(encoder, tokenizer, ["a", 3])
-    with pytest.raises(ValueError, match="max_length: expected an int >= 1, got 0"):
-        encode_captions(encoder, tokenizer, ["a"], max_length=0)
 
 
 @pytest.fixture(scope="module")

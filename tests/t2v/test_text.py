@@ -1,5 +1,6 @@
 """Prompts: the T5 encoder against transformers' T5EncoderModel, the tokenizer against transformers'
-T5Tokenizer, and the whole text-to-video pipeline against diffusers' LattePipeline."""
+T5Tokenizer, caption encoding (encode_captions: the pipeline's prompt encoding, which the latent cache uses too)
+and the whole text-to-video pipeline against diffusers' LattePipeline."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 import latte_rs
 from conftest import TINY_VAE
-from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, load_scheduler
+from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, encode_captions, load_scheduler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -211,3 +212,26 @@ def test_the_empty_prompt_is_encoded_in_the_core_as_the_tokenizer_would(spiece):
     assert features.shape == (1, 6, encoder.d_model)
     with pytest.raises(ValueError, match="max_length: expected at least 1"):
         encoder.empty_prompt(0)
+
+
+def test_encode_captions_is_the_pipelines_prompt_encoding_and_the_null_caption(spiece):
+    encoder = latte_rs.T5TextEncoder.from_pretrained(FIXTURES / "t5" / "gated")
+    tokenizer = T5Tokenizer(spiece)
+    features, mask = encode_captions(encoder, tokenizer, [""], max_length=7)
+    null, null_mask = encoder.empty_prompt(7)
+    np.testing.assert_allclose(features, null, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(mask, null_mask)
+    assert features.dtype == np.float32 and mask.dtype == np.int64 and features.shape == (1, 7, encoder.d_model)
+    # Lower-cased and stripped, as LatteT2VPipeline encodes prompts (which goes through the same function).
+    shouted, _ = encode_captions(encoder, tokenizer, ["  A RED FOX "], max_length=7)
+    quiet, _ = encode_captions(encoder, tokenizer, "a red fox", max_length=7)
+    np.testing.assert_array_equal(shouted, quiet)
+    pipe = LatteT2VPipeline(None, None, text_encoder=encoder, tokenizer=tokenizer)
+    embeds, negative = pipe.encode_prompt(["A red fox", "the dog"], mask_feature=False)
+    want, _ = encode_captions(encoder, tokenizer, ["a red fox", "the dog"], max_length=120)
+    np.testing.assert_array_equal(embeds, want)
+    np.testing.assert_array_equal(negative[0], encoder.empty_prompt(120)[0][0])
+    with pytest.raises(TypeError, match="texts: expected str items, got int at position 1"):
+        encode_captions(encoder, tokenizer, ["a", 3])
+    with pytest.raises(ValueError, match="max_length: expected an int >= 1, got 0"):
+        encode_captions(encoder, tokenizer, ["a"], max_length=0)
