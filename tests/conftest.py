@@ -57,6 +57,13 @@ def tiny_config(**overrides) -> latte_rs.LatteConfig:
     return latte_rs.LatteConfig(**base)
 
 
+def pixel_model(num_classes: int = 3, seed: int = 0) -> latte_rs.LatteModel:
+    """A Latte-S/8 on 4 frames of 16×16 RGB pixels (no VAE): videos a pipeline can write without a decoder."""
+    cfg = latte_rs.LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16, in_channels=3,
+                                      num_classes=num_classes)
+    return latte_rs.LatteModel(cfg, seed=seed)
+
+
 def random_latents(cfg: latte_rs.LatteConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
     """Standard-normal float32 latents shaped for ``cfg``: (batch, frames, channels, size, size)."""
     shape = (batch, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size)

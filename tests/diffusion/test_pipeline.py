@@ -1,4 +1,4 @@
-"""LattePipeline (class-conditional / unconditional) and the video writers."""
+"""LattePipeline (class-conditional / unconditional) and the video writers (`latte-rs sample`: tests/cli/)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,15 @@ import numpy as np
 import pytest
 
 import latte_rs
-from conftest import TINY_VAE
+from conftest import TINY_VAE, pixel_model
 from latte_rs.pipelines import LatteOutput, LattePipeline
 from latte_rs.video_io import frame_grid, save_gif, save_mp4
 
 VAE = TINY_VAE
 
 
-def _pixel_model(num_classes=3, seed=0):
-    cfg = latte_rs.LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16, in_channels=3,
-                                      num_classes=num_classes)
-    return latte_rs.LatteModel(cfg, seed=seed)
-
-
 def test_pixel_pipeline_makes_seeded_uint8_videos_equal_to_the_sampler():
-    model = _pixel_model()
+    model = pixel_model()
     pipe = LattePipeline(model)
     out = pipe(class_labels=[0, 2], num_inference_steps=3, seed=5, progress=False)
     assert isinstance(out, LatteOutput)
@@ -58,20 +52,20 @@ def test_latent_pipeline_decodes_with_the_vae():
 
 
 def test_pipeline_input_errors(tmp_path):
-    pipe = LattePipeline(_pixel_model())
+    pipe = LattePipeline(pixel_model())
     with pytest.raises(ValueError, match=r"class_labels: required .*\(0\.\.2\)"):
         pipe(progress=False)
     with pytest.raises(ValueError, match=r"class_labels: expected ints in \[0, 3\)"):
         pipe(class_labels=[3], progress=False)
     with pytest.raises(ValueError, match="output_type"):
         pipe(class_labels=0, output_type="pil", progress=False)
-    uncond = LattePipeline(_pixel_model(num_classes=0))
+    uncond = LattePipeline(pixel_model(num_classes=0))
     with pytest.raises(ValueError, match="unconditional"):
         uncond(class_labels=1, progress=False)
     with pytest.raises(ValueError, match="guidance_scale"):
         uncond(guidance_scale=2.0, progress=False)
     # from_pretrained reads any checkpoint from_checkpoint reads.
-    model = _pixel_model()
+    model = pixel_model()
     model.save(str(tmp_path / "m.safetensors"))
     loaded = LattePipeline.from_pretrained(tmp_path / "m.safetensors")
     np.testing.assert_array_equal(loaded(class_labels=1, num_inference_steps=2, progress=False).frames,
@@ -106,59 +100,7 @@ def test_gif_mp4_and_grid_decode_to_the_frames(tmp_path):
     assert out.save_gif(tmp_path / "c.gif").is_file() and out.grid().shape == (20, 6 * 28 + 10, 3)
 
 
-def test_sample_cli_writes_videos_and_fails_in_one_line(tmp_path, capsys):
-    import json
-
-    from PIL import Image
-
-    from latte_rs.cli import main
-
-    _pixel_model().save(str(tmp_path / "m.safetensors"))
-    out = tmp_path / "out"
-    code = main(["sample", str(tmp_path / "m.safetensors"), "--classes", "0", "2", "--steps", "2",
-                 "--output-dir", str(out), "--no-progress", "--fps", "4"])
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["videos"] == 2 and summary["frames"] == 4 and len(summary["files"]) == 5
-    with Image.open(out / "sample_001.gif") as im:
-        assert im.n_frames == 4 and im.size == (16, 16)
-    assert (out / "sample_000.mp4").stat().st_size > 0 and (out / "grid.png").is_file()
-    for argv, needle in [(["sample", str(tmp_path / "none.pt")], "none.pt"),
-                         (["sample", str(tmp_path / "m.safetensors"), "--classes", "7"], "class_labels")]:
-        assert main(argv + ["--no-progress", "--output-dir", str(out)]) != 0
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("latte-rs: error:") and needle in err and "\n" not in err
-
-
-@pytest.mark.parametrize("command", ["demo", "train", "encode", "fvd", "sample"])
-def test_every_option_is_described_in_help(command, capsys):
-    import argparse
-
-    from latte_rs.cli import build_parser, main
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    parser = sub.choices[command]
-    assert parser.description or any(c.dest == command and c.help for c in sub._choices_actions)
-    for action in parser._actions:
-        assert action.help and action.help != argparse.SUPPRESS, f"{command} {action.option_strings}: no help"
-    with pytest.raises(SystemExit) as exit_:
-        main([command, "--help"])
-    assert exit_.value.code == 0
-    text = capsys.readouterr().out
-    assert all(o in text for a in parser._actions for o in a.option_strings)
-
-
-def test_a_prompt_to_a_model_without_text_is_an_error(tmp_path, capsys):
-    from latte_rs.cli import main
-
-    pipe = latte_rs.LattePipeline(_pixel_model())
+def test_a_prompt_to_a_class_model_is_an_error():
+    pipe = latte_rs.LattePipeline(pixel_model())
     with pytest.raises(ValueError, match="prompt: this is a class-conditional Latte model, which takes no text"):
         pipe(class_labels=[0], prompt="a red square moving left", num_inference_steps=2, progress=False)
-    # The command line: a class-model file refuses --prompt, never ignores it (without a checkpoint, --prompt
-    # picks the built-in text-to-video model: tests/t2v/test_tiny_t2v.py).
-    _pixel_model().save(str(tmp_path / "m.safetensors"))
-    for argv in (["sample", str(tmp_path / "m.safetensors"), "--prompt", "a blue triangle"],):
-        assert main(argv + ["--steps", "2", "--no-progress", "--output-dir", str(tmp_path / "out")]) != 0
-        err = capsys.readouterr().err
-        assert "--prompt" in err and "takes no text" in err
-    assert not (tmp_path / "out").exists()
