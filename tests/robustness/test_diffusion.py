@@ -1,0 +1,44 @@
+"""Diffusion processes, schedulers and sampling: regressions for defects the fuzzing campaign found (issue 15; the
+campaign runs in test_fuzz.py), one or more asserts each.
+
+Huge schedules, noise shapes and sample counts are refused before they are allocated; NaN betas, schedules whose
+alphas_cumprod reaches 0 and an impossible DDIM eta are ValueErrors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import latte_rs
+from conftest import tiny_config
+
+
+def test_huge_schedules_shapes_and_sample_counts_are_refused():
+    with pytest.raises(ValueError, match="diffusion_steps"):
+        latte_rs.GaussianDiffusion(diffusion_steps=10**12)
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        latte_rs.DDPMScheduler(num_train_timesteps=10**12)
+    g = latte_rs.Generator(0)
+    with pytest.raises(ValueError, match="2\\^40"):
+        g.randn([10**7, 10**6])
+    with pytest.raises(MemoryError):
+        g.randn([2**20, 2**19])  # 2^39 values: allowed in principle, more than this machine has
+    model = latte_rs.LatteModel(tiny_config(), seed=0)
+    with pytest.raises((MemoryError, ValueError)):
+        latte_rs.sample(model, latte_rs.GaussianDiffusion(timestep_respacing="2"), 10**9, progress=False)
+
+
+def test_nan_betas_and_impossible_schedules_are_refused():
+    with pytest.raises(ValueError, match="beta_start"):
+        latte_rs.GaussianDiffusion(noise_schedule="scaled_linear", beta_start=float("nan"))
+    with pytest.raises(ValueError, match="beta"):
+        latte_rs.DDPMScheduler(beta_end=float("nan"))
+    with pytest.raises(ValueError, match="trained_betas"):
+        latte_rs.DDPMScheduler(num_train_timesteps=2, trained_betas=[0.1, float("nan")])
+    with pytest.raises(ValueError, match="alphas_cumprod reaches 0"):
+        latte_rs.DPMSolverMultistepScheduler(beta_end=0.5)
+    d = latte_rs.GaussianDiffusion(timestep_respacing="ddim2", learn_sigma=False)
+    x = np.zeros((1, 2, 4, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="eta"):
+        d.ddim_sample(x, x, np.array([1]), x, eta=5.0)
