@@ -296,11 +296,6 @@ impl GaussianDiffusion {
         self.betas.len()
     }
 
-    /// The timesteps the model sees for steps `t` of this process (the identity unless respaced).
-    pub fn model_timesteps(&self, t: &[usize]) -> Vec<usize> {
-        t.iter().map(|&i| self.timestep_map[i]).collect()
-    }
-
     fn check_t(&self, t: &[usize], x: &Tensor) -> Result<()> {
         let b = x.dims().first().copied().unwrap_or(0);
         if t.len() != b {

@@ -32,7 +32,8 @@ pub(crate) trait Config: Serialize + DeserializeOwned + Clone {
 
 impl Config for LatteConfig {
     const NAME: &'static str = "LatteConfig";
-    const ALIASES: &'static [(&'static str, &'static str)] = &[("image_size", "pixels; sets input_size = image_size / 8")];
+    const ALIASES: &'static [(&'static str, &'static str)] =
+        &[("image_size", "pixels; sets input_size = image_size / 8")];
 
     fn validate(&self) -> crate::Result<()> {
         LatteConfig::validate(self)
@@ -79,7 +80,12 @@ pub(crate) fn with_overrides<C: Config>(base: &C, kwargs: Option<&Bound<'_, PyDi
             return Err(PyTypeError::new_err(format!(
                 "{} got an unexpected keyword argument '{key}'; valid: {}",
                 C::NAME,
-                aliases.into_iter().map(String::from).chain(names.iter().cloned()).collect::<Vec<_>>().join(", ")
+                aliases
+                    .into_iter()
+                    .map(String::from)
+                    .chain(names.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let mut trial = value.clone();
@@ -207,7 +213,11 @@ config_class!(PyLatteConfig, LatteConfig, {
     #[staticmethod]
     #[pyo3(signature = (name, **kwargs))]
     fn preset(name: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        crate::python::guard(move || Ok(Self { inner: with_overrides(&LatteConfig::preset(name).py()?, kwargs)? }))
+        crate::python::guard(move || {
+            Ok(Self {
+                inner: with_overrides(&LatteConfig::preset(name).py()?, kwargs)?,
+            })
+        })
     }
 
     #[staticmethod]
@@ -229,8 +239,18 @@ config_class!(PyLatteConfig, LatteConfig, {
     fn __dir__(&self) -> Vec<String> {
         let mut names = self.keys().unwrap_or_default();
         names.extend(
-            ["preset", "preset_names", "replace", "to_json", "from_json", "to_dict", "from_dict", "keys",
-             "num_parameters", "out_channels"]
+            [
+                "preset",
+                "preset_names",
+                "replace",
+                "to_json",
+                "from_json",
+                "to_dict",
+                "from_dict",
+                "keys",
+                "num_parameters",
+                "out_channels",
+            ]
             .map(String::from),
         );
         names
@@ -253,7 +273,9 @@ config_class!(PyLatteT2VConfig, LatteT2VConfig, {
         crate::python::guard(move || {
             let file = if path.is_dir() { path.join("config.json") } else { path };
             let inner: LatteT2VConfig = crate::weights::diffusers::read_config(&file).py()?;
-            inner.validate().map_err(|e| PyValueError::new_err(format!("{}: {e}", file.display())))?;
+            inner
+                .validate()
+                .map_err(|e| PyValueError::new_err(format!("{}: {e}", file.display())))?;
             Ok(Self { inner })
         })
     }
@@ -266,7 +288,16 @@ config_class!(PyLatteT2VConfig, LatteT2VConfig, {
     fn __dir__(&self) -> Vec<String> {
         let mut names = self.keys().unwrap_or_default();
         names.extend(
-            ["replace", "to_json", "from_json", "to_dict", "from_dict", "from_pretrained", "keys", "inner_dim"]
+            [
+                "replace",
+                "to_json",
+                "from_json",
+                "to_dict",
+                "from_dict",
+                "from_pretrained",
+                "keys",
+                "inner_dim",
+            ]
             .map(String::from),
         );
         names

@@ -225,9 +225,11 @@ pub fn from_json<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>>
             None => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
         },
         Value::String(s) => PyString::new(py, s).into_any(),
-        Value::Array(items) => {
-            PyList::new(py, items.iter().map(|i| from_json(py, i)).collect::<PyResult<Vec<_>>>()?)?.into_any()
-        }
+        Value::Array(items) => PyList::new(
+            py,
+            items.iter().map(|i| from_json(py, i)).collect::<PyResult<Vec<_>>>()?,
+        )?
+        .into_any(),
         Value::Object(map) => {
             let d = PyDict::new(py);
             for (k, v) in map {

@@ -188,8 +188,7 @@ impl PyLatteModel {
     ) -> PyResult<Self> {
         crate::python::guard(move || {
             let device = parse_device(device).py()?;
-            let overrides: serde_json::Map<String, serde_json::Value> =
-                dict_to_json(overrides, "overrides")?;
+            let overrides: serde_json::Map<String, serde_json::Value> = dict_to_json(overrides, "overrides")?;
             let (inner, _) = py
                 .detach(|| LatteModel::from_checkpoint(&path, preset.as_deref(), use_ema, &overrides, &device))
                 .py()?;

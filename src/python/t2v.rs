@@ -6,7 +6,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::config::{t2v_config_arg, PyLatteT2VConfig};
-use super::convert::{float_tensor, int_tensor, load_folder, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
+use super::convert::{
+    float_tensor, int_tensor, load_folder, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor,
+};
 use super::IntoPy;
 use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VModel, T5EncoderModel};
 

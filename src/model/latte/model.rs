@@ -135,17 +135,6 @@ impl LatteModel {
         }
     }
 
-    /// The checked forward pass for class labels `y` (B,) and image-frame labels `y_image` (B, images).
-    pub fn forward_labels(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        y: Option<&Tensor>,
-        y_image: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        self.forward(x, t, &Condition::from_labels(y, y_image)?)
-    }
-
     /// Classifier-free guidance as the official `forward_with_cfg`: the batch is [cond half | uncond half]
     /// (labels for the second half should be the null class); the model runs on the first half of `x` twice, and
     /// the first `in_channels` output channels become uncond + scale · (cond − uncond) for both halves.

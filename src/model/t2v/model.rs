@@ -7,8 +7,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::LatteT2VConfig;
+use super::inputs;
 use super::network::LatteT2V;
-use crate::error::{value_error, LatteError, Result};
+use crate::error::{LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::open::wrong_kind;
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
@@ -117,19 +118,6 @@ impl LatteT2VModel {
             .load(state, LoadPolicy::STRICT, source, "LatteTransformer3DModel config")
             .map(|_| ())
     }
-
-    /// The checked forward pass: latents (B, C, F, H, W), timesteps (B,) or one for all, and caption features
-    /// (B, S, caption_channels).
-    pub fn forward_text(&self, x: &Tensor, t: &Tensor, caption: &Tensor) -> Result<Tensor> {
-        self.forward(
-            x,
-            t,
-            &Condition::Text {
-                embeddings: caption.clone(),
-                mask: None,
-            },
-        )
-    }
 }
 
 impl Denoiser for LatteT2VModel {
@@ -171,104 +159,25 @@ impl Denoiser for LatteT2VModel {
     }
 
     fn check_latents(&self, x: &Tensor) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let dims = x.dims();
-        let p = cfg.patch_size;
-        if !x.dtype().is_float() {
-            return Err(LatteError::Type(format!(
-                "hidden_states: expected a floating-point array, got {:?}",
-                x.dtype()
-            )));
-        }
-        if dims.len() != 5 || dims[1] != cfg.in_channels || dims[3] % p != 0 || dims[4] % p != 0 || dims.contains(&0) {
-            return Err(value_error(
-                "hidden_states",
-                format!("shape (B, {}, F, H, W) with H, W multiples of {p}", cfg.in_channels),
-                format!("{dims:?}"),
-            ));
-        }
-        let frames = dims[2];
-        // More frames than video_length: image-video joint clips (images after the video frames, each with its
-        // own caption; checked with the condition).
-        if frames != 1 && frames < cfg.video_length {
-            return Err(value_error(
-                "hidden_states",
-                format!(
-                    "{} frames (video_length), 1 (an image), or more for image-video joint clips",
-                    cfg.video_length
-                ),
-                format!("{frames} frames"),
-            ));
-        }
-        crate::finite::to_model_finite(x, "hidden_states", self.dtype(), self.device())
+        inputs::check_latents(&self.cfg, x, self.dtype(), self.device())
     }
 
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
-        let t = match t.dims() {
-            [] | [1] => t.broadcast_as(batch)?.contiguous()?,
-            [n] if *n == batch => t.clone(),
-            _ => {
-                return Err(value_error(
-                    "timestep",
-                    format!("a scalar or shape ({batch},)"),
-                    format!("{:?}", t.dims()),
-                ))
-            }
-        };
-        Ok(t.to_dtype(DType::F32)?.to_device(self.device())?)
+        inputs::check_timesteps(t, batch, self.device())
     }
 
     fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition> {
         let Condition::Text { embeddings, mask } = cond else {
             return Err(self.refuse(cond));
         };
-        let (batch, frames) = (x_dims[0], x_dims[2]);
-        let images = frames.saturating_sub(self.cfg.video_length);
-        let dims = embeddings.dims();
-        if !embeddings.dtype().is_float() {
-            return Err(LatteError::Type(format!(
-                "encoder_hidden_states: expected a floating-point array, got {:?}",
-                embeddings.dtype()
-            )));
-        }
-        let c = self.cfg.caption_channels;
-        let ok = match dims {
-            [b, s, cc] => *b == batch && *s > 0 && *cc == c && images == 0,
-            [b, n, s, cc] => *b == batch && *n == 1 + images && *s > 0 && *cc == c && images > 0,
-            _ => false,
-        };
-        if !ok {
-            let want = if images == 0 {
-                format!("shape ({batch}, S, {c})")
-            } else {
-                format!(
-                    "shape ({batch}, {}, S, {c}): the video's caption, then one per image frame ({frames} frames \
-                     are {} video frames and {images} images)",
-                    1 + images,
-                    self.cfg.video_length
-                )
-            };
-            return Err(value_error("encoder_hidden_states", want, format!("{dims:?}")));
-        }
-        let embeddings =
-            crate::finite::to_model_finite(embeddings, "encoder_hidden_states", self.dtype(), self.device())?;
-        // Latte-1 was trained with padded caption features zeroed (LattePipeline's `mask_feature`), not with a
-        // masked cross-attention: a mask zeroes the padding.
-        let embeddings = match mask {
-            None => embeddings,
-            Some(m) if m.dims() == &dims[..dims.len() - 1] => {
-                let m = m.to_dtype(self.dtype())?.to_device(self.device())?;
-                embeddings.broadcast_mul(&m.unsqueeze(m.rank())?)?
-            }
-            Some(m) => {
-                return Err(value_error(
-                    "encoder_attention_mask",
-                    format!("shape {:?}", &dims[..dims.len() - 1]),
-                    format!("{:?}", m.dims()),
-                ))
-            }
-        };
-        Ok(Condition::Text { embeddings, mask: None })
+        inputs::check_caption(
+            &self.cfg,
+            embeddings,
+            mask.as_ref(),
+            x_dims,
+            self.dtype(),
+            self.device(),
+        )
     }
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
