@@ -14,6 +14,11 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap())
 }
 
+/// The largest absolute difference relative to the largest magnitude of `b` (the reference).
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    max_abs_diff(a, b) / max_abs(b).max(1e-30)
+}
+
 /// Runs `f` once on the fused CPU kernels and once on the device-generic path (what CUDA runs, forced on the
 /// CPU), and asserts that every tensor it returns agrees to `tol` relative to its largest value.
 pub fn assert_generic_matches_fused(what: &str, tol: f64, mut f: impl FnMut() -> Vec<(String, Tensor)>) {

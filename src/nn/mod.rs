@@ -12,6 +12,7 @@ pub mod fastmath;
 pub mod fused_attention;
 pub mod gelu;
 pub(crate) mod gemm;
+pub mod group_norm;
 pub mod init;
 pub mod kernels;
 pub mod linear;
