@@ -122,7 +122,7 @@ pub fn sample(
             .detach()
             .to_dtype(x.dtype())?;
         let out = if guided {
-            apply_guidance(&out, scale, spec.guidance_rule, spec.layout, channels)?
+            apply_guidance(&out, scale, spec.guidance_rule, axis, channels)?
         } else {
             out
         };

@@ -7,10 +7,28 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::open::ModelKind;
 use crate::error::{LatteError, Result};
 use crate::model::{Denoiser, LatteModel, LatteT2VConfig, LatteT2VModel};
 use crate::weights::format::{metadata_value, safetensors_bytes_with, LATTE_CONFIG_KEY, T2V_CONFIG_KEY};
+
+/// The two kinds of model latte-rs builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Latte, class-conditional or unconditional, any variant ([`LatteModel`]).
+    Latte,
+    /// The text-to-video transformer of Latte-1 ([`LatteT2VModel`]).
+    Text,
+}
+
+impl ModelKind {
+    /// The name Python sees ("latte", "text").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Latte => "latte",
+            Self::Text => "text",
+        }
+    }
+}
 
 /// A class-conditional or unconditional Latte, or the text-to-video transformer. Clones share the parameters.
 #[derive(Clone)]

@@ -2,7 +2,6 @@
 
 use candle_core::Tensor;
 
-use super::denoiser::LatentLayout;
 use crate::error::Result;
 
 /// How classifier-free guidance mixes the two branches' outputs.
@@ -16,18 +15,19 @@ pub enum GuidanceRule {
 }
 
 /// Classifier-free guidance of `out`, the model's output over a batch of [conditional | unconditional]
-/// halves: `uncond + scale · (cond − uncond)` on the channels `rule` names. Returns one half.
+/// halves: `uncond + scale · (cond − uncond)` on the channels `rule` names (channels along `channel_axis`).
+/// Returns one half.
 pub fn apply_guidance(
     out: &Tensor,
     scale: f64,
     rule: GuidanceRule,
-    layout: LatentLayout,
+    channel_axis: usize,
     latent_channels: usize,
 ) -> Result<Tensor> {
     let half = out.dim(0)? / 2;
     let (cond, uncond) = (out.narrow(0, 0, half)?, out.narrow(0, half, half)?);
     let mix = |c: &Tensor, u: &Tensor| -> candle_core::Result<Tensor> { u + ((c - u)? * scale)? };
-    let axis = layout.channel_axis();
+    let axis = channel_axis;
     let channels = out.dim(axis)?;
     Ok(match rule {
         GuidanceRule::AllChannels => mix(&cond, &uncond)?,

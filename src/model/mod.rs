@@ -15,13 +15,13 @@ pub mod open;
 pub mod t2v;
 pub mod text;
 
-pub use any::AnyModel;
+pub use any::{AnyModel, ModelKind};
 pub use condition::Condition;
 pub use denoiser::{Denoiser, DenoiserSpec, LatentLayout, LossFn};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};
 pub use graph::Graph;
 pub use guidance::{apply_guidance, GuidanceRule};
 pub use latte::{Latte, LatteModel, NUM_TRAIN_TIMESTEPS};
-pub use open::{open_model, ModelKind, OpenOptions, OpenedModel};
+pub use open::{open_model, OpenOptions, OpenedModel};
 pub use t2v::{LatteT2VConfig, LatteT2VModel};
 pub use text::t5::{T5Config, T5EncoderModel};

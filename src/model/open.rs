@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::any::AnyModel;
+use super::any::{AnyModel, ModelKind};
 use super::latte::infer::infer_config;
 use super::{LatteModel, LatteT2VModel};
 use crate::diffusion::{GaussianDiffusion, MeanType};
@@ -22,25 +22,6 @@ use crate::error::{LatteError, Result};
 use crate::weights::checkpoint::{corrupt, read_checked, CheckpointFolder};
 use crate::weights::format::{metadata_value, DIFFUSION_FILE, EMA_FILE, MODEL_FILE, T2V_CONFIG_KEY};
 use crate::weights::{read_torch_state_dict, CheckpointInfo, Format};
-
-/// The two kinds of model latte-rs builds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelKind {
-    /// Latte, class-conditional or unconditional, any variant ([`LatteModel`]).
-    Latte,
-    /// The text-to-video transformer of Latte-1 ([`LatteT2VModel`]).
-    Text,
-}
-
-impl ModelKind {
-    /// The name Python sees ("latte", "text").
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Latte => "latte",
-            Self::Text => "text",
-        }
-    }
-}
 
 /// How to open a model file.
 #[derive(Clone, Debug)]

@@ -166,7 +166,7 @@ impl LatteModel {
             &out,
             cfg_scale,
             GuidanceRule::PredictionChannels,
-            LatentLayout::FramesFirst,
+            LatentLayout::FramesFirst.channel_axis(),
             self.cfg.in_channels,
         )?;
         // Both halves carry the guided prediction; the variance values stay each branch's own.
