@@ -25,7 +25,7 @@ pub trait Float:
     fn of(v: f64) -> Self;
     fn from_usize(n: usize) -> Self;
     fn exp(self) -> Self;
-    /// e^x in straight-line arithmetic where that is accurate enough (f32: [`crate::nn::fastmath::exp_f32`]),
+    /// e^x in straight-line arithmetic where that is accurate enough (f32: [`crate::fastmath::exp_f32`]),
     /// so that loops calling it vectorise; `exp` elsewhere.
     fn fast_exp(self) -> Self;
     fn sqrt(self) -> Self;
@@ -75,5 +75,5 @@ macro_rules! float {
     };
 }
 
-float!(f32, F32, crate::nn::fastmath::exp_f32);
+float!(f32, F32, crate::fastmath::exp_f32);
 float!(f64, F64, f64::exp);

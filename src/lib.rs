@@ -19,6 +19,7 @@
 pub mod config;
 pub mod diffusion;
 pub mod error;
+pub mod fastmath;
 pub mod finite;
 pub mod float;
 #[doc(hidden)]

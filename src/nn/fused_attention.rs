@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::softmax_rows;
+use crate::fastmath::softmax_rows;
 
 struct FusedAttention {
     scale: f32,

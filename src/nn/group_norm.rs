@@ -6,9 +6,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::map_wide;
 use super::gemm::{run_kernel3, Kernel3};
 use super::kernels::frozen_cpu;
+use crate::fastmath::map_wide;
 use crate::float::Float;
 
 /// Group normalisation of (B, C, …) over groups of C/G channels, with a per-channel affine transform.

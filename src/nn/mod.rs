@@ -8,7 +8,6 @@ pub mod attention;
 pub mod autocast;
 pub mod conv;
 pub mod embed;
-pub mod fastmath;
 pub mod fused_attention;
 pub mod gelu;
 pub(crate) mod gemm;
