@@ -15,7 +15,8 @@ import pytest
 import latte_rs
 from latte_rs.data import CaptionedVideos, LatentClips, SyntheticVideos, VideoClips, encode_dataset
 from latte_rs.data.batching import batches, shard
-from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, encode_captions
+from latte_rs.pipelines import LatteT2VPipeline
+from latte_rs.text import T5Tokenizer, encode_captions
 
 av = pytest.importorskip("av")
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import latte_rs
-from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, load_scheduler
+from latte_rs.pipelines import LatteT2VPipeline, load_scheduler
+from latte_rs.text import T5Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
