@@ -2,10 +2,32 @@
 
 from collections.abc import Callable
 from os import PathLike
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "__version__",
+    "CUDA_AVAILABLE",
+    "FLASH_ATTN_AVAILABLE",
+    "LatteConfig",
+    "LatteModel",
+    "ForwardGraph",
+    "_SharedStorage",
+    "GaussianDiffusion",
+    "Generator",
+    "Scheduler",
+    "Trainer",
+    "VideoVAE",
+    "I3D",
+    "LatteT2VTransformer",
+    "T5TextEncoder",
+    "BF16_AUTOCAST_SUPPORTED",
+    "sample",
+    "set_autocast",
+    "set_kernel_path",
+]
 
 __version__: str
 CUDA_AVAILABLE: bool
@@ -30,6 +52,7 @@ def set_kernel_path(path: Literal["auto", "generic"]) -> Literal["auto", "generi
 
 ArrayLike: TypeAlias = npt.ArrayLike | Any  # NumPy arrays, or any object with __dlpack__ (torch tensors)
 
+@final
 class LatteConfig:
     """Every option of a Latte model. Immutable; ``replace`` returns a changed copy.
 
@@ -58,7 +81,7 @@ class LatteConfig:
     attention: Literal["auto", "math", "chunked", "flash"]
     attention_chunk_size: int
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __new__(cls, **kwargs: Any) -> LatteConfig:
         """Defaults are the official Latte-XL/2 (16 frames, 32×32×4 latents, learn_sigma, unconditional).
 
         Raises ``TypeError`` for an unknown keyword and ``ValueError`` (naming the field) for a bad value or an
@@ -83,6 +106,7 @@ class LatteConfig:
     def out_channels(self) -> int:
         """``2 * in_channels`` with ``learn_sigma``, else ``in_channels``."""
 
+@final
 class LatteModel:
     """A Latte model with its parameters.
 
@@ -91,13 +115,13 @@ class LatteModel:
     (1, 4, 8, 16, 16)
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         config: LatteConfig,
         device: str = "cpu",
         seed: int = 0,
         dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32",
-    ) -> None:
+    ) -> LatteModel:
         """Builds the model and initialises it by the DiT/Latte recipe from ``seed``.
 
         ``device`` is ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` in a build with the ``cuda`` feature.
@@ -179,6 +203,7 @@ class LatteModel:
     @property
     def dtype(self) -> str: ...
 
+@final
 class GaussianDiffusion:
     """The Gaussian diffusion of IDDPM / DiT / Latte (DiT's ``create_diffusion``), optionally respaced.
 
@@ -191,8 +216,8 @@ class GaussianDiffusion:
     (250, 4)
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         timestep_respacing: str = "",
         noise_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear",
         learn_sigma: bool = True,
@@ -203,7 +228,7 @@ class GaussianDiffusion:
         diffusion_steps: int = 1000,
         beta_start: float = 0.00085,
         beta_end: float = 0.012,
-    ) -> None:
+    ) -> GaussianDiffusion:
         """``timestep_respacing``: "" (all steps), "250" (counts per equal section, e.g. "10,10,10") or "ddim50".
         ``beta_start``/``beta_end`` apply to "scaled_linear" only ("linear" is DiT's 1e-4 → 0.02 scaled by 1000/T).
         Variance: learned-range with ``learn_sigma``, else fixed-small (``sigma_small``) or fixed-large."""
@@ -261,10 +286,11 @@ class GaussianDiffusion:
     ) -> np.ndarray:
         """Runs every step in Rust; ``callback(done, total)`` after each (``latte_rs.sample`` shows a tqdm bar)."""
 
+@final
 class Generator:
     """A seeded random generator (ChaCha8): the same seed gives the same numbers on every platform."""
 
-    def __init__(self, seed: int = 0) -> None: ...
+    def __new__(cls, seed: int = 0) -> Generator: ...
     def manual_seed(self, seed: int) -> Generator:
         """Restarts the stream from ``seed``; returns the generator."""
     @property
@@ -272,11 +298,12 @@ class Generator:
     def randn(self, shape: list[int]) -> np.ndarray:
         """Standard normal float32 draws of the given shape."""
 
+@final
 class Scheduler:
     """The Rust core of every diffusers-style scheduler (use ``DDPMScheduler``, ``DDIMScheduler``,
     ``EulerDiscreteScheduler`` or ``DPMSolverMultistepScheduler``)."""
 
-    def __init__(self, kind: Literal["ddpm", "ddim", "euler", "dpmsolver"], config_json: str) -> None: ...
+    def __new__(cls, kind: Literal["ddpm", "ddim", "euler", "dpmsolver"], config_json: str) -> Scheduler: ...
     def config_json(self) -> str: ...
     def set_timesteps(self, num_inference_steps: int) -> None: ...
     @property
@@ -329,6 +356,7 @@ class StepStats(TypedDict):
     loss_scale: float | None
     """The dynamic loss scale of an f16 model."""
 
+@final
 class Trainer:
     """Trains a ``LatteModel`` (or the text-to-video ``LatteT2VTransformer``) with a ``GaussianDiffusion`` as the
     official Latte ``train.py``, and more.
@@ -365,13 +393,13 @@ class Trainer:
     1
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model: LatteModel | LatteT2VTransformer,
         diffusion: GaussianDiffusion,
         *,
         lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float, float] = ...,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -385,8 +413,9 @@ class Trainer:
         caption_dropout_prob: float = 0.1,
         null_caption: ArrayLike | None = None,
         null_caption_mask: ArrayLike | None = None,
-    ) -> None:
-        """Defaults are the official recipe (AdamW 1e-4, no weight decay, constant LR, EMA 0.9999).
+    ) -> Trainer:
+        """Defaults are the official recipe (AdamW 1e-4, ``betas`` (0.9, 0.999), no weight decay, constant LR, EMA
+        0.9999).
 
         ``warmup_steps``: linear warm-up of the learning rate. ``grad_clip``: max global norm (None: no clipping).
         ``skip_nonfinite``: on a NaN/Inf loss or gradient, skip the step and count it instead of raising
@@ -484,6 +513,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """The learning rate of the 1-based optimiser step ``step``."""
 
+@final
 class VideoVAE:
     """The video VAE: diffusers' ``AutoencoderKL`` (the Stable Diffusion VAE Latte uses), applied frame by frame.
 
@@ -513,6 +543,7 @@ class VideoVAE:
     @property
     def downsample_factor(self) -> int: ...
 
+@final
 class I3D:
     """The Kinetics-400 I3D network of FVD (TF-Hub ``i3d-kinetics-400``), in Rust on the CPU.
 
@@ -527,7 +558,7 @@ class I3D:
     -1.0
     """
 
-    def __init__(self, path: str | PathLike[str]) -> None:
+    def __new__(cls, path: str | PathLike[str]) -> I3D:
         """Loads converted weights (the file ``latte_rs.evaluation.i3d_weights()`` returns)."""
     def features(
         self, clips: ArrayLike, value_range: tuple[float, float] | None = None
@@ -540,6 +571,7 @@ class I3D:
     def logits(self, clips: ArrayLike) -> npt.NDArray[np.float32]:
         """The raw network on ``(N, T >= 9, 224, 224, 3)`` float32 clips in [-1, 1]."""
 
+@final
 class LatteT2VTransformer:
     """The text-to-video Latte transformer of Latte-1: diffusers' ``LatteTransformer3DModel`` in Rust, with
     diffusers' parameter names and ``config.json`` keys (PixArt-style adaLN-single, caption projection of T5
@@ -555,10 +587,17 @@ class LatteT2VTransformer:
     (1, 8, 3, 8, 8)
     """
 
-    def __init__(
-        self, config: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu", dtype: str = "float32"
-    ) -> None:
-        """A model from diffusers config keys (missing ones: Latte-1's), every weight N(0, 0.02²) from ``seed``."""
+    def __new__(
+        cls,
+        config: dict[str, Any] | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        dtype: str = "float32",
+        init: Literal["normal", "pixart"] = "normal",
+    ) -> LatteT2VTransformer:
+        """A model from diffusers config keys (missing ones: Latte-1's), initialised from ``seed``: every weight
+        N(0, 0.02²) (``init="normal"``), or PixArt-α's recipe for training from scratch (``"pixart"``: xavier
+        linears, silent cross-attention outputs and output projection)."""
     @staticmethod
     def from_pretrained(
         path: str | PathLike[str], device: str = "cpu", dtype: str | None = None
@@ -591,10 +630,11 @@ class LatteT2VTransformer:
     def config(self) -> dict[str, Any]: ...
     def num_parameters(self) -> int: ...
 
+@final
 class T5TextEncoder:
     """The T5 text encoder of Latte-1 (transformers' ``T5EncoderModel``: T5 v1.1 gated-GELU or the original
     ReLU T5), read from a ``text_encoder/`` folder (``config.json`` + safetensors, sharded or not). Prompts go
-    through ``latte_rs.pipelines.T5Tokenizer`` first."""
+    through ``latte_rs.text.T5Tokenizer`` first."""
 
     @staticmethod
     def from_pretrained(path: str | PathLike[str], device: str = "cpu", dtype: str | None = None) -> T5TextEncoder:
@@ -638,6 +678,12 @@ def sample(
     generator. ``callback(done, total)`` runs after each step. Used by ``latte_rs.sample`` and the pipelines."""
 
 
+@final
+class _SharedStorage:
+    """Keeps a tensor's storage alive while NumPy arrays (and torch tensors over them) view it: the ``base`` of
+    the arrays ``LatteModel.shared_parameters`` and ``ForwardGraph.backward`` return."""
+
+@final
 class ForwardGraph:
     """The graph of one ``LatteModel.forward_graph``; it keeps the activations until it is dropped."""
 

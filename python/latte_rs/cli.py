@@ -6,13 +6,25 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import yaml
+
+from . import tiny_t2v
+from ._native import LatteConfig, LatteModel, T5TextEncoder, VideoVAE
+from .data import CaptionedVideos, encode_dataset
+from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
+from .distributed import world
+from .evaluation import Protocol, feature_stats, fvd, i3d_weights
+from .pipelines import TRAINING_BETAS, LattePipeline, LatteT2VPipeline, checkpoint_prediction_type, default_scheduler
+from .schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from .text import T5Tokenizer
+from .training import load_config, make_dataset, train
+from .video_io import frame_grid, save_gif, save_mp4, save_png
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     summary = run_demo(args.output_dir, steps=args.steps, num_samples=args.samples,
                        sampling_steps=args.sampling_steps, guidance_scale=args.guidance,
                        eval_clips=args.eval_clips, seed=args.seed, progress=not args.no_progress)
@@ -23,10 +35,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _forward(args: argparse.Namespace) -> int:
-    import latte_rs
-
-    cfg = latte_rs.LatteConfig.preset(args.model, num_frames=args.frames, input_size=args.latent)
-    model = latte_rs.LatteModel(cfg, seed=args.seed)
+    cfg = LatteConfig.preset(args.model, num_frames=args.frames, input_size=args.latent)
+    model = LatteModel(cfg, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.batch, args.frames, cfg.in_channels, args.latent, args.latent), np.float32)
     t = rng.integers(0, 1000, size=args.batch)
@@ -49,8 +59,6 @@ def _forward(args: argparse.Namespace) -> int:
 
 
 def _parse_set(items: list[str]) -> dict:
-    import yaml
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -61,8 +69,6 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training import load_config, train
-
     overrides = _parse_set(args.set)
     if args.config is None:
         cfg = dict(overrides)
@@ -71,8 +77,6 @@ def _train(args: argparse.Namespace) -> int:
         cfg.update(overrides)
     result = train(cfg, output_dir=args.output_dir, max_steps=args.steps, resume=args.resume or None,
                    progress=not args.no_progress)
-    from .distributed import world
-
     if world()[0] != 0:  # under torchrun, rank 0 reports
         return 0
     last = result.history[-1] if result.history else {}
@@ -87,13 +91,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from . import T5TextEncoder, VideoVAE
-    from .data import CaptionedVideos, encode_dataset
-    from .pipelines import T5Tokenizer
-    from .training import load_config, make_dataset
-
     cfg = load_config(args.config) if args.config else load_config({})
     cfg.update(_parse_set(args.set))
     if args.dataset is not None:
@@ -141,8 +138,6 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _fvd(args: argparse.Namespace) -> int:
-    from .evaluation import fvd, i3d_weights
-
     if args.paths == ["download-weights"]:
         path = i3d_weights(source=args.source, progress=not args.no_progress)
         print(json.dumps({"i3d_weights": str(path)}, indent=2))
@@ -157,8 +152,6 @@ def _fvd(args: argparse.Namespace) -> int:
                  image_size=args.image_size, seed=args.seed, ddof=args.ddof, batch_size=args.batch_size,
                  cache=not args.no_cache, progress=not args.no_progress)
     if args.save_real_stats:
-        from .evaluation import feature_stats
-
         stats = feature_stats(real, protocol=_protocol_of(result), progress=False, cache=not args.no_cache)
         stats.save(args.save_real_stats)
     print(result.to_json())
@@ -167,9 +160,6 @@ def _fvd(args: argparse.Namespace) -> int:
 
 def _scheduler(name: str, prediction_type: str = "epsilon"):
     """The sampler `name` over Latte's training process, for a model that predicts `prediction_type`."""
-    from . import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-    from .pipelines import TRAINING_BETAS, default_scheduler
-
     betas = dict(TRAINING_BETAS, prediction_type=prediction_type)
     kinds = {
         "ddim": lambda: DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
@@ -181,10 +171,6 @@ def _scheduler(name: str, prediction_type: str = "epsilon"):
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .pipelines import LattePipeline, LatteT2VPipeline, checkpoint_prediction_type
-
     builtin = args.checkpoint is None
     if builtin and (args.prompt or args.negative_prompt):
         # The built-in text-to-video model: "a red square moving left" (4 colours, shapes and directions).
@@ -194,15 +180,11 @@ def _sample(args: argparse.Namespace) -> int:
         if args.height or args.width or args.video_length:
             raise ValueError("--height/--width/--video-length: the built-in text-to-video model makes 8 frames "
                              "of 16x16 only")
-        from . import tiny_t2v
-
         result = tiny_t2v.generate([args.prompt or ""], num_videos_per_prompt=args.num_videos,
                                    guidance_scale=args.guidance if args.guidance is not None else tiny_t2v.GUIDANCE,
                                    num_inference_steps=args.steps, seed=args.seed, progress=not args.no_progress)
         return _write_samples(args, result.frames, str(tiny_t2v.TINY_T2V))
     if builtin:
-        from .demo import TINY_GUIDANCE, TINY_MODEL
-
         args.checkpoint = str(TINY_MODEL)
         if args.classes is None:
             args.classes = [0, 1, 2, 3]  # the tiny model's classes: square, disc, triangle, cross
@@ -243,10 +225,6 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _write_samples(args: argparse.Namespace, frames, checkpoint: str) -> int:
-    from pathlib import Path
-
-    from .video_io import frame_grid, save_gif, save_mp4
-
     out_dir = Path(args.output_dir)
     written = []
     for i, video in enumerate(frames):
@@ -255,20 +233,26 @@ def _write_samples(args: argparse.Namespace, frames, checkpoint: str) -> int:
         if "mp4" in args.format:
             written.append(str(save_mp4(video, out_dir / f"sample_{i:03d}.mp4", fps=args.fps)))
     if "png" in args.format:
-        from PIL import Image
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame_grid(frames)).save(out_dir / "grid.png")
-        written.append(str(out_dir / "grid.png"))
+        written.append(str(save_png(frame_grid(frames), out_dir / "grid.png")))
     print(json.dumps({"checkpoint": checkpoint, "videos": int(frames.shape[0]), "frames": int(frames.shape[1]),
                       "size": [int(frames.shape[2]), int(frames.shape[3])], "seed": args.seed, "files": written},
                      indent=2))
     return 0
 
 
-def _protocol_of(result):
-    from .evaluation import Protocol
+def _tiny_t2v(args: argparse.Namespace) -> int:
+    if args.task == "text-encoder":
+        print(tiny_t2v.build_text_side(args.folder))
+    elif args.task == "transformer":
+        print(tiny_t2v.install_transformer(args.experiment, args.folder))
+    else:
+        scores = tiny_t2v.evaluate(args.combinations, args.videos, args.seed, args.guidance, args.steps,
+                                   progress=not args.no_progress, pipe=tiny_t2v.pipeline(args.checkpoint))
+        print(json.dumps(scores))
+    return 0
 
+
+def _protocol_of(result):
     fields = Protocol.__dataclass_fields__
     return Protocol(**{k: v for k, v in result.protocol.items() if k in fields})
 
@@ -424,12 +408,39 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--fps", type=float, default=8.0, help="frames per second of GIF/MP4 (default: 8)")
     sa.add_argument("--output-dir", default="samples", help="folder for the files (default: samples)")
     sa.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tt = sub.add_parser(
+        "tiny-t2v",
+        help="the recipe of the built-in text-to-video model: its text side, installing a trained transformer, "
+        "prompt following",
+        description="The recipe of the built-in text-to-video model (latte_rs.tiny_t2v): `text-encoder FOLDER` "
+        "writes its tokenizer and text encoder, `latte-rs train --config python/latte_rs/assets/tiny_t2v.yaml` "
+        "trains its transformer, `transformer EXPERIMENT FOLDER` installs the run's EMA weights with the sampler "
+        "for what they predict, and `evaluate` measures prompt following on the pixels.",
+    )
+    tasks = tt.add_subparsers(dest="task", required=True)
+    te = tasks.add_parser("text-encoder", help="write the tokenizer and the text encoder into a folder")
+    te.add_argument("folder", help="the pipeline folder (gets tokenizer/ and text_encoder/)")
+    tm = tasks.add_parser("transformer", help="install a training run's EMA weights as the folder's transformer, "
+                          "with the sampler for what it predicts")
+    tm.add_argument("experiment", help="the training run's experiment folder (its newest checkpoint is used)")
+    tm.add_argument("folder", help="the pipeline folder (gets transformer/ and scheduler/)")
+    ev = tasks.add_parser("evaluate", help="prompt following of the built-in model, measured on the pixels (JSON)")
+    ev.add_argument("--combinations", choices=("held_out", "train"), default="held_out",
+                    help="caption combinations to prompt with (default: held_out, those left out of training)")
+    ev.add_argument("--videos", type=int, default=8, help="videos per combination (default: 8)")
+    ev.add_argument("--guidance", type=float, default=tiny_t2v.GUIDANCE,
+                    help=f"classifier-free guidance scale (default: {tiny_t2v.GUIDANCE})")
+    ev.add_argument("--steps", type=int, default=tiny_t2v.STEPS, help=f"denoising steps (default: {tiny_t2v.STEPS})")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    ev.add_argument("--checkpoint", help="a checkpoint of a run of the recipe instead of the installed model")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"demo": _demo, "forward": _forward, "train": _train, "encode": _encode, "fvd": _fvd, "sample": _sample}
+    commands = {"demo": _demo, "forward": _forward, "train": _train, "encode": _encode, "fvd": _fvd, "sample": _sample,
+                "tiny-t2v": _tiny_t2v}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, MemoryError, OSError, RuntimeError) as e:

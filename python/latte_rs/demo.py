@@ -18,6 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from . import tiny_t2v
+from ._native import LatteModel
+from .data.synthetic import BACKGROUND, CLASS_COLOURS
+from .evaluation.metrics import RunningStats, frechet_distance
+from .pipelines import LattePipeline
+from .training import load_config, make_dataset, model_config, train
+from .video_io import frame_grid, save_gif, save_mp4, save_png
+
 ASSETS = Path(__file__).parent / "assets"
 #: The demo's training config (also the recipe of the shipped tiny model): class-conditional (4 shapes), pixel
 #: space, 8 frames of 16×16.
@@ -32,15 +40,11 @@ GRID_SCALE = 8
 
 
 def demo_config() -> dict[str, Any]:
-    from .training import load_config
-
     return load_config(CONFIG_FILE)
 
 
 def tiny_model():
     """The shipped tiny model (a ``LatteModel``, see ``assets/tiny_synthetic.yaml``)."""
-    from . import LatteModel
-
     return LatteModel.load(str(TINY_MODEL))
 
 
@@ -67,8 +71,6 @@ def pixel_features(videos, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 def pixel_fd(real, fake, seed: int = 0) -> float:
     """Fréchet distance between the ``pixel_features`` of two sets of videos (see the module docs)."""
-    from .evaluation.metrics import RunningStats, frechet_distance
-
     stats = []
     for videos in (real, fake):
         feats = pixel_features(videos, seed=seed)
@@ -82,8 +84,6 @@ def class_colour_accuracy(videos, labels) -> float:
     """The fraction of videos whose shape has its class's colour (for datasets made with ``class_colours``):
     the mean colour of the pixels that differ from the background is nearest to ``CLASS_COLOURS[label]``. A
     video with almost no such pixels counts as wrong. Videos ``(B, F, H, W, 3)`` uint8."""
-    from .data.synthetic import BACKGROUND, CLASS_COLOURS
-
     v = np.asarray(videos)
     if v.ndim != 5 or v.shape[-1] != 3 or v.dtype != np.uint8:
         raise ValueError(f"videos: expected (B, F, H, W, 3) uint8, got {v.shape} {v.dtype}")
@@ -104,8 +104,6 @@ def class_colour_accuracy(videos, labels) -> float:
 
 def real_clips(num: int, cfg: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Held-out synthetic clips ``(num, F, H, W, 3)`` uint8 and their labels (a seed the training never used)."""
-    from .training import make_dataset
-
     ds = make_dataset({**cfg, "num_clips": num, "global_seed": seed})
     clips, labels = zip(*(ds[i] for i in range(num)), strict=True)
     videos = np.stack(clips).transpose(0, 1, 3, 4, 2)  # (B, F, H, W, 3) in [-1, 1]
@@ -124,18 +122,13 @@ def text_to_video(out: Path, seed: int = 0, progress: bool = True, videos_per_co
     """The built-in text-to-video model's part of the demo: GIF/MP4 and a grid for ``DEMO_PROMPTS`` (a row per
     prompt, in ``t2v_prompts.txt``) and its prompt following on the held-out combinations, measured on the
     pixels (``latte_rs.tiny_t2v.evaluate``)."""
-    from PIL import Image
-
-    from . import tiny_t2v
-    from .video_io import frame_grid, save_gif, save_mp4
-
     pipe = tiny_t2v.pipeline()
     samples = tiny_t2v.generate(list(DEMO_PROMPTS), seed=seed, progress=progress, pipe=pipe)
     files = []
     for i, video in enumerate(samples.frames):
         files.append(str(save_gif(video, out / f"t2v_{i:02d}.gif", fps=6)))
         files.append(str(save_mp4(video, out / f"t2v_{i:02d}.mp4", fps=6)))
-    Image.fromarray(frame_grid(samples.frames, scale=GRID_SCALE)).save(out / "t2v_grid.png")
+    save_png(frame_grid(samples.frames, scale=GRID_SCALE), out / "t2v_grid.png")
     (out / "t2v_prompts.txt").write_text("\n".join(DEMO_PROMPTS) + "\n")
     scores = tiny_t2v.evaluate("held_out", videos_per_combination, seed=seed + 1, pipe=pipe)
     return {"prompts": list(DEMO_PROMPTS), "samples": files, "grid": str(out / "t2v_grid.png"),
@@ -150,13 +143,6 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
              progress: bool = True) -> dict[str, Any]:
     """Trains, samples (ancestral DDPM, `guidance_scale`), scores and writes everything to `output_dir`; returns
     the summary (also in ``summary.json``)."""
-    from PIL import Image
-
-    from . import LatteModel
-    from .pipelines import LattePipeline
-    from .training import model_config, train
-    from .video_io import frame_grid, save_gif, save_mp4
-
     start = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +163,7 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
         for i, video in enumerate(samples.frames):
             files.append(str(save_gif(video, out / f"{prefix}_{i:02d}.gif", fps=6)))
             files.append(str(save_mp4(video, out / f"{prefix}_{i:02d}.mp4", fps=6)))
-        Image.fromarray(frame_grid(samples.frames, scale=GRID_SCALE)).save(out / grid)
+        save_png(frame_grid(samples.frames, scale=GRID_SCALE), out / grid)
 
     # The score: trained model, the tiny model, an untrained model (same config, its initial weights) and noise,
     # against held-out real clips, each with `eval_clips` clips of the same labels.

@@ -32,7 +32,8 @@ import numpy as np
 
 from ._native import Trainer
 
-__all__ = ["DistributedTrainer", "RankFailure", "continue_streams", "derived_seed", "init_from_env", "share", "world"]
+__all__ = ["DistributedTrainer", "RankFailure", "continue_streams", "derived_seed", "destroy_group",
+           "group_initialised", "init_from_env", "share", "world"]
 
 DEFAULT_TIMEOUT = 300.0
 
@@ -50,15 +51,21 @@ def _dist():
     return dist
 
 
+def group_initialised() -> bool:
+    """Whether this process is in an initialised torch.distributed process group (False without torch)."""
+    try:
+        dist = _dist()
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this process: from an initialised process group, else from torchrun's environment
     variables, else (0, 1)."""
-    try:
+    if group_initialised():
         dist = _dist()
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
+        return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -87,6 +94,11 @@ def init_from_env(backend: str = "gloo", timeout: float = DEFAULT_TIMEOUT) -> tu
         raise RankFailure(f"rank {rank}: could not join the process group of {size} ranks at "
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {timeout:g} s: {e}") from e
     return rank, size
+
+
+def destroy_group() -> None:
+    """Leaves and destroys the default process group (the one ``init_from_env`` joined)."""
+    _dist().destroy_process_group()
 
 
 def share(obj: Any, src: int = 0) -> Any:

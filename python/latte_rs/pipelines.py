@@ -11,7 +11,7 @@ diffusers-style scheduler → VAE decode. Every network runs in Rust; no PyTorch
 (1, 16, 512, 512, 3)
 
 The folder is a diffusers Latte-1 checkout: ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``
-(``spiece.model``, read with the ``sentencepiece`` package: ``pip install sentencepiece``) and ``scheduler/``.
+(``spiece.model``, read by :class:`latte_rs.text.T5Tokenizer`) and ``scheduler/``.
 Without a text encoder or tokenizer, pass ``prompt_embeds`` (and ``negative_prompt_embeds``) yourself.
 
 Differences from diffusers, by design: noise comes from ``seed`` (our generator, not torch's; pass
@@ -33,12 +33,12 @@ from . import _native
 from ._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
 from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from .text import MAX_LENGTH, T5Tokenizer, encode_captions
 from .video_io import frame_grid, save_gif, save_mp4
 from .video_io import show as _show
 
 SCHEDULERS = {c.__name__: c for c in (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                                        EulerDiscreteScheduler)}
-MAX_LENGTH = 120  # tokens per prompt, as LattePipeline
 
 
 def load_scheduler(folder: str | os.PathLike):
@@ -51,62 +51,6 @@ def load_scheduler(folder: str | os.PathLike):
     if name not in SCHEDULERS:
         raise ValueError(f"{path}: scheduler {name!r} is not supported; expected one of {sorted(SCHEDULERS)}")
     return SCHEDULERS[name].from_config(config)
-
-
-class T5Tokenizer:
-    """transformers' ``T5Tokenizer`` for prompts: SentencePiece pieces of ``spiece.model``, ``</s>`` appended,
-    truncated and right-padded with ``<pad>`` to ``max_length``, with the attention mask."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        try:
-            import sentencepiece
-        except ImportError:
-            raise ImportError("tokenizing prompts needs the sentencepiece package: pip install sentencepiece "
-                              "(or pass prompt_embeds)") from None
-        path = Path(path)
-        model = path / "spiece.model" if path.is_dir() else path
-        if not model.is_file():
-            raise FileNotFoundError(f"tokenizer: no such file {model}")
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
-        self.eos_id = self.sp.piece_to_id("</s>")
-        self.pad_id = self.sp.piece_to_id("<pad>")
-
-    def __call__(self, texts: str | list[str], max_length: int = MAX_LENGTH) -> dict[str, np.ndarray]:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        ids = np.full((len(texts), max_length), self.pad_id, np.int64)
-        mask = np.zeros((len(texts), max_length), np.int64)
-        for i, text in enumerate(texts):
-            tokens = self.sp.encode(text)[: max_length - 1] + [self.eos_id]
-            ids[i, : len(tokens)] = tokens
-            mask[i, : len(tokens)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
-def encode_captions(text_encoder: T5TextEncoder, tokenizer: T5Tokenizer, texts: str | list[str],
-                    max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
-    """T5 features ``(B, max_length, d_model)`` float32 and attention mask ``(B, max_length)`` int64 of `texts`,
-    as the text-to-video pipeline encodes prompts: lower-cased and stripped, ``</s>`` appended, truncated and
-    right-padded to `max_length`. The one place captions and prompts become features, for sampling and for the
-    latent cache alike; ``[""]`` gives ``text_encoder.empty_prompt(max_length)``, the null caption.
-
-    >>> encoder = T5TextEncoder.from_pretrained("Latte-1/text_encoder")  # doctest: +SKIP
-    >>> features, mask = encode_captions(encoder, T5Tokenizer("Latte-1/tokenizer"), ["A cat", "a dog "])
-    ... # doctest: +SKIP
-    >>> features.shape, mask.shape  # doctest: +SKIP
-    ((2, 120, 4096), (2, 120))
-    """
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("texts: expected at least one text, got none")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts: expected str items, got {type(text).__name__} at position {i}")
-    if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 1:
-        raise ValueError(f"max_length: expected an int >= 1, got {max_length!r}")
-    tokens = tokenizer([t.lower().strip() for t in texts], max_length=int(max_length))
-    mask = np.asarray(tokens["attention_mask"], np.int64)
-    features = np.asarray(text_encoder(tokens["input_ids"], mask), np.float32)
-    return features, mask
 
 
 @dataclass
@@ -231,7 +175,7 @@ class LatteT2VPipeline:
         transformer = self.transformer.with_temporal_attentions(enable_temporal_attentions)
         bar, callback = progress_bar(progress)
         try:
-            latents = _native.sample(transformer, self.scheduler._native, noise=latents, num_samples=batch,
+            latents = _native.sample(transformer, self.scheduler.core, noise=latents, num_samples=batch,
                                      latent_shape=list(shape), encoder_hidden_states=embeds,
                                      negative_encoder_hidden_states=negative if cfg_on else None,
                                      guidance_scale=guidance_scale, eta=eta, num_inference_steps=num_inference_steps,

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _native
-from ._native import GaussianDiffusion, LatteModel
+from ._native import GaussianDiffusion, LatteModel, Scheduler
 
 
 def progress_bar(progress: bool, desc: str = "sampling"):
@@ -73,8 +73,8 @@ def sample(
     if isinstance(diffusion, GaussianDiffusion):
         native = diffusion
     else:
-        native = getattr(diffusion, "_native", None)
-        if native is None:
+        native = getattr(diffusion, "core", None)
+        if not isinstance(native, Scheduler):
             raise TypeError(f"diffusion: expected a GaussianDiffusion or a latte-rs scheduler, got {type(diffusion)}")
         if sampler != "ddpm":
             raise ValueError(f"sampler: chooses how a GaussianDiffusion samples; {type(diffusion).__name__} samples "

@@ -43,6 +43,9 @@ class SchedulerOutput:
 
 
 class _DiffusersScheduler:
+    """The diffusers face shared by the schedulers; ``core`` is the Rust scheduler it delegates to (what the
+    native sampling loop runs)."""
+
     _kind = ""
     #: Config keys that differ from the shared defaults for this scheduler (as diffusers' signatures).
     _defaults: dict[str, Any] = {}
@@ -52,7 +55,7 @@ class _DiffusersScheduler:
         config = {k: v for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
         if isinstance(config.get("trained_betas"), np.ndarray):
             config["trained_betas"] = config["trained_betas"].tolist()
-        self._native = Scheduler(self._kind, json.dumps({**self._defaults, **config}))
+        self.core = Scheduler(self._kind, json.dumps({**self._defaults, **config}))
         self._generator = Generator(0)
 
     @classmethod
@@ -70,7 +73,7 @@ class _DiffusersScheduler:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self._native.config_json())
+        return json.loads(self.core.config_json())
 
     def save_config(self, save_directory: str | os.PathLike[str]) -> Path:
         """Writes `scheduler_config.json` (diffusers' format) into `save_directory`; returns its path."""
@@ -85,41 +88,41 @@ class _DiffusersScheduler:
 
     @property
     def timesteps(self) -> np.ndarray:
-        return self._native.timesteps
+        return self.core.timesteps
 
     @property
     def num_inference_steps(self) -> int | None:
-        return self._native.num_inference_steps
+        return self.core.num_inference_steps
 
     @property
     def init_noise_sigma(self) -> float:
-        return self._native.init_noise_sigma
+        return self.core.init_noise_sigma
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
-        return self._native.alphas_cumprod
+        return self.core.alphas_cumprod
 
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
         """Chooses the inference timesteps (`device` is accepted for diffusers compatibility)."""
-        self._native.set_timesteps(int(num_inference_steps))
+        self.core.set_timesteps(int(num_inference_steps))
 
     def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
         return sample
 
     def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> np.ndarray:
         """q(x_t | x0) at `timesteps`: one per sample, or one (a scalar) for the whole batch."""
-        return self._native.add_noise(original_samples, noise, timesteps)
+        return self.core.add_noise(original_samples, noise, timesteps)
 
     def _step(self, model_output: Any, timestep: Any, sample: Any, return_dict: bool, generator: Any = None,
               variance_noise: Any = None, **options: Any):
         if variance_noise is None and generator is None:
             generator = self._generator
-        prev, x0 = self._native.step(model_output, float(np.asarray(timestep)), sample, generator=generator,
+        prev, x0 = self.core.step(model_output, float(np.asarray(timestep)), sample, generator=generator,
                                      variance_noise=variance_noise, **options)
         return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
 
     def __len__(self) -> int:
-        return len(self._native)
+        return len(self.core)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.config, sort_keys=True)})"
@@ -158,7 +161,7 @@ class _SigmaScheduler(_DiffusersScheduler):
 
     @property
     def sigmas(self) -> np.ndarray:
-        return self._native.sigmas
+        return self.core.sigmas
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
@@ -173,7 +176,7 @@ class EulerDiscreteScheduler(_SigmaScheduler):
     _kind = "euler"
 
     def scale_model_input(self, sample: Any, timestep: Any) -> np.ndarray:
-        return self._native.scale_model_input(sample, float(np.asarray(timestep)))
+        return self.core.scale_model_input(sample, float(np.asarray(timestep)))
 
     def step(self, model_output: Any, timestep: Any, sample: Any, s_churn: float = 0.0, s_tmin: float = 0.0,
              s_tmax: float = float("inf"), s_noise: float = 1.0, generator: Generator | None = None,

@@ -7,9 +7,10 @@ apart, and the transformer's caption projection and cross-attention learn what t
 The recipe of the shipped model (``assets/tiny_t2v/``, a Latte-1-shaped folder: ``transformer/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``)::
 
-    python -m latte_rs.tiny_t2v text-encoder python/latte_rs/assets/tiny_t2v    # tokenizer/, text_encoder/
+    latte-rs tiny-t2v text-encoder python/latte_rs/assets/tiny_t2v    # tokenizer/, text_encoder/
     latte-rs train --config python/latte_rs/assets/tiny_t2v.yaml --output-dir tiny-t2v-train
-    python -m latte_rs.tiny_t2v transformer tiny-t2v-train python/latte_rs/assets/tiny_t2v   # + scheduler/
+    latte-rs tiny-t2v transformer tiny-t2v-train python/latte_rs/assets/tiny_t2v   # + scheduler/
+    latte-rs tiny-t2v evaluate    # prompt following on the held-out combinations (JSON)
 
 The transformer predicts the velocity (``prediction_type: v_prediction``), not the noise as Latte-1 does: with
 the noise as target, the loss at high noise levels (where a clip's layout and motion are decided) hardly depends
@@ -19,14 +20,20 @@ of motion (see the README's "The built-in text-to-video model").
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
+from safetensors.numpy import save_file
 
-from .data.synthetic import synthetic_caption
+from ._native import LatteT2VTransformer
+from .data.synthetic import HELD_OUT, synthetic_caption
+from .evaluation.prompt_following import prompt_following
+from .pipelines import LatteT2VPipeline, checkpoint_prediction_type, default_scheduler
+from .text import encode_captions
+from .training import latest_checkpoint
 
 ASSETS = Path(__file__).parent / "assets"
 #: The built-in text-to-video pipeline folder.
@@ -52,8 +59,6 @@ def captions() -> list[str]:
 def build_tokenizer(folder: str | Path) -> Path:
     """Trains a word-level SentencePiece model (T5's special pieces: pad 0, eos 1, unk 2) on the captions; writes
     ``folder/spiece.model``."""
-    import sentencepiece as spm
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     corpus = folder / "corpus.txt"
@@ -70,8 +75,6 @@ def build_tokenizer(folder: str | Path) -> Path:
 def build_text_encoder(folder: str | Path, vocab_size: int, seed: int = 0) -> Path:
     """A T5 v1.1 encoder with T5's initialisation (transformers' ``T5PreTrainedModel._init_weights``, factor 1)
     from `seed`: ``folder/config.json`` and ``folder/model.safetensors``."""
-    from safetensors.numpy import save_file
-
     cfg = dict(T5_CONFIG, vocab_size=int(vocab_size))
     d, kv, h, ff = cfg["d_model"], cfg["d_kv"], cfg["num_heads"], cfg["d_ff"]
     rng = np.random.default_rng(seed)
@@ -105,8 +108,6 @@ def build_text_encoder(folder: str | Path, vocab_size: int, seed: int = 0) -> Pa
 
 def build_text_side(pipeline_folder: str | Path, seed: int = 0) -> Path:
     """The tokenizer and the text encoder of the built-in pipeline folder."""
-    import sentencepiece as spm
-
     root = Path(pipeline_folder)
     model = build_tokenizer(root / "tokenizer")
     vocab = spm.SentencePieceProcessor(model_file=str(model)).get_piece_size()
@@ -118,10 +119,6 @@ def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> 
     """Copies the EMA weights of a training run's last checkpoint into ``pipeline_folder/transformer`` (diffusers
     layout: ``config.json`` + ``diffusion_pytorch_model.safetensors``) and writes the sampler for what it
     predicts into ``pipeline_folder/scheduler`` (ancestral DDPM over the training process)."""
-    from . import LatteT2VTransformer
-    from .pipelines import checkpoint_prediction_type, default_scheduler
-    from .training import latest_checkpoint
-
     ckpt = latest_checkpoint(Path(experiment) / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"experiment: no checkpoint under {Path(experiment) / 'checkpoints'}")
@@ -130,8 +127,6 @@ def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    from safetensors.numpy import save_file
-
     save_file({k: np.ascontiguousarray(v) for k, v in model.state_dict().items()},
               str(out / "diffusion_pytorch_model.safetensors"))
     (out / "diffusion_pytorch_model.safetensors").chmod(0o644)
@@ -151,9 +146,6 @@ def pipeline(checkpoint: str | Path | None = None):
     """The built-in text-to-video pipeline (``LatteT2VPipeline`` over ``assets/tiny_t2v``; pixel space, no VAE)
     with its sampler: ancestral DDPM for a model that predicts the velocity. With ``checkpoint`` (a checkpoint of
     a run of the recipe), its EMA transformer and a sampler for what it predicts, with the built-in text side."""
-    from . import LatteT2VTransformer
-    from .pipelines import LatteT2VPipeline, checkpoint_prediction_type, default_scheduler
-
     if not (TINY_T2V / "transformer" / "config.json").is_file():
         raise FileNotFoundError(f"{TINY_T2V / 'transformer'}: the built-in text-to-video model's weights are not "
                                 "in this install (see latte_rs.tiny_t2v for the recipe)")
@@ -168,8 +160,6 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple
     """The prompts' features as the built-in model was trained on them (``MAX_LENGTH`` tokens, padding zeroed,
     for any batch size; ``LattePipeline.encode_prompt`` cuts a single prompt to its tokens instead), and the
     negative prompt's, the same way (the null caption of its caption dropout for "")."""
-    from .pipelines import encode_captions
-
     feats, mask = encode_captions(pipe.text_encoder, pipe.tokenizer, list(prompts), MAX_LENGTH)
     neg, neg_mask = encode_captions(pipe.text_encoder, pipe.tokenizer, [negative_prompt], MAX_LENGTH)
     neg = np.repeat(neg * neg_mask[..., None], len(prompts), axis=0)  # one negative prompt, encoded once
@@ -191,9 +181,6 @@ def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, se
     """Prompt following of the built-in model on the held-out (or the training) combinations: each attribute's
     accuracy measured on the generated pixels (``latte_rs.evaluation.prompt_following``); chance is 0.25 for
     each attribute and 1/64 for all three."""
-    from .data.synthetic import HELD_OUT
-    from .evaluation.prompt_following import prompt_following
-
     if combinations == "held_out":
         combos = list(HELD_OUT)
     elif combinations == "train":
@@ -206,33 +193,3 @@ def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, se
     wanted = [c for c in combos for _ in range(videos_per_combination)]
     return prompt_following(list(out.frames), wanted)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m latte_rs.tiny_t2v", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
-    t = sub.add_parser("text-encoder", help="write the tokenizer and the text encoder into a folder")
-    t.add_argument("folder")
-    m = sub.add_parser("transformer", help="install a training run's EMA weights as the folder's transformer, "
-                       "with the sampler for what it predicts")
-    m.add_argument("experiment")
-    m.add_argument("folder")
-    e = sub.add_parser("evaluate", help="prompt following of the built-in model, measured on the pixels (JSON)")
-    e.add_argument("--combinations", choices=("held_out", "train"), default="held_out")
-    e.add_argument("--videos", type=int, default=8, help="videos per combination (default: 8)")
-    e.add_argument("--guidance", type=float, default=GUIDANCE)
-    e.add_argument("--steps", type=int, default=STEPS)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--checkpoint", help="a checkpoint of a run of the recipe instead of the installed model")
-    args = parser.parse_args(argv)
-    if args.what == "text-encoder":
-        print(build_text_side(args.folder))
-    elif args.what == "transformer":
-        print(install_transformer(args.experiment, args.folder))
-    else:
-        print(json.dumps(evaluate(args.combinations, args.videos, args.seed, args.guidance, args.steps,
-                                  progress=True, pipe=pipeline(args.checkpoint))))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Writing and showing videos: GIF (Pillow), MP4 (PyAV), a grid image of frames, inline display in Jupyter.
+"""Writing and showing videos: GIF (Pillow), MP4 (PyAV), a grid image of frames (PNG), inline display in Jupyter.
 
 Frames are ``(F, H, W, 3)`` uint8 (what ``LattePipeline`` returns per video); floats in [0, 1] are accepted too.
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import io
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def as_uint8(frames) -> np.ndarray:
@@ -39,8 +41,6 @@ def _check_clip(frames, arg: str = "frames") -> np.ndarray:
 
 def save_gif(frames, path: str | os.PathLike, fps: float = 8.0, loop: int = 0) -> Path:
     """Writes a looping GIF; returns its path."""
-    from PIL import Image
-
     frames = _check_clip(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +62,6 @@ def save_mp4(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     codec = next((c for c in ("libx264", "h264", "libopenh264", "mpeg4") if c in av.codecs_available), "mpeg4")
-    from fractions import Fraction
-
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
@@ -97,9 +95,18 @@ def frame_grid(videos, gap: int = 2, background: int = 255, scale: int = 1) -> n
     return grid
 
 
-def gif_bytes(frames, fps: float = 8.0) -> bytes:
-    from PIL import Image
+def save_png(image, path: str | os.PathLike) -> Path:
+    """Writes one image ``(H, W, 3)`` (e.g. a ``frame_grid``) as a PNG; returns its path."""
+    image = as_uint8(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image: expected (H, W, 3), got shape {image.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
 
+
+def gif_bytes(frames, fps: float = 8.0) -> bytes:
     frames = _check_clip(frames)
     buf = io.BytesIO()
     images = [Image.fromarray(f) for f in frames]

@@ -17,7 +17,7 @@ import latte_rs
 from conftest import T5_GATED, TINY_VAE
 from latte_rs.data import CaptionedVideos, LatentClips, SyntheticVideos, VideoClips, encode_dataset
 from latte_rs.data.batching import batches, shard
-from latte_rs.pipelines import T5Tokenizer, encode_captions
+from latte_rs.text import T5Tokenizer, encode_captions
 
 av = pytest.importorskip("av")
 

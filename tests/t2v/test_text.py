@@ -11,7 +11,8 @@ import pytest
 
 import latte_rs
 from conftest import TINY_VAE
-from latte_rs.pipelines import LatteT2VPipeline, T5Tokenizer, encode_captions, load_scheduler
+from latte_rs.pipelines import LatteT2VPipeline, load_scheduler
+from latte_rs.text import T5Tokenizer, encode_captions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

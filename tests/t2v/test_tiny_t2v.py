@@ -57,7 +57,7 @@ def test_the_pixel_measurement_reads_real_clips_exactly():
 def test_the_text_encoder_and_tokenizer_are_rebuilt_identically(tmp_path):
     """The shipped text side is the recipe's output: rebuilt from scratch, the encoder's weights are identical and
     the tokenizer gives the same ids."""
-    from latte_rs.pipelines import T5Tokenizer
+    from latte_rs.text import T5Tokenizer
 
     tiny_t2v.build_text_side(tmp_path)
     shipped = tiny_t2v.TINY_T2V
@@ -124,12 +124,14 @@ def test_a_run_of_the_recipe_is_evaluated_and_installed_as_the_builtin_model_is(
     a sampler for what it predicts, and `transformer` installs it with that sampler."""
     import yaml
 
+    from latte_rs.cli import main
+
     cfg = yaml.safe_load((tiny_t2v.TINY_T2V.parent / "tiny_t2v.yaml").read_text())
     cfg.update(text_encoder_path=str(tiny_t2v.TINY_T2V / "text_encoder"), num_clips=8, local_batch_size=2)
     latte_rs.train(cfg, output_dir=tmp_path / "run", max_steps=1, progress=False)
     ckpt = tmp_path / "run" / "checkpoints" / "0000001"
     assert tiny_t2v.pipeline(ckpt).scheduler.config["prediction_type"] == "v_prediction"
-    assert tiny_t2v.main(["evaluate", "--checkpoint", str(ckpt), "--videos", "1", "--steps", "2"]) == 0
+    assert main(["tiny-t2v", "evaluate", "--checkpoint", str(ckpt), "--videos", "1", "--steps", "2"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["clips"] == len(HELD_OUT)
     folder = tmp_path / "folder"
     tiny_t2v.install_transformer(tmp_path / "run", folder)

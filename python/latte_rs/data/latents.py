@@ -43,6 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..text import encode_captions
 
 INDEX = "index.json"
 NULL_CAPTION = "null_caption.safetensors"
@@ -50,8 +55,6 @@ TEXT_DTYPES = ("float32", "float16")
 
 
 def _save_atomic(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.numpy import save_file
-
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
@@ -88,8 +91,6 @@ def _stored_text(features: np.ndarray, text_dtype: str) -> np.ndarray:
 def _encode_texts(text_encoder, tokenizer, captions: Sequence[str], max_length: int, chunk_size: int,
                   text_dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, L, d) in `text_dtype`, mask (n, L) int64) of `captions`, `chunk_size` at a time."""
-    from ..pipelines import encode_captions
-
     parts = [encode_captions(text_encoder, tokenizer, list(captions[k:k + chunk_size]), max_length)
              for k in range(0, len(captions), chunk_size)]
     features = np.concatenate([f for f, _ in parts])
@@ -152,8 +153,6 @@ def encode_dataset(dataset, vae, output_dir: str | os.PathLike, *, shard_size: i
         raise ValueError("dataset: it is empty")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n, desc="encode", unit="clip", dynamic_ncols=True)
     index: dict[str, Any] = {"format": "latte-rs-latents", "version": 1, "num_clips": 0, "shards": [],
                              "scaling_factor": vae.scaling_factor, "sample": sample, "seed": seed,
@@ -259,8 +258,6 @@ class LatentClips:
 
     def _shard(self, k: int):
         if k not in self._open:
-            from safetensors import safe_open
-
             self._open[k] = safe_open(str(self.path / self.shards[k]["file"]), framework="numpy")
         return self._open[k]
 
@@ -314,8 +311,6 @@ class LatentClips:
         if self.text is None:
             return None
         if self._null is None:
-            from safetensors.numpy import load_file
-
             path = self.path / self.text["null"]
             try:
                 tensors = load_file(str(path))

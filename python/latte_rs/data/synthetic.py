@@ -21,7 +21,9 @@ CLASS_COLOURS = ((0.9, -0.45, -0.45), (-0.4, 0.8, -0.4), (-0.3, -0.1, 1.0), (0.9
 _DIRECTION_VECTORS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
 
 
-def _mask(shape: str, rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+def shape_mask(shape: str, rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    """The pixels covered by `shape` (one of ``SHAPES``) of radius `r` centred at (`cy`, `cx`), as a boolean mask
+    over the pixel grid `rows`, `cols` (e.g. ``np.mgrid``)."""
     dy, dx = rows - cy, cols - cx
     if shape == "square":
         return (np.abs(dy) <= r) & (np.abs(dx) <= r)
@@ -161,7 +163,7 @@ class SyntheticVideos:
             ys = _bounce(cy0, vy * speed, steps, low, high)
             xs = _bounce(cx0, vx * speed, steps, low, high)
             for f in range(self.num_frames):
-                m = _mask(shape, rows, cols, ys[f], xs[f], radius)
+                m = shape_mask(shape, rows, cols, ys[f], xs[f], radius)
                 video[f][:, m] = colour[:, None]
         return video, label
 
@@ -252,7 +254,7 @@ class CaptionedSyntheticVideos:
         xs = _bounce(cx0, vx * speed, steps, low, high)
         colour = np.asarray(CLASS_COLOURS[c], dtype=np.float32)
         for f in range(self.num_frames):
-            video[f][:, _mask(SHAPES[s], rows, cols, ys[f], xs[f], radius)] = colour[:, None]
+            video[f][:, shape_mask(SHAPES[s], rows, cols, ys[f], xs[f], radius)] = colour[:, None]
         return {"video": video, "caption": synthetic_caption(c, s, d), "video_name": c * 16 + s * 4 + d}
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -206,10 +207,28 @@ def read_frames(path: Path, pick: Sequence[int] | Pick | None = None) -> tuple[n
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _stream_length(container, stream) -> int:
+    """Frames of an open video stream: from the container when it says, else by decoding."""
+    return int(stream.frames) if stream.frames else sum(1 for _ in container.decode(stream))
+
+
+def frames_and_size(path: Path) -> tuple[int, tuple[int, int]]:
+    """Frame count and (height, width) of a video file or frame folder, from headers where possible."""
+    if path.is_dir():
+        files = _frame_files(path)
+        if not files:
+            raise ValueError("no frames")
+        try:
+            with Image.open(path / files[0]) as im:
+                return len(files), (im.height, im.width)
+        except OSError:
+            return len(files), _read_image(path / files[0]).shape[:2]
+    with _video_stream(path) as (container, stream):
+        return _stream_length(container, stream), (stream.codec_context.height, stream.codec_context.width)
 
 
 def frame_count(path: Path) -> int:
@@ -217,7 +236,7 @@ def frame_count(path: Path) -> int:
     if path.is_dir():
         return len(_frame_files(path))
     with _video_stream(path) as (container, stream):
-        return int(stream.frames) if stream.frames else sum(1 for _ in container.decode(stream))
+        return _stream_length(container, stream)
 
 
 class VideoClips:

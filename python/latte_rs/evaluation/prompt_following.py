@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.synthetic import BACKGROUND, CLASS_COLOURS, DIRECTIONS, SHAPES, _mask
+from ..data.synthetic import BACKGROUND, CLASS_COLOURS, DIRECTIONS, SHAPES, shape_mask
 
 _BACKGROUND01 = (BACKGROUND + 1) / 2
 _COLOURS01 = (np.asarray(CLASS_COLOURS, dtype=np.float64) + 1) / 2
@@ -65,7 +65,7 @@ def measure(video) -> tuple[int | None, int | None, int | None]:
             for dr in (0.0, 0.25, 0.5, 0.75):
                 for oy in (-0.25, 0.0, 0.25):
                     for ox in (-0.25, 0.0, 0.25):
-                        m = _mask(name, rows, cols, cy + oy, cx + ox, r + dr)
+                        m = shape_mask(name, rows, cols, cy + oy, cx + ox, r + dr)
                         best = max(best, (m & frame).sum() / max((m | frame).sum(), 1))
             ious.append(best)
         votes[int(np.argmax(ious))] += 1

@@ -48,73 +48,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import sources
 from .metrics import RunningStats, frechet_distance
+from .settings import Protocol
 from .sources import Plan
-from .weights import CKPT_SHA256, SDIST, cache_dir, load_i3d
+from .weights import cache_dir, load_i3d
 
 FEATURES = 400
-MIN_FRAMES = 9  # the network's three temporal stride-2 stages and its 2-frame pool
-NETWORK = f"i3d-kinetics-400 (TF-Hub) logits averaged over time; weights {SDIST} sha256:{CKPT_SHA256[:16]}"
-RESIZE = "bilinear to 224x224, torch interpolate(align_corners=False), no antialias"
 Layout = Literal["NFHWC", "NFCHW"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """Every setting an FVD value depends on (see the module docs)."""
-
-    num_real: int = 2048
-    num_fake: int = 2048
-    num_frames: int = 16
-    real_stride: int = 3
-    fake_stride: int = 1
-    image_size: int | None = None
-    value_range: tuple[float, float] | None = None
-    seed: int = 0
-    ddof: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("num_real", "num_fake", "num_frames", "real_stride", "fake_stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.num_real < 2 or self.num_fake < 2:
-            raise ValueError(f"num_real/num_fake: expected >= 2 clips for a covariance, got "
-                             f"{self.num_real}/{self.num_fake}")
-        if self.num_frames < MIN_FRAMES:
-            raise ValueError(f"num_frames: expected >= {MIN_FRAMES} (I3D needs them), got {self.num_frames}")
-        if self.image_size is not None and (not isinstance(self.image_size, (int, np.integer)) or self.image_size < 1):
-            raise ValueError(f"image_size: expected None or a positive int, got {self.image_size!r}")
-        if self.value_range is not None:
-            lo, hi = self.value_range
-            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-                raise ValueError(f"value_range: expected finite (lo, hi) with lo < hi, got {self.value_range!r}")
-            object.__setattr__(self, "value_range", (float(lo), float(hi)))
-        if self.ddof not in (0, 1):
-            raise ValueError(f"ddof: expected 0 (StyleGAN-V, Latte) or 1 (original TF FVD), got {self.ddof!r}")
-
-    def side(self, role: str) -> dict[str, Any]:
-        """The settings that determine one side's statistics (the cache key of a real set)."""
-        real = role == "real"
-        return {
-            "role": role,
-            "num_clips": self.num_real if real else self.num_fake,
-            "num_frames": self.num_frames,
-            "stride": self.real_stride if real else self.fake_stride,
-            "start": "random" if real else "first frame",
-            "image_size": self.image_size,
-            "value_range": self.value_range,
-            "seed": self.seed,
-            "ddof": self.ddof,
-            "resize": RESIZE,
-            "network": NETWORK,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "real_start": "random", "fake_start": "first frame",
-                "resize": RESIZE, "network": NETWORK}
 
 
 @dataclasses.dataclass
@@ -189,8 +132,6 @@ def _stats_from(source: Any, arg: str) -> FeatureStats | None:
 
 
 def _compute(plan: Plan, proto: Protocol, role: str, i3d, batch_size: int, progress: bool) -> FeatureStats:
-    from tqdm.auto import tqdm
-
     stats = RunningStats(FEATURES)
     with tqdm(total=plan.num, unit="clip", desc=f"FVD {role}", disable=not progress) as bar:
         for clips, value_range in sources.prefetched(plan.batches(batch_size)):

@@ -18,12 +18,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .protocol import Protocol
+from ..data.video import VideoClips, frames_and_size, read_frames, scan, spatial_transform
+from .settings import Protocol
 
 
 def _cut(role: str, stride: int) -> str:
@@ -137,27 +137,6 @@ class _ArrayPlan(Plan):
             yield np.ascontiguousarray(self.arr[idx[:, None], fr]), self.value_range
 
 
-def _video_meta(path: Path) -> tuple[int, tuple[int, int]]:
-    """Frame count and (height, width) of a video file or frame folder, from headers where possible."""
-    from ..data.video import _frame_files, _read_image, _video_stream
-
-    if path.is_dir():
-        files = _frame_files(path)
-        if not files:
-            raise ValueError("no frames")
-        from PIL import Image
-
-        try:
-            with Image.open(path / files[0]) as im:
-                return len(files), (im.height, im.width)
-        except OSError:
-            return len(files), _read_image(path / files[0]).shape[:2]
-    with _video_stream(path) as (container, stream):
-        size = (stream.codec_context.height, stream.codec_context.width)
-        total = int(stream.frames) if stream.frames else sum(1 for _ in container.decode(stream))
-    return total, size
-
-
 def _fingerprint(root: Path, sources: list[Path]) -> str:
     h = hashlib.sha256()
     for p in sources:
@@ -185,7 +164,7 @@ class _FolderPlan(Plan):
                 break
             path = sources[k]
             try:
-                total, size = _video_meta(path)
+                total, size = frames_and_size(path)
             except (ValueError, OSError) as e:
                 raise ValueError(f"{arg}: cannot read {path}: {e}") from None
             if total < span:
@@ -212,8 +191,6 @@ class _FolderPlan(Plan):
         self.fingerprint = _fingerprint(root, sources)
 
     def _read(self, item: tuple[Path, np.ndarray]) -> np.ndarray:
-        from ..data.video import read_frames, spatial_transform
-
         path, idx = item
         try:
             frames, _ = read_frames(path, idx)
@@ -315,8 +292,6 @@ class _StreamPlan(Plan):
 
 
 def plan(source: Any, role: str, proto: Protocol, layout: str) -> Plan:
-    from ..data.video import VideoClips, scan
-
     arg = role
     if layout not in ("NFHWC", "NFCHW"):
         raise ValueError(f"layout: expected 'NFHWC' or 'NFCHW', got {layout!r}")

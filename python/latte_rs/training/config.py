@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from .. import data
 from .._native import LatteConfig
 
 # Keys whose YAML values may arrive as strings ("1e-4" is a string in YAML 1.1) and their types.
@@ -116,8 +119,6 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         ValueError: a value has the wrong type or range, or a key is unknown (the message names it).
     """
     if isinstance(config, (str, Path)):
-        import yaml
-
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"config: no such file {path}")
@@ -225,10 +226,8 @@ def make_dataset(cfg: Mapping[str, Any]):
     forms) or "folder" read from ``data_path`` with the official transforms."""
     name = str(cfg["dataset"])
     if name == "synthetic":
-        from ..data import SyntheticVideos
-
         classes = cfg["num_classes"] if cfg["extras"] == 2 else 4
-        return SyntheticVideos(
+        return data.SyntheticVideos(
             num_clips=cfg["num_clips"],
             num_frames=cfg["num_frames"],
             image_size=cfg["image_size"],
@@ -239,8 +238,6 @@ def make_dataset(cfg: Mapping[str, Any]):
             class_colours=bool(cfg["class_colours"]),
             seed=cfg["global_seed"],
         )
-    from .. import data
-
     if name == "synthetic_captions":  # built in: "a red square moving left", the held-out combinations left out
         return data.CaptionedSyntheticVideos(num_clips=cfg["num_clips"], num_frames=cfg["num_frames"],
                                              image_size=cfg["image_size"], speed=cfg["shape_speed"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -13,10 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from tqdm.auto import tqdm
 
-from .._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, Trainer
+from .._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, Trainer
 from ..data.batching import batches, caption_and_text, clip_and_label
-from ..distributed import world
+from ..distributed import (
+    DEFAULT_TIMEOUT,
+    DistributedTrainer,
+    continue_streams,
+    destroy_group,
+    group_initialised,
+    init_from_env,
+    share,
+    world,
+)
+from ..text import T5Tokenizer, encode_captions
 from .config import is_text, load_config, make_dataset, model_config, model_dtype, t2v_config
 from .history import plot_loss, read_history, write_history
 
@@ -109,10 +122,8 @@ def train(
     rank, size = world()
     owns_group = False
     if size > 1:
-        from .. import distributed
-
-        owns_group = not _group_initialised()
-        rank, size = distributed.init_from_env(timeout=float(cfg.get("dist_timeout") or distributed.DEFAULT_TIMEOUT))
+        owns_group = not group_initialised()
+        rank, size = init_from_env(timeout=float(cfg.get("dist_timeout") or DEFAULT_TIMEOUT))
     main = rank == 0
     try:
         result = _train(cfg, dataset, output_dir, resume, model, progress and main, callback if main else None,
@@ -122,30 +133,16 @@ def train(
         raise
     finally:
         if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            destroy_group()
     return result
-
-
-def _group_initialised() -> bool:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return False
-    return dist.is_available() and dist.is_initialized()
 
 
 def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: int, size: int) -> TrainResult:
     main = rank == 0
     dp = None
-    if size > 1:
-        from ..distributed import DistributedTrainer, continue_streams, share
-    else:
-        from ..distributed import continue_streams
-
-        share = lambda obj: obj  # noqa: E731
-    exp = share(_experiment_dir(cfg, output_dir, resume) if main else None)
+    # One process shares nothing: its own values are everyone's.
+    broadcast = share if size > 1 else lambda obj: obj
+    exp = broadcast(_experiment_dir(cfg, output_dir, resume) if main else None)
     ckpt_dir = exp / "checkpoints"
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +151,7 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
     trainer = None
     if resume:
         found = resume_latest(ckpt_dir) if main else None
-        path = share(None if found is None else str(found[0]))
+        path = broadcast(None if found is None else str(found[0]))
         if path is not None:
             trainer = found[1] if main else Trainer.resume(path)
             continue_streams(trainer, cfg["global_seed"], rank, size)
@@ -206,8 +203,6 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
     classes = not text and trainer.model.config.num_classes > 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total, initial=start, desc="train" if size == 1 else f"train ({size} ranks)", unit="step",
                    dynamic_ncols=True)
     window: list[dict] = []
@@ -275,16 +270,12 @@ def _log_row(window: list[dict], step: int, seconds: float, last: dict) -> dict[
 def _prune(ckpt_dir: Path, keep: int | None) -> None:
     if not keep:
         return
-    import shutil
-
     steps = sorted(p for p in ckpt_dir.iterdir() if _STEP_DIR.match(p.name))
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_config(cfg: Mapping[str, Any], path: Path) -> None:
-    import yaml
-
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
     tmp.replace(path)
@@ -347,9 +338,6 @@ def _text_model(cfg: Mapping[str, Any], model: LatteT2VTransformer | None) -> La
 def _text_encoder(cfg: Mapping[str, Any]):
     """The T5 encoder and tokenizer a config names (``text_encoder_path``, default ``<pretrained>/text_encoder``;
     ``tokenizer_path``, default the ``tokenizer/`` folder beside the encoder), or None."""
-    from .._native import T5TextEncoder
-    from ..pipelines import T5Tokenizer
-
     path = cfg["text_encoder_path"] or (Path(cfg["pretrained_model_path"]) / "text_encoder"
                                         if cfg["pretrained_model_path"] else None)
     if path is None or not Path(path).is_dir():
@@ -387,8 +375,6 @@ class _CaptionFeatures:
             self.dataset.set_epoch(epoch)
 
     def __getitem__(self, index: int):
-        from ..pipelines import encode_captions
-
         item = self.dataset[index]
         if not isinstance(item, Mapping) or "caption" not in item or "text_embedding" in item:
             return item
