@@ -7,7 +7,7 @@ clip's layout and motion are decided.
     python benches/t2v_caption_sensitivity.py                                   # the installed built-in model
     python benches/t2v_caption_sensitivity.py --checkpoint run/checkpoints/0008000
 
-The target is what the model predicts (``checkpoint_prediction_type``): the noise, or the velocity
+The target is what the model predicts (``latte_rs.open_model(path).prediction_type``): the noise, or the velocity
 sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0; the noise and timesteps are fixed by ``--seed``.
 """
 

@@ -1,6 +1,6 @@
 """Type stubs of the native module (the Rust core's pyo3 classes)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from os import PathLike
 from typing import Any, Literal, TypeAlias, TypedDict, final
 
@@ -21,9 +21,12 @@ __all__ = [
     "Trainer",
     "VideoVAE",
     "I3D",
+    "LatteT2VConfig",
     "LatteT2VTransformer",
+    "OpenedModel",
     "T5TextEncoder",
     "BF16_AUTOCAST_SUPPORTED",
+    "open_model",
     "sample",
     "set_autocast",
     "set_kernel_path",
@@ -105,6 +108,111 @@ class LatteConfig:
     @property
     def out_channels(self) -> int:
         """``2 * in_channels`` with ``learn_sigma``, else ``in_channels``."""
+    def keys(self) -> list[str]:
+        """The field names: a config also reads as a mapping (``cfg["num_frames"]``, ``dict(cfg)``)."""
+    def __getitem__(self, key: str) -> Any: ...
+    def __contains__(self, key: str) -> bool: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def __len__(self) -> int: ...
+    def __getattr__(self, name: str) -> Any: ...
+
+@final
+class LatteT2VConfig:
+    """The text-to-video transformer's config: diffusers' ``LatteTransformer3DModel`` ``config.json`` keys, with
+    Latte-1's values as defaults. Immutable; ``replace`` returns a changed copy. Reads as attributes and, like
+    diffusers' config objects, as a mapping.
+
+    >>> cfg = LatteT2VConfig(num_layers=2, video_length=8)
+    >>> cfg.video_length, cfg["num_attention_heads"], cfg.inner_dim
+    (8, 16, 1152)
+    >>> LatteT2VConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    num_attention_heads: int
+    attention_head_dim: int
+    in_channels: int
+    out_channels: int | None
+    num_layers: int
+    cross_attention_dim: int | None
+    attention_bias: bool
+    sample_size: int
+    patch_size: int
+    activation_fn: Literal["gelu", "gelu-approximate", "geglu"]
+    num_embeds_ada_norm: int | None
+    norm_type: Literal["ada_norm_single"]
+    norm_elementwise_affine: bool
+    norm_eps: float
+    caption_channels: int
+    video_length: int
+
+    def __new__(cls, **kwargs: Any) -> LatteT2VConfig:
+        """Latte-1's config with keyword overrides. Raises ``TypeError`` for an unknown keyword and
+        ``ValueError`` (naming the key) for a bad value or an impossible combination."""
+    @staticmethod
+    def from_pretrained(path: str | PathLike[str]) -> LatteT2VConfig:
+        """Reads a diffusers ``config.json`` or the ``transformer/`` folder holding it (keys it does not know,
+        such as ``_class_name``, are ignored)."""
+    def replace(self, **kwargs: Any) -> LatteT2VConfig:
+        """A copy with some fields changed, validated."""
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(s: str) -> LatteT2VConfig: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> LatteT2VConfig: ...
+    @property
+    def inner_dim(self) -> int:
+        """``num_attention_heads * attention_head_dim``: the transformer's width."""
+    def keys(self) -> list[str]: ...
+    def __getitem__(self, key: str) -> Any: ...
+    def __contains__(self, key: str) -> bool: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def __len__(self) -> int: ...
+    def __getattr__(self, name: str) -> Any: ...
+
+@final
+class OpenedModel:
+    """What :func:`open_model` found: the model, its kind, which weights it took and what the file records
+    about its training."""
+
+    @property
+    def model(self) -> LatteModel | LatteT2VTransformer: ...
+    @property
+    def kind(self) -> Literal["latte", "text"]:
+        """``"latte"`` (class-conditional or unconditional Latte) or ``"text"`` (the text-to-video transformer)."""
+    @property
+    def weights(self) -> str | None:
+        """Which weights of the file were taken (``"ema"``, ``"model"``, ...), None for a bare state dict."""
+    @property
+    def diffusion(self) -> GaussianDiffusion | None:
+        """The diffusion process the model was trained with, where the checkpoint records it (latte-rs trainer
+        checkpoints and the model files inside them)."""
+    @property
+    def prediction_type(self) -> Literal["epsilon", "sample", "v_prediction"]:
+        """What the model predicts: the recorded process's, else a diffusers pipeline folder's scheduler's, else
+        ``"epsilon"`` (official Latte and Latte-1 checkpoints). What a sampler must be told."""
+
+def open_model(
+    path: str | PathLike[str],
+    *,
+    use_ema: bool = True,
+    kind: Literal["latte", "text"] | None = None,
+    preset: str | None = None,
+    device: str = "cpu",
+    **overrides: Any,
+) -> OpenedModel:
+    """Opens any model file: an official Latte checkpoint (``.pt``), a safetensors file (latte-rs's, class or
+    text-to-video, or a bare state dict), a latte-rs trainer checkpoint folder or a model file inside one, a
+    diffusers ``transformer/`` folder or the pipeline folder above it. Every file of a trainer checkpoint is
+    verified against its manifest. ``kind`` refuses the other kind before anything is built; ``preset`` and
+    keyword overrides (LatteConfig fields) complete a bare state dict.
+
+    >>> import latte_rs
+    >>> opened = latte_rs.open_model(latte_rs.demo.TINY_MODEL)
+    >>> opened.kind, opened.prediction_type, type(opened.model).__name__
+    ('latte', 'epsilon', 'LatteModel')
+    """
 
 @final
 class LatteModel:
@@ -239,6 +347,14 @@ class GaussianDiffusion:
     @property
     def prediction_type(self) -> Literal["epsilon", "sample", "v_prediction"]:
         """What the model's output predicts, in diffusers' words: what a sampler must be told."""
+    @property
+    def variance_type(self) -> Literal["fixed_small", "fixed_large", "learned", "learned_range"]:
+        """How each step's variance is chosen; ``"learned_range"`` (Latte's): the model's second half of channels
+        interpolates between the two fixed ones."""
+    @property
+    def loss_type(self) -> Literal["mse", "rescaled_mse", "kl", "rescaled_kl"]:
+        """The training objective; ``"mse"`` adds the variational-bound term for a learned variance (the hybrid
+        loss)."""
     @property
     def num_timesteps(self) -> int: ...
     @property
@@ -589,7 +705,7 @@ class LatteT2VTransformer:
 
     def __new__(
         cls,
-        config: dict[str, Any] | None = None,
+        config: LatteT2VConfig | dict[str, Any] | None = None,
         seed: int = 0,
         device: str = "cpu",
         dtype: str = "float32",
@@ -627,7 +743,8 @@ class LatteT2VTransformer:
     def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
     def load_state_dict(self, state_dict: dict[str, ArrayLike]) -> None: ...
     @property
-    def config(self) -> dict[str, Any]: ...
+    def config(self) -> LatteT2VConfig:
+        """The config (diffusers' ``config.json`` keys; reads as attributes or as a mapping)."""
     def num_parameters(self) -> int: ...
 
 @final

@@ -17,7 +17,7 @@ from .data import CaptionedVideos, encode_dataset
 from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
 from .distributed import world
 from .evaluation import Protocol, feature_stats, fvd, i3d_weights
-from .pipelines import TRAINING_BETAS, LattePipeline, LatteT2VPipeline, checkpoint_prediction_type, default_scheduler
+from .pipelines import TRAINING_BETAS, LattePipeline, LatteT2VPipeline, default_scheduler
 from .schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from .text import T5Tokenizer
 from .training import load_config, make_dataset, train
@@ -212,11 +212,11 @@ def _sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--prompt: {ckpt} is a class-conditional/unconditional Latte, which takes no text "
                              "(the prompt would be ignored); pass --classes, or a diffusers Latte-1 folder as "
                              "CHECKPOINT for text-to-video")
-        # No --sampler (or 'folder', which a class model has no folder for): the pipeline's default, DDPM.
-        scheduler = None
+        # No --sampler (or 'folder', which a class model has no folder for): the pipeline's default, DDPM for
+        # what the checkpoint predicts; any other sampler is told the same.
+        pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, use_ema=not args.no_ema)
         if args.sampler not in (None, "folder"):
-            scheduler = _scheduler(args.sampler, checkpoint_prediction_type(ckpt))
-        pipe = LattePipeline.from_pretrained(ckpt, vae=args.vae, scheduler=scheduler, use_ema=not args.no_ema)
+            pipe.scheduler = _scheduler(args.sampler, pipe.scheduler.config["prediction_type"])
         labels = args.classes if args.classes else None
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 1.0, seed=args.seed,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE
+from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE, open_model
 from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from .text import MAX_LENGTH, T5Tokenizer, encode_captions
@@ -203,24 +203,8 @@ def default_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     ``sample.py``'s sampler (``sample_method: ddpm``). It forgives a model's noise-prediction error at high noise
     levels far better than deterministic DDIM, which can lock an early error in (see ``latte_rs.demo``).
     ``prediction_type`` is what the model predicts (Latte's "epsilon", or "v_prediction" / "sample" for models
-    trained so: ``checkpoint_prediction_type``)."""
+    trained so: what ``latte_rs.open_model(path).prediction_type`` reads off a checkpoint)."""
     return DDPMScheduler(**TRAINING_BETAS, clip_sample=False, prediction_type=prediction_type)
-
-
-def checkpoint_prediction_type(checkpoint: str | os.PathLike) -> str:
-    """What a model predicts, in diffusers' words: the training process of a ``Trainer.save`` folder
-    (``diffusion.json``; for a model file inside one, ``model.safetensors`` or ``ema.safetensors``, its folder's),
-    "epsilon" for anything else (official checkpoints, other model files: Latte predicts the noise). A sampler must
-    be told, or a velocity model's samples are noise.
-
-    >>> checkpoint_prediction_type("ucf101.pt")
-    'epsilon'
-    """
-    folder = Path(checkpoint)
-    if folder.is_file() and (folder.parent / "trainer.json").is_file():
-        folder = folder.parent
-    path = folder / "diffusion.json"
-    return GaussianDiffusion.load(path).prediction_type if path.is_file() else "epsilon"
 
 
 class LattePipeline:
@@ -246,14 +230,14 @@ class LattePipeline:
                         device: str = "cpu", **overrides: Any) -> LattePipeline:
         """A pipeline for any checkpoint ``LatteModel.from_checkpoint`` reads (official ``.pt``, safetensors,
         our trainer's folders), with a diffusers ``vae/`` folder for latent models. Without ``scheduler``:
-        ancestral DDPM for what the checkpoint predicts (``checkpoint_prediction_type``)."""
-        model = LatteModel.from_checkpoint(str(checkpoint), preset=preset, use_ema=use_ema, device=device,
-                                           **overrides)
+        ancestral DDPM for what the checkpoint predicts (``open_model``'s ``prediction_type``)."""
+        opened = open_model(str(checkpoint), kind="latte", preset=preset, use_ema=use_ema, device=device,
+                            **overrides)
         if scheduler is None:
-            scheduler = default_scheduler(checkpoint_prediction_type(checkpoint))
+            scheduler = default_scheduler(opened.prediction_type)
         if vae is not None and not isinstance(vae, VideoVAE):
             vae = VideoVAE.from_pretrained(str(vae), device=device)
-        return cls(model, scheduler, vae)
+        return cls(opened.model, scheduler, vae)
 
     def __call__(self, class_labels: int | list[int] | np.ndarray | None = None, num_videos: int = 1,
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, eta: float = 0.0,

@@ -28,10 +28,10 @@ import numpy as np
 import sentencepiece as spm
 from safetensors.numpy import save_file
 
-from ._native import LatteT2VTransformer
+from ._native import open_model
 from .data.synthetic import HELD_OUT, synthetic_caption
 from .evaluation.prompt_following import prompt_following
-from .pipelines import LatteT2VPipeline, checkpoint_prediction_type, default_scheduler
+from .pipelines import LatteT2VPipeline, default_scheduler
 from .text import encode_captions
 from .training import latest_checkpoint
 
@@ -122,7 +122,8 @@ def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> 
     ckpt = latest_checkpoint(Path(experiment) / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"experiment: no checkpoint under {Path(experiment) / 'checkpoints'}")
-    model = LatteT2VTransformer.from_checkpoint(ckpt)
+    opened = open_model(ckpt, kind="text")
+    model = opened.model
     out = Path(pipeline_folder) / "transformer"
     if out.exists():
         shutil.rmtree(out)
@@ -132,7 +133,7 @@ def install_transformer(experiment: str | Path, pipeline_folder: str | Path) -> 
     (out / "diffusion_pytorch_model.safetensors").chmod(0o644)
     (out / "config.json").write_text(json.dumps({"_class_name": "LatteTransformer3DModel", **model.config},
                                                 indent=2) + "\n")
-    default_scheduler(checkpoint_prediction_type(ckpt)).save_config(Path(pipeline_folder) / "scheduler")
+    default_scheduler(opened.prediction_type).save_config(Path(pipeline_folder) / "scheduler")
     return out
 
 
@@ -151,8 +152,9 @@ def pipeline(checkpoint: str | Path | None = None):
                                 "in this install (see latte_rs.tiny_t2v for the recipe)")
     pipe = LatteT2VPipeline.from_pretrained(TINY_T2V)
     if checkpoint is not None:
-        pipe.transformer = LatteT2VTransformer.from_checkpoint(str(checkpoint))
-        pipe.scheduler = default_scheduler(checkpoint_prediction_type(checkpoint))
+        opened = open_model(str(checkpoint), kind="text")
+        pipe.transformer = opened.model
+        pipe.scheduler = default_scheduler(opened.prediction_type)
     return pipe
 
 

@@ -116,20 +116,24 @@ def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_pa
     pipeline made from the checkpoint samples with it, whatever sampler is asked for; models without a training
     process of ours (official checkpoints, model files) predict the noise."""
     from latte_rs import cli
-    from latte_rs.pipelines import LattePipeline, checkpoint_prediction_type
+    from latte_rs.pipelines import LattePipeline
     from latte_rs.tiny_t2v import TINY_T2V
 
     result = latte_rs.train(dict(TINY, prediction_type="v_prediction"), output_dir=tmp_path, max_steps=3,
                             progress=False)
     ckpt = tmp_path / "checkpoints" / "0000003"
-    assert checkpoint_prediction_type(ckpt) == "v_prediction"
+
+    def prediction_type(path):
+        return latte_rs.open_model(path).prediction_type
+
+    assert prediction_type(ckpt) == "v_prediction"
     # A model file of the checkpoint is the same model; copied out of it, nothing says, and Latte's noise it is.
-    assert checkpoint_prediction_type(ckpt / "ema.safetensors") == "v_prediction"
+    assert prediction_type(ckpt / "ema.safetensors") == "v_prediction"
     shutil.copy(ckpt / "ema.safetensors", tmp_path / "ema.safetensors")
-    assert checkpoint_prediction_type(tmp_path / "ema.safetensors") == "epsilon"
+    assert prediction_type(tmp_path / "ema.safetensors") == "epsilon"
     # The trainer's loss is the velocity's: the same step on a noise model gives another loss.
     eps = latte_rs.train(TINY, output_dir=tmp_path / "eps", max_steps=3, progress=False)
-    assert checkpoint_prediction_type(tmp_path / "eps" / "checkpoints" / "0000003") == "epsilon"
+    assert prediction_type(tmp_path / "eps" / "checkpoints" / "0000003") == "epsilon"
     assert result.history[-1]["loss"] != eps.history[-1]["loss"]
     pipe = LattePipeline.from_pretrained(ckpt)
     assert pipe.scheduler.config["prediction_type"] == "v_prediction"
@@ -138,10 +142,14 @@ def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_pa
     with pytest.raises(FileNotFoundError):
         latte_rs.GaussianDiffusion.load(tmp_path / "missing.json")
     damaged = tmp_path / "damaged"
-    damaged.mkdir()
+    shutil.copytree(ckpt, damaged)
     (damaged / "diffusion.json").write_text((ckpt / "diffusion.json").read_text()[:1000])
     with pytest.raises(ValueError, match="diffusion.json: not a diffusion process"):
-        checkpoint_prediction_type(damaged)
+        latte_rs.GaussianDiffusion.load(damaged)
+    # Opening the damaged checkpoint (or a model file inside it) refuses it: its process fails the manifest.
+    for path in (damaged, damaged / "ema.safetensors"):
+        with pytest.raises(ValueError, match="diffusion.json: corrupt or incomplete checkpoint file"):
+            prediction_type(path)
     # Every sampler `latte-rs sample` makes is told what the model predicts: the trainer's velocity here, the
     # scheduler config's for a diffusers folder (the built-in text model predicts the velocity too).
     made = []

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from .. import data
-from .._native import LatteConfig
+from .._native import LatteConfig, LatteT2VConfig
 
 # Keys whose YAML values may arrive as strings ("1e-4" is a string in YAML 1.1) and their types.
 _NUMERIC = {
@@ -202,16 +202,17 @@ def model_config(cfg: Mapping[str, Any]) -> LatteConfig:
         raise ValueError(f"config: {e}") from None
 
 
-def t2v_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The diffusers ``LatteTransformer3DModel`` config a text-to-video training config describes: Latte-1's,
-    with ``video_length``, ``sample_size`` (latents of image_size / 8, or pixels with ``pixel_space``),
-    learned sigma and ``model_config``'s keys over it."""
+def t2v_config(cfg: Mapping[str, Any]) -> LatteT2VConfig:
+    """The LatteT2VConfig (diffusers' ``LatteTransformer3DModel`` keys) a text-to-video training config
+    describes: Latte-1's, with ``video_length``, ``sample_size`` (latents of image_size / 8, or pixels with
+    ``pixel_space``), learned sigma and ``model_config``'s keys over it (an unknown key is a TypeError naming it,
+    as for LatteConfig)."""
     channels = 3 if cfg["pixel_space"] else 4
     size = cfg["image_size"] if cfg["pixel_space"] else cfg["image_size"] // 8
     out = dict(in_channels=channels, out_channels=2 * channels if cfg["learn_sigma"] else channels,
                sample_size=size, video_length=cfg["num_frames"])
     out.update(cfg["model_config"])
-    return out
+    return LatteT2VConfig(**out)
 
 
 def model_dtype(cfg: Mapping[str, Any]) -> str:
