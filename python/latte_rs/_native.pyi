@@ -114,6 +114,8 @@ class LatteConfig:
     def __contains__(self, key: str, /) -> bool: ...
     def __iter__(self) -> Iterator[str]: ...
     def __len__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool:
+        """Equal to a config with the same fields and, as diffusers' config objects, to a dict of them."""
 
 @final
 class LatteT2VConfig:
@@ -168,6 +170,8 @@ class LatteT2VConfig:
     def __contains__(self, key: str, /) -> bool: ...
     def __iter__(self) -> Iterator[str]: ...
     def __len__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool:
+        """Equal to a config with the same fields and, as diffusers' config objects, to a dict of them."""
 
 @final
 class OpenedModel:
@@ -454,6 +458,8 @@ class Scheduler:
     def add_noise(self, original_samples: ArrayLike, noise: ArrayLike, timesteps: ArrayLike) -> np.ndarray:
         """q(x_t | x0) at ``timesteps``: one per sample, or one (a scalar) for the batch."""
     def __len__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool:
+        """Equal to a config with the same fields and, as diffusers' config objects, to a dict of them."""
 
 class StepStats(TypedDict):
     loss: float

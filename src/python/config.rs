@@ -1,7 +1,8 @@
 //! `LatteConfig` and `LatteT2VConfig` as Python classes: one mechanism for both. A config is immutable; keyword
 //! arguments are checked one by one so an error names the key; fields read as attributes or, as diffusers'
-//! config objects, as items (`cfg.video_length`, `cfg["video_length"]`, `dict(cfg)`); `replace` makes a changed
-//! copy; `to_dict`/`from_dict` and `to_json`/`from_json` round-trip; configs pickle.
+//! config objects, as items (`cfg.video_length`, `cfg["video_length"]`, `dict(cfg)`), and a config equals a dict
+//! of its fields; `replace` makes a changed copy; `to_dict`/`from_dict` and `to_json`/`from_json` round-trip;
+//! configs pickle.
 
 use pyo3::exceptions::{PyAttributeError, PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -181,6 +182,17 @@ macro_rules! config_class {
                 Ok(fields(&self.inner)?.len())
             }
 
+            /// Equal to a config with the same fields and, as diffusers' config objects, to a dict of them.
+            fn __eq__(&self, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+                if let Ok(o) = other.extract::<PyRef<Self>>() {
+                    return Ok(self.inner == o.inner);
+                }
+                if other.is_instance_of::<PyDict>() {
+                    return self.to_dict(other.py())?.eq(other);
+                }
+                Ok(false)
+            }
+
             fn __repr__(&self) -> String {
                 let body = fields(&self.inner)
                     .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
@@ -201,7 +213,7 @@ macro_rules! config_class {
 }
 
 /// Every option of a Latte model (see the docs' options table). Immutable; `replace` makes a changed copy.
-#[pyclass(name = "LatteConfig", module = "latte_rs", frozen, eq)]
+#[pyclass(name = "LatteConfig", module = "latte_rs", frozen)]
 #[derive(Clone, PartialEq)]
 pub struct PyLatteConfig {
     pub inner: LatteConfig,
@@ -259,7 +271,7 @@ config_class!(PyLatteConfig, LatteConfig, {
 
 /// The text-to-video transformer's config: diffusers' `LatteTransformer3DModel` `config.json` keys, Latte-1's
 /// values by default. Immutable; `replace` makes a changed copy.
-#[pyclass(name = "LatteT2VConfig", module = "latte_rs", frozen, eq)]
+#[pyclass(name = "LatteT2VConfig", module = "latte_rs", frozen)]
 #[derive(Clone, PartialEq)]
 pub struct PyLatteT2VConfig {
     pub inner: LatteT2VConfig,

@@ -156,3 +156,5 @@ def test_the_config_is_a_class_with_diffusers_keys():
         latte_rs.LatteT2VTransformer([1, 2])
     with pytest.raises(KeyError):
         cfg["num_frames"]
+    # As diffusers' configs: equal to the dict of its fields, not to a dict that differs.
+    assert cfg == cfg.to_dict() and cfg != {**cfg.to_dict(), "video_length": 4} and cfg != "cfg"
