@@ -275,3 +275,27 @@ fn a_caption_too_long_for_memory_is_refused_with_the_caption() {
         "{e}"
     );
 }
+
+#[test]
+fn a_config_that_is_not_a_json_object_is_refused_by_name() {
+    for text in ["[]", "3", "null", "\"x\"", "[1]"] {
+        let e = LatteT2VConfig::from_json(text).unwrap_err().to_string();
+        assert!(
+            e.contains("LatteTransformer3DModel config: expected a JSON object of config keys"),
+            "{text}: {e}"
+        );
+    }
+    assert_eq!(LatteT2VConfig::from_json("{}").unwrap(), LatteT2VConfig::default());
+    let dir = std::env::temp_dir().join(format!("latte-rs-t2v-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.json");
+    std::fs::write(&path, "[]").unwrap();
+    let e = crate::weights::diffusers::read_config::<LatteT2VConfig>(&path)
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.contains("config.json: expected a JSON object of config keys, got an array of 0 values"),
+        "{e}"
+    );
+}
