@@ -163,6 +163,7 @@ impl LatteModel {
         let cond = self.check_condition(&Condition::from_labels(y, None)?, x.dims())?;
         let half = x.narrow(0, 0, b / 2)?;
         let out = self.denoise(&Tensor::cat(&[&half, &half], 0)?, &t, &cond, false)?;
+        crate::finite::check_output(&out)?;
         let guided = apply_guidance(
             &out,
             cfg_scale,
