@@ -181,6 +181,8 @@ fn rlimit(which: Rlimit) -> Option<u64> {
     if unsafe { libc::getrlimit(resource, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
+    // rlim_t is u64 on 64-bit Linux, not on every target.
+    #[allow(clippy::unnecessary_cast)]
     Some(lim.rlim_cur as u64)
 }
 
