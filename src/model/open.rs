@@ -132,9 +132,13 @@ pub fn open_model(path: &Path, opts: &OpenOptions) -> Result<OpenedModel> {
         }
         Format::ModelFile => {
             // A model file inside a trainer checkpoint is that checkpoint's model: its process is the folder's.
-            if let Some(folder) = path.parent().filter(|p| CheckpointFolder::has_manifest(p)) {
-                process = recorded_process(folder)?;
-            }
+            // (A bare file name's folder is the working directory.)
+            let folder = match path.parent() {
+                Some(p) if p.as_os_str().is_empty() => Path::new("."),
+                Some(p) => p,
+                None => Path::new("/"),
+            };
+            process = recorded_process(folder)?;
             let bytes = crate::io::read(path)?;
             let file = path.to_path_buf();
             (Located::ModelFile { bytes, file }, CheckpointInfo::bare())

@@ -122,6 +122,11 @@ pub fn fused_same_dtype(operands: &[&Tensor], dtypes: &[DType]) -> bool {
     fused_cpu(operands, dtypes) && operands.windows(2).all(|w| w[0].dtype() == w[1].dtype())
 }
 
+/// Whether the fast kernels apply: CPU tensors of f32 or f64 that no backward pass will reach.
+pub(crate) fn frozen_cpu(ts: &[&Tensor]) -> bool {
+    fused_cpu(ts, FULL) && ts.iter().all(|t| !t.track_op())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,9 +151,4 @@ mod tests {
         assert!(!fused_cpu(&[&h], FULL));
         assert!(!fused_same_dtype(&[&x, &x.to_dtype(DType::F64).unwrap()], FULL));
     }
-}
-
-/// Whether the fast kernels apply: CPU tensors of f32 or f64 that no backward pass will reach.
-pub(crate) fn frozen_cpu(ts: &[&Tensor]) -> bool {
-    fused_cpu(ts, FULL) && ts.iter().all(|t| !t.track_op())
 }

@@ -198,3 +198,30 @@ def test_a_save_killed_midway_leaves_a_readable_checkpoint(tmp_path: Path, delay
         assert all(np.array_equal(v, old.state_dict()[k]) for k, v in loaded.state_dict().items())
     else:
         assert loaded.config.hidden_size == 768  # the save finished before the kill
+
+
+def test_open_model_opens_every_kind_and_refuses_the_other_kind_before_building(tmp_path):
+    """latte_rs.open_model is the one entry for model files: it says what a file holds, which weights it took and
+    what the model predicts, and a caller that wants one kind gets the other refused by name."""
+    from latte_rs.tiny_t2v import TINY_T2V
+
+    model = latte_rs.LatteModel(tiny_config(), seed=0)
+    model.save(tmp_path / "m.safetensors")
+    opened = latte_rs.open_model(tmp_path / "m.safetensors")
+    assert (opened.kind, opened.weights, opened.diffusion, opened.prediction_type) == ("latte", None, None, "epsilon")
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 8, 8), dtype=np.float32)  # (B, F, C, H, W)
+    np.testing.assert_array_equal(opened.model(x, np.array([3])), model(x, np.array([3])))
+    # A diffusers pipeline folder: its transformer, predicting what the folder's scheduler says (the built-in
+    # text model predicts the velocity); the transformer folder alone says nothing, so the noise.
+    pipe = latte_rs.open_model(TINY_T2V)
+    assert (pipe.kind, pipe.prediction_type) == ("text", "v_prediction")
+    assert isinstance(pipe.model, latte_rs.LatteT2VTransformer)
+    assert latte_rs.open_model(TINY_T2V / "transformer").prediction_type == "epsilon"
+    with pytest.raises(ValueError, match="text-to-video model.*LatteT2VTransformer"):
+        latte_rs.open_model(TINY_T2V, kind="latte")
+    with pytest.raises(ValueError, match="text-to-video model"):
+        latte_rs.LatteModel.from_checkpoint(TINY_T2V / "transformer")
+    with pytest.raises(ValueError, match="class-conditional or unconditional Latte.*LatteModel.from_checkpoint"):
+        latte_rs.LatteT2VTransformer.from_checkpoint(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match='kind: expected "latte" or "text", got "video"'):
+        latte_rs.open_model(tmp_path / "m.safetensors", kind="video")

@@ -126,3 +126,33 @@ def test_bad_inputs_raise_named_errors():
     single = model(x, np.array(t[0]), c)  # a scalar timestep is broadcast
     both = model(x, np.array([t[0], t[0]]), c)
     np.testing.assert_array_equal(single, both)
+
+
+def test_the_config_is_a_class_with_diffusers_keys():
+    """LatteT2VConfig mirrors LatteConfig: diffusers' config.json keys with Latte-1's defaults, checked key by key,
+    immutable with replace, round trips through dicts, JSON and pickle; it also reads as a mapping, as diffusers'
+    config objects do, and the transformer takes it or a dict alike."""
+    import pickle
+
+    cfg = latte_rs.LatteT2VConfig(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                  num_layers=1, cross_attention_dim=16, sample_size=8, patch_size=2,
+                                  caption_channels=12, video_length=3)
+    assert latte_rs.LatteT2VConfig().num_layers == 28 and latte_rs.LatteT2VConfig()["caption_channels"] == 4096
+    assert cfg.video_length == cfg["video_length"] == dict(cfg)["video_length"] == 3 and cfg.inner_dim == 16
+    assert latte_rs.LatteT2VConfig.from_dict(cfg.to_dict()) == cfg
+    assert latte_rs.LatteT2VConfig.from_json(cfg.to_json()) == cfg == pickle.loads(pickle.dumps(cfg))
+    assert cfg.replace(video_length=5).video_length == 5 and cfg.video_length == 3
+    a, b = latte_rs.LatteT2VTransformer(cfg, seed=1), latte_rs.LatteT2VTransformer(cfg.to_dict(), seed=1)
+    assert isinstance(a.config, latte_rs.LatteT2VConfig) and a.config == cfg
+    x, c = np.zeros((1, 4, 3, 8, 8), np.float32), np.ones((1, 2, 12), np.float32)
+    np.testing.assert_array_equal(a(x, np.array([5]), c), b(x, np.array([5]), c))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_frames'"):
+        latte_rs.LatteT2VConfig(num_frames=3)
+    with pytest.raises(ValueError, match="video_length"):
+        cfg.replace(video_length=0)
+    with pytest.raises(ValueError, match="cross_attention_dim 12 must equal"):
+        cfg.replace(cross_attention_dim=12)
+    with pytest.raises(TypeError, match="config: expected a LatteT2VConfig, a dict"):
+        latte_rs.LatteT2VTransformer([1, 2])
+    with pytest.raises(KeyError):
+        cfg["num_frames"]

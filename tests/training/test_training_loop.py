@@ -129,6 +129,9 @@ def test_a_velocity_model_trains_and_samples_with_its_own_prediction_type(tmp_pa
     assert prediction_type(ckpt) == "v_prediction"
     # A model file of the checkpoint is the same model; copied out of it, nothing says, and Latte's noise it is.
     assert prediction_type(ckpt / "ema.safetensors") == "v_prediction"
+    with monkeypatch.context() as m:  # a bare file name inside the checkpoint: its folder is the working directory
+        m.chdir(ckpt)
+        assert prediction_type("ema.safetensors") == "v_prediction"
     shutil.copy(ckpt / "ema.safetensors", tmp_path / "ema.safetensors")
     assert prediction_type(tmp_path / "ema.safetensors") == "epsilon"
     # The trainer's loss is the velocity's: the same step on a noise model gives another loss.

@@ -11,7 +11,7 @@ text side:
 - every shard's safetensors metadata holds ``"captions"``: a JSON list of its n captions, in clip order;
 - with a text encoder and tokenizer, every shard also holds ``text_embeddings`` (n, L, d) (float32, or float16
   with ``text_dtype="float16"``) and ``text_mask`` (n, L) int64: the captions encoded once, as the text-to-video
-  pipeline encodes prompts (:func:`latte_rs.pipelines.encode_captions`, L = ``max_length``);
+  pipeline encodes prompts (:func:`latte_rs.text.encode_captions`, L = ``max_length``);
 - ``null_caption.safetensors`` holds the empty prompt ``""`` encoded the same way (``text_embeddings`` (1, L, d),
   ``text_mask`` (1, L)): the unconditional branch of classifier-free guidance and of caption dropout;
 - ``index.json`` says ``"captions": true`` and, with text, ``"text": {"max_length": L, "d_model": d, "dtype":
@@ -27,7 +27,7 @@ videos only: image-video joint training draws its image frames from other cached
 >>> encode_dataset(UCF101("UCF-101/"), vae, "ucf101-latents")  # doctest: +SKIP
 >>> ds = LatentClips("ucf101-latents")  # doctest: +SKIP
 >>> encoder = latte_rs.T5TextEncoder.from_pretrained("Latte-1/text_encoder")  # doctest: +SKIP
->>> tokenizer = latte_rs.pipelines.T5Tokenizer("Latte-1/tokenizer")  # doctest: +SKIP
+>>> tokenizer = latte_rs.text.T5Tokenizer("Latte-1/tokenizer")  # doctest: +SKIP
 >>> encode_dataset(CaptionedVideos("webvid.csv"), vae, "webvid-latents", text_encoder=encoder,
 ...                tokenizer=tokenizer)  # doctest: +SKIP
 >>> LatentClips("webvid-latents")[0]["text_embedding"].shape  # doctest: +SKIP

@@ -1,5 +1,5 @@
 //! Tests of the model's structure and gradients (numerical parity with the official code is tested from Python
-//! against golden files, see tests/test_parity.py).
+//! against golden files, see tests/model/test_parity.py).
 
 use candle_core::{DType, Device, Tensor};
 
