@@ -183,7 +183,8 @@ fn rlimit(which: Rlimit) -> Option<u64> {
     }
     // rlim_t is u64 on 64-bit Linux, not on every target.
     #[allow(clippy::unnecessary_cast)]
-    Some(lim.rlim_cur as u64)
+    let limit = lim.rlim_cur as u64;
+    Some(limit)
 }
 
 #[cfg(not(unix))]
