@@ -360,7 +360,8 @@ impl LatteConfig {
 
     /// Parse from JSON and validate.
     pub fn from_json(s: &str) -> Result<Self> {
-        let cfg: Self = crate::error::parse_json(s.as_bytes()).map_err(LatteError::Config)?;
+        let cfg: Self = crate::error::parse_json_object(s.as_bytes())
+            .map_err(|e| LatteError::Config(format!("LatteConfig: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -28,14 +28,48 @@ pub enum LatteError {
     Io(#[from] std::io::Error),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// candle's error; one that carries a [`LatteError::Memory`] (see [`memory_in_candle`]) converts to that.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     #[error("safetensors: {0}")]
     SafeTensors(#[from] safetensors::SafeTensorError),
 }
 
 /// Result with [`LatteError`].
 pub type Result<T> = std::result::Result<T, LatteError>;
+
+impl From<candle_core::Error> for LatteError {
+    fn from(e: candle_core::Error) -> Self {
+        match carried_memory_error(&e) {
+            Some(msg) => LatteError::Memory(msg),
+            None => LatteError::Candle(e),
+        }
+    }
+}
+
+/// `e` (a [`LatteError::Memory`]) as candle's error, for code whose error type is candle's (a kernel's custom op):
+/// it converts back to the memory error at the crate's boundary, so that Python sees a `MemoryError`.
+pub(crate) fn memory_in_candle(e: LatteError) -> candle_core::Error {
+    candle_core::Error::WrappedContext {
+        wrapped: Box::new(e),
+        context: String::new(),
+    }
+}
+
+/// The message of a memory error carried by [`memory_in_candle`], through the context candle adds on the way.
+fn carried_memory_error(e: &candle_core::Error) -> Option<String> {
+    use candle_core::Error as E;
+    match e {
+        E::WrappedContext { wrapped, .. } => match wrapped.downcast_ref::<LatteError>() {
+            Some(LatteError::Memory(msg)) => Some(msg.clone()),
+            _ => None,
+        },
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            carried_memory_error(inner)
+        }
+        _ => None,
+    }
+}
 
 /// Shorthand for a [`LatteError::Value`] that names the argument, the expectation and what was received.
 pub(crate) fn value_error(arg: &str, expected: impl std::fmt::Display, got: impl std::fmt::Display) -> LatteError {
@@ -49,6 +83,22 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::r
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| describe_json_error(&e))?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
+}
+
+/// [`parse_json`] of a config, which must be a JSON object: a config whose fields all have defaults would read
+/// an array (`[]`, as a sequence of no fields) or another value as "nothing set", e.g. a model of the full
+/// default size instead of the one meant. The error says what the JSON is instead.
+pub(crate) fn parse_json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let value: serde_json::Value = parse_json(bytes)?;
+    let got = match &value {
+        serde_json::Value::Object(_) => return from_json_value(value),
+        serde_json::Value::Array(a) => format!("an array of {} values", a.len()),
+        serde_json::Value::Number(n) => format!("the number {n}"),
+        serde_json::Value::String(_) => "a string".into(),
+        serde_json::Value::Bool(b) => format!("{b}"),
+        serde_json::Value::Null => "null".into(),
+    };
+    Err(format!("expected a JSON object of config keys, got {got}"))
 }
 
 /// [`parse_json`] of an already parsed value.

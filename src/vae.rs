@@ -397,8 +397,9 @@ impl AutoencoderKl {
 
     /// Refuses frames (N, C, H, W) the network cannot take (`arg` names them): the wrong channel count, a side
     /// smaller than 2^(number of downsamplings) (each downsampling pads by one and convolves 3×3 with stride 2, so
-    /// a side of 1 has no window left), or activations larger than the memory available.
-    fn check_frames(&self, x: &Tensor, arg: &str, channels: usize, min_side: usize, scale: usize) -> crate::Result<()> {
+    /// a side of 1 has no window left), or a pass larger than the memory available (see
+    /// [`AutoencoderKl::peak_elements`]; `decode` for the decoder on latents).
+    fn check_frames(&self, x: &Tensor, arg: &str, channels: usize, min_side: usize, decode: bool) -> crate::Result<()> {
         let dims = x.dims();
         let ok = dims.len() == 4 && dims[1] == channels && dims[2] >= min_side && dims[3] >= min_side;
         if !ok {
@@ -411,14 +412,80 @@ impl AutoencoderKl {
         if !crate::finite::all_finite(x)? {
             return Err(crate::error::value_error(arg, "finite values", "NaN or infinity"));
         }
-        // The widest activation is the first (or last) level's, at full resolution; a few of them live at once.
-        let widest = self.cfg.block_out_channels.iter().copied().max().unwrap_or(1);
-        let side = |d: usize| d.saturating_mul(scale);
-        let act = crate::limits::elements(arg, &[dims[0], widest, side(dims[2]), side(dims[3])])?;
+        let scale = if decode { self.min_frame_side() } else { 1 };
+        crate::limits::elements(
+            arg,
+            &[
+                dims[0],
+                dims[1],
+                dims[2].saturating_mul(scale),
+                dims[3].saturating_mul(scale),
+            ],
+        )?;
+        let peak = self.peak_elements(dims[0], (dims[2], dims[3]), decode);
         crate::limits::ensure_fits(
-            act as u128 * self.dtype.size_in_bytes().max(4) as u128 * 4,
+            peak.saturating_mul(self.dtype.size_in_bytes().max(4) as u128),
             &format!("the VAE on {arg} of shape {dims:?}"),
         )
+    }
+
+    /// A lower bound of the values the encoder (or with `decode`, the decoder) holds at its peak on `batch`
+    /// inputs of `side` (H, W): the largest of, for each level's 3×3 convolutions, a few activations of its width
+    /// at its resolution plus the patch rows the convolution gathers ([`crate::nn::conv::scratch_elements`]),
+    /// and for the mid block's single-head attention over every position of the lowest level, its scores and
+    /// probabilities ((H·W)² per image at that level, however unequal H and W).
+    fn peak_elements(&self, batch: usize, (h, w): (usize, usize), decode: bool) -> u128 {
+        let ch = &self.cfg.block_out_channels;
+        let levels = ch.len();
+        // (channels, height, width) of each level, from full resolution down (the encoder halves each side per
+        // downsampling; the decoder starts at the latents' size and doubles it).
+        let at = |i: usize| -> (usize, usize, usize) {
+            if decode {
+                let up = levels - 1 - i;
+                (ch[i], h.saturating_mul(1 << up), w.saturating_mul(1 << up))
+            } else {
+                (ch[i], h >> i, w >> i)
+            }
+        };
+        let values = |c: usize, h: usize, w: usize| {
+            [c, h, w]
+                .iter()
+                .fold(batch as u128, |a, &d| a.saturating_mul(d as u128))
+        };
+        let conv = |c: usize, h: usize, w: usize| {
+            // Input, normalised input, output and skip of a ResNet block's convolution.
+            let live = values(c, h, w).saturating_mul(4);
+            live.saturating_add(crate::nn::conv::scratch_elements(
+                &self.device,
+                self.dtype,
+                batch,
+                c,
+                3,
+                (h, w),
+            ))
+        };
+        let convs = (0..levels)
+            .map(|i| {
+                let (c, h, w) = at(i);
+                // A resampling convolution reads a neighbouring level's width at this resolution.
+                let wider = ch[i.saturating_sub(1)].max(ch[(i + 1).min(levels - 1)]).max(c);
+                conv(wider, h, w)
+            })
+            .fold(0, u128::max);
+        let (c, lh, lw) = at(levels - 1);
+        let positions = (lh as u128).saturating_mul(lw as u128);
+        let attention = if self.cfg.mid_block_add_attention {
+            // q, k, v and the output, then the scores and the probabilities.
+            values(c, lh, lw).saturating_mul(4).saturating_add(
+                (batch as u128)
+                    .saturating_mul(positions)
+                    .saturating_mul(positions)
+                    .saturating_mul(2),
+            )
+        } else {
+            0
+        };
+        convs.max(attention)
     }
 
     /// The smallest frame side the encoder takes: 2^(number of downsamplings).
@@ -428,7 +495,7 @@ impl AutoencoderKl {
 
     /// The latent distribution's mean and log-variance (clamped to [-30, 20] as diffusers) of images in [-1, 1].
     pub fn encode_moments(&self, x: &Tensor) -> crate::Result<(Tensor, Tensor)> {
-        self.check_frames(x, "frames", self.cfg.in_channels, self.min_frame_side(), 1)?;
+        self.check_frames(x, "frames", self.cfg.in_channels, self.min_frame_side(), false)?;
         let h = self.encoder.forward(x)?;
         let moments = match &self.quant_conv {
             Some(c) => c.forward(&h)?,
@@ -443,7 +510,7 @@ impl AutoencoderKl {
 
     /// Images from (unscaled) latents.
     pub fn decode(&self, z: &Tensor) -> crate::Result<Tensor> {
-        self.check_frames(z, "latents", self.cfg.latent_channels, 1, self.min_frame_side())?;
+        self.check_frames(z, "latents", self.cfg.latent_channels, 1, true)?;
         let z = match &self.post_quant_conv {
             Some(c) => c.forward(z)?,
             None => z.clone(),
@@ -464,5 +531,50 @@ impl AutoencoderKl {
             }
         };
         Ok((z * self.cfg.scaling_factor)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> AutoencoderKl {
+        let cfg = VaeConfig {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![8, 16],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 4,
+            scaling_factor: 0.18215,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        };
+        let store = ParamStore::new(&Device::Cpu, DType::F32).unwrap();
+        store.build(true, |vb| AutoencoderKl::new(&cfg, vb)).unwrap()
+    }
+
+    /// Issue 30: the estimate counted the widest activation only, so wide frames asked for the mid block's
+    /// (H·W)² attention scores (hundreds of GB) unseen.
+    #[test]
+    fn the_attention_and_convolutions_of_wide_frames_are_estimated() {
+        let vae = tiny();
+        // Latents 2 × 2^17: the mid block attends over 2^18 positions, 2^36 scores and as many probabilities.
+        assert!(vae.peak_elements(1, (2, 1 << 17), true) >= 2 << 36);
+        let z = Tensor::zeros((1, 4, 2, 1 << 17), DType::F32, &Device::Cpu).unwrap();
+        let e = vae.decode(&z).unwrap_err();
+        assert!(matches!(e, LatteError::Memory(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the VAE on latents of shape [1, 4, 2, 131072] needs about"),
+            "{e}"
+        );
+        // Frames 4 × 2^18 for the encoder: halved once, the same 2^18 positions.
+        assert!(vae.peak_elements(1, (4, 1 << 18), false) >= 2 << 36);
+        // Small frames fit, and the estimate grows with the convolutions' widths at each level.
+        let x = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
+        assert!(vae.encode_moments(&x).is_ok());
+        assert!(vae.peak_elements(1, (16, 16), false) >= 4 * 16 * 16 * 16);
     }
 }

@@ -75,7 +75,7 @@ pub trait Denoiser: Send + Sync {
     /// Refuses, as [`LatteError::Memory`] with the estimate, a pass over latents of shape `dims` whose
     /// [`Denoiser::activation_elements`] are more than the memory available.
     fn check_memory(&self, dims: &[usize], grad: bool) -> Result<()> {
-        let bytes = self.activation_elements(dims, grad) * 4;
+        let bytes = self.activation_elements(dims, grad).saturating_mul(4);
         let what = if grad { "a training pass" } else { "a forward pass" };
         crate::limits::ensure_fits(bytes, &format!("{what} on latents of shape {dims:?}"))
     }

@@ -1,6 +1,6 @@
 //! Multi-head attention (timm's layout: one `qkv` linear, one `proj`) with interchangeable kernels.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::{fused_attention, Linear, Rope};
@@ -170,6 +170,50 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionK
         _ => sdpa_math(q, k, v, scale, grad)?,
     };
     out.transpose(1, 2)
+}
+
+/// The shape of one attention call for [`score_elements`]: `groups` sequences of `queries` queries attending to
+/// `keys` keys, each in `heads` heads of `head_dim` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub groups: usize,
+    pub heads: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub head_dim: usize,
+}
+
+/// The attention scores one call of shape `s` holds at once on `device` in `dtype`, with the kernel that
+/// [`scaled_dot_product`] would choose: the fused CPU kernel keeps a `queries × keys` buffer per thread (two for a
+/// backward pass), the math composition the whole (groups, heads, queries, keys) score and probability tensors
+/// (`Chunked` a chunk of queries at a time), FlashAttention none. For the memory estimates, which must see what a
+/// pass allocates beyond its activations: a sequence of L tokens has L² scores per head.
+pub fn score_elements(kernel: AttentionKernel, device: &Device, dtype: DType, s: AttentionShape, grad: bool) -> u128 {
+    let facts = FlashFacts {
+        built: cfg!(feature = "flash-attn"),
+        compute_capability: compute_capability(device).ok().flatten(),
+        dtype,
+        head_dim: s.head_dim,
+        groups: s.groups.saturating_mul(s.heads),
+        grad,
+    };
+    let per_problem = (s.queries as u128).saturating_mul(s.keys as u128);
+    let problems = (s.groups as u128).saturating_mul(s.heads as u128);
+    match choose(kernel, &facts) {
+        Ok(AttentionKernel::Flash) | Err(_) => 0,
+        _ if super::kernels::fused_cpu_for(device, dtype, super::kernels::F32) => {
+            let threads = (rayon::current_num_threads() as u128).min(problems);
+            threads
+                .saturating_mul(per_problem)
+                .saturating_mul(if grad { 2 } else { 1 })
+        }
+        Ok(AttentionKernel::Chunked(chunk)) => problems
+            .saturating_mul(chunk.min(s.queries) as u128)
+            .saturating_mul(s.keys as u128)
+            .saturating_mul(2),
+        // The scores and the probabilities.
+        _ => problems.saturating_mul(per_problem).saturating_mul(2),
+    }
 }
 
 fn sdpa_math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
@@ -397,6 +441,44 @@ mod tests {
         for kernel in [AttentionKernel::Math, AttentionKernel::Chunked(8)] {
             assert_eq!(choose(kernel, &facts()), Ok(kernel));
         }
+    }
+
+    #[test]
+    fn score_buffers_are_counted_as_the_chosen_kernel_allocates_them() {
+        let cpu = Device::Cpu;
+        let s = AttentionShape {
+            groups: 6,
+            heads: 4,
+            queries: 1000,
+            keys: 300,
+            head_dim: 8,
+        };
+        let per = 1000 * 300;
+        // The fused CPU kernel: one buffer per thread (two for the backward pass), at most one per problem.
+        let threads = rayon::current_num_threads().min(24) as u128;
+        assert_eq!(
+            score_elements(AttentionKernel::Auto, &cpu, DType::F32, s, false),
+            threads * per
+        );
+        assert_eq!(
+            score_elements(AttentionKernel::Math, &cpu, DType::F32, s, true),
+            2 * threads * per
+        );
+        // The math composition (here: bf16 on the CPU, or the generic path forced): every score and
+        // probability at once; chunked: a chunk of queries at a time.
+        assert_eq!(
+            score_elements(AttentionKernel::Auto, &cpu, DType::BF16, s, false),
+            24 * per * 2
+        );
+        let chunked = score_elements(AttentionKernel::Chunked(100), &cpu, DType::BF16, s, false);
+        assert_eq!(chunked, 24 * 100 * 300 * 2);
+        let _generic = crate::nn::kernels::force_generic();
+        assert_eq!(
+            score_elements(AttentionKernel::Auto, &cpu, DType::F32, s, false),
+            24 * per * 2
+        );
+        // A kernel that cannot run holds none (the call is an error).
+        assert_eq!(score_elements(AttentionKernel::Flash, &cpu, DType::F32, s, false), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
 
 use super::gemm::{contiguous, linear_dims};
+use crate::limits::{try_filled, try_with_capacity};
 
 thread_local! {
     /// Per thread, as torch's autocast state: the models run on their caller's thread (rayon only inside kernels).
@@ -98,8 +99,8 @@ fn round_bf16(v: f32) -> u16 {
     }
 }
 
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    let mut out = Vec::<bf16>::with_capacity(v.len());
+fn to_bf16(v: &[f32]) -> Result<Vec<bf16>> {
+    let mut out = try_with_capacity::<bf16>(v.len(), "a bfloat16 copy of a linear layer's operand")?;
     out.spare_capacity_mut()
         .par_chunks_mut(CHUNK)
         .zip(v.par_chunks(CHUNK))
@@ -110,7 +111,7 @@ fn to_bf16(v: &[f32]) -> Vec<bf16> {
         });
     // SAFETY: every element up to len was written above (the chunks cover the whole spare capacity of len).
     unsafe { out.set_len(v.len()) };
-    out
+    Ok(out)
 }
 
 impl CustomOp3 for Bf16Linear {
@@ -135,9 +136,9 @@ impl CustomOp3 for Bf16Linear {
             candle_core::bail!("linear-bf16: operands must be f32");
         };
         let n = self.name();
-        let (xb, wb) = (to_bf16(contiguous(x, xl, n)?), to_bf16(contiguous(w, wl, n)?));
+        let (xb, wb) = (to_bf16(contiguous(x, xl, n)?)?, to_bf16(contiguous(w, wl, n)?)?);
         let b = contiguous(b, bl, n)?;
-        let mut yb = vec![bf16::ZERO; rows * out];
+        let mut yb = try_filled(rows * out, bf16::ZERO, "a bfloat16 linear layer's product")?;
         if rows > 0 && out > 0 {
             gemmkit::gemm(
                 bf16::ONE,
@@ -149,7 +150,7 @@ impl CustomOp3 for Bf16Linear {
                 Parallelism::Rayon(0),
             );
         }
-        let mut y = Vec::<f32>::with_capacity(rows * out);
+        let mut y = try_with_capacity::<f32>(rows * out, "a bfloat16 linear layer's output")?;
         let band = out.max(1) * 64;
         y.spare_capacity_mut()
             .par_chunks_mut(band)

@@ -17,10 +17,43 @@ use rayon::prelude::*;
 
 use super::gemm::{contiguous, gemm_into, gemm_raw, run_kernel3, Kernel3};
 use crate::float::Float;
+use crate::limits::{try_filled, try_with_capacity};
 
 /// Floats one band of the patch matrix may hold (1 MiB of f32, so that it is still in the core's cache when the
 /// GEMM reads it; measured best of 2^17..2^20 on the SD VAE's decoder): bands of output rows are sized to it.
 const BAND_FLOATS: usize = 1 << 18;
+
+/// The patch values one frozen `k`×`k` convolution of `batch` images with `cin` channels into an output of
+/// `ho` × `wo` holds at once on `device` in `dtype` (beyond its input and output): the fast path gathers bands of
+/// output rows (at least one whole row, `cin·k²·wo` values) on each thread, candle's convolution the whole patch
+/// matrix (`batch·cin·k²·ho·wo`). For the memory estimates: a wide input gathers wide rows.
+pub fn scratch_elements(
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+    batch: usize,
+    cin: usize,
+    k: usize,
+    (ho, wo): (usize, usize),
+) -> u128 {
+    let kk = cin.saturating_mul(k * k);
+    if k == 1 {
+        return 0;
+    }
+    if !super::kernels::fused_cpu_for(device, dtype, super::kernels::FULL) {
+        return (batch as u128)
+            .saturating_mul(kk as u128)
+            .saturating_mul(ho as u128)
+            .saturating_mul(wo as u128);
+    }
+    let band_rows = (BAND_FLOATS / kk.saturating_mul(wo).max(1)).clamp(1, ho.max(1));
+    let bands = batch.saturating_mul(ho.div_ceil(band_rows));
+    let threads = rayon::current_num_threads();
+    let buffers = if bands >= 2 * threads { threads } else { 1 };
+    (buffers as u128)
+        .saturating_mul(kk as u128)
+        .saturating_mul(band_rows as u128)
+        .saturating_mul(wo as u128)
+}
 
 /// A 2-D convolution with square kernel, stride and symmetric zero padding, and a bias.
 #[derive(Debug, Clone)]
@@ -283,12 +316,16 @@ unsafe fn band_gemm<T: Float + 'static>(col: &[T], w: &[T], out: *mut T, d: &Dim
     }
 }
 
-fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]>, d: Dims) -> Vec<T> {
+fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]>, d: Dims) -> Result<Vec<T>> {
     let (plane, out_plane) = (d.src_plane(), d.ho * d.wo);
     let kk = d.cin * d.k * d.k;
     let mut y = match residual {
-        Some(r) => r.to_vec(),
-        None => vec![T::ZERO; d.batch * d.cout * out_plane],
+        Some(r) => {
+            let mut y = try_with_capacity(r.len(), OUTPUT)?;
+            y.extend_from_slice(r);
+            y
+        }
+        None => try_filled(d.batch * d.cout * out_plane, T::ZERO, OUTPUT)?,
     };
     y.par_chunks_mut(out_plane).enumerate().for_each(|(i, p)| {
         let bc = b[i % d.cout];
@@ -323,17 +360,23 @@ fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]
         // its thread (a serial GEMM into its own output rows), instead of a fork-join of every thread for each
         // band's gather and again for its GEMM.
         let out = SendPtr(y.as_mut_ptr());
-        bands.par_iter().for_each_init(
-            || vec![T::ZERO; kk * band_rows * d.wo],
-            |col, &(n, oy0, rows)| {
-                let col = &mut col[..kk * rows * d.wo];
-                gather_band(col, &x[n * d.cin * plane..(n + 1) * d.cin * plane], &d, oy0, false);
-                // SAFETY: as below; the bands' output rows are disjoint, so each is written by one thread only.
-                unsafe { band_gemm(col, w, out.offset(n * d.cout * out_plane + oy0 * d.wo), &d, rows, false) };
-            },
-        );
+        bands
+            .par_iter()
+            .try_for_each_init(
+                || try_filled(kk * band_rows * d.wo, T::ZERO, PATCHES).ok(),
+                |col, &(n, oy0, rows)| {
+                    let col = &mut col.as_mut().ok_or(())?[..kk * rows * d.wo];
+                    gather_band(col, &x[n * d.cin * plane..(n + 1) * d.cin * plane], &d, oy0, false);
+                    // SAFETY: as below; the bands' output rows are disjoint, so each is written by one thread only.
+                    unsafe { band_gemm(col, w, out.offset(n * d.cout * out_plane + oy0 * d.wo), &d, rows, false) };
+                    Ok(())
+                },
+            )
+            .map_err(|()| {
+                crate::limits::allocation_refused((kk * band_rows * d.wo * std::mem::size_of::<T>()) as u128, PATCHES)
+            })?;
     } else {
-        let mut col = vec![T::ZERO; kk * band_rows * d.wo];
+        let mut col = try_filled(kk * band_rows * d.wo, T::ZERO, PATCHES)?;
         for &(n, oy0, rows) in &bands {
             let col = &mut col[..kk * rows * d.wo];
             gather_band(col, &x[n * d.cin * plane..(n + 1) * d.cin * plane], &d, oy0, true);
@@ -342,8 +385,12 @@ fn conv_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], residual: Option<&[T]
             unsafe { band_gemm(col, w, out.as_mut_ptr(), &d, rows, true) };
         }
     }
-    y
+    Ok(y)
 }
+
+/// The buffers a convolution allocates, for memory errors.
+const OUTPUT: &str = "a convolution's output";
+const PATCHES: &str = "a convolution's band of patch rows";
 
 /// The residual's values, contiguous, as `T`.
 fn residual_slice<'a, T: Float>(
@@ -366,7 +413,7 @@ struct ConvKernel<'a> {
 
 impl Kernel3 for ConvKernel<'_> {
     fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
-        Ok(conv_fwd(x, w, b, residual_slice(self.residual, self.op)?, self.d))
+        conv_fwd(x, w, b, residual_slice(self.residual, self.op)?, self.d)
     }
 }
 
@@ -403,6 +450,22 @@ impl CustomOp3 for ConvOp {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn the_patch_buffers_of_wide_rows_are_counted() {
+        let cpu = Device::Cpu;
+        // At least one whole output row of patches per buffer: Cin·9·Wo values, however few rows.
+        let one_row = 64 * 9 * (1 << 20);
+        let wide = scratch_elements(&cpu, DType::F32, 1, 64, 3, (2, 1 << 20));
+        assert!(wide >= one_row, "{wide}");
+        // Square images: bands of about BAND_FLOATS values per thread.
+        let threads = rayon::current_num_threads() as u128;
+        let square = scratch_elements(&cpu, DType::F32, 1, 64, 3, (512, 512));
+        assert!(square <= threads * (BAND_FLOATS as u128).max(64 * 9 * 512), "{square}");
+        // candle's convolution (another dtype or device) gathers every patch at once; 1×1 gathers none.
+        assert_eq!(scratch_elements(&cpu, DType::BF16, 2, 64, 3, (8, 8)), 2 * 64 * 9 * 64);
+        assert_eq!(scratch_elements(&cpu, DType::F32, 2, 64, 1, (8, 8)), 0);
+    }
 
     #[test]
     fn im2col_kernel_matches_candle_conv2d() {

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fastmath::softmax_rows;
+use crate::limits::try_filled;
 
 struct FusedAttention {
     scale: f32,
@@ -149,31 +150,36 @@ fn attention_forward(
     v: &Operand,
     (g, h, lq, lk, d): (usize, usize, usize, usize, usize),
     scale: f32,
-) -> Vec<f32> {
-    let mut out = vec![0f32; g * lq * h * d];
+) -> Result<Vec<f32>> {
+    let mut out = try_filled(g * lq * h * d, 0f32, "an attention output")?;
     let shared = SharedOut(out.as_mut_ptr());
-    (0..g * h).into_par_iter().for_each_init(
-        || vec![0f32; lq * lk],
-        |scores, problem| {
-            let (gi, hi) = (problem / h, problem % h);
-            // SAFETY: the pointers and strides describe in-bounds tensors (see `Operand::ptr`); `scores` has
-            // lq·lk elements; the output block of (gi, hi) — rows gi·lq.., columns hi·d.. of the (G·L, H·d)
-            // matrix — is written by this problem alone.
-            unsafe {
-                probabilities(q, k, gi, hi, (lq, lk, d), scale, scores);
-                // out[gi, :, hi, :] = scores · v  (lq × d), rows strided by H·d in the merged layout
-                let dst = shared.at(gi * lq * h * d + hi * d);
-                matmul(
-                    (lq, d, lk),
-                    (dst, h * d, 1),
-                    (scores.as_ptr(), lk, 1),
-                    (v.ptr(gi, hi), v.stride[2], 1),
-                    1.0,
-                );
-            }
-        },
-    );
-    out
+    (0..g * h)
+        .into_par_iter()
+        .try_for_each_init(
+            || try_filled(lq * lk, 0f32, SCORES).ok(),
+            |scores, problem| {
+                let scores = scores.as_mut().ok_or(())?;
+                let (gi, hi) = (problem / h, problem % h);
+                // SAFETY: the pointers and strides describe in-bounds tensors (see `Operand::ptr`); `scores` has
+                // lq·lk elements; the output block of (gi, hi) — rows gi·lq.., columns hi·d.. of the (G·L, H·d)
+                // matrix — is written by this problem alone.
+                unsafe {
+                    probabilities(q, k, gi, hi, (lq, lk, d), scale, scores);
+                    // out[gi, :, hi, :] = scores · v  (lq × d), rows strided by H·d in the merged layout
+                    let dst = shared.at(gi * lq * h * d + hi * d);
+                    matmul(
+                        (lq, d, lk),
+                        (dst, h * d, 1),
+                        (scores.as_ptr(), lk, 1),
+                        (v.ptr(gi, hi), v.stride[2], 1),
+                        1.0,
+                    );
+                }
+                Ok(())
+            },
+        )
+        .map_err(|()| scores_refused(lq, lk))?;
+    Ok(out)
 }
 
 /// Checks q (G, H, Lq, d), k and v (G, H, Lk, d) and returns (g, h, lq, lk, d).
@@ -210,7 +216,7 @@ impl CustomOp3 for FusedAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, h, lq, lk, d) = problem_dims(ql, kl, vl)?;
         let (q, k, v) = (Operand::new(qs, ql)?, Operand::new(ks, kl)?, Operand::new(vs, vl)?);
-        let out = attention_forward(&q, &k, &v, (g, h, lq, lk, d), self.scale);
+        let out = attention_forward(&q, &k, &v, (g, h, lq, lk, d), self.scale)?;
         Ok((CpuStorage::F32(out), Shape::from_dims(&[g, lq, h, d])))
     }
 
@@ -273,7 +279,7 @@ impl CustomOp3 for FusedAttentionBackward {
         }
         let go = &go_data[go_layout.start_offset()..];
         let (nq, nk) = (g * h * lq * d, g * h * lk * d);
-        let mut out = vec![0f32; nq + 2 * nk];
+        let mut out = try_filled(nq + 2 * nk, 0f32, "the attention gradients")?;
         // dq, dk, dv blocks of problem (g, h): contiguous (L, d) blocks one after the other.
         let dest = Destinations {
             base: [0, nq, nq + nk],
@@ -281,7 +287,7 @@ impl CustomOp3 for FusedAttentionBackward {
             group: [h * lq * d, h * lk * d, h * lk * d],
             row: d,
         };
-        attention_backward([&q, &k, &v], go, (g, h, lq, lk, d), self.scale, &mut out, &dest);
+        attention_backward([&q, &k, &v], go, (g, h, lq, lk, d), self.scale, &mut out, &dest)?;
         Ok((CpuStorage::F32(out), Shape::from_dims(&[nq + 2 * nk])))
     }
 }
@@ -313,12 +319,19 @@ fn attention_backward(
     scale: f32,
     out: &mut [f32],
     dest: &Destinations,
-) {
+) -> Result<()> {
     let shared = SharedOut(out.as_mut_ptr());
     let row = dest.row;
-    (0..g * h).into_par_iter().for_each_init(
-        || (vec![0f32; lq * lk], vec![0f32; lq * lk]),
-        |(p, dp), problem| {
+    let scratch = || {
+        Some((
+            try_filled(lq * lk, 0f32, SCORES).ok()?,
+            try_filled(lq * lk, 0f32, SCORES).ok()?,
+        ))
+    };
+    (0..g * h)
+        .into_par_iter()
+        .try_for_each_init(scratch, |buffers, problem| {
+            let (p, dp) = buffers.as_mut().ok_or(())?;
             let (gi, hi) = (problem / h, problem % h);
             // SAFETY: as in the forward pass; `p` and `dp` have lq·lk elements; the dq, dk and dv blocks of
             // `problem` are disjoint from every other problem's and inside `out` (see `Destinations`).
@@ -363,8 +376,17 @@ fn attention_backward(
                     scale,
                 );
             }
-        },
-    );
+            Ok(())
+        })
+        .map_err(|()| scores_refused(lq, lk))
+}
+
+/// The per-thread score buffers of one attention call.
+const SCORES: &str = "the attention scores of one sequence and head";
+
+/// The memory error of a refused score buffer of `lq` × `lk`.
+fn scores_refused(lq: usize, lk: usize) -> candle_core::Error {
+    crate::limits::allocation_refused(lq as u128 * lk as u128 * 4, SCORES)
 }
 
 /// Self-attention of a packed projection (G, L, 3, H, d) read through its strides; the output in the
@@ -401,7 +423,7 @@ impl candle_core::CustomOp1 for FusedQkvAttention {
             Operand::part(s, l, 1)?,
             Operand::part(s, l, 2)?,
         );
-        let out = attention_forward(&q, &k, &v, (g, h, len, len, d), self.scale);
+        let out = attention_forward(&q, &k, &v, (g, h, len, len, d), self.scale)?;
         Ok((CpuStorage::F32(out), Shape::from_dims(&[g, len, h, d])))
     }
 
@@ -432,7 +454,7 @@ impl candle_core::CustomOp2 for FusedQkvAttentionBackward {
             candle_core::bail!("fused attention backward: output gradient of shape {:?}", gl.dims());
         }
         let go = &go[gl.start_offset()..];
-        let mut out = vec![0f32; g * len * 3 * h * d];
+        let mut out = try_filled(g * len * 3 * h * d, 0f32, "the attention gradients")?;
         // The gradient in qkv's own contiguous layout: part p of (g, h) starts at g·L·3Hd + p·Hd + h·d, and its
         // rows are 3Hd apart.
         let dest = Destinations {
@@ -441,7 +463,7 @@ impl candle_core::CustomOp2 for FusedQkvAttentionBackward {
             group: [len * 3 * h * d; 3],
             row: 3 * h * d,
         };
-        attention_backward([&q, &k, &v], go, (g, h, len, len, d), self.scale, &mut out, &dest);
+        attention_backward([&q, &k, &v], go, (g, h, len, len, d), self.scale, &mut out, &dest)?;
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

@@ -45,12 +45,12 @@ fn dgelu_f32(x: f32) -> f32 {
     s + 2.0 * x * s * (1.0 - s) * c * (1.0 + 3.0 * k * x * x)
 }
 
-fn map_parallel<T: Copy + Send + Sync + Default>(src: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); src.len()];
+fn map_parallel<T: Copy + Send + Sync + Default>(src: &[T], f: impl Fn(T) -> T + Sync) -> Result<Vec<T>> {
+    let mut out = crate::limits::try_filled(src.len(), T::default(), "a GELU's output")?;
     out.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(o, s)| map_wide(o, s, &f));
-    out
+    Ok(out)
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
@@ -69,8 +69,8 @@ fn cpu_map<F32: Fn(f32) -> f32 + Sync, F64: Fn(f64) -> f64 + Sync>(
     f64_fn: F64,
 ) -> Result<(CpuStorage, Shape)> {
     let out = match storage {
-        CpuStorage::F32(d) => CpuStorage::F32(map_parallel(contiguous(d, layout)?, f32_fn)),
-        CpuStorage::F64(d) => CpuStorage::F64(map_parallel(contiguous(d, layout)?, f64_fn)),
+        CpuStorage::F32(d) => CpuStorage::F32(map_parallel(contiguous(d, layout)?, f32_fn)?),
+        CpuStorage::F64(d) => CpuStorage::F64(map_parallel(contiguous(d, layout)?, f64_fn)?),
         other => candle_core::bail!("gelu: unsupported dtype {:?} on CPU", other.dtype()),
     };
     Ok((out, layout.shape().clone()))

@@ -67,7 +67,7 @@ struct GroupNormOp {
     silu: bool,
 }
 
-fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize), op: &GroupNormOp) -> Vec<T> {
+fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize), op: &GroupNormOp) -> Result<Vec<T>> {
     let group_len = c / op.groups * plane;
     // Per (image, group): the mean and 1/σ, from an f64 sum and a second pass for the variance.
     let stats: Vec<(f64, f64)> = x
@@ -79,7 +79,7 @@ fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize
             (mean, 1.0 / (var + op.eps).sqrt())
         })
         .collect();
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = crate::limits::try_filled(x.len(), T::ZERO, "a group normalisation's output")?;
     y.par_chunks_mut(plane)
         .zip(x.par_chunks(plane))
         .enumerate()
@@ -99,12 +99,12 @@ fn group_norm_fwd<T: Float>(x: &[T], w: &[T], b: &[T], (c, plane): (usize, usize
                 }
             }
         });
-    y
+    Ok(y)
 }
 
 impl Kernel3 for (&GroupNormOp, (usize, usize)) {
     fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
-        Ok(group_norm_fwd(x, w, b, self.1, self.0))
+        group_norm_fwd(x, w, b, self.1, self.0)
     }
 }
 

@@ -106,6 +106,12 @@ pub fn fused_cpu(operands: &[&Tensor], dtypes: &[DType]) -> bool {
             .all(|t| t.device().is_cpu() && dtypes.contains(&t.dtype()))
 }
 
+/// [`fused_cpu`] for operands that do not exist yet: whether tensors on `device` in `dtype` would run the fused
+/// kernels (the memory estimates ask before a pass starts).
+pub fn fused_cpu_for(device: &candle_core::Device, dtype: DType, dtypes: &[DType]) -> bool {
+    current() == KernelPath::Auto && device.is_cpu() && dtypes.contains(&dtype)
+}
+
 /// Full precision: the dtypes of most kernels.
 pub const FULL: &[DType] = &[DType::F32, DType::F64];
 /// f32 only: the attention and bf16 GEMM kernels.

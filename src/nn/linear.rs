@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::gemm::{contiguous, gemm_into, linear_dims, run_kernel3, Kernel3};
 use crate::float::Float;
+use crate::limits::{try_filled, try_with_capacity};
 
 /// Rows per parallel work item of the bias kernels.
 const ROWS_PER_ITEM: usize = 64;
@@ -24,9 +25,9 @@ struct AddBias;
 /// The column sums of a (rows, n) matrix.
 struct ColumnSums;
 
-fn add_bias<T: Float>(y: &[T], b: &[T]) -> Vec<T> {
+fn add_bias<T: Float>(y: &[T], b: &[T]) -> Result<Vec<T>> {
     let n = b.len();
-    let mut out = vec![T::ZERO; y.len()];
+    let mut out = try_filled(y.len(), T::ZERO, "a biased linear output")?;
     out.par_chunks_mut(ROWS_PER_ITEM * n)
         .zip(y.par_chunks(ROWS_PER_ITEM * n))
         .for_each(|(out, y)| {
@@ -36,7 +37,7 @@ fn add_bias<T: Float>(y: &[T], b: &[T]) -> Vec<T> {
                 }
             }
         });
-    out
+    Ok(out)
 }
 
 fn column_sums<T: Float>(g: &[T], n: usize) -> Vec<T> {
@@ -67,11 +68,11 @@ impl CustomOp2 for AddBias {
             (CpuStorage::F32(y), CpuStorage::F32(b)) => CpuStorage::F32(add_bias(
                 contiguous(y, l1, self.name())?,
                 contiguous(b, l2, self.name())?,
-            )),
+            )?),
             (CpuStorage::F64(y), CpuStorage::F64(b)) => CpuStorage::F64(add_bias(
                 contiguous(y, l1, self.name())?,
                 contiguous(b, l2, self.name())?,
-            )),
+            )?),
             _ => candle_core::bail!("add-bias: operands must both be f32 or both f64"),
         };
         Ok((out, l1.shape().clone()))
@@ -106,8 +107,13 @@ struct LinearInputGrad;
 /// `gᵀ x` (out, in) for g (rows, out), x (rows, in).
 struct LinearWeightGrad;
 
-fn linear_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], (rows, input, out): (usize, usize, usize)) -> Vec<T> {
-    let mut y = Vec::with_capacity(rows * out);
+fn linear_fwd<T: Float + 'static>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    (rows, input, out): (usize, usize, usize),
+) -> Result<Vec<T>> {
+    let mut y = try_with_capacity(rows * out, "a linear layer's output")?;
     for _ in 0..rows {
         y.extend_from_slice(b);
     }
@@ -122,11 +128,11 @@ fn linear_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], (rows, input, out):
             T::ONE,
         )
     };
-    y
+    Ok(y)
 }
 
-fn linear_dx<T: Float + 'static>(g: &[T], w: &[T], (rows, input, out): (usize, usize, usize)) -> Vec<T> {
-    let mut dx = vec![T::ZERO; rows * input];
+fn linear_dx<T: Float + 'static>(g: &[T], w: &[T], (rows, input, out): (usize, usize, usize)) -> Result<Vec<T>> {
+    let mut dx = try_filled(rows * input, T::ZERO, "a linear layer's input gradient")?;
     // SAFETY: dx rows × in, g rows × out, W out × in, all contiguous.
     unsafe {
         gemm_into(
@@ -138,11 +144,11 @@ fn linear_dx<T: Float + 'static>(g: &[T], w: &[T], (rows, input, out): (usize, u
             T::ONE,
         )
     };
-    dx
+    Ok(dx)
 }
 
-fn linear_dw<T: Float + 'static>(g: &[T], x: &[T], (rows, input, out): (usize, usize, usize)) -> Vec<T> {
-    let mut dw = vec![T::ZERO; out * input];
+fn linear_dw<T: Float + 'static>(g: &[T], x: &[T], (rows, input, out): (usize, usize, usize)) -> Result<Vec<T>> {
+    let mut dw = try_filled(out * input, T::ZERO, "a linear layer's weight gradient")?;
     // SAFETY: dW out × in, gᵀ is g (rows × out) read with swapped strides, x rows × in; all contiguous.
     unsafe {
         gemm_into(
@@ -154,7 +160,7 @@ fn linear_dw<T: Float + 'static>(g: &[T], x: &[T], (rows, input, out): (usize, u
             T::ONE,
         )
     };
-    dw
+    Ok(dw)
 }
 
 /// x·Wᵀ + b for these (rows, in, out).
@@ -162,7 +168,7 @@ struct LinearDims((usize, usize, usize));
 
 impl Kernel3 for LinearDims {
     fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
-        Ok(linear_fwd(x, w, b, self.0))
+        linear_fwd(x, w, b, self.0)
     }
 }
 
@@ -219,10 +225,10 @@ impl CustomOp2 for LinearInputGrad {
         let (n, dims) = (self.name(), (rows, input, out));
         let dx = match (gs, ws) {
             (CpuStorage::F32(g), CpuStorage::F32(w)) => {
-                CpuStorage::F32(linear_dx(contiguous(g, gl, n)?, contiguous(w, wl, n)?, dims))
+                CpuStorage::F32(linear_dx(contiguous(g, gl, n)?, contiguous(w, wl, n)?, dims)?)
             }
             (CpuStorage::F64(g), CpuStorage::F64(w)) => {
-                CpuStorage::F64(linear_dx(contiguous(g, gl, n)?, contiguous(w, wl, n)?, dims))
+                CpuStorage::F64(linear_dx(contiguous(g, gl, n)?, contiguous(w, wl, n)?, dims)?)
             }
             _ => candle_core::bail!("linear backward: operands must both be f32 or both f64"),
         };
@@ -248,10 +254,10 @@ impl CustomOp2 for LinearWeightGrad {
         let (n, dims) = (self.name(), (rows, input, out));
         let dw = match (gs, xs) {
             (CpuStorage::F32(g), CpuStorage::F32(x)) => {
-                CpuStorage::F32(linear_dw(contiguous(g, gl, n)?, contiguous(x, xl, n)?, dims))
+                CpuStorage::F32(linear_dw(contiguous(g, gl, n)?, contiguous(x, xl, n)?, dims)?)
             }
             (CpuStorage::F64(g), CpuStorage::F64(x)) => {
-                CpuStorage::F64(linear_dw(contiguous(g, gl, n)?, contiguous(x, xl, n)?, dims))
+                CpuStorage::F64(linear_dw(contiguous(g, gl, n)?, contiguous(x, xl, n)?, dims)?)
             }
             _ => candle_core::bail!("linear backward: operands must both be f32 or both f64"),
         };

@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::float::Float;
+use crate::limits::{try_filled, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
 #[derive(Clone, Debug)]
@@ -106,9 +107,9 @@ fn moments<T: Float>(row: &[T], eps: T) -> (T, T) {
     (mean, T::ONE / (var + eps).sqrt())
 }
 
-fn norm_modulate_fwd<T: Float>(x: &[T], shift: &[T], scale: &[T], b: &Broadcast, eps: f64) -> Vec<T> {
+fn norm_modulate_fwd<T: Float>(x: &[T], shift: &[T], scale: &[T], b: &Broadcast, eps: f64) -> Result<Vec<T>> {
     let (d, eps) = (b.dim, T::of(eps));
-    let mut out = vec![T::ZERO; x.len()];
+    let mut out = try_filled(x.len(), T::ZERO, "a modulated LayerNorm's output")?;
     out.par_chunks_mut(b.group_len())
         .zip(x.par_chunks(b.group_len()))
         .enumerate()
@@ -122,15 +123,17 @@ fn norm_modulate_fwd<T: Float>(x: &[T], shift: &[T], scale: &[T], b: &Broadcast,
                 }
             }
         });
-    out
+    Ok(out)
 }
 
 /// The gradients of x, shift and scale, packed one after the other.
-fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps: f64) -> Vec<T> {
+fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps: f64) -> Result<Vec<T>> {
     let (d, eps) = (b.dim, T::of(eps));
     let nf = T::from_usize(d);
     let groups = b.cond_row.len();
-    let mut dx = vec![T::ZERO; x.len()];
+    // Room for the packed shift and scale gradients after dx.
+    let mut dx = try_with_capacity(x.len() + 2 * b.cond_rows * d, GRADIENTS)?;
+    dx.resize(x.len(), T::ZERO);
     // Per group: Σ g (d shift) then Σ g ⊙ h (d scale).
     let mut partial = vec![T::ZERO; groups * 2 * d];
     dx.par_chunks_mut(b.group_len())
@@ -172,12 +175,12 @@ fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps
     };
     dx.extend(d_shift);
     dx.extend(d_scale);
-    dx
+    Ok(dx)
 }
 
-fn gated_add_fwd<T: Float>(x: &[T], y: &[T], gate: &[T], b: &Broadcast) -> Vec<T> {
+fn gated_add_fwd<T: Float>(x: &[T], y: &[T], gate: &[T], b: &Broadcast) -> Result<Vec<T>> {
     let d = b.dim;
-    let mut out = vec![T::ZERO; x.len()];
+    let mut out = try_filled(x.len(), T::ZERO, "a gated residual's output")?;
     out.par_chunks_mut(b.group_len()).enumerate().for_each(|(grp, out)| {
         let c = b.cond_row[grp] * d;
         let gt = &gate[c..c + d];
@@ -189,14 +192,16 @@ fn gated_add_fwd<T: Float>(x: &[T], y: &[T], gate: &[T], b: &Broadcast) -> Vec<T
             }
         }
     });
-    out
+    Ok(out)
 }
 
 /// The gradients of y and gate, packed one after the other (x's is the incoming gradient itself).
-fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Vec<T> {
+fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Result<Vec<T>> {
     let d = b.dim;
     let groups = b.cond_row.len();
-    let mut dy = vec![T::ZERO; y.len()];
+    // Room for the packed gate gradient after dy.
+    let mut dy = try_with_capacity(y.len() + b.cond_rows * d, GRADIENTS)?;
+    dy.resize(y.len(), T::ZERO);
     let mut partial = vec![T::ZERO; groups * d];
     dy.par_chunks_mut(b.group_len())
         .zip(partial.par_chunks_mut(d))
@@ -214,8 +219,11 @@ fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Vec<T
             }
         });
     dy.extend(b.reduce(&partial, 1));
-    dy
+    Ok(dy)
 }
+
+/// The packed gradients of the backward kernels, for memory errors.
+const GRADIENTS: &str = "the gradients of a modulation";
 
 /// Applies `f` to the three operands as slices of one float type.
 fn with_slices3(
@@ -223,20 +231,20 @@ fn with_slices3(
     (s2, l2): (&CpuStorage, &Layout),
     (s3, l3): (&CpuStorage, &Layout),
     op: &str,
-    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> Vec<f32>,
-    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> Vec<f64>,
+    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
+    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> Result<Vec<f64>>,
 ) -> Result<CpuStorage> {
     Ok(match (s1, s2, s3) {
         (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32_fn(
             contiguous(a, l1, op)?,
             contiguous(b, l2, op)?,
             contiguous(c, l3, op)?,
-        )),
+        )?),
         (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64_fn(
             contiguous(a, l1, op)?,
             contiguous(b, l2, op)?,
             contiguous(c, l3, op)?,
-        )),
+        )?),
         _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
     })
 }

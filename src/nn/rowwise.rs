@@ -27,18 +27,18 @@ fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
 }
 
 /// Runs `row(out_row, in_rows...)` over every row of length `n` in parallel.
-fn rows_map<T: Float>(n: usize, len: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
-    let mut out = vec![T::ZERO; len];
+fn rows_map<T: Float>(n: usize, len: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Result<Vec<T>> {
+    let mut out = crate::limits::try_filled(len, T::ZERO, "a row-wise kernel's output")?;
     let per_item = (ITEM / n.max(1)).max(1) * n;
     out.par_chunks_mut(per_item).enumerate().for_each(|(item, chunk)| {
         for (r, row) in chunk.chunks_mut(n).enumerate() {
             f(item * (per_item / n) + r, row);
         }
     });
-    out
+    Ok(out)
 }
 
-fn softmax_fwd<T: Float>(x: &[T], n: usize) -> Vec<T> {
+fn softmax_fwd<T: Float>(x: &[T], n: usize) -> Result<Vec<T>> {
     rows_map(n, x.len(), |r, out| {
         let row = &x[r * n..(r + 1) * n];
         let max = row.iter().fold(T::NEG_INF, |m, &v| if v > m { v } else { m });
@@ -52,7 +52,7 @@ fn softmax_fwd<T: Float>(x: &[T], n: usize) -> Vec<T> {
     })
 }
 
-fn softmax_bwd<T: Float>(p: &[T], g: &[T], n: usize) -> Vec<T> {
+fn softmax_bwd<T: Float>(p: &[T], g: &[T], n: usize) -> Result<Vec<T>> {
     rows_map(n, p.len(), |r, out| {
         let (pr, gr) = (&p[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
         let dot = pr.iter().zip(gr).fold(T::ZERO, |s, (&a, &b)| s + a * b);
@@ -71,7 +71,7 @@ fn moments<T: Float>(row: &[T], eps: T) -> (T, T) {
     (mean, T::ONE / (var + eps).sqrt())
 }
 
-fn layer_norm_fwd<T: Float>(x: &[T], n: usize, eps: f64) -> Vec<T> {
+fn layer_norm_fwd<T: Float>(x: &[T], n: usize, eps: f64) -> Result<Vec<T>> {
     let eps = T::of(eps);
     rows_map(n, x.len(), |r, out| {
         let row = &x[r * n..(r + 1) * n];
@@ -82,7 +82,7 @@ fn layer_norm_fwd<T: Float>(x: &[T], n: usize, eps: f64) -> Vec<T> {
     })
 }
 
-fn layer_norm_bwd<T: Float>(x: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
+fn layer_norm_bwd<T: Float>(x: &[T], g: &[T], n: usize, eps: f64) -> Result<Vec<T>> {
     let eps = T::of(eps);
     let nf = T::from_usize(n);
     rows_map(n, x.len(), |r, out| {
@@ -116,8 +116,8 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l);
         let out = match s {
-            CpuStorage::F32(d) => CpuStorage::F32(softmax_fwd(slice(d, l, "softmax")?, n)),
-            CpuStorage::F64(d) => CpuStorage::F64(softmax_fwd(slice(d, l, "softmax")?, n)),
+            CpuStorage::F32(d) => CpuStorage::F32(softmax_fwd(slice(d, l, "softmax")?, n)?),
+            CpuStorage::F64(d) => CpuStorage::F64(softmax_fwd(slice(d, l, "softmax")?, n)?),
             other => candle_core::bail!("softmax: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, l.shape().clone()))
@@ -135,10 +135,10 @@ impl CustomOp2 for SoftmaxBackward {
         let n = last_dim(l1);
         let out = match (s1, s2) {
             (CpuStorage::F32(p), CpuStorage::F32(g)) => {
-                CpuStorage::F32(softmax_bwd(slice(p, l1, "softmax")?, slice(g, l2, "softmax")?, n))
+                CpuStorage::F32(softmax_bwd(slice(p, l1, "softmax")?, slice(g, l2, "softmax")?, n)?)
             }
             (CpuStorage::F64(p), CpuStorage::F64(g)) => {
-                CpuStorage::F64(softmax_bwd(slice(p, l1, "softmax")?, slice(g, l2, "softmax")?, n))
+                CpuStorage::F64(softmax_bwd(slice(p, l1, "softmax")?, slice(g, l2, "softmax")?, n)?)
             }
             _ => candle_core::bail!("softmax backward: mismatched or unsupported dtypes"),
         };
@@ -153,8 +153,8 @@ impl CustomOp1 for LayerNormOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l);
         let out = match s {
-            CpuStorage::F32(d) => CpuStorage::F32(layer_norm_fwd(slice(d, l, "layer_norm")?, n, self.0)),
-            CpuStorage::F64(d) => CpuStorage::F64(layer_norm_fwd(slice(d, l, "layer_norm")?, n, self.0)),
+            CpuStorage::F32(d) => CpuStorage::F32(layer_norm_fwd(slice(d, l, "layer_norm")?, n, self.0)?),
+            CpuStorage::F64(d) => CpuStorage::F64(layer_norm_fwd(slice(d, l, "layer_norm")?, n, self.0)?),
             other => candle_core::bail!("layer_norm: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, l.shape().clone()))
@@ -178,13 +178,13 @@ impl CustomOp2 for LayerNormBackward {
                 slice(g, l2, "layer_norm")?,
                 n,
                 self.0,
-            )),
+            )?),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(layer_norm_bwd(
                 slice(x, l1, "layer_norm")?,
                 slice(g, l2, "layer_norm")?,
                 n,
                 self.0,
-            )),
+            )?),
             _ => candle_core::bail!("layer_norm backward: mismatched or unsupported dtypes"),
         };
         Ok((out, l1.shape().clone()))

@@ -132,7 +132,8 @@ macro_rules! config_class {
             #[staticmethod]
             fn from_json(s: &str) -> PyResult<Self> {
                 crate::python::guard(move || {
-                    let inner: $core = crate::error::parse_json(s.as_bytes()).map_err(PyValueError::new_err)?;
+                    let inner: $core = crate::error::parse_json_object(s.as_bytes())
+                        .map_err(|e| PyValueError::new_err(format!("{}: {e}", <$core as Config>::NAME)))?;
                     inner.validate().py()?;
                     Ok(Self { inner })
                 })

@@ -134,7 +134,7 @@ impl PyScheduler {
     #[new]
     fn new(kind: &str, config_json: &str) -> PyResult<Self> {
         crate::python::guard(move || {
-            let config: SchedulerConfig = crate::error::parse_json(config_json.as_bytes())
+            let config: SchedulerConfig = crate::error::parse_json_object(config_json.as_bytes())
                 .map_err(|e| PyValueError::new_err(format!("scheduler config: {e}")))?;
             Ok(Self {
                 inner: by_kind(kind, config).py()?,

@@ -43,7 +43,7 @@ pub fn read_folder<T: DeserializeOwned>(dir: &Path, kind: &str, stem: &str) -> R
 /// Parses a `config.json`; errors name the file.
 pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = crate::io::read(path)?;
-    crate::error::parse_json(&bytes).map_err(|e| LatteError::Config(format!("{}: {e}", path.display())))
+    crate::error::parse_json_object(&bytes).map_err(|e| LatteError::Config(format!("{}: {e}", path.display())))
 }
 
 /// Reads `<stem>.safetensors`, or the shards listed in `<stem>.safetensors.index.json`, from `dir`. Returns

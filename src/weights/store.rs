@@ -71,6 +71,8 @@ pub struct ParamStore {
 /// whose parameters would not fit is refused before its first large allocation, not aborted or killed part way.
 struct Budget {
     limit: u128,
+    /// The limit that set it, in words (see [`crate::limits::Headroom`]).
+    limit_name: String,
     used: Mutex<u128>,
     /// The refusal, kept so that [`ParamStore::build`] can return it as a memory error (candle's error type
     /// carries only a message).
@@ -85,10 +87,12 @@ impl Budget {
         let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if *used + bytes > self.limit {
             let msg = format!(
-                "the model's parameters need more than {} of memory (at {name} {:?}), but only {} is available",
+                "the model's parameters need more than {} of memory (at {name} {:?}), but only {} is available \
+                 under {}",
                 crate::limits::human(*used + bytes),
                 shape.dims(),
-                crate::limits::human(self.limit)
+                crate::limits::human(self.limit),
+                self.limit_name
             );
             *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(msg.clone());
             candle_core::bail!("{msg}");
@@ -102,12 +106,14 @@ impl ParamStore {
     /// An empty store; networks add their parameters (as zeros) through [`ParamStore::build`].
     pub fn new(device: &Device, dtype: DType) -> Result<Self> {
         check_float_dtype(dtype)?;
+        let headroom = crate::limits::headroom();
         Ok(Self {
             varmap: VarMap::new(),
             device: device.clone(),
             dtype,
             budget: Arc::new(Budget {
-                limit: crate::limits::available_bytes() as u128,
+                limit: headroom.as_ref().map_or(u128::MAX, |h| h.bytes as u128),
+                limit_name: headroom.map_or_else(String::new, |h| h.limit),
                 used: Mutex::new(0),
                 refused: Mutex::new(None),
             }),

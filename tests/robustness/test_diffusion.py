@@ -42,3 +42,28 @@ def test_nan_betas_and_impossible_schedules_are_refused():
     x = np.zeros((1, 2, 4, 2, 2), np.float32)
     with pytest.raises(ValueError, match="eta"):
         d.ddim_sample(x, x, np.array([1]), x, eta=5.0)
+
+
+def test_step_options_outside_their_range_are_refused_by_name():
+    # Issue 30: DDIMScheduler.step took any eta and returned NaN above 1; Euler's NaN s_churn was read as the
+    # largest churn, a negative one divided by a zero sigma_hat.
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 2, 2)).astype(np.float32)
+    ddim = latte_rs.DDIMScheduler()
+    ddim.set_timesteps(10)
+    t = ddim.timesteps[0]
+    for eta in (1.5, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"eta: expected a number in \[0, 1\]"):
+            ddim.step(x, t, x, eta=eta, generator=latte_rs.Generator(0))
+    for eta in (0.0, 0.5, 1.0):
+        assert np.isfinite(ddim.step(x, t, x, eta=eta, generator=latte_rs.Generator(0)).prev_sample).all()
+    euler = latte_rs.EulerDiscreteScheduler()
+    euler.set_timesteps(10)
+    t = euler.timesteps[0]
+    for bad in (dict(s_churn=float("nan")), dict(s_churn=-50.0), dict(s_noise=float("inf")), dict(s_tmin=float("nan")),
+                dict(s_tmax=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            euler.step(x, t, x, generator=latte_rs.Generator(0), **bad)
+    assert np.isfinite(euler.step(x, t, x, s_churn=1.0, generator=latte_rs.Generator(0)).prev_sample).all()
+    model = latte_rs.LatteModel(tiny_config(), seed=0)
+    with pytest.raises(ValueError, match="eta"):
+        latte_rs.sample(model, latte_rs.DDIMScheduler(), eta=2.0, num_inference_steps=2, progress=False)

@@ -66,3 +66,21 @@ def test_nonfinite_outputs_from_finite_inputs_are_errors():
     vae = latte_rs.VideoVAE.from_pretrained(TINY_VAE)
     with pytest.raises(ValueError):
         vae.decode(np.full((1, 2, 4, 2, 2), 3e38, np.float32))
+
+
+def test_a_huge_finite_cfg_scale_is_an_error_not_a_nan_output():
+    # Issue 30: forward_with_cfg returned inf/NaN for a huge finite cfg_scale (the sampling path refused it).
+    # Random weights everywhere (a fresh model's final layer is zero, so its two branches would agree).
+    model = latte_rs.LatteModel(tiny_config(num_classes=3), seed=0)
+    rng = np.random.default_rng(0)
+    model.load_state_dict({k: 0.2 * rng.standard_normal(v.shape, dtype=np.float32)
+                           for k, v in model.state_dict().items()})
+    x = np.concatenate([rng.standard_normal((1, 4, 4, 8, 8), dtype=np.float32)] * 2)
+    t, y = np.array([500, 500]), np.array([1, 3])
+    assert np.isfinite(model.forward_with_cfg(x, t, y, 4.0)).all()
+    for scale in (1e300, 3e38):
+        with pytest.raises(ValueError, match="guidance_scale \\(cfg_scale\\).*NaN or infinity"):
+            model.forward_with_cfg(x, t, y, scale)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        latte_rs.sample(model, latte_rs.DDIMScheduler(), noise=x[:1], y=y[:1], cfg_scale=1e300,
+                        num_inference_steps=2, progress=False)

@@ -40,3 +40,18 @@ def test_t5_inputs_that_used_to_panic_or_give_nan_are_value_errors():
         t5(np.array([[3, 4, 1]]), np.array([[1, 3, 0]]))
     with pytest.raises((ValueError, MemoryError)):
         t5.empty_prompt(2**64 - 1)
+
+
+@pytest.mark.parametrize("text", ["[]", "3", '"a string"', "null", "[1, 2]"])
+def test_a_config_that_is_not_a_json_object_is_refused_by_name(tmp_path, text):
+    # Issue 30: `[]` was read as "no keys", i.e. Latte-1's full defaults (2.7 GB allocated before the weights were
+    # found not to match).
+    folder = tmp_path / "t2v"
+    shutil.copytree(T2V_VIDEO, folder)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ValueError, match="config.json: expected a JSON object of config keys, got"):
+        latte_rs.LatteT2VTransformer.from_pretrained(folder)
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        latte_rs.LatteT2VConfig.from_json(text)
+    with pytest.raises(ValueError, match="LatteConfig: expected a JSON object"):
+        latte_rs.LatteConfig.from_json(text)

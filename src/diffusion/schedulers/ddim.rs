@@ -4,7 +4,7 @@ use candle_core::Tensor;
 
 use super::alphas::AlphaSchedule;
 use super::{Scheduler, SchedulerConfig, StepOptions, StepOutput};
-use crate::error::{LatteError, Result};
+use crate::error::{value_error, LatteError, Result};
 
 /// diffusers' `DDIMScheduler`.
 #[derive(Clone, Debug)]
@@ -46,8 +46,17 @@ impl Scheduler for DdimScheduler {
         1.0
     }
 
-    /// One DDIM step; with `opts.eta` > 0 it takes noise from `opts.noise`.
+    /// One DDIM step; with `opts.eta` > 0 it takes noise from `opts.noise`. `eta` must lie in [0, 1], the range
+    /// DDIM is defined for: above 1 the noise's variance exceeds 1 − ᾱ_prev and the direction to x_t takes the
+    /// square root of a negative number (NaN), below 0 the noise's scale is negative.
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, opts: &mut StepOptions) -> Result<StepOutput> {
+        if !(0.0..=1.0).contains(&opts.eta) {
+            return Err(value_error(
+                "eta",
+                "a number in [0, 1] (0: deterministic DDIM, 1: as much noise as DDPM)",
+                opts.eta,
+            ));
+        }
         let s = &self.schedule;
         let t = s.check_timestep(t)?;
         let n = s.num_inference_steps.ok_or_else(|| {
@@ -105,5 +114,76 @@ impl Scheduler for DdimScheduler {
 
     fn alphas_cumprod(&self) -> Option<&[f32]> {
         Some(&self.schedule.alphas_cumprod)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::schedulers::{Churn, EulerDiscreteScheduler, Noise};
+    use candle_core::{DType, Device};
+
+    /// Issue 30: any eta was taken; above 1 the step's direction is the square root of a negative number (NaN).
+    #[test]
+    fn eta_outside_zero_to_one_is_refused_by_name() {
+        let mut ddim = DdimScheduler::new(SchedulerConfig::default()).unwrap();
+        ddim.set_timesteps(10).unwrap();
+        let t = ddim.timesteps()[0];
+        let x = Tensor::ones((1, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        let z = Tensor::zeros((1, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        for eta in [1.5, -0.1, f64::NAN, f64::INFINITY] {
+            let mut opts = StepOptions {
+                eta,
+                ..StepOptions::new(Noise::Given(&z))
+            };
+            let e = ddim.step(&x, t, &x, &mut opts).unwrap_err().to_string();
+            assert!(e.starts_with("eta: expected a number in [0, 1]"), "{e}");
+        }
+        for eta in [0.0, 1.0] {
+            let mut opts = StepOptions {
+                eta,
+                ..StepOptions::new(Noise::Given(&z))
+            };
+            let out = ddim.step(&x, t, &x, &mut opts).unwrap().prev_sample;
+            assert!(crate::finite::all_finite(&out).unwrap());
+        }
+    }
+
+    /// Euler's churn options: a NaN s_churn was read as the largest churn, a negative one divided by a zero σ̂.
+    #[test]
+    fn churn_options_that_give_a_wrong_step_are_refused_by_name() {
+        let mut euler = EulerDiscreteScheduler::new(SchedulerConfig::default()).unwrap();
+        euler.set_timesteps(10).unwrap();
+        let t = euler.timesteps()[0];
+        let x = Tensor::ones((1, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        let z = Tensor::zeros((1, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        let inf = f64::INFINITY;
+        // (the option named, s_churn, s_noise, s_tmin, s_tmax)
+        let bad = [
+            ("s_churn", f64::NAN, 1.0, 0.0, inf),
+            ("s_churn", -50.0, 1.0, 0.0, inf),
+            ("s_noise", 1.0, inf, 0.0, inf),
+            ("s_tmin", 1.0, 1.0, f64::NAN, inf),
+            ("s_tmax", 1.0, 1.0, 0.0, f64::NAN),
+        ];
+        for (name, s_churn, s_noise, s_tmin, s_tmax) in bad {
+            let mut opts = StepOptions {
+                churn: Churn {
+                    s_churn,
+                    s_tmin,
+                    s_tmax,
+                    s_noise,
+                },
+                ..StepOptions::new(Noise::Given(&z))
+            };
+            let e = euler.step(&x, t, &x, &mut opts).unwrap_err().to_string();
+            assert!(e.starts_with(name), "{name}: {e}");
+        }
+        let wide_range = Churn {
+            s_churn: 3.0,
+            s_tmin: -inf,
+            ..Churn::default()
+        };
+        assert!(wide_range.validate().is_ok());
     }
 }

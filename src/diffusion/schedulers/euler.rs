@@ -214,6 +214,7 @@ impl Scheduler for EulerDiscreteScheduler {
                 format!("shape {:?}", model_output.dims()),
             ));
         }
+        opts.churn.validate()?;
         let Churn {
             s_churn,
             s_tmin,

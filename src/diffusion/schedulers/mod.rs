@@ -98,6 +98,26 @@ impl Default for Churn {
     }
 }
 
+impl Churn {
+    /// Refuses values that give a silent wrong step: a NaN `s_churn` would be read as the largest churn (the
+    /// `min` with √2 − 1 drops it), a negative one shrinks σ̂ below σ (to zero or below: a division by zero), a
+    /// non-finite `s_noise` scales the noise to NaN, and a NaN bound makes the range test always false.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.s_churn.is_finite() && self.s_churn >= 0.0) {
+            return Err(value_error("s_churn", "a finite number >= 0", self.s_churn));
+        }
+        if !self.s_noise.is_finite() {
+            return Err(value_error("s_noise", "a finite number", self.s_noise));
+        }
+        for (name, v) in [("s_tmin", self.s_tmin), ("s_tmax", self.s_tmax)] {
+            if v.is_nan() {
+                return Err(value_error(name, "a number (infinity allowed)", v));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The options of one step, for every scheduler (each reads the ones it has, as diffusers' `step` keywords).
 pub struct StepOptions<'a> {
     /// DDIM's stochasticity (0: deterministic); also the respaced DDIM sampler's.

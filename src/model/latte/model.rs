@@ -7,12 +7,13 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::inputs;
 use super::network::Latte;
-use crate::config::LatteConfig;
+use crate::config::{LatteConfig, Variant};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::open::wrong_kind;
 use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
+use crate::nn::attention::{score_elements, AttentionKernel, AttentionShape};
 use crate::nn::init::{init_weights, is_trainable};
 use crate::weights::format::{read_model_file, write_model_file};
 use crate::weights::{CheckpointInfo, LoadPolicy, LoadReport, ParamStore};
@@ -162,6 +163,7 @@ impl LatteModel {
         let cond = self.check_condition(&Condition::from_labels(y, None)?, x.dims())?;
         let half = x.narrow(0, 0, b / 2)?;
         let out = self.denoise(&Tensor::cat(&[&half, &half], 0)?, &t, &cond, false)?;
+        crate::finite::check_output(&out)?;
         let guided = apply_guidance(
             &out,
             cfg_scale,
@@ -217,12 +219,39 @@ impl Denoiser for LatteModel {
         vec![batch, c.num_frames, c.in_channels, c.input_size, c.input_size]
     }
 
+    /// Tokens × width for the live activations, plus the attention scores of the larger of the spatial
+    /// attention (the N patches of each frame: N² per head) and the temporal one (the video's frames at each
+    /// patch: frames² per head), as the configured kernel holds them.
     fn activation_elements(&self, dims: &[usize], grad: bool) -> u128 {
         let c = &self.cfg;
         let numel = dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
-        let tokens = numel / (c.in_channels.max(1) * c.patch_size * c.patch_size * c.tubelet_size) as u128;
+        let tokens = numel / (c.in_channels.max(1) * c.patch_size * c.patch_size * c.temporal_patch()) as u128;
         let live = if grad { 2 * c.depth as u128 + 6 } else { 6 };
-        tokens.saturating_mul(c.hidden_size as u128).saturating_mul(live)
+        let activations = tokens.saturating_mul(c.hidden_size as u128).saturating_mul(live);
+        let (batch, frames) = (dims.first().copied().unwrap_or(0), dims.get(1).copied().unwrap_or(0));
+        let (patches, video) = (c.num_spatial_tokens(), c.num_temporal_tokens());
+        // Image frames (after the video's) are one temporal token each.
+        let temporal_tokens = video + frames.saturating_sub(c.num_frames);
+        // Split-head blocks give half of the heads to each kind of attention.
+        let heads = if c.variant == Variant::V4 {
+            c.num_heads / 2
+        } else {
+            c.num_heads
+        };
+        let kernel = AttentionKernel::from_config(c.attention, c.attention_chunk_size);
+        let scores = |groups: usize, len: usize| {
+            let shape = AttentionShape {
+                groups,
+                heads,
+                queries: len,
+                keys: len,
+                head_dim: c.hidden_size / c.num_heads.max(1),
+            };
+            score_elements(kernel, self.device(), self.dtype(), shape, grad)
+        };
+        let spatial = scores(batch.saturating_mul(temporal_tokens), patches);
+        let temporal = scores(batch.saturating_mul(patches), video);
+        activations.saturating_add(spatial.max(temporal))
     }
 
     fn null_condition(&self, cond: &Condition) -> Result<Condition> {

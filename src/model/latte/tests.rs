@@ -301,3 +301,39 @@ fn the_device_generic_path_matches_the_fused_kernels() {
         });
     }
 }
+
+/// Issue 30: the estimate counted tokens × width only; the spatial attention holds N² scores per (frame, head)
+/// and the temporal one frames² per (patch, head), as the kernel allocates them (a buffer per thread on the CPU).
+#[test]
+fn the_memory_estimate_holds_the_attention_scores() {
+    let threads = |problems: usize| rayon::current_num_threads().min(problems) as u128;
+    let spatial = LatteConfig {
+        input_size: 64,
+        patch_size: 1,
+        ..tiny(Variant::V1, Injection::Adaln, TemporalPos::Absolute, false)
+    };
+    let model = LatteModel::new(&spatial, &Device::Cpu, DType::F32, 0).unwrap();
+    // 4096 patches per frame: 2^24 scores per (frame, head).
+    let dims = [1, 4, 2, 64, 64];
+    assert!(model.activation_elements(&dims, false) >= threads(4 * 4) * (1 << 24));
+    // Split heads: half of them for each kind of attention, no fewer buffers with enough problems.
+    let split = LatteModel::new(
+        &LatteConfig {
+            variant: Variant::V4,
+            depth: 2,
+            ..spatial.clone()
+        },
+        &Device::Cpu,
+        DType::F32,
+        0,
+    )
+    .unwrap();
+    assert!(split.activation_elements(&dims, false) >= threads(4 * 2) * (1 << 24));
+    let temporal = LatteConfig {
+        num_frames: 2048,
+        ..tiny(Variant::V1, Injection::Adaln, TemporalPos::Absolute, false)
+    };
+    let model = LatteModel::new(&temporal, &Device::Cpu, DType::F32, 0).unwrap();
+    // 2048 frames at each of 4 patches: 2^22 scores per (patch, head).
+    assert!(model.activation_elements(&[1, 2048, 2, 4, 4], false) >= threads(4 * 4) * (1 << 22));
+}

@@ -61,7 +61,8 @@ impl LatteT2VConfig {
 
     /// Parses a diffusers `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = crate::error::parse_json(text.as_bytes()).map_err(LatteError::Config)?;
+        let cfg: Self = crate::error::parse_json_object(text.as_bytes())
+            .map_err(|e| LatteError::Config(format!("LatteTransformer3DModel config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -14,6 +14,7 @@ use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::open::wrong_kind;
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
 use crate::model::{Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
+use crate::nn::attention::{score_elements, AttentionKernel, AttentionShape};
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};
 
@@ -120,6 +121,48 @@ impl LatteT2VModel {
     }
 }
 
+impl LatteT2VModel {
+    /// The attention scores of `groups` sequences of `queries` attending to `keys` in every head (see
+    /// [`crate::nn::attention::score_elements`]).
+    fn score_elements(&self, groups: usize, queries: usize, keys: usize, grad: bool) -> u128 {
+        let shape = AttentionShape {
+            groups,
+            heads: self.cfg.num_attention_heads,
+            queries,
+            keys,
+            head_dim: self.cfg.attention_head_dim,
+        };
+        score_elements(AttentionKernel::Auto, self.device(), self.dtype(), shape, grad)
+    }
+
+    /// Refuses, as [`LatteError::Memory`], a pass whose caption (`caption_dims`, checked: (B, S, C) or (B, n,
+    /// S, C)) makes it larger than the memory available: the projected caption is repeated for every frame and
+    /// projected to keys and values in every layer, and the cross-attention scores are L × S per (frame, head);
+    /// on top of the latents' own activations (without gradients: a lower bound for training too).
+    pub(crate) fn check_caption_memory(&self, x_dims: &[usize], caption_dims: &[usize]) -> Result<()> {
+        let (&[batch, _, frames, height, width], Some(&len)) = (x_dims, caption_dims.iter().rev().nth(1)) else {
+            return Ok(());
+        };
+        let c = &self.cfg;
+        let patches = (height / c.patch_size).saturating_mul(width / c.patch_size);
+        let groups = batch.saturating_mul(frames);
+        let captions = (groups as u128)
+            .saturating_mul(len as u128)
+            .saturating_mul(c.inner_dim() as u128)
+            .saturating_mul(3);
+        let total = self
+            .activation_elements(x_dims, false)
+            .saturating_add(captions)
+            .saturating_add(self.score_elements(groups, patches, len, false));
+        crate::limits::ensure_fits(
+            total.saturating_mul(self.dtype().size_in_bytes().max(4) as u128),
+            &format!(
+                "a forward pass with encoder_hidden_states of shape {caption_dims:?} on latents of shape {x_dims:?}"
+            ),
+        )
+    }
+}
+
 impl Denoiser for LatteT2VModel {
     fn spec(&self) -> DenoiserSpec {
         DenoiserSpec {
@@ -139,12 +182,29 @@ impl Denoiser for LatteT2VModel {
         vec![batch, c.in_channels, c.video_length, c.sample_size, c.sample_size]
     }
 
+    /// Tokens × width for the live activations, plus the scores of the larger of the spatial self-attention
+    /// (the L = H/p × W/p patches of each frame: L² per head, however unequal H and W) and the temporal one (the
+    /// video's frames at each patch: frames² per head). The caption's share is checked with the caption (see
+    /// [`LatteT2VModel::check_caption_memory`]).
     fn activation_elements(&self, dims: &[usize], grad: bool) -> u128 {
         let c = &self.cfg;
         let numel = dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
         let tokens = numel / (c.in_channels.max(1) * c.patch_size * c.patch_size) as u128;
         let live = if grad { 2 * 2 * c.num_layers as u128 + 6 } else { 6 };
-        tokens.saturating_mul(c.inner_dim() as u128).saturating_mul(live)
+        let activations = tokens.saturating_mul(c.inner_dim() as u128).saturating_mul(live);
+        let &[batch, _, frames, height, width] = dims else {
+            return activations;
+        };
+        let patches = (height / c.patch_size).saturating_mul(width / c.patch_size);
+        let spatial = self.score_elements(batch.saturating_mul(frames), patches, patches, grad);
+        // Image frames after the video's (joint clips) are left out of the temporal blocks.
+        let video = if frames == 1 { 1 } else { frames.min(c.video_length) };
+        let temporal = if self.temporal_attention {
+            self.score_elements(batch.saturating_mul(patches), video, video, grad)
+        } else {
+            0
+        };
+        activations.saturating_add(spatial.max(temporal))
     }
 
     fn null_condition(&self, cond: &Condition) -> Result<Condition> {
@@ -170,14 +230,16 @@ impl Denoiser for LatteT2VModel {
         let Condition::Text { embeddings, mask } = cond else {
             return Err(self.refuse(cond));
         };
-        inputs::check_caption(
+        let checked = inputs::check_caption(
             &self.cfg,
             embeddings,
             mask.as_ref(),
             x_dims,
             self.dtype(),
             self.device(),
-        )
+        )?;
+        self.check_caption_memory(x_dims, embeddings.dims())?;
+        Ok(checked)
     }
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {

@@ -232,3 +232,70 @@ fn the_device_generic_path_matches_the_fused_kernels() {
         }
     }
 }
+
+/// Issue 30: the estimate counted tokens × width only, so latents of one row of many patches asked the attention
+/// kernel for L² scores per (frame, head) unseen; the temporal blocks attend over frames² per patch.
+#[test]
+fn the_memory_estimate_holds_the_attention_scores_of_non_square_latents() {
+    let model = LatteT2VModel::new(&tiny("gelu-approximate", false), &Device::Cpu, DType::F32, 0).unwrap();
+    let threads = |problems: usize| rayon::current_num_threads().min(problems) as u128;
+    // 3 frames of one row of 2^16 patches: 2^32 scores per (frame, head), one buffer per thread at once; the
+    // activations alone (tokens × width × a few) are 2^16 · 3 · 8 · 6 values.
+    let wide = model.activation_elements(&[1, 3, 3, 2, 1 << 17], false);
+    assert!(wide >= threads(3 * 2) * (1u128 << 32), "{wide}");
+    let e = model.check_memory(&[1, 3, 3, 2, 1 << 22], false).unwrap_err();
+    assert!(matches!(e, crate::LatteError::Memory(_)), "{e}");
+    // Many frames of one patch: frames² scores per patch and head in the temporal blocks, none without them.
+    let long = LatteT2VConfig {
+        video_length: 1 << 12,
+        ..tiny("gelu-approximate", false)
+    };
+    let model = LatteT2VModel::new(&long, &Device::Cpu, DType::F32, 0).unwrap();
+    let dims = [1, 3, 1 << 12, 2, 2];
+    assert!(model.activation_elements(&dims, false) >= threads(2) * (1u128 << 24));
+    assert!(model.with_temporal_attention(false).activation_elements(&dims, false) < 1 << 20);
+}
+
+#[test]
+fn a_caption_too_long_for_memory_is_refused_with_the_caption() {
+    let model = LatteT2VModel::new(&tiny("gelu-approximate", false), &Device::Cpu, DType::F32, 0).unwrap();
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 3, 3, 4, 4), DType::F32, &dev).unwrap();
+    let short = Tensor::zeros((1, 7, 5), DType::F32, &dev).unwrap();
+    let text = |embeddings: Tensor| Condition::Text { embeddings, mask: None };
+    assert!(model.check_condition(&text(short), x.dims()).is_ok());
+    // The caption's length is checked against the memory before the per-frame copies and the cross-attention
+    // scores are allocated.
+    let e = model
+        .check_caption_memory(x.dims(), &[1, 1 << 38, 5])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("encoder_hidden_states of shape [1, 274877906944, 5]") && e.contains("needs about"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_config_that_is_not_a_json_object_is_refused_by_name() {
+    for text in ["[]", "3", "null", "\"x\"", "[1]"] {
+        let e = LatteT2VConfig::from_json(text).unwrap_err().to_string();
+        assert!(
+            e.contains("LatteTransformer3DModel config: expected a JSON object of config keys"),
+            "{text}: {e}"
+        );
+    }
+    assert_eq!(LatteT2VConfig::from_json("{}").unwrap(), LatteT2VConfig::default());
+    let dir = std::env::temp_dir().join(format!("latte-rs-t2v-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.json");
+    std::fs::write(&path, "[]").unwrap();
+    let e = crate::weights::diffusers::read_config::<LatteT2VConfig>(&path)
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.contains("config.json: expected a JSON object of config keys, got an array of 0 values"),
+        "{e}"
+    );
+}
