@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from .inputs import check_int
+
 SHAPES = ("square", "disc", "triangle", "cross")
 DIRECTIONS = ("right", "left", "down", "up")
 #: The background's value (every channel, in [-1, 1]).
@@ -112,7 +114,7 @@ class SyntheticVideos:
         self.speed = speed
         self.shape_size = (low_size, high_size)
         self.class_colours = bool(class_colours)
-        self.seed = seed
+        self.seed = check_int("seed", seed, 0)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -214,7 +216,7 @@ class CaptionedSyntheticVideos:
         self.combinations = {"train": [x for x in every if x not in held], "held_out": list(HELD_OUT),
                              "all": every}[combinations]
         self.num_clips, self.num_frames, self.image_size = num_clips, num_frames, image_size
-        self.speed, self.shape_size, self.seed = speed, self._base.shape_size, seed
+        self.speed, self.shape_size, self.seed = speed, self._base.shape_size, self._base.seed
 
     def __len__(self) -> int:
         return self.num_clips
