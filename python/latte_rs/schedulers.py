@@ -42,6 +42,18 @@ class SchedulerOutput:
     pred_original_sample: np.ndarray
 
 
+def _json_value(key: str, value: Any) -> Any:
+    """A config value as JSON takes it: NumPy numbers and arrays (``trained_betas``) as Python numbers and lists;
+    TypeError naming `key` for anything JSON cannot hold."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{key}: expected a number, string, bool, list or None, got {type(value).__name__}") from None
+    return value
+
+
 class _DiffusersScheduler:
     """The diffusers face shared by the schedulers; ``core`` is the Rust scheduler it delegates to (what the
     native sampling loop runs)."""
@@ -52,9 +64,7 @@ class _DiffusersScheduler:
     order = 1
 
     def __init__(self, **config: Any) -> None:
-        config = {k: v for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
-        if isinstance(config.get("trained_betas"), np.ndarray):
-            config["trained_betas"] = config["trained_betas"].tolist()
+        config = {k: _json_value(k, v) for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
         self.core = Scheduler(self._kind, json.dumps({**self._defaults, **config}))
         self._generator = Generator(0)
 
