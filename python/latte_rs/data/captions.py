@@ -263,7 +263,12 @@ class CaptionedVideos(VideoClips):
             else:
                 relative = Path(str(values[path_col]).strip())
             path = relative if relative.is_absolute() else root / relative
-            if not path.exists():
+            try:
+                exists = path.exists()
+            except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+                bad[key] = f"unusable path {str(path)[:200]!r} ({e.strerror if isinstance(e, OSError) else e})"
+                continue
+            if not exists:
                 bad[key] = f"no such video {path}"
                 continue
             sources.append(path)

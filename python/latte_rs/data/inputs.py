@@ -38,6 +38,8 @@ def regular_file_error(path: str | os.PathLike) -> str | None:
         mode = os.stat(path).st_mode
     except OSError as e:
         return e.strerror or str(e)
+    except ValueError as e:  # a NUL byte in the name
+        return str(e)
     return None if stat.S_ISREG(mode) else f"not a regular file ({_kind(mode)})"
 
 

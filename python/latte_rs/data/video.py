@@ -387,10 +387,18 @@ class VideoClips:
         """The ``use_image_num`` single frames clip `index` appends, (n, 3, S, S), and the sources they come
         from: each a random frame of a random other good source, drawn from ``[seed, epoch, index, 1]``."""
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        n = len(self)
+
+        def candidates():
+            # n random draws; past as many misses (bad sources), every source in a random order, so that bad files
+            # never make a good clip fail (its own source is among them).
+            for _ in range(n):
+                yield int(rng.integers(n))
+            yield from (int(i) for i in rng.permutation(n))
+
         images, others = [], []
         for _ in range(self.use_image_num):
-            for _attempt in range(len(self)):
-                other = int(rng.integers(len(self)))
+            for other in candidates():
                 if str(self.sources[other]) in self.bad:
                     continue
                 try:
