@@ -83,6 +83,7 @@ def test_every_error_a_user_can_cause_is_one_line_naming_the_option(tmp_path, ca
     (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     (tmp_path / "stats.npz").write_bytes(b"PK\x03\x04" + b"\0" * 60)  # a zip's magic, then nothing
     out = ["--output-dir", str(tmp_path / "out")]
+    late = ["--output-dir", str(tmp_path / "late")]  # refused once the experiment folder is made
     cases = [
         (["train", "--config", str(tmp_path / "syntax.yaml")], "syntax.yaml"),
         (["train", "--config", str(tmp_path / "tag.yaml")], "tag.yaml"),
@@ -91,6 +92,11 @@ def test_every_error_a_user_can_cause_is_one_line_naming_the_option(tmp_path, ca
         (["train", "--set", "num_frames=[16"], "--set num_frames"),
         (["train", "--set", "model=!!python/name:os.system"], "--set model"),
         (["train", "--set", "novalue"], "--set"),
+        # Found by the campaign's cli target: a YAML list that holds itself, a number past len()'s range, a typo in
+        # model_config.
+        (["train", "--set", "max_train_steps=&a [*a]", *out], "max_train_steps"),
+        (["train", "--set", "num_clips=18446744073709551616", "--steps", "1", *late], "num_clips"),
+        (["train", "--set", "model_config={depht: 2}", "--steps", "1", *late], "model_config"),
         (["train", "--steps", "-1", *out], "--steps"),
         (["train", "--steps", "0", *out], "--steps"),
         (["encode", "--output", str(tmp_path / "c"), "--set", "a: b: c"], "--set"),

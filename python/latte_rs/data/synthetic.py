@@ -8,6 +8,7 @@ class-conditional models have something to learn.
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import numpy as np
@@ -92,9 +93,10 @@ class SyntheticVideos:
             raise ValueError(f"num_classes: expected 1 to 4, got {num_classes}")
         if num_shapes < 1:
             raise ValueError(f"num_shapes: expected at least 1, got {num_shapes}")
-        # Bounds far beyond any use (each clip is rendered whole, num_shapes times): a larger value is a typo.
+        # Bounds far beyond any use (each clip is rendered whole, num_shapes times): a larger value is a typo. The
+        # clip count must fit len(), which Python holds in an index-sized int.
         for name, value, most in (("num_frames", num_frames, 1 << 16), ("image_size", image_size, 1 << 14),
-                                  ("num_shapes", num_shapes, 64)):
+                                  ("num_shapes", num_shapes, 64), ("num_clips", num_clips, sys.maxsize)):
             if value > most:
                 raise ValueError(f"{name}: expected at most {most}, got {value}")
         if not speed > 0:

@@ -183,7 +183,12 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise ValueError(f"config: {path} must hold a mapping of keys to values, got {type(raw).__name__}")
     elif isinstance(config, Mapping):
-        raw = plain(dict(config))
+        raw = {}
+        for key, value in config.items():
+            try:
+                raw[key] = plain(value)
+            except RecursionError:  # YAML's `&a [*a]` is a list that holds itself
+                raise ValueError(f"config: {key} nests too deeply or holds itself") from None
     else:
         raise TypeError(f"config: expected a YAML path or a mapping, got {type(config).__name__}")
     unknown = sorted(set(raw) - set(DEFAULTS) - _IGNORED)
@@ -248,6 +253,8 @@ def model_config(cfg: Mapping[str, Any]) -> LatteConfig:
         return LatteConfig.preset(cfg["model"], **overrides)
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
+    except TypeError as e:  # an unknown or mistyped key of model_config
+        raise TypeError(f"config: model_config: {e}") from None
 
 
 def t2v_config(cfg: Mapping[str, Any]) -> LatteT2VConfig:
@@ -260,7 +267,10 @@ def t2v_config(cfg: Mapping[str, Any]) -> LatteT2VConfig:
     out = dict(in_channels=channels, out_channels=2 * channels if cfg["learn_sigma"] else channels,
                sample_size=size, video_length=cfg["num_frames"])
     out.update(cfg["model_config"])
-    return LatteT2VConfig(**out)
+    try:
+        return LatteT2VConfig(**out)
+    except TypeError as e:  # an unknown or mistyped key of model_config
+        raise TypeError(f"config: model_config: {e}") from None
 
 
 def model_dtype(cfg: Mapping[str, Any]) -> str:
