@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._inputs import load_json, read_text
 from ._native import Generator, Scheduler
 
 CONFIG_NAME = "scheduler_config.json"
@@ -40,6 +41,20 @@ class SchedulerOutput:
 
     prev_sample: np.ndarray
     pred_original_sample: np.ndarray
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A `scheduler_config.json`: FileNotFoundError if there is none, ValueError naming it if it is not a regular
+    file holding a JSON object."""
+    if not path.exists():
+        raise FileNotFoundError(f"config: no scheduler config at {path}")
+    try:
+        config = load_json(read_text(path), str(path))
+    except (ValueError, OSError) as e:  # not a regular file, not UTF-8, not JSON, nested too deeply
+        raise ValueError(f"config: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config: {path} holds a JSON {type(config).__name__}, not an object of settings")
+    return config
 
 
 def _json_value(key: str, value: Any) -> Any:
@@ -76,9 +91,7 @@ class _DiffusersScheduler:
             path = Path(config)
             if path.is_dir():
                 path = path / CONFIG_NAME
-            if not path.is_file():
-                raise FileNotFoundError(f"config: no scheduler config at {path}")
-            config = json.loads(path.read_text())
+            config = read_config(path)
         return cls(**{**config, **overrides})
 
     @property

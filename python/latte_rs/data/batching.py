@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import check_int
+from .._inputs import check_int
 
 
 def clip_and_label(item: Any) -> tuple[np.ndarray, int | None, np.ndarray | None]:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .inputs import load_json, read_text, regular_file_error, text_stream
+from .._inputs import load_json, read_text, regular_file_error, text_stream
 from .video import Resize, VideoClips, scan
 
 #: Columns read as the video's path, in this order of preference.

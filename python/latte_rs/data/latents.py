@@ -47,8 +47,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from .._inputs import check_int, load_json, read_text
 from ..text import encode_captions
-from .inputs import check_int, load_json, read_text
 
 INDEX = "index.json"
 NULL_CAPTION = "null_caption.safetensors"

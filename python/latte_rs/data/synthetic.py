@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from .inputs import check_int
+from .._inputs import check_int
 
 SHAPES = ("square", "disc", "triangle", "cross")
 DIRECTIONS = ("right", "left", "down", "up")

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from .inputs import check_int, check_pixels, open_regular, read_text, regular_file_error
+from .._inputs import check_int, check_pixels, open_regular, read_text, regular_file_error
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.inputs import load_json, open_regular
+from .._inputs import load_json, open_regular
 from . import sources
 from .metrics import RunningStats, frechet_distance
 from .settings import Protocol

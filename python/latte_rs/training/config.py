@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 
 from .. import data
+from .._inputs import read_text
 from .._native import LatteConfig, LatteT2VConfig
-from ..data.inputs import read_text
 
 # Keys whose YAML values may arrive as strings ("1e-4" is a string in YAML 1.1) and their types.
 _NUMERIC = {

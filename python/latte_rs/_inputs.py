@@ -1,12 +1,12 @@
-"""What a dataset is given: the files it names, opened as the Rust readers open them, and the numbers (seeds,
+"""What the package is given: the files it names, opened as the Rust readers open them, and the numbers (seeds,
 epochs, sizes), checked where they enter.
 
 Only regular files are opened: a named pipe called ``clip.mp4`` would make a decoder wait forever for a writer, and
 a device (``/dev/zero``) would never end. The file is opened without blocking, asked what it is, and refused
 unless it is a regular file; the same descriptor is then read, so a file swapped for a pipe in between is caught
-too. Errors are ``ValueError`` naming the file, so the loaders' report-skip-replace path handles them. A seed or
-an epoch that NumPy's generators cannot take is refused when it is given, not when a clip is read (where it would
-be blamed on the video).
+too. Errors are ``ValueError`` naming the file, so the data loaders' report-skip-replace path handles them. A seed
+or an epoch that NumPy's generators cannot take is refused when it is given, not when a clip is read (where it
+would be blamed on the video).
 """
 
 from __future__ import annotations
