@@ -93,10 +93,11 @@ def test_every_error_a_user_can_cause_is_one_line_naming_the_option(tmp_path, ca
         (["train", "--set", "model=!!python/name:os.system"], "--set model"),
         (["train", "--set", "novalue"], "--set"),
         # Found by the campaign's cli target: a YAML list that holds itself, a number past len()'s range, a typo in
-        # model_config.
+        # model_config, one number for the synthetic shapes' size range.
         (["train", "--set", "max_train_steps=&a [*a]", *out], "max_train_steps"),
         (["train", "--set", "num_clips=18446744073709551616", "--steps", "1", *late], "num_clips"),
         (["train", "--set", "model_config={depht: 2}", "--steps", "1", *late], "model_config"),
+        (["train", "--set", "shape_size=1e300", "--steps", "1", *late], "shape_size"),
         (["train", "--steps", "-1", *out], "--steps"),
         (["train", "--steps", "0", *out], "--steps"),
         (["encode", "--output", str(tmp_path / "c"), "--set", "a: b: c"], "--set"),

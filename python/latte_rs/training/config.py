@@ -292,7 +292,7 @@ def make_dataset(cfg: Mapping[str, Any]):
             image_size=cfg["image_size"],
             label_by=cfg["label_by"],
             num_classes=min(int(classes), 4),
-            shape_size=tuple(cfg["shape_size"]),
+            shape_size=cfg["shape_size"],
             speed=cfg["shape_speed"],
             class_colours=bool(cfg["class_colours"]),
             seed=cfg["global_seed"],
@@ -300,7 +300,7 @@ def make_dataset(cfg: Mapping[str, Any]):
     if name == "synthetic_captions":  # built in: "a red square moving left", the held-out combinations left out
         return data.CaptionedSyntheticVideos(num_clips=cfg["num_clips"], num_frames=cfg["num_frames"],
                                              image_size=cfg["image_size"], speed=cfg["shape_speed"],
-                                             shape_size=tuple(cfg["shape_size"]), seed=cfg["global_seed"])
+                                             shape_size=cfg["shape_size"], seed=cfg["global_seed"])
     if name == "latents":  # a cache written by `latte-rs encode`
         if not cfg["data_path"]:
             raise ValueError("data_path: dataset 'latents' needs the folder of a latent cache")
