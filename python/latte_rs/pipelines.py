@@ -21,7 +21,6 @@ when ``clean_caption`` cannot run (it needs bs4 and ftfy); the caption cleaning 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 from . import _native
 from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE, open_model
 from .sampling import progress_bar, sample
-from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, read_config
 from .text import MAX_LENGTH, T5Tokenizer, encode_captions
 from .video_io import frame_grid, save_gif, save_mp4
 from .video_io import show as _show
@@ -44,9 +43,9 @@ SCHEDULERS = {c.__name__: c for c in (DDIMScheduler, DDPMScheduler, DPMSolverMul
 def load_scheduler(folder: str | os.PathLike):
     """The scheduler a diffusers ``scheduler/`` folder describes (DDIM, DDPM, Euler or DPM-Solver++)."""
     path = Path(folder) / "scheduler_config.json"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"scheduler: no such file {path}")
-    config = json.loads(path.read_text())
+    config = read_config(path)
     name = config.get("_class_name", "DDIMScheduler")
     if name not in SCHEDULERS:
         raise ValueError(f"{path}: scheduler {name!r} is not supported; expected one of {sorted(SCHEDULERS)}")

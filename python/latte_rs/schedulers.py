@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._inputs import load_json, read_text
 from ._native import Generator, Scheduler
 
 CONFIG_NAME = "scheduler_config.json"
@@ -42,6 +43,32 @@ class SchedulerOutput:
     pred_original_sample: np.ndarray
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A `scheduler_config.json`: FileNotFoundError if there is none, ValueError naming it if it is not a regular
+    file holding a JSON object."""
+    if not path.exists():
+        raise FileNotFoundError(f"config: no scheduler config at {path}")
+    try:
+        config = load_json(read_text(path), str(path))
+    except (ValueError, OSError) as e:  # not a regular file, not UTF-8, not JSON, nested too deeply
+        raise ValueError(f"config: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config: {path} holds a JSON {type(config).__name__}, not an object of settings")
+    return config
+
+
+def _json_value(key: str, value: Any) -> Any:
+    """A config value as JSON takes it: NumPy numbers and arrays (``trained_betas``) as Python numbers and lists;
+    TypeError naming `key` for anything JSON cannot hold."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{key}: expected a number, string, bool, list or None, got {type(value).__name__}") from None
+    return value
+
+
 class _DiffusersScheduler:
     """The diffusers face shared by the schedulers; ``core`` is the Rust scheduler it delegates to (what the
     native sampling loop runs)."""
@@ -52,9 +79,7 @@ class _DiffusersScheduler:
     order = 1
 
     def __init__(self, **config: Any) -> None:
-        config = {k: v for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
-        if isinstance(config.get("trained_betas"), np.ndarray):
-            config["trained_betas"] = config["trained_betas"].tolist()
+        config = {k: _json_value(k, v) for k, v in config.items() if k not in ("_class_name", "_diffusers_version")}
         self.core = Scheduler(self._kind, json.dumps({**self._defaults, **config}))
         self._generator = Generator(0)
 
@@ -66,9 +91,7 @@ class _DiffusersScheduler:
             path = Path(config)
             if path.is_dir():
                 path = path / CONFIG_NAME
-            if not path.is_file():
-                raise FileNotFoundError(f"config: no scheduler config at {path}")
-            config = json.loads(path.read_text())
+            config = read_config(path)
         return cls(**{**config, **overrides})
 
     @property

@@ -18,9 +18,18 @@ and ``--cases`` give the same cases on every run (after a crash the worker resta
 derived from its index, so the sequence stays deterministic), and every case's drawn arguments are recorded as
 they are drawn, so that a crash is reported with the arguments that caused it.
 
-    python tests/robustness/campaign.py --cases 1000              # the long run (every target, ~15 min on 2 cores)
+    python tests/robustness/campaign.py --cases 1000 --table fuzz.md   # the long run (every target, ~15 min on 2 cores)
     python tests/robustness/campaign.py --cases 30 --json out.json
     python tests/robustness/campaign.py --target trainer --cases 100 --verbose
+
+The data loaders and the command line get crafted files (issue 30): ``data_folder`` builds a dataset folder of good,
+damaged and garbage videos and frames, named pipes, device links and folders named like videos, frames and captions,
+decompression-bomb PNGs and frames of mixed sizes, and reads it with ``VideoClips``, ``CaptionedVideos``,
+``batches`` and FVD's folder reading; ``manifests`` writes CSV / JSON / JSON-lines manifests with hostile rows and
+damaged text; ``cli`` runs ``latte-rs train`` with damaged configs, ``--set`` overrides and ``--steps``. Where a case
+holds a good source (an intact video, a valid manifest row), a refusal is itself a defect (unclear): one bad file
+must never take the good ones down. A ``cli`` case is ok (a run) or refused (one line on stderr that names what it
+is about, a non-zero status); anything else is unclear.
 """
 
 from __future__ import annotations
@@ -420,7 +429,8 @@ def _mutate(data, st, blob: bytes) -> bytes:
 
 def t_files(data, ctx):
     """Damaged copies of every file kind latte-rs reads: a model file, a trainer checkpoint, an official .pt,
-    diffusers folders (VAE, T5, transformer), a latent cache."""
+    diffusers folders (VAE, T5, transformer), a latent cache, a video folder (mp4 and PNG frames), FVD
+    statistics (.npz)."""
     st = ctx["st"][0]
     latte_rs = ctx["latte_rs"]
     src = ctx["files"]
@@ -442,8 +452,350 @@ def t_files(data, ctx):
         shutil.copy(path, target)
         root = target
     target.write_bytes(_mutate(data, st, target.read_bytes()))
-    load(latte_rs, root)
-    return []
+    returned = load(latte_rs, root)
+    return returned if isinstance(returned, list) else []  # loaders that return values to check list them
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data loaders and the command line, given crafted files (issue 30): named pipes and devices named like videos,
+# frames and captions, decompression bombs, damaged media, hostile manifests and configs. Each case makes its own
+# folder under the worker's temporary one.
+
+
+def _case_dir(ctx) -> Path:
+    import shutil
+
+    folder = Path(ctx["tmp"]) / f"case{ctx['case']}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _mp4_bytes(frames: int = 10, size: int = 16) -> bytes:
+    """A small mpeg4 clip (frames brightening), as bytes."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        stream = c.add_stream("mpeg4", rate=10)
+        stream.height = stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            img = np.full((size, size, 3), i * 20 % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return buf.getvalue()
+
+
+def _image_bytes(value: int, size: int = 8, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares `width` x `height` RGB pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(
+        b"IEND", b"")
+
+
+def _media(ctx) -> dict:
+    """Good media, made once per worker: a 10-frame mp4, PNG and JPEG frames."""
+    if "media" not in ctx:
+        ctx["media"] = {"mp4": _mp4_bytes(), "png": [_image_bytes(25 * i) for i in range(10)],
+                        "jpeg": _image_bytes(90, fmt="JPEG")}
+    return ctx["media"]
+
+
+def _not_a_file(data, st, path: Path) -> None:
+    """Something at `path` that is not a regular file: a named pipe, a link to a device, a link to nothing, or a
+    folder."""
+    kind = data.draw(st.sampled_from(["fifo", "device", "dangling", "folder"]))
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device" and os.path.exists("/dev/zero"):
+        os.symlink("/dev/zero", path)
+    elif kind == "dangling":
+        os.symlink(path.parent / "nowhere", path)
+    else:
+        path.mkdir()
+
+
+ENTRY_KINDS = ("video", "video", "video_damaged", "video_garbage", "video_empty", "video_not_a_file", "frames",
+               "frames", "frames_damaged", "frames_not_a_file", "frames_bomb", "frames_mixed_sizes")
+
+
+def _entry(data, st, ctx, folder: Path, name: str) -> tuple[str, str]:
+    """One crafted dataset entry `name` in `folder` (a video file or a frame folder), maybe with a caption; returns
+    the kinds of both."""
+    media = _media(ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = data.draw(st.sampled_from(ENTRY_KINDS))
+    ext = data.draw(st.sampled_from([".mp4", ".avi", ".mkv", ".MP4"]))
+    if kind.startswith("video"):
+        path = folder / f"{name}{ext}"
+        if kind == "video_not_a_file":
+            _not_a_file(data, st, path)
+        elif kind == "video_damaged":
+            path.write_bytes(_mutate(data, st, media["mp4"]))
+        elif kind == "video_garbage":
+            path.write_bytes(data.draw(st.binary(max_size=2048)))
+        else:
+            path.write_bytes(media["mp4"] if kind == "video" else b"")
+    else:
+        path = folder / name
+        path.mkdir()
+        count = data.draw(st.integers(1, 10))
+        for i in range(count):
+            (path / f"{i:03d}.png").write_bytes(media["png"][i])
+        k = data.draw(st.integers(0, count - 1))
+        frame = path / f"{k:03d}.png"
+        if kind == "frames_damaged":
+            frame.write_bytes(_mutate(data, st, data.draw(st.sampled_from([media["png"][k], media["jpeg"]]))))
+        elif kind == "frames_not_a_file":
+            frame.unlink()
+            _not_a_file(data, st, frame)
+        elif kind == "frames_bomb":
+            frame.write_bytes(_png_declaring(*data.draw(st.sampled_from(
+                [(20000, 20000), (10000, 9000), (2**31 - 1, 1), (1, 2**31 - 1), (0, 0)]))))
+        elif kind == "frames_mixed_sizes":
+            frame.write_bytes(_image_bytes(7, size=data.draw(st.sampled_from([4, 9, 64]))))
+    caption = data.draw(st.sampled_from(["text", "text", "none", "empty", "binary", "not_a_file", "huge"]))
+    text = path.parent / f"{path.name if path.is_dir() else path.stem}.txt"
+    if caption == "not_a_file":
+        _not_a_file(data, st, text)
+    elif caption != "none":
+        text.write_bytes({"text": b"a red fox", "empty": b" \n", "binary": b"\xff\xfe\x00a",
+                          "huge": b"x" * 300_000}[caption])
+    return kind, caption
+
+
+def _must_serve(expected: bool, make):
+    """`make()`; where the case holds a source every loader must serve, a refusal is a defect (one bad file must
+    never take the good ones down with it), reported as an AssertionError (unclear)."""
+    try:
+        return make()
+    except EXPECTED as e:
+        if expected:
+            raise AssertionError(f"refused although a good source is there: {type(e).__name__}: {e}") from None
+        raise
+
+
+def _read_dataset(ds, limit: int = 12) -> list:
+    """Every item of `ds` (at most `limit`) as clips checked for non-finite values."""
+    out = []
+    for i in range(min(len(ds), limit)):
+        item = ds[i]
+        clip = item["video"] if isinstance(item, dict) else item[0]
+        out.append((np.asarray(clip), []))
+    return out
+
+
+def t_data_folder(data, ctx):
+    """A dataset folder of crafted entries (good and damaged videos and frames, named pipes, device links, folders
+    named like videos, decompression bombs, frames of mixed sizes, odd captions), read by every loader: VideoClips,
+    CaptionedVideos, batches() and FVD's folder reading (without the network)."""
+    import warnings
+
+    from latte_rs.data import CaptionedVideos, VideoClips
+    from latte_rs.data.batching import batches
+    from latte_rs.evaluation import Protocol
+    from latte_rs.evaluation.sources import plan
+
+    st, size, _, _ = ctx["st"]
+    root = _case_dir(ctx) / "data"
+    root.mkdir()
+    entries = [_entry(data, st, ctx, root / f"class{k % 2}", f"e{k}") for k in range(data.draw(st.integers(1, 5)))]
+    kinds = [kind for kind, _ in entries]
+    warnings.simplefilter("ignore")  # bad sources are reported as warnings and skipped: the outcome is what counts
+    # One case in five also gets hostile numbers (seeds, epochs, batch sizes, ranks); the rest reach the files.
+    hostile = data.draw(st.integers(0, 4)) == 0
+
+    def number(good):
+        return data.draw(st.one_of(good, size) if hostile else good)
+
+    loader = data.draw(st.sampled_from(["videos", "captions", "batches", "fvd"]))
+    if loader == "fvd":
+        proto = Protocol(num_real=2, num_fake=2, num_frames=9, real_stride=1, fake_stride=1,
+                         image_size=data.draw(st.sampled_from([None, 8])))
+        side = plan(str(root), data.draw(st.sampled_from(["real", "fake"])), proto, "NFHWC")
+        return [(clips, []) for clips, _ in side.batches(2)]
+    clip = dict(num_frames=data.draw(st.integers(1, 4)), frame_interval=data.draw(st.integers(1, 3)),
+                image_size=data.draw(st.sampled_from([4, 8])), seed=number(st.integers(0, 9)),
+                use_image_num=data.draw(st.sampled_from([0, 0, 1, 2])),
+                resize=data.draw(st.sampled_from(["resize_crop", "crop_resize", "none"])))
+    if clip["resize"] == "none" and len({k.startswith("frames") for k in kinds}) > 1:
+        clip["resize"] = "crop_resize"  # videos (16x16) and frames (8x8) of one batch must share a size
+    # A good mp4 (with its caption, for captions) serves every clip: the others are skipped and replaced by it.
+    served = not hostile and any(kind == "video" and (loader != "captions" or caption == "text")
+                                 for kind, caption in entries)
+    kind = CaptionedVideos if loader == "captions" else VideoClips
+    ds = _must_serve(served, lambda: kind(root, **clip))
+    ds.set_epoch(number(st.integers(0, 3)))
+    if loader != "batches":
+        return _must_serve(served, lambda: _read_dataset(ds))
+    world_size = number(st.sampled_from([1, 2]))
+    batch_size = number(st.integers(1, 3))
+    it = batches(ds, batch_size, seed=number(st.integers(0, 9)), world_size=world_size,
+                 rank=number(st.integers(0, max(0, min(int(world_size), 2) - 1))))
+    served = served and -(-len(ds) // int(world_size)) >= int(batch_size)
+    return _must_serve(served, lambda: [(next(it).latents, []) for _ in range(2)])
+
+
+_DEEP_JSON = "[" * 50_000 + "]" * 50_000
+
+
+def t_manifests(data, ctx):
+    """CSV, JSON and JSON-lines manifests with hostile rows (missing, empty, huge, non-text and deeply nested
+    values, paths to named pipes, devices, folders and outside the root) and damaged text (NUL bytes, bad UTF-8,
+    truncation), read by CaptionedVideos."""
+    import csv
+    import io
+    import warnings
+
+    from latte_rs.data import CaptionedVideos
+
+    st = ctx["st"][0]
+    root = _case_dir(ctx)
+    (root / "a.mp4").write_bytes(_media(ctx)["mp4"])
+    _not_a_file(data, st, root / "odd.mp4")
+    paths = st.sampled_from(["a.mp4", "a.mp4", "odd.mp4", "missing.mp4", "../a.mp4", "/dev/zero", "", " ",
+                             str(root / "a.mp4"), "a.mp4\x00x", "x" * 5000])
+    values = st.one_of(st.text(max_size=20), st.sampled_from(["a red fox", "", "x" * 200_000, "\x00"]),
+                       st.none(), st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=2),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    keys = st.sampled_from(["path", "video", "caption", "text", "name", "page_dir", "videoid", "bogus", ""])
+    rows = []
+    for _ in range(data.draw(st.integers(0, 5))):
+        row = {"path": data.draw(paths), "caption": data.draw(st.sampled_from(["a red fox", "a cat"]))}
+        for _ in range(data.draw(st.integers(0, 2))):
+            row[data.draw(keys)] = data.draw(st.one_of(paths, values))
+        rows.append(row)
+    good = any(row["path"] in ("a.mp4", str(root / "a.mp4")) and row["caption"] in ("a red fox", "a cat")
+               for row in rows)
+    kind = data.draw(st.sampled_from(["csv", "json", "jsonl"]))
+    if kind == "csv":
+        columns = sorted({k for row in rows for k in row}) or ["path", "caption"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    elif kind == "json":
+        text = json.dumps(rows)
+    else:
+        text = "\n".join(json.dumps(row) for row in rows)
+    damage = data.draw(st.sampled_from(["none", "none", "deep", "nul", "utf8", "bytes", "truncate", "not_a_list"]))
+    blob = text.encode()
+    if damage == "deep":
+        blob = (text[:-1] + ", " + _DEEP_JSON + "]" if kind == "json" and rows else text + "\n" + _DEEP_JSON).encode()
+    elif damage == "nul":
+        blob = blob.replace(b",", b",\x00", 1)
+    elif damage == "utf8":
+        blob = blob + b"\xff\xfe"
+    elif damage in ("bytes", "truncate"):
+        blob = _mutate(data, st, blob)
+    elif damage == "not_a_list":
+        blob = data.draw(st.sampled_from([b"{}", b"3", b"null", b'"x"']))
+    manifest = root / f"m.{kind}"
+    manifest.write_bytes(blob)
+    warnings.simplefilter("ignore")
+    path_key = data.draw(st.sampled_from([None, None, "path", "bogus", "video"]))
+    caption_key = data.draw(st.sampled_from([None, None, "caption", "name", "bogus"]))
+    # An undamaged manifest with a good row gives a dataset, whatever its other rows hold.
+    served = good and damage == "none" and path_key in (None, "path") and caption_key in (None, "caption")
+    ds = _must_serve(served, lambda: CaptionedVideos(manifest, num_frames=2, frame_interval=1, image_size=8,
+                                                     path_key=path_key, caption_key=caption_key))
+    return _must_serve(served, lambda: _read_dataset(ds))
+
+
+#: The tiny pixel-space training run the CLI target starts from (a step takes well under a second).
+CLI_CONFIG = {"dataset": "synthetic", "model": "Latte-S/2", "num_frames": 2, "image_size": 8, "pixel_space": True,
+              "model_config": {"depth": 2, "hidden_size": 16, "num_heads": 2}, "local_batch_size": 2,
+              "num_clips": 4, "max_train_steps": 1, "ckpt_every": 1, "log_every": 1, "global_seed": 0}
+_YAML_SNIPPETS = ["[16", "!!python/name:os.system", "!!python/object/apply:os.system ['true']", "{a: 1", "&a [*a]",
+                  "'unterminated", "[" * 3000 + "]" * 3000, "-1", "0", "3", "1e3", "2.5", "nan", ".inf", "null",
+                  "true", "x", "[1, 2]", "{depth: 100000000000000000000}", "18446744073709551616", "\x00", "~"]
+
+
+def t_cli(data, ctx):
+    """`latte-rs train` with a hostile config file, --set overrides and --steps: every outcome is a run (status 0)
+    or one line on stderr with a non-zero status; anything else (a traceback, several lines, an exception out of
+    main) is a defect."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from latte_rs.cli import main
+
+    st, size, floats, _ = ctx["st"]
+    case = _case_dir(ctx)
+    cfg = json.loads(json.dumps(CLI_CONFIG))
+    if data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(cfg) + ["model_config.depth", "model_config.bogus", "bogus",
+                                                       "learning_rate", "gradient_accumulation_steps", "ema_decay",
+                                                       "keep_checkpoints", "use_image_num", "frame_interval",
+                                                       "data_path", "pretrained_model_path", "shape_size"]))
+        value = data.draw(st.one_of(st.sampled_from([-1, 0, 1, 3, 2**64, 2**70, 1e300, "x", None, True, [], {},
+                                                     "nan", float("nan"), float("inf"), "Latte-XL/2", "LatteT2V",
+                                                     "folder", "ucf101", "/dev/zero", str(case / "missing")]),
+                                    st.text(max_size=4)))
+        if key.startswith("model_config."):
+            cfg["model_config"][key.split(".", 1)[1]] = value
+        else:
+            cfg[key] = value
+    text = yaml.safe_dump(cfg)
+    damage = data.draw(st.sampled_from(["none", "none", "none", "snippet", "bytes", "not_a_mapping"]))
+    if damage == "snippet":
+        text = text + f"num_frames: {data.draw(st.sampled_from(_YAML_SNIPPETS))}\n"
+    blob = text.encode()
+    if damage == "bytes":
+        blob = _mutate(data, st, blob)
+    elif damage == "not_a_mapping":
+        blob = data.draw(st.sampled_from([b"- a\n", b"3\n", b"'x'\n", b"[" * 3000]))
+    config = case / "config.yaml"
+    if data.draw(st.integers(0, 9)) == 0:
+        _not_a_file(data, st, config)
+    else:
+        config.write_bytes(blob)
+    argv = ["train", "--config", str(config), "--output-dir", str(case / "run"), "--no-progress"]
+    for _ in range(data.draw(st.sampled_from([0, 0, 0, 1, 2]))):
+        argv += ["--set", f"{data.draw(st.sampled_from(sorted(CLI_CONFIG) + ['bogus', '']))}="
+                          f"{data.draw(st.sampled_from(_YAML_SNIPPETS))}"]
+    # Never a long run: --steps is always given, and small when valid.
+    good = data.draw(st.integers(0, 3)) < 3  # hypothesis favours 0: three in four runs get a valid --steps
+    argv += ["--steps", data.draw(st.sampled_from(["1", "2"] if good else ["0", "-1", "x", "1.5", "", "inf"]))]
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's refusals
+            code = e.code
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    if code == 0:
+        return []
+    # A refusal is one line that names what it is about first ("config: ...", "--set KEY: ...", "argument --steps:").
+    if len(lines) == 1 and re.match(r"latte-rs( [\w-]+)?: error: (argument )?[^\s:]+( [^\s:]+)?: ", lines[0]):
+        raise ValueError(lines[0])
+    raise AssertionError(f"exit status {code} with {len(lines)} lines on stderr, or one naming nothing: "
+                         f"{err.getvalue()[-300:]!r}")
 
 
 TARGETS: dict[str, Callable[[Any, dict], list]] = {
@@ -463,6 +815,9 @@ TARGETS: dict[str, Callable[[Any, dict], list]] = {
     "i3d_preprocess": t_i3d_preprocess,
     "synthetic_data": t_synthetic,
     "files": t_files,
+    "data_folder": t_data_folder,
+    "manifests": t_manifests,
+    "cli": t_cli,
 }
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -519,6 +874,7 @@ def _file_sources(latte_rs, out: Path) -> dict:
     if videos is not None:
         sources["video_folder"] = (videos, _read_videos)
     sources["latent_cache"] = (_latent_cache(latte_rs, out / "latents"), _read_latents)
+    sources["feature_stats"] = (_feature_stats(out / "stats.npz"), _read_feature_stats)
     pt = _official_pt(out)
     if pt is not None:
         sources["official_pt"] = (pt, lambda m, p: m.LatteModel.from_checkpoint(
@@ -545,7 +901,27 @@ def _video_folder(out: Path) -> Path | None:
                         c.mux(packet)
                 for packet in stream.encode():
                     c.mux(packet)
+    frames = out / "walk" / "frames"  # a frame folder: damaged PNGs reach Pillow
+    frames.mkdir(exist_ok=True)
+    for i in range(4):
+        (frames / f"{i:03d}.png").write_bytes(_image_bytes(40 * i, size=16))
     return out
+
+
+def _feature_stats(path: Path) -> Path:
+    """FVD statistics as feature_stats saves them (the .npz `latte-rs fvd` takes for REAL or FAKE)."""
+    from latte_rs.evaluation import FeatureStats, Protocol
+
+    features = np.random.default_rng(0).standard_normal((8, 400))
+    return FeatureStats(features.mean(0), np.cov(features, rowvar=False), 8,
+                        {"protocol": Protocol().side("real")}).save(path)
+
+
+def _read_feature_stats(latte_rs, path: Path) -> list:
+    from latte_rs.evaluation import FeatureStats
+
+    stats = FeatureStats.load(path)
+    return [(stats.mean, []), (stats.cov, [])]
 
 
 def _read_videos(latte_rs, root: Path) -> None:
@@ -778,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--json", help="write every case's record and the table here")
+    ap.add_argument("--table", help="also write the outcome table (Markdown) here")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -797,6 +1174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target}: {len(results[target])} cases in {time.time() - t1:.0f} s", file=sys.stderr)
     table = summarise(results)
     print(format_table(table))
+    if args.table:
+        Path(args.table).write_text(format_table(table) + "\n")
     print(f"\n{sum(r['cases'] for r in table.values())} cases in {time.time() - t0:.0f} s", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table, "cases": results}, indent=1))

@@ -7,6 +7,9 @@ alphas_cumprod reaches 0 and an impossible DDIM eta are ValueErrors.
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
@@ -67,3 +70,38 @@ def test_step_options_outside_their_range_are_refused_by_name():
     model = latte_rs.LatteModel(tiny_config(), seed=0)
     with pytest.raises(ValueError, match="eta"):
         latte_rs.sample(model, latte_rs.DDIMScheduler(), eta=2.0, num_inference_steps=2, progress=False)
+
+
+def test_a_scheduler_config_is_read_as_a_regular_file_holding_a_json_object(tmp_path):
+    """A named pipe as scheduler_config.json (a Latte-1 folder's scheduler/) is refused as one, never waited on (it
+    was called 'no such file'); JSON nested past the recursion limit was a RecursionError naming nothing, a JSON list
+    an AttributeError (issue 30, defect 7)."""
+    from latte_rs.pipelines import load_scheduler
+
+    folder = tmp_path / "scheduler"
+    folder.mkdir()
+    config = folder / "scheduler_config.json"
+    os.mkfifo(config)
+    for load in (load_scheduler, latte_rs.DDIMScheduler.from_config):
+        errors: list = []
+        reader = threading.Thread(target=lambda: errors.append(_error_of(load, folder)), daemon=True)  # noqa: B023
+        reader.start()
+        reader.join(30)
+        if reader.is_alive():
+            os.close(os.open(config, os.O_RDWR))  # lets the reader stuck on the pipe go
+            pytest.fail(f"{load.__qualname__} waited on a named pipe")
+        assert isinstance(errors[0], ValueError) and "not a regular file" in str(errors[0])
+    config.unlink()
+    for text, needle in [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("[1, 2]", "not an object")]:
+        config.write_text(text)
+        for load in (load_scheduler, latte_rs.DDIMScheduler.from_config):
+            with pytest.raises(ValueError, match=needle):
+                load(folder)
+
+
+def _error_of(fn, *args) -> BaseException | None:
+    try:
+        fn(*args)
+    except Exception as e:  # the test looks at which
+        return e
+    return None

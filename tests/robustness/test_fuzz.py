@@ -1,8 +1,9 @@
 """The fuzzing campaign at CI size: every entry point, every case isolated, zero defects allowed.
 
 ``tests/robustness/campaign.py`` is the campaign (its docstring has the long-run command); this runs it with
-``LATTE_RS_FUZZ_CASES`` cases per target (default 120, about a minute on two cores) and fails on any signal, panic,
-hang, unclear exception or silent non-finite result, listing each with the arguments that caused it.
+``LATTE_RS_FUZZ_CASES`` cases per target (default 120, a few seconds per target on two cores, about 20 for the
+command line's, which trains a tiny model when its config is valid) and fails on any signal, panic, hang, unclear
+exception or silent non-finite result, listing each with the arguments that caused it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .._inputs import check_int
+
 
 def clip_and_label(item: Any) -> tuple[np.ndarray, int | None, np.ndarray | None]:
     """(clip, label, image labels) of a dataset item: a (clip, label) pair, a bare clip, or the official dict
@@ -75,12 +77,21 @@ def _all_or_none(values: list) -> list | None:
     return values if all(v is not None for v in values) else None
 
 
+def _check_order(*, rank: int, world_size: int, **at_least_0: int) -> None:
+    """ValueError naming the first argument of the order of clips that NumPy's generator or the sharding cannot
+    take: seeds, epochs, steps and counts are ints >= 0, the world size >= 1 and the rank in [0, world_size)."""
+    for name, value in at_least_0.items():
+        check_int(name, value, 0)
+    check_int("world_size", world_size, 1)
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+        raise ValueError(f"rank: expected 0 <= rank < world_size = {world_size}, got {rank!r}")
+
+
 def shard(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
     """The clip indices rank `rank` of `world_size` reads in `epoch`, as torch's DistributedSampler (shuffle,
     no drop_last) does: a seeded permutation of all `n`, padded by repeating its start to a multiple of the world
     size, and every `world_size`-th index from `rank` on. One process reads the whole permutation."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank: expected 0 <= rank < world_size = {world_size}, got {rank}")
+    _check_order(n=n, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
     order = np.random.default_rng([seed, epoch]).permutation(n)
     if world_size == 1:
         return order
@@ -102,7 +113,17 @@ def batches(dataset, batch_size: int, *, seed: int, start_step: int = 0, use_ima
 
     Captioned items fill the text fields of :class:`Batch`; the frames drawn from other clips bring those clips'
     captions (``image_captions``) and features (``text_embeddings`` (B, 1 + n, L, d), the clip's own first).
+
+    The arguments are checked here, when it is called, not when the first batch is drawn.
     """
+    check_int("batch_size", batch_size, 1)
+    _check_order(seed=seed, start_step=start_step, use_image_num=use_image_num, rank=rank, world_size=world_size)
+    return _batches(dataset, int(batch_size), seed=seed, start_step=int(start_step), use_image_num=use_image_num,
+                    num_frames=num_frames, rank=int(rank), world_size=int(world_size))
+
+
+def _batches(dataset, batch_size: int, *, seed: int, start_step: int, use_image_num: int, num_frames: int | None,
+             rank: int, world_size: int) -> Iterator[Batch]:
     n = len(dataset)
     per_rank = -(-n // world_size)
     per_epoch = per_rank // batch_size

@@ -31,7 +31,6 @@ about once, recorded in ``bad``, replaced by the next good source.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._inputs import load_json, read_text, regular_file_error, text_stream
 from .video import Resize, VideoClips, scan
 
 #: Columns read as the video's path, in this order of preference.
@@ -62,24 +62,37 @@ def _shown(bad: Mapping[str, str], limit: int = 5) -> str:
     return shown + (f"; and {len(bad) - limit} more" if len(bad) > limit else "")
 
 
+def _csv_rows(path: Path) -> tuple[list[Any], list[str]]:
+    """The rows of a CSV manifest and its header. A row the csv module cannot read (a field past its size limit, a
+    NUL byte) becomes a string, reported as a bad row by the caller; the rows after it are still read."""
+    with text_stream(path) as f:
+        reader = csv.DictReader(f)
+        try:
+            columns = [c for c in (reader.fieldnames or []) if c is not None]
+        except csv.Error as e:
+            raise ValueError(f"source: {path} is not a readable CSV ({e})") from None
+        rows: list[Any] = []
+        while True:
+            try:
+                rows.append(next(reader))
+            except StopIteration:
+                return rows, columns
+            except csv.Error as e:
+                rows.append(f"not a CSV row ({e})")
+
+
 def _read_rows(path: Path) -> tuple[list[Any], list[str]]:
     """The rows of a manifest and its columns (the CSV header, or every key of the JSON rows in first-seen
-    order). JSON lines that do not parse become strings, reported as bad rows by the caller."""
+    order). CSV rows and JSON lines that do not parse become strings, reported as bad rows by the caller."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                rows: list[Any] = list(reader)
-                return rows, [c for c in (reader.fieldnames or []) if c is not None]
-        text = path.read_text(encoding="utf-8-sig")
+            return _csv_rows(path)
+        text = read_text(path)
     except UnicodeDecodeError as e:
         raise ValueError(f"source: {path} is not UTF-8 text ({e})") from None
     if suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"source: {path} is not valid JSON ({e})") from None
+        rows = load_json(text, f"source: {path}")
         if not isinstance(rows, list):
             raise ValueError(f"source: expected {path} to hold a JSON list of rows, got a {type(rows).__name__}")
     else:
@@ -88,9 +101,9 @@ def _read_rows(path: Path) -> tuple[list[Any], list[str]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                rows.append(f"not a JSON line ({e})")
+                rows.append(load_json(line, "the line"))
+            except ValueError as e:
+                rows.append(str(e))
     columns: dict[str, None] = {}
     for row in rows:
         if isinstance(row, dict):
@@ -164,7 +177,10 @@ class CaptionedVideos(VideoClips):
                                      f"come from .txt files beside the videos), got {value!r}")
             sources, captions, total, ignored = self._from_folder(bad)
             root = self.source
-        elif self.source.is_file():
+        elif self.source.exists():
+            why = regular_file_error(self.source)
+            if why is not None:
+                raise ValueError(f"source: expected a folder or a manifest file, {self.source} is {why}")
             if self.source.suffix.lower() not in MANIFEST_SUFFIXES:
                 raise ValueError(f"source: expected a folder or a manifest ending in {', '.join(MANIFEST_SUFFIXES)}, "
                                  f"got {self.source}")
@@ -194,12 +210,12 @@ class CaptionedVideos(VideoClips):
         sources, captions = [], []
         for path in found:
             text_path = caption_file(path)
-            if not text_path.is_file():
+            if not text_path.exists():
                 bad[str(path)] = f"no caption file {text_path.name}"
                 continue
             try:
-                caption = text_path.read_text(encoding="utf-8-sig").strip()
-            except (OSError, UnicodeDecodeError) as e:
+                caption = read_text(text_path).strip()
+            except (OSError, ValueError) as e:  # not a regular file, not UTF-8
                 bad[str(path)] = f"unreadable caption file {text_path.name} ({e})"
                 continue
             if not caption:
@@ -247,7 +263,12 @@ class CaptionedVideos(VideoClips):
             else:
                 relative = Path(str(values[path_col]).strip())
             path = relative if relative.is_absolute() else root / relative
-            if not path.exists():
+            try:
+                exists = path.exists()
+            except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+                bad[key] = f"unusable path {str(path)[:200]!r} ({e.strerror if isinstance(e, OSError) else e})"
+                continue
+            if not exists:
                 bad[key] = f"no such video {path}"
                 continue
             sources.append(path)

@@ -47,6 +47,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from .._inputs import check_int, load_json, read_text
 from ..text import encode_captions
 
 INDEX = "index.json"
@@ -133,8 +134,8 @@ def encode_dataset(dataset, vae, output_dir: str | os.PathLike, *, shard_size: i
     `text_encoder` (a ``T5TextEncoder``) and `tokenizer` (a ``T5Tokenizer``) their T5 features of `max_length`
     tokens, stored as `text_dtype` ("float32" or "float16"), and the null caption (see the module docs). Captions
     are encoded once, `chunk_size` at a time; `chunk_size` is also the VAE's frames per call."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size: expected >= 1, got {shard_size}")
+    check_int("shard_size", shard_size, 1)
+    check_int("seed", seed, 0)  # clip i is encoded with seed + i
     if (text_encoder is None) != (tokenizer is None):
         given, needed = ("text_encoder", "tokenizer") if tokenizer is None else ("tokenizer", "text_encoder")
         raise ValueError(f"{needed}: encoding captions needs a text encoder and its tokenizer; got {given} only")
@@ -222,8 +223,8 @@ class LatentClips:
         if not index_path.is_file():
             raise FileNotFoundError(f"path: {index_path} not found (not a latent cache written by encode_dataset)")
         try:
-            self.index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as e:
+            self.index = load_json(read_text(index_path), "it")
+        except (ValueError, OSError) as e:  # not JSON, nested too deeply, not UTF-8, not a regular file
             raise ValueError(f"{index_path}: unreadable ({e})") from None
         try:
             self.shards = list(self.index["shards"])
@@ -262,10 +263,15 @@ class LatentClips:
         return self._open[k]
 
     def _shard_captions(self, k: int) -> list[str]:
+        """Shard `k`'s captions; ValueError naming the shard when its metadata holds no list of them."""
         if k not in self._captions:
-            captions = json.loads((self._shard(k).metadata() or {})["captions"])
+            shard_path = self.path / self.shards[k]["file"]
+            try:
+                captions = load_json((self._shard(k).metadata() or {})["captions"], "its captions metadata")
+            except Exception as e:  # safetensors' SafetensorError, no "captions" key, not JSON
+                raise ValueError(f"{shard_path}: unreadable shard ({type(e).__name__}: {e})") from None
             if not isinstance(captions, list) or len(captions) != int(self.shards[k]["count"]):
-                raise ValueError(f"expected {self.shards[k]['count']} captions in the metadata")
+                raise ValueError(f"{shard_path}: expected {self.shards[k]['count']} captions in the metadata")
             self._captions[k] = [str(c) for c in captions]
         return self._captions[k]
 

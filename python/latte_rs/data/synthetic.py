@@ -8,9 +8,12 @@ class-conditional models have something to learn.
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import numpy as np
+
+from .._inputs import check_int
 
 SHAPES = ("square", "disc", "triangle", "cross")
 DIRECTIONS = ("right", "left", "down", "up")
@@ -90,9 +93,10 @@ class SyntheticVideos:
             raise ValueError(f"num_classes: expected 1 to 4, got {num_classes}")
         if num_shapes < 1:
             raise ValueError(f"num_shapes: expected at least 1, got {num_shapes}")
-        # Bounds far beyond any use (each clip is rendered whole, num_shapes times): a larger value is a typo.
+        # Bounds far beyond any use (each clip is rendered whole, num_shapes times): a larger value is a typo. The
+        # clip count must fit len(), which Python holds in an index-sized int.
         for name, value, most in (("num_frames", num_frames, 1 << 16), ("image_size", image_size, 1 << 14),
-                                  ("num_shapes", num_shapes, 64)):
+                                  ("num_shapes", num_shapes, 64), ("num_clips", num_clips, sys.maxsize)):
             if value > most:
                 raise ValueError(f"{name}: expected at most {most}, got {value}")
         if not speed > 0:
@@ -112,7 +116,7 @@ class SyntheticVideos:
         self.speed = speed
         self.shape_size = (low_size, high_size)
         self.class_colours = bool(class_colours)
-        self.seed = seed
+        self.seed = check_int("seed", seed, 0)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -214,7 +218,7 @@ class CaptionedSyntheticVideos:
         self.combinations = {"train": [x for x in every if x not in held], "held_out": list(HELD_OUT),
                              "all": every}[combinations]
         self.num_clips, self.num_frames, self.image_size = num_clips, num_frames, image_size
-        self.speed, self.shape_size, self.seed = speed, self._base.shape_size, seed
+        self.speed, self.shape_size, self.seed = speed, self._base.shape_size, self._base.seed
 
     def __len__(self) -> int:
         return self.num_clips

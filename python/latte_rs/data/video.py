@@ -34,6 +34,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from .._inputs import check_int, check_pixels, open_regular, read_text, regular_file_error
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -47,14 +49,18 @@ def _frame_key(name: str) -> tuple:
 
 
 def scan(root: str | os.PathLike, companions: tuple[str, ...] = ()) -> tuple[list[Path], int]:
-    """Video files and frame folders under `root` (recursive, sorted), and how many other files were ignored
-    (reported in one warning that names the first few). Files ending in one of `companions` (e.g. ``(".txt",)``
-    for captions beside the videos) belong with the videos: they are neither returned nor reported."""
+    """Video files and frame folders under `root` (recursive, sorted), and how many other entries were ignored:
+    files that are neither videos nor frames, and videos that are not regular files (a named pipe called
+    ``clip.mp4`` would be waited on forever), each kind reported in one warning that names the first few. Files
+    ending in one of `companions` (e.g. ``(".txt",)`` for captions beside the videos) belong with the videos: they
+    are neither returned nor reported. (Frames are checked when read: a folder holding a frame that is not a
+    regular file is reported and skipped then.)"""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: no such directory {root}")
     items: list[Path] = []
     ignored: list[str] = []
+    irregular: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         images = [f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -62,13 +68,20 @@ def scan(root: str | os.PathLike, companions: tuple[str, ...] = ()) -> tuple[lis
             items.append(Path(dirpath))
         for f in sorted(filenames):
             if f.lower().endswith(VIDEO_EXTENSIONS):
-                items.append(Path(dirpath) / f)
+                path = Path(dirpath) / f
+                why = regular_file_error(path)
+                if why is None:
+                    items.append(path)
+                else:
+                    irregular.append(f"{path} ({why})")
             elif not f.lower().endswith(IMAGE_EXTENSIONS + tuple(companions)):
                 ignored.append(os.path.join(dirpath, f))
-    if ignored:
-        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-        warnings.warn(f"ignoring {len(ignored)} files that are neither videos nor frames: {shown}", stacklevel=3)
-    return sorted(items), len(ignored)
+    for found, what in ((ignored, "files that are neither videos nor frames"),
+                        (irregular, "videos that cannot be read")):
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            warnings.warn(f"ignoring {len(found)} {what}: {shown}", stacklevel=3)
+    return sorted(items), len(ignored) + len(irregular)
 
 
 def temporal_window(total: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -151,18 +164,24 @@ def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.n
 
 @contextmanager
 def _video_stream(path: Path):
-    """The first video stream of a file, opened with PyAV; decoding errors become ValueError."""
+    """The first video stream of a file, opened with PyAV if it is a regular file; every decoder error, in opening
+    or in the caller's decoding, becomes ValueError (the loaders' report-skip-replace path)."""
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with open_regular(path) as f, av.open(f) as container:
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
+            check_pixels(stream.codec_context.width, stream.codec_context.height)
             stream.thread_type = "AUTO"  # frame- and slice-threaded decoding where the codec allows
             yield container, stream
     except av.error.FFmpegError as e:
         raise ValueError(f"cannot decode ({e})") from None
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's MemoryError, OverflowError, ... on a damaged file
+        raise ValueError(f"cannot decode ({type(e).__name__}: {e})") from None
 
 
 def _frame_files(path: Path) -> list[str]:
@@ -206,8 +225,21 @@ def read_frames(path: Path, pick: Sequence[int] | Pick | None = None) -> tuple[n
     return np.stack([frames[i] for i in idx]), idx
 
 
+@contextmanager
+def _image(path: Path):
+    """An image opened with Pillow if it is a regular file of at most MAX_FRAME_PIXELS pixels (checked from its
+    header); every decoder error, in opening or in the caller's decoding, becomes ValueError naming the image."""
+    with open_regular(path) as f:
+        try:
+            with Image.open(f) as im:
+                check_pixels(im.width, im.height)
+                yield im
+        except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, zlib.error, DecompressionBomb...
+            raise ValueError(f"cannot decode {path.name} ({type(e).__name__}: {e})") from None
+
+
 def _read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
+    with _image(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
@@ -222,11 +254,8 @@ def frames_and_size(path: Path) -> tuple[int, tuple[int, int]]:
         files = _frame_files(path)
         if not files:
             raise ValueError("no frames")
-        try:
-            with Image.open(path / files[0]) as im:
-                return len(files), (im.height, im.width)
-        except OSError:
-            return len(files), _read_image(path / files[0]).shape[:2]
+        with _image(path / files[0]) as im:
+            return len(files), (im.height, im.width)
     with _video_stream(path) as (container, stream):
         return _stream_length(container, stream), (stream.codec_context.height, stream.codec_context.width)
 
@@ -293,6 +322,7 @@ class VideoClips:
         if not isinstance(use_image_num, (int, np.integer)) or use_image_num < 0:
             raise ValueError(f"use_image_num: expected an int >= 0, got {use_image_num!r}")
         self.use_image_num = int(use_image_num)
+        self.seed = check_int("seed", seed, 0)
         if labels not in ("folder", None):
             raise ValueError(f"labels: expected 'folder' or None, got {labels!r}")
         self.root = Path(root)
@@ -303,7 +333,7 @@ class VideoClips:
         if not self.sources:
             raise FileNotFoundError(f"root: no video files or frame folders under {self.root}")
         self.num_frames, self.frame_interval, self.image_size = int(num_frames), int(frame_interval), int(image_size)
-        self.resize, self.random_flip, self.sampling, self.seed = resize, random_flip, sampling, int(seed)
+        self.resize, self.random_flip, self.sampling = resize, random_flip, sampling
         self.classes = sorted({p.parent.name for p in self.sources}) if labels == "folder" else []
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.epoch = 0
@@ -313,8 +343,8 @@ class VideoClips:
         return len(self.sources)
 
     def set_epoch(self, epoch: int) -> None:
-        """New temporal crops and flips for another epoch."""
-        self.epoch = int(epoch)
+        """New temporal crops and flips for another epoch (an int >= 0)."""
+        self.epoch = check_int("epoch", epoch, 0)
 
     def label(self, index: int) -> int:
         return self.class_to_idx.get(self.sources[index].parent.name, 0) if self.classes else 0
@@ -357,10 +387,18 @@ class VideoClips:
         """The ``use_image_num`` single frames clip `index` appends, (n, 3, S, S), and the sources they come
         from: each a random frame of a random other good source, drawn from ``[seed, epoch, index, 1]``."""
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        n = len(self)
+
+        def candidates():
+            # n random draws; past as many misses (bad sources), every source in a random order, so that bad files
+            # never make a good clip fail (its own source is among them).
+            for _ in range(n):
+                yield int(rng.integers(n))
+            yield from (int(i) for i in rng.permutation(n))
+
         images, others = [], []
         for _ in range(self.use_image_num):
-            for _attempt in range(len(self)):
-                other = int(rng.integers(len(self)))
+            for other in candidates():
                 if str(self.sources[other]) in self.bad:
                     continue
                 try:
@@ -417,10 +455,14 @@ def find_classes(root: str | os.PathLike) -> list[str]:
 def _split_sources(root: Path, split_file: str | os.PathLike) -> list[Path]:
     """Videos listed in an official UCF-101 split file (``trainlist01.txt``: ``Class/v_name.avi [label]``)."""
     path = Path(split_file)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"split_file: no such file {path}")
+    try:
+        text = read_text(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"split_file: cannot read {path} ({e})") from None
     sources = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             sources.append(root / line.split()[0])
     if not sources:

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._inputs import load_json, open_regular
 from . import sources
 from .metrics import RunningStats, frechet_distance
 from .settings import Protocol
@@ -86,18 +87,25 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
+        """Statistics saved by :meth:`save`; ValueError naming the file for anything else (a damaged zip, missing
+        or mis-shaped arrays, an info record that is not a JSON object)."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"stats: no such file {path}")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                stats = cls(z["mean"], z["cov"], int(z["count"]), json.loads(str(z["info"])))
-        except (KeyError, ValueError, OSError) as e:
-            raise ValueError(f"{path}: not a feature-statistics file ({e})") from None
-        if stats.mean.shape != (FEATURES,) or stats.cov.shape != (FEATURES, FEATURES):
+            with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
+                mean, cov = np.asarray(z["mean"], np.float64), np.asarray(z["cov"], np.float64)
+                count, info = z["count"], load_json(str(z["info"]), "its info")
+                if count.shape != () or count.dtype.kind not in "iu" or not isinstance(info, dict):
+                    raise ValueError(f"count {count!r} and info {type(info).__name__}: expected an int and an object")
+        except Exception as e:  # noqa: BLE001 - zipfile's BadZipFile, zlib.error, EOFError, KeyError, ...
+            raise ValueError(f"{path}: not a feature-statistics file ({type(e).__name__}: {e})") from None
+        if mean.shape != (FEATURES,) or cov.shape != (FEATURES, FEATURES):
             raise ValueError(f"{path}: expected mean ({FEATURES},) and cov ({FEATURES}, {FEATURES}), got "
-                             f"{stats.mean.shape} and {stats.cov.shape}")
-        return stats
+                             f"{mean.shape} and {cov.shape}")
+        if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+            raise ValueError(f"{path}: not a feature-statistics file (non-finite mean or covariance)")
+        return cls(mean, cov, int(count), info)
 
 
 @dataclasses.dataclass
@@ -127,7 +135,10 @@ def _stats_from(source: Any, arg: str) -> FeatureStats | None:
     if isinstance(source, FeatureStats):
         return source
     if isinstance(source, (str, os.PathLike)) and str(source).endswith(".npz"):
-        return FeatureStats.load(source)
+        try:
+            return FeatureStats.load(source)
+        except ValueError as e:
+            raise ValueError(f"{arg}: {e}") from None
     return None
 
 

@@ -34,20 +34,31 @@ class Protocol:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy ints too: the record and cache key are JSON
         if self.num_real < 2 or self.num_fake < 2:
             raise ValueError(f"num_real/num_fake: expected >= 2 clips for a covariance, got "
                              f"{self.num_real}/{self.num_fake}")
         if self.num_frames < MIN_FRAMES:
             raise ValueError(f"num_frames: expected >= {MIN_FRAMES} (I3D needs them), got {self.num_frames}")
-        if self.image_size is not None and (not isinstance(self.image_size, (int, np.integer)) or self.image_size < 1):
-            raise ValueError(f"image_size: expected None or a positive int, got {self.image_size!r}")
+        if self.image_size is not None:
+            if (isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer))
+                    or self.image_size < 1):
+                raise ValueError(f"image_size: expected None or a positive int, got {self.image_size!r}")
+            object.__setattr__(self, "image_size", int(self.image_size))
         if self.value_range is not None:
-            lo, hi = self.value_range
+            try:  # a tuple, a list or an array of two numbers
+                lo, hi = (float(v) for v in self.value_range)
+            except (TypeError, ValueError):
+                lo = hi = float("nan")
             if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
                 raise ValueError(f"value_range: expected finite (lo, hi) with lo < hi, got {self.value_range!r}")
-            object.__setattr__(self, "value_range", (float(lo), float(hi)))
+            object.__setattr__(self, "value_range", (lo, hi))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
         if self.ddof not in (0, 1):
             raise ValueError(f"ddof: expected 0 (StyleGAN-V, Latte) or 1 (original TF FVD), got {self.ddof!r}")
+        object.__setattr__(self, "ddof", int(self.ddof))
 
     def side(self, role: str) -> dict[str, Any]:
         """The settings that determine one side's statistics (the cache key of a real set)."""

@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .. import data
+from .._inputs import read_text
 from .._native import LatteConfig, LatteT2VConfig
 
 # Keys whose YAML values may arrive as strings ("1e-4" is a string in YAML 1.1) and their types.
@@ -111,6 +113,57 @@ def is_text(cfg: Mapping[str, Any]) -> bool:
     return str(cfg["model"]) in TEXT_MODELS
 
 
+def load_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``; ValueError naming `what` in one line for text that is not YAML, holds a tag safe
+    YAML refuses (``!!python/...``), or nests past the parser's recursion limit."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if e.problem_mark else ""
+        raise ValueError(f"{what}: not valid YAML ({e.problem or e.context}{where})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what}: not valid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise ValueError(f"{what}: not valid YAML (nested too deeply to read)") from None
+
+
+def plain(value: Any) -> Any:
+    """`value` with NumPy scalars and arrays, inside lists, tuples and mappings too, as the Python numbers and
+    lists they hold: what YAML, JSON and the native constructors take."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def _number(key: str, value: Any, kind: type) -> int | float:
+    """A config number: `kind` from a number or a YAML string ("1e-4" is a string in YAML 1.1); an int must be
+    whole (``2.0`` and ``"1e3"`` are taken, ``2.5`` is not) and is never rounded through a float."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if kind is float:
+            return float(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass  # "1e3": whole, written as a float
+        whole = float(value)
+        if not whole.is_integer():
+            raise ValueError
+        return int(whole)
+    except (TypeError, ValueError):
+        raise ValueError(f"config: {key} expected {kind.__name__}, got {value!r}") from None
+
+
 def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """A training config from a YAML file or a mapping, with defaults filled in and values checked.
 
@@ -120,14 +173,22 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """
     if isinstance(config, (str, Path)):
         path = Path(config)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"config: no such file {path}")
-        with path.open() as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            text = read_text(path, encoding="utf-8")
+        except (ValueError, OSError) as e:  # not a regular file, not UTF-8, unreadable
+            raise ValueError(f"config: cannot read {path} ({e})") from None
+        raw = load_yaml(text, f"config: {path}") or {}
         if not isinstance(raw, dict):
             raise ValueError(f"config: {path} must hold a mapping of keys to values, got {type(raw).__name__}")
     elif isinstance(config, Mapping):
-        raw = dict(config)
+        raw = {}
+        for key, value in config.items():
+            try:
+                raw[key] = plain(value)
+            except RecursionError:  # YAML's `&a [*a]` is a list that holds itself
+                raise ValueError(f"config: {key} nests too deeply or holds itself") from None
     else:
         raise TypeError(f"config: expected a YAML path or a mapping, got {type(config).__name__}")
     unknown = sorted(set(raw) - set(DEFAULTS) - _IGNORED)
@@ -141,22 +202,14 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config: image_size expected one size or [size, size] (square clips), got {size!r}")
         cfg["image_size"] = size[0]
     for key, kind in _NUMERIC.items():
-        value = cfg[key]
-        if value is None:
-            continue
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            converted = kind(float(value)) if kind is int else float(value)
-            if kind is int and float(value) != converted:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"config: {key} expected {kind.__name__}, got {value!r}") from None
-        cfg[key] = converted
+        if cfg[key] is not None:
+            cfg[key] = _number(key, cfg[key], kind)
     for key in ("max_train_steps", "local_batch_size", "ckpt_every", "log_every", "gradient_accumulation_steps",
                 "num_frames", "image_size"):
         if cfg[key] < 1:
             raise ValueError(f"config: {key} expected >= 1, got {cfg[key]}")
+    if not 0 <= cfg["global_seed"] < 2**64:  # a 64-bit seed (the trainer's, the data order's)
+        raise ValueError(f"config: global_seed expected an int in [0, 2**64), got {cfg['global_seed']}")
     if cfg["video_length"] is not None:  # the official text-to-video name of num_frames
         cfg["num_frames"] = cfg["video_length"]
     if not 0.0 <= cfg["caption_dropout_prob"] <= 1.0:
@@ -200,6 +253,8 @@ def model_config(cfg: Mapping[str, Any]) -> LatteConfig:
         return LatteConfig.preset(cfg["model"], **overrides)
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
+    except TypeError as e:  # an unknown or mistyped key of model_config
+        raise TypeError(f"config: model_config: {e}") from None
 
 
 def t2v_config(cfg: Mapping[str, Any]) -> LatteT2VConfig:
@@ -212,7 +267,10 @@ def t2v_config(cfg: Mapping[str, Any]) -> LatteT2VConfig:
     out = dict(in_channels=channels, out_channels=2 * channels if cfg["learn_sigma"] else channels,
                sample_size=size, video_length=cfg["num_frames"])
     out.update(cfg["model_config"])
-    return LatteT2VConfig(**out)
+    try:
+        return LatteT2VConfig(**out)
+    except TypeError as e:  # an unknown or mistyped key of model_config
+        raise TypeError(f"config: model_config: {e}") from None
 
 
 def model_dtype(cfg: Mapping[str, Any]) -> str:
@@ -234,7 +292,7 @@ def make_dataset(cfg: Mapping[str, Any]):
             image_size=cfg["image_size"],
             label_by=cfg["label_by"],
             num_classes=min(int(classes), 4),
-            shape_size=tuple(cfg["shape_size"]),
+            shape_size=cfg["shape_size"],
             speed=cfg["shape_speed"],
             class_colours=bool(cfg["class_colours"]),
             seed=cfg["global_seed"],
@@ -242,7 +300,7 @@ def make_dataset(cfg: Mapping[str, Any]):
     if name == "synthetic_captions":  # built in: "a red square moving left", the held-out combinations left out
         return data.CaptionedSyntheticVideos(num_clips=cfg["num_clips"], num_frames=cfg["num_frames"],
                                              image_size=cfg["image_size"], speed=cfg["shape_speed"],
-                                             shape_size=tuple(cfg["shape_size"]), seed=cfg["global_seed"])
+                                             shape_size=cfg["shape_size"], seed=cfg["global_seed"])
     if name == "latents":  # a cache written by `latte-rs encode`
         if not cfg["data_path"]:
             raise ValueError("data_path: dataset 'latents' needs the folder of a latent cache")
