@@ -157,6 +157,10 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
                 "num_frames", "image_size"):
         if cfg[key] < 1:
             raise ValueError(f"config: {key} expected >= 1, got {cfg[key]}")
+    # How many checkpoints pruning keeps: None keeps all; 0 or fewer would prune the one just written.
+    if cfg["keep_checkpoints"] is not None and cfg["keep_checkpoints"] < 1:
+        raise ValueError(f"config: keep_checkpoints expected None (keep all) or an int >= 1, got "
+                         f"{cfg['keep_checkpoints']}")
     if cfg["video_length"] is not None:  # the official text-to-video name of num_frames
         cfg["num_frames"] = cfg["video_length"]
     if not 0.0 <= cfg["caption_dropout_prob"] <= 1.0:
