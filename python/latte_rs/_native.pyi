@@ -593,7 +593,11 @@ class Trainer:
         """Writes a checkpoint directory atomically: ``model.safetensors`` and ``ema.safetensors`` (both load with
         ``LatteModel.load``), ``optimizer.safetensors``, ``diffusion.json`` and ``trainer.json`` (options, step,
         RNG state, CRC-32 of every file). A crash mid-save leaves any previous checkpoint intact.
-        ``rank_rng_states``: every rank's ``rng_state`` of a data-parallel run, kept for an exact resume."""
+        ``rank_rng_states``: every rank's ``rng_state`` of a data-parallel run, kept for an exact resume.
+
+        Only a latte-rs checkpoint or an empty folder at ``path`` is replaced; anything else there raises
+        ``ValueError`` naming the path, with nothing changed. The hidden copies beside ``path`` that are deleted are
+        this save's own and those a crashed save left (each holds a marker proving it), never others."""
     @property
     def rng_state(self) -> str:
         """The position of the random stream (timesteps, noise, label dropout), as JSON."""

@@ -158,41 +158,35 @@ impl GaussianDiffusion {
         Ok(process)
     }
 
-    /// Checks a process read from a file (a checkpoint's `diffusion.json` is data, not code): every table as
-    /// long as the betas, finite, and a timestep map that rises within the original process. An inconsistent
-    /// file would otherwise index past a table's end in the middle of training.
+    /// Checks a process read from a file (a checkpoint's `diffusion.json` is data, not code): at least one step,
+    /// every table the one its betas give (as long, and equal up to the last bits a platform's `ln` may round
+    /// differently), and a timestep map that rises within the original process. An inconsistent file would
+    /// otherwise index past a table's end, or train and sample with another process than the one it names.
     pub fn validate(&self) -> Result<()> {
         let n = self.betas.len();
+        if n == 0 {
+            return Err(value_error("diffusion betas", "at least one step", "none"));
+        }
         super::schedule::check_betas(&self.betas, "diffusion betas")?;
         if n > super::schedule::MAX_DIFFUSION_STEPS {
             return Err(value_error("diffusion betas", "at most 1000000 steps", n));
         }
-        let tables: [(&str, &Vec<f64>); 12] = [
-            ("alphas_cumprod", &self.alphas_cumprod),
-            ("alphas_cumprod_prev", &self.alphas_cumprod_prev),
-            ("alphas_cumprod_next", &self.alphas_cumprod_next),
-            ("sqrt_alphas_cumprod", &self.sqrt_alphas_cumprod),
-            ("sqrt_one_minus_alphas_cumprod", &self.sqrt_one_minus_alphas_cumprod),
-            ("log_one_minus_alphas_cumprod", &self.log_one_minus_alphas_cumprod),
-            ("sqrt_recip_alphas_cumprod", &self.sqrt_recip_alphas_cumprod),
-            ("sqrt_recipm1_alphas_cumprod", &self.sqrt_recipm1_alphas_cumprod),
-            ("posterior_variance", &self.posterior_variance),
-            ("posterior_mean_coef1", &self.posterior_mean_coef1),
-            ("posterior_mean_coef2", &self.posterior_mean_coef2),
-            ("posterior_log_variance_clipped", &self.posterior_log_variance_clipped),
-        ];
-        for (name, table) in tables {
-            // A one-step process has no clipped log variance (there is no t = 1 to clip to).
-            let want = if name == "posterior_log_variance_clipped" && n == 1 {
-                0
-            } else {
-                n
-            };
-            if table.len() != want {
-                return Err(value_error(name, format!("{want} values (one per step)"), table.len()));
+        let derived = Self::new(self.betas.clone(), self.mean_type, self.var_type, self.loss_type)?;
+        let same = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        for ((name, table), (_, want)) in self.tables().into_iter().zip(derived.tables()) {
+            if table.len() != want.len() {
+                return Err(value_error(
+                    name,
+                    format!("{} values (one per step)", want.len()),
+                    table.len(),
+                ));
             }
-            if let Some(v) = table.iter().find(|v| v.is_nan()) {
-                return Err(value_error(name, "numbers", v));
+            if let Some(i) = (0..n).find(|&i| !same(table[i], want[i])) {
+                return Err(value_error(
+                    name,
+                    format!("{} at step {i} (the value the betas give)", want[i]),
+                    table[i],
+                ));
             }
         }
         let map = &self.timestep_map;
@@ -235,11 +229,13 @@ impl GaussianDiffusion {
         let acp_next: Vec<f64> = acp[1..].iter().copied().chain(std::iter::once(0.0)).collect();
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
         let posterior_variance = map(&|i| betas[i] * (1.0 - acp_prev[i]) / (1.0 - acp[i]));
-        // The posterior variance is 0 at t = 0: its log is clipped to the value at t = 1.
+        // The posterior variance is 0 at t = 0: its log is clipped to the value at t = 1. A one-step process has no
+        // t = 1; its t = 0 takes β_0, the variance the fixed-large choice uses there too (the reference, which
+        // indexes t = 1, cannot make one-step processes at all).
         let posterior_log_variance_clipped = if n > 1 {
             map(&|i| posterior_variance[i.max(1)].ln())
         } else {
-            vec![]
+            vec![betas[0].ln()]
         };
         Ok(Self {
             mean_type,
@@ -301,6 +297,24 @@ impl GaussianDiffusion {
         self.betas.len()
     }
 
+    /// The per-step tables derived from the betas, by name.
+    fn tables(&self) -> [(&'static str, &Vec<f64>); 12] {
+        [
+            ("alphas_cumprod", &self.alphas_cumprod),
+            ("alphas_cumprod_prev", &self.alphas_cumprod_prev),
+            ("alphas_cumprod_next", &self.alphas_cumprod_next),
+            ("sqrt_alphas_cumprod", &self.sqrt_alphas_cumprod),
+            ("sqrt_one_minus_alphas_cumprod", &self.sqrt_one_minus_alphas_cumprod),
+            ("log_one_minus_alphas_cumprod", &self.log_one_minus_alphas_cumprod),
+            ("sqrt_recip_alphas_cumprod", &self.sqrt_recip_alphas_cumprod),
+            ("sqrt_recipm1_alphas_cumprod", &self.sqrt_recipm1_alphas_cumprod),
+            ("posterior_variance", &self.posterior_variance),
+            ("posterior_log_variance_clipped", &self.posterior_log_variance_clipped),
+            ("posterior_mean_coef1", &self.posterior_mean_coef1),
+            ("posterior_mean_coef2", &self.posterior_mean_coef2),
+        ]
+    }
+
     fn check_t(&self, t: &[usize], x: &Tensor) -> Result<()> {
         let b = x.dims().first().copied().unwrap_or(0);
         if t.len() != b {
@@ -316,7 +330,17 @@ impl GaussianDiffusion {
     fn extract(&self, table: &[f64], t: &[usize], like: &Tensor) -> Result<Tensor> {
         let mut shape = vec![1usize; like.rank()];
         shape[0] = t.len();
-        let values: Vec<f64> = t.iter().map(|&i| table[i]).collect();
+        // Every caller checks `t` against the process's steps, and a loaded process has tables as long as its
+        // steps; a step past a table is still an error, never a panic.
+        let values = t
+            .iter()
+            .map(|&i| {
+                table
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| value_error("t", format!("steps in [0, {})", table.len()), i))
+            })
+            .collect::<Result<Vec<f64>>>()?;
         Ok(Tensor::from_vec(values, shape, like.device())?.to_dtype(like.dtype())?)
     }
 
@@ -841,5 +865,80 @@ mod tests {
             );
         }
         assert!(g.iter().any(|v| *v != 0.0));
+    }
+
+    /// A one-step process (`diffusion_steps=1`, or "1" respaced) has every table, so training with each variance
+    /// and loss type and an ancestral step work instead of indexing an empty table.
+    #[test]
+    fn a_one_step_process_trains_and_samples() {
+        let mut rng = Generator::new(3);
+        let dims = [2, 2, 2, 2, 2];
+        let x0 = randn(&mut rng, &dims, 0.5).tanh().unwrap();
+        let noise = randn(&mut rng, &dims, 1.0);
+        for (var_type, loss_type, respaced) in [
+            (VarType::LearnedRange, LossType::Mse, true),
+            (VarType::LearnedRange, LossType::Mse, false),
+            (VarType::FixedSmall, LossType::Mse, false),
+            (VarType::FixedLarge, LossType::RescaledKl, false),
+            (VarType::Learned, LossType::Kl, true),
+        ] {
+            let opts = DiffusionOptions {
+                timestep_respacing: if respaced { "1".into() } else { String::new() },
+                diffusion_steps: if respaced { 1000 } else { 1 },
+                ..Default::default()
+            };
+            let base = GaussianDiffusion::create(&opts).unwrap();
+            let d = GaussianDiffusion::new(base.betas.clone(), MeanType::Epsilon, var_type, loss_type).unwrap();
+            assert_eq!(d.num_timesteps(), 1);
+            assert_eq!(d.posterior_log_variance_clipped, [d.betas[0].ln()]);
+            d.validate().unwrap();
+            let c = if var_type.is_learned() { 4 } else { 2 };
+            let out = randn(&mut rng, &[2, 2, c, 2, 2], 0.5);
+            let losses = d.training_losses(&out, &x0, &[0, 0], &noise).unwrap();
+            let loss = losses.loss.to_vec1::<f64>().unwrap();
+            assert!(
+                loss.iter().all(|v| v.is_finite()),
+                "{var_type:?} {loss_type:?}: {loss:?}"
+            );
+            let (sample, _) = d.p_sample(&out, &x0, &[0, 0], &noise, false).unwrap();
+            let sample = sample.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert!(sample.iter().all(|v| v.is_finite()), "{var_type:?}");
+        }
+    }
+
+    /// A saved process is checked against its betas: no steps, a table of another length and a table with other
+    /// values are refused by name; the saved process itself reads back.
+    #[test]
+    fn a_saved_process_whose_tables_disagree_with_its_betas_is_refused() {
+        let d = GaussianDiffusion::create(&DiffusionOptions {
+            timestep_respacing: "25".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let json = serde_json::to_value(&d).unwrap();
+        GaussianDiffusion::from_json(json.to_string().as_bytes()).unwrap();
+        let refused = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut bad = json.clone();
+            edit(&mut bad);
+            GaussianDiffusion::from_json(bad.to_string().as_bytes())
+                .expect_err("an inconsistent process was accepted")
+                .to_string()
+        };
+        let empty = refused(&|v| {
+            for (_, table) in v.as_object_mut().unwrap().iter_mut().filter(|(_, t)| t.is_array()) {
+                *table = serde_json::json!([]);
+            }
+        });
+        assert!(empty.contains("at least one step"), "{empty}");
+        let short = refused(&|v| v["posterior_variance"] = serde_json::json!([0.1]));
+        assert!(
+            short.contains("posterior_variance") && short.contains("25 values"),
+            "{short}"
+        );
+        let other = refused(&|v| v["sqrt_alphas_cumprod"][7] = serde_json::json!(0.5));
+        assert!(
+            other.contains("sqrt_alphas_cumprod") && other.contains("step 7"),
+            "{other}"
+        );
     }
 }

@@ -387,7 +387,8 @@ impl PyTrainer {
     }
 
     /// Writes a resumable checkpoint directory atomically. `rank_rng_states` (the `rng_state` of every process
-    /// of a data-parallel run, by rank) lets a resume with as many processes continue each stream exactly.
+    /// of a data-parallel run, by rank) lets a resume with as many processes continue each stream exactly. Only
+    /// a latte-rs checkpoint or an empty folder at `path` is replaced (see `train::checkpoint`).
     #[pyo3(signature = (path, *, rank_rng_states = None))]
     fn save(&self, py: Python<'_>, path: PathBuf, rank_rng_states: Option<Vec<String>>) -> PyResult<()> {
         crate::python::guard(move || {

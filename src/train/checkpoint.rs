@@ -9,16 +9,33 @@
 //! <dir>/trainer.json           options, step counters, RNG position, loss scale, and a CRC-32 of every file
 //! ```
 //!
+//! What a save may replace: nothing but a latte-rs checkpoint (a folder whose `trainer.json` is our manifest) or an
+//! empty folder. Anything else at the path (a file, a link, an experiment folder) is refused with an error naming
+//! it, and nothing is deleted.
+//!
 //! The save protocol: the files are written into a hidden sibling directory `.<name>.tmp-<pid>-<n>` (unique per
 //! save, so two saves to one path cannot collide), each synced, the manifest last (a directory with a manifest is
 //! complete). An existing checkpoint is then swapped with it in one step (Linux's `renameat2(RENAME_EXCHANGE)`),
 //! so there is no moment without a complete checkpoint at the path, and the old one is deleted. Where the file
 //! system cannot exchange, the old one is renamed to `.<name>.old-<pid>-<n>` and the new one into place; a crash
 //! between the two renames leaves both complete copies as hidden siblings, and [`load`] then resumes from the
-//! newer one by itself. After a successful save, siblings left by dead processes' interrupted saves are removed.
+//! newer one by itself.
+//!
+//! What a save may delete: the hidden copies it made itself (it holds their names), and the copies an earlier,
+//! crashed save left beside the same checkpoint. Those are told by proof, never by their names alone: every hidden
+//! copy a save makes holds a marker file, `.latte-rs-save.json`, written before anything else goes in (into the
+//! old checkpoint before it is renamed), which names the checkpoint, the copy's own name, and the process and host
+//! that made it. A sibling is a save's leftover only when its marker names that very folder and that checkpoint,
+//! and it is removed only when that process is gone from this host. A user's `.ck.backup-1` (or a copy of a
+//! leftover under another name) has no such marker and is never touched; a crash between creating a copy's
+//! folder and writing its marker can leave one empty folder, which stays. Recovery ([`load`]) reads only marked
+//! copies too. The marker travels into the new checkpoint with its files and is deleted once it is in place (a
+//! crash in between leaves it naming another folder, so it proves nothing).
 //!
 //! Loading verifies every file against the manifest's checksum, so a truncated or corrupted file is reported by
-//! name instead of resuming from garbage.
+//! name instead of resuming from garbage, and checks the values as the weights are checked: optimiser moments, EMA
+//! and master weights finite, second moments non-negative, the loss scale usable, the diffusion tables those of
+//! its betas.
 //!
 //! Fault injection for the tests: `LATTE_RS_TEST_CRASH_AT` = `files`, `manifest`, `moved-old` or `swapped`
 //! aborts the process at that point of the protocol; `LATTE_RS_TEST_NO_EXCHANGE=1` takes the two-rename path.
@@ -86,6 +103,125 @@ fn buffers_state<T: Float>(b: &Buffers<T>, trainer: &Trainer) -> Result<BTreeMap
     Ok(out)
 }
 
+/// What is at the path a save writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Existing {
+    /// Nothing, or an empty folder: a rename puts the new checkpoint there (replacing an empty folder).
+    Nothing,
+    /// A latte-rs checkpoint, which the save replaces.
+    Checkpoint,
+}
+
+/// What is at `dir`, or the error for anything a save must not replace.
+fn existing(dir: &Path) -> Result<Existing> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+        other => other?,
+    };
+    if !meta.is_dir() {
+        return Err(LatteError::Value(format!(
+            "path: {} exists and is not a checkpoint directory ({}); refusing to replace it",
+            dir.display(),
+            if meta.file_type().is_symlink() {
+                "a symbolic link: save to the folder it points to"
+            } else {
+                "a file"
+            }
+        )));
+    }
+    if CheckpointFolder::is_checkpoint(dir) {
+        return Ok(Existing::Checkpoint);
+    }
+    if std::fs::read_dir(dir)?.next().is_none() {
+        return Ok(Existing::Nothing);
+    }
+    Err(LatteError::Value(format!(
+        "path: {} is a folder that is not a latte-rs checkpoint (no {MANIFEST} of format {FORMAT:?}) and not \
+         empty; refusing to replace it, nothing was changed. Save into a new or empty folder, or over a checkpoint",
+        dir.display()
+    )))
+}
+
+/// The marker inside every hidden copy a save makes (see the module docs): what proves that a sibling folder is a
+/// save's, and whose.
+#[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
+struct SaveMarker {
+    /// The checkpoint's folder name.
+    checkpoint: String,
+    /// The hidden copy's own folder name: a marker found in a folder of another name proves nothing.
+    copy: String,
+    pid: u32,
+    host: String,
+}
+
+const SAVE_MARKER: &str = ".latte-rs-save.json";
+
+impl SaveMarker {
+    fn new(checkpoint: &str, copy: &str) -> Self {
+        Self {
+            checkpoint: checkpoint.into(),
+            copy: copy.into(),
+            pid: std::process::id(),
+            host: host_name(),
+        }
+    }
+
+    /// Writes this marker into `dir` as a new file: whatever has its name there (a stale marker, or a link,
+    /// which is not followed) is removed first, so nothing outside `dir` is ever written through it.
+    fn write_into(&self, dir: &Path) -> Result<()> {
+        use std::io::Write;
+        let path = dir.join(SAVE_MARKER);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        f.write_all(&serde_json::to_vec(self)?)?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Deletes this marker from `dir` where it is there (another's marker, or a file of the same name, stays).
+    fn remove_from(&self, dir: &Path) {
+        let path = dir.join(SAVE_MARKER);
+        let ours = crate::io::read(&path)
+            .ok()
+            .and_then(|b| crate::error::parse_json::<Self>(&b).ok())
+            .is_some_and(|m| m == *self);
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The marker of `copy` when it proves `copy` to be a hidden copy of checkpoint `name`: a real folder (not a
+    /// link) whose marker names this folder and this checkpoint.
+    fn of(copy: &Path, name: &str) -> Option<Self> {
+        let own = copy.file_name()?.to_str()?;
+        if !std::fs::symlink_metadata(copy).ok()?.is_dir() {
+            return None;
+        }
+        let path = copy.join(SAVE_MARKER);
+        // A marker is a few hundred bytes; anything larger is not one (and is not read whole).
+        if std::fs::symlink_metadata(&path).ok()?.len() > 4096 {
+            return None;
+        }
+        let marker: Self = crate::error::parse_json(&crate::io::read(&path).ok()?).ok()?;
+        (marker.copy == own && marker.checkpoint == name).then_some(marker)
+    }
+
+    /// Whether the save that wrote this marker is certainly over: it ran on this host, and its process is gone.
+    fn is_dead(&self) -> bool {
+        self.host == host_name() && !crate::io::process_alive(self.pid)
+    }
+}
+
+/// This machine's name (a process id means nothing on another host sharing the folder).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Writes `trainer` to the checkpoint directory `dir` atomically (see the module docs).
 pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Result<()> {
     let name = dir
@@ -97,12 +233,8 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent)?;
-    if dir.exists() && !dir.is_dir() {
-        return Err(LatteError::Value(format!(
-            "path: {} exists and is not a checkpoint directory; refusing to replace it",
-            dir.display()
-        )));
-    }
+    // Refused before anything is written (and checked again just before the path is replaced).
+    existing(dir)?;
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         (MODEL_FILE, trainer.model.model_file_bytes(&trainer.model.state_dict())?),
         (EMA_FILE, trainer.model.model_file_bytes(&trainer.ema_state_dict()?)?),
@@ -130,9 +262,20 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
         options: trainer.opts.clone(),
         files: files.iter().map(|(n, b)| (n.to_string(), FileEntry::of(b))).collect(),
     };
-    let tmp = parent.join(crate::io::sibling_name(&name, "tmp"));
-    let write_all = || -> Result<()> {
+    let tmp_name = crate::io::sibling_name(&name, "tmp");
+    let tmp = parent.join(&tmp_name);
+    let placement = Placement {
+        dir,
+        parent: &parent,
+        name: &name,
+        tmp: &tmp,
+        tmp_name: &tmp_name,
+    };
+    let mut created = false;
+    let mut write_all = || -> Result<()> {
         std::fs::create_dir(&tmp)?;
+        created = true;
+        SaveMarker::new(&name, &tmp_name).write_into(&tmp)?;
         for (n, bytes) in &files {
             write_synced(&tmp.join(n), bytes)?;
         }
@@ -146,47 +289,103 @@ pub fn save(trainer: &Trainer, dir: &Path, rank_rngs: &[GeneratorState]) -> Resu
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match put_in_place(&tmp, dir, &parent, &name) {
+            match placement.put_in_place() {
                 Err(e) if attempts < 8 && raced(&e) => continue,
                 other => break other,
             }
         }?;
+        // The marker came along with the files; in the checkpoint it would only name a folder that is gone.
+        SaveMarker::new(&name, &tmp_name).remove_from(dir);
+        sync_dir(dir);
         sync_dir(&parent);
         Ok(())
     };
     let result = write_all();
-    if result.is_err() && tmp.exists() {
+    // `tmp` is this save's own name: on failure it holds the partial new copy, or the old checkpoint that was
+    // swapped out of the path (which the save was replacing anyway).
+    if result.is_err() && created {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     if result.is_ok() {
-        remove_stale_siblings(&parent, &name);
+        remove_dead_saves_copies(&parent, &name);
     }
     result
 }
 
-/// Moves the complete checkpoint `tmp` to `dir`, replacing what is there (see the module docs).
-fn put_in_place(tmp: &Path, dir: &Path, parent: &Path, name: &str) -> Result<()> {
-    if !dir.exists() {
-        std::fs::rename(tmp, dir)?;
-    } else if std::env::var_os("LATTE_RS_TEST_NO_EXCHANGE").is_none() && crate::io::exchange(tmp, dir)? {
-        // `tmp` now names the previous checkpoint.
-        sync_dir(parent);
-        crash_point("swapped");
-        std::fs::remove_dir_all(tmp)?;
-    } else {
-        let old = parent.join(crate::io::sibling_name(name, "old"));
-        std::fs::rename(dir, &old)?;
+/// The names one save works with: the checkpoint `dir` (`name` in `parent`) and its new copy `tmp` (`tmp_name`).
+struct Placement<'a> {
+    dir: &'a Path,
+    parent: &'a Path,
+    name: &'a str,
+    tmp: &'a Path,
+    tmp_name: &'a str,
+}
+
+impl Placement<'_> {
+    /// Moves the complete checkpoint `tmp` to `dir`, replacing what is there when that may be replaced (see the
+    /// module docs).
+    fn put_in_place(&self) -> Result<()> {
+        let Self {
+            dir,
+            parent,
+            name,
+            tmp,
+            tmp_name,
+        } = *self;
+        if existing(dir)? == Existing::Nothing {
+            // Onto nothing or an empty folder; a folder that filled up meanwhile fails the rename (and is seen on
+            // the next attempt).
+            std::fs::rename(tmp, dir)?;
+            return Ok(());
+        }
+        // Something changed the path after the checks: put back what was there, take our marker out of it, and
+        // look again (the next attempt replaces it, or refuses it by name).
+        let changed = |marker: &SaveMarker| -> Result<()> {
+            marker.remove_from(dir);
+            existing(dir)?;
+            Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists).into())
+        };
+        if std::env::var_os("LATTE_RS_TEST_NO_EXCHANGE").is_none() {
+            // The old checkpoint will be named `tmp_name`: marked so before, so that a crash after the exchange
+            // leaves a copy that proves itself a save's.
+            let marker = SaveMarker::new(name, tmp_name);
+            marker.write_into(dir)?;
+            let exchanged = crate::io::exchange(tmp, dir).inspect_err(|_| marker.remove_from(dir))?;
+            if exchanged {
+                // `tmp` now names what was at the path: checked again, in case it changed after the check above.
+                if !CheckpointFolder::is_checkpoint(tmp) {
+                    crate::io::exchange(tmp, dir)?;
+                    return changed(&marker);
+                }
+                sync_dir(parent);
+                crash_point("swapped");
+                std::fs::remove_dir_all(tmp)?;
+                return Ok(());
+            }
+            marker.remove_from(dir);
+        }
+        let old_name = crate::io::sibling_name(name, "old");
+        let old = parent.join(&old_name);
+        let marker = SaveMarker::new(name, &old_name);
+        marker.write_into(dir)?;
+        std::fs::rename(dir, &old).inspect_err(|_| marker.remove_from(dir))?;
+        if !CheckpointFolder::is_checkpoint(&old) {
+            std::fs::rename(&old, dir)?;
+            return changed(&marker);
+        }
         crash_point("moved-old");
         if let Err(e) = std::fs::rename(tmp, dir) {
             // Put the previous checkpoint back rather than leave the path empty.
-            let _ = std::fs::rename(&old, dir);
+            if std::fs::rename(&old, dir).is_ok() {
+                marker.remove_from(dir);
+            }
             return Err(e.into());
         }
         sync_dir(parent);
         crash_point("swapped");
         std::fs::remove_dir_all(&old)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether a rename failed because another save changed the path meanwhile (it appeared, or went away).
@@ -207,25 +406,25 @@ fn crash_point(point: &str) {
     }
 }
 
-/// The hidden copies of checkpoint `name` in `parent` (interrupted or in-progress saves), with their pids.
-fn siblings(parent: &Path, name: &str) -> Vec<(PathBuf, u32)> {
+/// The hidden copies of checkpoint `name` in `parent` that saves made (interrupted or in progress), each with the
+/// marker that proves it (see the module docs).
+fn saves_copies(parent: &Path, name: &str) -> Vec<(PathBuf, SaveMarker)> {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
+    let prefix = format!(".{name}.");
     entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            crate::io::sibling_pid(&file, name).map(|pid| (e.path(), pid))
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| SaveMarker::of(&e.path(), name).map(|m| (e.path(), m)))
         .collect()
 }
 
-/// Removes what interrupted saves of dead processes left beside checkpoint `name` (a finished save's own are
-/// gone already; a live process's may be in progress).
-fn remove_stale_siblings(parent: &Path, name: &str) {
-    for (path, pid) in siblings(parent, name) {
-        if !crate::io::process_alive(pid) {
+/// Removes the copies that crashed saves of checkpoint `name` left in `parent`: only marked ones (see the module
+/// docs) whose process is gone from this host (a live process's may be in progress).
+fn remove_dead_saves_copies(parent: &Path, name: &str) {
+    for (path, marker) in saves_copies(parent, name) {
+        if marker.is_dead() {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
@@ -238,46 +437,79 @@ fn restore<T: Float>(
     ema: &HashMap<String, Tensor>,
     path: &Path,
 ) -> Result<()> {
-    let get = |map: &HashMap<String, Tensor>, key: &str, file: &str| -> Result<Vec<T>> {
+    // Each tensor as the trainer's buffer of `len` values, checked as the weights are: the state is data, and one
+    // impossible value (a negative second moment, a NaN) would make every later step's update NaN.
+    let get = |map: &HashMap<String, Tensor>, key: &str, file: &str, len: usize, moment: bool| -> Result<Vec<T>> {
         let t = map
             .get(key)
             .ok_or_else(|| corrupt(&path.join(file), format!("missing tensor {key}")))?;
-        Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?)
+        let values = t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?;
+        if values.len() != len {
+            return Err(corrupt(
+                &path.join(file),
+                format!("tensor {key} has {} values, the model {len}", values.len()),
+            ));
+        }
+        let bad = values.iter().position(|v| {
+            let v = v.to_f64();
+            !v.is_finite() || (moment && v < 0.0)
+        });
+        if let Some(i) = bad {
+            let what = if moment {
+                "a second moment, which is finite and never negative"
+            } else {
+                "expected a finite value"
+            };
+            return Err(corrupt(
+                &path.join(file),
+                format!("tensor {key} holds {} at index {i}; {what}", values[i].to_f64()),
+            ));
+        }
+        Ok(values)
     };
     for (i, name) in trainer_names.iter().enumerate() {
-        let check = |v: Vec<T>, len: usize, key: &str, file: &str| -> Result<Vec<T>> {
-            if v.len() != len {
-                return Err(corrupt(
-                    &path.join(file),
-                    format!("{key} has {} values, the model {len}", v.len()),
-                ));
-            }
-            Ok(v)
-        };
         let len = b.m[i].len();
-        b.m[i] = check(
-            get(opt, &format!("m/{name}"), OPTIMIZER_FILE)?,
-            len,
-            name,
-            OPTIMIZER_FILE,
-        )?;
-        b.v[i] = check(
-            get(opt, &format!("v/{name}"), OPTIMIZER_FILE)?,
-            len,
-            name,
-            OPTIMIZER_FILE,
-        )?;
-        b.ema[i] = check(get(ema, name, EMA_FILE)?, len, name, EMA_FILE)?;
+        b.m[i] = get(opt, &format!("m/{name}"), OPTIMIZER_FILE, len, false)?;
+        b.v[i] = get(opt, &format!("v/{name}"), OPTIMIZER_FILE, len, true)?;
+        b.ema[i] = get(ema, name, EMA_FILE, len, false)?;
         if let Some(master) = &mut b.master {
-            master[i] = check(
-                get(opt, &format!("master/{name}"), OPTIMIZER_FILE)?,
-                len,
-                name,
-                OPTIMIZER_FILE,
-            )?;
+            master[i] = get(opt, &format!("master/{name}"), OPTIMIZER_FILE, len, false)?;
         }
     }
     Ok(())
+}
+
+/// Checks a loaded loss scale: present exactly for float16 models (the only ones trained with one), a usable
+/// positive factor whose reciprocal unscales the gradients, and a clean-step count below the growth interval.
+fn check_loss_scale(scale: &Option<LossScale>, model: candle_core::DType, manifest: &Path) -> Result<()> {
+    let f16 = model == candle_core::DType::F16;
+    match scale {
+        None if f16 => Err(corrupt(
+            manifest,
+            "loss_scale: expected the dynamic loss scale of a float16 model, got none",
+        )),
+        Some(_) if !f16 => Err(corrupt(
+            manifest,
+            format!("loss_scale: a {model:?} model trains without loss scaling, got one"),
+        )),
+        Some(s) if !(s.scale.is_finite() && s.scale > 0.0 && (1.0 / s.scale).is_finite()) => Err(corrupt(
+            manifest,
+            format!(
+                "loss_scale: expected a finite scale > 0 with a finite reciprocal, got {}",
+                s.scale
+            ),
+        )),
+        Some(s) if s.clean_steps >= super::trainer::GROWTH_INTERVAL => Err(corrupt(
+            manifest,
+            format!(
+                "loss_scale.clean_steps: expected fewer than {} (the scale grows and the count restarts there), \
+                 got {}",
+                super::trainer::GROWTH_INTERVAL,
+                s.clean_steps
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads a checkpoint written by [`save`] and returns the trainer exactly as it was. Where `dir` holds no
@@ -301,7 +533,7 @@ fn recover(dir: &Path, device: &Device) -> Result<Option<Trainer>> {
         parent
     };
     let mut best: Option<Trainer> = None;
-    for (path, _) in siblings(parent, &name.to_string_lossy()) {
+    for (path, _) in saves_copies(parent, &name.to_string_lossy()) {
         if !path.join(MANIFEST).is_file() {
             continue;
         }
@@ -360,6 +592,7 @@ fn load_dir(dir: &Path, device: &Device) -> Result<Trainer> {
     trainer.rank_rngs = manifest.rank_rngs;
     trainer.step = manifest.step;
     trainer.skipped_steps = manifest.skipped_steps;
+    check_loss_scale(&manifest.loss_scale, trainer.model.dtype(), &manifest_path)?;
     trainer.loss_scale = manifest.loss_scale;
     Ok(trainer)
 }

@@ -6,8 +6,8 @@
 use candle_core::{DType, Tensor, Var};
 
 use super::optim::{
-    adamw_cannot_overflow, adamw_ema_step, adamw_stays_finite, max_abs, sum_of_squares, Magnitudes, Pending, Skip,
-    Update,
+    adamw_cannot_overflow, adamw_ema_step, adamw_stays_finite, max_abs, max_nonnegative, sum_of_squares, Magnitudes,
+    Pending, Skip, Update,
 };
 use super::options::TrainerOptions;
 use crate::error::Result;
@@ -70,7 +70,7 @@ impl<T: Float> Buffers<T> {
                         param: max_abs(p),
                         grad: max_abs(g),
                         m: max_abs(m),
-                        v: max_abs(v),
+                        v: max_nonnegative(v),
                     };
                     adamw_cannot_overflow::<T>(mag, update, &opts.optimizer)
                         || adamw_stays_finite(p, g, m, v, update, &opts.optimizer)

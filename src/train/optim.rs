@@ -127,32 +127,43 @@ pub fn adamw_stays_finite<T: Float>(
         .all(|(((p, g), m), v)| {
             (0..p.len()).all(|i| {
                 let (p, m, v) = c.element(p[i], g[i], m[i], v[i]);
-                p.to_f64().is_finite() && m.to_f64().is_finite() && v.to_f64().is_finite()
+                // A negative second moment is refused too: it would make the next step's update NaN.
+                p.to_f64().is_finite() && m.to_f64().is_finite() && v.to_f64().is_finite() && v.to_f64() >= 0.0
             })
         })
 }
 
-/// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
 /// The largest |x| (0 for an empty slice; NaN where any value is not finite).
 pub fn max_abs<T: Float>(x: &[T]) -> f64 {
+    largest(x, true)
+}
+
+/// The largest value of a slice that can hold no negative value (second moments; 0 for an empty slice): NaN where
+/// any value is negative or not finite, so that no bound is derived from it.
+pub fn max_nonnegative<T: Float>(x: &[T]) -> f64 {
+    largest(x, false)
+}
+
+/// The largest |x| (`abs`) or x (NaN where some x < 0), NaN where any value is not finite.
+fn largest<T: Float>(x: &[T], abs: bool) -> f64 {
     x.par_chunks(CHUNK)
         .map(|c| {
             // Independent lanes, so that the reduction vectorises (one accumulator is a serial chain).
             let mut lanes = [T::ZERO; LANES];
-            let mut finite = true;
+            let mut valid = true;
             let mut blocks = c.chunks_exact(LANES);
             for b in &mut blocks {
                 for (l, x) in lanes.iter_mut().zip(b) {
-                    let a = if *x < T::ZERO { T::ZERO - *x } else { *x };
-                    finite &= a.is_finite();
+                    let a = if abs && *x < T::ZERO { T::ZERO - *x } else { *x };
+                    valid &= a.is_finite() & (a >= T::ZERO);
                     *l = if a > *l { a } else { *l };
                 }
             }
             let rest = blocks.remainder().iter().chain(&lanes);
-            if !finite || rest.clone().any(|v| !v.is_finite()) {
+            if !valid || rest.clone().any(|v| !v.is_finite() || (!abs && *v < T::ZERO)) {
                 return f64::NAN;
             }
-            rest.fold(0.0f64, |m, v| m.max(v.to_f64().abs()))
+            rest.fold(0.0f64, |m, v| m.max(if abs { v.to_f64().abs() } else { v.to_f64() }))
         })
         .reduce(
             || 0.0,
@@ -166,6 +177,8 @@ pub struct Magnitudes {
     pub param: f64,
     pub grad: f64,
     pub m: f64,
+    /// The largest second moment, from [`max_nonnegative`]: NaN when any is negative (a value no AdamW step makes,
+    /// whose square root is NaN), so that the bound declines and the exact dry run decides.
     pub v: f64,
 }
 
@@ -177,6 +190,10 @@ pub struct Magnitudes {
 pub fn adamw_cannot_overflow<T: Float>(mag: Magnitudes, update: Update, cfg: &AdamWConfig) -> bool {
     let limit = 0.5 * T::MAX_F64;
     let c = |v: f64| v.is_finite() && v < limit;
+    // The bound below holds for second moments >= 0 only (NaN, from a negative one, fails here).
+    if mag.v.is_nan() || mag.v < 0.0 {
+        return false;
+    }
     let Update { step, lr, grad_scale } = update;
     let bias1 = 1.0 - cfg.beta1.powi(step.min(i32::MAX as u64) as i32);
     if !(bias1 > 0.0 && cfg.eps > 0.0) {
@@ -228,6 +245,7 @@ pub fn adamw_ema_step<T: Float>(
         });
 }
 
+/// `ema ← decay · ema + (1 − decay) · param`, as the official `update_ema`.
 pub fn ema_update<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
     let (d, w) = (T::of(decay), T::of(1.0 - decay));
     ema.par_chunks_mut(CHUNK)

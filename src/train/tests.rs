@@ -422,7 +422,7 @@ fn step_equals_forward_backward_then_apply_and_draws_replace_the_stream() {
 /// dry run agrees.
 #[test]
 fn overflow_bound_is_conservative() {
-    use optim::{adamw_cannot_overflow, adamw_stays_finite, max_abs, Magnitudes, Update};
+    use optim::{adamw_cannot_overflow, adamw_stays_finite, max_abs, max_nonnegative, Magnitudes, Update};
     let cfg = AdamWConfig::default();
     let mut rng = Generator::new(5);
     for case in 0..400 {
@@ -440,7 +440,7 @@ fn overflow_bound_is_conservative() {
             param: max_abs(&p),
             grad: max_abs(&g),
             m: max_abs(&m),
-            v: max_abs(&v),
+            v: max_nonnegative(&v),
         };
         if adamw_cannot_overflow::<f32>(mag, update, &cfg) {
             assert!(adamw_stays_finite(&p, &g, &m, &v, update, &cfg), "case {case}");
@@ -448,6 +448,48 @@ fn overflow_bound_is_conservative() {
     }
     assert_eq!(max_abs(&[1.0f32, -3.0, 2.0]), 3.0);
     assert!(max_abs(&[1.0f32, f32::NAN]).is_nan());
+}
+
+/// A negative second moment (no AdamW step makes one; an edited checkpoint could, before loads checked it) never
+/// passes the cheap bound, and the dry run refuses the step it would turn into NaN: the trainer reports it with
+/// the weights unchanged instead of returning normally with every parameter NaN.
+#[test]
+fn a_negative_second_moment_never_passes_the_overflow_guard() {
+    use optim::{adamw_cannot_overflow, adamw_stays_finite, max_abs, max_nonnegative, Magnitudes, Update};
+    let cfg = AdamWConfig::default();
+    let update = Update {
+        step: 3,
+        lr: 1e-3,
+        grad_scale: 1.0,
+    };
+    let (p, g, m, v) = ([1.0f32, 2.0], [0.0f32, 1e-3], [0.0f32, 0.0], [-1.0f32, 0.5]);
+    assert!(max_nonnegative(&v).is_nan());
+    assert_eq!(max_nonnegative(&[0.5f32, 0.0, 2.0]), 2.0);
+    assert!(max_nonnegative(&[0.5f32, f32::INFINITY]).is_nan());
+    let mag = Magnitudes {
+        param: max_abs(&p),
+        grad: max_abs(&g),
+        m: max_abs(&m),
+        v: max_nonnegative(&v),
+    };
+    assert!(!adamw_cannot_overflow::<f32>(mag, update, &cfg));
+    assert!(!adamw_stays_finite(&p, &g, &m, &v, update, &cfg));
+
+    let tc = tiny(0, 0);
+    let model = LatteModel::new(&tc, &Device::Cpu, DType::F32, 0).unwrap();
+    let mut trainer = Trainer::new(&model, &diffusion(), opts()).unwrap();
+    let State::F32(buffers) = &mut trainer.state else {
+        panic!("a float32 CPU model keeps its optimiser state on the host")
+    };
+    buffers.v[0][0] = -1.0;
+    let before = weights(&model);
+    let err = trainer
+        .step(&data(&tc, 2, DType::F32, 1), &Condition::Unconditional)
+        .expect_err("a step through a negative second moment was taken")
+        .to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    assert_eq!(weights(&model), before);
+    assert_eq!(trainer.step_count(), 0);
 }
 
 /// The text-to-video trainer: caption dropout to the null caption, image-video joint captions, the resume

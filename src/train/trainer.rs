@@ -73,7 +73,7 @@ pub struct LossScale {
     pub clean_steps: u64,
 }
 
-const GROWTH_INTERVAL: u64 = 2000;
+pub(super) const GROWTH_INTERVAL: u64 = 2000;
 
 /// The optimiser's state: host buffers updated by the CPU kernels in place, or flat tensors on the parameters'
 /// device (see [`device_state`]); [`crate::nn::kernels`] decides which.

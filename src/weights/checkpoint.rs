@@ -67,6 +67,20 @@ impl CheckpointFolder {
         dir.join(MANIFEST_FILE).is_file()
     }
 
+    /// Whether `dir` is a latte-rs trainer checkpoint: its manifest is a JSON object of our format (of any
+    /// version, so that a newer build's checkpoint counts too). A file that merely has the manifest's name (another
+    /// tool's `trainer.json`) does not make a folder one; this decides what saving may replace.
+    pub fn is_checkpoint(dir: &Path) -> bool {
+        #[derive(Deserialize)]
+        struct Format {
+            format: String,
+        }
+        crate::io::read(&dir.join(MANIFEST_FILE))
+            .ok()
+            .and_then(|bytes| crate::error::parse_json::<Format>(&bytes).ok())
+            .is_some_and(|m| m.format == FORMAT)
+    }
+
     /// Reads and checks the manifest of `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {

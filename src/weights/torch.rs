@@ -183,3 +183,103 @@ impl CheckpointInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::pickle::{Object, Stack, MAX_DEPTH};
+
+    fn read(stack: Stack, pickle: &[u8]) -> candle_core::Result<Object> {
+        let mut stack = stack;
+        stack.read_loop(&mut std::io::Cursor::new(pickle))?;
+        stack.finalize()
+    }
+
+    fn unicode(s: &str) -> Vec<u8> {
+        let mut out = vec![b'X'];
+        out.extend((s.len() as u32).to_le_bytes());
+        out.extend(s.as_bytes());
+        out
+    }
+
+    /// Lists, one-tuples and dicts nested `n` deep (protocol 2, as torch.save writes).
+    fn nested(kind: &str, n: usize) -> Vec<u8> {
+        let mut p = b"\x80\x02".to_vec();
+        match kind {
+            "list" => {
+                p.extend(std::iter::repeat_n(b']', n));
+                p.extend(std::iter::repeat_n(b'a', n - 1));
+            }
+            "tuple" => {
+                p.push(b'N');
+                p.extend(std::iter::repeat_n(0x85u8, n - 1));
+            }
+            _ => {
+                p.push(b'}');
+                for _ in 1..n {
+                    p.push(b'(');
+                    p.extend(unicode("k"));
+                    p.push(b'}');
+                }
+                p.extend(std::iter::repeat_n(b'u', n - 1));
+            }
+        }
+        p.push(b'.');
+        p
+    }
+
+    /// A pickle nested deeper than any checkpoint is refused as it is read, not by a stack overflow when the
+    /// tree is dropped; one at the limit reads (and drops) fine.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for kind in ["list", "tuple", "dict"] {
+            let err = read(Stack::empty(), &nested(kind, 300_000)).unwrap_err().to_string();
+            assert!(err.contains("nested deeper than 1000"), "{kind}: {err}");
+            read(Stack::empty(), &nested(kind, MAX_DEPTH)).unwrap();
+            assert!(read(Stack::empty(), &nested(kind, MAX_DEPTH + 1)).is_err(), "{kind}");
+        }
+    }
+
+    /// `{"model": d, "ema": d}` with one dict `d`: pickle memoizes `d` empty and fills it in afterwards, so the
+    /// second reference must see it filled (as `torch.load` does), not the empty dict of the moment it was put.
+    #[test]
+    fn a_memoized_dict_filled_after_it_was_put_reads_whole() {
+        let mut p = b"\x80\x02}q\x00(".to_vec();
+        p.extend(unicode("model"));
+        p.extend(b"}q\x01(");
+        p.extend(unicode("w"));
+        p.extend(b"K\x07u");
+        p.extend(unicode("ema"));
+        p.extend(b"h\x01u.");
+        let d = Object::Dict(vec![(Object::Unicode("w".into()), Object::Int(7))]);
+        let expected = Object::Dict(vec![
+            (Object::Unicode("ema".into()), d.clone()),
+            (Object::Unicode("model".into()), d),
+        ]);
+        let Object::Dict(mut got) = read(Stack::empty(), &p).unwrap() else {
+            panic!("not a dict")
+        };
+        got.sort_by_key(|(k, _)| format!("{k:?}"));
+        assert_eq!(Object::Dict(got), expected);
+    }
+
+    /// Fetching a memoized object copies it: a pickle that doubles a list 40 times (a few hundred bytes) would ask
+    /// for 2^40 objects. The copies are counted, and refused before they are made.
+    #[test]
+    fn copies_of_memoized_objects_are_bounded() {
+        let mut p = b"\x80\x02]q\x00K\x01a".to_vec();
+        for i in 0..40u8 {
+            // [prev, prev], memoized as the next id
+            p.extend([b'(', b'h', i, b'h', i, b't', b'q', i + 1]);
+        }
+        p.push(b'.');
+        let err = read(Stack::empty().with_max_objects(100_000), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 100000 objects"), "{err}");
+        // A string's declared length is not allocated before its bytes arrive.
+        let err = read(Stack::empty(), b"\x80\x02X\xff\xff\xff\xffab.")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cut short"), "{err}");
+    }
+}

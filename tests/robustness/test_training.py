@@ -79,3 +79,54 @@ def test_forwards_during_training_see_whole_steps():
     assert len(outputs) > 0
     for out in outputs:
         assert any(np.array_equal(out, e) for e in expected), "a forward saw a half-applied step"
+
+
+# Issue 30: keep_checkpoints is checked where it enters and never prunes the checkpoint just written; a one-step
+# diffusion process trains.
+
+TINY_TRAIN = {
+    "dataset": "synthetic", "model": "Latte-S/2", "num_frames": 4, "image_size": 8, "pixel_space": True,
+    "model_config": {"depth": 2, "hidden_size": 32, "num_heads": 2}, "local_batch_size": 2, "log_every": 2,
+    "ckpt_every": 3, "num_clips": 16, "global_seed": 11,
+}
+
+
+@pytest.mark.parametrize("keep", [-1, 0, 1.5, "two", True])
+def test_keep_checkpoints_that_cannot_work_is_refused_by_name(keep):
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        latte_rs.training.load_config({**TINY_TRAIN, "keep_checkpoints": keep})
+    assert latte_rs.training.load_config({**TINY_TRAIN, "keep_checkpoints": 2})["keep_checkpoints"] == 2
+    assert latte_rs.training.load_config({**TINY_TRAIN, "keep_checkpoints": None})["keep_checkpoints"] is None
+
+
+def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
+    latte_rs.train(TINY_TRAIN, output_dir=tmp_path, max_steps=6, progress=False)
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "0000006" / "model.safetensors").write_bytes(b"garbage")  # the newest is damaged: resume skips it
+    with pytest.warns(UserWarning, match="0000006"):
+        result = latte_rs.train({**TINY_TRAIN, "keep_checkpoints": 1}, output_dir=tmp_path, max_steps=4, resume=True,
+                                progress=False)
+    assert result.last_checkpoint == ckpts / "0000004"
+    assert latte_rs.Trainer.resume(ckpts / "0000004").step_count == 4
+    assert sorted(p.name for p in ckpts.iterdir()) == ["0000004", "0000006"]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(timestep_respacing="1"),
+    dict(diffusion_steps=1),
+    dict(diffusion_steps=1, learn_sigma=False, sigma_small=True),
+    dict(diffusion_steps=1, learn_sigma=False, use_kl=True),
+    dict(timestep_respacing="1", learn_sigma=False, prediction_type="v_prediction"),
+])
+def test_a_one_step_diffusion_process_trains_and_samples(kw, tmp_path):
+    d = latte_rs.GaussianDiffusion(**kw)
+    assert d.num_timesteps == 1
+    cfg = tiny_config(learn_sigma=d.variance_type.startswith("learned"))
+    model = latte_rs.LatteModel(cfg, seed=0)
+    trainer = latte_rs.Trainer(model, d, seed=0)
+    stats = trainer.step(random_latents(cfg))
+    assert np.isfinite(stats["loss"]) and stats["step"] == 1
+    trainer.save(tmp_path / "ckpt")
+    assert latte_rs.Trainer.resume(tmp_path / "ckpt").diffusion.num_timesteps == 1
+    sample = latte_rs.sample(model, d, 1, progress=False, seed=0)
+    assert np.isfinite(sample).all()

@@ -2,12 +2,15 @@
 
 The save protocol (src/train/checkpoint.rs): files into a unique hidden sibling, the manifest last, then an atomic
 exchange with the existing checkpoint (or, where the file system cannot exchange, two renames); the process is
-aborted at each point through the test hook ``LATTE_RS_TEST_CRASH_AT``.
+aborted at each point through the test hook ``LATTE_RS_TEST_CRASH_AT``. The next save removes only the copies that
+prove themselves the killed save's (a marker file inside each).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +78,7 @@ def test_a_killed_save_always_leaves_a_checkpoint_to_resume(tmp_path, point, pat
     resumed.step(x)
     resumed.save(ckpt)
     assert _hidden(tmp_path) == [], "stale copies of the killed save were not removed"
+    assert not (ckpt / ".latte-rs-save.json").exists(), "the save's marker stayed in the checkpoint"
     assert latte_rs.Trainer.resume(ckpt).step_count == step + 1
 
 
@@ -98,3 +102,29 @@ def test_a_file_in_the_way_is_not_replaced(tmp_path) -> None:
         trainer.save(tmp_path / "ckpt")
     assert (tmp_path / "ckpt").read_text() == "not a checkpoint"
     assert _hidden(tmp_path) == []
+
+
+def test_only_the_killed_saves_own_copies_are_removed(tmp_path):
+    """A killed save's copies are removed by the next save because each proves itself a save's (a marker inside
+    naming that very folder, its checkpoint, and a process gone from this host), not because of its name: a copy of
+    a leftover under another name, a leftover of a save on another host and a look-alike without a marker stay."""
+    ckpt = tmp_path / "ckpt"
+    script = SCRIPT.format(tests=str(Path(__file__).parents[1]))
+    proc = subprocess.run([sys.executable, "-c", script, str(ckpt), "LATTE_RS_TEST_CRASH_AT=moved-old",
+                           "LATTE_RS_TEST_NO_EXCHANGE=1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stderr[-2000:])
+    leftovers = _hidden(tmp_path)
+    assert len(leftovers) == 2 and all((tmp_path / n / ".latte-rs-save.json").is_file() for n in leftovers)
+    new = next(n for n in leftovers if ".tmp-" in n)
+    shutil.copytree(tmp_path / new, tmp_path / ".ckpt.tmp-999999-9")  # the user's copy, under another name
+    other_host = tmp_path / ".ckpt.tmp-999999-8"
+    shutil.copytree(tmp_path / new, other_host)
+    marker = json.loads((other_host / ".latte-rs-save.json").read_text())
+    (other_host / ".latte-rs-save.json").write_text(json.dumps({**marker, "copy": other_host.name,
+                                                                "host": "another-machine"}))
+    (tmp_path / ".ckpt.old-999999-0").mkdir()  # a look-alike without a marker
+    resumed = latte_rs.Trainer.resume(ckpt)  # from the killed save's complete new copy
+    assert resumed.step_count == 2
+    resumed.save(ckpt)
+    assert _hidden(tmp_path) == [".ckpt.old-999999-0", ".ckpt.tmp-999999-8", ".ckpt.tmp-999999-9"]
+    assert not (ckpt / ".latte-rs-save.json").exists(), "the marker stayed in the checkpoint"

@@ -44,8 +44,8 @@ resume_from_checkpoint          resume from the newest checkpoint of the experim
 are decided; ``sample``; checkpoints record it and pipelines made from them sample with it), ``dist_timeout``
 (seconds a rank waits for the others in a collective before it raises ``RankFailure``; default 300), ``label_by``,
 ``shape_size`` (radius range as fractions of the frame), ``shape_speed`` (fraction of the frame per frame) and
-``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (keep only the newest N;
-default all).
+``class_colours`` (synthetic dataset, see ``SyntheticVideos``), ``keep_checkpoints`` (an int N >= 1: keep the
+checkpoint just written and the N - 1 before it, removing older ones; default all).
 
 Text-to-video (``model: LatteT2V``, the official text-to-video configs' name; Latte-1's transformer, diffusers'
 ``LatteTransformer3DModel``):

@@ -210,6 +210,10 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config: {key} expected >= 1, got {cfg[key]}")
     if not 0 <= cfg["global_seed"] < 2**64:  # a 64-bit seed (the trainer's, the data order's)
         raise ValueError(f"config: global_seed expected an int in [0, 2**64), got {cfg['global_seed']}")
+    # How many checkpoints pruning keeps: None keeps all; 0 or fewer would prune the one just written.
+    if cfg["keep_checkpoints"] is not None and cfg["keep_checkpoints"] < 1:
+        raise ValueError(f"config: keep_checkpoints expected None (keep all) or an int >= 1, got "
+                         f"{cfg['keep_checkpoints']}")
     if cfg["video_length"] is not None:  # the official text-to-video name of num_frames
         cfg["num_frames"] = cfg["video_length"]
     if not 0.0 <= cfg["caption_dropout_prob"] <= 1.0:

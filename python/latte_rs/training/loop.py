@@ -241,7 +241,7 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
                 else:
                     dp.save(result.last_checkpoint)
                 if main:
-                    _prune(ckpt_dir, cfg["keep_checkpoints"])
+                    _prune(ckpt_dir, cfg["keep_checkpoints"], result.last_checkpoint)
     finally:
         if bar is not None:
             bar.close()
@@ -267,12 +267,20 @@ def _log_row(window: list[dict], step: int, seconds: float, last: dict) -> dict[
     }
 
 
-def _prune(ckpt_dir: Path, keep: int | None) -> None:
-    if not keep:
+def _prune(ckpt_dir: Path, keep: int | None, written: Path) -> None:
+    """Keeps the checkpoint just `written` and the ``keep - 1`` newest before it (by step); removes older ones.
+
+    Checkpoints of later steps are left alone: they exist when a run resumed from an earlier checkpoint (the
+    newest was damaged, or chosen), and are no older than this run's. Only latte-rs checkpoints are removed
+    (a folder of seven digits without its manifest is not ours to delete)."""
+    if keep is None:
         return
-    steps = sorted(p for p in ckpt_dir.iterdir() if _STEP_DIR.match(p.name))
-    for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    step = int(written.name)
+    older = sorted((p for p in ckpt_dir.iterdir() if _STEP_DIR.match(p.name) and int(p.name) < step),
+                   key=lambda p: int(p.name))
+    for old in older[: max(len(older) - (keep - 1), 0)]:
+        if (old / "trainer.json").is_file():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_config(cfg: Mapping[str, Any], path: Path) -> None:

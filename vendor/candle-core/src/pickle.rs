@@ -4,7 +4,7 @@
 use crate::{Context, DType, Error as E, Layout, Result, Tensor};
 use byteorder::{LittleEndian, ReadBytesExt};
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 const VERBOSE: bool = false;
 
@@ -292,18 +292,83 @@ impl<T: TryFrom<Object, Error = Object>> TryFrom<Object> for Vec<T> {
     }
 }
 
+/// How deep pickled objects may nest. Reading is a loop, but a nested `Object` is dropped, cloned and compared by
+/// recursion: a pickle nesting 300,000 lists (a 600 KB file) overflowed the thread's stack. PyTorch checkpoints
+/// nest fewer than 20 levels (a dict of state dicts of tensor records); Python's own recursion limit is 1000.
+pub const MAX_DEPTH: usize = 1000;
+
+/// How many objects one pickle may make, copies of memoized objects included: each `BINGET` copies the object
+/// (the tree has no shared nodes), so a few bytes that fetch a large object again and again would otherwise ask
+/// for unbounded memory. Checkpoints make tens of thousands.
+pub const MAX_OBJECTS: usize = 20_000_000;
+
+/// How deep an object nests and how many objects it holds (itself included), kept beside each stack entry so that
+/// the limits are checked as objects are made, without walking them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    depth: usize,
+    objects: usize,
+}
+
+impl Shape {
+    const LEAF: Self = Self {
+        depth: 1,
+        objects: 1,
+    };
+
+    /// The shape of a container holding objects of these shapes.
+    fn holding(children: impl IntoIterator<Item = Self>) -> Self {
+        children.into_iter().fold(Self::LEAF, |s, c| s.with(c))
+    }
+
+    /// This container with one more child.
+    fn with(self, child: Self) -> Self {
+        Self {
+            depth: self.depth.max(child.depth + 1),
+            objects: self.objects.saturating_add(child.objects),
+        }
+    }
+}
+
+/// A memoized object. Pickle memoizes a container when it is made, before its items are set (`EMPTY_DICT`,
+/// `BINPUT`, then `SETITEMS`), so while it is on the stack the memo refers to the stack entry, and takes a copy of
+/// it when it leaves the stack complete. (Copying at `BINPUT`, as upstream candle does, memoized the empty dict:
+/// a `train.py` checkpoint whose "model" and "ema" are one dict read "ema" as empty.)
+#[derive(Debug)]
+enum Memo {
+    OnStack(usize),
+    Done(Object, Shape),
+}
+
 #[derive(Debug)]
 pub struct Stack {
     stack: Vec<Object>,
-    memo: HashMap<u32, Object>,
+    /// The shape of each entry of `stack`.
+    shapes: Vec<Shape>,
+    memo: HashMap<u32, Memo>,
+    /// The memo ids of entries still on the stack, by stack index (ascending: a `BINPUT` names the top).
+    on_stack: Vec<(usize, u32)>,
+    /// Objects made so far, copies included, and their bound ([`MAX_OBJECTS`] unless set).
+    made: usize,
+    max_objects: usize,
 }
 
 impl Stack {
     pub fn empty() -> Self {
         Self {
             stack: Vec::with_capacity(512),
+            shapes: Vec::with_capacity(512),
             memo: HashMap::new(),
+            on_stack: Vec::new(),
+            made: 0,
+            max_objects: MAX_OBJECTS,
         }
+    }
+
+    /// This reader with another bound on the objects a pickle may make (tests use a small one).
+    pub fn with_max_objects(mut self, max_objects: usize) -> Self {
+        self.max_objects = max_objects;
+        self
     }
 
     pub fn stack(&self) -> &[Object] {
@@ -320,41 +385,123 @@ impl Stack {
     }
 
     pub fn finalize(mut self) -> Result<Object> {
-        self.pop()
-    }
-
-    fn push(&mut self, obj: Object) {
-        self.stack.push(obj)
-    }
-
-    fn pop(&mut self) -> Result<Object> {
+        // Nothing reads the memo after the end: the last object leaves without a copy.
+        self.shapes.pop();
         match self.stack.pop() {
             None => crate::bail!("unexpected empty stack"),
             Some(obj) => Ok(obj),
         }
     }
 
-    // https://docs.juliahub.com/Pickle/LAUNc/0.1.0/opcode/#Pickle.OpCodes.BUILD
-    fn build(&mut self) -> Result<()> {
-        let args = self.pop()?;
-        let obj = self.pop()?;
-        let obj = match (obj, args) {
-            (Object::Dict(mut obj), Object::Dict(mut args)) => {
-                obj.append(&mut args);
-                Object::Dict(obj)
-            }
-            (obj, args) => Object::Build {
-                callable: Box::new(obj),
-                args: Box::new(args),
-            },
-        };
-        self.push(obj);
+    /// Whether `objects` more objects stay within the bound.
+    fn check_room(&self, objects: usize) -> Result<()> {
+        if self.made.saturating_add(objects) > self.max_objects {
+            crate::bail!(
+                "pickle: makes more than {} objects (copies of memoized ones included); no checkpoint holds so many",
+                self.max_objects
+            )
+        }
         Ok(())
     }
 
+    /// Counts `objects` objects about to be made against the bound (before they are: a refused copy is never
+    /// allocated).
+    fn make(&mut self, objects: usize) -> Result<()> {
+        self.check_room(objects)?;
+        self.made += objects;
+        Ok(())
+    }
+
+    /// Checks a shape about to be on the stack against [`MAX_DEPTH`].
+    fn check_depth(shape: Shape) -> Result<()> {
+        if shape.depth > MAX_DEPTH {
+            crate::bail!(
+                "pickle: objects nested deeper than {MAX_DEPTH} levels; no checkpoint nests so deep"
+            )
+        }
+        Ok(())
+    }
+
+    fn push_shaped(&mut self, obj: Object, shape: Shape) -> Result<()> {
+        Self::check_depth(shape)?;
+        self.stack.push(obj);
+        self.shapes.push(shape);
+        Ok(())
+    }
+
+    /// Pushes a new object holding objects of the shapes `children` (already counted).
+    fn push_holding(
+        &mut self,
+        obj: Object,
+        children: impl IntoIterator<Item = Shape>,
+    ) -> Result<()> {
+        self.make(1)?;
+        self.push_shaped(obj, Shape::holding(children))
+    }
+
+    fn push(&mut self, obj: Object) -> Result<()> {
+        self.push_holding(obj, [])
+    }
+
+    /// The entry at `index` is leaving the stack: the memo entries that refer to it take a copy of it.
+    fn leaving(&mut self, index: usize, obj: &Object, shape: Shape) -> Result<()> {
+        while let Some(&(at, id)) = self.on_stack.last() {
+            if at < index {
+                break;
+            }
+            self.on_stack.pop();
+            if matches!(self.memo.get(&id), Some(Memo::OnStack(i)) if *i == at) {
+                self.make(shape.objects)?;
+                self.memo.insert(id, Memo::Done(obj.clone(), shape));
+            }
+        }
+        Ok(())
+    }
+
+    fn pop_shaped(&mut self) -> Result<(Object, Shape)> {
+        let (Some(obj), Some(shape)) = (self.stack.pop(), self.shapes.pop()) else {
+            crate::bail!("unexpected empty stack")
+        };
+        self.leaving(self.stack.len(), &obj, shape)?;
+        Ok((obj, shape))
+    }
+
+    fn pop(&mut self) -> Result<Object> {
+        Ok(self.pop_shaped()?.0)
+    }
+
+    // https://docs.juliahub.com/Pickle/LAUNc/0.1.0/opcode/#Pickle.OpCodes.BUILD
+    // BUILD sets the state of the object below it, in place: it stays the object that was memoized.
+    fn build(&mut self) -> Result<()> {
+        let (args, args_shape) = self.pop_shaped()?;
+        let (obj, shape) = self.last_shaped()?;
+        let built = match (std::mem::replace(obj, Object::None), args) {
+            (Object::Dict(mut obj), Object::Dict(mut args)) => {
+                obj.append(&mut args);
+                // The state's items join the dict: as deep as either, one container fewer.
+                *shape = Shape {
+                    depth: shape.depth.max(args_shape.depth),
+                    objects: shape.objects.saturating_add(args_shape.objects - 1),
+                };
+                Object::Dict(obj)
+            }
+            (obj, args) => {
+                *shape = Shape::holding([*shape, args_shape]);
+                Object::Build {
+                    callable: Box::new(obj),
+                    args: Box::new(args),
+                }
+            }
+        };
+        *obj = built;
+        let shape = *shape;
+        Self::check_depth(shape)?;
+        self.make(1)
+    }
+
     fn reduce(&mut self) -> Result<()> {
-        let args = self.pop()?;
-        let callable = self.pop()?;
+        let (args, args_shape) = self.pop_shaped()?;
+        let (callable, callable_shape) = self.pop_shaped()?;
         #[allow(clippy::single_match)]
         let reduced = match &callable {
             Object::Class {
@@ -372,49 +519,59 @@ impl Stack {
             }
             _ => None,
         };
-        let reduced = reduced.unwrap_or_else(|| Object::Reduce {
-            callable: Box::new(callable),
-            args: Box::new(args),
-        });
-        self.push(reduced);
-        Ok(())
-    }
-
-    fn last(&mut self) -> Result<&mut Object> {
-        match self.stack.last_mut() {
-            None => crate::bail!("unexpected empty stack"),
-            Some(obj) => Ok(obj),
+        match reduced {
+            Some(dict) => self.push(dict),
+            None => self.push_holding(
+                Object::Reduce {
+                    callable: Box::new(callable),
+                    args: Box::new(args),
+                },
+                [callable_shape, args_shape],
+            ),
         }
     }
 
-    fn memo_get(&self, id: u32) -> Result<Object> {
-        match self.memo.get(&id) {
+    fn last_shaped(&mut self) -> Result<(&mut Object, &mut Shape)> {
+        match (self.stack.last_mut(), self.shapes.last_mut()) {
+            (Some(obj), Some(shape)) => Ok((obj, shape)),
+            _ => crate::bail!("unexpected empty stack"),
+        }
+    }
+
+    /// Adds objects of the shapes `children` to the top entry (a list or dict being filled in).
+    fn grow_last(&mut self, children: impl IntoIterator<Item = Shape>) -> Result<()> {
+        let (_, shape) = self.last_shaped()?;
+        *shape = children.into_iter().fold(*shape, Shape::with);
+        let shape = *shape;
+        Self::check_depth(shape)
+    }
+
+    fn memo_get(&mut self, id: u32) -> Result<()> {
+        let (obj, shape) = match self.memo.get(&id) {
             None => crate::bail!("missing object in memo {id}"),
-            Some(obj) => {
-                // Maybe we should use refcounting rather than doing potential large clones here.
-                Ok(obj.clone())
-            }
-        }
+            Some(Memo::OnStack(i)) => match (self.stack.get(*i), self.shapes.get(*i)) {
+                (Some(obj), Some(shape)) => (obj, *shape),
+                _ => crate::bail!("memo {id} refers past the stack"),
+            },
+            Some(Memo::Done(obj, shape)) => (obj, *shape),
+        };
+        // The tree has no shared nodes: a fetched object is a copy, counted before it is made.
+        self.check_room(shape.objects)?;
+        let obj = obj.clone();
+        self.made += shape.objects;
+        self.push_shaped(obj, shape)
     }
 
     fn memo_put(&mut self, id: u32) -> Result<()> {
-        let obj = self.last()?.clone();
-        self.memo.insert(id, obj);
+        let Some(top) = self.stack.len().checked_sub(1) else {
+            crate::bail!("unexpected empty stack")
+        };
+        self.memo.insert(id, Memo::OnStack(top));
+        self.on_stack.push((top, id));
         Ok(())
     }
 
-    fn persistent_load(&self, id: Object) -> Result<Object> {
-        Ok(Object::PersistentLoad(Box::new(id)))
-    }
-
-    fn new_obj(&self, class: Object, args: Object) -> Result<Object> {
-        Ok(Object::Reduce {
-            callable: Box::new(class),
-            args: Box::new(args),
-        })
-    }
-
-    fn pop_to_marker(&mut self) -> Result<Vec<Object>> {
+    fn pop_to_marker(&mut self) -> Result<Vec<(Object, Shape)>> {
         let mut mark_idx = None;
         for (idx, obj) in self.stack.iter().enumerate().rev() {
             if obj == &Object::Mark {
@@ -424,14 +581,32 @@ impl Stack {
         }
         match mark_idx {
             Some(mark_idx) => {
-                let objs = self.stack.split_off(mark_idx + 1);
-                self.stack.pop();
+                let mut objs = Vec::with_capacity(self.stack.len() - mark_idx - 1);
+                while self.stack.len() > mark_idx + 1 {
+                    objs.push(self.pop_shaped()?);
+                }
+                objs.reverse();
+                self.pop()?;
                 Ok(objs)
             }
             None => {
                 crate::bail!("marker object not found")
             }
         }
+    }
+
+    /// Pops `n` objects, in the order they were pushed.
+    fn pop_n<const N: usize>(&mut self) -> Result<[(Object, Shape); N]> {
+        let mut objs: [(Object, Shape); N] = std::array::from_fn(|_| (Object::None, Shape::LEAF));
+        for slot in objs.iter_mut().rev() {
+            *slot = self.pop_shaped()?;
+        }
+        Ok(objs)
+    }
+
+    fn push_tuple(&mut self, items: Vec<(Object, Shape)>) -> Result<()> {
+        let (objs, shapes): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        self.push_holding(Object::Tuple(objs), shapes)
     }
 
     pub fn read<R: BufRead>(&mut self, r: &mut R) -> Result<bool> {
@@ -458,134 +633,139 @@ impl Stack {
                 self.push(Object::Class {
                     module_name,
                     class_name,
-                })
+                })?
             }
             OpCode::BinInt1 => {
                 let arg = r.read_u8()?;
-                self.push(Object::Int(arg as i32))
+                self.push(Object::Int(arg as i32))?
             }
             OpCode::BinInt2 => {
                 let arg = r.read_u16::<LittleEndian>()?;
-                self.push(Object::Int(arg as i32))
+                self.push(Object::Int(arg as i32))?
             }
             OpCode::BinInt => {
                 let arg = r.read_i32::<LittleEndian>()?;
-                self.push(Object::Int(arg))
+                self.push(Object::Int(arg))?
             }
             OpCode::BinFloat => {
                 // Somehow floats are encoded using BigEndian whereas int types use LittleEndian.
                 // https://github.com/python/cpython/blob/0c80da4c14d904a367968955544dd6ae58c8101c/Lib/pickletools.py#L855
                 // https://github.com/pytorch/pytorch/blob/372d078f361e726bb4ac0884ac334b04c58179ef/torch/_weights_only_unpickler.py#L243
                 let arg = r.read_f64::<byteorder::BigEndian>()?;
-                self.push(Object::Float(arg))
+                self.push(Object::Float(arg))?
             }
             OpCode::BinUnicode => {
                 let len = r.read_u32::<LittleEndian>()?;
-                let mut data = vec![0u8; len as usize];
-                r.read_exact(&mut data)?;
+                // Read as far as the data goes, not allocated from the length field up front (up to 4 GiB
+                // declared by four bytes).
+                let mut data = Vec::new();
+                r.by_ref().take(len as u64).read_to_end(&mut data)?;
+                if data.len() != len as usize {
+                    crate::bail!("string of {len} bytes cut short at {}", data.len())
+                }
                 let data = String::from_utf8(data).map_err(E::wrap)?;
-                self.push(Object::Unicode(data))
+                self.push(Object::Unicode(data))?
             }
             OpCode::BinPersId => {
-                let id = self.pop()?;
-                let obj = self.persistent_load(id)?;
-                self.push(obj)
+                let (id, shape) = self.pop_shaped()?;
+                self.push_holding(Object::PersistentLoad(Box::new(id)), [shape])?
             }
             OpCode::Tuple => {
                 let objs = self.pop_to_marker()?;
-                self.push(Object::Tuple(objs))
+                self.push_tuple(objs)?
             }
             OpCode::Tuple1 => {
-                let obj = self.pop()?;
-                self.push(Object::Tuple(vec![obj]))
+                let objs = self.pop_n::<1>()?;
+                self.push_tuple(objs.into())?
             }
             OpCode::Tuple2 => {
-                let obj2 = self.pop()?;
-                let obj1 = self.pop()?;
-                self.push(Object::Tuple(vec![obj1, obj2]))
+                let objs = self.pop_n::<2>()?;
+                self.push_tuple(objs.into())?
             }
             OpCode::Tuple3 => {
-                let obj3 = self.pop()?;
-                let obj2 = self.pop()?;
-                let obj1 = self.pop()?;
-                self.push(Object::Tuple(vec![obj1, obj2, obj3]))
+                let objs = self.pop_n::<3>()?;
+                self.push_tuple(objs.into())?
             }
-            OpCode::NewTrue => self.push(Object::Bool(true)),
-            OpCode::NewFalse => self.push(Object::Bool(false)),
+            OpCode::NewTrue => self.push(Object::Bool(true))?,
+            OpCode::NewFalse => self.push(Object::Bool(false))?,
             OpCode::Append => {
-                let value = self.pop()?;
-                let pylist = self.last()?;
+                let (value, shape) = self.pop_shaped()?;
+                let (pylist, _) = self.last_shaped()?;
                 if let Object::List(d) = pylist {
                     d.push(value)
                 } else {
                     crate::bail!("expected a list, got {pylist:?}")
                 }
+                self.grow_last([shape])?
             }
             OpCode::Appends => {
                 let objs = self.pop_to_marker()?;
-                let pylist = self.last()?;
+                let (pylist, _) = self.last_shaped()?;
+                let shapes: Vec<Shape> = objs.iter().map(|(_, s)| *s).collect();
                 if let Object::List(d) = pylist {
-                    d.extend(objs)
+                    d.extend(objs.into_iter().map(|(o, _)| o))
                 } else {
                     crate::bail!("expected a list, got {pylist:?}")
                 }
+                self.grow_last(shapes)?
             }
             OpCode::SetItem => {
-                let value = self.pop()?;
-                let key = self.pop()?;
-                let pydict = self.last()?;
+                let [(key, key_shape), (value, value_shape)] = self.pop_n::<2>()?;
+                let (pydict, _) = self.last_shaped()?;
                 if let Object::Dict(d) = pydict {
                     d.push((key, value))
                 } else {
                     crate::bail!("expected a dict, got {pydict:?}")
                 }
+                self.grow_last([key_shape, value_shape])?
             }
             OpCode::SetItems => {
                 let mut objs = self.pop_to_marker()?;
-                let pydict = self.last()?;
+                let shapes: Vec<Shape> = objs.iter().map(|(_, s)| *s).collect();
+                let (pydict, _) = self.last_shaped()?;
                 if let Object::Dict(d) = pydict {
                     if objs.len() % 2 != 0 {
                         crate::bail!("setitems: not an even number of objects")
                     }
-                    while let Some(value) = objs.pop() {
-                        let key = objs.pop().context("empty objs")?;
+                    while let Some((value, _)) = objs.pop() {
+                        let (key, _) = objs.pop().context("empty objs")?;
                         d.push((key, value))
                     }
                 } else {
                     crate::bail!("expected a dict, got {pydict:?}")
                 }
+                self.grow_last(shapes)?
             }
-            OpCode::None => self.push(Object::None),
+            OpCode::None => self.push(Object::None)?,
             OpCode::Stop => {
                 return Ok(true);
             }
             OpCode::Build => self.build()?,
-            OpCode::EmptyDict => self.push(Object::Dict(vec![])),
+            OpCode::EmptyDict => self.push(Object::Dict(vec![]))?,
             OpCode::Dict => {
                 let mut objs = self.pop_to_marker()?;
+                let shapes: Vec<Shape> = objs.iter().map(|(_, s)| *s).collect();
                 let mut pydict = vec![];
                 if objs.len() % 2 != 0 {
                     crate::bail!("setitems: not an even number of objects")
                 }
-                while let Some(value) = objs.pop() {
-                    let key = objs.pop().context("empty objs")?;
+                while let Some((value, _)) = objs.pop() {
+                    let (key, _) = objs.pop().context("empty objs")?;
                     pydict.push((key, value))
                 }
-                self.push(Object::Dict(pydict))
+                self.push_holding(Object::Dict(pydict), shapes)?
             }
-            OpCode::Mark => self.push(Object::Mark),
+            OpCode::Mark => self.push(Object::Mark)?,
             OpCode::Reduce => self.reduce()?,
-            OpCode::EmptyTuple => self.push(Object::Tuple(vec![])),
-            OpCode::EmptyList => self.push(Object::List(vec![])),
+            OpCode::EmptyTuple => self.push(Object::Tuple(vec![]))?,
+            OpCode::EmptyList => self.push(Object::List(vec![]))?,
             OpCode::BinGet => {
                 let arg = r.read_u8()?;
-                let obj = self.memo_get(arg as u32)?;
-                self.push(obj)
+                self.memo_get(arg as u32)?
             }
             OpCode::LongBinGet => {
                 let arg = r.read_u32::<LittleEndian>()?;
-                let obj = self.memo_get(arg)?;
-                self.push(obj)
+                self.memo_get(arg)?
             }
             OpCode::BinPut => {
                 let arg = r.read_u8()?;
@@ -596,10 +776,14 @@ impl Stack {
                 self.memo_put(arg)?
             }
             OpCode::NewObj => {
-                let args = self.pop()?;
-                let class = self.pop()?;
-                let obj = self.new_obj(class, args)?;
-                self.push(obj)
+                let [(class, class_shape), (args, args_shape)] = self.pop_n::<2>()?;
+                self.push_holding(
+                    Object::Reduce {
+                        callable: Box::new(class),
+                        args: Box::new(args),
+                    },
+                    [class_shape, args_shape],
+                )?
             }
             OpCode::Long1 => {
                 let n_bytes = r.read_u8()?;
@@ -608,7 +792,7 @@ impl Stack {
                 for i in 0..n_bytes {
                     v |= (r.read_u8()? as i64) << (i * 8);
                 }
-                self.push(Object::Long(v))
+                self.push(Object::Long(v))?
             }
         }
         Ok(false)
