@@ -687,9 +687,13 @@ def t_manifests(data, ctx):
         for _ in range(data.draw(st.integers(0, 2))):
             row[data.draw(keys)] = data.draw(st.one_of(paths, values))
         rows.append(row)
-    good = any(row["path"] in ("a.mp4", str(root / "a.mp4")) and row["caption"] in ("a red fox", "a cat")
-               for row in rows)
     kind = data.draw(st.sampled_from(["csv", "json", "jsonl"]))
+
+    def readable(row) -> bool:  # the csv module refuses a whole row with a NUL byte or a field past its limit
+        return kind != "csv" or all("\x00" not in str(v) and len(str(v)) < csv.field_size_limit() for v in row.values())
+
+    good = any(row["path"] in ("a.mp4", str(root / "a.mp4")) and row["caption"] in ("a red fox", "a cat")
+               and readable(row) for row in rows)
     if kind == "csv":
         columns = sorted({k for row in rows for k in row}) or ["path", "caption"]
         buf = io.StringIO()
