@@ -1,6 +1,6 @@
 """Type stubs of the native module (the Rust core's pyo3 classes)."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 from typing import Any, Literal, TypeAlias, TypedDict, final
 
@@ -519,7 +519,7 @@ class Trainer:
         diffusion: GaussianDiffusion,
         *,
         lr: float = 1e-4,
-        betas: tuple[float, float] = ...,
+        betas: Sequence[float] = ...,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -685,11 +685,11 @@ class I3D:
     def __new__(cls, path: str | PathLike[str]) -> I3D:
         """Loads converted weights (the file ``latte_rs.evaluation.i3d_weights()`` returns)."""
     def features(
-        self, clips: ArrayLike, value_range: tuple[float, float] | None = None
+        self, clips: ArrayLike, value_range: Sequence[float] | None = None
     ) -> npt.NDArray[np.float32]:
         """``(N, T >= 9, H, W, 3)`` clips (uint8, or float with ``value_range``) to ``(N, 400)`` features."""
     @staticmethod
-    def preprocess(clips: ArrayLike, value_range: tuple[float, float] | None = None) -> npt.NDArray[np.float32]:
+    def preprocess(clips: ArrayLike, value_range: Sequence[float] | None = None) -> npt.NDArray[np.float32]:
         """The network input ``features`` makes: ``(N, T, 224, 224, 3)`` float32 in [-1, 1]; values outside
         ``value_range`` raise ValueError."""
     def logits(self, clips: ArrayLike) -> npt.NDArray[np.float32]:

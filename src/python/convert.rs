@@ -298,6 +298,41 @@ pub fn opt_usize_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     usize_arg(obj).map(Some)
 }
 
+/// Two numbers given as any sized sequence (a tuple, a list, a NumPy array): `betas`, `value_range`. pyo3 names
+/// the argument in the error.
+pub fn pair_arg(obj: &Bound<'_, PyAny>) -> PyResult<(f64, f64)> {
+    let sized = !obj.is_instance_of::<pyo3::types::PyString>() && obj.len().is_ok();
+    if !sized {
+        return Err(PyTypeError::new_err(format!(
+            "expected a pair of numbers, got {}",
+            obj.get_type()
+        )));
+    }
+    let n = obj.len()?;
+    if n != 2 {
+        return Err(PyValueError::new_err(format!(
+            "expected a pair of numbers, got {n} values"
+        )));
+    }
+    let item = |i: usize| -> PyResult<f64> {
+        obj.get_item(i)?.extract::<f64>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "expected a pair of numbers, got {} at [{i}]",
+                obj.get_item(i).map(|v| v.get_type().to_string()).unwrap_or_default()
+            ))
+        })
+    };
+    Ok((item(0)?, item(1)?))
+}
+
+/// [`pair_arg`] for an optional pair (None stays None).
+pub fn opt_pair_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    pair_arg(obj).map(Some)
+}
+
 /// A shape: a sequence of [`usize_arg`] values; the message names the entry.
 pub fn shape_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     if obj.is_instance_of::<pyo3::types::PyString>() {

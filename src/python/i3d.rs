@@ -53,7 +53,7 @@ impl PyI3d {
         &self,
         py: Python<'py>,
         clips: &Bound<'py, PyAny>,
-        value_range: Option<(f64, f64)>,
+        #[pyo3(from_py_with = crate::python::convert::opt_pair_arg)] value_range: Option<(f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
             let x = to_tensor_keep_u8(clips, "clips")?;
@@ -69,7 +69,7 @@ impl PyI3d {
     fn preprocess<'py>(
         py: Python<'py>,
         clips: &Bound<'py, PyAny>,
-        value_range: Option<(f64, f64)>,
+        #[pyo3(from_py_with = crate::python::convert::opt_pair_arg)] value_range: Option<(f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
             let x = to_tensor_keep_u8(clips, "clips")?;

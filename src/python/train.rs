@@ -207,7 +207,7 @@ impl PyTrainer {
         model: &Bound<'_, PyAny>,
         diffusion: PyRef<'_, PyGaussianDiffusion>,
         lr: f64,
-        betas: (f64, f64),
+        #[pyo3(from_py_with = crate::python::convert::pair_arg)] betas: (f64, f64),
         eps: f64,
         weight_decay: f64,
         #[pyo3(from_py_with = crate::python::convert::u64_arg)] warmup_steps: u64,

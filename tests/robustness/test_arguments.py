@@ -88,3 +88,21 @@ def test_numpy_numbers_and_lists_in_configs_are_taken_where_valid(tmp_path):
     for bad in [dict(value_range=(1,)), dict(value_range=5), dict(value_range=("a", "b")), dict(seed=-1)]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             Protocol(**bad)
+
+
+def test_pairs_of_numbers_are_taken_as_any_sequence_and_refused_by_name():
+    """Trainer's betas and I3D's value_range take a tuple, a list or a NumPy array of two numbers (a list was
+    refused: "'list' object is not an instance of 'tuple'", issue 30 defect 13); anything else names the argument."""
+    from conftest import tiny_config
+
+    model = latte_rs.LatteModel(tiny_config(depth=2), seed=0)
+    for betas in ((0.9, 0.99), [0.9, 0.99], np.array([0.9, 0.99])):
+        assert latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), betas=betas).options["betas"] == (0.9, 0.99)
+    for bad, error in [([0.9], ValueError), ("ab", TypeError), ([0.9, "x"], TypeError), (0.9, TypeError)]:
+        with pytest.raises(error, match="betas"):
+            latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), betas=bad)
+    clips = np.zeros((1, 9, 8, 8, 3), np.float32)
+    for value_range in ((0, 1), [0, 1], np.array([0.0, 1.0])):
+        assert latte_rs.I3D.preprocess(clips, value_range=value_range).shape[0] == 1
+    with pytest.raises(ValueError, match="value_range"):
+        latte_rs.I3D.preprocess(clips, value_range=[0, 1, 2])
