@@ -11,6 +11,7 @@ every case is one of:
     unclear     DEFECT: any other exception (RuntimeError from the core, KeyError, ZeroDivisionError, ...)
     crash       DEFECT: the process died (signal, abort); the case is named from the worker's last report
     hang        DEFECT: no answer within the per-case timeout
+    deleted     DEFECT: a path the user made (a file, a folder, a link) is gone or changed after the case
 
 Cases run in worker processes (one per target, restarted after a crash or hang at the next case), so a
 segmentation fault ends one case, not the campaign. Hypothesis runs seeded without a database: the same ``--seed``
@@ -30,6 +31,15 @@ damaged text; ``cli`` runs ``latte-rs train`` with damaged configs, ``--set`` ov
 holds a good source (an intact video, a valid manifest row), a refusal is itself a defect (unclear): one bad file
 must never take the good ones down. A ``cli`` case is ok (a run) or refused (one line on stderr that names what it
 is about, a non-zero status); anything else is unclear.
+
+Checkpoint folders and process limits (issue 30): ``checkpoint_dirs`` fills an experiment folder with user files and
+folders (hidden siblings named like a save's leftovers such as ``.ck.backup-999999``, empty folders, and a file, a
+folder, a link or a checkpoint at the checkpoint path), then saves a tiny trainer (once or more, maybe resumed) to the
+checkpoint path, its parent, a user folder, a file or a link; every user path recorded before must be there after,
+unchanged (a folder may gain entries, an empty folder may become the checkpoint), else the case is ``deleted``.
+``limits`` builds a model (a tiny one or a preset) and runs a forward (a drawn batch) in a child process that sets
+``RLIMIT_AS`` or ``RLIMIT_DATA`` on itself a drawn amount above what it uses: ok, or ``MemoryError`` (refused); a
+signal (abort, OOM kill, segfault) is a crash.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 # NotImplementedError: a capability this build lacks (attention="flash" without the flash-attn feature).
 EXPECTED = (ValueError, TypeError, FileNotFoundError, MemoryError, OSError, OverflowError, IndexError,
             NotImplementedError)
-DEFECTS = ("nonfinite", "panic", "unclear", "crash", "hang")
+DEFECTS = ("nonfinite", "panic", "unclear", "crash", "hang", "deleted")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Strategies (imported lazily so that the parent process needs neither hypothesis nor latte_rs).
@@ -802,6 +812,187 @@ def t_cli(data, ctx):
                          f"{err.getvalue()[-300:]!r}")
 
 
+# Checkpoint folders and process limits (issue 30): saving must never touch what the user put beside or at the
+# checkpoint path, and a limit on the process's memory must end a too-large call in MemoryError, never a signal.
+
+
+class Outcome(Exception):
+    """A case's outcome decided by the target itself (lost user data, a child process's signal or result)."""
+
+    def __init__(self, outcome: str, detail: str):
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+def _snapshot(root: Path, skip: set[Path]) -> dict[str, tuple]:
+    """Every path under `root` (links not followed, `skip` and what is under it left out) with its kind and content."""
+    found: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p in skip or any(s in p.parents for s in skip):
+                continue
+            if p.is_symlink():
+                found[str(p)] = ("link", os.readlink(p))
+            elif p.is_dir():
+                found[str(p)] = ("dir",)
+            else:
+                found[str(p)] = ("file", p.read_bytes())
+    return found
+
+
+def _now(p: Path) -> tuple | None:
+    if p.is_symlink():
+        return ("link", os.readlink(p))
+    if p.is_dir():
+        return ("dir",)
+    return ("file", p.read_bytes()) if p.is_file() else None
+
+
+def t_checkpoint_dirs(data, ctx):
+    """An experiment folder of user files and folders (hidden siblings named like a save's leftovers, empty folders,
+    a file, a folder, a link at the checkpoint path) and a tiny trainer saving (once or twice, maybe resumed) to drawn
+    paths: the checkpoint path, its parent, a user folder, a file, a link. Every user path must survive with its
+    content (a folder may gain entries); one lost or changed is a defect (deleted). Only a checkpoint this case saved,
+    or a folder that was empty, may be replaced."""
+    st = ctx["st"][0]
+    latte_rs = ctx["latte_rs"]
+    exp = _case_dir(ctx) / "exp"
+    (exp / "data").mkdir(parents=True)
+    (exp / "data" / "clip.txt").write_text("user data")
+    (exp / "notes.md").write_text("# notes")
+    (exp / "empty").mkdir()
+    leftovers = [".ck.backup-999999", ".ck.tmp-1-2", ".ck.old-999999-0", f".ck.tmp-{os.getpid()}-0", ".ck.old-1",
+                 ".ck.partial-0", ".data.tmp-999999-1", ".exp.old-1-1"]
+    for name in data.draw(st.lists(st.sampled_from(leftovers), max_size=4, unique=True)):
+        if data.draw(st.booleans()):
+            (exp / name).mkdir()
+            if data.draw(st.booleans()):
+                (exp / name / "model.safetensors").write_bytes(b"user's own copy")
+        else:
+            (exp / name).write_text("user's file named like a leftover")
+    ck = exp / "ck"
+    at_ck = data.draw(st.sampled_from(["nothing", "nothing", "empty", "folder", "file", "link_dir", "link_file",
+                                       "dangling", "checkpoint"]))
+    trainer = latte_rs.Trainer(latte_rs.LatteModel(_tiny_cfg(latte_rs), seed=0), latte_rs.GaussianDiffusion())
+    ours: set[Path] = set()  # checkpoints this case wrote: replacing them is allowed
+    if at_ck == "empty":
+        ck.mkdir()
+    elif at_ck == "folder":
+        ck.mkdir()
+        (ck / "trainer.json").write_text('{"not": "a latte-rs checkpoint"}')
+        (ck / "keep.txt").write_text("keep")
+    elif at_ck == "file":
+        ck.write_text("a file where the checkpoint goes")
+    elif at_ck == "link_dir":
+        ck.symlink_to(exp / "data")
+    elif at_ck == "link_file":
+        ck.symlink_to(exp / "notes.md")
+    elif at_ck == "dangling":
+        ck.symlink_to(exp / "missing")
+    elif at_ck == "checkpoint":
+        trainer.save(ck)
+        ours.add(ck)
+    before = _snapshot(exp, ours)
+    if at_ck == "empty":  # an empty folder is the one user path a save may fill
+        before.pop(str(ck))
+    targets = {"checkpoint": ck, "parent": exp, "user_folder": exp / "data", "file": exp / "notes.md",
+               "link": ck, "empty": exp / "empty", "new_nested": exp / "runs" / "0000001",
+               "leftover": exp / ".ck.backup-999999"}
+    ops = data.draw(st.lists(st.tuples(st.sampled_from(["save", "save", "step_save", "resume_save"]),
+                                       st.sampled_from(sorted(targets))), min_size=1, max_size=3))
+    error: BaseException | None = None
+    try:
+        for op, where in ops:
+            path = targets[where]
+            if op == "step_save":
+                trainer.step(np.zeros((1, 2, 4, 4, 4), np.float32), None)
+            elif op == "resume_save" and ours:
+                trainer = latte_rs.Trainer.resume(sorted(ours)[0])
+            if where == "empty":
+                before.pop(str(path), None)
+            trainer.save(path)
+            ours.add(path)
+            latte_rs.Trainer.resume(path)  # what was saved reads back
+    except EXPECTED as e:  # a refused save: user data must be intact all the same
+        error = e
+    lost = [os.path.relpath(p, exp) for p, was in before.items() if _now(Path(p)) != was]
+    if lost:
+        raise Outcome("deleted", f"{len(lost)} user paths lost or changed: {lost[:5]}")
+    if error is not None:
+        raise error
+    return []
+
+
+# The child of a `limits` case: builds what it is given, sets the limit on itself (after its imports, relative to
+# what it already uses, so that the limit bites on the call, not on Python's start), calls, and prints one line.
+_LIMITS_CHILD = r"""
+import json, resource, sys
+import numpy as np
+import latte_rs
+a = json.loads(sys.argv[1])
+x = np.zeros([a["batch"], a["frames"], 4, a["size"], a["size"]], np.float32) if a["forward"] else None
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+used = int(status["VmSize" if a["kind"] == "AS" else "VmData"].split()[0]) * 1024
+limit = max(used // 2, used + a["headroom"]) if a["headroom"] >= 0 else used // 2
+res = getattr(resource, "RLIMIT_" + a["kind"])
+resource.setrlimit(res, (limit, resource.getrlimit(res)[1]))
+try:
+    if a["preset"] == "tiny":
+        cfg = latte_rs.LatteConfig(depth=2, hidden_size=a["hidden"], num_heads=2, patch_size=2,
+                                   input_size=a["size"], num_frames=a["frames"], in_channels=4)
+    else:
+        cfg = latte_rs.LatteConfig.preset(a["preset"], input_size=a["size"], num_frames=a["frames"])
+    model = latte_rs.LatteModel(cfg, seed=0)
+    if a["forward"]:
+        out = np.asarray(model(x, np.zeros(a["batch"], np.int64), None))
+        if not np.isfinite(out).all():
+            print("RESULT nonfinite " + str(int((~np.isfinite(out)).sum())), flush=True)
+            sys.exit(0)
+    print("RESULT ok", flush=True)
+except BaseException as e:
+    name = type(e).__name__
+    kind = "panic" if name == "PanicException" or "internal error" in str(e) else (
+        "refused" if isinstance(e, (MemoryError, ValueError, OSError)) else "unclear")
+    print("RESULT " + kind + " " + name + ": " + (str(e).splitlines() or [""])[0][:300], flush=True)
+"""
+
+
+def t_limits(data, ctx):
+    """Model construction (a drawn preset and size) and a forward (a drawn batch) in a child process under a drawn
+    RLIMIT_AS or RLIMIT_DATA: each ends ok or in MemoryError (refused); a signal (abort, OOM kill, segfault) is a
+    crash, no answer a hang."""
+    st = ctx["st"][0]
+    preset = data.draw(st.sampled_from(["tiny", "tiny", "tiny", "Latte-S/2", "Latte-B/2", "Latte-XL/2"]))
+    args = {
+        "preset": preset, "kind": data.draw(st.sampled_from(["AS", "DATA"])),
+        # bytes above what the child already uses; -1: half of what it uses (every new allocation fails)
+        "headroom": data.draw(st.sampled_from([-1, 0, 2**20, 2**24, 2**26, 2**28, 2**30])),
+        "size": data.draw(st.sampled_from([4, 8, 16] if preset == "tiny" else [4, 8, 32])),
+        "frames": data.draw(st.sampled_from([2, 4, 16])),
+        "hidden": data.draw(st.sampled_from([16, 64])),
+        # large batches only for the tiny model; the presets' forwards would be minutes of compute where they fit
+        "forward": preset == "tiny" or data.draw(st.integers(0, 3)) == 0,
+        "batch": data.draw(st.sampled_from([1, 2, 256, 4096, 65536] if preset == "tiny" else [1])),
+    }
+    try:
+        proc = subprocess.run([sys.executable, "-c", _LIMITS_CHILD, json.dumps(args)], capture_output=True,
+                              text=True, timeout=ctx.get("child_timeout", 45.0))
+    except subprocess.TimeoutExpired as e:
+        raise Outcome("hang", f"no answer in {e.timeout} s") from None
+    results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode < 0:
+        raise Outcome("crash", f"exit status {proc.returncode}: {_last_line(proc.stderr)}")
+    if proc.returncode != 0 or not results:
+        raise Outcome("unclear", f"exit status {proc.returncode}: {_last_line(proc.stderr)}")
+    outcome, _, detail = results[-1][len("RESULT "):].partition(" ")
+    if outcome == "nonfinite":
+        return [(np.full(1, np.nan), [])]
+    if outcome != "ok":
+        raise Outcome(outcome, detail)
+    return []
+
+
 TARGETS: dict[str, Callable[[Any, dict], list]] = {
     "config": t_config,
     "config_json": t_config_json,
@@ -822,6 +1013,8 @@ TARGETS: dict[str, Callable[[Any, dict], list]] = {
     "data_folder": t_data_folder,
     "manifests": t_manifests,
     "cli": t_cli,
+    "checkpoint_dirs": t_checkpoint_dirs,
+    "limits": t_limits,
 }
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -984,6 +1177,8 @@ def _nonfinite(returned: list) -> str | None:
 
 
 def classify(exc: BaseException) -> str:
+    if isinstance(exc, Outcome):
+        return exc.outcome
     name = type(exc).__name__
     if name == "PanicException" or "internal error" in str(exc):
         return "panic"
