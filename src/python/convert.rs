@@ -45,12 +45,23 @@ fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, Py
         .map_err(|_| PyTypeError::new_err(format!("{arg}: expected a numeric array, got {}", obj.get_type())))
 }
 
-fn slice_of<'py, T: numpy::Element + Copy>(arr: &Bound<'py, PyUntypedArray>) -> PyResult<Vec<T>> {
+/// The values of `arr` (named `arg`) as a new vector: a large copy is checked against the memory limits first (a
+/// `MemoryError` naming the size and the limit; small ones skip the reads of /proc and /sys), and every copy is
+/// allocated fallibly, so one that cannot fit never aborts.
+fn slice_of<'py, T: numpy::Element + Copy>(arr: &Bound<'py, PyUntypedArray>, arg: &str) -> PyResult<Vec<T>> {
+    const CHECKED_BYTES: usize = 16 << 20;
+    if arr.len().saturating_mul(std::mem::size_of::<T>()) >= CHECKED_BYTES {
+        crate::limits::ensure_tensor_fits(arg, arr.shape(), std::mem::size_of::<T>()).py()?;
+    }
     let typed: PyReadonlyArrayDyn<'py, T> = arr.extract()?;
-    Ok(typed
-        .as_slice()
-        .map(|s| s.to_vec())
-        .unwrap_or_else(|_| typed.as_array().iter().copied().collect()))
+    let mut out: Vec<T> = crate::limits::try_with_capacity(typed.len(), arg)
+        .map_err(crate::error::LatteError::from)
+        .py()?;
+    match typed.as_slice() {
+        Ok(s) => out.extend_from_slice(s),
+        Err(_) => out.extend(typed.as_array().iter().copied()),
+    }
+    Ok(out)
 }
 
 /// Converts an array-like to a tensor: floats keep f32/f64 (f16 becomes f32), integers become i64. Booleans,
@@ -61,17 +72,17 @@ pub fn to_tensor(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> {
     let dtype = arr.dtype();
     let (kind, size) = (dtype.kind(), dtype.itemsize());
     let t = match (kind, size) {
-        (b'f', 8) => Tensor::from_vec(slice_of::<f64>(&arr)?, shape, &Device::Cpu),
-        (b'f', 4) => Tensor::from_vec(slice_of::<f32>(&arr)?, shape, &Device::Cpu),
+        (b'f', 8) => Tensor::from_vec(slice_of::<f64>(&arr, arg)?, shape, &Device::Cpu),
+        (b'f', 4) => Tensor::from_vec(slice_of::<f32>(&arr, arg)?, shape, &Device::Cpu),
         (b'f', _) => {
             let a = arr
                 .call_method1("astype", ("float32",))?
                 .cast_into::<PyUntypedArray>()?;
-            Tensor::from_vec(slice_of::<f32>(&a)?, shape, &Device::Cpu)
+            Tensor::from_vec(slice_of::<f32>(&a, arg)?, shape, &Device::Cpu)
         }
         (b'i' | b'u', _) => {
             let a = arr.call_method1("astype", ("int64",))?.cast_into::<PyUntypedArray>()?;
-            Tensor::from_vec(slice_of::<i64>(&a)?, shape, &Device::Cpu)
+            Tensor::from_vec(slice_of::<i64>(&a, arg)?, shape, &Device::Cpu)
         }
         _ => {
             return Err(PyTypeError::new_err(format!(
@@ -89,7 +100,7 @@ pub fn to_tensor_keep_u8(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Tensor> 
     let dtype = arr.dtype();
     if dtype.kind() == b'u' && dtype.itemsize() == 1 {
         let shape = arr.shape().to_vec();
-        return Tensor::from_vec(slice_of::<u8>(&arr)?, shape, &Device::Cpu).py();
+        return Tensor::from_vec(slice_of::<u8>(&arr, arg)?, shape, &Device::Cpu).py();
     }
     to_tensor(&arr, arg)
 }
