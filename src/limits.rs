@@ -56,9 +56,19 @@ pub fn headrooms() -> Vec<Headroom> {
     all
 }
 
-/// The tightest of [`headrooms`]; None where nothing limits the process.
+/// Room every check leaves to the allocator: 64 MiB plus 1/32 of the headroom. An allocation near a limit needs
+/// more than its own size (mimalloc maps whole aligned segments, over-maps to align them, and reserves arenas;
+/// an initialiser holds a parameter's values beside the parameter), so an estimate that fit to the last byte still
+/// aborted part way (seen on CI: Latte-XL/2 under `ulimit -d` 1 GiB above use, once in many runs).
+pub const ALLOCATOR_SLACK: u64 = 64 << 20;
+
+/// The tightest of [`headrooms`], less the allocator's room ([`ALLOCATOR_SLACK`]); None where nothing limits the
+/// process.
 pub fn headroom() -> Option<Headroom> {
-    headrooms().into_iter().min_by_key(|h| h.bytes)
+    headrooms().into_iter().min_by_key(|h| h.bytes).map(|mut h| {
+        h.bytes = h.bytes.saturating_sub(ALLOCATOR_SLACK + h.bytes / 32);
+        h
+    })
 }
 
 /// Bytes this process can still allocate: the tightest of [`headrooms`]. Where none can be read, no limit
@@ -357,6 +367,22 @@ mod tests {
         let e = ensure_fits(u128::MAX, "a thing").unwrap_err().to_string();
         let tightest = headroom().expect("Linux has MemAvailable at least");
         assert!(e.contains(&tightest.limit) && e.contains("is available under"), "{e}");
+    }
+
+    #[test]
+    fn the_headroom_leaves_the_allocator_room() {
+        let raw = headrooms()
+            .into_iter()
+            .map(|h| h.bytes)
+            .min()
+            .expect("Linux has MemAvailable at least");
+        let usable = headroom().unwrap().bytes;
+        // Read twice, so other processes move MemAvailable in between: compare with a tolerance.
+        let expected = raw.saturating_sub(ALLOCATOR_SLACK + raw / 32);
+        assert!(
+            usable < raw && usable.abs_diff(expected) < 256 << 20,
+            "{usable} vs {expected} of {raw}"
+        );
     }
 
     /// A directory under the system's temp dir, removed when dropped.

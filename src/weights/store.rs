@@ -79,20 +79,35 @@ struct Budget {
     refused: Mutex<Option<String>>,
 }
 
+/// Parameters from this size up check the live headroom as well as the budget (see [`Budget::take`]); the
+/// smaller ones (biases, norms) would only slow the build down.
+const LIVE_CHECK_BYTES: u128 = 1 << 20;
+
 impl Budget {
     fn take(&self, name: &str, shape: &Shape, dtype: DType) -> candle_core::Result<()> {
         let bytes = crate::limits::elements(name, shape.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?
             as u128
             * dtype.size_in_bytes() as u128;
         let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *used + bytes > self.limit {
+        // The budget was the headroom when the store was made; a large parameter also checks the headroom now,
+        // since other threads (or the allocator's own reserve) may have taken part of it since.
+        let live = if bytes >= LIVE_CHECK_BYTES {
+            crate::limits::headroom().filter(|h| (h.bytes as u128) < self.limit - *used)
+        } else {
+            None
+        };
+        let (free, limit_name) = match &live {
+            Some(h) => (h.bytes as u128, h.limit.as_str()),
+            None => (self.limit - *used, self.limit_name.as_str()),
+        };
+        if bytes > free {
             let msg = format!(
                 "the model's parameters need more than {} of memory (at {name} {:?}), but only {} is available \
                  under {}",
                 crate::limits::human(*used + bytes),
                 shape.dims(),
-                crate::limits::human(self.limit),
-                self.limit_name
+                crate::limits::human(*used + free),
+                limit_name
             );
             *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(msg.clone());
             candle_core::bail!("{msg}");
