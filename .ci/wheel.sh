@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Builds the wheels users install without Rust, checks them, and proves the CPU one works with no toolchain.
+#
+#   bash .ci/wheel.sh [OUT_DIR]                       # the CPU wheel: build, auditwheel, fresh venv without cargo,
+#                                                     # sample both built-in models (what CI runs)
+#   LATTE_RS_WHEELS="cpu cuda" bash .ci/wheel.sh       # also the CUDA wheel (compiled and audited, not run: no GPU)
+#   LATTE_RS_WHEELS=cuda bash .ci/wheel.sh             # only the CUDA wheel, into OUT_DIR/cuda/
+#
+# The wheels are abi3 (one wheel for CPython 3.10 and later) and tagged manylinux_2_28, the glibc baseline of
+# PyTorch's own wheels (RHEL 8 and most clusters): maturin links against glibc 2.28's symbols through zig (the
+# `ziglang` package from PyPI), so a build machine with a newer glibc still makes a wheel that installs on older
+# ones. auditwheel then confirms the tag from the symbols the extension really uses.
+#
+# The target folders live in LATTE_RS_CI_CACHE (as the CUDA check's does in .ci/run): zig builds for an explicit
+# target triple, so they cannot share target/ with `pip install .`, and a cold build takes about 8 minutes on 2 cores.
+# The CUDA wheel is built from the PyPI CUDA toolkit of .ci/cuda_toolkit.sh (LATTE_RS_CI_CACHE, as in .ci/run) and
+# shares the CUDA clippy check's target folder, so candle's compiled kernels are reused. It loads the driver and the
+# CUDA libraries at run time, which auditwheel must not try to bundle (they are the user's driver).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="${1:-dist}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+policy=manylinux_2_28
+cache="${LATTE_RS_CI_CACHE:-$HOME/.cache/latte-rs}"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+# The build tools in a venv of their own (maturin, zig, auditwheel: all from PyPI).
+python3 -m venv "$scratch/tools"
+"$scratch/tools/bin/python" -m pip install -q --upgrade pip
+"$scratch/tools/bin/python" -m pip install -q "maturin>=1.5,<2" "ziglang>=0.13" "auditwheel>=6"
+export PATH="$scratch/tools/bin:$PATH"
+
+build() {  # build DIR FEATURES: one abi3 wheel for $policy into DIR
+  maturin build --release --zig --compatibility "$policy" --features "$2" --out "$1" 2>&1 | tail -3
+}
+
+kinds="${LATTE_RS_WHEELS:-cpu}"
+rm -f "$out"/latte_rs-*.whl "$out"/cuda/latte_rs-*.whl
+
+if [[ " $kinds " == *" cpu "* ]]; then
+CARGO_TARGET_DIR="$cache/wheel-target" build "$out" python
+wheel="$(ls "$out"/latte_rs-*.whl)"
+echo "built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
+case "$(basename "$wheel")" in
+  *-abi3-${policy}_x86_64*.whl | *-abi3-*.${policy}_x86_64*.whl) ;;
+  *) echo "expected an abi3 $policy wheel, got $(basename "$wheel")" >&2; exit 1 ;;
+esac
+# auditwheel reads the symbol versions the extension needs and the libraries it links: the policy it names must
+# be ours (or an older one), with nothing to bundle.
+auditwheel show "$wheel" | tee "$scratch/audit.txt"
+grep -q "is consistent with the following platform tag: \"$policy" "$scratch/audit.txt" \
+  || grep -qE "manylinux_2_(1[0-9]|2[0-8])|manylinux2014" "$scratch/audit.txt" \
+  || { echo "auditwheel does not accept $(basename "$wheel") as $policy" >&2; exit 1; }
+
+# Installs and runs where no Rust toolchain is reachable: a fresh venv, PATH without cargo/rustc.
+python3 -m venv "$scratch/user"
+clean_path="$(echo "$PATH" | tr ':' '\n' | grep -v -e '\.cargo' -e "$scratch/tools" | paste -sd: -)"
+(
+  export PATH="$scratch/user/bin:$clean_path"
+  if command -v cargo > /dev/null || command -v rustc > /dev/null; then
+    echo "cargo is still on PATH: the install check would prove nothing" >&2
+    exit 1
+  fi
+  python -m pip install -q --upgrade pip
+  python -m pip install -q "$wheel"
+  cd "$scratch"
+  latte-rs sample --steps 4 --num-videos 1 --format gif --output-dir "$scratch/sample" --no-progress
+  latte-rs sample --prompt "a red square moving right" --steps 4 --format gif --output-dir "$scratch/t2v" \
+    --no-progress
+  ls "$scratch"/sample/*.gif "$scratch"/t2v/*.gif > /dev/null
+  echo "installed from the wheel with no cargo on PATH and sampled both built-in models"
+)
+fi
+
+if [[ " $kinds " == *" cuda "* ]]; then
+  bash .ci/cuda_toolkit.sh "$cache/cuda13"
+  (
+    # shellcheck disable=SC1091
+    source "$cache/cuda13/env.sh"
+    export CARGO_TARGET_DIR="$cache/cuda-target"
+    build "$scratch/cuda" python,cuda
+  )
+  cuda_wheel="$(ls "$scratch"/cuda/latte_rs-*.whl)"
+  # The CUDA libraries are dlopened at run time (cudarc's dynamic loading): the extension links none of them, so
+  # the same policy holds and there is nothing to bundle.
+  auditwheel show "$cuda_wheel" | tee "$scratch/audit-cuda.txt"
+  if grep -qE "lib(cuda|cudart|cublas)" "$scratch/audit-cuda.txt"; then
+    echo "the CUDA wheel links a CUDA library at load time; it must load them at run time" >&2
+    exit 1
+  fi
+  grep -q "\"$policy" "$scratch/audit-cuda.txt" || { echo "CUDA wheel is not $policy" >&2; exit 1; }
+  # Same file name as the CPU wheel (a wheel's name is its metadata), so it goes in a folder of its own.
+  mkdir -p "$out/cuda"
+  mv "$cuda_wheel" "$out/cuda/"
+  echo "built the CUDA wheel: $out/cuda/$(basename "$cuda_wheel")"
+fi
