@@ -45,6 +45,23 @@ def test_demo_writes_every_file(tmp_path, capsys):
     assert summary["train_steps"] == 12 and summary["final_loss"] > 0
 
 
+def test_the_demo_imports_nothing_optional(tmp_path):
+    """The demo trains on one process: it must not import torch (0.5 GB, seconds) merely to learn that no process
+    group exists, nor any other optional package it does not use (issue 35)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom latte_rs.cli import main\n"
+        f"main(['demo', '--steps', '3', '--samples', '1', '--sampling-steps', '2', '--eval-clips', '4', "
+        f"'--output-dir', {str(tmp_path / 'demo')!r}, '--no-progress'])\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'jax', 'huggingface_hub') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_pixel_features_see_appearance_and_motion():
     """Another set of real clips is close; the same clips frozen (no motion), with their frames shuffled, or
     noise are far."""
