@@ -4,9 +4,11 @@ Every loader (the native ``from_pretrained`` / ``from_checkpoint`` / ``load`` / 
 the tokenizer, the training config and the CLI) passes its path through :func:`resolve`:
 
 >>> from latte_rs import hub
->>> hub.resolve(".") == hub.Path(".")                       # a local path is returned as it is
-True
->>> hub.resolve("maxin-cn/Latte", filename="ucf101.pt")      # doctest: +SKIP
+>>> hub.resolve("model.safetensors")                        # a local path (or no id) is returned as it is
+PosixPath('model.safetensors')
+>>> hub.is_hub_id("maxin-cn/Latte"), hub.is_hub_id("./runs/model.pt")
+(True, False)
+>>> hub.resolve("maxin-cn/Latte", filename="ucf101.pt")     # doctest: +SKIP
 PosixPath('/home/me/.cache/huggingface/hub/models--maxin-cn--Latte/snapshots/<commit>/ucf101.pt')
 
 Rules, as diffusers' ``from_pretrained``:
