@@ -168,7 +168,8 @@ class LatteModule(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, *, use_ema: bool = True, **overrides: Any) -> LatteModule:
-        """An official ``.pt``, a safetensors file or a latte-rs checkpoint (see ``LatteModel.from_checkpoint``)."""
+        """An official ``.pt``, a safetensors file or a latte-rs checkpoint, local or a Hugging Face Hub id (see
+        ``LatteModel.from_checkpoint``)."""
         return cls(model=LatteModel.from_checkpoint(path, use_ema=use_ema, **overrides))
 
     def _check_shared(self) -> None:

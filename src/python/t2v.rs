@@ -9,6 +9,7 @@ use super::config::{t2v_config_arg, PyLatteT2VConfig};
 use super::convert::{
     float_tensor, int_tensor, load_folder, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor,
 };
+use super::hub::Location;
 use super::IntoPy;
 use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VModel, T5EncoderModel};
 
@@ -61,22 +62,48 @@ impl PyLatteT2V {
     }
 
     /// Loads a diffusers `transformer/` folder (`config.json` + safetensors, sharded or not). `dtype` None keeps
-    /// the file's.
+    /// the file's. `path` may be a Hugging Face Hub id (`org/name`, with `subfolder` and `revision`; see
+    /// `latte_rs.hub`).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu", dtype = None))]
-    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", dtype = None, *, subfolder = None, revision = None))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        dtype: Option<&str>,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location::folder(path, subfolder, revision).resolve(py, "path")?;
             let inner = load_folder(py, &path, device, dtype, LatteT2VModel::from_pretrained)?;
             Ok(Self { inner })
         })
     }
 
     /// A trained model: a latte-rs trainer checkpoint folder (its EMA weights when `use_ema`), a model file a
-    /// trainer wrote, or a diffusers `transformer/` folder.
+    /// trainer wrote, or a diffusers `transformer/` folder; local or a Hugging Face Hub id (`org/name`, with
+    /// `subfolder`, `revision` and `filename`).
     #[staticmethod]
-    #[pyo3(signature = (path, use_ema = true, device = "cpu"))]
-    fn from_checkpoint(py: Python<'_>, path: PathBuf, use_ema: bool, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, use_ema = true, device = "cpu", *, subfolder = None, revision = None, filename = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_checkpoint(
+        py: Python<'_>,
+        path: PathBuf,
+        use_ema: bool,
+        device: &str,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+        filename: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location {
+                path,
+                subfolder,
+                revision,
+                filename,
+            }
+            .resolve(py, "path")?;
             let device = parse_device(device).py()?;
             let inner = py
                 .detach(|| LatteT2VModel::from_checkpoint(&path, use_ema, &device))
@@ -163,11 +190,20 @@ pub struct PyT5 {
 
 #[pymethods]
 impl PyT5 {
-    /// Reads `config.json` and `model.safetensors` (or its shards with `model.safetensors.index.json`).
+    /// Reads `config.json` and `model.safetensors` (or its shards with `model.safetensors.index.json`) from a
+    /// folder or a Hugging Face Hub id (`org/name`, with `subfolder` and `revision`; see `latte_rs.hub`).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu", dtype = None))]
-    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", dtype = None, *, subfolder = None, revision = None))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        dtype: Option<&str>,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location::folder(path, subfolder, revision).resolve(py, "path")?;
             let inner = load_folder(py, &path, device, dtype, T5EncoderModel::from_pretrained)?;
             Ok(Self { inner })
         })
