@@ -772,6 +772,29 @@ class LatteT2VTransformer:
         ``(B, 1 + n, S, caption_channels)``: the video's caption, then one per image."""
     def with_temporal_attentions(self, enabled: bool) -> LatteT2VTransformer:
         """The same transformer (sharing its parameters) with the temporal blocks on or off."""
+    def forward_graph(
+        self,
+        hidden_states: ArrayLike,
+        timestep: ArrayLike,
+        encoder_hidden_states: ArrayLike,
+        *,
+        enable_temporal_attentions: bool = True,
+        input_grad: bool = False,
+    ) -> tuple[npt.NDArray[np.floating], ForwardGraph]:
+        """The forward pass keeping its graph, for an autograd engine outside latte-rs
+        (``latte_rs.torch.LatteT2VModule``): ``(output, graph)``; ``graph.backward(grad_output)`` gives the
+        gradients towards the latents (with ``input_grad``) and every parameter, in ``trainable_parameter_names``
+        order."""
+    def shared_parameters(self) -> dict[str, npt.NDArray[np.floating]]:
+        """Every parameter by its diffusers name as a NumPy array over the model's own memory (no copy; writes
+        change the model). float32/float64 models on the CPU."""
+    @property
+    def trainable_parameter_names(self) -> list[str]:
+        """Every parameter's name, sorted: ``forward_graph``'s order of gradients."""
+    @property
+    def device(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
     def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
     def load_state_dict(self, state_dict: dict[str, ArrayLike]) -> None: ...
     @property
@@ -834,11 +857,12 @@ def sample(
 @final
 class _SharedStorage:
     """Keeps a tensor's storage alive while NumPy arrays (and torch tensors over them) view it: the ``base`` of
-    the arrays ``LatteModel.shared_parameters`` and ``ForwardGraph.backward`` return."""
+    the arrays ``shared_parameters`` and ``ForwardGraph.backward`` return."""
 
 @final
 class ForwardGraph:
-    """The graph of one ``LatteModel.forward_graph``; it keeps the activations until it is dropped."""
+    """The graph of one ``forward_graph`` (``LatteModel``'s or ``LatteT2VTransformer``'s); it keeps the
+    activations until it is dropped."""
 
     def backward(
         self, grad_output: ArrayLike

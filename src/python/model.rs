@@ -125,7 +125,7 @@ impl PyLatteModel {
                 .detach(|| Graph::forward(&self.inner, &x, &t, &cond, input_grad))
                 .py()?;
             let out = to_numpy(py, &graph.output())?;
-            Ok((out, PyForwardGraph { graph, token: [0.0] }))
+            Ok((out, PyForwardGraph::new(graph)))
         })
     }
 
@@ -271,11 +271,18 @@ impl PyLatteModel {
 /// The gradients towards the input (when asked for) and every trainable parameter.
 type GraphGradients<'py> = (Option<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>);
 
-/// The graph of one `LatteModel.forward_graph`: it keeps the forward's activations until it is dropped.
+/// The graph of one `forward_graph` (of `LatteModel` or `LatteT2VTransformer`): it keeps the forward's activations until it is dropped.
 #[pyclass(name = "ForwardGraph", module = "latte_rs", frozen, weakref)]
 pub struct PyForwardGraph {
     graph: Graph,
     token: [f32; 1],
+}
+
+impl PyForwardGraph {
+    /// Hands a forward pass to Python (any denoiser's: the class model's and the text-to-video transformer's).
+    pub(crate) fn new(graph: Graph) -> Self {
+        Self { graph, token: [0.0] }
+    }
 }
 
 #[pymethods]

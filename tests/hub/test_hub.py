@@ -127,6 +127,17 @@ def test_the_text_to_video_loaders_resolve_ids_with_subfolder_and_revision(offli
                           local_encoder(ids["input_ids"], ids["attention_mask"]))
 
 
+def test_the_torch_module_for_diffusers_resolves_ids(offline):
+    """LatteT2VModule.from_pretrained takes what diffusers' LatteTransformer3DModel.from_pretrained takes."""
+    pytest.importorskip("torch")
+    from latte_rs.torch import LatteT2VModule
+
+    local = LatteT2VModule.from_pretrained(TINY_T2V / "transformer")
+    old = LatteT2VModule.from_pretrained(T2V, subfolder="transformer", revision="v0")
+    assert np.array_equal(old.state_dict()["proj_out.weight"].numpy(),
+                          local.state_dict()["proj_out.weight"].numpy() * 0.5)
+
+
 def test_the_text_pipeline_from_an_id_samples_what_the_local_folder_samples(offline):
     kwargs = dict(num_inference_steps=2, seed=0, progress=False)
     local = latte_rs.LatteT2VPipeline.from_pretrained(TINY_T2V)("a red square moving left", **kwargs).frames
