@@ -32,6 +32,24 @@ T5_GATED = TESTS / "t2v" / "fixtures" / "t5" / "gated"
 T2V_VIDEO = TESTS / "t2v" / "fixtures" / "transformer" / "video"
 
 
+class TorchTokenizer:
+    """Our T5 tokenizer (``latte_rs.text.T5Tokenizer``) behind transformers' call interface, for diffusers'
+    LattePipeline (t2v/ and torch/ run it over our components)."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    def __call__(self, texts, padding="max_length", max_length=None, return_tensors="pt", **kwargs):
+        import torch
+
+        texts = [texts] if isinstance(texts, str) else texts
+        if padding == "longest":
+            max_length = max(len(self.tok.sp.encode(t)) + 1 for t in texts)
+        out = self.tok(texts, max_length=max_length)
+        return type("Encoding", (), {"input_ids": torch.from_numpy(out["input_ids"]),
+                                     "attention_mask": torch.from_numpy(out["attention_mask"])})()
+
+
 def load_official_case(name: str) -> dict:
     """A golden case made by tests/model/fixtures/make_official_golden.py from the official Latte code."""
     with np.load(OFFICIAL / f"{name}.npz") as z:

@@ -8,7 +8,7 @@
 (1, 4, 8, 16, 16)
 """
 
-from . import data, demo, evaluation
+from . import data, demo, evaluation, hub
 from ._autocast import autocast
 from ._native import (
     BF16_AUTOCAST_SUPPORTED,
@@ -71,6 +71,7 @@ __all__ = [
     "demo",
     "evaluation",
     "fvd",
+    "hub",
     "open_model",
     "sample",
     "set_kernel_path",

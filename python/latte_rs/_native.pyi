@@ -151,9 +151,12 @@ class LatteT2VConfig:
         """Latte-1's config with keyword overrides. Raises ``TypeError`` for an unknown keyword and
         ``ValueError`` (naming the key) for a bad value or an impossible combination."""
     @staticmethod
-    def from_pretrained(path: str | PathLike[str]) -> LatteT2VConfig:
+    def from_pretrained(
+        path: str | PathLike[str], *, subfolder: str | None = None, revision: str | None = None
+    ) -> LatteT2VConfig:
         """Reads a diffusers ``config.json`` or the ``transformer/`` folder holding it (keys it does not know,
-        such as ``_class_name``, are ignored)."""
+        such as ``_class_name``, are ignored). ``path`` may be a Hugging Face Hub id (``org/name``; only its
+        ``config.json`` is fetched; see :mod:`latte_rs.hub`)."""
     def replace(self, **kwargs: Any) -> LatteT2VConfig:
         """A copy with some fields changed, validated."""
     def to_json(self) -> str: ...
@@ -202,13 +205,17 @@ def open_model(
     kind: Literal["latte", "text"] | None = None,
     preset: str | None = None,
     device: str = "cpu",
+    subfolder: str | None = None,
+    revision: str | None = None,
+    filename: str | None = None,
     **overrides: Any,
 ) -> OpenedModel:
     """Opens any model file: an official Latte checkpoint (``.pt``), a safetensors file (latte-rs's, class or
     text-to-video, or a bare state dict), a latte-rs trainer checkpoint folder or a model file inside one, a
     diffusers ``transformer/`` folder or the pipeline folder above it. Every file of a trainer checkpoint is
     verified against its manifest. ``kind`` refuses the other kind before anything is built; ``preset`` and
-    keyword overrides (LatteConfig fields) complete a bare state dict.
+    keyword overrides (LatteConfig fields) complete a bare state dict. ``path`` may be a Hugging Face Hub id
+    (``org/name``, with ``subfolder``, ``revision`` and ``filename``; see :mod:`latte_rs.hub`).
 
     >>> import latte_rs
     >>> opened = latte_rs.open_model(latte_rs.demo.TINY_MODEL)
@@ -282,12 +289,16 @@ class LatteModel:
     def save(self, path: str | PathLike[str]) -> None:
         """Writes weights and config to one safetensors file, atomically."""
     @staticmethod
-    def load(path: str | PathLike[str], device: str = "cpu") -> LatteModel:
-        """Reads a file written by ``save``. Raises ``FileNotFoundError`` if it does not exist."""
+    def load(
+        path: str | PathLike[str], device: str = "cpu", *, subfolder: str | None = None,
+        revision: str | None = None, filename: str | None = None,
+    ) -> LatteModel:
+        """Reads a file written by ``save``, local or a Hugging Face Hub id (see ``from_checkpoint``). Raises
+        ``FileNotFoundError`` if it does not exist."""
     @staticmethod
     def from_checkpoint(
-        path: str | PathLike[str], preset: str | None = None, use_ema: bool = True, device: str = "cpu",
-        **overrides: Any,
+        path: str | PathLike[str], preset: str | None = None, use_ema: bool = True, device: str = "cpu", *,
+        subfolder: str | None = None, revision: str | None = None, filename: str | None = None, **overrides: Any,
     ) -> LatteModel:
         """Loads trained weights from the files users have, without PyTorch:
 
@@ -301,6 +312,10 @@ class LatteModel:
         shapes (depth, width, patch, frames, input size, classes, learned sigma); the head count from ``preset`` or
         the width (S 6, B 12, L 16, XL 16); keyword arguments (LatteConfig fields such as ``num_heads``,
         ``class_dropout_prob``, ``attention``) override them.
+
+        ``path`` may be a Hugging Face Hub id (``org/name``, with ``subfolder``, ``revision`` and ``filename``;
+        a local path of the same spelling wins; see :mod:`latte_rs.hub`):
+        ``LatteModel.from_checkpoint("maxin-cn/Latte", filename="ucf101.pt")``.
 
         >>> model = LatteModel.from_checkpoint("ucf101.pt")  # doctest: +SKIP
         >>> model.config.num_classes, model.config.num_frames  # doctest: +SKIP
@@ -647,8 +662,12 @@ class VideoVAE:
     """
 
     @staticmethod
-    def from_pretrained(path: str | PathLike[str], device: str = "cpu", dtype: str = "float32") -> VideoVAE:
-        """Loads ``config.json`` and ``diffusion_pytorch_model.safetensors`` from ``path``."""
+    def from_pretrained(
+        path: str | PathLike[str], device: str = "cpu", dtype: str = "float32", *, subfolder: str | None = None,
+        revision: str | None = None,
+    ) -> VideoVAE:
+        """Loads ``config.json`` and ``diffusion_pytorch_model.safetensors`` from ``path``: a folder or a Hugging
+        Face Hub id (``org/name``, with ``subfolder`` and ``revision``; see :mod:`latte_rs.hub`)."""
     def encode(
         self, video: ArrayLike, sample: bool = True, seed: int = 0, chunk_size: int = 16
     ) -> npt.NDArray[np.float32]:
@@ -724,17 +743,22 @@ class LatteT2VTransformer:
         linears, silent cross-attention outputs and output projection)."""
     @staticmethod
     def from_pretrained(
-        path: str | PathLike[str], device: str = "cpu", dtype: str | None = None
+        path: str | PathLike[str], device: str = "cpu", dtype: str | None = None, *, subfolder: str | None = None,
+        revision: str | None = None,
     ) -> LatteT2VTransformer:
         """Loads a diffusers ``transformer/`` folder: ``config.json`` and ``diffusion_pytorch_model.safetensors``
         or its shards with ``diffusion_pytorch_model.safetensors.index.json``. Missing files are named in a
-        ``FileNotFoundError``; missing, unexpected or mis-shaped keys in a ``ValueError``."""
+        ``FileNotFoundError``; missing, unexpected or mis-shaped keys in a ``ValueError``. ``path`` may be a Hugging
+        Face Hub id (``org/name``, with ``subfolder`` and ``revision``; see :mod:`latte_rs.hub`):
+        ``from_pretrained("maxin-cn/Latte-1", subfolder="transformer")``."""
     @staticmethod
     def from_checkpoint(
-        path: str | PathLike[str], use_ema: bool = True, device: str = "cpu"
+        path: str | PathLike[str], use_ema: bool = True, device: str = "cpu", *, subfolder: str | None = None,
+        revision: str | None = None, filename: str | None = None,
     ) -> LatteT2VTransformer:
         """A trained model: a ``Trainer.save`` folder (its EMA weights when ``use_ema``, verified against the
-        manifest), a model file a trainer wrote, or a diffusers ``transformer/`` folder."""
+        manifest), a model file a trainer wrote, or a diffusers ``transformer/`` folder; local or a Hugging Face
+        Hub id (``org/name``, with ``subfolder``, ``revision`` and ``filename``)."""
     def __call__(
         self,
         hidden_states: ArrayLike,
@@ -748,6 +772,29 @@ class LatteT2VTransformer:
         ``(B, 1 + n, S, caption_channels)``: the video's caption, then one per image."""
     def with_temporal_attentions(self, enabled: bool) -> LatteT2VTransformer:
         """The same transformer (sharing its parameters) with the temporal blocks on or off."""
+    def forward_graph(
+        self,
+        hidden_states: ArrayLike,
+        timestep: ArrayLike,
+        encoder_hidden_states: ArrayLike,
+        *,
+        enable_temporal_attentions: bool = True,
+        input_grad: bool = False,
+    ) -> tuple[npt.NDArray[np.floating], ForwardGraph]:
+        """The forward pass keeping its graph, for an autograd engine outside latte-rs
+        (``latte_rs.torch.LatteT2VModule``): ``(output, graph)``; ``graph.backward(grad_output)`` gives the
+        gradients towards the latents (with ``input_grad``) and every parameter, in ``trainable_parameter_names``
+        order."""
+    def shared_parameters(self) -> dict[str, npt.NDArray[np.floating]]:
+        """Every parameter by its diffusers name as a NumPy array over the model's own memory (no copy; writes
+        change the model). float32/float64 models on the CPU."""
+    @property
+    def trainable_parameter_names(self) -> list[str]:
+        """Every parameter's name, sorted: ``forward_graph``'s order of gradients."""
+    @property
+    def device(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
     def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
     def load_state_dict(self, state_dict: dict[str, ArrayLike]) -> None: ...
     @property
@@ -762,8 +809,12 @@ class T5TextEncoder:
     through ``latte_rs.text.T5Tokenizer`` first."""
 
     @staticmethod
-    def from_pretrained(path: str | PathLike[str], device: str = "cpu", dtype: str | None = None) -> T5TextEncoder:
-        """Loads the folder; missing files and mismatched tensors are named in the error."""
+    def from_pretrained(
+        path: str | PathLike[str], device: str = "cpu", dtype: str | None = None, *, subfolder: str | None = None,
+        revision: str | None = None,
+    ) -> T5TextEncoder:
+        """Loads the folder (or a Hugging Face Hub id, ``org/name``, with ``subfolder`` and ``revision``; see
+        :mod:`latte_rs.hub`); missing files and mismatched tensors are named in the error."""
     def __call__(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None) -> npt.NDArray[np.float32]:
         """Hidden states ``(B, L, d_model)`` of token ids ``(B, L)``; the 0/1 mask marks padding."""
     def empty_prompt(self, max_length: int = 120) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -806,11 +857,12 @@ def sample(
 @final
 class _SharedStorage:
     """Keeps a tensor's storage alive while NumPy arrays (and torch tensors over them) view it: the ``base`` of
-    the arrays ``LatteModel.shared_parameters`` and ``ForwardGraph.backward`` return."""
+    the arrays ``shared_parameters`` and ``ForwardGraph.backward`` return."""
 
 @final
 class ForwardGraph:
-    """The graph of one ``LatteModel.forward_graph``; it keeps the activations until it is dropped."""
+    """The graph of one ``forward_graph`` (``LatteModel``'s or ``LatteT2VTransformer``'s); it keeps the
+    activations until it is dropped."""
 
     def backward(
         self, grad_output: ArrayLike

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import tiny_t2v
+from . import hub, tiny_t2v
 from ._native import LatteConfig, LatteModel, T5TextEncoder, VideoVAE
 from .data import CaptionedVideos, encode_dataset
 from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
@@ -108,12 +108,26 @@ def _encode(args: argparse.Namespace) -> int:
                 raise ValueError(f"{option}: only with --dataset captions (the dataset is {cfg['dataset']!r})")
     if args.tokenizer is not None and args.text_encoder is None:
         raise ValueError("--tokenizer: only with --text-encoder (the tokenizer feeds the text encoder)")
-    vae_dir = args.vae or (Path(str(cfg.get("pretrained_model_path") or "")) / "vae")
+    if args.vae is not None:
+        vae_dir = hub.resolve(args.vae, arg="--vae")
+    else:  # the pipeline's vae/, fetching only it when pretrained_model_path is a Hub id
+        vae_dir = hub.resolve(str(cfg.get("pretrained_model_path") or ""), subfolder="vae",
+                              revision=cfg.get("revision"), arg="pretrained_model_path")
     vae = VideoVAE.from_pretrained(vae_dir)
     text_encoder = tokenizer = None
     if args.text_encoder is not None:
-        text_dir = Path(args.text_encoder)
-        tokenizer_dir = Path(args.tokenizer) if args.tokenizer is not None else text_dir.parent / "tokenizer"
+        text_dir = hub.resolve(args.text_encoder, arg="--text-encoder")
+        # The default tokenizer is the tokenizer/ folder beside the encoder (`org/name/tokenizer` for the encoder
+        # `org/name/text_encoder`), or the repository itself for an encoder at a Hub repository's root (T5
+        # repositories keep spiece.model beside the weights).
+        if args.tokenizer is not None:
+            tokenizer_spec = args.tokenizer
+        elif hub.is_hub_id(args.text_encoder) and len(Path(args.text_encoder).parts) == 2:
+            tokenizer_spec = args.text_encoder
+        else:
+            tokenizer_spec = str(Path(args.text_encoder).parent / "tokenizer")
+        tokenizer_dir = hub.resolve(tokenizer_spec, filename="spiece.model" if hub.is_hub_id(tokenizer_spec) else None,
+                                    arg="--tokenizer")
         if not (tokenizer_dir / "spiece.model").is_file() and not tokenizer_dir.is_file():
             which = "--tokenizer" if args.tokenizer is not None else f"--tokenizer (default: beside {text_dir})"
             raise FileNotFoundError(f"{which}: no spiece.model in {tokenizer_dir}; pass --tokenizer FOLDER")
@@ -175,6 +189,8 @@ def _scheduler(name: str, prediction_type: str = "epsilon"):
 
 def _sample(args: argparse.Namespace) -> int:
     builtin = args.checkpoint is None
+    if builtin and (args.revision or args.subfolder or args.filename):
+        raise ValueError("--revision/--subfolder/--filename: only with a CHECKPOINT (they say where in it to look)")
     if builtin and (args.prompt or args.negative_prompt):
         # The built-in text-to-video model: "a red square moving left" (4 colours, shapes and directions).
         if args.classes:
@@ -193,7 +209,8 @@ def _sample(args: argparse.Namespace) -> int:
             args.classes = [0, 1, 2, 3]  # the tiny model's classes: square, disc, triangle, cross
         if args.guidance is None:
             args.guidance = TINY_GUIDANCE
-    ckpt = Path(args.checkpoint)
+    ckpt = hub.resolve(args.checkpoint, subfolder=args.subfolder, revision=args.revision, filename=args.filename,
+                       arg="CHECKPOINT")
     if not ckpt.exists():
         raise FileNotFoundError(f"CHECKPOINT: no such file or directory {ckpt}")
     if (ckpt / "transformer").is_dir():
@@ -376,10 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="manifest column holding the caption (default: the first of caption, text, name, prompt)")
     enc.add_argument("--video-root", metavar="FOLDER",
                      help="folder that relative manifest paths are read from (default: the manifest's folder)")
-    enc.add_argument("--text-encoder", metavar="FOLDER",
+    enc.add_argument("--text-encoder", metavar="FOLDER_OR_HUB_ID",
                      help="T5 text_encoder/ folder (e.g. Latte-1/text_encoder): also store each caption's T5 "
                      "features and mask, and the empty prompt's (null_caption.safetensors)")
-    enc.add_argument("--tokenizer", metavar="FOLDER",
+    enc.add_argument("--tokenizer", metavar="FOLDER_OR_HUB_ID",
                      help="tokenizer folder with spiece.model (default: the tokenizer/ folder beside "
                      "--text-encoder, as in a Latte-1 pipeline folder)")
     enc.add_argument("--max-length", type=_COUNT, default=120,
@@ -387,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--text-dtype", choices=("float32", "float16"), default="float32",
                      help="dtype of the stored T5 features (default: float32; float16 halves the size and is "
                      "refused when a value does not fit)")
-    enc.add_argument("--vae", help="diffusers vae/ folder (default: <pretrained_model_path>/vae)")
+    enc.add_argument("--vae", help="diffusers vae/ folder or Hub id (default: <pretrained_model_path>/vae, at the "
+                     "config's revision)")
     enc.add_argument("--output", required=True, help="folder for the latent cache")
     enc.add_argument("--shard-size", type=_COUNT, default=256, help="clips per shard file (default: 256)")
     enc.add_argument("--mean", action="store_true", help="store the distribution means instead of samples")
@@ -426,13 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate videos from a checkpoint (official .pt, safetensors, latte-rs folder, diffusers Latte-1)",
         description="Generate videos with a denoising scheduler and write them as GIF/MP4 plus a grid image of "
         "frames. CHECKPOINT is an official Latte .pt (read without running pickled code), a safetensors file, a "
-        "latte-rs checkpoint folder (with --vae for latent models), or a diffusers Latte-1 folder (with --prompt).",
+        "latte-rs checkpoint folder (with --vae for latent models), or a diffusers Latte-1 folder (with --prompt); "
+        "each local or a Hugging Face Hub id (org/name, with --revision, --subfolder and --filename; a local path "
+        "of the same spelling wins).",
     )
     sa.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                     help="weights to sample from (default: the built-in tiny models: with --prompt the text-to-video "
                     "one, \"a red square moving left\" in 4 colours, shapes and directions; otherwise the class one, "
                     "4 shape classes)")
-    sa.add_argument("--vae", help="diffusers vae/ folder for latent (4-channel) models")
+    sa.add_argument("--revision", help="Hub revision (branch, tag or commit) of a CHECKPOINT that is a Hub id")
+    sa.add_argument("--subfolder", help="folder inside CHECKPOINT (a Hub id or a local folder)")
+    sa.add_argument("--filename", help="file inside CHECKPOINT, e.g. ucf101.pt of maxin-cn/Latte")
+    sa.add_argument("--vae", help="diffusers vae/ folder (or Hub id, e.g. maxin-cn/Latte/vae) for latent "
+                    "(4-channel) models")
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     sa.add_argument("--classes", type=_int_in(0), nargs="+", metavar="LABEL",
                     help="class labels (class-conditional models)")
@@ -492,9 +516,10 @@ def main(argv: list[str] | None = None) -> int:
                 "tiny-t2v": _tiny_t2v}
     try:
         return commands[args.command](args)
-    except (ValueError, TypeError, OSError, MemoryError, OverflowError, RuntimeError, yaml.YAMLError) as e:
-        # What a user can cause (a bad value, file, config or size), in one line: messages from YAML and the core
-        # may span several.
+    except (ValueError, TypeError, OSError, MemoryError, OverflowError, RuntimeError, yaml.YAMLError,
+            ImportError) as e:
+        # What a user can cause (a bad value, file, config or size, a Hub id without huggingface_hub installed), in
+        # one line: messages from YAML and the core may span several.
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"latte-rs: error: {message}", file=sys.stderr)
         return 2

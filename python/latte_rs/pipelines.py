@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, hub
 from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE, open_model
 from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, read_config
@@ -87,10 +87,12 @@ class LatteT2VPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str = "cpu", dtype: str | None = None
-                        ) -> LatteT2VPipeline:
-        """Reads a diffusers Latte-1 folder; ``vae/``, ``text_encoder/`` and ``tokenizer/`` are optional."""
-        root = Path(folder)
+    def from_pretrained(cls, folder: str | os.PathLike, device: str = "cpu", dtype: str | None = None, *,
+                        subfolder: str | None = None, revision: str | None = None) -> LatteT2VPipeline:
+        """Reads a diffusers Latte-1 folder; ``vae/``, ``text_encoder/`` and ``tokenizer/`` are optional. ``folder``
+        may be a Hugging Face Hub id (``"maxin-cn/Latte-1"``, with ``subfolder`` and ``revision``; a local folder
+        of the same spelling wins; see :mod:`latte_rs.hub`)."""
+        root = hub.resolve(folder, subfolder=subfolder, revision=revision, arg="folder")
         if not root.is_dir():
             raise FileNotFoundError(f"folder: no such directory {root}")
         transformer = LatteT2VTransformer.from_pretrained(root / "transformer", device=device, dtype=dtype)
@@ -226,12 +228,16 @@ class LattePipeline:
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, vae: str | os.PathLike | VideoVAE | None = None,
                         scheduler: Any = None, preset: str | None = None, use_ema: bool = True,
-                        device: str = "cpu", **overrides: Any) -> LattePipeline:
+                        device: str = "cpu", *, subfolder: str | None = None, revision: str | None = None,
+                        filename: str | None = None, **overrides: Any) -> LattePipeline:
         """A pipeline for any checkpoint ``LatteModel.from_checkpoint`` reads (official ``.pt``, safetensors,
         our trainer's folders), with a diffusers ``vae/`` folder for latent models. Without ``scheduler``:
-        ancestral DDPM for what the checkpoint predicts (``open_model``'s ``prediction_type``)."""
+        ancestral DDPM for what the checkpoint predicts (``open_model``'s ``prediction_type``). ``checkpoint`` and
+        ``vae`` may be Hugging Face Hub ids (``LattePipeline.from_pretrained("maxin-cn/Latte", filename=
+        "ucf101.pt", vae="maxin-cn/Latte/vae")``; ``subfolder``, ``revision`` and ``filename`` apply to the
+        checkpoint; see :mod:`latte_rs.hub`)."""
         opened = open_model(str(checkpoint), kind="latte", preset=preset, use_ema=use_ema, device=device,
-                            **overrides)
+                            subfolder=subfolder, revision=revision, filename=filename, **overrides)
         if scheduler is None:
             scheduler = default_scheduler(opened.prediction_type)
         if vae is not None and not isinstance(vae, VideoVAE):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece
 
+from . import hub
 from ._native import T5TextEncoder
 
 #: Tokens per prompt, as diffusers' ``LattePipeline``.
@@ -21,10 +22,15 @@ MAX_LENGTH = 120
 
 class T5Tokenizer:
     """transformers' ``T5Tokenizer`` for prompts: SentencePiece pieces of ``spiece.model``, ``</s>`` appended,
-    truncated and right-padded with ``<pad>`` to ``max_length``, with the attention mask."""
+    truncated and right-padded with ``<pad>`` to ``max_length``, with the attention mask. ``path``: a folder
+    with ``spiece.model``, the file, or a Hugging Face Hub id (``org/name``, with ``subfolder`` and ``revision``;
+    only ``spiece.model`` is fetched; see :mod:`latte_rs.hub`)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        path = Path(path)
+    def __init__(self, path: str | os.PathLike, *, subfolder: str | None = None,
+                 revision: str | None = None) -> None:
+        names_file = Path(path).is_file() or str(path).endswith(".model")
+        path = hub.resolve(path, subfolder=subfolder, revision=revision,
+                           filename=None if names_file else "spiece.model", arg="tokenizer")
         model = path / "spiece.model" if path.is_dir() else path
         if not model.is_file():
             raise FileNotFoundError(f"tokenizer: no such file {model}")

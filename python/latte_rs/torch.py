@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,9 +41,9 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("latte_rs.torch needs PyTorch: pip install 'latte-rs[torch]'") from e
 
-from ._native import GaussianDiffusion, LatteConfig, LatteModel
+from ._native import GaussianDiffusion, LatteConfig, LatteModel, LatteT2VConfig, LatteT2VTransformer
 
-__all__ = ["LatteModule", "TorchDiffusion", "create_diffusion", "update_ema", "requires_grad"]
+__all__ = ["LatteModule", "LatteT2VModule", "TorchDiffusion", "create_diffusion", "update_ema", "requires_grad"]
 
 # The official modules' attribute order, so that parameters() / state_dict() list the parameters in the official
 # model's order (which fixes the summation order of clip_grad_norm_ and DDP's buckets as in the official code).
@@ -54,8 +54,17 @@ _ORDER = {name: i for i, name in enumerate([
 ])}
 
 
-def _order_key(name: str) -> tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, _ORDER.get(p, len(_ORDER)), p) for p in name.split("."))
+# diffusers' LatteTransformer3DModel's submodule order (a module's own parameters come first in torch anyway), so
+# that LatteT2VModule lists its parameters exactly as diffusers' transformer does.
+_T2V_ORDER = {name: i for i, name in enumerate([
+    "scale_shift_table", "pos_embed", "proj", "transformer_blocks", "temporal_transformer_blocks", "norm1", "attn1",
+    "norm2", "attn2", "norm3", "ff", "net", "to_q", "to_k", "to_v", "to_out", "proj_out", "adaln_single", "emb",
+    "timestep_embedder", "linear_1", "linear_2", "linear", "caption_projection", "weight", "bias",
+])}
+
+
+def _order_key(name: str, order: Mapping[str, int] = _ORDER) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, order.get(p, len(order)), p) for p in name.split("."))
 
 
 def _numpy(t: Any, arg: str, dtype=None) -> np.ndarray:
@@ -74,7 +83,59 @@ class _Container(nn.Module):
     """A node of the parameter tree (``blocks`` / ``blocks.0`` / ``blocks.0.attn`` ...), only for the names."""
 
     def forward(self, *args, **kwargs):  # pragma: no cover - never called
-        raise RuntimeError("a parameter container of LatteModule is not callable")
+        raise RuntimeError("a parameter container of a latte_rs.torch module is not callable")
+
+
+def _share_parameters(module: nn.Module, core: Any, order: Mapping[str, int]) -> list[nn.Parameter]:
+    """Registers every parameter of the Rust model ``core`` on ``module`` under its own dotted name, as torch
+    ``Parameter`` s over the Rust memory (no copy), in ``order``; returns the trainable ones in the order of
+    ``core.forward_graph``'s gradients and records each parameter's address for :func:`_check_shared`."""
+    trainable = list(core.trainable_parameter_names)
+    shared = core.shared_parameters()
+    for name in sorted(shared, key=lambda n: _order_key(n, order)):
+        *path, leaf = name.split(".")
+        parent: nn.Module = module
+        for part in path:
+            child = parent._modules.get(part)
+            if child is None:
+                child = _Container()
+                parent.add_module(part, child)
+            parent = child
+        parent.register_parameter(leaf, nn.Parameter(torch.from_numpy(shared[name]), requires_grad=name in trainable))
+    params = dict(module.named_parameters())
+    module._addresses = {n: p.data_ptr() for n, p in params.items()}
+    return [params[n] for n in trainable]
+
+
+def _check_shared(module: nn.Module, dtype: torch.dtype) -> None:
+    """Refuses to compute when a parameter no longer is the Rust model's memory (the Rust side would compute with
+    stale weights)."""
+    for name, p in module.named_parameters():
+        if p.data_ptr() != module._addresses[name] or p.dtype != dtype or p.device.type != "cpu":
+            kind = type(module).__name__
+            raise RuntimeError(
+                f"{kind} parameter {name!r} no longer shares memory with the latte-rs model (it was "
+                f"replaced, converted or moved: now {p.dtype} on {p.device}). Update parameters in place "
+                f"(optimisers, load_state_dict and copy_ do); for float64 build {kind}(dtype='float64')")
+
+
+def _keep_graph(ctx, graph, dtype: torch.dtype) -> None:
+    """Ties the Rust graph's lifetime to torch's saved tensors (see :class:`_LatteFunction`)."""
+    ctx.save_for_backward(torch.from_numpy(graph.token()))
+    ctx.graph = weakref.ref(graph)
+    ctx.dtype = dtype
+
+
+def _graph_backward(ctx, grad_out, kind: str) -> tuple:
+    """The Rust backward of a graph kept by :func:`_keep_graph`: (gradient towards the input or None, the
+    parameters' gradients as tensors over the Rust gradients' memory)."""
+    if torch.is_grad_enabled():  # create_graph=True: a derivative of the backward was asked for
+        raise RuntimeError("latte-rs computes first derivatives only: backward with create_graph=True "
+                           f"(double backward, gradient penalties) is not supported through {kind}")
+    _token = ctx.saved_tensors  # raises torch's error when the graph was freed  # noqa: F841
+    graph = ctx.graph()
+    gx, grads = graph.backward(_numpy(grad_out, "grad_output", ctx.dtype))
+    return None if gx is None else torch.from_numpy(gx), [torch.from_numpy(g) for g in grads]
 
 
 class _LatteFunction(torch.autograd.Function):
@@ -89,21 +150,13 @@ class _LatteFunction(torch.autograd.Function):
         out, graph = module.core.forward_graph(
             _numpy(x, "x", module._dtype), _numpy(t, "t"), None if y is None else _numpy(y, "y"),
             None if y_image is None else _numpy(y_image, "y_image"), input_grad=ctx.needs_input_grad[1])
-        ctx.save_for_backward(torch.from_numpy(graph.token()))
-        ctx.graph = weakref.ref(graph)
-        ctx.dtype = module._dtype
+        _keep_graph(ctx, graph, module._dtype)
         return torch.from_numpy(out)
 
     @staticmethod
     def backward(ctx, grad_out):
-        if torch.is_grad_enabled():  # create_graph=True: a derivative of the backward was asked for
-            raise RuntimeError("latte-rs computes first derivatives only: backward with create_graph=True "
-                               "(double backward, gradient penalties) is not supported through LatteModule")
-        _token = ctx.saved_tensors  # raises torch's error when the graph was freed  # noqa: F841
-        graph = ctx.graph()
-        gx, grads = graph.backward(_numpy(grad_out, "grad_output", ctx.dtype))
-        gx = None if gx is None else torch.from_numpy(gx)
-        return (None, gx, None, None, None, *(torch.from_numpy(g) for g in grads))
+        gx, grads = _graph_backward(ctx, grad_out, "LatteModule")
+        return (None, gx, None, None, None, *grads)
 
 
 class LatteModule(nn.Module):
@@ -145,22 +198,7 @@ class LatteModule(nn.Module):
             raise ValueError(f"model: LatteModule runs on the CPU, got a model on {model.device}")
         self.core = model
         self._dtype = torch.float64 if model.dtype == "float64" else torch.float32
-        trainable = list(model.trainable_parameter_names)
-        shared = model.shared_parameters()
-        for name in sorted(shared, key=_order_key):
-            *path, leaf = name.split(".")
-            parent: nn.Module = self
-            for part in path:
-                child = parent._modules.get(part)
-                if child is None:
-                    child = _Container()
-                    parent.add_module(part, child)
-                parent = child
-            parent.register_parameter(leaf, nn.Parameter(torch.from_numpy(shared[name]),
-                                                         requires_grad=name in trainable))
-        params = dict(self.named_parameters())
-        self._trainable = [params[n] for n in trainable]
-        self._addresses = {n: p.data_ptr() for n, p in params.items()}
+        self._trainable = _share_parameters(self, model, _ORDER)
 
     @property
     def config(self) -> LatteConfig:
@@ -168,16 +206,12 @@ class LatteModule(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, *, use_ema: bool = True, **overrides: Any) -> LatteModule:
-        """An official ``.pt``, a safetensors file or a latte-rs checkpoint (see ``LatteModel.from_checkpoint``)."""
+        """An official ``.pt``, a safetensors file or a latte-rs checkpoint, local or a Hugging Face Hub id (see
+        ``LatteModel.from_checkpoint``)."""
         return cls(model=LatteModel.from_checkpoint(path, use_ema=use_ema, **overrides))
 
     def _check_shared(self) -> None:
-        for name, p in self.named_parameters():
-            if p.data_ptr() != self._addresses[name] or p.dtype != self._dtype or p.device.type != "cpu":
-                raise RuntimeError(
-                    f"LatteModule parameter {name!r} no longer shares memory with the latte-rs model (it was "
-                    f"replaced, converted or moved: now {p.dtype} on {p.device}). Update parameters in place "
-                    "(optimisers, load_state_dict and copy_ do); for float64 build LatteModule(dtype='float64')")
+        _check_shared(self, self._dtype)
 
     def _drop_labels(self, y, y_image):
         """Classifier-free-guidance label dropout in training mode, drawn from torch's generator exactly as the
@@ -251,6 +285,204 @@ class LatteModule(nn.Module):
     def extra_repr(self) -> str:
         c = self.core.config
         return (f"depth={c.depth}, hidden_size={c.hidden_size}, num_heads={c.num_heads}, variant={c.variant}, "
+                f"params={self.core.num_parameters():,}, dtype={self.core.dtype}")
+
+
+class _T2VFunction(torch.autograd.Function):
+    """The text-to-video transformer's Rust forward (keeping its graph) and backward as one node of torch's
+    autograd graph; the graph's lifetime follows torch's saved tensors, as :class:`_LatteFunction`'s."""
+
+    @staticmethod
+    def forward(ctx, module: LatteT2VModule, hidden_states, timestep, encoder_hidden_states, temporal: bool,
+                *params):
+        out, graph = module.core.forward_graph(
+            _numpy(hidden_states, "hidden_states", module._dtype), _numpy(timestep, "timestep"),
+            _numpy(encoder_hidden_states, "encoder_hidden_states", module._dtype),
+            enable_temporal_attentions=temporal, input_grad=ctx.needs_input_grad[1])
+        _keep_graph(ctx, graph, module._dtype)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gx, grads = _graph_backward(ctx, grad_out, "LatteT2VModule")
+        return (None, gx, None, None, None, *grads)
+
+
+_OUTPUT_CLASS: list[type] = []
+
+
+def _transformer_output(sample: torch.Tensor) -> Any:
+    """diffusers' ``Transformer2DModelOutput(sample=...)`` (a stand-in with ``.sample`` and ``[0]`` without
+    diffusers), imported on first use: importing diffusers takes seconds."""
+    if not _OUTPUT_CLASS:
+        try:
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+        except ImportError:
+            Transformer2DModelOutput = _Output
+        _OUTPUT_CLASS.append(Transformer2DModelOutput)
+    return _OUTPUT_CLASS[0](sample=sample)
+
+
+class _Output(NamedTuple):
+    """``Transformer2DModelOutput`` without diffusers: ``.sample``, or ``[0]``."""
+
+    sample: torch.Tensor
+
+
+def _keeps_every_token(mask: torch.Tensor) -> bool:
+    """Whether an ``encoder_attention_mask`` masks nothing: a (B, S) keep-mask of all ones/True or a
+    (B, 1, S) additive bias of zeros (diffusers' two formats)."""
+    mask = torch.as_tensor(mask)
+    if mask.ndim == 3:
+        return bool((mask == 0).all())
+    return bool((mask != 0).all())
+
+
+class LatteT2VModule(nn.Module):
+    """diffusers' ``LatteTransformer3DModel`` (Latte-1's text-to-video transformer) over a
+    :class:`latte_rs.LatteT2VTransformer`: its ``forward`` signature and output type, ``config``, ``dtype`` and
+    ``device``, and its parameters as torch ``Parameter`` s under diffusers' names and in diffusers' order, over
+    the Rust model's own memory (no copies). Forward and backward run in Rust as one ``torch.autograd.Function``,
+    so ``diffusers.LattePipeline(..., transformer=LatteT2VModule.from_pretrained(folder))`` samples with it and
+    plain PyTorch fine-tunes it.
+
+    Args:
+        config: a :class:`latte_rs.LatteT2VConfig` or a dict of diffusers config keys (missing keys: Latte-1's),
+            with ``overrides`` as config keys; None: Latte-1's config with ``overrides``.
+        model: wrap this existing transformer instead (the module then shares its weights).
+        seed: the initialisation seed for a new model; ``init`` its recipe ("normal" or "pixart", as
+            :class:`latte_rs.LatteT2VTransformer`).
+        dtype: "float32" (default) or "float64".
+
+    >>> import torch
+    >>> from latte_rs.torch import LatteT2VModule
+    >>> m = LatteT2VModule(num_attention_heads=2, attention_head_dim=8, num_layers=1, cross_attention_dim=16,
+    ...                    sample_size=8, caption_channels=12, video_length=3)
+    >>> out = m(torch.randn(1, 4, 3, 8, 8), timestep=torch.tensor([500]),
+    ...         encoder_hidden_states=torch.randn(1, 5, 12)).sample
+    >>> tuple(out.shape), m.config.in_channels, "transformer_blocks.0.attn1.to_q.weight" in m.state_dict()
+    ((1, 8, 3, 8, 8), 4, True)
+    """
+
+    def __init__(self, config: LatteT2VConfig | Mapping[str, Any] | None = None, *,
+                 model: LatteT2VTransformer | None = None, seed: int = 0, dtype: str = "float32",
+                 init: str = "normal", **overrides: Any) -> None:
+        super().__init__()
+        if model is None:
+            if config is None:
+                config = LatteT2VConfig(**overrides)
+            elif isinstance(config, Mapping):
+                config = LatteT2VConfig.from_dict({**config, **overrides})
+            elif not isinstance(config, LatteT2VConfig):
+                raise TypeError(f"config: expected a LatteT2VConfig or a dict of diffusers config keys, got "
+                                f"{type(config).__name__}")
+            elif overrides:
+                config = config.replace(**overrides)
+            model = LatteT2VTransformer(config, seed=seed, dtype=dtype, init=init)
+        elif not isinstance(model, LatteT2VTransformer):
+            raise TypeError(f"model: expected a latte_rs.LatteT2VTransformer, got {type(model).__name__}")
+        if model.dtype not in ("float32", "float64"):
+            raise TypeError(f"model: LatteT2VModule runs float32 or float64 models, got {model.dtype} (load "
+                            "half-precision files with torch_dtype=torch.float32, as diffusers does by default)")
+        if model.device != "cpu":
+            raise ValueError(f"model: LatteT2VModule runs on the CPU, got a model on {model.device}")
+        self.core = model
+        self._dtype = torch.float64 if model.dtype == "float64" else torch.float32
+        self._trainable = _share_parameters(self, model, _T2V_ORDER)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, subfolder: str | None = None,
+                        revision: str | None = None, torch_dtype: torch.dtype | str | None = None
+                        ) -> LatteT2VModule:
+        """A diffusers transformer folder (``config.json`` + safetensors, sharded or not) or a Hub id (with
+        ``subfolder`` and ``revision``, see :mod:`latte_rs.hub`), as diffusers'
+        ``LatteTransformer3DModel.from_pretrained(path, subfolder=..., torch_dtype=...)``: float32 unless
+        ``torch_dtype`` says float64 (diffusers' default too, whatever the file holds)."""
+        if torch_dtype is None:
+            torch_dtype = torch.float32
+        if isinstance(torch_dtype, str):
+            torch_dtype = getattr(torch, torch_dtype, torch_dtype)
+        dtypes = {torch.float32: "float32", torch.float64: "float64"}
+        if torch_dtype not in dtypes:
+            raise TypeError(f"torch_dtype: LatteT2VModule runs torch.float32 or torch.float64, got {torch_dtype}")
+        return cls(model=LatteT2VTransformer.from_pretrained(pretrained_model_name_or_path, dtype=dtypes[torch_dtype],
+                                                             subfolder=subfolder, revision=revision))
+
+    @property
+    def config(self) -> LatteT2VConfig:
+        """diffusers' config keys, as attributes or as a mapping (``config.in_channels``, ``config["sample_size"]``)."""
+        return self.core.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def out_channels(self) -> int:
+        """The output channels (``in_channels`` when the config leaves them out), as diffusers' attribute."""
+        c = self.core.config
+        return c.in_channels if c.out_channels is None else c.out_channels
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                enable_temporal_attentions: bool = True, return_dict: bool = True) -> Any:
+        """diffusers' ``LatteTransformer3DModel.forward``: latents ``(B, C, F, H, W)``, timesteps ``(B,)``, T5
+        features ``(B, S, caption_channels)``; returns ``Transformer2DModelOutput(sample=(B, C_out, F, H, W))``, or
+        ``(sample,)`` with ``return_dict=False``. Gradients flow to the parameters and ``hidden_states``."""
+        if timestep is None or encoder_hidden_states is None:
+            missing = "timestep" if timestep is None else "encoder_hidden_states"
+            raise ValueError(f"{missing}: required (Latte-1 is conditioned on the timestep and a caption's T5 "
+                             "features)")
+        if encoder_attention_mask is not None and not _keeps_every_token(encoder_attention_mask):
+            raise ValueError("encoder_attention_mask: a mask that drops caption tokens is not supported (diffusers' "
+                             "LattePipeline passes none; it zeroes padded features, mask_feature=True, or cuts them "
+                             "off); zero or cut the padded features of encoder_hidden_states instead")
+        grad = torch.is_grad_enabled()
+        if grad and isinstance(encoder_hidden_states, torch.Tensor) and encoder_hidden_states.requires_grad:
+            raise ValueError("encoder_hidden_states: gradients towards the caption features are not computed by "
+                             "LatteT2VModule (only towards hidden_states and the parameters); pass them detached")
+        _check_shared(self, self._dtype)
+        if not grad or not (hidden_states.requires_grad or any(p.requires_grad for p in self._trainable)):
+            out = torch.from_numpy(self.core(
+                _numpy(hidden_states, "hidden_states", self._dtype), _numpy(timestep, "timestep"),
+                _numpy(encoder_hidden_states, "encoder_hidden_states", self._dtype), enable_temporal_attentions))
+        else:
+            out = _T2VFunction.apply(self, hidden_states, timestep, encoder_hidden_states,
+                                     bool(enable_temporal_attentions), *self._trainable)
+        return _transformer_output(out) if return_dict else (out,)
+
+    def enable_gradient_checkpointing(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' switch for activation checkpointing, which this module does not do: an error that says so
+        (the native ``latte_rs.Trainer`` checkpoints activations)."""
+        raise NotImplementedError("LatteT2VModule keeps every activation for backward (no gradient checkpointing); "
+                                  "latte_rs.Trainer(..., gradient_checkpointing=True) trains with it")
+
+    def __deepcopy__(self, memo: dict) -> LatteT2VModule:
+        """A copy with its own Rust model (``copy.deepcopy(model)`` for an EMA)."""
+        core = LatteT2VTransformer(self.core.config, seed=0, dtype=self.core.dtype)
+        with torch.no_grad():
+            core.load_state_dict({n: p.detach().numpy() for n, p in self.named_parameters()})
+        new = type(self)(model=core)
+        for (_, p), (_, q) in zip(self.named_parameters(), new.named_parameters(), strict=True):
+            q.requires_grad_(p.requires_grad)
+        new.train(self.training)
+        for k, v in self.__dict__.items():
+            if k not in new.__dict__:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        memo[id(self)] = new
+        return new
+
+    def __getstate__(self):
+        raise TypeError("LatteT2VModule does not pickle (its weights live in the Rust model); save state_dict() "
+                        "with torch.save")
+
+    def extra_repr(self) -> str:
+        c = self.core.config
+        return (f"num_layers={c.num_layers}, inner_dim={c.inner_dim}, video_length={c.video_length}, "
                 f"params={self.core.num_parameters():,}, dtype={self.core.dtype}")
 
 

@@ -280,11 +280,26 @@ pub struct PyLatteT2VConfig {
 
 config_class!(PyLatteT2VConfig, LatteT2VConfig, {
     /// Reads a diffusers `config.json` (or the `transformer/` folder holding it); keys it does not know
-    /// (`_class_name`, `_diffusers_version`) are ignored.
+    /// (`_class_name`, `_diffusers_version`) are ignored. `path` may be a Hugging Face Hub id (`org/name`, with
+    /// `subfolder` and `revision`; only its `config.json` is fetched).
     #[staticmethod]
-    fn from_pretrained(path: std::path::PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, subfolder = None, revision = None))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
-            let file = if path.is_dir() { path.join("config.json") } else { path };
+            // A folder (or an id, which names one) holds the file; a path to a file names it.
+            let names_file = path.is_file() || path.extension().is_some_and(|e| e == "json");
+            let file = super::hub::Location {
+                path,
+                subfolder,
+                revision,
+                filename: (!names_file).then_some("config.json"),
+            }
+            .resolve(py, "path")?;
             let inner: LatteT2VConfig = crate::weights::diffusers::read_config(&file).py()?;
             inner
                 .validate()

@@ -4,6 +4,7 @@
 mod config;
 mod convert;
 mod diffusion;
+mod hub;
 mod i3d;
 mod model;
 mod open;

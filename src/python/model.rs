@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 
 use super::config::PyLatteConfig;
 use super::convert::{dict_to_json, shared_numpy, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
+use super::hub::Location;
 use super::IntoPy;
 use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteModel};
 
@@ -124,7 +125,7 @@ impl PyLatteModel {
                 .detach(|| Graph::forward(&self.inner, &x, &t, &cond, input_grad))
                 .py()?;
             let out = to_numpy(py, &graph.output())?;
-            Ok((out, PyForwardGraph { graph, token: [0.0] }))
+            Ok((out, PyForwardGraph::new(graph)))
         })
     }
 
@@ -175,18 +176,33 @@ impl PyLatteModel {
 
     /// Loads an official Latte checkpoint (`.pt`, read without running pickled code), a safetensors file or a
     /// latte-rs checkpoint folder, with EMA weights when present and `use_ema`; the options come from the file
-    /// or the tensor shapes, and keyword arguments (LatteConfig fields, e.g. `num_heads`) override them.
+    /// or the tensor shapes, and keyword arguments (LatteConfig fields, e.g. `num_heads`) override them. `path`
+    /// may be a Hugging Face Hub id (`org/name`, with `subfolder`, `revision` and `filename`; see `latte_rs.hub`).
     #[staticmethod]
-    #[pyo3(signature = (path, preset = None, use_ema = true, device = "cpu", **overrides))]
+    #[pyo3(signature = (
+        path, preset = None, use_ema = true, device = "cpu", *, subfolder = None, revision = None, filename = None,
+        **overrides
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn from_checkpoint(
         py: Python<'_>,
         path: PathBuf,
         preset: Option<String>,
         use_ema: bool,
         device: &str,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+        filename: Option<&str>,
         overrides: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location {
+                path,
+                subfolder,
+                revision,
+                filename,
+            }
+            .resolve(py, "path")?;
             let device = parse_device(device).py()?;
             let overrides: serde_json::Map<String, serde_json::Value> = dict_to_json(overrides, "overrides")?;
             let (inner, _) = py
@@ -196,11 +212,25 @@ impl PyLatteModel {
         })
     }
 
-    /// Reads a file written by `save`.
+    /// Reads a file written by `save` (or a Hugging Face Hub id, see `from_checkpoint`).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu"))]
-    fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", *, subfolder = None, revision = None, filename = None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+        filename: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location {
+                path,
+                subfolder,
+                revision,
+                filename,
+            }
+            .resolve(py, "path")?;
             let device = parse_device(device).py()?;
             let inner = py.detach(|| LatteModel::load(&path, &device)).py()?;
             Ok(Self { inner })
@@ -241,11 +271,18 @@ impl PyLatteModel {
 /// The gradients towards the input (when asked for) and every trainable parameter.
 type GraphGradients<'py> = (Option<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>);
 
-/// The graph of one `LatteModel.forward_graph`: it keeps the forward's activations until it is dropped.
+/// The graph of one `forward_graph` (of `LatteModel` or `LatteT2VTransformer`): it keeps the forward's activations until it is dropped.
 #[pyclass(name = "ForwardGraph", module = "latte_rs", frozen, weakref)]
 pub struct PyForwardGraph {
     graph: Graph,
     token: [f32; 1],
+}
+
+impl PyForwardGraph {
+    /// Hands a forward pass to Python (any denoiser's: the class model's and the text-to-video transformer's).
+    pub(crate) fn new(graph: Graph) -> Self {
+        Self { graph, token: [0.0] }
+    }
 }
 
 #[pymethods]

@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 
 use super::convert::dict_to_json;
 use super::diffusion::PyGaussianDiffusion;
+use super::hub::Location;
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
 use super::IntoPy;
@@ -53,8 +54,14 @@ impl PyOpenedModel {
 /// text-to-video, or a bare state dict), a latte-rs trainer checkpoint folder or a model file inside one, a
 /// diffusers `transformer/` folder or the pipeline folder above it. `kind` ("latte" or "text") refuses the other
 /// kind before anything is built; `preset` and keyword overrides (LatteConfig fields) complete a bare state dict.
+/// `path` may be a Hugging Face Hub id (`org/name`, with `subfolder`, `revision` and `filename`; see
+/// `latte_rs.hub`).
 #[pyfunction]
-#[pyo3(signature = (path, *, use_ema = true, kind = None, preset = None, device = "cpu", **overrides))]
+#[pyo3(signature = (
+    path, *, use_ema = true, kind = None, preset = None, device = "cpu", subfolder = None, revision = None,
+    filename = None, **overrides
+))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn open_model(
     py: Python<'_>,
     path: PathBuf,
@@ -62,9 +69,19 @@ pub(crate) fn open_model(
     kind: Option<&str>,
     preset: Option<String>,
     device: &str,
+    subfolder: Option<&str>,
+    revision: Option<&str>,
+    filename: Option<&str>,
     overrides: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyOpenedModel> {
     crate::python::guard(move || {
+        let path = Location {
+            path,
+            subfolder,
+            revision,
+            filename,
+        }
+        .resolve(py, "path")?;
         let kind = kind
             .map(|k| match k {
                 "latte" => Ok(ModelKind::Latte),

@@ -7,10 +7,29 @@ use pyo3::types::PyDict;
 
 use super::config::{t2v_config_arg, PyLatteT2VConfig};
 use super::convert::{
-    float_tensor, int_tensor, load_folder, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor,
+    float_tensor, int_tensor, load_folder, shared_numpy, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor,
 };
+use super::hub::Location;
+use super::model::PyForwardGraph;
 use super::IntoPy;
-use crate::model::{parse_device, parse_dtype, Condition, Denoiser, LatteT2VModel, T5EncoderModel};
+use crate::model::{
+    device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteT2VModel, T5EncoderModel,
+};
+
+/// The latents, timesteps and caption features of a transformer call.
+fn t2v_inputs(
+    hidden_states: &Bound<'_, PyAny>,
+    timestep: &Bound<'_, PyAny>,
+    encoder_hidden_states: &Bound<'_, PyAny>,
+) -> PyResult<(candle_core::Tensor, candle_core::Tensor, Condition)> {
+    let x = float_tensor(hidden_states, "hidden_states")?;
+    let t = to_tensor(timestep, "timestep")?;
+    let text = Condition::Text {
+        embeddings: float_tensor(encoder_hidden_states, "encoder_hidden_states")?,
+        mask: None,
+    };
+    Ok((x, t, text))
+}
 
 /// The text-to-video Latte transformer (Latte-1), with diffusers' parameter names and config keys.
 ///
@@ -61,22 +80,48 @@ impl PyLatteT2V {
     }
 
     /// Loads a diffusers `transformer/` folder (`config.json` + safetensors, sharded or not). `dtype` None keeps
-    /// the file's.
+    /// the file's. `path` may be a Hugging Face Hub id (`org/name`, with `subfolder` and `revision`; see
+    /// `latte_rs.hub`).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu", dtype = None))]
-    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", dtype = None, *, subfolder = None, revision = None))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        dtype: Option<&str>,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location::folder(path, subfolder, revision).resolve(py, "path")?;
             let inner = load_folder(py, &path, device, dtype, LatteT2VModel::from_pretrained)?;
             Ok(Self { inner })
         })
     }
 
     /// A trained model: a latte-rs trainer checkpoint folder (its EMA weights when `use_ema`), a model file a
-    /// trainer wrote, or a diffusers `transformer/` folder.
+    /// trainer wrote, or a diffusers `transformer/` folder; local or a Hugging Face Hub id (`org/name`, with
+    /// `subfolder`, `revision` and `filename`).
     #[staticmethod]
-    #[pyo3(signature = (path, use_ema = true, device = "cpu"))]
-    fn from_checkpoint(py: Python<'_>, path: PathBuf, use_ema: bool, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, use_ema = true, device = "cpu", *, subfolder = None, revision = None, filename = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_checkpoint(
+        py: Python<'_>,
+        path: PathBuf,
+        use_ema: bool,
+        device: &str,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+        filename: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location {
+                path,
+                subfolder,
+                revision,
+                filename,
+            }
+            .resolve(py, "path")?;
             let device = parse_device(device).py()?;
             let inner = py
                 .detach(|| LatteT2VModel::from_checkpoint(&path, use_ema, &device))
@@ -97,16 +142,62 @@ impl PyLatteT2V {
         enable_temporal_attentions: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
-            let x = float_tensor(hidden_states, "hidden_states")?;
-            let t = to_tensor(timestep, "timestep")?;
-            let text = Condition::Text {
-                embeddings: float_tensor(encoder_hidden_states, "encoder_hidden_states")?,
-                mask: None,
-            };
+            let (x, t, text) = t2v_inputs(hidden_states, timestep, encoder_hidden_states)?;
             let model = self.inner.with_temporal_attention(enable_temporal_attentions);
             let out = py.detach(|| model.forward(&x, &t, &text)).py()?;
             to_numpy(py, &out)
         })
+    }
+
+    /// The forward pass keeping its graph, for an autograd engine outside latte-rs (`latte_rs.torch`): returns
+    /// (output, graph); `graph.backward(grad_output)` gives the gradients towards the latents (with
+    /// `input_grad`) and every parameter in `trainable_parameter_names` order.
+    #[pyo3(signature = (hidden_states, timestep, encoder_hidden_states, *, enable_temporal_attentions = true,
+                        input_grad = false))]
+    fn forward_graph<'py>(
+        &self,
+        py: Python<'py>,
+        hidden_states: &Bound<'py, PyAny>,
+        timestep: &Bound<'py, PyAny>,
+        encoder_hidden_states: &Bound<'py, PyAny>,
+        enable_temporal_attentions: bool,
+        input_grad: bool,
+    ) -> PyResult<(Bound<'py, PyAny>, PyForwardGraph)> {
+        crate::python::guard(move || {
+            let (x, t, text) = t2v_inputs(hidden_states, timestep, encoder_hidden_states)?;
+            let model = self.inner.with_temporal_attention(enable_temporal_attentions);
+            let graph = py.detach(|| Graph::forward(&model, &x, &t, &text, input_grad)).py()?;
+            let out = to_numpy(py, &graph.output())?;
+            Ok((out, PyForwardGraph::new(graph)))
+        })
+    }
+
+    /// Every parameter by its diffusers name as a NumPy array over the model's own memory (no copy; writes go
+    /// into the model). float32/float64 models on the CPU.
+    fn shared_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::python::guard(move || {
+            let d = PyDict::new(py);
+            for (name, var) in self.inner.store().vars(|_| true) {
+                d.set_item(&name, shared_numpy(py, var.as_tensor(), &name)?)?;
+            }
+            Ok(d)
+        })
+    }
+
+    /// The names of the trainable parameters (all of them), sorted: the order of `forward_graph`'s gradients.
+    #[getter]
+    fn trainable_parameter_names(&self) -> Vec<String> {
+        self.inner.trainable_vars().into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[getter]
+    fn device(&self) -> String {
+        device_name(self.inner.device())
+    }
+
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        dtype_name(self.inner.dtype())
     }
 
     /// The same transformer (sharing its parameters) with the temporal blocks on or off, as diffusers'
@@ -163,11 +254,20 @@ pub struct PyT5 {
 
 #[pymethods]
 impl PyT5 {
-    /// Reads `config.json` and `model.safetensors` (or its shards with `model.safetensors.index.json`).
+    /// Reads `config.json` and `model.safetensors` (or its shards with `model.safetensors.index.json`) from a
+    /// folder or a Hugging Face Hub id (`org/name`, with `subfolder` and `revision`; see `latte_rs.hub`).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu", dtype = None))]
-    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", dtype = None, *, subfolder = None, revision = None))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        dtype: Option<&str>,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location::folder(path, subfolder, revision).resolve(py, "path")?;
             let inner = load_folder(py, &path, device, dtype, T5EncoderModel::from_pretrained)?;
             Ok(Self { inner })
         })

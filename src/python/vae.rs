@@ -7,6 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::convert::{float_tensor, load_folder, to_numpy};
+use super::hub::Location;
 use super::IntoPy;
 use crate::rng::Generator;
 use crate::vae::AutoencoderKl;
@@ -67,11 +68,20 @@ impl PyVideoVae {
 
 #[pymethods]
 impl PyVideoVae {
-    /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`).
+    /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`), local or a
+    /// Hugging Face Hub id (`org/name`, with `subfolder` and `revision`; see `latte_rs.hub`).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu", dtype = "float32"))]
-    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", dtype = "float32", *, subfolder = None, revision = None))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        dtype: &str,
+        subfolder: Option<&str>,
+        revision: Option<&str>,
+    ) -> PyResult<Self> {
         crate::python::guard(move || {
+            let path = Location::folder(path, subfolder, revision).resolve(py, "path")?;
             let inner = load_folder(py, &path, device, Some(dtype), |path, device, dtype| {
                 AutoencoderKl::from_pretrained(path, device, dtype.unwrap_or(DType::F32))
             })?;

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import latte_rs
-from conftest import TINY_VAE
+from conftest import TINY_VAE, TorchTokenizer
 from latte_rs.pipelines import LatteT2VPipeline, load_scheduler
 from latte_rs.text import T5Tokenizer, encode_captions
 
@@ -88,23 +88,6 @@ def test_tokenizer_follows_t5_rules_over_sentencepiece(spiece):
     assert sp.decode(ours("a cat walks")["input_ids"][0].tolist()) == "a cat walks"
 
 
-class _TorchTokenizer:
-    """Our tokenizer behind transformers' call interface, for diffusers' pipeline."""
-
-    def __init__(self, tok: T5Tokenizer) -> None:
-        self.tok = tok
-
-    def __call__(self, texts, padding="max_length", max_length=None, return_tensors="pt", **kwargs):
-        import torch
-
-        texts = [texts] if isinstance(texts, str) else texts
-        if padding == "longest":
-            max_length = max(len(self.tok.sp.encode(t)) + 1 for t in texts)
-        out = self.tok(texts, max_length=max_length)
-        return type("Encoding", (), {"input_ids": torch.from_numpy(out["input_ids"]),
-                                     "attention_mask": torch.from_numpy(out["attention_mask"])})()
-
-
 def _pipeline_folder(root: Path, spiece: Path) -> Path:
     import shutil
 
@@ -123,7 +106,7 @@ def _diffusers_pipeline(folder: Path):
     import transformers
 
     return diffusers.LattePipeline(
-        tokenizer=_TorchTokenizer(T5Tokenizer(folder / "tokenizer")),
+        tokenizer=TorchTokenizer(T5Tokenizer(folder / "tokenizer")),
         text_encoder=transformers.T5EncoderModel.from_pretrained(folder / "text_encoder"),
         vae=diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
         transformer=diffusers.LatteTransformer3DModel.from_pretrained(folder / "transformer"),

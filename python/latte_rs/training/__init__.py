@@ -53,12 +53,15 @@ Text-to-video (``model: LatteT2V``, the official text-to-video configs' name; La
 ==============================  ==========================================================================
 key                             meaning
 ==============================  ==========================================================================
-pretrained_model_path           a Latte-1 folder (its ``transformer/``) or a ``transformer/`` folder:
-                                fine-tune from its weights; unset: a new model from ``model_config``
-                                (diffusers config keys over Latte-1's) trained from scratch
+pretrained_model_path           a Latte-1 folder (its ``transformer/``) or a ``transformer/`` folder, local
+                                or a Hugging Face Hub id (``maxin-cn/Latte-1``): fine-tune from its
+                                weights; unset: a new model from ``model_config`` (diffusers config keys
+                                over Latte-1's) trained from scratch
+revision                        the Hub revision (branch, tag or commit) of a Hub ``pretrained_model_path``
 video_length                    the official name of num_frames
-text_encoder_path               a T5 ``text_encoder/`` folder (default: ``<pretrained>/text_encoder``)
-tokenizer_path                  a folder with ``spiece.model`` (default: ``tokenizer/`` beside the encoder)
+text_encoder_path               a T5 ``text_encoder/`` folder or Hub id (default: ``<pretrained>/text_encoder``)
+tokenizer_path                  a folder with ``spiece.model`` or Hub id (default: ``tokenizer/`` beside the
+                                encoder)
 model_max_length                caption tokens (120, as Latte-1)
 caption_dropout_prob            captions replaced by the empty prompt's features (0.1): the unconditional
                                 branch of classifier-free guidance

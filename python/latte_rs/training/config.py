@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic",
     "data_path": None,
     "pretrained_model_path": None,
+    # The Hub revision (branch, tag or commit) of a pretrained_model_path that is a Hub id: diffusers' training
+    # scripts' --revision.
+    "revision": None,
     "model": "Latte-XL/2",
     "num_frames": 16,
     "image_size": 256,

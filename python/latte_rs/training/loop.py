@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from .. import hub
 from .._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, Trainer
 from ..data.batching import batches, caption_and_text, clip_and_label
 from ..distributed import (
@@ -324,10 +325,16 @@ def _check_dataset(dataset, model, cfg: Mapping[str, Any]) -> int:
     return frames
 
 
-def _transformer_folder(path: str | Path) -> Path:
-    """A diffusers ``transformer/`` folder: the path itself, or its ``transformer/`` (a Latte-1 pipeline folder)."""
-    folder = Path(path)
-    return folder / "transformer" if (folder / "transformer" / "config.json").is_file() else folder
+def _transformer_folder(path: str | Path, revision: str | None = None) -> Path:
+    """A diffusers ``transformer/`` folder: the path itself, or its ``transformer/`` (a Latte-1 pipeline folder);
+    local or a Hub id (only the transformer is fetched)."""
+    try:
+        inner = hub.resolve(path, subfolder="transformer", revision=revision, arg="pretrained_model_path")
+        if (inner / "config.json").is_file():
+            return inner
+    except FileNotFoundError:  # a Hub repository without transformer/: the transformer is at its root
+        pass
+    return hub.resolve(path, revision=revision, arg="pretrained_model_path")
 
 
 def _text_model(cfg: Mapping[str, Any], model: LatteT2VTransformer | None) -> LatteT2VTransformer:
@@ -338,20 +345,34 @@ def _text_model(cfg: Mapping[str, Any], model: LatteT2VTransformer | None) -> La
             raise TypeError(f"model: a LatteT2V config trains a LatteT2VTransformer, got {type(model).__name__}")
         return model
     if cfg["pretrained_model_path"]:
-        return LatteT2VTransformer.from_pretrained(_transformer_folder(cfg["pretrained_model_path"]),
+        return LatteT2VTransformer.from_pretrained(_transformer_folder(cfg["pretrained_model_path"], cfg["revision"]),
                                                    dtype=model_dtype(cfg))
     return LatteT2VTransformer(t2v_config(cfg), seed=cfg["global_seed"], dtype=model_dtype(cfg), init="pixart")
 
 
 def _text_encoder(cfg: Mapping[str, Any]):
     """The T5 encoder and tokenizer a config names (``text_encoder_path``, default ``<pretrained>/text_encoder``;
-    ``tokenizer_path``, default the ``tokenizer/`` folder beside the encoder), or None."""
-    path = cfg["text_encoder_path"] or (Path(cfg["pretrained_model_path"]) / "text_encoder"
-                                        if cfg["pretrained_model_path"] else None)
-    if path is None or not Path(path).is_dir():
+    ``tokenizer_path``, default the ``tokenizer/`` folder beside the encoder), or None. Each may be a Hub id; the
+    defaults derived from a Hub ``pretrained_model_path`` take its ``revision``."""
+    pretrained, revision = cfg["pretrained_model_path"], cfg["revision"]
+    if cfg["text_encoder_path"]:
+        path = hub.resolve(cfg["text_encoder_path"], arg="text_encoder_path")
+    elif pretrained:
+        try:
+            path = hub.resolve(pretrained, subfolder="text_encoder", revision=revision, arg="pretrained_model_path")
+        except FileNotFoundError:  # a Hub repository without a text encoder: as a local folder without one
+            return None
+    else:
         return None
-    tok = cfg["tokenizer_path"] or Path(path).parent / "tokenizer"
-    return T5TextEncoder.from_pretrained(path), T5Tokenizer(tok)
+    if not path.is_dir():
+        return None
+    if cfg["tokenizer_path"]:
+        tokenizer = T5Tokenizer(cfg["tokenizer_path"])
+    elif pretrained and not cfg["text_encoder_path"]:
+        tokenizer = T5Tokenizer(pretrained, subfolder="tokenizer", revision=revision)
+    else:
+        tokenizer = T5Tokenizer(path.parent / "tokenizer")
+    return T5TextEncoder.from_pretrained(path), tokenizer
 
 
 def _null_caption(cfg: Mapping[str, Any], dataset) -> tuple[np.ndarray, np.ndarray]:
