@@ -33,8 +33,16 @@ python3 -m venv "$scratch/tools"
 "$scratch/tools/bin/python" -m pip install -q "maturin>=1.5,<2" "ziglang>=0.13" "auditwheel>=6"
 export PATH="$scratch/tools/bin:$PATH"
 
-build() {  # build DIR FEATURES: one abi3 wheel for $policy into DIR
-  maturin build --release --zig --compatibility "$policy" --features "$2" --out "$1" 2>&1 | tail -3
+build() {  # build DIR FEATURES: one abi3 wheel for $policy into DIR (the compiler's output shown if it fails)
+  local log="$scratch/build-${2//,/-}.log"
+  if maturin build --release --zig --compatibility "$policy" --features "$2" --out "$1" > "$log" 2>&1; then
+    tail -2 "$log"
+  else
+    grep -E -B2 -A12 "^(error|warning: .*failed)" "$log" | head -80 || true
+    tail -20 "$log"
+    echo "the $2 wheel did not build (log above)" >&2
+    return 1
+  fi
 }
 
 kinds="${LATTE_RS_WHEELS:-cpu}"
