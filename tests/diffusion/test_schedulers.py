@@ -105,6 +105,12 @@ def test_live_against_diffusers() -> None:
         live = ref.run(case["kind"], case["config"], case["eta"], torch.Generator().manual_seed(i))
         _, result = run_loop(case["kind"], case["config"], case["eta"], live["noise"])
         np.testing.assert_allclose(result, live["result"], rtol=1e-4, atol=1e-5)
+    # The reference records the step noise by replacing diffusers' randn_tensor for one loop; it must put it back
+    # (left replaced, a later pipeline in this process drew its DDPM noise from a spent generator).
+    from diffusers.schedulers import scheduling_ddpm
+    from diffusers.utils.torch_utils import randn_tensor
+
+    assert scheduling_ddpm.randn_tensor is randn_tensor
 
 
 def test_config_round_trip_and_latte1_config(tmp_path: Path) -> None:
