@@ -520,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             ImportError) as e:
         # What a user can cause (a bad value, file, config or size, a Hub id without huggingface_hub installed), in
         # one line: messages from YAML and the core may span several.
-        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        # The bindings name a refused argument in a note ("while processing 'seed'"), kept in the line.
+        text = "\n".join([str(e), *getattr(e, "__notes__", ())])
+        message = "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
         print(f"latte-rs: error: {message}", file=sys.stderr)
         return 2
 

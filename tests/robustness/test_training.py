@@ -99,6 +99,14 @@ def test_keep_checkpoints_that_cannot_work_is_refused_by_name(keep):
     assert latte_rs.training.load_config({**TINY_TRAIN, "keep_checkpoints": None})["keep_checkpoints"] is None
 
 
+@pytest.mark.parametrize("key", ["gradient_accumulation_steps", "max_train_steps", "log_every", "ckpt_every"])
+def test_a_count_past_64_bits_is_refused_by_name(key):
+    """Found by the campaign's cli target (seed 11): a count the core holds as a 64-bit integer, given as 2**70, was
+    refused by the bindings with a message that named no key."""
+    with pytest.raises(ValueError, match=key):
+        latte_rs.training.load_config({**TINY_TRAIN, key: 2**70})
+
+
 def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
     latte_rs.train(TINY_TRAIN, output_dir=tmp_path, max_steps=6, progress=False)
     ckpts = tmp_path / "checkpoints"

@@ -209,8 +209,8 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
             cfg[key] = _number(key, cfg[key], kind)
     for key in ("max_train_steps", "local_batch_size", "ckpt_every", "log_every", "gradient_accumulation_steps",
                 "num_frames", "image_size"):
-        if cfg[key] < 1:
-            raise ValueError(f"config: {key} expected >= 1, got {cfg[key]}")
+        if not 1 <= cfg[key] < 2**63:  # counts the core holds as 64-bit integers
+            raise ValueError(f"config: {key} expected an int in [1, 2**63), got {cfg[key]}")
     if not 0 <= cfg["global_seed"] < 2**64:  # a 64-bit seed (the trainer's, the data order's)
         raise ValueError(f"config: global_seed expected an int in [0, 2**64), got {cfg['global_seed']}")
     # How many checkpoints pruning keeps: None keeps all; 0 or fewer would prune the one just written.
