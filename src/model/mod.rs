@@ -14,6 +14,7 @@ pub mod latte;
 pub mod open;
 pub mod t2v;
 pub mod text;
+pub mod windows;
 
 pub use any::{AnyModel, ModelKind};
 pub use condition::Condition;
@@ -25,3 +26,4 @@ pub use latte::{Latte, LatteModel, NUM_TRAIN_TIMESTEPS};
 pub use open::{open_model, OpenOptions, OpenedModel};
 pub use t2v::{LatteT2VConfig, LatteT2VModel};
 pub use text::t5::{T5Config, T5EncoderModel};
+pub use windows::TemporalWindows;

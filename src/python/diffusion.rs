@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::{float_tensor, int_tensor, to_numpy};
-use super::sampling::{condition, denoiser, run, SampleInputs};
+use super::sampling::{condition, denoiser, run, LongVideo, SampleInputs};
 use super::schedulers::PyScheduler;
 use super::IntoPy;
 use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, Scheduler};
@@ -324,6 +324,8 @@ impl PyGaussianDiffusion {
                     ..SamplingOptions::default()
                 },
                 seed,
+                num_frames: None,
+                long_video: LongVideo::Windows { stride: None },
             };
             run(py, denoiser(model)?, scheduler, inputs, callback)
         })
@@ -366,7 +368,8 @@ fn scheduler_arg(obj: &Bound<'_, PyAny>, sampler: &str, clip_denoised: bool) -> 
     model, scheduler, *, noise = None, num_samples = 1, latent_shape = None, y = None, y_image = None,
     encoder_hidden_states = None, negative_encoder_hidden_states = None, encoder_attention_mask = None,
     negative_encoder_attention_mask = None, guidance_scale = 1.0, eta = 0.0, num_inference_steps = None,
-    sampler = "ddpm", clip_denoised = false, seed = 0, callback = None,
+    sampler = "ddpm", clip_denoised = false, seed = 0, num_frames = None, long_video = None, window_stride = None,
+    callback = None,
 ))]
 #[allow(clippy::too_many_arguments)] // the Python keywords, one by one
 pub(crate) fn sample<'py>(
@@ -388,9 +391,13 @@ pub(crate) fn sample<'py>(
     sampler: &str,
     clip_denoised: bool,
     #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
+    #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] num_frames: Option<usize>,
+    long_video: Option<&str>,
+    #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] window_stride: Option<usize>,
     callback: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     crate::python::guard(move || {
+        let long_video = LongVideo::parse(long_video, window_stride)?;
         let model = denoiser(model)?;
         let scheduler = scheduler_arg(scheduler, sampler, clip_denoised)?;
         let uncond = negative_encoder_hidden_states
@@ -408,6 +415,8 @@ pub(crate) fn sample<'py>(
                 eta,
             },
             seed,
+            num_frames,
+            long_video,
         };
         run(py, model, scheduler, inputs, callback)
     })
