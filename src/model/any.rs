@@ -74,6 +74,14 @@ impl AnyModel {
         self.denoiser().dtype()
     }
 
+    /// Sets (or clears) the TeaCache coefficients the model carries (see [`crate::cache`]).
+    pub fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> Result<()> {
+        match self {
+            Self::Latte(m) => m.set_teacache_coefficients(coefficients),
+            Self::Text(m) => m.set_teacache_coefficients(coefficients),
+        }
+    }
+
     pub fn device(&self) -> &Device {
         self.denoiser().device()
     }

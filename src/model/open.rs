@@ -171,6 +171,9 @@ pub fn open_model(path: &Path, opts: &OpenOptions) -> Result<OpenedModel> {
         }
         Located::Diffusers(dir) => AnyModel::Text(LatteT2VModel::from_pretrained(&dir, &opts.device, None)?),
     };
+    if let Some(coefficients) = crate::cache::read_coefficients_beside(path)? {
+        model.set_teacache_coefficients(Some(coefficients))?;
+    }
     Ok(OpenedModel {
         model,
         info,

@@ -6,6 +6,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::cache::cache_arg;
 use super::convert::{float_tensor, int_tensor, to_numpy};
 use super::sampling::{condition, denoiser, run, SampleInputs};
 use super::schedulers::PyScheduler;
@@ -325,7 +326,7 @@ impl PyGaussianDiffusion {
                 },
                 seed,
             };
-            run(py, denoiser(model)?, scheduler, inputs, callback)
+            run(py, denoiser(model)?, scheduler, inputs, callback, None)
         })
     }
 
@@ -366,7 +367,7 @@ fn scheduler_arg(obj: &Bound<'_, PyAny>, sampler: &str, clip_denoised: bool) -> 
     model, scheduler, *, noise = None, num_samples = 1, latent_shape = None, y = None, y_image = None,
     encoder_hidden_states = None, negative_encoder_hidden_states = None, encoder_attention_mask = None,
     negative_encoder_attention_mask = None, guidance_scale = 1.0, eta = 0.0, num_inference_steps = None,
-    sampler = "ddpm", clip_denoised = false, seed = 0, callback = None,
+    sampler = "ddpm", clip_denoised = false, seed = 0, callback = None, cache = None,
 ))]
 #[allow(clippy::too_many_arguments)] // the Python keywords, one by one
 pub(crate) fn sample<'py>(
@@ -389,8 +390,10 @@ pub(crate) fn sample<'py>(
     clip_denoised: bool,
     #[pyo3(from_py_with = crate::python::convert::u64_arg)] seed: u64,
     callback: Option<Py<PyAny>>,
+    cache: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     crate::python::guard(move || {
+        let cache = cache_arg(cache)?;
         let model = denoiser(model)?;
         let scheduler = scheduler_arg(scheduler, sampler, clip_denoised)?;
         let uncond = negative_encoder_hidden_states
@@ -406,9 +409,10 @@ pub(crate) fn sample<'py>(
                 guidance_scale,
                 uncond,
                 eta,
+                cache: None,
             },
             seed,
         };
-        run(py, model, scheduler, inputs, callback)
+        run(py, model, scheduler, inputs, callback, cache)
     })
 }

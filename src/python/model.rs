@@ -32,6 +32,18 @@ pub struct PyLatteModel {
 
 #[pymethods]
 impl PyLatteModel {
+    /// The TeaCache rescaling coefficients fitted for this model (read from its `teacache.json` when loaded;
+    /// `TeaCache()` without coefficients uses them), or None. Shared with the model's clones.
+    #[getter]
+    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+        self.inner.teacache_coefficients()
+    }
+
+    #[setter]
+    fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> PyResult<()> {
+        self.inner.set_teacache_coefficients(coefficients).py()
+    }
+
     #[new]
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
     fn new(

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use super::cache::PyTeaCache;
 use super::convert::{float_tensor, int_tensor, to_numpy, to_tensor};
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
@@ -96,14 +97,17 @@ pub(crate) struct SampleInputs {
     pub seed: u64,
 }
 
-/// Runs the core's loop on converted inputs and returns the latents as a NumPy array.
+/// Runs the core's loop on converted inputs and returns the latents as a NumPy array; with `cache`, the run uses
+/// its policy and leaves its report on it.
 pub(crate) fn run<'py>(
     py: Python<'py>,
     model: Box<dyn Denoiser>,
     mut scheduler: Box<dyn Scheduler>,
-    inputs: SampleInputs,
+    mut inputs: SampleInputs,
     callback: Option<Py<PyAny>>,
+    cache: Option<Py<PyTeaCache>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    inputs.opts.cache = cache.as_ref().map(|c| c.get().policy());
     let out = run_with_progress(py, callback, |progress| {
         let mut rng = Generator::new(inputs.seed);
         let noise = match inputs.noise {
@@ -118,7 +122,7 @@ pub(crate) fn run<'py>(
                 sampling::draw_noise(model.as_ref(), &dims, &mut rng)?
             }
         };
-        sampling::sample(
+        sampling::sample_with_report(
             model.as_ref(),
             scheduler.as_mut(),
             &noise,
@@ -128,5 +132,8 @@ pub(crate) fn run<'py>(
             progress,
         )
     })?;
-    to_numpy(py, &out)
+    if let Some(cache) = cache {
+        cache.get().set_report(out.cache_report);
+    }
+    to_numpy(py, &out.latents)
 }

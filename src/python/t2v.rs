@@ -48,6 +48,18 @@ pub struct PyLatteT2V {
 
 #[pymethods]
 impl PyLatteT2V {
+    /// The TeaCache rescaling coefficients fitted for this model (read from its `teacache.json` when loaded;
+    /// `TeaCache()` without coefficients uses them), or None. Shared with the model's clones.
+    #[getter]
+    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+        self.inner.teacache_coefficients()
+    }
+
+    #[setter]
+    fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> PyResult<()> {
+        self.inner.set_teacache_coefficients(coefficients).py()
+    }
+
     /// A randomly initialised model from a `LatteT2VConfig` or a dict of diffusers config keys (missing keys:
     /// Latte-1's values). `init`:
     /// "normal" (every weight N(0, 0.02²), for tests) or "pixart" (PixArt-α's recipe, for training from scratch).
