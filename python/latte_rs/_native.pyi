@@ -232,6 +232,12 @@ class LatteModel:
     (1, 4, 8, 16, 16)
     """
 
+    @property
+    def teacache_coefficients(self) -> list[float] | None:
+        """The TeaCache rescaling coefficients fitted for this model (read from its ``teacache.json`` when loaded;
+        ``TeaCache()`` without coefficients uses them), or None. Shared with the model's clones."""
+    @teacache_coefficients.setter
+    def teacache_coefficients(self, coefficients: list[float] | None) -> None: ...
     def __new__(
         cls,
         config: LatteConfig,
@@ -730,6 +736,12 @@ class LatteT2VTransformer:
     (1, 8, 3, 8, 8)
     """
 
+    @property
+    def teacache_coefficients(self) -> list[float] | None:
+        """The TeaCache rescaling coefficients fitted for this model (read from its ``teacache.json`` when loaded;
+        ``TeaCache()`` without coefficients uses them), or None. Shared with the model's clones."""
+    @teacache_coefficients.setter
+    def teacache_coefficients(self, coefficients: list[float] | None) -> None: ...
     def __new__(
         cls,
         config: LatteT2VConfig | dict[str, Any] | None = None,
@@ -845,13 +857,30 @@ def sample(
     clip_denoised: bool = False,
     seed: int = 0,
     callback: Callable[[int, int], object] | None = None,
+    cache: TeaCache | None = None,
 ) -> np.ndarray:
     """The one sampling loop, every step in Rust, for any model and any scheduler (a scheduler core, copied so the
     caller's keeps its state, or a ``GaussianDiffusion`` sampled by ``sampler``). The condition is class labels
     ``y`` or a prompt's T5 features ``encoder_hidden_states``; with ``guidance_scale`` > 1 the unconditional
     branch is the null class, or ``negative_encoder_hidden_states``. Without ``noise``, ``num_samples`` clips of
     the model's size (or ``latent_shape``) are drawn from ``seed``, and every step's noise from the same
-    generator. ``callback(done, total)`` runs after each step. Used by ``latte_rs.sample`` and the pipelines."""
+    generator. ``callback(done, total)`` runs after each step. With ``cache`` the block stack is skipped where
+    its policy says so, and the run's report is left on it. Used by ``latte_rs.sample`` and the pipelines."""
+
+class TeaCache:
+    """TeaCache for the sampling loop (``latte_rs.TeaCache`` adds ``fit``, ``save`` and ``report``):
+    ``threshold`` (0 skips nothing), ``coefficients`` of the rescaling polynomial, highest power first (None: the
+    model's fitted ones, else ``LATTE1_COEFFICIENTS``). Bad values are a ``ValueError`` naming the argument."""
+
+    LATTE1_COEFFICIENTS: list[float]
+    def __new__(cls, threshold: float = 0.1, coefficients: list[float] | None = None) -> TeaCache: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def coefficients(self) -> list[float] | None: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last sampling run this cache served, as a dict (None before any)."""
 
 
 @final

@@ -169,17 +169,19 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple
 
 
 def generate(prompts: list[str], *, num_videos_per_prompt: int = 1, guidance_scale: float = GUIDANCE,
-             num_inference_steps: int = STEPS, seed: int = 0, progress: bool = True, pipe=None):
-    """Videos from the built-in text-to-video model: a ``LatteOutput`` of uint8 frames ``(B, 8, 16, 16, 3)``."""
+             num_inference_steps: int = STEPS, seed: int = 0, progress: bool = True, pipe=None, cache=None):
+    """Videos from the built-in text-to-video model: a ``LatteOutput`` of uint8 frames ``(B, 8, 16, 16, 3)``
+    (``cache``: a caching policy, e.g. ``latte_rs.TeaCache()``)."""
     pipe = pipe or pipeline()
     embeds, negative = encode_prompts(pipe, [p for p in prompts for _ in range(num_videos_per_prompt)])
     return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps, seed=seed, output_type="uint8", progress=progress)
+                num_inference_steps=num_inference_steps, seed=seed, output_type="uint8", progress=progress,
+                cache=cache)
 
 
 def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, seed: int = 0,
              guidance_scale: float = GUIDANCE, num_inference_steps: int = STEPS, progress: bool = False,
-             pipe=None) -> dict[str, float]:
+             pipe=None, cache=None) -> dict[str, float]:
     """Prompt following of the built-in model on the held-out (or the training) combinations: each attribute's
     accuracy measured on the generated pixels (``latte_rs.evaluation.prompt_following``); chance is 0.25 for
     each attribute and 1/64 for all three."""
@@ -191,7 +193,7 @@ def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, se
         raise ValueError(f'combinations: expected "held_out" or "train", got {combinations!r}')
     prompts = [synthetic_caption(*c) for c in combos]
     out = generate(prompts, num_videos_per_prompt=videos_per_combination, guidance_scale=guidance_scale,
-                   num_inference_steps=num_inference_steps, seed=seed, progress=progress, pipe=pipe)
+                   num_inference_steps=num_inference_steps, seed=seed, progress=progress, pipe=pipe, cache=cache)
     wanted = [c for c in combos for _ in range(videos_per_combination)]
     return prompt_following(list(out.frames), wanted)
 
