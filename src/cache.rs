@@ -29,6 +29,37 @@ pub const LATTE1_COEFFICIENTS: [f64; 5] = [-2.46434137e3, 3.08044764e2, 8.074476
 /// coefficients fitted for it.
 pub const COEFFICIENTS_FILE: &str = "teacache.json";
 
+/// A rescaling polynomial fitted for a model (what its `teacache.json` holds): the coefficients, highest power
+/// first, and the range of input changes it was fitted on. A degree-4 fit swings outside its data (it can turn
+/// negative, and a negative estimate would skip every step), so a change outside the range is clamped into it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeaCacheFit {
+    pub coefficients: Vec<f64>,
+    #[serde(default)]
+    pub input_range: Option<[f64; 2]>,
+}
+
+impl TeaCacheFit {
+    /// A checked fit; `arg` names where it came from in errors.
+    pub fn new(coefficients: Vec<f64>, input_range: Option<[f64; 2]>, arg: &str) -> Result<Self> {
+        check_coefficients(&coefficients, arg)?;
+        check_range(input_range, arg)?;
+        Ok(Self {
+            coefficients,
+            input_range,
+        })
+    }
+
+    /// The estimated output change for an input change: the polynomial at the change clamped into the range.
+    pub fn rescale(&self, change: f64) -> f64 {
+        let x = match self.input_range {
+            Some([low, high]) => change.clamp(low, high),
+            None => change,
+        };
+        polyval(&self.coefficients, x)
+    }
+}
+
 /// TeaCache's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TeaCacheConfig {
@@ -37,11 +68,15 @@ pub struct TeaCacheConfig {
     /// The rescaling polynomial, highest power first; None: the model's own (from its `teacache.json`), else
     /// [`LATTE1_COEFFICIENTS`].
     pub coefficients: Option<Vec<f64>>,
+    /// The input changes the polynomial holds for (changes outside are clamped into it); None: the model's
+    /// fitted range when its coefficients are used, else no clamping.
+    pub input_range: Option<[f64; 2]>,
 }
 
 impl TeaCacheConfig {
-    /// Checked settings: a finite threshold ≥ 0 and, when given, at least one finite coefficient.
-    pub fn new(threshold: f64, coefficients: Option<Vec<f64>>) -> Result<Self> {
+    /// Checked settings: a finite threshold >= 0, when given at least one finite coefficient, and a finite range
+    /// `[low, high]` with low <= high.
+    pub fn new(threshold: f64, coefficients: Option<Vec<f64>>, input_range: Option<[f64; 2]>) -> Result<Self> {
         if !(threshold.is_finite() && threshold >= 0.0) {
             return Err(value_error(
                 "threshold",
@@ -52,10 +87,23 @@ impl TeaCacheConfig {
         if let Some(c) = &coefficients {
             check_coefficients(c, "coefficients")?;
         }
+        check_range(input_range, "input_range")?;
         Ok(Self {
             threshold,
             coefficients,
+            input_range,
         })
+    }
+}
+
+fn check_range(range: Option<[f64; 2]>, arg: &str) -> Result<()> {
+    match range {
+        Some([low, high]) if !(low.is_finite() && high.is_finite() && low <= high) => Err(value_error(
+            arg,
+            "an input range [low, high] of finite numbers with low <= high",
+            format!("[{low}, {high}]"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -89,7 +137,7 @@ pub struct StepRecord {
     pub computed: bool,
     /// The relative L1 change of the first block's modulated input from the previous step (None at the first).
     pub input_change: Option<f64>,
-    /// `polyval(coefficients, input_change)`.
+    /// `polyval(coefficients, input_change)`, the change clamped into the input range.
     pub rescaled: Option<f64>,
     /// The accumulated rescaled change after this step's decision (0 after a computed step).
     pub accumulated: f64,
@@ -105,6 +153,8 @@ pub struct CacheReport {
     pub threshold: f64,
     /// The rescaling polynomial used.
     pub coefficients: Vec<f64>,
+    /// The input range its argument was clamped into (None: not clamped).
+    pub input_range: Option<[f64; 2]>,
     /// Where it came from: "argument", "model" (its `teacache.json`) or "latte-1" (the published default).
     pub coefficients_source: String,
     /// One record per denoising step.
@@ -144,7 +194,7 @@ fn bytes(t: &Tensor) -> usize {
 /// TeaCache's state over one sampling run.
 pub(crate) struct TeaCacheState {
     threshold: f64,
-    coefficients: Vec<f64>,
+    fit: TeaCacheFit,
     num_steps: usize,
     accumulated: f64,
     previous_input: Option<Tensor>,
@@ -157,12 +207,13 @@ impl TeaCacheState {
     /// The state for a run of `num_steps` steps of `model`; coefficients from the config, else the model's own,
     /// else Latte-1's.
     pub(crate) fn new(cfg: &TeaCacheConfig, model: &dyn Denoiser, num_steps: usize) -> Result<Self> {
-        let (coefficients, source) = match (&cfg.coefficients, model.teacache_coefficients()) {
-            (Some(c), _) => (c.clone(), "argument"),
-            (None, Some(c)) => (c, "model"),
-            (None, None) => (LATTE1_COEFFICIENTS.to_vec(), "latte-1"),
+        let model_fit = model.teacache_fit();
+        let (coefficients, model_range, source) = match (&cfg.coefficients, model_fit) {
+            (Some(c), _) => (c.clone(), None, "argument"),
+            (None, Some(fit)) => (fit.coefficients, fit.input_range, "model"),
+            (None, None) => (LATTE1_COEFFICIENTS.to_vec(), None, "latte-1"),
         };
-        check_coefficients(&coefficients, "coefficients")?;
+        let fit = TeaCacheFit::new(coefficients, cfg.input_range.or(model_range), "coefficients")?;
         Ok(Self {
             threshold: cfg.threshold,
             num_steps,
@@ -173,11 +224,12 @@ impl TeaCacheState {
             report: CacheReport {
                 policy: "teacache".into(),
                 threshold: cfg.threshold,
-                coefficients: coefficients.clone(),
+                coefficients: fit.coefficients.clone(),
+                input_range: fit.input_range,
                 coefficients_source: source.into(),
                 ..CacheReport::default()
             },
-            coefficients,
+            fit,
         })
     }
 
@@ -197,7 +249,7 @@ impl TeaCacheState {
             Some(previous) => Some(relative_l1(&modulated, previous)?),
             None => None,
         };
-        let rescaled = input_change.map(|c| polyval(&self.coefficients, c));
+        let rescaled = input_change.map(|c| self.fit.rescale(c));
         let always = step == 0 || step + 1 == self.num_steps || self.residual.is_none();
         let compute = match rescaled {
             Some(r) if !always => {
@@ -295,26 +347,20 @@ pub fn coefficients_file(path: &Path) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-#[derive(Deserialize)]
-struct CoefficientsFile {
-    coefficients: Vec<f64>,
-}
-
-/// The fitted coefficients carried beside the model at `path` (see [`coefficients_file`]), if any. A file that
-/// is there but unreadable is an error naming it, not silently ignored.
-pub fn read_coefficients_beside(path: &Path) -> Result<Option<Vec<f64>>> {
+/// The fit carried beside the model at `path` (see [`coefficients_file`]), if any. A file that is there but
+/// unreadable is an error naming it, not silently ignored.
+pub fn read_fit_beside(path: &Path) -> Result<Option<TeaCacheFit>> {
     let Some(file) = coefficients_file(path) else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(&file)?;
-    let parsed: CoefficientsFile = serde_json::from_str(&text).map_err(|e| {
+    let name = file.display().to_string();
+    let parsed: TeaCacheFit = serde_json::from_str(&text).map_err(|e| {
         LatteError::Value(format!(
-            "{}: {e} (expected {{\"coefficients\": [...]}})",
-            file.display()
+            "{name}: {e} (expected {{\"coefficients\": [...], \"input_range\": [low, high]}})"
         ))
     })?;
-    check_coefficients(&parsed.coefficients, &file.display().to_string())?;
-    Ok(Some(parsed.coefficients))
+    Ok(Some(TeaCacheFit::new(parsed.coefficients, parsed.input_range, &name)?))
 }
 
 #[cfg(test)]
@@ -329,12 +375,24 @@ mod tests {
 
     #[test]
     fn settings_are_checked_by_name() {
-        let e = TeaCacheConfig::new(-0.1, None).unwrap_err().to_string();
+        let e = TeaCacheConfig::new(-0.1, None, None).unwrap_err().to_string();
         assert!(e.starts_with("threshold: expected") && e.contains("-0.1"), "{e}");
-        let e = TeaCacheConfig::new(0.1, Some(vec![])).unwrap_err().to_string();
+        let e = TeaCacheConfig::new(0.1, Some(vec![]), None).unwrap_err().to_string();
         assert!(e.starts_with("coefficients: expected"), "{e}");
-        assert!(TeaCacheConfig::new(f64::NAN, None).is_err());
-        assert!(TeaCacheConfig::new(0.1, Some(vec![1.0, f64::INFINITY])).is_err());
-        assert!(TeaCacheConfig::new(0.0, Some(vec![1.0])).is_ok());
+        assert!(TeaCacheConfig::new(f64::NAN, None, None).is_err());
+        assert!(TeaCacheConfig::new(0.1, Some(vec![1.0, f64::INFINITY]), None).is_err());
+        let e = TeaCacheConfig::new(0.1, None, Some([0.5, 0.2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("input_range: expected"), "{e}");
+        assert!(TeaCacheConfig::new(0.0, Some(vec![1.0]), Some([0.1, 0.1])).is_ok());
+    }
+
+    #[test]
+    fn a_fit_is_evaluated_inside_its_range() {
+        let fit = TeaCacheFit::new(vec![1.0, 0.0, 0.0], Some([0.2, 0.5]), "fit").unwrap();
+        assert_eq!(fit.rescale(0.3), 0.09);
+        assert_eq!(fit.rescale(0.0), 0.04000000000000001);
+        assert_eq!(fit.rescale(1.0), 0.25);
     }
 }

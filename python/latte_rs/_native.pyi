@@ -238,6 +238,9 @@ class LatteModel:
         ``TeaCache()`` without coefficients uses them), or None. Shared with the model's clones."""
     @teacache_coefficients.setter
     def teacache_coefficients(self, coefficients: list[float] | None) -> None: ...
+    @property
+    def teacache_input_range(self) -> list[float] | None:
+        """The range of input changes the fitted coefficients hold for, ``[low, high]`` (None: unbounded or none)."""
     def __new__(
         cls,
         config: LatteConfig,
@@ -742,6 +745,9 @@ class LatteT2VTransformer:
         ``TeaCache()`` without coefficients uses them), or None. Shared with the model's clones."""
     @teacache_coefficients.setter
     def teacache_coefficients(self, coefficients: list[float] | None) -> None: ...
+    @property
+    def teacache_input_range(self) -> list[float] | None:
+        """The range of input changes the fitted coefficients hold for, ``[low, high]`` (None: unbounded or none)."""
     def __new__(
         cls,
         config: LatteT2VConfig | dict[str, Any] | None = None,
@@ -870,14 +876,18 @@ def sample(
 class TeaCache:
     """TeaCache for the sampling loop (``latte_rs.TeaCache`` adds ``fit``, ``save`` and ``report``):
     ``threshold`` (0 skips nothing), ``coefficients`` of the rescaling polynomial, highest power first (None: the
-    model's fitted ones, else ``LATTE1_COEFFICIENTS``). Bad values are a ``ValueError`` naming the argument."""
+    model's fitted ones, else ``LATTE1_COEFFICIENTS``), ``input_range`` the change is clamped into. Bad values are a ``ValueError`` naming the argument."""
 
     LATTE1_COEFFICIENTS: list[float]
-    def __new__(cls, threshold: float = 0.1, coefficients: list[float] | None = None) -> TeaCache: ...
+    def __new__(
+        cls, threshold: float = 0.1, coefficients: list[float] | None = None, input_range: list[float] | None = None
+    ) -> TeaCache: ...
     @property
     def threshold(self) -> float: ...
     @property
     def coefficients(self) -> list[float] | None: ...
+    @property
+    def input_range(self) -> list[float] | None: ...
     @property
     def last_report(self) -> dict[str, Any] | None:
         """The report of the last sampling run this cache served, as a dict (None before any)."""

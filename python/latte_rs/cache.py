@@ -45,6 +45,7 @@ class CacheReport:
     policy: str
     threshold: float
     coefficients: list[float]
+    input_range: list[float] | None
     coefficients_source: str
     computed: list[bool]
     input_changes: list[float | None]
@@ -61,6 +62,7 @@ class CacheReport:
     def from_dict(cls, d: dict[str, Any]) -> CacheReport:
         steps = d["steps"]
         return cls(policy=d["policy"], threshold=d["threshold"], coefficients=list(d["coefficients"]),
+                   input_range=d["input_range"],
                    coefficients_source=d["coefficients_source"], computed=[s["computed"] for s in steps],
                    input_changes=[s["input_change"] for s in steps], rescaled=[s["rescaled"] for s in steps],
                    accumulated=[s["accumulated"] for s in steps], output_changes=[s["output_change"] for s in steps],
@@ -84,9 +86,11 @@ class CacheReport:
 
 
 class TeaCache(_native.TeaCache):
-    """TeaCache (see the module docs): ``threshold`` (default 0.1, TeaCache's for Latte; 0 skips nothing) and the
+    """TeaCache (see the module docs): ``threshold`` (default 0.1, TeaCache's for Latte; 0 skips nothing), the
     rescaling polynomial ``coefficients``, highest power first as ``numpy.polyval`` (None: the model's fitted
-    ones, else the published Latte-1 ones). After a sampling run, :attr:`report` says what it computed."""
+    ones, else the published Latte-1 ones), and ``input_range`` ``[low, high]`` the change is clamped into before
+    the polynomial (None: the model's fitted range with its coefficients, else none). After a sampling run,
+    :attr:`report` says what it computed."""
 
     @property
     def report(self) -> CacheReport | None:
@@ -99,7 +103,9 @@ class TeaCache(_native.TeaCache):
             **sample_kwargs: Any) -> TeaCache:
         """Fits the rescaling polynomial for a model from ``runs`` uncached samplings and returns a ``TeaCache``
         with it: each step's relative L1 change of the first block's modulated input against that of the model's
-        output, fitted with ``numpy.polyfit(inputs, outputs, degree)``.
+        output, fitted with ``numpy.polyfit(inputs, outputs, degree)`` (steps 1 to n-2: the first has no change and
+        the last always computes). The range of input changes seen becomes ``input_range``: a degree-4 polynomial
+        swings outside its data, so changes outside it are clamped into it.
 
         ``target``: a ``LattePipeline`` or ``LatteT2VPipeline`` (called with ``sample_kwargs``, e.g.
         ``class_labels=`` or ``prompt_embeds=``), or a model, sampled with :func:`latte_rs.sample` (pass the
@@ -123,7 +129,8 @@ class TeaCache(_native.TeaCache):
             else:
                 target(**sample_kwargs, seed=seed + i, cache=probe, progress=False)
             report = probe.report
-            for x, y in zip(report.input_changes, report.output_changes):
+            # The last step always computes, and its output (the final denoising) jumps unlike any other: left out.
+            for x, y in zip(report.input_changes[:-1], report.output_changes[:-1]):
                 if x is not None and y is not None:
                     inputs.append(x)
                     outputs.append(y)
@@ -131,7 +138,8 @@ class TeaCache(_native.TeaCache):
             raise ValueError(f"degree: {degree} needs more than {degree} (input, output) pairs; the runs gave "
                              f"{len(inputs)} (sample more steps or more runs)")
         coefficients = np.polyfit(np.asarray(inputs), np.asarray(outputs), degree)
-        fitted = cls(threshold, coefficients=[float(c) for c in coefficients])
+        fitted = cls(threshold, coefficients=[float(c) for c in coefficients],
+                     input_range=[float(min(inputs)), float(max(inputs))])
         fitted.fit_data = (np.asarray(inputs), np.asarray(outputs))
         return fitted
 
@@ -148,8 +156,9 @@ class TeaCache(_native.TeaCache):
             target = path / COEFFICIENTS_FILE
         else:
             target = path.with_name(f"{path.stem}.{COEFFICIENTS_FILE}")
-        target.write_text(json.dumps({"coefficients": list(self.coefficients), "threshold": self.threshold,
-                                      **notes}, indent=2) + "\n")
+        content = {"coefficients": list(self.coefficients), "input_range": self.input_range,
+                   "threshold": self.threshold, **notes}
+        target.write_text(json.dumps(content, indent=2) + "\n")
         return target
 
 

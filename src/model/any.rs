@@ -74,11 +74,11 @@ impl AnyModel {
         self.denoiser().dtype()
     }
 
-    /// Sets (or clears) the TeaCache coefficients the model carries (see [`crate::cache`]).
-    pub fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> Result<()> {
+    /// Sets (or clears) the TeaCache polynomial the model carries (see [`crate::cache`]).
+    pub fn set_teacache_fit(&self, fit: Option<crate::cache::TeaCacheFit>) {
         match self {
-            Self::Latte(m) => m.set_teacache_coefficients(coefficients),
-            Self::Text(m) => m.set_teacache_coefficients(coefficients),
+            Self::Latte(m) => m.set_teacache_fit(fit),
+            Self::Text(m) => m.set_teacache_fit(fit),
         }
     }
 

@@ -129,8 +129,8 @@ pub trait Denoiser: Send + Sync {
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor>;
     /// The forward pass without gradients on checked inputs, split into stages (see [`StagedPass`]).
     fn staged<'a>(&'a self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Box<dyn StagedPass + 'a>>;
-    /// The TeaCache rescaling coefficients fitted for this model (its `teacache.json`), if it carries any.
-    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+    /// The TeaCache rescaling polynomial fitted for this model (its `teacache.json`), if it carries one.
+    fn teacache_fit(&self) -> Option<crate::cache::TeaCacheFit> {
         None
     }
     /// The trainable parameters, sorted by name.

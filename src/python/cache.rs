@@ -31,13 +31,14 @@ impl PyTeaCache {
 impl PyTeaCache {
     /// `threshold`: the accumulated rescaled change below which a step reuses the cached residual (0 skips
     /// nothing); `coefficients`: the rescaling polynomial, highest power first (None: the model's fitted ones,
-    /// else the published Latte-1 ones).
+    /// else the published Latte-1 ones); `input_range`: `[low, high]` the change is clamped into before the
+    /// polynomial (None: the model's fitted range when its coefficients are used, else none).
     #[new]
-    #[pyo3(signature = (threshold = 0.1, coefficients = None))]
-    fn new(threshold: f64, coefficients: Option<Vec<f64>>) -> PyResult<Self> {
+    #[pyo3(signature = (threshold = 0.1, coefficients = None, input_range = None))]
+    fn new(threshold: f64, coefficients: Option<Vec<f64>>, input_range: Option<[f64; 2]>) -> PyResult<Self> {
         crate::python::guard(move || {
             Ok(Self {
-                config: TeaCacheConfig::new(threshold, coefficients).py()?,
+                config: TeaCacheConfig::new(threshold, coefficients, input_range).py()?,
                 last_report: Mutex::new(None),
             })
         })
@@ -51,6 +52,11 @@ impl PyTeaCache {
     #[getter]
     fn coefficients(&self) -> Option<Vec<f64>> {
         self.config.coefficients.clone()
+    }
+
+    #[getter]
+    fn input_range(&self) -> Option<[f64; 2]> {
+        self.config.input_range
     }
 
     /// TeaCache's published coefficients for Latte-1 (the default when neither the call nor the model gives any).
@@ -68,10 +74,14 @@ impl PyTeaCache {
     }
 
     fn __repr__(&self) -> String {
-        match &self.config.coefficients {
-            Some(c) => format!("TeaCache(threshold={}, coefficients={c:?})", self.config.threshold),
-            None => format!("TeaCache(threshold={})", self.config.threshold),
+        let mut text = format!("TeaCache(threshold={}", self.config.threshold);
+        if let Some(c) = &self.config.coefficients {
+            text += &format!(", coefficients={c:?}");
         }
+        if let Some([low, high]) = self.config.input_range {
+            text += &format!(", input_range=[{low}, {high}]");
+        }
+        text + ")"
     }
 }
 

@@ -61,16 +61,19 @@ def run(model, scheduler: str, guidance: float, cache=None, steps: int = 12, see
                 num_inference_steps=steps, seed=seed, output_type="latent", progress=False, cache=cache).latents
 
 
-def predict_computed(input_changes, coefficients, threshold: float) -> list[bool]:
+def predict_computed(input_changes, coefficients, threshold: float, input_range=None) -> list[bool]:
     """TeaCache's rule, written from the paper's description (and its Latte script): the first and last step
-    compute; otherwise the rescaled change accumulates, and a step is skipped while the sum is below the
-    threshold; a computed step resets the sum. Threshold 0 skips nothing."""
+    compute; otherwise the rescaled change (the change clamped into ``input_range`` first) accumulates, and a
+    step is skipped while the sum is below the threshold; a computed step resets the sum. Threshold 0 skips
+    nothing."""
     n = len(input_changes)
     computed, accumulated = [], 0.0
     for i, change in enumerate(input_changes):
         if i == 0 or i == n - 1:
             compute = True
         else:
+            if input_range is not None:
+                change = min(max(change, input_range[0]), input_range[1])
             accumulated += float(np.polyval(coefficients, change))
             compute = not (threshold > 0 and accumulated < threshold)
         if compute:
@@ -120,6 +123,22 @@ def test_the_rule_predicts_which_steps_compute(name: str, scheduler: str, guidan
     assert report.cache_bytes > 0
     uncached = run(model, scheduler, guidance)
     assert np.all(np.isfinite(out)) and not np.array_equal(out, uncached)
+
+
+def test_the_change_is_clamped_into_the_input_range() -> None:
+    """A polynomial that is negative below its range would skip every step if evaluated there."""
+    model = class_model(2)
+    probe = latte_rs.TeaCache(0.0, coefficients=IDENTITY)
+    run(model, "ddim", 2.0, probe)
+    top = max(probe.report.input_changes[1:])
+    coefficients, input_range = [1.0, -top], [top + 0.1, top + 1.0]  # <= 0 at every change seen; 0.1 in range
+    cache = latte_rs.TeaCache(0.35, coefficients=coefficients, input_range=input_range)
+    run(model, "ddim", 2.0, cache)
+    report = cache.report
+    assert report.input_range == input_range
+    assert report.computed == predict_computed(report.input_changes, coefficients, 0.35, input_range)
+    assert all(r == pytest.approx(0.1) for r in report.rescaled[1:])
+    assert report.computed[:5] == [True, False, False, False, True]
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
@@ -227,6 +246,7 @@ def test_coefficients_come_from_the_call_then_the_model_then_latte1(tmp_path) ->
     assert written == tmp_path / "model.teacache.json"
     assert json.loads(written.read_text())["fitted_on"] == "a test"
     assert latte_rs.LatteModel.load(str(path)).teacache_coefficients == [1.5, 0.25]
+    assert latte_rs.LatteModel.load(str(path)).teacache_input_range is None
     assert latte_rs.open_model(str(path)).model.teacache_coefficients == [1.5, 0.25]
     folder = tmp_path / "transformer"
     folder.mkdir()
@@ -248,7 +268,8 @@ def test_fit_returns_numpys_polyfit_of_the_recorded_changes() -> None:
     fitted = latte_rs.TeaCache.fit(pipe, runs=2, degree=2, threshold=0.3, class_labels=[0, 1], num_inference_steps=8,
                                    guidance_scale=2.0, output_type="latent")
     x, y = fitted.fit_data
-    assert len(x) == 2 * 7 and fitted.threshold == 0.3
+    assert len(x) == 2 * 6 and fitted.threshold == 0.3  # steps 1..6 of 8 per run
+    assert fitted.input_range == [x.min(), x.max()]
     np.testing.assert_allclose(fitted.coefficients, np.polyfit(x, y, 2))
     on_model = latte_rs.TeaCache.fit(model, runs=1, degree=1, diffusion=latte_rs.DDIMScheduler(), y=[0],
                                      num_inference_steps=6)
@@ -261,9 +282,11 @@ def test_fit_returns_numpys_polyfit_of_the_recorded_changes() -> None:
 
 
 def test_the_built_in_models_ship_their_coefficients() -> None:
-    assert len(latte_rs.demo.tiny_model().teacache_coefficients) == 5
+    model = latte_rs.demo.tiny_model()
+    assert len(model.teacache_coefficients) == 5 and len(model.teacache_input_range) == 2
     from latte_rs import tiny_t2v
-    assert len(tiny_t2v.pipeline().transformer.teacache_coefficients) == 5
+    transformer = tiny_t2v.pipeline().transformer
+    assert len(transformer.teacache_coefficients) == 5 and len(transformer.teacache_input_range) == 2
 
 
 def test_pipelines_report_what_the_cache_skipped() -> None:
@@ -283,6 +306,8 @@ def test_pipelines_report_what_the_cache_skipped() -> None:
     ({"threshold": float("inf")}, "threshold"),
     ({"coefficients": []}, "coefficients"),
     ({"coefficients": [1.0, float("nan")]}, "coefficients"),
+    ({"input_range": [0.5, 0.1]}, "input_range"),
+    ({"input_range": [0.0, float("inf")]}, "input_range"),
 ])
 def test_bad_settings_are_refused_by_name(kwargs, name: str) -> None:
     with pytest.raises(ValueError, match=rf"^{name}: expected .*, got"):

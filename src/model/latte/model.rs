@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::inputs;
 use super::network::Latte;
+use crate::cache::TeaCacheFit;
 use crate::config::{LatteConfig, Variant};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
@@ -31,7 +32,7 @@ pub struct LatteModel {
     network: Latte,
     /// TeaCache coefficients fitted for this model (its `teacache.json`), if any; shared by clones, as the
     /// parameters are.
-    teacache: Arc<RwLock<Option<Vec<f64>>>>,
+    teacache: Arc<RwLock<Option<TeaCacheFit>>>,
 }
 
 impl LatteModel {
@@ -60,13 +61,9 @@ impl LatteModel {
         &self.cfg
     }
 
-    /// Sets (or clears) the TeaCache coefficients this model carries (see [`crate::cache`]).
-    pub fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> Result<()> {
-        if let Some(c) = &coefficients {
-            crate::cache::check_coefficients(c, "teacache_coefficients")?;
-        }
-        *self.teacache.write().unwrap_or_else(PoisonError::into_inner) = coefficients;
-        Ok(())
+    /// Sets (or clears) the TeaCache polynomial this model carries (see [`crate::cache`]).
+    pub fn set_teacache_fit(&self, fit: Option<TeaCacheFit>) {
+        *self.teacache.write().unwrap_or_else(PoisonError::into_inner) = fit;
     }
 
     /// The network, for callers that checked their inputs themselves.
@@ -98,7 +95,7 @@ impl LatteModel {
     /// Reads a file written by [`LatteModel::save`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let model = Self::from_model_file(&crate::io::read(path)?, path, device)?;
-        model.set_teacache_coefficients(crate::cache::read_coefficients_beside(path)?)?;
+        model.set_teacache_fit(crate::cache::read_fit_beside(path)?);
         Ok(model)
     }
 
@@ -334,7 +331,7 @@ impl Denoiser for LatteModel {
         Ok(Box::new(LockedPass { _reading, pass }))
     }
 
-    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+    fn teacache_fit(&self) -> Option<TeaCacheFit> {
         self.teacache.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 

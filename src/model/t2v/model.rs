@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::LatteT2VConfig;
 use super::inputs;
 use super::network::LatteT2V;
+use crate::cache::TeaCacheFit;
 use crate::error::{LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::denoiser::LockedPass;
@@ -29,7 +30,7 @@ pub struct LatteT2VModel {
     temporal_attention: bool,
     /// TeaCache coefficients fitted for this model (its `teacache.json`), if any; shared by clones, as the
     /// parameters are.
-    teacache: Arc<RwLock<Option<Vec<f64>>>>,
+    teacache: Arc<RwLock<Option<TeaCacheFit>>>,
 }
 
 impl LatteT2VModel {
@@ -77,7 +78,7 @@ impl LatteT2VModel {
         let dtype = dtype.unwrap_or_else(|| folder.tensors.values().next().map_or(DType::F32, |t| t.dtype()));
         let model = Self::uninitialised(&folder.config, device, dtype)?;
         model.load_state_dict(&folder.tensors, Some(&folder.source))?;
-        model.set_teacache_coefficients(crate::cache::read_coefficients_beside(dir)?)?;
+        model.set_teacache_fit(crate::cache::read_fit_beside(dir)?);
         Ok(model)
     }
 
@@ -109,13 +110,9 @@ impl LatteT2VModel {
         &self.cfg
     }
 
-    /// Sets (or clears) the TeaCache coefficients this model carries (see [`crate::cache`]).
-    pub fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> Result<()> {
-        if let Some(c) = &coefficients {
-            crate::cache::check_coefficients(c, "teacache_coefficients")?;
-        }
-        *self.teacache.write().unwrap_or_else(PoisonError::into_inner) = coefficients;
-        Ok(())
+    /// Sets (or clears) the TeaCache polynomial this model carries (see [`crate::cache`]).
+    pub fn set_teacache_fit(&self, fit: Option<TeaCacheFit>) {
+        *self.teacache.write().unwrap_or_else(PoisonError::into_inner) = fit;
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -272,7 +269,7 @@ impl Denoiser for LatteT2VModel {
         Ok(Box::new(LockedPass { _reading, pass }))
     }
 
-    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+    fn teacache_fit(&self) -> Option<TeaCacheFit> {
         self.teacache.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
