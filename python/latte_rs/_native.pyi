@@ -6,6 +6,7 @@ from typing import Any, Literal, TypeAlias, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
 
 __all__ = [
     "__version__",
@@ -24,6 +25,7 @@ __all__ = [
     "LatteT2VConfig",
     "LatteT2VTransformer",
     "OpenedModel",
+    "TeaCache",
     "T5TextEncoder",
     "BF16_AUTOCAST_SUPPORTED",
     "open_model",
@@ -876,12 +878,13 @@ def sample(
 class TeaCache:
     """TeaCache for the sampling loop (``latte_rs.TeaCache`` adds ``fit``, ``save`` and ``report``):
     ``threshold`` (0 skips nothing), ``coefficients`` of the rescaling polynomial, highest power first (None: the
-    model's fitted ones, else ``LATTE1_COEFFICIENTS``), ``input_range`` the change is clamped into. Bad values are a ``ValueError`` naming the argument."""
+    model's fitted ones, else ``LATTE1_COEFFICIENTS``), ``input_range`` the change is clamped into. Bad values
+    are a ``ValueError`` naming the argument."""
 
     LATTE1_COEFFICIENTS: list[float]
     def __new__(
         cls, threshold: float = 0.1, coefficients: list[float] | None = None, input_range: list[float] | None = None
-    ) -> TeaCache: ...
+    ) -> Self: ...
     @property
     def threshold(self) -> float: ...
     @property

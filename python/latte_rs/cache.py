@@ -130,7 +130,7 @@ class TeaCache(_native.TeaCache):
                 target(**sample_kwargs, seed=seed + i, cache=probe, progress=False)
             report = probe.report
             # The last step always computes, and its output (the final denoising) jumps unlike any other: left out.
-            for x, y in zip(report.input_changes[:-1], report.output_changes[:-1]):
+            for x, y in zip(report.input_changes[:-1], report.output_changes[:-1], strict=True):
                 if x is not None and y is not None:
                     inputs.append(x)
                     outputs.append(y)

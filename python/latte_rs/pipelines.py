@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from . import _native, hub
-from .cache import CacheReport, cache_report
 from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE, open_model
+from .cache import CacheReport, cache_report
 from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, read_config
 from .text import MAX_LENGTH, T5Tokenizer, encode_captions
