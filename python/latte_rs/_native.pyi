@@ -6,7 +6,7 @@ from typing import Any, Literal, TypeAlias, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "__version__",
@@ -875,6 +875,7 @@ def sample(
     generator. ``callback(done, total)`` runs after each step. With ``cache`` the block stack is skipped where
     its policy says so, and the run's report is left on it. Used by ``latte_rs.sample`` and the pipelines."""
 
+@disjoint_base
 class TeaCache:
     """TeaCache for the sampling loop (``latte_rs.TeaCache`` adds ``fit``, ``save`` and ``report``):
     ``threshold`` (0 skips nothing), ``coefficients`` of the rescaling polynomial, highest power first (None: the
