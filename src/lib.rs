@@ -16,6 +16,7 @@
 //! # Ok::<(), latte_rs::LatteError>(())
 //! ```
 
+pub mod cache;
 pub mod config;
 pub mod diffusion;
 pub mod error;

@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::cache::{CachePolicy, CacheReport, CacheState};
 use crate::diffusion::schedulers::{Noise, Scheduler, StepOptions};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::{apply_guidance, Condition, Denoiser};
@@ -18,6 +19,8 @@ pub struct SamplingOptions {
     pub uncond: Option<Condition>,
     /// DDIM's stochasticity (refused for schedulers that have none).
     pub eta: f64,
+    /// Work to skip across steps (see [`crate::cache`]); None runs every block at every step.
+    pub cache: Option<CachePolicy>,
 }
 
 impl Default for SamplingOptions {
@@ -27,6 +30,7 @@ impl Default for SamplingOptions {
             guidance_scale: 1.0,
             uncond: None,
             eta: 0.0,
+            cache: None,
         }
     }
 }
@@ -52,11 +56,15 @@ pub fn draw_noise(model: &dyn Denoiser, dims: &[usize], rng: &mut Generator) -> 
     Ok(rng.randn(dims, state_dtype(model), model.device())?)
 }
 
-/// Denoises `noise` (x_T) with `model` and `scheduler`: x = init_noise_sigma · noise, then per timestep the
-/// scaled input, the model's output (guided when `opts.guidance_scale` > 1: the batch runs as [cond | uncond]
-/// and the model's [`crate::model::GuidanceRule`] mixes the halves), reduced to the prediction channels unless the
-/// scheduler reads the variance, and a scheduler step whose noise comes from `rng`. `progress(done, total)` runs
-/// after each step; an error from it stops the loop. Inputs are checked once, before the first step.
+/// What a sampling run returns: the latents, and what its cache computed and skipped.
+#[derive(Clone, Debug)]
+pub struct Sampled {
+    pub latents: Tensor,
+    /// None without a cache policy.
+    pub cache_report: Option<CacheReport>,
+}
+
+/// [`sample_with_report`]'s latents.
 pub fn sample(
     model: &dyn Denoiser,
     scheduler: &mut dyn Scheduler,
@@ -66,6 +74,25 @@ pub fn sample(
     rng: &mut Generator,
     progress: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
+    Ok(sample_with_report(model, scheduler, noise, cond, opts, rng, progress)?.latents)
+}
+
+/// Denoises `noise` (x_T) with `model` and `scheduler`: x = init_noise_sigma · noise, then per timestep the
+/// scaled input, the model's output (guided when `opts.guidance_scale` > 1: the batch runs as [cond | uncond]
+/// and the model's [`crate::model::GuidanceRule`] mixes the halves), reduced to the prediction channels unless the
+/// scheduler reads the variance, and a scheduler step whose noise comes from `rng`. With `opts.cache`, the
+/// model's output comes through the cache policy, which decides per step whether the block stack runs (one
+/// decision for the whole guided batch). `progress(done, total)` runs after each step; an error from it stops
+/// the loop. Inputs are checked once, before the first step.
+pub fn sample_with_report(
+    model: &dyn Denoiser,
+    scheduler: &mut dyn Scheduler,
+    noise: &Tensor,
+    cond: &Condition,
+    opts: &SamplingOptions,
+    rng: &mut Generator,
+    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Sampled> {
     let scale = opts.guidance_scale;
     if !(scale.is_finite() && scale >= 1.0) {
         return Err(value_error("guidance_scale (cfg_scale)", "a number >= 1", scale));
@@ -104,6 +131,11 @@ pub fn sample(
     let as_f32: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
     model.check_timesteps(&Tensor::new(as_f32.as_slice(), &device)?, timesteps.len())?;
 
+    let mut cache = opts
+        .cache
+        .as_ref()
+        .map(|policy| CacheState::new(policy, model, timesteps.len()))
+        .transpose()?;
     let spec = model.spec();
     let (channels, axis) = (spec.latent_channels, spec.layout.channel_axis());
     x = (x * scheduler.init_noise_sigma())?;
@@ -117,10 +149,12 @@ pub fn sample(
         let t_batch = Tensor::full(t as f32, model_batch, &device)?;
         // Detached: the parameters are variables, so without it every step's output would keep its forward
         // pass's graph (and the activations it references) alive through the chain of samples.
-        let out = model
-            .denoise(&input.to_dtype(model.dtype())?, &t_batch, &cond, false)?
-            .detach()
-            .to_dtype(x.dtype())?;
+        let input = input.to_dtype(model.dtype())?;
+        let out = match cache.as_mut() {
+            Some(cache) => cache.denoise(model, &input, &t_batch, &cond, done)?,
+            None => model.denoise(&input, &t_batch, &cond, false)?,
+        };
+        let out = out.detach().to_dtype(x.dtype())?;
         let out = if guided {
             apply_guidance(&out, scale, spec.guidance_rule, axis, channels)?
         } else {
@@ -145,5 +179,8 @@ pub fn sample(
                 .into(),
         ));
     }
-    Ok(x)
+    Ok(Sampled {
+        latents: x,
+        cache_report: cache.map(CacheState::finish),
+    })
 }

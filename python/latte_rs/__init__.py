@@ -29,6 +29,7 @@ from ._native import (
     open_model,
     set_kernel_path,
 )
+from .cache import CacheReport, TeaCache
 from .evaluation import fvd
 from .pipelines import LatteOutput, LattePipeline, LatteT2VPipeline
 from .sampling import sample
@@ -43,6 +44,7 @@ from .training import TrainResult, train
 
 __all__ = [
     "BF16_AUTOCAST_SUPPORTED",
+    "CacheReport",
     "CUDA_AVAILABLE",
     "DDIMScheduler",
     "DDPMScheduler",
@@ -61,6 +63,7 @@ __all__ = [
     "LatteT2VTransformer",
     "OpenedModel",
     "SchedulerOutput",
+    "TeaCache",
     "T5TextEncoder",
     "TrainResult",
     "Trainer",

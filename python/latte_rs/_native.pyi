@@ -6,6 +6,7 @@ from typing import Any, Literal, TypeAlias, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "__version__",
@@ -24,6 +25,7 @@ __all__ = [
     "LatteT2VConfig",
     "LatteT2VTransformer",
     "OpenedModel",
+    "TeaCache",
     "T5TextEncoder",
     "BF16_AUTOCAST_SUPPORTED",
     "open_model",
@@ -232,6 +234,15 @@ class LatteModel:
     (1, 4, 8, 16, 16)
     """
 
+    @property
+    def teacache_coefficients(self) -> list[float] | None:
+        """The TeaCache rescaling coefficients fitted for this model (read from its ``teacache.json`` when loaded;
+        ``TeaCache()`` without coefficients uses them), or None. Shared with the model's clones."""
+    @teacache_coefficients.setter
+    def teacache_coefficients(self, coefficients: list[float] | None) -> None: ...
+    @property
+    def teacache_input_range(self) -> list[float] | None:
+        """The range of input changes the fitted coefficients hold for, ``[low, high]`` (None: unbounded or none)."""
     def __new__(
         cls,
         config: LatteConfig,
@@ -730,6 +741,15 @@ class LatteT2VTransformer:
     (1, 8, 3, 8, 8)
     """
 
+    @property
+    def teacache_coefficients(self) -> list[float] | None:
+        """The TeaCache rescaling coefficients fitted for this model (read from its ``teacache.json`` when loaded;
+        ``TeaCache()`` without coefficients uses them), or None. Shared with the model's clones."""
+    @teacache_coefficients.setter
+    def teacache_coefficients(self, coefficients: list[float] | None) -> None: ...
+    @property
+    def teacache_input_range(self) -> list[float] | None:
+        """The range of input changes the fitted coefficients hold for, ``[low, high]`` (None: unbounded or none)."""
     def __new__(
         cls,
         config: LatteT2VConfig | dict[str, Any] | None = None,
@@ -845,13 +865,36 @@ def sample(
     clip_denoised: bool = False,
     seed: int = 0,
     callback: Callable[[int, int], object] | None = None,
+    cache: TeaCache | None = None,
 ) -> np.ndarray:
     """The one sampling loop, every step in Rust, for any model and any scheduler (a scheduler core, copied so the
     caller's keeps its state, or a ``GaussianDiffusion`` sampled by ``sampler``). The condition is class labels
     ``y`` or a prompt's T5 features ``encoder_hidden_states``; with ``guidance_scale`` > 1 the unconditional
     branch is the null class, or ``negative_encoder_hidden_states``. Without ``noise``, ``num_samples`` clips of
     the model's size (or ``latent_shape``) are drawn from ``seed``, and every step's noise from the same
-    generator. ``callback(done, total)`` runs after each step. Used by ``latte_rs.sample`` and the pipelines."""
+    generator. ``callback(done, total)`` runs after each step. With ``cache`` the block stack is skipped where
+    its policy says so, and the run's report is left on it. Used by ``latte_rs.sample`` and the pipelines."""
+
+@disjoint_base
+class TeaCache:
+    """TeaCache for the sampling loop (``latte_rs.TeaCache`` adds ``fit``, ``save`` and ``report``):
+    ``threshold`` (0 skips nothing), ``coefficients`` of the rescaling polynomial, highest power first (None: the
+    model's fitted ones, else ``LATTE1_COEFFICIENTS``), ``input_range`` the change is clamped into. Bad values
+    are a ``ValueError`` naming the argument."""
+
+    LATTE1_COEFFICIENTS: list[float]
+    def __new__(
+        cls, threshold: float = 0.1, coefficients: list[float] | None = None, input_range: list[float] | None = None
+    ) -> Self: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def coefficients(self) -> list[float] | None: ...
+    @property
+    def input_range(self) -> list[float] | None: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last sampling run this cache served, as a dict (None before any)."""
 
 
 @final

@@ -14,6 +14,7 @@ import yaml
 
 from . import hub, tiny_t2v
 from ._native import LatteConfig, LatteModel, T5TextEncoder, VideoVAE
+from .cache import TeaCache, cache_report
 from .data import CaptionedVideos, encode_dataset
 from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
 from .distributed import world
@@ -187,7 +188,23 @@ def _scheduler(name: str, prediction_type: str = "epsilon"):
     return kinds[name]()
 
 
+#: The caching policies of issue 31; TeaCache is implemented, the others are refused by name.
+CACHES = ("none", "teacache", "fastercache", "pab")
+
+
+def _cache(args: argparse.Namespace):
+    """The ``--cache`` policy (None for 'none')."""
+    if args.cache in ("fastercache", "pab"):
+        raise ValueError(f"--cache: {args.cache} is not yet implemented; use teacache or none")
+    if args.cache == "none":
+        if args.cache_threshold is not None:
+            raise ValueError("--cache-threshold: applies to --cache teacache")
+        return None
+    return TeaCache() if args.cache_threshold is None else TeaCache(args.cache_threshold)
+
+
 def _sample(args: argparse.Namespace) -> int:
+    cache = _cache(args)
     builtin = args.checkpoint is None
     if builtin and (args.revision or args.subfolder or args.filename):
         raise ValueError("--revision/--subfolder/--filename: only with a CHECKPOINT (they say where in it to look)")
@@ -201,8 +218,9 @@ def _sample(args: argparse.Namespace) -> int:
                              "of 16x16 only")
         result = tiny_t2v.generate([args.prompt or ""], num_videos_per_prompt=args.num_videos,
                                    guidance_scale=args.guidance if args.guidance is not None else tiny_t2v.GUIDANCE,
-                                   num_inference_steps=args.steps, seed=args.seed, progress=not args.no_progress)
-        return _write_samples(args, result.frames, str(tiny_t2v.TINY_T2V))
+                                   num_inference_steps=args.steps, seed=args.seed, progress=not args.no_progress,
+                                   cache=cache)
+        return _write_samples(args, result.frames, str(tiny_t2v.TINY_T2V), cache)
     if builtin:
         args.checkpoint = str(TINY_MODEL)
         if args.classes is None:
@@ -225,7 +243,7 @@ def _sample(args: argparse.Namespace) -> int:
                       guidance_scale=args.guidance if args.guidance is not None else 7.5,
                       num_videos_per_prompt=args.num_videos, video_length=args.video_length,
                       height=args.height, width=args.width, seed=args.seed, output_type="uint8",
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, cache=cache)
         frames = result.frames
     else:
         if args.prompt or args.negative_prompt:
@@ -240,11 +258,11 @@ def _sample(args: argparse.Namespace) -> int:
         labels = args.classes if args.classes else None
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 1.0, seed=args.seed,
-                      progress=not args.no_progress).frames
-    return _write_samples(args, frames, str(ckpt))
+                      progress=not args.no_progress, cache=cache).frames
+    return _write_samples(args, frames, str(ckpt), cache)
 
 
-def _write_samples(args: argparse.Namespace, frames, checkpoint: str) -> int:
+def _write_samples(args: argparse.Namespace, frames, checkpoint: str, cache=None) -> int:
     out_dir = Path(args.output_dir)
     written = []
     for i, video in enumerate(frames):
@@ -254,8 +272,10 @@ def _write_samples(args: argparse.Namespace, frames, checkpoint: str) -> int:
             written.append(str(save_mp4(video, out_dir / f"sample_{i:03d}.mp4", fps=args.fps)))
     if "png" in args.format:
         written.append(str(save_png(frame_grid(frames), out_dir / "grid.png")))
+    report = cache_report(cache)
     print(json.dumps({"checkpoint": checkpoint, "videos": int(frames.shape[0]), "frames": int(frames.shape[1]),
-                      "size": [int(frames.shape[2]), int(frames.shape[3])], "seed": args.seed, "files": written},
+                      "size": [int(frames.shape[2]), int(frames.shape[3])], "seed": args.seed, "files": written,
+                      "cache": report.summary() if report is not None else None},
                      indent=2))
     return 0
 
@@ -472,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scheduler (default: ddpm, the official sampler, for class-conditional and unconditional "
                     "models; a Latte-1 folder's own scheduler/ ('folder') for text-to-video)")
     sa.add_argument("--seed", type=_SEED, default=0, help="seed of the noise (default: 0)")
+    sa.add_argument("--cache", choices=CACHES, default="none",
+                    help="skip work across denoising steps: teacache (the model's fitted coefficients, else "
+                    "Latte-1's); fastercache and pab are not yet implemented (default: none)")
+    sa.add_argument("--cache-threshold", type=_finite(0.0),
+                    help="TeaCache's threshold (default: 0.1; 0 skips nothing; higher skips more)")
     sa.add_argument("--video-length", type=_COUNT, help="frames (Latte-1 folders; default: the model's)")
     sa.add_argument("--height", type=_COUNT, help="height in pixels (Latte-1 folders; default: the model's, 512 for "
                     "Latte-1)")

@@ -48,6 +48,19 @@ def tiny_model():
     return LatteModel.load(str(TINY_MODEL))
 
 
+def fit_teacache(runs: int = 3, seed: int = 0, steps: int = 50):
+    """Fits the shipped tiny model's TeaCache coefficients (``TeaCache.fit``) on its sampler (ancestral DDPM) and
+    guidance, one clip per class per run, and writes them beside it (``tiny_synthetic.teacache.json``)."""
+    from .cache import TeaCache
+
+    pipe = LattePipeline(tiny_model())
+    fitted = TeaCache.fit(pipe, runs=runs, seed=seed, class_labels=[0, 1, 2, 3], guidance_scale=TINY_GUIDANCE,
+                          num_inference_steps=steps, output_type="np")
+    fitted.save(TINY_MODEL, fitted_on=f"latte_rs.demo.fit_teacache(runs={runs}, seed={seed}, steps={steps}): "
+                f"{len(fitted.fit_data[0])} steps of ancestral DDPM, classes 0-3, guidance {TINY_GUIDANCE}")
+    return fitted
+
+
 def pixel_features(videos, dim: int = 16, seed: int = 0) -> np.ndarray:
     """Download-free clip features ``(B, 2·dim)``: fixed Gaussian random projections (from `seed`) of each clip's
     8×8 thumbnails (appearance) and of their frame-to-frame differences ×4 (motion; the factor makes a small

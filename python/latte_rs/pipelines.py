@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _native, hub
 from ._native import LatteModel, LatteT2VTransformer, T5TextEncoder, VideoVAE, open_model
+from .cache import CacheReport, cache_report
 from .sampling import progress_bar, sample
 from .schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, read_config
 from .text import MAX_LENGTH, T5Tokenizer, encode_captions
@@ -57,11 +58,14 @@ class LatteOutput:
     """Generated videos, from either pipeline: ``frames`` ``(B, F, H, W, 3)`` as uint8 (``output_type="uint8"``,
     ``LattePipeline``'s default) or float32 in [0, 1] (``"np"``, ``LatteT2VPipeline``'s default, as diffusers), or
     the latents (``"latent"``); ``latents``: the final latents in the model's layout (``(B, F, C, h, w)`` for
-    Latte, ``(B, C, F, h, w)`` for Latte-1); helpers to save and show."""
+    Latte, ``(B, C, F, h, w)`` for Latte-1); ``cache_report``: what a ``cache=`` policy computed and skipped;
+    helpers to save and show."""
 
     frames: np.ndarray
     latents: np.ndarray
     fps: float = 8.0
+    #: What the ``cache=`` policy computed and skipped (None without one).
+    cache_report: CacheReport | None = None
 
     def save_gif(self, path: str | os.PathLike, index: int = 0, fps: float | None = None) -> Path:
         return save_gif(self.frames[index], path, fps or self.fps)
@@ -142,11 +146,12 @@ class LatteT2VPipeline:
                  eta: float = 0.0, latents: Any = None, prompt_embeds: Any = None,
                  negative_prompt_embeds: Any = None, output_type: str = "np", mask_feature: bool = True,
                  enable_temporal_attentions: bool = True, decode_chunk_size: int = 14,
-                 progress: bool = True) -> LatteOutput:
+                 progress: bool = True, cache: Any = None) -> LatteOutput:
         """Generates videos; the arguments are diffusers' ``LattePipeline.__call__``'s (``seed`` replaces
         ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there. Height and
         width default to the transformer's ``sample_size`` times the VAE's factor (512 for Latte-1). A transformer
-        of 3 input channels without a VAE is a pixel-space model: its samples are the frames."""
+        of 3 input channels without a VAE is a pixel-space model: its samples are the frames. ``cache``: a caching
+        policy (``latte_rs.TeaCache``); the output's ``cache_report`` says what it skipped."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
@@ -180,18 +185,19 @@ class LatteT2VPipeline:
                                      latent_shape=list(shape), encoder_hidden_states=embeds,
                                      negative_encoder_hidden_states=negative if cfg_on else None,
                                      guidance_scale=guidance_scale, eta=eta, num_inference_steps=num_inference_steps,
-                                     seed=seed, callback=callback)
+                                     seed=seed, callback=callback, cache=cache)
         finally:
             bar.close()
+        report = cache_report(cache)
         if output_type == "latent":
-            return LatteOutput(latents, latents)
+            return LatteOutput(latents, latents, cache_report=report)
         video = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4))  # (B, F, C, H, W)
         if not pixel:
             video = self.vae.decode(video, chunk_size=decode_chunk_size)
         frames = np.clip(video / 2 + 0.5, 0, 1).transpose(0, 1, 3, 4, 2)  # (B, F, H, W, 3)
         if output_type == "uint8":
             frames = (frames * 255).round().astype(np.uint8)
-        return LatteOutput(np.ascontiguousarray(frames, dtype=frames.dtype), latents)
+        return LatteOutput(np.ascontiguousarray(frames, dtype=frames.dtype), latents, cache_report=report)
 
 
 #: Latte's training process: 1000 linear betas from 1e-4 to 0.02 (the official ``create_diffusion``).
@@ -247,7 +253,7 @@ class LattePipeline:
     def __call__(self, class_labels: int | list[int] | np.ndarray | None = None, num_videos: int = 1,
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
                  latents: Any = None, output_type: str = "uint8", decode_chunk_size: int = 16,
-                 progress: bool = True, prompt: Any = None) -> LatteOutput:
+                 progress: bool = True, prompt: Any = None, cache: Any = None) -> LatteOutput:
         """Generates videos.
 
         Args:
@@ -261,6 +267,8 @@ class LattePipeline:
             eta: DDIM's stochasticity (with a ``DDIMScheduler``; other schedulers have none).
             latents: starting noise ``(B, F, C, h, w)`` instead of drawing it.
             output_type: "uint8", "np" (float in [0, 1]) or "latent".
+            cache: a caching policy (``latte_rs.TeaCache``) that skips work across steps; the output's
+                ``cache_report`` says what it computed and skipped.
             prompt: refused: this model takes class labels, not text (``LatteT2VPipeline`` takes prompts). It is
                 an argument only so that a prompt is an error instead of being dropped.
         """
@@ -292,11 +300,12 @@ class LattePipeline:
             raise ValueError(f"vae: this model makes {cfg.in_channels}-channel latents; pass vae= (a diffusers vae/ "
                              "folder) or use output_type='latent'")
         out = sample(self.model, self.scheduler, count, num_inference_steps=num_inference_steps, noise=latents,
-                     y=y, cfg_scale=guidance_scale, eta=eta, seed=seed, progress=progress)
+                     y=y, cfg_scale=guidance_scale, eta=eta, seed=seed, progress=progress, cache=cache)
+        report = cache_report(cache)
         if output_type == "latent":
-            return LatteOutput(out, out, self.fps)
+            return LatteOutput(out, out, self.fps, report)
         video = self.vae.decode(out, chunk_size=decode_chunk_size) if self.vae is not None else out
         frames = np.clip(video.transpose(0, 1, 3, 4, 2) / 2 + 0.5, 0.0, 1.0).astype(np.float32)
         if output_type == "uint8":
             frames = (frames * 255).round().astype(np.uint8)
-        return LatteOutput(np.ascontiguousarray(frames), out, self.fps)
+        return LatteOutput(np.ascontiguousarray(frames), out, self.fps, report)

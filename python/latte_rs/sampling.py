@@ -39,6 +39,7 @@ def sample(
     seed: int = 0,
     clip_denoised: bool = False,
     progress: bool = True,
+    cache: Any = None,
 ) -> np.ndarray:
     """Generates latent videos (B, F, C, H, W) as the official ``sample/sample.py`` does.
 
@@ -63,6 +64,8 @@ def sample(
         clip_denoised: clip each x0 estimate to [-1, 1] (the official sampler does not), for a
             ``GaussianDiffusion`` (a scheduler clips by its ``clip_sample`` config).
         progress: show a progress bar.
+        cache: a caching policy (``latte_rs.TeaCache(...)``) that skips work across steps; after the run its
+            ``report`` says which steps and blocks were computed and skipped.
 
     >>> import latte_rs
     >>> model = latte_rs.LatteModel(latte_rs.LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16))
@@ -88,6 +91,6 @@ def sample(
     try:
         return _native.sample(model, native, noise=noise, num_samples=num_samples, y=y, guidance_scale=cfg_scale,
                               eta=eta, num_inference_steps=num_inference_steps, sampler=sampler,
-                              clip_denoised=clip_denoised, seed=seed, callback=callback)
+                              clip_denoised=clip_denoised, seed=seed, callback=callback, cache=cache)
     finally:
         bar.close()

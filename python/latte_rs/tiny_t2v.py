@@ -11,6 +11,7 @@ The recipe of the shipped model (``assets/tiny_t2v/``, a Latte-1-shaped folder: 
     latte-rs train --config python/latte_rs/assets/tiny_t2v.yaml --output-dir tiny-t2v-train
     latte-rs tiny-t2v transformer tiny-t2v-train python/latte_rs/assets/tiny_t2v   # + scheduler/
     latte-rs tiny-t2v evaluate    # prompt following on the held-out combinations (JSON)
+    python -c "from latte_rs import tiny_t2v; tiny_t2v.fit_teacache()"   # transformer/teacache.json
 
 The transformer predicts the velocity (``prediction_type: v_prediction``), not the noise as Latte-1 does: with
 the noise as target, the loss at high noise levels (where a clip's layout and motion are decided) hardly depends
@@ -169,17 +170,19 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple
 
 
 def generate(prompts: list[str], *, num_videos_per_prompt: int = 1, guidance_scale: float = GUIDANCE,
-             num_inference_steps: int = STEPS, seed: int = 0, progress: bool = True, pipe=None):
-    """Videos from the built-in text-to-video model: a ``LatteOutput`` of uint8 frames ``(B, 8, 16, 16, 3)``."""
+             num_inference_steps: int = STEPS, seed: int = 0, progress: bool = True, pipe=None, cache=None):
+    """Videos from the built-in text-to-video model: a ``LatteOutput`` of uint8 frames ``(B, 8, 16, 16, 3)``
+    (``cache``: a caching policy, e.g. ``latte_rs.TeaCache()``)."""
     pipe = pipe or pipeline()
     embeds, negative = encode_prompts(pipe, [p for p in prompts for _ in range(num_videos_per_prompt)])
     return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps, seed=seed, output_type="uint8", progress=progress)
+                num_inference_steps=num_inference_steps, seed=seed, output_type="uint8", progress=progress,
+                cache=cache)
 
 
 def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, seed: int = 0,
              guidance_scale: float = GUIDANCE, num_inference_steps: int = STEPS, progress: bool = False,
-             pipe=None) -> dict[str, float]:
+             pipe=None, cache=None) -> dict[str, float]:
     """Prompt following of the built-in model on the held-out (or the training) combinations: each attribute's
     accuracy measured on the generated pixels (``latte_rs.evaluation.prompt_following``); chance is 0.25 for
     each attribute and 1/64 for all three."""
@@ -191,7 +194,25 @@ def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, se
         raise ValueError(f'combinations: expected "held_out" or "train", got {combinations!r}')
     prompts = [synthetic_caption(*c) for c in combos]
     out = generate(prompts, num_videos_per_prompt=videos_per_combination, guidance_scale=guidance_scale,
-                   num_inference_steps=num_inference_steps, seed=seed, progress=progress, pipe=pipe)
+                   num_inference_steps=num_inference_steps, seed=seed, progress=progress, pipe=pipe, cache=cache)
     wanted = [c for c in combos for _ in range(videos_per_combination)]
     return prompt_following(list(out.frames), wanted)
 
+
+
+def fit_teacache(pipe=None, runs: int = 3, seed: int = 0):
+    """Fits the built-in model's TeaCache coefficients (``TeaCache.fit``) on its own sampler and guidance, over
+    prompts of the training combinations (4 per run, ``runs`` seeds), and writes them to the pipeline folder's
+    ``transformer/teacache.json``; returns the fitted ``TeaCache``."""
+    from .cache import TeaCache
+
+    pipe = pipe or pipeline()
+    train = [(c, s, d) for c in range(4) for s in range(4) for d in range(4) if (c, s, d) not in HELD_OUT]
+    prompts = [synthetic_caption(*c) for c in train[5::13][:4]]  # four colours, three shapes
+    embeds, negative = encode_prompts(pipe, prompts)
+    fitted = TeaCache.fit(pipe, runs=runs, seed=seed, prompt_embeds=embeds, negative_prompt_embeds=negative,
+                          guidance_scale=GUIDANCE, num_inference_steps=STEPS, output_type="latent")
+    fitted.save(TINY_T2V / "transformer", fitted_on=f"latte_rs.tiny_t2v.fit_teacache(runs={runs}, seed={seed}): "
+                f"{len(fitted.fit_data[0])} steps of {STEPS}-step ancestral DDPM, guidance {GUIDANCE}, prompts "
+                f"{prompts}")
+    return fitted

@@ -74,6 +74,14 @@ impl AnyModel {
         self.denoiser().dtype()
     }
 
+    /// Sets (or clears) the TeaCache polynomial the model carries (see [`crate::cache`]).
+    pub fn set_teacache_fit(&self, fit: Option<crate::cache::TeaCacheFit>) {
+        match self {
+            Self::Latte(m) => m.set_teacache_fit(fit),
+            Self::Text(m) => m.set_teacache_fit(fit),
+        }
+    }
+
     pub fn device(&self) -> &Device {
         self.denoiser().device()
     }

@@ -31,6 +31,48 @@ impl LatentLayout {
     }
 }
 
+/// One forward pass split at the places caching policies look into ([`crate::cache`]): the embeddings (the
+/// block stack's input and the first block's modulated input), the block stack, and the final layer. Running
+/// `head(blocks(hidden()).0)` is the model's forward pass, bit for bit.
+pub trait StagedPass {
+    /// The block stack's input: the embedded tokens.
+    fn hidden(&self) -> &Tensor;
+    /// The first block's modulated input, `modulate(norm1(hidden), shift, scale)` (the normalised tokens with
+    /// token injection): what TeaCache watches.
+    fn first_block_input(&self) -> Result<Tensor>;
+    /// Blocks in the stack (what one pass of [`StagedPass::blocks`] runs).
+    fn num_blocks(&self) -> usize;
+    /// The block stack on `hidden`: its output and the number of blocks that ran.
+    fn blocks(&self, hidden: &Tensor) -> Result<(Tensor, usize)>;
+    /// The final layer on the stack's output: the model's output.
+    fn head(&self, hidden: &Tensor) -> Result<Tensor>;
+}
+
+/// A model's staged pass holding its parameters' read lock while it lives (so that a load in another thread
+/// cannot swap the weights between the stages of one pass).
+pub(crate) struct LockedPass<'a, P> {
+    pub(crate) _reading: std::sync::RwLockReadGuard<'a, ()>,
+    pub(crate) pass: P,
+}
+
+impl<P: StagedPass> StagedPass for LockedPass<'_, P> {
+    fn hidden(&self) -> &Tensor {
+        self.pass.hidden()
+    }
+    fn first_block_input(&self) -> Result<Tensor> {
+        self.pass.first_block_input()
+    }
+    fn num_blocks(&self) -> usize {
+        self.pass.num_blocks()
+    }
+    fn blocks(&self, hidden: &Tensor) -> Result<(Tensor, usize)> {
+        self.pass.blocks(hidden)
+    }
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.pass.head(hidden)
+    }
+}
+
 /// The loss a training step minimises, as a function of the model's output (the trainer's diffusion loss).
 pub type LossFn<'a> = dyn FnMut(&Tensor) -> Result<Tensor> + 'a;
 
@@ -85,6 +127,12 @@ pub trait Denoiser: Send + Sync {
     fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition>;
     /// The network on checked inputs; with `grad`, the pass keeps its autograd graph.
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor>;
+    /// The forward pass without gradients on checked inputs, split into stages (see [`StagedPass`]).
+    fn staged<'a>(&'a self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Box<dyn StagedPass + 'a>>;
+    /// The TeaCache rescaling polynomial fitted for this model (its `teacache.json`), if it carries one.
+    fn teacache_fit(&self) -> Option<crate::cache::TeaCacheFit> {
+        None
+    }
     /// The trainable parameters, sorted by name.
     fn trainable_vars(&self) -> Vec<(String, Var)>;
     /// The scalar `loss_fn(model(x, t, cond))` and the gradient of every trainable parameter, in the order of

@@ -18,7 +18,7 @@ pub mod windows;
 
 pub use any::{AnyModel, ModelKind};
 pub use condition::Condition;
-pub use denoiser::{Denoiser, DenoiserSpec, LatentLayout, LossFn};
+pub use denoiser::{Denoiser, DenoiserSpec, LatentLayout, LossFn, StagedPass};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};
 pub use graph::Graph;
 pub use guidance::{apply_guidance, GuidanceRule};

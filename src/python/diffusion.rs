@@ -6,6 +6,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::cache::cache_arg;
 use super::convert::{float_tensor, int_tensor, to_numpy};
 use super::sampling::{condition, denoiser, run, LongVideo, SampleInputs};
 use super::schedulers::PyScheduler;
@@ -327,7 +328,7 @@ impl PyGaussianDiffusion {
                 num_frames: None,
                 long_video: LongVideo::Windows { stride: None },
             };
-            run(py, denoiser(model)?, scheduler, inputs, callback)
+            run(py, denoiser(model)?, scheduler, inputs, callback, None)
         })
     }
 
@@ -369,7 +370,7 @@ fn scheduler_arg(obj: &Bound<'_, PyAny>, sampler: &str, clip_denoised: bool) -> 
     encoder_hidden_states = None, negative_encoder_hidden_states = None, encoder_attention_mask = None,
     negative_encoder_attention_mask = None, guidance_scale = 1.0, eta = 0.0, num_inference_steps = None,
     sampler = "ddpm", clip_denoised = false, seed = 0, num_frames = None, long_video = None, window_stride = None,
-    callback = None,
+    callback = None, cache = None,
 ))]
 #[allow(clippy::too_many_arguments)] // the Python keywords, one by one
 pub(crate) fn sample<'py>(
@@ -395,9 +396,11 @@ pub(crate) fn sample<'py>(
     long_video: Option<&str>,
     #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] window_stride: Option<usize>,
     callback: Option<Py<PyAny>>,
+    cache: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     crate::python::guard(move || {
         let long_video = LongVideo::parse(long_video, window_stride)?;
+        let cache = cache_arg(cache)?;
         let model = denoiser(model)?;
         let scheduler = scheduler_arg(scheduler, sampler, clip_denoised)?;
         let uncond = negative_encoder_hidden_states
@@ -413,11 +416,12 @@ pub(crate) fn sample<'py>(
                 guidance_scale,
                 uncond,
                 eta,
+                cache: None,
             },
             seed,
             num_frames,
             long_video,
         };
-        run(py, model, scheduler, inputs, callback)
+        run(py, model, scheduler, inputs, callback, cache)
     })
 }

@@ -1,6 +1,7 @@
 //! The pyo3 layer: converts arrays, maps errors to Python exception types, and delegates to the core.
 //! Nothing here computes; every numerical decision lives in the core crate.
 
+mod cache;
 mod config;
 mod convert;
 mod diffusion;
@@ -123,6 +124,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<t2v::PyT5>()?;
     m.add("BF16_AUTOCAST_SUPPORTED", crate::nn::autocast::bf16_supported())?;
     m.add_class::<open::PyOpenedModel>()?;
+    m.add_class::<cache::PyTeaCache>()?;
     m.add_function(wrap_pyfunction!(open::open_model, m)?)?;
     m.add_function(wrap_pyfunction!(diffusion::sample, m)?)?;
     m.add_function(wrap_pyfunction!(set_autocast, m)?)?;

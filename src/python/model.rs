@@ -32,6 +32,30 @@ pub struct PyLatteModel {
 
 #[pymethods]
 impl PyLatteModel {
+    /// The TeaCache rescaling coefficients fitted for this model (read from its `teacache.json` when loaded;
+    /// `TeaCache()` without coefficients uses them), or None. Shared with the model's clones. Setting them
+    /// clears the input range.
+    #[getter]
+    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+        self.inner.teacache_fit().map(|f| f.coefficients)
+    }
+
+    #[setter]
+    fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> PyResult<()> {
+        let fit = coefficients
+            .map(|c| crate::cache::TeaCacheFit::new(c, None, "teacache_coefficients"))
+            .transpose()
+            .py()?;
+        self.inner.set_teacache_fit(fit);
+        Ok(())
+    }
+
+    /// The range of input changes the fitted coefficients hold for, `[low, high]` (None: unbounded or no fit).
+    #[getter]
+    fn teacache_input_range(&self) -> Option<[f64; 2]> {
+        self.inner.teacache_fit().and_then(|f| f.input_range)
+    }
+
     #[new]
     #[pyo3(signature = (config, device = "cpu", seed = 0, dtype = "float32"))]
     fn new(

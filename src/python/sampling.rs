@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use super::cache::PyTeaCache;
 use super::convert::{float_tensor, int_tensor, to_numpy, to_tensor};
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
@@ -125,14 +126,17 @@ impl LongVideo {
     }
 }
 
-/// Runs the core's loop on converted inputs and returns the latents as a NumPy array.
+/// Runs the core's loop on converted inputs and returns the latents as a NumPy array; with `cache`, the run uses
+/// its policy and leaves its report on it.
 pub(crate) fn run<'py>(
     py: Python<'py>,
     model: Box<dyn Denoiser>,
     mut scheduler: Box<dyn Scheduler>,
-    inputs: SampleInputs,
+    mut inputs: SampleInputs,
     callback: Option<Py<PyAny>>,
+    cache: Option<Py<PyTeaCache>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    inputs.opts.cache = cache.as_ref().map(|c| c.get().policy());
     let out = run_with_progress(py, callback, |progress| {
         let mut rng = Generator::new(inputs.seed);
         let axis = frame_axis(model.spec().layout);
@@ -180,7 +184,7 @@ pub(crate) fn run<'py>(
                 }
             }
         };
-        sampling::sample(
+        sampling::sample_with_report(
             denoiser,
             scheduler.as_mut(),
             &noise,
@@ -190,5 +194,8 @@ pub(crate) fn run<'py>(
             progress,
         )
     })?;
-    to_numpy(py, &out)
+    if let Some(cache) = cache {
+        cache.get().set_report(out.cache_report);
+    }
+    to_numpy(py, &out.latents)
 }

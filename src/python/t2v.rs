@@ -48,6 +48,30 @@ pub struct PyLatteT2V {
 
 #[pymethods]
 impl PyLatteT2V {
+    /// The TeaCache rescaling coefficients fitted for this model (read from its `teacache.json` when loaded;
+    /// `TeaCache()` without coefficients uses them), or None. Shared with the model's clones. Setting them
+    /// clears the input range.
+    #[getter]
+    fn teacache_coefficients(&self) -> Option<Vec<f64>> {
+        self.inner.teacache_fit().map(|f| f.coefficients)
+    }
+
+    #[setter]
+    fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> PyResult<()> {
+        let fit = coefficients
+            .map(|c| crate::cache::TeaCacheFit::new(c, None, "teacache_coefficients"))
+            .transpose()
+            .py()?;
+        self.inner.set_teacache_fit(fit);
+        Ok(())
+    }
+
+    /// The range of input changes the fitted coefficients hold for, `[low, high]` (None: unbounded or no fit).
+    #[getter]
+    fn teacache_input_range(&self) -> Option<[f64; 2]> {
+        self.inner.teacache_fit().and_then(|f| f.input_range)
+    }
+
     /// A randomly initialised model from a `LatteT2VConfig` or a dict of diffusers config keys (missing keys:
     /// Latte-1's values). `init`:
     /// "normal" (every weight N(0, 0.02²), for tests) or "pixart" (PixArt-α's recipe, for training from scratch).

@@ -34,6 +34,28 @@ def test_sample_cli_writes_videos_and_fails_in_one_line(tmp_path, capsys):
         assert err.startswith("latte-rs: error:") and needle in err and "\n" not in err
 
 
+def test_sample_cli_cache(tmp_path, capsys):
+    """--cache teacache samples with TeaCache and reports what it skipped; the methods not yet implemented and a
+    threshold without a cache are refused by option name."""
+    pixel_model().save(str(tmp_path / "m.safetensors"))
+    base = ["sample", str(tmp_path / "m.safetensors"), "--classes", "0", "--steps", "6", "--format", "png",
+            "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    assert main(base + ["--cache", "teacache", "--cache-threshold", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cache"]["policy"] == "teacache" and summary["cache"]["threshold"] == 0.0
+    assert summary["cache"]["steps_computed"] == 6 and summary["cache"]["coefficients_source"] == "latte-1"
+    assert main(base) == 0 and json.loads(capsys.readouterr().out)["cache"] is None
+    for extra, needle in [(["--cache", "fastercache"], "--cache: fastercache is not yet implemented"),
+                          (["--cache", "pab"], "--cache: pab is not yet implemented"),
+                          (["--cache-threshold", "0.1"], "--cache-threshold")]:
+        assert main(base + extra) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("latte-rs: error:") and needle in err
+    with pytest.raises(SystemExit):
+        main(base + ["--cache", "teacache", "--cache-threshold", "-1"])
+    assert "--cache-threshold" in capsys.readouterr().err
+
+
 def test_a_prompt_to_a_class_model_file_is_an_error(tmp_path, capsys):
     # The command line: a class-model file refuses --prompt, never ignores it (without a checkpoint, --prompt
     # picks the built-in text-to-video model: tests/t2v/test_tiny_t2v.py).

@@ -90,6 +90,15 @@ fn mods_for(ada: &Option<Modulation>, cond: Cond) -> Result<Option<Vec<Tensor>>>
     }
 }
 
+/// The input of a block's first attention: `modulate(norm(x), shift, scale)` with the first sub-layer's adaLN
+/// vectors, or `norm(x)` with token injection (what TeaCache watches).
+fn first_modulated(x: &Tensor, norm: &LayerNorm, ada: &Option<Modulation>, cond: Cond) -> Result<Tensor> {
+    match mods_for(ada, cond)? {
+        Some(m) => norm.modulated(x, &m[0], &m[1], false),
+        None => norm.forward(x, false),
+    }
+}
+
 /// The conditioning tokens of `cond` after `norm` (token injection only).
 fn extra_tokens(cond: Cond, norm: &LayerNorm, grad: bool) -> Result<Option<Tensor>> {
     match cond {
@@ -110,6 +119,11 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
+    /// The modulated input of the block's first attention (see [`first_modulated`]).
+    pub fn modulated_input(&self, x: &Tensor, cond: Cond) -> Result<Tensor> {
+        first_modulated(x, &self.norm1, &self.ada, cond)
+    }
+
     pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: norm(cfg, vb.pp("norm1"))?,
@@ -147,6 +161,11 @@ pub struct FactorisedBlock {
 }
 
 impl FactorisedBlock {
+    /// The modulated input of the block's first attention (see [`first_modulated`]).
+    pub fn modulated_input(&self, x: &Tensor, cond: Cond) -> Result<Tensor> {
+        first_modulated(x, &self.norm1, &self.ada, cond)
+    }
+
     pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: norm(cfg, vb.pp("norm1"))?,
@@ -199,6 +218,11 @@ pub struct SplitHeadBlock {
 }
 
 impl SplitHeadBlock {
+    /// The modulated input of the block's first attention (see [`first_modulated`]).
+    pub fn modulated_input(&self, x: &Tensor, cond: Cond) -> Result<Tensor> {
+        first_modulated(x, &self.norm1, &self.ada, cond)
+    }
+
     pub fn new(cfg: &LatteConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: norm(cfg, vb.pp("norm1"))?,

@@ -2,16 +2,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::inputs;
 use super::network::Latte;
+use crate::cache::TeaCacheFit;
 use crate::config::{LatteConfig, Variant};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
+use crate::model::denoiser::LockedPass;
 use crate::model::open::wrong_kind;
-use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
+use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn, StagedPass};
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
 use crate::nn::attention::{score_elements, AttentionKernel, AttentionShape};
 use crate::nn::init::{init_weights, is_trainable};
@@ -27,6 +30,9 @@ pub struct LatteModel {
     cfg: LatteConfig,
     store: ParamStore,
     network: Latte,
+    /// TeaCache coefficients fitted for this model (its `teacache.json`), if any; shared by clones, as the
+    /// parameters are.
+    teacache: Arc<RwLock<Option<TeaCacheFit>>>,
 }
 
 impl LatteModel {
@@ -47,11 +53,17 @@ impl LatteModel {
             cfg: cfg.clone(),
             store,
             network,
+            teacache: Arc::default(),
         })
     }
 
     pub fn config(&self) -> &LatteConfig {
         &self.cfg
+    }
+
+    /// Sets (or clears) the TeaCache polynomial this model carries (see [`crate::cache`]).
+    pub fn set_teacache_fit(&self, fit: Option<TeaCacheFit>) {
+        *self.teacache.write().unwrap_or_else(PoisonError::into_inner) = fit;
     }
 
     /// The network, for callers that checked their inputs themselves.
@@ -82,7 +94,9 @@ impl LatteModel {
 
     /// Reads a file written by [`LatteModel::save`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::from_model_file(&crate::io::read(path)?, path, device)
+        let model = Self::from_model_file(&crate::io::read(path)?, path, device)?;
+        model.set_teacache_fit(crate::cache::read_fit_beside(path)?);
+        Ok(model)
     }
 
     /// Parses the bytes of a file written by [`LatteModel::save`]; `path` only names the file in errors.
@@ -308,6 +322,17 @@ impl Denoiser for LatteModel {
         let out = self.network.forward(x, t, y, y_image, grad)?;
         // Without a graph to keep, the output must not hold the activations its ops reference.
         Ok(if grad { out } else { out.detach() })
+    }
+
+    fn staged<'a>(&'a self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Box<dyn StagedPass + 'a>> {
+        let _reading = self.store.read_access();
+        let (y, y_image) = labels_of(cond)?;
+        let pass = self.network.staged(x, t, y, y_image)?;
+        Ok(Box::new(LockedPass { _reading, pass }))
+    }
+
+    fn teacache_fit(&self) -> Option<TeaCacheFit> {
+        self.teacache.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn trainable_vars(&self) -> Vec<(String, Var)> {

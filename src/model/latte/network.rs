@@ -184,14 +184,50 @@ impl Latte {
         y_image: Option<&Tensor>,
         grad: bool,
     ) -> Result<Tensor> {
-        let (mut h, pass) = self.embed(x, t, y, y_image)?;
+        let (h, pass) = self.embed(x, t, y, y_image)?;
+        let (h, _) = self.run_blocks(&h, &pass, grad)?;
+        self.head(&h, &pass, grad)
+    }
+
+    /// The forward pass without gradients split into its stages (see [`crate::model::StagedPass`]).
+    pub fn staged(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        y_image: Option<&Tensor>,
+    ) -> Result<LatteStages<'_>> {
+        let (hidden, pass) = self.embed(x, t, y, y_image)?;
+        Ok(LatteStages {
+            network: self,
+            hidden,
+            pass,
+        })
+    }
+
+    /// Every stage of the body on `h`: the stack's output and the number of stages (blocks) that ran.
+    fn run_blocks(&self, h: &Tensor, pass: &Pass, grad: bool) -> Result<(Tensor, usize)> {
+        let mut h = h.clone();
+        let mut ran = 0;
         for stage in self.stages() {
-            h = self.run_stage(stage, &h, &pass, grad)?;
+            h = self.run_stage(stage, &h, pass, grad)?;
+            ran += 1;
             if !grad {
                 h = h.detach();
             }
         }
-        self.head(&h, &pass, grad)
+        Ok((h, ran))
+    }
+
+    /// The first stage's modulated attention input (every variant starts with a spatial or split-head block).
+    fn first_block_input(&self, h: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let cond = pass.cond.spatial();
+        match self.stages().first() {
+            Some(Stage::Spatial(block)) => block.modulated_input(h, cond),
+            Some(Stage::Factorised { block, .. }) => block.modulated_input(h, cond),
+            Some(Stage::SplitHead(block)) => block.modulated_input(h, cond),
+            Some(Stage::Temporal { .. }) | None => candle_core::bail!("the model has no spatial first block"),
+        }
     }
 
     /// The loss `loss_fn(forward(x, ...))` and its gradient with respect to every tensor in `params`, computed
@@ -354,6 +390,35 @@ impl Latte {
     /// The dtype of the parameters.
     pub fn dtype(&self) -> DType {
         self.pos_embed.dtype()
+    }
+}
+
+/// One pass of [`Latte`] split into embeddings, block stack and final layer.
+pub struct LatteStages<'a> {
+    network: &'a Latte,
+    hidden: Tensor,
+    pass: Pass,
+}
+
+impl crate::model::StagedPass for LatteStages<'_> {
+    fn hidden(&self) -> &Tensor {
+        &self.hidden
+    }
+
+    fn first_block_input(&self) -> crate::Result<Tensor> {
+        Ok(self.network.first_block_input(&self.hidden, &self.pass)?)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.network.stages().len()
+    }
+
+    fn blocks(&self, hidden: &Tensor) -> crate::Result<(Tensor, usize)> {
+        Ok(self.network.run_blocks(hidden, &self.pass, false)?)
+    }
+
+    fn head(&self, hidden: &Tensor) -> crate::Result<Tensor> {
+        Ok(self.network.head(hidden, &self.pass, false)?)
     }
 }
 

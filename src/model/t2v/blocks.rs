@@ -138,13 +138,24 @@ impl TransformerBlock {
         })
     }
 
+    /// The block's six modulation vectors per sequence, (G, 6, D): its table plus the shared adaLN-single ones.
+    fn modulation(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
+        let (groups, _, dim) = x.dims3()?;
+        self.scale_shift_table
+            .unsqueeze(0)?
+            .broadcast_add(&modulation.reshape((groups, 6, dim))?)
+    }
+
+    /// The self-attention's input `norm1(x) · (1 + scale_msa) + shift_msa` (what TeaCache watches).
+    pub fn modulated_input(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
+        let mods = self.modulation(x, modulation)?;
+        self.norm1
+            .modulated(x, &mods.narrow(1, 0, 1)?, &mods.narrow(1, 1, 1)?, false)
+    }
+
     /// x: (G, L, D) sequences; `modulation`: (G, 6·D) adaLN-single vectors; `caption`: (G, S, D) projected.
     pub fn forward(&self, x: &Tensor, modulation: &Tensor, caption: Option<&Tensor>, grad: bool) -> Result<Tensor> {
-        let (groups, _, dim) = x.dims3()?;
-        let mods = self
-            .scale_shift_table
-            .unsqueeze(0)?
-            .broadcast_add(&modulation.reshape((groups, 6, dim))?)?;
+        let mods = self.modulation(x, modulation)?;
         let m = |i: usize| mods.narrow(1, i, 1);
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);

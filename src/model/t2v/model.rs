@@ -2,18 +2,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::LatteT2VConfig;
 use super::inputs;
 use super::network::LatteT2V;
+use crate::cache::TeaCacheFit;
 use crate::error::{LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
+use crate::model::denoiser::LockedPass;
 use crate::model::open::wrong_kind;
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
-use crate::model::{Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn};
+use crate::model::{Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn, StagedPass};
 use crate::nn::attention::{score_elements, AttentionKernel, AttentionShape};
 use crate::weights::diffusers::{read_folder, DIFFUSERS_WEIGHTS};
 use crate::weights::{LoadPolicy, ParamStore};
@@ -26,6 +28,9 @@ pub struct LatteT2VModel {
     network: Arc<LatteT2V>,
     /// Whether the temporal blocks run (diffusers' `enable_temporal_attentions`).
     temporal_attention: bool,
+    /// TeaCache coefficients fitted for this model (its `teacache.json`), if any; shared by clones, as the
+    /// parameters are.
+    teacache: Arc<RwLock<Option<TeaCacheFit>>>,
 }
 
 impl LatteT2VModel {
@@ -40,6 +45,7 @@ impl LatteT2VModel {
             store,
             network: Arc::new(network),
             temporal_attention: true,
+            teacache: Arc::default(),
         })
     }
 
@@ -72,6 +78,7 @@ impl LatteT2VModel {
         let dtype = dtype.unwrap_or_else(|| folder.tensors.values().next().map_or(DType::F32, |t| t.dtype()));
         let model = Self::uninitialised(&folder.config, device, dtype)?;
         model.load_state_dict(&folder.tensors, Some(&folder.source))?;
+        model.set_teacache_fit(crate::cache::read_fit_beside(dir)?);
         Ok(model)
     }
 
@@ -101,6 +108,11 @@ impl LatteT2VModel {
 
     pub fn config(&self) -> &LatteT2VConfig {
         &self.cfg
+    }
+
+    /// Sets (or clears) the TeaCache polynomial this model carries (see [`crate::cache`]).
+    pub fn set_teacache_fit(&self, fit: Option<TeaCacheFit>) {
+        *self.teacache.write().unwrap_or_else(PoisonError::into_inner) = fit;
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -248,6 +260,17 @@ impl Denoiser for LatteT2VModel {
         let out = self.network.forward(x, t, caption, self.temporal_attention, grad)?;
         // Without a graph to keep, the output must not hold the activations its ops reference.
         Ok(if grad { out } else { out.detach() })
+    }
+
+    fn staged<'a>(&'a self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Box<dyn StagedPass + 'a>> {
+        let _reading = self.store.read_access();
+        let caption = caption_of(cond)?;
+        let pass = self.network.staged(x, t, caption, self.temporal_attention)?;
+        Ok(Box::new(LockedPass { _reading, pass }))
+    }
+
+    fn teacache_fit(&self) -> Option<TeaCacheFit> {
+        self.teacache.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn trainable_vars(&self) -> Vec<(String, Var)> {

@@ -213,15 +213,40 @@ impl LatteT2V {
     /// (the last n frames); `temporal`: run the temporal blocks (over the video frames). Returns (B,
     /// out_channels, F, H, W).
     pub fn forward(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool, grad: bool) -> Result<Tensor> {
-        let (mut hidden, pass, cond) = self.embed(x, t, caption, temporal)?;
+        let (hidden, pass, cond) = self.embed(x, t, caption, temporal)?;
+        let (hidden, _) = self.run_blocks(&hidden, &pass, &cond, grad)?;
+        self.head(&hidden, &pass, &cond, grad)
+    }
+
+    /// The forward pass without gradients split into its stages (see [`crate::model::StagedPass`]).
+    pub fn staged(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool) -> Result<T2VStages<'_>> {
+        let (hidden, pass, cond) = self.embed(x, t, caption, temporal)?;
+        Ok(T2VStages {
+            network: self,
+            hidden,
+            pass,
+            cond,
+        })
+    }
+
+    /// Every layer on `hidden`: the stack's output and the number of blocks (spatial and temporal) that ran.
+    fn run_blocks(&self, hidden: &Tensor, pass: &Pass, cond: &[Tensor], grad: bool) -> Result<(Tensor, usize)> {
+        let mut hidden = hidden.clone();
+        let mut ran = 0;
         for i in 0..self.spatial_blocks.len() {
-            hidden = self.layer(i, &hidden, &pass, &cond, grad)?;
+            hidden = self.layer(i, &hidden, pass, cond, grad)?;
+            ran += self.blocks_per_layer(pass);
             if !grad {
                 // Inference keeps no graph: each layer's activations go as the next one starts.
                 hidden = hidden.detach();
             }
         }
-        self.head(&hidden, &pass, &cond, grad)
+        Ok((hidden, ran))
+    }
+
+    /// Blocks one layer runs: its spatial block, and its temporal block when the pass runs those.
+    fn blocks_per_layer(&self, pass: &Pass) -> usize {
+        1 + usize::from(pass.temporal)
     }
 
     /// [`LatteT2V::forward`]'s loss `loss_fn(out)` and the gradients of `params`, with activation checkpointing
@@ -245,6 +270,41 @@ impl LatteT2V {
             &|h, cond| self.head(h, &pass, cond, true),
             loss_fn,
         )
+    }
+}
+
+/// One pass of [`LatteT2V`] split into embeddings, block stack and final layer.
+pub struct T2VStages<'a> {
+    network: &'a LatteT2V,
+    hidden: Tensor,
+    pass: Pass,
+    cond: Vec<Tensor>,
+}
+
+impl crate::model::StagedPass for T2VStages<'_> {
+    fn hidden(&self) -> &Tensor {
+        &self.hidden
+    }
+
+    fn first_block_input(&self) -> crate::Result<Tensor> {
+        let first = self
+            .network
+            .spatial_blocks
+            .first()
+            .ok_or_else(|| crate::LatteError::Value("the transformer has no blocks".into()))?;
+        Ok(first.modulated_input(&self.hidden, &self.cond[0])?)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.network.spatial_blocks.len() * self.network.blocks_per_layer(&self.pass)
+    }
+
+    fn blocks(&self, hidden: &Tensor) -> crate::Result<(Tensor, usize)> {
+        Ok(self.network.run_blocks(hidden, &self.pass, &self.cond, false)?)
+    }
+
+    fn head(&self, hidden: &Tensor) -> crate::Result<Tensor> {
+        Ok(self.network.head(hidden, &self.pass, &self.cond, false)?)
     }
 }
 

@@ -1,0 +1,170 @@
+"""Faster sampling without retraining: caching policies for the one sampling loop (``cache=`` of
+:func:`latte_rs.sample`, ``LattePipeline.__call__`` and ``LatteT2VPipeline.__call__``).
+
+**TeaCache** skips the transformer's block stack at steps where the first block's modulated input barely changed,
+reusing the residual (stack output minus stack input) of the last computed step. Per step it measures the relative
+L1 change of that input, rescales it by a polynomial (fitted on uncached runs: :meth:`TeaCache.fit`), and
+accumulates it; below ``threshold`` the step is skipped, otherwise it computes and the sum restarts. The first and
+the last step always compute; with guidance the decision is one per step for the whole [cond | uncond] batch.
+``threshold=0`` skips nothing and gives the uncached output bit for bit. The rule runs in the Rust core.
+
+>>> import numpy as np, latte_rs
+>>> cache = latte_rs.TeaCache(threshold=0.1)
+>>> latents = latte_rs.sample(latte_rs.demo.tiny_model(), latte_rs.DDIMScheduler(), y=np.array([0]),
+...                           cfg_scale=2.0, num_inference_steps=10, progress=False, cache=cache)
+>>> cache.report.steps_computed + cache.report.steps_skipped, cache.report.coefficients_source
+(10, 'model')
+
+Coefficients: ``TeaCache()`` without ``coefficients`` uses the model's own, read from a ``teacache.json`` beside
+it when it was loaded (in a model folder, ``<stem>.teacache.json`` beside a model file; the built-in models ship
+theirs), else TeaCache's published Latte-1 polynomial (which fits Latte-1, not other models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _native
+
+#: The file a model folder carries its fitted coefficients in (``<stem>.teacache.json`` beside a model file).
+COEFFICIENTS_FILE = "teacache.json"
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """What a cached sampling run computed and skipped: per step whether the blocks ran (``computed``), the
+    first block's input change, its rescaled value, the accumulator after the decision, and the model output's
+    change; block calls counted as they ran (``blocks_computed``) and skipped; the most bytes the cache held."""
+
+    policy: str
+    threshold: float
+    coefficients: list[float]
+    input_range: list[float] | None
+    coefficients_source: str
+    computed: list[bool]
+    input_changes: list[float | None]
+    rescaled: list[float | None]
+    accumulated: list[float]
+    output_changes: list[float | None]
+    blocks_per_pass: int
+    blocks_computed: int
+    blocks_skipped: int
+    cache_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CacheReport:
+        steps = d["steps"]
+        return cls(policy=d["policy"], threshold=d["threshold"], coefficients=list(d["coefficients"]),
+                   input_range=d["input_range"],
+                   coefficients_source=d["coefficients_source"], computed=[s["computed"] for s in steps],
+                   input_changes=[s["input_change"] for s in steps], rescaled=[s["rescaled"] for s in steps],
+                   accumulated=[s["accumulated"] for s in steps], output_changes=[s["output_change"] for s in steps],
+                   blocks_per_pass=d["blocks_per_pass"], blocks_computed=d["blocks_computed"],
+                   blocks_skipped=d["blocks_skipped"], cache_bytes=d["cache_bytes"])
+
+    @property
+    def steps_computed(self) -> int:
+        return sum(self.computed)
+
+    @property
+    def steps_skipped(self) -> int:
+        return len(self.computed) - self.steps_computed
+
+    def summary(self) -> dict[str, Any]:
+        """The counts, for logs and JSON."""
+        return {"policy": self.policy, "threshold": self.threshold, "coefficients_source": self.coefficients_source,
+                "steps_computed": self.steps_computed, "steps_skipped": self.steps_skipped,
+                "blocks_computed": self.blocks_computed, "blocks_skipped": self.blocks_skipped,
+                "cache_bytes": self.cache_bytes}
+
+
+class TeaCache(_native.TeaCache):
+    """TeaCache (see the module docs): ``threshold`` (default 0.1, TeaCache's for Latte; 0 skips nothing), the
+    rescaling polynomial ``coefficients``, highest power first as ``numpy.polyval`` (None: the model's fitted
+    ones, else the published Latte-1 ones), and ``input_range`` ``[low, high]`` the change is clamped into before
+    the polynomial (None: the model's fitted range with its coefficients, else none). After a sampling run,
+    :attr:`report` says what it computed."""
+
+    @property
+    def report(self) -> CacheReport | None:
+        """The report of the last sampling run this cache served (None before any)."""
+        raw = self.last_report
+        return None if raw is None else CacheReport.from_dict(raw)
+
+    @classmethod
+    def fit(cls, target: Any, *, runs: int = 3, degree: int = 4, threshold: float = 0.1, seed: int = 0,
+            **sample_kwargs: Any) -> TeaCache:
+        """Fits the rescaling polynomial for a model from ``runs`` uncached samplings and returns a ``TeaCache``
+        with it: each step's relative L1 change of the first block's modulated input against that of the model's
+        output, fitted with ``numpy.polyfit(inputs, outputs, degree)`` (steps 1 to n-2: the first has no change and
+        the last always computes). The range of input changes seen becomes ``input_range``: a degree-4 polynomial
+        swings outside its data, so changes outside it are clamped into it.
+
+        ``target``: a ``LattePipeline`` or ``LatteT2VPipeline`` (called with ``sample_kwargs``, e.g.
+        ``class_labels=`` or ``prompt_embeds=``), or a model, sampled with :func:`latte_rs.sample` (pass the
+        scheduler as ``diffusion=``). Run ``i`` uses seed ``seed + i``. Save the result beside the model with
+        :meth:`save` so that ``TeaCache()`` finds it."""
+        from .sampling import sample
+
+        if not isinstance(runs, int) or runs < 1:
+            raise ValueError(f"runs: expected an int >= 1, got {runs!r}")
+        if not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree: expected an int >= 0, got {degree!r}")
+        inputs, outputs = [], []
+        for i in range(runs):
+            probe = cls(0.0, coefficients=[0.0])  # computes every step; records both changes
+            if isinstance(target, (_native.LatteModel, _native.LatteT2VTransformer)):
+                kwargs = dict(sample_kwargs)
+                diffusion = kwargs.pop("diffusion", None)
+                if diffusion is None:
+                    raise ValueError("diffusion: required to fit on a model (the scheduler to sample with)")
+                sample(target, diffusion, seed=seed + i, cache=probe, progress=False, **kwargs)
+            else:
+                target(**sample_kwargs, seed=seed + i, cache=probe, progress=False)
+            report = probe.report
+            # The last step always computes, and its output (the final denoising) jumps unlike any other: left out.
+            for x, y in zip(report.input_changes[:-1], report.output_changes[:-1], strict=True):
+                if x is not None and y is not None:
+                    inputs.append(x)
+                    outputs.append(y)
+        if len(inputs) <= degree:
+            raise ValueError(f"degree: {degree} needs more than {degree} (input, output) pairs; the runs gave "
+                             f"{len(inputs)} (sample more steps or more runs)")
+        coefficients = np.polyfit(np.asarray(inputs), np.asarray(outputs), degree)
+        fitted = cls(threshold, coefficients=[float(c) for c in coefficients],
+                     input_range=[float(min(inputs)), float(max(inputs))])
+        fitted.fit_data = (np.asarray(inputs), np.asarray(outputs))
+        return fitted
+
+    def save(self, path: str | os.PathLike, **notes: Any) -> Path:
+        """Writes the coefficients where loading a model finds them: ``path/teacache.json`` for a model folder (a
+        diffusers ``transformer/``, a checkpoint folder), ``<stem>.teacache.json`` beside a model file, or ``path``
+        itself when it ends in ``.json``. ``notes`` (how it was fitted) are stored beside the coefficients."""
+        if self.coefficients is None:
+            raise ValueError("coefficients: this TeaCache has none to save (fit one first)")
+        path = Path(path)
+        if path.suffix == ".json":
+            target = path
+        elif path.is_dir():
+            target = path / COEFFICIENTS_FILE
+        else:
+            target = path.with_name(f"{path.stem}.{COEFFICIENTS_FILE}")
+        content = {"coefficients": list(self.coefficients), "input_range": self.input_range,
+                   "threshold": self.threshold, **notes}
+        target.write_text(json.dumps(content, indent=2) + "\n")
+        return target
+
+
+def cache_report(cache: Any) -> CacheReport | None:
+    """The report a ``cache=`` argument holds after a run (None without a cache)."""
+    if cache is None:
+        return None
+    raw = cache.last_report
+    return None if raw is None else CacheReport.from_dict(raw)

@@ -1,0 +1,398 @@
+//! Caching policies of the sampling loop: work skipped from one denoising step to the next, without retraining.
+//!
+//! **TeaCache** (Liu et al. 2024, "Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model"):
+//! the first block's modulated input (the timestep-modulated tokens, cheap to compute) changes from step to step
+//! roughly as the model's output does. Each step measures its relative L1 change, `mean|m_t − m_{t−1}| /
+//! mean|m_{t−1}|`, rescales it by a polynomial fitted on uncached runs (highest power first, as `numpy.polyval`)
+//! and accumulates it; while the sum stays below the threshold the step reuses the residual of the whole block
+//! stack (its output minus its input) cached at the last computed step instead of running the blocks; otherwise
+//! the blocks run, the residual is refreshed and the sum restarts at zero. The first and the last step always
+//! compute. With classifier-free guidance the decision is made once per step on the batched [cond | uncond]
+//! input. A threshold of 0 skips nothing: the output is then the uncached loop's, bit for bit.
+//!
+//! The loop ([`crate::sampling::sample_with_report`]) drives a policy through the model's staged pass
+//! ([`crate::model::StagedPass`]), so every denoiser, scheduler and face gets it at once.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{value_error, LatteError, Result};
+use crate::model::{Condition, Denoiser};
+
+/// TeaCache's published rescaling polynomial for Latte-1 (TeaCache repository, `eval/teacache/experiments/
+/// latte.py`), highest power first. It was fitted on Latte-1, not on other models: fit one for yours.
+pub const LATTE1_COEFFICIENTS: [f64; 5] = [-2.46434137e3, 3.08044764e2, 8.07447667e1, -4.11385132, 1.11001402e-1];
+
+/// The file beside a model (in its folder, or `<stem>.teacache.json` beside a model file) that carries the
+/// coefficients fitted for it.
+pub const COEFFICIENTS_FILE: &str = "teacache.json";
+
+/// A rescaling polynomial fitted for a model (what its `teacache.json` holds): the coefficients, highest power
+/// first, and the range of input changes it was fitted on. A degree-4 fit swings outside its data (it can turn
+/// negative, and a negative estimate would skip every step), so a change outside the range is clamped into it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeaCacheFit {
+    pub coefficients: Vec<f64>,
+    #[serde(default)]
+    pub input_range: Option<[f64; 2]>,
+}
+
+impl TeaCacheFit {
+    /// A checked fit; `arg` names where it came from in errors.
+    pub fn new(coefficients: Vec<f64>, input_range: Option<[f64; 2]>, arg: &str) -> Result<Self> {
+        check_coefficients(&coefficients, arg)?;
+        check_range(input_range, arg)?;
+        Ok(Self {
+            coefficients,
+            input_range,
+        })
+    }
+
+    /// The estimated output change for an input change: the polynomial at the change clamped into the range.
+    pub fn rescale(&self, change: f64) -> f64 {
+        let x = match self.input_range {
+            Some([low, high]) => change.clamp(low, high),
+            None => change,
+        };
+        polyval(&self.coefficients, x)
+    }
+}
+
+/// TeaCache's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeaCacheConfig {
+    /// The accumulated rescaled change below which a step reuses the cached residual; 0 skips nothing.
+    pub threshold: f64,
+    /// The rescaling polynomial, highest power first; None: the model's own (from its `teacache.json`), else
+    /// [`LATTE1_COEFFICIENTS`].
+    pub coefficients: Option<Vec<f64>>,
+    /// The input changes the polynomial holds for (changes outside are clamped into it); None: the model's
+    /// fitted range when its coefficients are used, else no clamping.
+    pub input_range: Option<[f64; 2]>,
+}
+
+impl TeaCacheConfig {
+    /// Checked settings: a finite threshold >= 0, when given at least one finite coefficient, and a finite range
+    /// `[low, high]` with low <= high.
+    pub fn new(threshold: f64, coefficients: Option<Vec<f64>>, input_range: Option<[f64; 2]>) -> Result<Self> {
+        if !(threshold.is_finite() && threshold >= 0.0) {
+            return Err(value_error(
+                "threshold",
+                "a finite number >= 0 (0.1 is TeaCache's default)",
+                threshold,
+            ));
+        }
+        if let Some(c) = &coefficients {
+            check_coefficients(c, "coefficients")?;
+        }
+        check_range(input_range, "input_range")?;
+        Ok(Self {
+            threshold,
+            coefficients,
+            input_range,
+        })
+    }
+}
+
+fn check_range(range: Option<[f64; 2]>, arg: &str) -> Result<()> {
+    match range {
+        Some([low, high]) if !(low.is_finite() && high.is_finite() && low <= high) => Err(value_error(
+            arg,
+            "an input range [low, high] of finite numbers with low <= high",
+            format!("[{low}, {high}]"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an empty or non-finite polynomial, naming `arg`.
+pub fn check_coefficients(c: &[f64], arg: &str) -> Result<()> {
+    if c.is_empty() || c.iter().any(|v| !v.is_finite()) {
+        return Err(value_error(
+            arg,
+            "a non-empty list of finite polynomial coefficients, highest power first",
+            format!("{c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A caching policy for the sampling loop.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CachePolicy {
+    TeaCache(TeaCacheConfig),
+}
+
+/// `numpy.polyval(coefficients, x)`: Horner's rule, highest power first.
+pub fn polyval(coefficients: &[f64], x: f64) -> f64 {
+    coefficients.iter().fold(0.0, |acc, &c| acc * x + c)
+}
+
+/// What TeaCache saw and decided at one step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// The step ran the block stack.
+    pub computed: bool,
+    /// The relative L1 change of the first block's modulated input from the previous step (None at the first).
+    pub input_change: Option<f64>,
+    /// `polyval(coefficients, input_change)`, the change clamped into the input range.
+    pub rescaled: Option<f64>,
+    /// The accumulated rescaled change after this step's decision (0 after a computed step).
+    pub accumulated: f64,
+    /// The relative L1 change of the model's output from the previous step's (None at the first).
+    pub output_change: Option<f64>,
+}
+
+/// What a cached sampling run computed and skipped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CacheReport {
+    /// The policy's name ("teacache").
+    pub policy: String,
+    pub threshold: f64,
+    /// The rescaling polynomial used.
+    pub coefficients: Vec<f64>,
+    /// The input range its argument was clamped into (None: not clamped).
+    pub input_range: Option<[f64; 2]>,
+    /// Where it came from: "argument", "model" (its `teacache.json`) or "latte-1" (the published default).
+    pub coefficients_source: String,
+    /// One record per denoising step.
+    pub steps: Vec<StepRecord>,
+    /// Blocks in one pass of the model (what a skipped step saves).
+    pub blocks_per_pass: usize,
+    /// Block calls that ran, counted as they ran.
+    pub blocks_computed: usize,
+    /// Block calls skipped.
+    pub blocks_skipped: usize,
+    /// The most bytes the policy's cached tensors held at once (residual, previous modulated input and output).
+    pub cache_bytes: usize,
+}
+
+impl CacheReport {
+    pub fn steps_computed(&self) -> usize {
+        self.steps.iter().filter(|s| s.computed).count()
+    }
+
+    pub fn steps_skipped(&self) -> usize {
+        self.steps.len() - self.steps_computed()
+    }
+}
+
+/// `mean|a − b| / mean|b|`, in f64.
+fn relative_l1(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+    let diff = (&a - &b)?.abs()?.sum_all()?.to_scalar::<f64>()?;
+    let base = b.abs()?.sum_all()?.to_scalar::<f64>()?;
+    Ok(diff / base)
+}
+
+fn bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+/// TeaCache's state over one sampling run.
+pub(crate) struct TeaCacheState {
+    threshold: f64,
+    fit: TeaCacheFit,
+    num_steps: usize,
+    accumulated: f64,
+    previous_input: Option<Tensor>,
+    previous_output: Option<Tensor>,
+    residual: Option<Tensor>,
+    report: CacheReport,
+}
+
+impl TeaCacheState {
+    /// The state for a run of `num_steps` steps of `model`; coefficients from the config, else the model's own,
+    /// else Latte-1's.
+    pub(crate) fn new(cfg: &TeaCacheConfig, model: &dyn Denoiser, num_steps: usize) -> Result<Self> {
+        let model_fit = model.teacache_fit();
+        let (coefficients, model_range, source) = match (&cfg.coefficients, model_fit) {
+            (Some(c), _) => (c.clone(), None, "argument"),
+            (None, Some(fit)) => (fit.coefficients, fit.input_range, "model"),
+            (None, None) => (LATTE1_COEFFICIENTS.to_vec(), None, "latte-1"),
+        };
+        let fit = TeaCacheFit::new(coefficients, cfg.input_range.or(model_range), "coefficients")?;
+        Ok(Self {
+            threshold: cfg.threshold,
+            num_steps,
+            accumulated: 0.0,
+            previous_input: None,
+            previous_output: None,
+            residual: None,
+            report: CacheReport {
+                policy: "teacache".into(),
+                threshold: cfg.threshold,
+                coefficients: fit.coefficients.clone(),
+                input_range: fit.input_range,
+                coefficients_source: source.into(),
+                ..CacheReport::default()
+            },
+            fit,
+        })
+    }
+
+    /// The model's output at step `step` (of `num_steps`) on checked inputs, the block stack run or its cached
+    /// residual reused as the rule decides.
+    pub(crate) fn denoise(
+        &mut self,
+        model: &dyn Denoiser,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Condition,
+        step: usize,
+    ) -> Result<Tensor> {
+        let pass = model.staged(x, t, cond)?;
+        let modulated = pass.first_block_input()?.detach();
+        let input_change = match &self.previous_input {
+            Some(previous) => Some(relative_l1(&modulated, previous)?),
+            None => None,
+        };
+        let rescaled = input_change.map(|c| self.fit.rescale(c));
+        let always = step == 0 || step + 1 == self.num_steps || self.residual.is_none();
+        let compute = match rescaled {
+            Some(r) if !always => {
+                self.accumulated += r;
+                !(self.threshold > 0.0 && self.accumulated < self.threshold)
+            }
+            _ => true,
+        };
+        if compute {
+            self.accumulated = 0.0;
+        }
+        let hidden = pass.hidden();
+        self.report.blocks_per_pass = pass.num_blocks();
+        let stack_out = if compute {
+            let (out, blocks_run) = pass.blocks(hidden)?;
+            self.report.blocks_computed += blocks_run;
+            self.residual = Some((&out - hidden)?.detach());
+            out
+        } else {
+            self.report.blocks_skipped += pass.num_blocks();
+            let residual = self
+                .residual
+                .as_ref()
+                .ok_or_else(|| LatteError::Value("TeaCache: no residual cached before a skipped step".into()))?;
+            (hidden + residual)?
+        };
+        let out = pass.head(&stack_out)?.detach();
+        let output_change = match &self.previous_output {
+            Some(previous) => Some(relative_l1(&out, previous)?),
+            None => None,
+        };
+        self.report.steps.push(StepRecord {
+            computed: compute,
+            input_change,
+            rescaled,
+            accumulated: self.accumulated,
+            output_change,
+        });
+        let held = bytes(&modulated) + bytes(&out) + self.residual.as_ref().map_or(0, bytes);
+        self.report.cache_bytes = self.report.cache_bytes.max(held);
+        self.previous_input = Some(modulated);
+        self.previous_output = Some(out.clone());
+        Ok(out)
+    }
+
+    pub(crate) fn finish(self) -> CacheReport {
+        self.report
+    }
+}
+
+/// The state of a caching policy over one sampling run.
+pub(crate) enum CacheState {
+    TeaCache(TeaCacheState),
+}
+
+impl CacheState {
+    pub(crate) fn new(policy: &CachePolicy, model: &dyn Denoiser, num_steps: usize) -> Result<Self> {
+        match policy {
+            CachePolicy::TeaCache(cfg) => Ok(Self::TeaCache(TeaCacheState::new(cfg, model, num_steps)?)),
+        }
+    }
+
+    pub(crate) fn denoise(
+        &mut self,
+        model: &dyn Denoiser,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Condition,
+        step: usize,
+    ) -> Result<Tensor> {
+        match self {
+            Self::TeaCache(s) => s.denoise(model, x, t, cond, step),
+        }
+    }
+
+    pub(crate) fn finish(self) -> CacheReport {
+        match self {
+            Self::TeaCache(s) => s.finish(),
+        }
+    }
+}
+
+/// The `teacache.json` that belongs to a model at `path`: `path/teacache.json` for a folder (or, for a
+/// diffusers pipeline folder, `path/transformer/teacache.json`), `<stem>.teacache.json` beside a file.
+pub fn coefficients_file(path: &Path) -> Option<PathBuf> {
+    let candidates = if path.is_dir() {
+        vec![
+            path.join(COEFFICIENTS_FILE),
+            path.join("transformer").join(COEFFICIENTS_FILE),
+        ]
+    } else {
+        let stem = path.file_stem()?.to_string_lossy().into_owned();
+        vec![path.with_file_name(format!("{stem}.{COEFFICIENTS_FILE}"))]
+    };
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// The fit carried beside the model at `path` (see [`coefficients_file`]), if any. A file that is there but
+/// unreadable is an error naming it, not silently ignored.
+pub fn read_fit_beside(path: &Path) -> Result<Option<TeaCacheFit>> {
+    let Some(file) = coefficients_file(path) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&file)?;
+    let name = file.display().to_string();
+    let parsed: TeaCacheFit = serde_json::from_str(&text).map_err(|e| {
+        LatteError::Value(format!(
+            "{name}: {e} (expected {{\"coefficients\": [...], \"input_range\": [low, high]}})"
+        ))
+    })?;
+    Ok(Some(TeaCacheFit::new(parsed.coefficients, parsed.input_range, &name)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polyval_is_numpys_order() {
+        assert_eq!(polyval(&[2.0, 3.0, 4.0], 10.0), 234.0);
+        assert_eq!(polyval(&[5.0], 3.0), 5.0);
+    }
+
+    #[test]
+    fn settings_are_checked_by_name() {
+        let e = TeaCacheConfig::new(-0.1, None, None).unwrap_err().to_string();
+        assert!(e.starts_with("threshold: expected") && e.contains("-0.1"), "{e}");
+        let e = TeaCacheConfig::new(0.1, Some(vec![]), None).unwrap_err().to_string();
+        assert!(e.starts_with("coefficients: expected"), "{e}");
+        assert!(TeaCacheConfig::new(f64::NAN, None, None).is_err());
+        assert!(TeaCacheConfig::new(0.1, Some(vec![1.0, f64::INFINITY]), None).is_err());
+        let e = TeaCacheConfig::new(0.1, None, Some([0.5, 0.2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("input_range: expected"), "{e}");
+        assert!(TeaCacheConfig::new(0.0, Some(vec![1.0]), Some([0.1, 0.1])).is_ok());
+    }
+
+    #[test]
+    fn a_fit_is_evaluated_inside_its_range() {
+        let fit = TeaCacheFit::new(vec![1.0, 0.0, 0.0], Some([0.2, 0.5]), "fit").unwrap();
+        assert_eq!(fit.rescale(0.3), 0.09);
+        assert_eq!(fit.rescale(0.0), 0.04000000000000001);
+        assert_eq!(fit.rescale(1.0), 0.25);
+    }
+}
