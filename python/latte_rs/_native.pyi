@@ -864,6 +864,9 @@ def sample(
     sampler: Literal["ddpm", "ddim"] = "ddpm",
     clip_denoised: bool = False,
     seed: int = 0,
+    num_frames: int | None = None,
+    long_video: Literal["windows", "fifo"] | None = None,
+    window_stride: int | None = None,
     callback: Callable[[int, int], object] | None = None,
     cache: TeaCache | None = None,
 ) -> np.ndarray:
@@ -873,7 +876,9 @@ def sample(
     branch is the null class, or ``negative_encoder_hidden_states``. Without ``noise``, ``num_samples`` clips of
     the model's size (or ``latent_shape``) are drawn from ``seed``, and every step's noise from the same
     generator. ``callback(done, total)`` runs after each step. With ``cache`` the block stack is skipped where
-    its policy says so, and the run's report is left on it. Used by ``latte_rs.sample`` and the pipelines."""
+    its policy says so, and the run's report is left on it. ``num_frames`` beyond the model's trained length
+    samples over sliding windows ``window_stride`` frames apart (``long_video="windows"``; "fifo" is refused as
+    not implemented yet). Used by ``latte_rs.sample`` and the pipelines."""
 
 @disjoint_base
 class TeaCache:

@@ -203,6 +203,11 @@ def _cache(args: argparse.Namespace):
     return TeaCache() if args.cache_threshold is None else TeaCache(args.cache_threshold)
 
 
+def _long_video(args: argparse.Namespace) -> dict:
+    """``--video-length``, ``--long-video`` and ``--window-stride`` as the pipelines' keywords."""
+    return dict(video_length=args.video_length, long_video=args.long_video, window_stride=args.window_stride)
+
+
 def _sample(args: argparse.Namespace) -> int:
     cache = _cache(args)
     builtin = args.checkpoint is None
@@ -213,13 +218,12 @@ def _sample(args: argparse.Namespace) -> int:
         if args.classes:
             raise ValueError("--classes: with --prompt the built-in model is the text-to-video one, which takes "
                              "no class labels")
-        if args.height or args.width or args.video_length:
-            raise ValueError("--height/--width/--video-length: the built-in text-to-video model makes 8 frames "
-                             "of 16x16 only")
+        if args.height or args.width:
+            raise ValueError("--height/--width: the built-in text-to-video model makes 16x16 frames only")
         result = tiny_t2v.generate([args.prompt or ""], num_videos_per_prompt=args.num_videos,
                                    guidance_scale=args.guidance if args.guidance is not None else tiny_t2v.GUIDANCE,
                                    num_inference_steps=args.steps, seed=args.seed, progress=not args.no_progress,
-                                   cache=cache)
+                                   cache=cache, **_long_video(args))
         return _write_samples(args, result.frames, str(tiny_t2v.TINY_T2V), cache)
     if builtin:
         args.checkpoint = str(TINY_MODEL)
@@ -243,7 +247,8 @@ def _sample(args: argparse.Namespace) -> int:
                       guidance_scale=args.guidance if args.guidance is not None else 7.5,
                       num_videos_per_prompt=args.num_videos, video_length=args.video_length,
                       height=args.height, width=args.width, seed=args.seed, output_type="uint8",
-                      progress=not args.no_progress, cache=cache)
+                      progress=not args.no_progress, cache=cache, long_video=args.long_video,
+                      window_stride=args.window_stride)
         frames = result.frames
     else:
         if args.prompt or args.negative_prompt:
@@ -258,7 +263,8 @@ def _sample(args: argparse.Namespace) -> int:
         labels = args.classes if args.classes else None
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 1.0, seed=args.seed,
-                      progress=not args.no_progress, cache=cache).frames
+                      progress=not args.no_progress, cache=cache, num_frames=args.video_length,
+                      long_video=args.long_video, window_stride=args.window_stride).frames
     return _write_samples(args, frames, str(ckpt), cache)
 
 
@@ -497,7 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "Latte-1's); fastercache and pab are not yet implemented (default: none)")
     sa.add_argument("--cache-threshold", type=_finite(0.0),
                     help="TeaCache's threshold (default: 0.1; 0 skips nothing; higher skips more)")
-    sa.add_argument("--video-length", type=_COUNT, help="frames (Latte-1 folders; default: the model's)")
+    sa.add_argument("--video-length", type=_COUNT,
+                    help="frames per video (default: the model's); beyond the model's trained length it samples "
+                         "over sliding windows (--long-video)")
+    sa.add_argument("--long-video", choices=("windows", "fifo"), default=None,
+                    help="how frames beyond the trained length are made: windows (sliding windows of the trained "
+                         "length, outputs fused, FreeNoise-style noise; the default) or fifo (not implemented yet)")
+    sa.add_argument("--window-stride", type=_COUNT,
+                    help="frames between the sliding windows' starts (default: half the trained length)")
     sa.add_argument("--height", type=_COUNT, help="height in pixels (Latte-1 folders; default: the model's, 512 for "
                     "Latte-1)")
     sa.add_argument("--width", type=_COUNT, help="width in pixels (Latte-1 folders; default: the model's)")

@@ -146,12 +146,16 @@ class LatteT2VPipeline:
                  eta: float = 0.0, latents: Any = None, prompt_embeds: Any = None,
                  negative_prompt_embeds: Any = None, output_type: str = "np", mask_feature: bool = True,
                  enable_temporal_attentions: bool = True, decode_chunk_size: int = 14,
-                 progress: bool = True, cache: Any = None) -> LatteOutput:
+                 progress: bool = True, cache: Any = None, long_video: str | None = None,
+                 window_stride: int | None = None) -> LatteOutput:
         """Generates videos; the arguments are diffusers' ``LattePipeline.__call__``'s (``seed`` replaces
         ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there. Height and
         width default to the transformer's ``sample_size`` times the VAE's factor (512 for Latte-1). A transformer
         of 3 input channels without a VAE is a pixel-space model: its samples are the frames. ``cache``: a caching
-        policy (``latte_rs.TeaCache``); the output's ``cache_report`` says what it skipped."""
+        policy (``latte_rs.TeaCache``); the output's ``cache_report`` says what it skipped. A ``video_length``
+        beyond the transformer's trained length samples over sliding windows (``long_video="windows"``, windows
+        ``window_stride`` frames apart, default half the trained length; see ``latte_rs.sample``); the VAE decodes
+        in chunks of ``decode_chunk_size`` frames."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
@@ -185,7 +189,8 @@ class LatteT2VPipeline:
                                      latent_shape=list(shape), encoder_hidden_states=embeds,
                                      negative_encoder_hidden_states=negative if cfg_on else None,
                                      guidance_scale=guidance_scale, eta=eta, num_inference_steps=num_inference_steps,
-                                     seed=seed, callback=callback, cache=cache)
+                                     seed=seed, callback=callback, cache=cache, long_video=long_video,
+                                     window_stride=window_stride)
         finally:
             bar.close()
         report = cache_report(cache)
@@ -253,7 +258,8 @@ class LattePipeline:
     def __call__(self, class_labels: int | list[int] | np.ndarray | None = None, num_videos: int = 1,
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
                  latents: Any = None, output_type: str = "uint8", decode_chunk_size: int = 16,
-                 progress: bool = True, prompt: Any = None, cache: Any = None) -> LatteOutput:
+                 progress: bool = True, prompt: Any = None, cache: Any = None, num_frames: int | None = None,
+                 long_video: str | None = None, window_stride: int | None = None) -> LatteOutput:
         """Generates videos.
 
         Args:
@@ -269,6 +275,8 @@ class LattePipeline:
             output_type: "uint8", "np" (float in [0, 1]) or "latent".
             cache: a caching policy (``latte_rs.TeaCache``) that skips work across steps; the output's
                 ``cache_report`` says what it computed and skipped.
+            num_frames, long_video, window_stride: frames per video (default: the model's); beyond the trained
+                length the model samples over sliding windows (see ``latte_rs.sample``).
             prompt: refused: this model takes class labels, not text (``LatteT2VPipeline`` takes prompts). It is
                 an argument only so that a prompt is an error instead of being dropped.
         """
@@ -300,7 +308,8 @@ class LattePipeline:
             raise ValueError(f"vae: this model makes {cfg.in_channels}-channel latents; pass vae= (a diffusers vae/ "
                              "folder) or use output_type='latent'")
         out = sample(self.model, self.scheduler, count, num_inference_steps=num_inference_steps, noise=latents,
-                     y=y, cfg_scale=guidance_scale, eta=eta, seed=seed, progress=progress, cache=cache)
+                     y=y, cfg_scale=guidance_scale, eta=eta, seed=seed, progress=progress, cache=cache,
+                     num_frames=num_frames, long_video=long_video, window_stride=window_stride)
         report = cache_report(cache)
         if output_type == "latent":
             return LatteOutput(out, out, self.fps, report)

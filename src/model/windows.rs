@@ -36,10 +36,18 @@ pub fn trained_frames(model: &dyn Denoiser) -> usize {
 /// the last frame (so it may overlap its neighbour more than the others do).
 pub fn window_starts(frames: usize, window: usize, stride: usize) -> Result<Vec<usize>> {
     if window == 0 || frames < window {
-        return Err(value_error("num_frames", format!("at least the trained {window} frames"), frames));
+        return Err(value_error(
+            "num_frames",
+            format!("at least the trained {window} frames"),
+            frames,
+        ));
     }
     if stride == 0 || stride > window {
-        return Err(value_error("window_stride", format!("an int in [1, {window}] (the window)"), stride));
+        return Err(value_error(
+            "window_stride",
+            format!("an int in [1, {window}] (the window)"),
+            stride,
+        ));
     }
     let mut starts: Vec<usize> = (0..=frames - window).step_by(stride).collect();
     if starts.last() != Some(&(frames - window)) {
@@ -276,7 +284,10 @@ mod tests {
 
     #[test]
     fn rescheduled_noise_keeps_the_first_window_and_reuses_its_frames() {
-        let noise = Tensor::arange(0f32, 20.0, &Device::Cpu).unwrap().reshape((1, 20, 1)).unwrap();
+        let noise = Tensor::arange(0f32, 20.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 20, 1))
+            .unwrap();
         let mut rng = Generator::new(3);
         let out = reschedule_noise(&noise, 1, 8, 4, &mut rng).unwrap();
         let v: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
