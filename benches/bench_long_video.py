@@ -55,7 +55,7 @@ def seams(videos: np.ndarray) -> dict[str, float]:
         cs = centroids(video)
         present += sum(c is not None for c in cs)
         frames += len(cs)
-        jumps += [float(np.hypot(b[0] - a[0], b[1] - a[1])) for a, b in zip(cs, cs[1:]) if a and b]
+        jumps += [float(np.hypot(b[0] - a[0], b[1] - a[1])) for a, b in zip(cs[:-1], cs[1:], strict=True) if a and b]
         v = video.astype(np.float64) / 255.0
         changes += list(np.abs(np.diff(v, axis=0)).mean(axis=(1, 2, 3)))
     med_jump = float(np.median(jumps)) if jumps else float("nan")

@@ -113,6 +113,29 @@ impl<'a> TemporalWindows<'a> {
         d
     }
 
+    /// The windows' outputs (one per window, in order) fused into the whole video's: each weighted per frame by
+    /// [`frame_weight`], added up, divided by the frame's total weight.
+    fn fuse(&self, outs: &[Tensor]) -> Result<Tensor> {
+        let axis = self.axis();
+        let first = outs
+            .first()
+            .ok_or_else(|| LatteError::Value("num_frames: no window".into()))?;
+        let (w, total) = self.weights(first.rank(), first.dtype(), first.device())?;
+        let mut fused: Option<Tensor> = None;
+        for (&s, out) in self.starts.iter().zip(outs) {
+            // The window's weighted output, padded to the whole video, added up.
+            let out = out
+                .broadcast_mul(&w)?
+                .pad_with_zeros(axis, s, self.frames - s - self.window)?;
+            fused = Some(match fused {
+                Some(f) => (f + out)?,
+                None => out,
+            });
+        }
+        let fused = fused.ok_or_else(|| LatteError::Value("num_frames: no window".into()))?;
+        Ok(fused.broadcast_div(&total)?)
+    }
+
     /// Per-frame sums of the weights of the windows a frame is in, broadcastable over latents of rank `rank`.
     fn weights(&self, rank: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
         let mut shape = vec![1usize; rank];
@@ -182,32 +205,27 @@ impl Denoiser for TemporalWindows<'_> {
 
     fn denoise(&self, x: &Tensor, t: &Tensor, cond: &Condition, grad: bool) -> Result<Tensor> {
         let axis = self.axis();
-        let (w, total) = self.weights(x.rank(), x.dtype(), x.device())?;
-        let mut fused: Option<Tensor> = None;
-        for &s in &self.starts {
-            let out = self.inner.denoise(&x.narrow(axis, s, self.window)?, t, cond, grad)?;
-            let out = out.broadcast_mul(&w)?;
-            // Pad the window's weighted output to the whole video and add it up.
-            let before = s;
-            let after = self.frames - s - self.window;
-            let out = out.pad_with_zeros(axis, before, after)?;
-            fused = Some(match fused {
-                Some(f) => (f + out)?,
-                None => out,
-            });
-        }
-        let fused = fused.ok_or_else(|| LatteError::Value("num_frames: no window".into()))?;
-        Ok(fused.broadcast_div(&total)?)
+        let outs = self
+            .starts
+            .iter()
+            .map(|&s| self.inner.denoise(&x.narrow(axis, s, self.window)?, t, cond, grad))
+            .collect::<Result<Vec<_>>>()?;
+        self.fuse(&outs)
     }
 
-    fn staged<'b>(&'b self, _x: &Tensor, _t: &Tensor, _cond: &Condition) -> Result<Box<dyn StagedPass + 'b>> {
-        // One staged pass would have to span every window; a cache that skips a step for all windows at once is
-        // not built yet.
-        Err(LatteError::Value(
-            "cache: a step cache is not combined with videos longer than the model's clips yet; sample the long \
-             video without cache, or the trained length with it"
-                .into(),
-        ))
+    fn staged<'b>(&'b self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Box<dyn StagedPass + 'b>> {
+        let axis = self.axis();
+        let passes = self
+            .starts
+            .iter()
+            .map(|&s| self.inner.staged(&x.narrow(axis, s, self.window)?, t, cond))
+            .collect::<Result<Vec<_>>>()?;
+        let hidden = Tensor::cat(&passes.iter().map(|p| p.hidden()).collect::<Vec<_>>(), 0)?;
+        Ok(Box::new(WindowedPass {
+            windows: self,
+            passes,
+            hidden,
+        }))
     }
 
     fn teacache_fit(&self) -> Option<crate::cache::TeaCacheFit> {
@@ -231,6 +249,69 @@ impl Denoiser for TemporalWindows<'_> {
              sampling method); train on clips of the trained length"
                 .into(),
         ))
+    }
+}
+
+/// One step's staged pass over every window, for a step cache: the windows' block-stack inputs side by side on the
+/// batch axis (so a cache watches and reuses the whole video's), each window's blocks and final layer run by its
+/// own pass, and the final outputs fused as [`Denoiser::denoise`] fuses them.
+struct WindowedPass<'b> {
+    windows: &'b TemporalWindows<'b>,
+    passes: Vec<Box<dyn StagedPass + 'b>>,
+    hidden: Tensor,
+}
+
+impl WindowedPass<'_> {
+    /// `hidden` cut back into the windows' parts.
+    fn parts(&self, hidden: &Tensor) -> Result<Vec<Tensor>> {
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(self.passes.len());
+        for p in &self.passes {
+            let n = p.hidden().dim(0)?;
+            parts.push(hidden.narrow(0, start, n)?);
+            start += n;
+        }
+        Ok(parts)
+    }
+}
+
+impl StagedPass for WindowedPass<'_> {
+    fn hidden(&self) -> &Tensor {
+        &self.hidden
+    }
+
+    fn first_block_input(&self) -> Result<Tensor> {
+        let parts = self
+            .passes
+            .iter()
+            .map(|p| p.first_block_input())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.passes.iter().map(|p| p.num_blocks()).sum()
+    }
+
+    fn blocks(&self, hidden: &Tensor) -> Result<(Tensor, usize)> {
+        let mut outs = Vec::with_capacity(self.passes.len());
+        let mut ran = 0;
+        for (p, part) in self.passes.iter().zip(self.parts(hidden)?) {
+            let (out, n) = p.blocks(&part)?;
+            outs.push(out);
+            ran += n;
+        }
+        Ok((Tensor::cat(&outs, 0)?, ran))
+    }
+
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let outs = self
+            .passes
+            .iter()
+            .zip(self.parts(hidden)?)
+            .map(|(p, part)| p.head(&part))
+            .collect::<Result<Vec<_>>>()?;
+        self.windows.fuse(&outs)
     }
 }
 

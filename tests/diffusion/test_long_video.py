@@ -135,8 +135,6 @@ def test_bad_long_video_settings_are_refused_by_name():
     noise = np.zeros((1, 8, 3, 16, 16), np.float32)
     with pytest.raises(ValueError, match="num_frames: 12 asked for, but the noise has 8 frames"):
         latte_rs.sample(model, sched, y=y, noise=noise, num_frames=12, progress=False)
-    with pytest.raises(ValueError, match="cache: a step cache is not combined with videos longer"):
-        latte_rs.sample(model, sched, y=y, num_frames=8, cache=latte_rs.TeaCache(), progress=False)
 
 
 def test_the_cli_samples_long_videos_of_the_built_in_model(tmp_path, capsys):
@@ -151,3 +149,41 @@ def test_the_cli_samples_long_videos_of_the_built_in_model(tmp_path, capsys):
     assert cli.main(["sample", "--prompt", "a red disc", "--video-length", "16", "--long-video", "fifo",
                      "--output-dir", str(tmp_path), "--no-progress"]) == 2
     assert "long_video: 'fifo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("t2v", [False, True])
+def test_teacache_composes_with_windows(t2v):
+    """TeaCache over a long video decides once per step for the whole video (the windows' modulated inputs side
+    by side): threshold 0 is the uncached windowed output bit for bit; a positive threshold skips steps, each
+    skipped step skipping every window's blocks; same seed, same output."""
+    if t2v:
+        pipe = latte_rs.LatteT2VPipeline.from_pretrained(TINY_T2V)
+
+        def run(cache):
+            return pipe("a red square moving right", video_length=20, num_inference_steps=12, output_type="latent",
+                        progress=False, cache=cache).frames
+    else:
+        model = _model(learn_sigma=True)
+        # adaLN-Zero starts with a zero final layer (an output of zeros whatever the cache does): random weights.
+        rng = np.random.default_rng(0)
+        model.load_state_dict({k: (0.05 * rng.standard_normal(v.shape)).astype(v.dtype)
+                               for k, v in model.state_dict().items()})
+        sched = latte_rs.DDIMScheduler(clip_sample=False)
+
+        def run(cache):
+            return latte_rs.sample(model, sched, y=np.array([1]), num_frames=10, window_stride=2, cfg_scale=2.0,
+                                   num_inference_steps=12, seed=2, progress=False, cache=cache)
+    plain = run(None)
+    zero = latte_rs.TeaCache(threshold=0.0, coefficients=[1.0, 0.0])
+    assert np.array_equal(run(zero), plain)
+    cached = latte_rs.TeaCache(threshold=0.6, coefficients=[1.0, 0.0])
+    got = run(cached)
+    report = cached.report
+    skipped = report.steps_skipped
+    assert 0 < skipped < 12
+    windows = len(_starts(20, 8, 4)) if t2v else len(_starts(10, 4, 2))
+    assert report.blocks_per_pass % windows == 0
+    assert report.blocks_skipped == skipped * report.blocks_per_pass
+    assert report.blocks_computed == (12 - skipped) * report.blocks_per_pass
+    assert np.isfinite(got).all() and not np.array_equal(got, plain)
+    assert np.array_equal(run(latte_rs.TeaCache(threshold=0.6, coefficients=[1.0, 0.0])), got)
