@@ -163,12 +163,13 @@ pub(crate) fn run<'py>(
                 )));
             }
         }
-        // Within the trained length nothing changes; beyond it the model runs over windows.
+        // Within the trained length nothing changes; beyond it the model runs over windows (fewer frames are the
+        // model's to refuse, naming the shape it expects).
         let LongVideo::Windows { stride } = inputs.long_video;
-        let windows = if frames == trained {
-            None
-        } else {
+        let windows = if frames > trained {
             Some(TemporalWindows::new(model.as_ref(), frames, stride)?)
+        } else {
+            None
         };
         let denoiser: &dyn Denoiser = match &windows {
             Some(w) => w,
