@@ -75,7 +75,7 @@ impl AnyModel {
     }
 
     /// Sets (or clears) the TeaCache polynomial the model carries (see [`crate::cache`]).
-    pub fn set_teacache_fit(&self, fit: Option<crate::cache::TeaCacheFit>) {
+    pub fn set_teacache_fit(&self, fit: Option<crate::model::teacache_fit::TeaCacheFit>) {
         match self {
             Self::Latte(m) => m.set_teacache_fit(fit),
             Self::Text(m) => m.set_teacache_fit(fit),

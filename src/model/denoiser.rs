@@ -130,7 +130,7 @@ pub trait Denoiser: Send + Sync {
     /// The forward pass without gradients on checked inputs, split into stages (see [`StagedPass`]).
     fn staged<'a>(&'a self, x: &Tensor, t: &Tensor, cond: &Condition) -> Result<Box<dyn StagedPass + 'a>>;
     /// The TeaCache rescaling polynomial fitted for this model (its `teacache.json`), if it carries one.
-    fn teacache_fit(&self) -> Option<crate::cache::TeaCacheFit> {
+    fn teacache_fit(&self) -> Option<crate::model::teacache_fit::TeaCacheFit> {
         None
     }
     /// The trainable parameters, sorted by name.

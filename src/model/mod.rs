@@ -13,6 +13,7 @@ pub mod guidance;
 pub mod latte;
 pub mod open;
 pub mod t2v;
+pub mod teacache_fit;
 pub mod text;
 pub mod windows;
 

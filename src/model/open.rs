@@ -171,7 +171,7 @@ pub fn open_model(path: &Path, opts: &OpenOptions) -> Result<OpenedModel> {
         }
         Located::Diffusers(dir) => AnyModel::Text(LatteT2VModel::from_pretrained(&dir, &opts.device, None)?),
     };
-    if let Some(fit) = crate::cache::read_fit_beside(path)? {
+    if let Some(fit) = crate::model::teacache_fit::read_fit_beside(path)? {
         model.set_teacache_fit(Some(fit));
     }
     Ok(OpenedModel {

@@ -228,7 +228,7 @@ impl Denoiser for TemporalWindows<'_> {
         }))
     }
 
-    fn teacache_fit(&self) -> Option<crate::cache::TeaCacheFit> {
+    fn teacache_fit(&self) -> Option<crate::model::teacache_fit::TeaCacheFit> {
         self.inner.teacache_fit()
     }
 

@@ -8,12 +8,12 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::inputs;
 use super::network::Latte;
-use crate::cache::TeaCacheFit;
 use crate::config::{LatteConfig, Variant};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::denoiser::LockedPass;
 use crate::model::open::wrong_kind;
+use crate::model::teacache_fit::TeaCacheFit;
 use crate::model::{apply_guidance, Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn, StagedPass};
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
 use crate::nn::attention::{score_elements, AttentionKernel, AttentionShape};
@@ -95,7 +95,7 @@ impl LatteModel {
     /// Reads a file written by [`LatteModel::save`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let model = Self::from_model_file(&crate::io::read(path)?, path, device)?;
-        model.set_teacache_fit(crate::cache::read_fit_beside(path)?);
+        model.set_teacache_fit(crate::model::teacache_fit::read_fit_beside(path)?);
         Ok(model)
     }
 

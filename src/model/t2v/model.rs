@@ -9,11 +9,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::LatteT2VConfig;
 use super::inputs;
 use super::network::LatteT2V;
-use crate::cache::TeaCacheFit;
 use crate::error::{LatteError, Result};
 use crate::model::backprop::{backprop, loss_and_grads_by, param_tensors};
 use crate::model::denoiser::LockedPass;
 use crate::model::open::wrong_kind;
+use crate::model::teacache_fit::TeaCacheFit;
 use crate::model::{open_model, AnyModel, ModelKind, OpenOptions};
 use crate::model::{Condition, Denoiser, DenoiserSpec, GuidanceRule, LatentLayout, LossFn, StagedPass};
 use crate::nn::attention::{score_elements, AttentionKernel, AttentionShape};
@@ -78,7 +78,7 @@ impl LatteT2VModel {
         let dtype = dtype.unwrap_or_else(|| folder.tensors.values().next().map_or(DType::F32, |t| t.dtype()));
         let model = Self::uninitialised(&folder.config, device, dtype)?;
         model.load_state_dict(&folder.tensors, Some(&folder.source))?;
-        model.set_teacache_fit(crate::cache::read_fit_beside(dir)?);
+        model.set_teacache_fit(crate::model::teacache_fit::read_fit_beside(dir)?);
         Ok(model)
     }
 
