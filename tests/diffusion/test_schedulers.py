@@ -284,3 +284,33 @@ def test_sde_dpm_solver_honours_the_generator() -> None:
 
     np.testing.assert_array_equal(run(1), run(1))
     assert not np.allclose(run(1), run(2))
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "latte"])
+def test_dpm_solver_with_a_learned_variance_keeps_every_latent_channel(layout) -> None:
+    """Issue 31, item 4: diffusers' DPMSolverMultistepScheduler with ``variance_type="learned_range"`` cuts the
+    model output to its first 3 channels (``model_output[:, :3]``, written for RGB), one short of Latte's 4 latent
+    channels (its step then fails on the shapes, checked live below). Ours splits at the sample's channel count, on
+    diffusers' channel axis (B, C, F, H, W) or latte-rs's (B, F, C, H, W): the step equals the plain step on the
+    prediction half."""
+    rng = np.random.default_rng(0)
+    axis = 1 if layout == "diffusers" else 2
+    shape = (1, 4, 2, 8, 8) if layout == "diffusers" else (1, 2, 4, 8, 8)
+    sample = rng.standard_normal(shape).astype(np.float32)
+    output = rng.standard_normal(tuple(2 * d if i == axis else d for i, d in enumerate(shape))).astype(np.float32)
+    learned = latte_rs.DPMSolverMultistepScheduler(variance_type="learned_range")
+    plain = latte_rs.DPMSolverMultistepScheduler()
+    for s in (learned, plain):
+        s.set_timesteps(10)
+    t = learned.timesteps[0]
+    got = learned.step(output, t, sample).prev_sample
+    want = plain.step(np.take(output, range(4), axis=axis), t, sample).prev_sample
+    assert np.asarray(got).shape == shape
+    np.testing.assert_array_equal(got, want)
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    if layout == "diffusers":
+        ref = diffusers.DPMSolverMultistepScheduler(variance_type="learned_range")
+        ref.set_timesteps(10)
+        with pytest.raises(RuntimeError):  # 3 prediction channels against a 4-channel sample
+            ref.step(torch.from_numpy(output), ref.timesteps[0], torch.from_numpy(sample))
