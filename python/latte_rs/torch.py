@@ -455,11 +455,15 @@ class LatteT2VModule(nn.Module):
                                      bool(enable_temporal_attentions), *self._trainable)
         return _transformer_output(out) if return_dict else (out,)
 
+    #: diffusers' flag: this module keeps every activation for backward (the native ``latte_rs.Trainer``
+    #: checkpoints activations), so ``enable_gradient_checkpointing`` refuses as diffusers' models without it do.
+    _supports_gradient_checkpointing = False
+
     def enable_gradient_checkpointing(self, *args: Any, **kwargs: Any) -> None:
-        """diffusers' switch for activation checkpointing, which this module does not do: an error that says so
-        (the native ``latte_rs.Trainer`` checkpoints activations)."""
-        raise NotImplementedError("LatteT2VModule keeps every activation for backward (no gradient checkpointing); "
-                                  "latte_rs.Trainer(..., gradient_checkpointing=True) trains with it")
+        """diffusers' switch for activation checkpointing: a ``ValueError``, as diffusers raises for a model whose
+        ``_supports_gradient_checkpointing`` is False."""
+        raise ValueError(f"{type(self).__name__} does not support gradient checkpointing (it keeps every activation "
+                         "for backward); latte_rs.Trainer(..., gradient_checkpointing=True) trains with it")
 
     def __deepcopy__(self, memo: dict) -> LatteT2VModule:
         """A copy with its own Rust model (``copy.deepcopy(model)`` for an EMA)."""

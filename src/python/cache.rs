@@ -104,3 +104,12 @@ pub(crate) fn cache_arg(cache: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Py<
         }),
     }
 }
+
+/// A model's `teacache_coefficients` setter argument as the fit it carries (no input range), checked by name; the
+/// class and the text-to-video models share it.
+pub(crate) fn coefficients_fit(coefficients: Option<Vec<f64>>) -> PyResult<Option<crate::cache::TeaCacheFit>> {
+    coefficients
+        .map(|c| crate::cache::TeaCacheFit::new(c, None, "teacache_coefficients"))
+        .transpose()
+        .py()
+}

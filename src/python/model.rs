@@ -42,11 +42,8 @@ impl PyLatteModel {
 
     #[setter]
     fn set_teacache_coefficients(&self, coefficients: Option<Vec<f64>>) -> PyResult<()> {
-        let fit = coefficients
-            .map(|c| crate::cache::TeaCacheFit::new(c, None, "teacache_coefficients"))
-            .transpose()
-            .py()?;
-        self.inner.set_teacache_fit(fit);
+        self.inner
+            .set_teacache_fit(super::cache::coefficients_fit(coefficients)?);
         Ok(())
     }
 

@@ -233,3 +233,12 @@ def test_autograd_rules_and_errors():
         m(**inputs)
     with pytest.raises(TypeError, match="model: expected a latte_rs.LatteT2VTransformer"):
         LatteT2VModule(model=latte_rs.LatteModel(latte_rs.LatteConfig(depth=2, hidden_size=32, num_heads=2)))
+
+
+def test_gradient_checkpointing_is_refused_as_diffusers_refuses_it():
+    """diffusers' training scripts call ``enable_gradient_checkpointing()``; this module does not checkpoint, so
+    it refuses as diffusers' own models without support do (a ValueError), rather than training without it."""
+    module = LatteT2VModule.from_pretrained(TINY_T2V / "transformer")
+    assert module._supports_gradient_checkpointing is False
+    with pytest.raises(ValueError, match="does not support gradient checkpointing"):
+        module.enable_gradient_checkpointing()
