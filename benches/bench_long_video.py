@@ -17,6 +17,7 @@ Reported per length:
 
     python benches/bench_long_video.py                      # 8, 32, 64, 128 frames
     python benches/bench_long_video.py --lengths 8 32 --steps 20
+    python benches/bench_long_video.py --method fifo --lengths 32 64 128      # FIFO-Diffusion
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def seams(videos: np.ndarray) -> dict[str, float]:
             "max_change_over_median": float(max(changes) / med_change) if med_change > 0 else float("nan")}
 
 
-def worker(length: int, steps: int, stride: int | None, seed: int, noise: str = "freenoise") -> dict:
+def worker(length: int, steps: int, stride: int | None, seed: int, noise: str = "freenoise",
+           method: str = "windows", lookahead: bool = True) -> dict:
     import latte_rs
     from latte_rs import tiny_t2v
     from latte_rs.data.synthetic import HELD_OUT, synthetic_caption
@@ -83,7 +85,8 @@ def worker(length: int, steps: int, stride: int | None, seed: int, noise: str = 
     start = time.perf_counter()
     out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=tiny_t2v.GUIDANCE,
                num_inference_steps=steps, seed=seed, output_type="uint8", progress=False, video_length=length,
-               window_stride=stride, latents=latents)
+               window_stride=stride, latents=latents, long_video=method,
+               lookahead_denoising=None if method == "windows" else lookahead)
     seconds = time.perf_counter() - start
     frames = np.asarray(out.frames)
     per_window = [prompt_following(list(frames[:, s:s + 8]), combos) for s in range(0, length - 7, 8)]
@@ -91,7 +94,8 @@ def worker(length: int, steps: int, stride: int | None, seed: int, noise: str = 
     row.update(seams(frames))
     row.update(frames=length, windows_scored=len(per_window), videos=len(combos), seconds=seconds,
                seconds_per_video=seconds / len(combos), peak_rss_mib=peak_rss_mib(),
-               stride=stride, steps=steps, noise=noise, latte_rs=latte_rs.__version__)
+               stride=stride, steps=steps, noise=noise, method=method, lookahead=lookahead,
+               latte_rs=latte_rs.__version__)
     return row
 
 
@@ -103,10 +107,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", choices=("freenoise", "independent"), default="freenoise",
                     help="starting noise: FreeNoise's rescheduling (the default) or every frame drawn on its own")
+    ap.add_argument("--method", choices=("windows", "fifo"), default="windows",
+                    help="long_video: sliding windows (the default) or FIFO-Diffusion's diagonal denoising")
+    ap.add_argument("--no-lookahead", action="store_true", help="FIFO without lookahead denoising")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.steps, args.stride, args.seed, args.noise)))
+        print(json.dumps(worker(args.worker, args.steps, args.stride, args.seed, args.noise, args.method,
+                                not args.no_lookahead)))
         return
     rows = []
     print(f"CPU: {cpu_label(host())}")
@@ -115,14 +123,17 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for length in args.lengths:
         cmd = [sys.executable, __file__, "--worker", str(length), "--steps", str(args.steps), "--seed", str(args.seed),
-               "--noise", args.noise]
+               "--noise", args.noise, "--method", args.method]
+        if args.no_lookahead:
+            cmd.append("--no-lookahead")
         if args.stride is not None:
             cmd += ["--stride", str(args.stride)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(f"| {length} | {r['colour']:.2f} | {r['shape']:.2f} | {r['direction']:.2f} | {r['all']:.2f} | "
               f"{r['presence']:.3f} | {r['max_jump_over_median']:.1f} | {r['max_change_over_median']:.1f} | "
               f"{r['seconds_per_video']:.2f} | {r['peak_rss_mib']:.0f} |", flush=True)
-        setting = f"stride {args.stride or 'default'}, {args.noise} noise"
+        setting = (f"stride {args.stride or 'default'}, {args.noise} noise" if args.method == "windows"
+                   else f"fifo{'' if args.no_lookahead else ' with lookahead'}, {args.noise} noise")
         rows.append({"workload": f"tiny_t2v long video {length} frames, {args.steps} steps, {setting}",
                      "engine": "latte-rs",
                      "median_s": r["seconds"], **r})
