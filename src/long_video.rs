@@ -7,8 +7,8 @@
 //! - **FIFO** ([`LongVideo::Fifo`], FIFO-Diffusion's diagonal denoising, Kim et al. 2024): a queue of frames at
 //!   increasing noise levels, one level per slot. Each iteration runs the model on windows of the queue with one
 //!   timestep per frame ([`Denoiser::frames_per_timestep`]), steps every frame one level down, lets the head frame
-//!   (now clean) leave and a frame of fresh noise enter at the tail. Memory is bounded by the queue, whatever the
-//!   length of the video.
+//!   (now clean) leave and a frame of fresh noise enter at the tail. The model runs one window at a time: memory
+//!   is one window's activations and the queue's latents, whatever the length of the video.
 
 use candle_core::Tensor;
 
@@ -80,17 +80,18 @@ pub struct VideoRequest {
     pub latent_shape: Vec<usize>,
     /// Frames to make; None: the noise's, else `latent_shape`'s.
     pub num_frames: Option<usize>,
+    /// How frames beyond the trained length are made.
+    pub method: LongVideo,
 }
 
 /// Samples a video of any length: within `model`'s trained length the ordinary loop, bit for bit; beyond it
-/// `method`. Drawn noise comes from `rng` first, then the loop's noise.
+/// the request's method. Drawn noise comes from `rng` first, then the loop's noise.
 pub fn sample_video(
     model: &dyn Denoiser,
     scheduler: &mut dyn Scheduler,
     request: VideoRequest,
     cond: &Condition,
     opts: &SamplingOptions,
-    method: LongVideo,
     rng: &mut Generator,
     progress: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Sampled> {
@@ -121,7 +122,7 @@ pub fn sample_video(
         };
         return sampling::sample_with_report(model, scheduler, &noise, cond, opts, rng, progress);
     }
-    match method {
+    match request.method {
         LongVideo::Windows { stride } => {
             let windows = TemporalWindows::new(model, frames, stride)?;
             let noise = match request.noise {
@@ -337,21 +338,21 @@ impl<'a> Fifo<'a> {
         }
         let mut context: Vec<Tensor> = vec![slot_of(&first, 0)?; plan.context];
 
-        // The model's batch: every window's clips (and their unconditional twins), checked once.
+        // The model runs one window at a time (its clips, and their unconditional twins): memory of one window,
+        // as the windows method; the condition is checked once.
         let windows = plan.windows();
         let mut window_dims = noise.dims().to_vec();
         window_dims[axis] = trained;
-        window_dims[0] = batch * windows * if guided { 2 } else { 1 };
+        window_dims[0] = batch * if guided { 2 } else { 1 };
         model.check_memory(&window_dims, false)?;
-        let repeated = repeat_condition(cond, windows)?;
         let model_cond = if guided {
             let uncond = match &opts.uncond {
-                Some(u) => repeat_condition(u, windows)?,
-                None => model.null_condition(&repeated)?,
+                Some(u) => u.clone(),
+                None => model.null_condition(cond)?,
             };
-            repeated.concat(&uncond)?
+            cond.concat(&uncond)?
         } else {
-            repeated
+            cond.clone()
         };
         let model_cond = model.check_condition(&model_cond, &window_dims)?;
         let spec = model.spec();
@@ -370,36 +371,32 @@ impl<'a> Fifo<'a> {
                 inputs.push(s.scale_model_input(x, levels[j])?);
                 slot_levels.push(levels[j]);
             }
-            let mut window_inputs = Vec::with_capacity(windows);
-            let mut t_rows: Vec<f32> = Vec::with_capacity(windows * plan.window * batch);
             for m in 0..windows {
                 let s = plan.window_start(m);
                 let parts: Vec<&Tensor> = inputs[s..s + plan.window].iter().collect();
-                window_inputs.push(Tensor::cat(&parts, axis)?);
-                for _ in 0..batch {
-                    t_rows.extend(slot_levels[s..s + plan.window].iter().map(|&t| t as f32));
+                let mut input = Tensor::cat(&parts, axis)?;
+                let levels_row: Vec<f32> = slot_levels[s..s + plan.window].iter().map(|&t| t as f32).collect();
+                if guided {
+                    input = Tensor::cat(&[&input, &input], 0)?;
                 }
-            }
-            let mut input = Tensor::cat(&window_inputs, 0)?;
-            if guided {
-                input = Tensor::cat(&[&input, &input], 0)?;
-                t_rows.extend_from_within(..);
-            }
-            let rows = input.dim(0)?;
-            let t = Tensor::from_vec(t_rows, (rows, plan.window), &device)?;
-            let out = model
-                .denoise(&input.to_dtype(model.dtype())?, &t, &model_cond, false)?
-                .detach()
-                .to_dtype(dtype)?;
-            let out = if guided {
-                apply_guidance(&out, scale, spec.guidance_rule, caxis, channels)?
-            } else {
-                out
-            };
-            for m in 0..windows {
-                let window_out = out.narrow(0, m * batch, batch)?;
+                let rows = input.dim(0)?;
+                let t = Tensor::new(levels_row.as_slice(), &device)?
+                    .unsqueeze(0)?
+                    .broadcast_as((rows, plan.window))?
+                    .contiguous()?;
+                let out = model
+                    .denoise(&input.to_dtype(model.dtype())?, &t, &model_cond, false)?
+                    .detach()
+                    .to_dtype(dtype)?;
+                let out = if guided {
+                    apply_guidance(&out, scale, spec.guidance_rule, caxis, channels)?
+                } else {
+                    out
+                };
+                // Each window's outputs are computed from the queue before this iteration's steps: a window reads
+                // `inputs`, scaled before any slot moved.
                 for j in plan.updates(m) {
-                    let o = window_out.narrow(axis, plan.position(m, j) * slot, slot)?;
+                    let o = out.narrow(axis, plan.position(m, j) * slot, slot)?;
                     let o = if schedulers[j].uses_variance() || o.dim(caxis)? == channels {
                         o
                     } else {
@@ -409,10 +406,7 @@ impl<'a> Fifo<'a> {
                         eta: opts.eta,
                         ..StepOptions::new(Noise::Source(rng))
                     };
-                    queue[j] = schedulers[j]
-                        .step(&o, levels[j], &queue[j], &mut step)?
-                        .prev_sample
-                        .detach();
+                    queue[j] = schedulers[j].step(&o, levels[j], &queue[j], &mut step)?.prev_sample.detach();
                 }
             }
             // The head is clean: it leaves (into the video after the warm-up) and becomes context.
@@ -453,15 +447,6 @@ impl<'a> Fifo<'a> {
             cache_report: None,
         })
     }
-}
-
-/// `cond` for `n` copies of its batch, one after another (the windows of one iteration).
-fn repeat_condition(cond: &Condition, n: usize) -> Result<Condition> {
-    let mut out = cond.clone();
-    for _ in 1..n {
-        out = out.concat(cond)?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

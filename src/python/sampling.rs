@@ -126,6 +126,7 @@ pub(crate) fn run<'py>(
             noise: inputs.noise,
             latent_shape,
             num_frames: inputs.num_frames,
+            method: inputs.long_video,
         };
         sample_video(
             model.as_ref(),
@@ -133,7 +134,6 @@ pub(crate) fn run<'py>(
             request,
             &inputs.cond,
             &inputs.opts,
-            inputs.long_video,
             &mut rng,
             progress,
         )
