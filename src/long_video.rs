@@ -212,26 +212,32 @@ impl FifoPlan {
         j + self.context - self.window_start(m)
     }
 
-    /// Iterations: the warm-up (the queue's slots ahead of the first clip's) and one per video slot.
+    /// Iterations: one per video slot (the queue starts with the video's first `queue` slots, see
+    /// [`FifoPlan::initial_slot`]).
     pub fn iterations(&self) -> usize {
-        self.queue - self.window + self.video
+        self.video
     }
 
-    /// The video slot that leaves the queue at iteration `k`, or None during the warm-up.
-    pub fn leaving(&self, k: usize) -> Option<usize> {
-        (k + self.window).checked_sub(self.queue)
+    /// The video slot that leaves the queue at iteration `k`.
+    pub fn leaving(&self, k: usize) -> usize {
+        k
     }
 
     /// The video slot whose noise enters the queue's tail at the end of iteration `k` (it leaves at iteration
     /// `k + queue`).
     pub fn entering(&self, k: usize) -> usize {
-        k + self.window
+        k + self.queue
     }
 
-    /// The first clip's slot the queue's slot `j` starts from (the slots ahead of the clip's last `window` hold
-    /// its first slot): FIFO-Diffusion's initialisation.
+    /// The queue's start: slot `j` holds video slot `j`, made of the first clip's slot `min(j, window - 1)` (the
+    /// clip at the head, its last slot standing in for the frames after it, which sit at the higher levels where
+    /// little of it is left) noised to the slot's level with video slot `j`'s noise.
+    ///
+    /// FIFO-Diffusion puts the clip at the tail instead, behind copies of its first frame, and drops the frames
+    /// that leave before the clip: on the built-in models that start makes a still video (the copies are every
+    /// frame's context), this one a video that opens with the first clip's motion (see the docs' table).
     pub fn initial_slot(&self, j: usize) -> usize {
-        j.saturating_sub(self.queue - self.window)
+        j.min(self.window - 1)
     }
 }
 
@@ -327,12 +333,16 @@ impl<'a> Fifo<'a> {
         let mut levels = scheduler.timesteps();
         levels.reverse();
         let slot_of = |x: &Tensor, j: usize| x.narrow(axis, j * slot, slot);
-        // The queue, FIFO-Diffusion's initialisation: the first clip's slots noised diagonally to each slot's level.
+        // The queue's start: the video's first slots, the first clip's noised diagonally to each slot's level.
         let mut queue = Vec::with_capacity(plan.queue);
         let mut schedulers: Vec<Box<dyn Scheduler>> = Vec::with_capacity(plan.queue);
         for (j, &level) in levels.iter().enumerate() {
             let clean = slot_of(&first, plan.initial_slot(j))?;
-            let eps = rng.randn(clean.dims(), dtype, &device)?;
+            let eps = if j < plan.video {
+                slot_of(&noise, j)?
+            } else {
+                rng.randn(clean.dims(), dtype, &device)?
+            };
             queue.push(scheduler.add_noise(&clean, &eps, &[level])?);
             schedulers.push(scheduler.clone_box());
         }
@@ -406,15 +416,16 @@ impl<'a> Fifo<'a> {
                         eta: opts.eta,
                         ..StepOptions::new(Noise::Source(rng))
                     };
-                    queue[j] = schedulers[j].step(&o, levels[j], &queue[j], &mut step)?.prev_sample.detach();
+                    queue[j] = schedulers[j]
+                        .step(&o, levels[j], &queue[j], &mut step)?
+                        .prev_sample
+                        .detach();
                 }
             }
-            // The head is clean: it leaves (into the video after the warm-up) and becomes context.
+            // The head is clean: it leaves into the video and becomes context.
             let head = queue.remove(0);
             schedulers.remove(0);
-            if plan.leaving(k).is_some() {
-                video.push(head.clone());
-            }
+            video.push(head.clone());
             if plan.context > 0 {
                 context.remove(0);
                 context.push(head);
@@ -454,7 +465,7 @@ mod tests {
     use super::*;
 
     /// Every queue slot is updated by exactly one window per iteration, from the window's later part, the windows
-    /// stay inside [context | queue], and the slots leave in video order after the warm-up.
+    /// stay inside [context | queue], and the slots leave in video order.
     #[test]
     fn the_plan_updates_every_slot_once_and_emits_the_video_in_order() {
         for (window, steps, lookahead) in [
@@ -484,14 +495,15 @@ mod tests {
                 updated.iter().all(|&u| u == 1),
                 "{window} {steps} {lookahead}: {updated:?}"
             );
-            let emitted: Vec<usize> = (0..plan.iterations()).filter_map(|k| plan.leaving(k)).collect();
+            let emitted: Vec<usize> = (0..plan.iterations()).map(|k| plan.leaving(k)).collect();
             assert_eq!(emitted, (0..20).collect::<Vec<_>>());
             // A slot entering at k leaves at k + queue as the video slot it was drawn for.
             for k in 0..plan.iterations() {
-                if let Some(v) = plan.leaving(k + plan.queue) {
-                    assert_eq!(v, plan.entering(k));
-                }
+                assert_eq!(plan.leaving(k + plan.queue), plan.entering(k));
             }
+            // The start holds the video's first slots, the clip's then its last.
+            assert_eq!(plan.initial_slot(0), 0);
+            assert_eq!(plan.initial_slot(plan.queue - 1), window - 1);
         }
     }
 }

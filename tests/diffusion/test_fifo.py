@@ -84,13 +84,13 @@ def test_the_text_to_video_transformer_takes_one_timestep_per_frame():
 
 
 def fifo_reference(model, y, frames, steps, lookahead, seed, scheduler_factory):
-    """FIFO-Diffusion written out in NumPy over the model's own forward pass and the scheduler's own step: the
-    first clip sampled as usual; a queue of `steps` frames, frame j at the j-th lowest level, initialised with the
-    clip's frames noised diagonally (the slots ahead of the clip's last `window` hold its first frame); each
+    """FIFO denoising written out in NumPy over the model's own forward pass and the scheduler's own step: the
+    first clip sampled as usual; a queue of `steps` frames, frame j at the j-th lowest level, starting as the video's
+    first frames (the clip's, then its last frame standing in) noised diagonally with each frame's own noise; each
     iteration runs windows of the trained length with one timestep per frame (with lookahead: half a window apart,
     after `window/2` frames of context, the frames that left last, at the lowest level), each frame updated by the
-    window in whose later part it sits, then the head leaves (into the video after the warm-up) and fresh noise
-    enters. The random draws follow the generator in the order the method documents."""
+    window in whose later part it sits, then the head leaves into the video and the next frame's noise enters.
+    Draws beyond the video's noise come from the generator in the order the method documents."""
     w = model.config.num_frames
     g = latte_rs.Generator(seed)
     b = len(y)
@@ -103,10 +103,12 @@ def fifo_reference(model, y, frames, steps, lookahead, seed, scheduler_factory):
     levels = list(np.asarray(sched.timesteps)[::-1])
     stride = w // 2 if lookahead and w % 2 == 0 and w >= 2 else w
     ctx = w - stride
-    queue = []
-    for j in range(queue_len):
-        clean = first[:, [max(0, j - (queue_len - w))]]
-        queue.append(np.asarray(sched.add_noise(clean, g.randn([b, 1, 3, 16, 16]), np.array([levels[j]]))))
+
+    def noise_of(frame):
+        return noise[:, [frame]] if frame < frames else g.randn([b, 1, 3, 16, 16])
+
+    queue = [np.asarray(sched.add_noise(first[:, [min(j, w - 1)]], noise_of(j), np.array([levels[j]])))
+             for j in range(queue_len)]
     context = [first[:, [0]]] * ctx
     video, k = [], 0
     while len(video) < frames:
@@ -123,12 +125,10 @@ def fifo_reference(model, y, frames, steps, lookahead, seed, scheduler_factory):
                 new[j] = np.asarray(sched.step(out[:, [p]], levels[j], queue[j]).prev_sample)
         queue = new
         head = queue.pop(0)
-        if k >= queue_len - w:
-            video.append(head)
+        video.append(head)
         if ctx:
             context = context[1:] + [head]
-        entering = k + w
-        queue.append(noise[:, [entering]] if entering < frames else g.randn([b, 1, 3, 16, 16]))
+        queue.append(noise_of(k + queue_len))
         k += 1
     return np.concatenate(video, axis=1)
 
