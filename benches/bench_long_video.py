@@ -213,7 +213,8 @@ def main() -> None:
               f"{r['seconds_per_video']:.2f} | {r['peak_rss_mib']:.0f} |", flush=True)
         setting = {"windows": f"stride {args.stride or 'default'}, {args.noise} noise",
                    "fifo": f"fifo{'' if args.no_lookahead else ' with lookahead'}, {args.noise} noise",
-                   "single-pass": f"single pass, temporal table extended, {args.noise} noise"}[args.method]
+                   "single-pass": f"single pass, temporal table {'repeated' if args.model == 'class' else 'extended'}, "
+                                  f"{args.noise} noise"}[args.method]
         name = "tiny class model" if args.model == "class" else "tiny_t2v"
         rows.append({"workload": f"{name} long video {length} frames, {args.steps} steps, {setting}",
                      "engine": "latte-rs",
