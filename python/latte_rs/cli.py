@@ -13,8 +13,8 @@ import numpy as np
 import yaml
 
 from . import hub, tiny_t2v
-from .ablation import STUDIES, ablate
 from ._native import LatteConfig, LatteModel, T5TextEncoder, VideoVAE
+from .ablation import STUDIES, ablate
 from .cache import TeaCache, cache_report
 from .data import CaptionedVideos, encode_dataset
 from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
@@ -586,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"ablate": _ablate, "demo": _demo, "forward": _forward, "train": _train, "encode": _encode, "fvd": _fvd, "sample": _sample,
+    commands = {"ablate": _ablate, "demo": _demo,
+                "forward": _forward, "train": _train, "encode": _encode, "fvd": _fvd, "sample": _sample,
                 "tiny-t2v": _tiny_t2v}
     try:
         return commands[args.command](args)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.synthetic import BACKGROUND, CLASS_COLOURS, DIRECTIONS, SHAPES, TARGET_COLOUR, shape_mask
+from ..data.synthetic import BACKGROUND, CLASS_COLOURS, DIRECTIONS, SHAPES, shape_mask
 
 _BACKGROUND01 = (BACKGROUND + 1) / 2
 _COLOURS01 = (np.asarray(CLASS_COLOURS, dtype=np.float64) + 1) / 2

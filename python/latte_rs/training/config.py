@@ -331,9 +331,8 @@ def make_dataset(cfg: Mapping[str, Any]):
     base = name.removesuffix("_img")
     if base not in loaders:
         known = ", ".join(loaders)
-        raise ValueError(f"dataset: expected one of synthetic, synthetic_time, synthetic_captions, latents, captions, {known} (or "
-                         f"their _img forms), "
-                         f"got {name!r}")
+        raise ValueError(f"dataset: expected one of synthetic, synthetic_time, synthetic_captions, latents, "
+                         f"captions, {known} (or their _img forms), got {name!r}")
     if not cfg["data_path"]:
         raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
     joint = cfg["use_image_num"] if name.endswith("_img") else 0
