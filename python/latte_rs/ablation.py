@@ -52,6 +52,7 @@ from ._inputs import check_int, read_text
 from ._native import LatteConfig, LatteModel
 from .data.synthetic import TARGET_COLOUR
 from .demo import pixel_fd, real_clips
+from .distributed import world
 from .evaluation import Protocol, feature_stats, fvd
 from .evaluation.prompt_following import measure, motion_consistency
 from .evaluation.settings import MIN_FRAMES
@@ -220,6 +221,15 @@ def flops_per_step(config: LatteConfig, batch_size: int) -> int:
 # --- files ----------------------------------------------------------------------------------------------------------
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Renames the finished temporary file `tmp` over `path`, with the permissions a new file gets (mkstemp makes
+    it private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,7 +237,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -339,6 +349,9 @@ def ablate(study: str = "all", dataset: str | Path | Mapping[str, Any] = "synthe
         progress: a progress bar over the evaluations of all runs.
     """
     studies = _check_args(study, steps, seeds, eval_every, eval_clips, sampling_steps, guidance_scale)
+    if world()[1] > 1:  # every rank would evaluate and write the same files
+        raise ValueError(f"WORLD_SIZE: expected 1 (ablate runs in one process; under torchrun not yet), got "
+                         f"{world()[1]}")
     training = _dataset_training(dataset)
     base_model = {**BASE_MODEL, **(model or {})}
     model_config({**load_config(training), "model_config": base_model})  # refuses bad model options up front
@@ -428,8 +441,12 @@ def _reference(out: Path, settings: Settings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".real_clips-", suffix=".npz", dir=out)
     os.close(fd)
-    np.savez(tmp, videos=real, labels=labels)
-    os.replace(tmp, clips_file)
+    try:
+        np.savez(tmp, videos=real, labels=labels)
+        _publish(tmp, clips_file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     readout = _synthetic_readout(settings.training)
     ref: dict[str, Any] = {"clips": n, "pixel_fd_real_vs_real": pixel_fd(real, other),
                            **{f"real_{k}": v for k, v in _pixel_scores(other, other_labels, readout).items()}}
@@ -656,7 +673,7 @@ def _plot(rows: list[dict[str, Any]], score: str, path: Path, title: str) -> Non
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

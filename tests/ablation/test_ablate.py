@@ -153,6 +153,12 @@ def test_bad_arguments_are_refused_by_name(tmp_path: Path, kwargs: dict, message
     assert not (tmp_path / "ablation.json").exists()
 
 
+def test_torchrun_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE: expected 1 \(ablate runs in one process.*got 2"):
+        ablate("temporal", output_dir=tmp_path, progress=False)
+
+
 def test_the_command_line_refuses_in_one_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         cli.main(["ablate", "--study", "sizes"])
