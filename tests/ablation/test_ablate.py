@@ -130,6 +130,16 @@ def test_same_seed_same_table_and_an_interrupted_study_resumes(tmp_path: Path, m
                 [{k: v for k, v in r.items() if k not in timing} for r in whole]
 
 
+def test_the_shapes_data_is_scored_by_colour_and_shape(tmp_path: Path) -> None:
+    shapes = {**TINY, "dataset": {**TINY["dataset"], "dataset": "synthetic", "label_by": "shape",
+                                  "class_colours": True}}
+    ablate("injection", steps=1, seeds=1, eval_every=1, output_dir=tmp_path, **shapes)
+    evals = json.loads((tmp_path / "runs" / "base" / "seed-0" / "evals.json").read_text())
+    assert {"colour", "shape", "motion_consistency", "pixel_fd"} <= set(evals[0]) and "direction" not in evals[0]
+    reference = json.loads((tmp_path / "reference.json").read_text())
+    assert reference["real_colour"] == 1.0
+
+
 def test_a_study_folder_resumes_only_with_the_same_settings(tmp_path: Path) -> None:
     ablate("injection", steps=1, seeds=1, eval_every=1, output_dir=tmp_path, **TINY)
     with pytest.raises(ValueError, match=r"output_dir: .* steps=1; expected the same settings .* steps=2"):
