@@ -327,8 +327,8 @@ class AblationResult:
     plots: list[Path]
 
 
-def ablate(study: str = "all", dataset: str | Path | Mapping[str, Any] = "synthetic_time", *, steps: int = 800,
-           seeds: int = 2, eval_every: int = 200, output_dir: str | Path = "ablation", eval_clips: int = 32,
+def ablate(study: str = "all", dataset: str | Path | Mapping[str, Any] = "synthetic_time", *, steps: int = 1000,
+           seeds: int = 2, eval_every: int = 250, output_dir: str | Path = "ablation", eval_clips: int = 32,
            sampling_steps: int = 25, guidance_scale: float = 2.0, fvd: bool = True,
            model: Mapping[str, Any] | None = None, progress: bool = True) -> AblationResult:
     """Runs (or resumes) Latte's design study and writes its results (see the module docs).

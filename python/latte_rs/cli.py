@@ -398,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--dataset", default="synthetic_time",
                     help="synthetic_time (built in: time matters), synthetic (built in: coloured shapes), or a "
                     "training config YAML with pixel_space: true (default: synthetic_time)")
-    ab.add_argument("--steps", type=_COUNT, default=800, help="training steps of every run (default: 800)")
+    ab.add_argument("--steps", type=_COUNT, default=1000, help="training steps of every run (default: 1000)")
     ab.add_argument("--seeds", type=_COUNT, default=2, help="seeds per configuration (default: 2)")
-    ab.add_argument("--eval-every", type=_COUNT, default=200, help="steps between evaluations (default: 200)")
+    ab.add_argument("--eval-every", type=_COUNT, default=250, help="steps between evaluations (default: 250)")
     ab.add_argument("--eval-clips", type=_CLIPS, default=32, help="clips per evaluation (default: 32)")
     ab.add_argument("--sampling-steps", type=_COUNT, default=25, help="DDPM steps per sample (default: 25)")
     ab.add_argument("--guidance", type=_GUIDANCE, default=2.0, help="classifier-free guidance (default: 2.0)")
