@@ -605,19 +605,23 @@ def _write_results(out: Path, settings: Settings, studies: list[str], seeds: int
     results: dict[str, Any] = {"settings": settings.to_dict(), "score": score, "reference": reference,
                                "compared_at": "equal training iterations (steps); FLOPs per step recorded beside",
                                "studies": {}}
+    name_of = {"fvd": "FVD", "pixel_fd": "pixel FD"}
+    real = [f"{name_of[k]} {reference[f'{k}_real_vs_real']:.1f}" for k in ("fvd", "pixel_fd")
+            if f"{k}_real_vs_real" in reference]
+    real += [f"{k.removeprefix('real_').replace('_', ' ')} {v:.2f}" for k, v in reference.items()
+             if k.startswith("real_")]
     lines = [f"# Latte design study ({settings.training['dataset']}, {settings.steps} steps, {seeds} seeds)", "",
-             f"Score: {score} over {settings.eval_clips} clips (lower is better); final and best over the "
-             f"evaluations, mean ± standard deviation over the finished seeds. Real clips against real clips: "
-             f"{score} {reference.get(score + '_real_vs_real', float('nan')):.1f}"
-             + "".join(f", {k.removeprefix('real_')} {v:.2f}" for k, v in reference.items()
-                       if k.startswith("real_")) + ".", ""]
+             f"Score: {name_of[score]} over {settings.eval_clips} clips (lower is better), final (at step "
+             f"{settings.steps}) and best over the evaluations, mean ± standard deviation over the finished seeds. "
+             f"Held-out real clips scored the same way: {', '.join(real)}.", ""]
     for name in studies:
         rows = [_configuration_result(out, settings, c, seeds)
                 for c in study_configurations(name, settings.base_model)]
         results["studies"][name] = {"paper": PAPER_FINDINGS[name], "configurations": rows}
         extra = [k for k in ("direction", "colour", "shape", "motion_consistency")
                  if any(k in r["final"] for r in rows)]
-        header = ["configuration", "parameters", "GFLOPs/step", "seeds", f"final {score}", f"best {score}"]
+        header = ["configuration", "parameters", "GFLOPs/step", "seeds", f"final {name_of[score]}",
+                  f"best {name_of[score]}"]
         if score != "pixel_fd":
             header.append("final pixel FD")
         header += [k.replace("_", " ") for k in extra] + ["s/step"]
@@ -662,7 +666,7 @@ def _plot(rows: list[dict[str, Any]], score: str, path: Path, title: str) -> Non
         (line,) = ax.plot(steps, mean, marker="o", ms=3, label=r["label"])
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("training iterations")
-    ax.set_ylabel(score.upper() if score == "fvd" else score.replace("_", " "))
+    ax.set_ylabel({"fvd": "FVD", "pixel_fd": "pixel FD"}[score] + " (lower is better)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if ax.lines:
