@@ -8,7 +8,7 @@
 (1, 4, 8, 16, 16)
 """
 
-from . import data, demo, evaluation, hub
+from . import ablation, data, demo, evaluation, hub
 from ._autocast import autocast
 from ._native import (
     BF16_AUTOCAST_SUPPORTED,
@@ -29,6 +29,7 @@ from ._native import (
     open_model,
     set_kernel_path,
 )
+from .ablation import ablate
 from .cache import CacheReport, TeaCache
 from .evaluation import fvd
 from .pipelines import LatteOutput, LattePipeline, LatteT2VPipeline
@@ -69,6 +70,8 @@ __all__ = [
     "Trainer",
     "VideoVAE",
     "__version__",
+    "ablate",
+    "ablation",
     "autocast",
     "data",
     "demo",

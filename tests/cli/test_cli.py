@@ -67,7 +67,7 @@ def test_a_prompt_to_a_class_model_file_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "encode", "fvd", "sample"])
+@pytest.mark.parametrize("command", ["ablate", "demo", "train", "encode", "fvd", "sample"])
 def test_every_option_is_described_in_help(command, capsys):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[command]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from latte_rs.data import SyntheticVideos
+from latte_rs.data.synthetic import BACKGROUND, CLASS_COLOURS, TARGET_COLOUR
+from latte_rs.evaluation.prompt_following import measure, motion_consistency
 
 
 def test_clips_are_deterministic_shaped_and_in_range() -> None:
@@ -103,3 +107,53 @@ def test_torch_dataloader_with_workers_gives_the_same_batches() -> None:
     multi = [b for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)]
     for (v1, l1), (v2, l2) in zip(single, multi, strict=True):
         assert torch.equal(v1, v2) and torch.equal(l1, l2)
+
+
+def test_the_default_stream_is_unchanged_by_the_time_setting() -> None:
+    # The clips of the options that existed before the "time" setting, as they were rendered then.
+    digest = hashlib.sha256()
+    for kwargs in ({}, {"label_by": "motion", "num_shapes": 3}, {"class_colours": True, "num_shapes": 2}):
+        ds = SyntheticVideos(num_clips=8, num_frames=6, image_size=24, seed=3, **kwargs)
+        for i in range(8):
+            video, label = ds[i]
+            digest.update(video.tobytes())
+            digest.update(str(label).encode())
+    assert digest.hexdigest() == "c457000bbfe20610e9fa07fb562e201fbdd7d2e4d00e720a78ac0867ebc59df4"
+
+
+def test_time_setting_labels_by_the_opening_motion_of_the_white_shape_only() -> None:
+    ds = SyntheticVideos.setting("time", num_clips=48, num_frames=16, image_size=16, shape_size=(0.12, 0.2),
+                                 speed=1 / 16, seed=5)
+    again = SyntheticVideos.setting("time", num_clips=48, num_frames=16, image_size=16, shape_size=(0.12, 0.2),
+                                    speed=1 / 16, seed=5)
+    np.testing.assert_array_equal(ds[7][0], again[7][0])  # deterministic from the seed
+    videos = [(ds[i][0].transpose(0, 2, 3, 1) + 1) / 2 for i in range(len(ds))]
+    labels = [ds[i][1] for i in range(len(ds))]
+    assert sorted(set(labels)) == [0, 1, 2, 3]
+    # The labelled shape is found by its colour, which is the same in every class: the direction it opens moving in
+    # is the label, read off the frames in order.
+    read = [measure(v, TARGET_COLOUR) for v in videos]
+    assert np.mean([r[2] == y for r, y in zip(read, labels, strict=True)]) == 1.0
+    shuffled = [v[np.random.default_rng(i).permutation(16)] for i, v in enumerate(videos)]  # the frames out of order
+    assert np.mean([measure(v, TARGET_COLOUR)[2] == y for v, y in zip(shuffled, labels, strict=True)]) < 0.6
+    assert motion_consistency(videos, speed=1.0, colour=TARGET_COLOUR) > 0.8
+    # Distractors pass in front of the labelled shape in some clips and behind it in others: the same clips with
+    # the labelled shape always at the bottom differ, and where they do the white shape is on top in some clips.
+    bottom = SyntheticVideos(num_clips=48, num_frames=16, image_size=16, label_by="motion", num_shapes=3,
+                             target_colour=True, shape_size=(0.12, 0.2), speed=1 / 16, seed=5)
+    white = np.asarray(TARGET_COLOUR, np.float32)[None, :, None, None]
+    on_top = [((ds[i][0] != bottom[i][0]).any(axis=1) & (ds[i][0] == white).all(axis=1)).any() for i in range(48)]
+    assert 0 < sum(on_top) < 48
+    colours = {tuple(c) for i in range(8) for c in ds[i][0].transpose(0, 2, 3, 1).reshape(-1, 3).tolist()}
+    palette = {tuple(np.float32(c).tolist()) for c in (TARGET_COLOUR, *CLASS_COLOURS, (BACKGROUND,) * 3)}
+    assert colours <= palette
+
+
+def test_settings_are_named_and_fix_their_options() -> None:
+    assert SyntheticVideos.setting("shapes", num_clips=2).label_by == "shape"
+    with pytest.raises(ValueError, match=r"setting: expected one of \['shapes', 'time'\], got 'motion'"):
+        SyntheticVideos.setting("motion")
+    with pytest.raises(ValueError, match=r"setting: 'time' fixes \['num_shapes'\]"):
+        SyntheticVideos.setting("time", num_shapes=1)
+    with pytest.raises(ValueError, match="target_colour: expected False with class_colours=True"):
+        SyntheticVideos(class_colours=True, target_colour=True)

@@ -39,7 +39,8 @@ def test_stub_examples(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", ["latte_rs", "latte_rs.data.synthetic", "latte_rs.training",
                                     "latte_rs.evaluation.metrics", "latte_rs.evaluation",
                                     "latte_rs.evaluation.protocol", "latte_rs.pipelines", "latte_rs.video_io",
-                                    "latte_rs.torch", "latte_rs.hub", "latte_rs.cache"])
+                                    "latte_rs.torch", "latte_rs.hub", "latte_rs.cache", "latte_rs.ablation",
+                                    "latte_rs.evaluation.prompt_following"])
 def test_module_examples(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

@@ -4,6 +4,15 @@ It needs no downloads, is deterministic from a seed (clip `i` depends only on `s
 from any process or worker), and has any resolution and length. Labels are the shape (square, disc, triangle,
 cross) or the direction the clip opens moving in (right, left, down, up; it reverses at walls), so
 class-conditional models have something to learn.
+
+Named settings (``SETTINGS``, ``SyntheticVideos.setting``; the training configs' ``dataset: synthetic_time``):
+
+- ``"shapes"``: the defaults above; a clip's label can largely be read off any one frame.
+- ``"time"``: a benchmark where time matters. The label is the direction the labelled shape opens moving in
+  (it bounces off the walls later, so the order of the frames decides it); the labelled shape is painted white
+  (``TARGET_COLOUR``) in a random shape and two distractors in the palette's colours move in random directions,
+  bouncing too; the shapes are stacked in a random order per clip, so distractors pass in front of the labelled
+  shape as well as behind it. No single frame says the label.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ DIRECTIONS = ("right", "left", "down", "up")
 BACKGROUND = -0.8
 #: The colours (in [-1, 1]) of the labelled shape of each class with ``class_colours=True``: red, green, blue, yellow.
 CLASS_COLOURS = ((0.9, -0.45, -0.45), (-0.4, 0.8, -0.4), (-0.3, -0.1, 1.0), (0.95, 0.8, -0.5))
+#: The colour (in [-1, 1]) of the labelled shape with ``target_colour=True``: white, apart from the palette.
+TARGET_COLOUR = (0.95, 0.95, 0.95)
 _DIRECTION_VECTORS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
 
 
@@ -60,6 +71,11 @@ class SyntheticVideos:
         shape_size: the range a shape's radius is drawn from, as fractions of `image_size` (default 0.08 to 0.16).
         class_colours: paint the labelled shape in its class's colour (``CLASS_COLOURS``) instead of a random one,
             an easier task whose samples are easy to check by eye.
+        target_colour: paint the labelled shape ``TARGET_COLOUR`` and the distractors in colours of
+            ``CLASS_COLOURS`` drawn at random, so the labelled shape can be found while its colour says nothing
+            of the label.
+        shuffle_depth: stack the shapes in a random order per clip (default: the labelled shape at the bottom,
+            under every distractor).
         seed: the dataset's seed.
 
     >>> ds = SyntheticVideos(num_clips=8, num_frames=4, image_size=32)
@@ -79,6 +95,8 @@ class SyntheticVideos:
         speed: float = 1 / 32,
         shape_size: tuple[float, float] = (0.08, 0.16),
         class_colours: bool = False,
+        target_colour: bool = False,
+        shuffle_depth: bool = False,
         seed: int = 0,
     ) -> None:
         if num_clips < 1:
@@ -115,8 +133,30 @@ class SyntheticVideos:
         self.num_shapes = num_shapes
         self.speed = speed
         self.shape_size = (low_size, high_size)
+        if class_colours and target_colour:
+            raise ValueError("target_colour: expected False with class_colours=True (the labelled shape has one "
+                             "colour), got True")
         self.class_colours = bool(class_colours)
+        self.target_colour = bool(target_colour)
+        self.shuffle_depth = bool(shuffle_depth)
         self.seed = check_int("seed", seed, 0)
+
+    @classmethod
+    def setting(cls, name: str, **kwargs) -> SyntheticVideos:
+        """The dataset of a named setting (``SETTINGS``), with other arguments (clips, frames, size, geometry,
+        seed) as given.
+
+        >>> ds = SyntheticVideos.setting("time", num_clips=4, num_frames=16, image_size=16)
+        >>> ds.label_by, ds.num_shapes, ds.class_names
+        ('motion', 3, ('right', 'left', 'down', 'up'))
+        """
+        if name not in SETTINGS:
+            raise ValueError(f"setting: expected one of {sorted(SETTINGS)}, got {name!r}")
+        fixed = sorted(set(SETTINGS[name]) & set(kwargs))
+        if fixed:
+            raise ValueError(f"setting: {name!r} fixes {fixed}; expected none of them as arguments, got "
+                             f"{ {k: kwargs[k] for k in fixed} }")
+        return cls(**SETTINGS[name], **kwargs)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -144,6 +184,7 @@ class SyntheticVideos:
         rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
         video = np.full((self.num_frames, 3, size, size), BACKGROUND, dtype=np.float32)
         speed = self.speed * size
+        tracks = []
         for k in range(self.num_shapes):
             radius = size * rng.uniform(*self.shape_size)
             shape = SHAPES[label] if (k == 0 and self.label_by == "shape") else SHAPES[rng.integers(len(SHAPES))]
@@ -155,6 +196,9 @@ class SyntheticVideos:
             colour = rng.uniform(-0.2, 1.0, size=3).astype(np.float32)  # drawn always: the stream stays the same
             if k == 0 and self.class_colours:
                 colour = np.asarray(CLASS_COLOURS[label], dtype=np.float32)
+            elif self.target_colour:
+                palette = TARGET_COLOUR if k == 0 else CLASS_COLOURS[rng.integers(len(CLASS_COLOURS))]
+                colour = np.asarray(palette, dtype=np.float32)
             low, high = radius, size - 1 - radius
             cy0, cx0 = rng.uniform(low, high, size=2)
             if k == 0 and self.label_by == "motion":
@@ -166,11 +210,21 @@ class SyntheticVideos:
                     cx0 = low + half if vx > 0 else high - half
             ys = _bounce(cy0, vy * speed, steps, low, high)
             xs = _bounce(cx0, vx * speed, steps, low, high)
+            tracks.append((shape, radius, colour, ys, xs))
+        order = rng.permutation(self.num_shapes) if self.shuffle_depth else range(self.num_shapes)
+        for k in order:  # bottom first
+            shape, radius, colour, ys, xs = tracks[k]
             for f in range(self.num_frames):
                 m = shape_mask(shape, rows, cols, ys[f], xs[f], radius)
                 video[f][:, m] = colour[:, None]
         return video, label
 
+
+#: The named settings of ``SyntheticVideos.setting``: the options each fixes (see the module docs).
+SETTINGS: dict[str, dict] = {
+    "shapes": {},
+    "time": {"label_by": "motion", "num_shapes": 3, "target_colour": True, "shuffle_depth": True},
+}
 
 #: The colour names of ``CLASS_COLOURS``, in order.
 COLOURS = ("red", "green", "blue", "yellow")

@@ -36,7 +36,8 @@ mixed_precision                 False, or "bf16" / "fp16" / True (= "bf16"): hal
 resume_from_checkpoint          resume from the newest checkpoint of the experiment
 ==============================  ==========================================================================
 
-``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, ucf101, ffs, sky, taichi (and the
+``dataset`` and ``data_path`` pick the loader (``latte_rs.data``): synthetic, synthetic_time (the built-in setting
+where time matters, ``SyntheticVideos.setting("time")``), ucf101, ffs, sky, taichi (and the
 ``_img`` forms) or folder. Ours: ``pixel_space`` (train on pixels, 3 channels, no VAE), ``model_config``
 (LatteConfig overrides, e.g. a tiny depth), ``ema_decay`` (default 0.9999), ``weight_decay`` (0), ``num_clips``,
 ``prediction_type`` (what the model predicts, diffusers' names: ``epsilon``, the official noise;

@@ -288,7 +288,8 @@ def model_dtype(cfg: Mapping[str, Any]) -> str:
 
 
 def make_dataset(cfg: Mapping[str, Any]):
-    """The dataset a config names: "synthetic" (built in), or "ucf101", "ffs", "sky", "taichi" (and their "_img"
+    """The dataset a config names: "synthetic", "synthetic_time" (the setting where time matters) and
+    "synthetic_captions" (built in), or "ucf101", "ffs", "sky", "taichi" (and their "_img"
     forms) or "folder" read from ``data_path`` with the official transforms."""
     name = str(cfg["dataset"])
     if name == "synthetic":
@@ -304,6 +305,12 @@ def make_dataset(cfg: Mapping[str, Any]):
             class_colours=bool(cfg["class_colours"]),
             seed=cfg["global_seed"],
         )
+    if name == "synthetic_time":  # built in: the benchmark where time matters (SyntheticVideos' "time" setting)
+        classes = cfg["num_classes"] if cfg["extras"] == 2 else 4
+        return data.SyntheticVideos.setting(
+            "time", num_clips=cfg["num_clips"], num_frames=cfg["num_frames"], image_size=cfg["image_size"],
+            num_classes=min(int(classes), 4), shape_size=cfg["shape_size"], speed=cfg["shape_speed"],
+            seed=cfg["global_seed"])
     if name == "synthetic_captions":  # built in: "a red square moving left", the held-out combinations left out
         return data.CaptionedSyntheticVideos(num_clips=cfg["num_clips"], num_frames=cfg["num_frames"],
                                              image_size=cfg["image_size"], speed=cfg["shape_speed"],
@@ -324,9 +331,8 @@ def make_dataset(cfg: Mapping[str, Any]):
     base = name.removesuffix("_img")
     if base not in loaders:
         known = ", ".join(loaders)
-        raise ValueError(f"dataset: expected one of synthetic, synthetic_captions, latents, captions, {known} (or "
-                         f"their _img forms), "
-                         f"got {name!r}")
+        raise ValueError(f"dataset: expected one of synthetic, synthetic_time, synthetic_captions, latents, "
+                         f"captions, {known} (or their _img forms), got {name!r}")
     if not cfg["data_path"]:
         raise ValueError(f"data_path: dataset {name!r} needs the folder of its videos")
     joint = cfg["use_image_num"] if name.endswith("_img") else 0
