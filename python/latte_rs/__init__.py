@@ -29,7 +29,7 @@ from ._native import (
     open_model,
     set_kernel_path,
 )
-from .cache import CacheReport, TeaCache
+from .cache import CacheReport, FasterCache, PyramidAttentionBroadcast, TeaCache
 from .evaluation import fvd
 from .pipelines import LatteOutput, LattePipeline, LatteT2VPipeline
 from .sampling import sample
@@ -51,6 +51,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "EulerDiscreteScheduler",
     "FLASH_ATTN_AVAILABLE",
+    "FasterCache",
     "GaussianDiffusion",
     "Generator",
     "I3D",
@@ -62,6 +63,7 @@ __all__ = [
     "LatteT2VPipeline",
     "LatteT2VTransformer",
     "OpenedModel",
+    "PyramidAttentionBroadcast",
     "SchedulerOutput",
     "TeaCache",
     "T5TextEncoder",

@@ -26,6 +26,8 @@ __all__ = [
     "LatteT2VTransformer",
     "OpenedModel",
     "TeaCache",
+    "PyramidAttentionBroadcast",
+    "FasterCache",
     "T5TextEncoder",
     "BF16_AUTOCAST_SUPPORTED",
     "open_model",
@@ -868,7 +870,7 @@ def sample(
     long_video: Literal["windows", "fifo"] | None = None,
     window_stride: int | None = None,
     callback: Callable[[int, int], object] | None = None,
-    cache: TeaCache | None = None,
+    cache: TeaCache | PyramidAttentionBroadcast | FasterCache | None = None,
 ) -> np.ndarray:
     """The one sampling loop, every step in Rust, for any model and any scheduler (a scheduler core, copied so the
     caller's keeps its state, or a ``GaussianDiffusion`` sampled by ``sampler``). The condition is class labels
@@ -897,6 +899,82 @@ class TeaCache:
     def coefficients(self) -> list[float] | None: ...
     @property
     def input_range(self) -> list[float] | None: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last sampling run this cache served, as a dict (None before any)."""
+
+class PyramidAttentionBroadcast:
+    """Pyramid Attention Broadcast for the sampling loop (``latte_rs.PyramidAttentionBroadcast`` adds ``report``),
+    with diffusers' ``PyramidAttentionBroadcastConfig`` names and defaults: per attention kind, compute every
+    ``n``-th step inside the kind's timestep range ``(low, high)`` (ends excluded), reuse the last output in
+    between; ``None`` never reuses. Bad values are a ``ValueError`` naming the argument."""
+
+    def __new__(
+        cls,
+        spatial_attention_block_skip_range: int | None = 2,
+        temporal_attention_block_skip_range: int | None = None,
+        cross_attention_block_skip_range: int | None = None,
+        spatial_attention_timestep_skip_range: tuple[float, float] = (100.0, 800.0),
+        temporal_attention_timestep_skip_range: tuple[float, float] = (100.0, 800.0),
+        cross_attention_timestep_skip_range: tuple[float, float] = (100.0, 800.0),
+    ) -> Self: ...
+    @property
+    def spatial_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def temporal_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def cross_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def spatial_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def temporal_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def cross_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last sampling run this cache served, as a dict (None before any)."""
+
+class FasterCache:
+    """FasterCache for the sampling loop (``latte_rs.FasterCache`` adds ``report``), with diffusers'
+    ``FasterCacheConfig`` names and defaults (``attention_weight`` is its default weight callback's constant).
+    Bad values are a ``ValueError`` naming the argument."""
+
+    def __new__(
+        cls,
+        spatial_attention_block_skip_range: int | None = 2,
+        temporal_attention_block_skip_range: int | None = None,
+        spatial_attention_timestep_skip_range: tuple[float, float] = (-1.0, 681.0),
+        temporal_attention_timestep_skip_range: tuple[float, float] = (-1.0, 681.0),
+        low_frequency_weight_update_timestep_range: tuple[float, float] = (99.0, 901.0),
+        high_frequency_weight_update_timestep_range: tuple[float, float] = (-1.0, 301.0),
+        alpha_low_frequency: float = 1.1,
+        alpha_high_frequency: float = 1.1,
+        unconditional_batch_skip_range: int | None = 5,
+        unconditional_batch_timestep_skip_range: tuple[float, float] = (-1.0, 641.0),
+        attention_weight: float = 0.5,
+    ) -> Self: ...
+    @property
+    def spatial_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def temporal_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def spatial_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def temporal_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def low_frequency_weight_update_timestep_range(self) -> tuple[float, float]: ...
+    @property
+    def high_frequency_weight_update_timestep_range(self) -> tuple[float, float]: ...
+    @property
+    def alpha_low_frequency(self) -> float: ...
+    @property
+    def alpha_high_frequency(self) -> float: ...
+    @property
+    def unconditional_batch_skip_range(self) -> int | None: ...
+    @property
+    def unconditional_batch_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def attention_weight(self) -> float: ...
     @property
     def last_report(self) -> dict[str, Any] | None:
         """The report of the last sampling run this cache served, as a dict (None before any)."""
