@@ -903,20 +903,22 @@ class TeaCache:
     def last_report(self) -> dict[str, Any] | None:
         """The report of the last sampling run this cache served, as a dict (None before any)."""
 
+@disjoint_base
 class PyramidAttentionBroadcast:
     """Pyramid Attention Broadcast for the sampling loop (``latte_rs.PyramidAttentionBroadcast`` adds ``report``),
     with diffusers' ``PyramidAttentionBroadcastConfig`` names and defaults: per attention kind, compute every
     ``n``-th step inside the kind's timestep range ``(low, high)`` (ends excluded), reuse the last output in
-    between; ``None`` never reuses. Bad values are a ``ValueError`` naming the argument."""
+    between; ``None`` never reuses. Defaults (shown as ``...``): spatial skip range 2, every timestep range
+    ``(100.0, 800.0)``. Bad values are a ``ValueError`` naming the argument."""
 
     def __new__(
         cls,
-        spatial_attention_block_skip_range: int | None = 2,
+        spatial_attention_block_skip_range: int | None = ...,
         temporal_attention_block_skip_range: int | None = None,
         cross_attention_block_skip_range: int | None = None,
-        spatial_attention_timestep_skip_range: tuple[float, float] = (100.0, 800.0),
-        temporal_attention_timestep_skip_range: tuple[float, float] = (100.0, 800.0),
-        cross_attention_timestep_skip_range: tuple[float, float] = (100.0, 800.0),
+        spatial_attention_timestep_skip_range: tuple[float, float] = ...,
+        temporal_attention_timestep_skip_range: tuple[float, float] = ...,
+        cross_attention_timestep_skip_range: tuple[float, float] = ...,
     ) -> Self: ...
     @property
     def spatial_attention_block_skip_range(self) -> int | None: ...
@@ -934,23 +936,26 @@ class PyramidAttentionBroadcast:
     def last_report(self) -> dict[str, Any] | None:
         """The report of the last sampling run this cache served, as a dict (None before any)."""
 
+@disjoint_base
 class FasterCache:
     """FasterCache for the sampling loop (``latte_rs.FasterCache`` adds ``report``), with diffusers'
     ``FasterCacheConfig`` names and defaults (``attention_weight`` is its default weight callback's constant).
-    Bad values are a ``ValueError`` naming the argument."""
+    Defaults shown as ``...``: spatial skip range 2, attention timestep ranges ``(-1.0, 681.0)``, low- and
+    high-frequency weight ranges ``(99.0, 901.0)`` and ``(-1.0, 301.0)``, unconditional skip range 5 in
+    ``(-1.0, 641.0)``. Bad values are a ``ValueError`` naming the argument."""
 
     def __new__(
         cls,
-        spatial_attention_block_skip_range: int | None = 2,
+        spatial_attention_block_skip_range: int | None = ...,
         temporal_attention_block_skip_range: int | None = None,
-        spatial_attention_timestep_skip_range: tuple[float, float] = (-1.0, 681.0),
-        temporal_attention_timestep_skip_range: tuple[float, float] = (-1.0, 681.0),
-        low_frequency_weight_update_timestep_range: tuple[float, float] = (99.0, 901.0),
-        high_frequency_weight_update_timestep_range: tuple[float, float] = (-1.0, 301.0),
+        spatial_attention_timestep_skip_range: tuple[float, float] = ...,
+        temporal_attention_timestep_skip_range: tuple[float, float] = ...,
+        low_frequency_weight_update_timestep_range: tuple[float, float] = ...,
+        high_frequency_weight_update_timestep_range: tuple[float, float] = ...,
         alpha_low_frequency: float = 1.1,
         alpha_high_frequency: float = 1.1,
-        unconditional_batch_skip_range: int | None = 5,
-        unconditional_batch_timestep_skip_range: tuple[float, float] = (-1.0, 641.0),
+        unconditional_batch_skip_range: int | None = ...,
+        unconditional_batch_timestep_skip_range: tuple[float, float] = ...,
         attention_weight: float = 0.5,
     ) -> Self: ...
     @property

@@ -153,9 +153,9 @@ class LatteT2VPipeline:
         width default to the transformer's ``sample_size`` times the VAE's factor (512 for Latte-1). A transformer
         of 3 input channels without a VAE is a pixel-space model: its samples are the frames. ``cache``: a caching
         policy (``latte_rs.TeaCache``, ``PyramidAttentionBroadcast`` or ``FasterCache``); the output's
-        ``cache_report`` says what it skipped. A ``video_length`` beyond the transformer's trained length samples over sliding windows (``long_video="windows"``, windows
-        ``window_stride`` frames apart, default half the trained length; see ``latte_rs.sample``); the VAE decodes
-        in chunks of ``decode_chunk_size`` frames."""
+        ``cache_report`` says what it skipped. A ``video_length`` beyond the transformer's trained length samples
+        over sliding windows (``long_video="windows"``, windows ``window_stride`` frames apart, default half the
+        trained length; see ``latte_rs.sample``); the VAE decodes in chunks of ``decode_chunk_size`` frames."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
