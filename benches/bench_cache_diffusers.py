@@ -6,9 +6,9 @@ noise and the same random caption features: diffusers as ``LattePipeline``'s loo
 ``DDIMScheduler``, the hooks enabled with ``transformer.enable_cache(config)`` and ``current_timestep_callback``
 reading the loop's timestep), latte-rs through ``LatteT2VPipeline`` with ``cache=``. Each side's cached latents are
 compared with its own uncached ones (latent MSE, and PSNR over the uncached latents' range); the speed-up is over
-its own uncached run. Settings: diffusers' defaults (PAB: spatial 2, which on Latte-1 also broadcasts the temporal
-attention, see docs/caching.md, so latte-rs runs ``PyramidAttentionBroadcast(2, 2)``; FasterCache: the defaults on
-both sides).
+its own uncached run, in the process's CPU time (all threads; steadier than wall time on a shared machine).
+Settings: diffusers' defaults (PAB: spatial 2, which on Latte-1 also broadcasts the temporal attention, see
+docs/caching.md, so latte-rs runs ``PyramidAttentionBroadcast(2, 2)``; FasterCache: the defaults on both sides).
 
     python benches/bench_cache_diffusers.py [--layers 2] [--frames 16] [--size 16] [--steps 20]
 """
@@ -92,21 +92,21 @@ def main() -> int:
         def run_diffusers(config):
             if config is not None:
                 ref.enable_cache(config)
-            start = time.perf_counter()
+            start = time.process_time()
             out = diffusers_loop(ref, torch.from_numpy(latents), torch.from_numpy(embeds),
                                  torch.from_numpy(negative), args.steps, guidance, clock)
-            seconds = time.perf_counter() - start
+            seconds = time.process_time() - start
             if config is not None:
                 ref.disable_cache()
             return seconds, out
 
         def run_ours(cache):
-            start = time.perf_counter()
+            start = time.process_time()
             out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance,
                        num_inference_steps=args.steps, latents=latents, video_length=args.frames,
                        height=8 * args.size, width=8 * args.size, output_type="latent", progress=False,
                        cache=cache)
-            return time.perf_counter() - start, out
+            return time.process_time() - start, out
 
         settings = [
             ("none", None, None),
@@ -148,7 +148,7 @@ def main() -> int:
         print(f"uncached latte-rs vs diffusers: max abs difference of the latents {diff:.2e}")
 
     print(f"\n## {workload}\n\nhost: {cpu_label(host())}\n")
-    print("| engine | cache | seconds | speed-up | latent PSNR dB (to own uncached) | latent MSE | MSE to diffusers |")
+    print("| engine | cache | CPU s | speed-up | latent PSNR dB (to own uncached) | latent MSE | MSE to diffusers |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         engine = r["engine"].split(" ")[0]
