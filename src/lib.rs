@@ -27,6 +27,7 @@ pub mod float;
 pub mod fuzzing;
 pub mod io;
 pub mod limits;
+pub mod long_video;
 pub mod metrics;
 pub mod model;
 pub mod nn;

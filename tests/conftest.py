@@ -82,6 +82,15 @@ def pixel_model(num_classes: int = 3, seed: int = 0) -> latte_rs.LatteModel:
     return latte_rs.LatteModel(cfg, seed=seed)
 
 
+def perturbed(model, seed: int = 0, scale: float = 0.05):
+    """`model` with every parameter moved by N(0, scale²) noise: adaLN and output layers start at zero, which
+    would make the modulation trivial and the output constant."""
+    gen = np.random.default_rng(seed)
+    model.load_state_dict({k: (v + scale * gen.standard_normal(v.shape)).astype(v.dtype)
+                           for k, v in model.state_dict().items()})
+    return model
+
+
 def random_latents(cfg: latte_rs.LatteConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
     """Standard-normal float32 latents shaped for ``cfg``: (batch, frames, channels, size, size)."""
     shape = (batch, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size)

@@ -869,6 +869,7 @@ def sample(
     num_frames: int | None = None,
     long_video: Literal["windows", "fifo"] | None = None,
     window_stride: int | None = None,
+    lookahead_denoising: bool | None = None,
     callback: Callable[[int, int], object] | None = None,
     cache: TeaCache | PyramidAttentionBroadcast | FasterCache | None = None,
 ) -> np.ndarray:
@@ -879,8 +880,9 @@ def sample(
     the model's size (or ``latent_shape``) are drawn from ``seed``, and every step's noise from the same
     generator. ``callback(done, total)`` runs after each step. With ``cache`` the block stack is skipped where
     its policy says so, and the run's report is left on it. ``num_frames`` beyond the model's trained length
-    samples over sliding windows ``window_stride`` frames apart (``long_video="windows"``; "fifo" is refused as
-    not implemented yet). Used by ``latte_rs.sample`` and the pipelines."""
+    samples over sliding windows ``window_stride`` frames apart (``long_video="windows"``) or by FIFO-Diffusion's
+    diagonal denoising (``long_video="fifo"``, with ``lookahead_denoising`` by default). Used by
+    ``latte_rs.sample`` and the pipelines."""
 
 @disjoint_base
 class TeaCache:

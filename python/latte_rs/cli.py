@@ -206,8 +206,10 @@ def _cache(args: argparse.Namespace):
 
 
 def _long_video(args: argparse.Namespace) -> dict:
-    """``--video-length``, ``--long-video`` and ``--window-stride`` as the pipelines' keywords."""
-    return dict(video_length=args.video_length, long_video=args.long_video, window_stride=args.window_stride)
+    """``--long-video``, ``--window-stride`` and ``--no-lookahead`` as the pipelines' keywords (every sample path
+    passes these; the frame count is ``video_length`` or ``num_frames`` by the pipeline)."""
+    return dict(long_video=args.long_video, window_stride=args.window_stride,
+                lookahead_denoising=False if args.no_lookahead else None)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -225,7 +227,7 @@ def _sample(args: argparse.Namespace) -> int:
         result = tiny_t2v.generate([args.prompt or ""], num_videos_per_prompt=args.num_videos,
                                    guidance_scale=args.guidance if args.guidance is not None else tiny_t2v.GUIDANCE,
                                    num_inference_steps=args.steps, seed=args.seed, progress=not args.no_progress,
-                                   cache=cache, **_long_video(args))
+                                   cache=cache, video_length=args.video_length, **_long_video(args))
         return _write_samples(args, result.frames, str(tiny_t2v.TINY_T2V), cache)
     if builtin:
         args.checkpoint = str(TINY_MODEL)
@@ -249,8 +251,7 @@ def _sample(args: argparse.Namespace) -> int:
                       guidance_scale=args.guidance if args.guidance is not None else 7.5,
                       num_videos_per_prompt=args.num_videos, video_length=args.video_length,
                       height=args.height, width=args.width, seed=args.seed, output_type="uint8",
-                      progress=not args.no_progress, cache=cache, long_video=args.long_video,
-                      window_stride=args.window_stride)
+                      progress=not args.no_progress, cache=cache, **_long_video(args))
         frames = result.frames
     else:
         if args.prompt or args.negative_prompt:
@@ -266,7 +267,7 @@ def _sample(args: argparse.Namespace) -> int:
         frames = pipe(class_labels=labels, num_videos=args.num_videos, num_inference_steps=args.steps,
                       guidance_scale=args.guidance if args.guidance is not None else 1.0, seed=args.seed,
                       progress=not args.no_progress, cache=cache, num_frames=args.video_length,
-                      long_video=args.long_video, window_stride=args.window_stride).frames
+                      **_long_video(args)).frames
     return _write_samples(args, frames, str(ckpt), cache)
 
 
@@ -511,9 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "over sliding windows (--long-video)")
     sa.add_argument("--long-video", choices=("windows", "fifo"), default=None,
                     help="how frames beyond the trained length are made: windows (sliding windows of the trained "
-                         "length, outputs fused, FreeNoise-style noise; the default) or fifo (not implemented yet)")
+                         "length, outputs fused, FreeNoise-style noise; the default) or fifo (FIFO-Diffusion's "
+                         "diagonal denoising: a queue of --steps frames at increasing noise levels)")
     sa.add_argument("--window-stride", type=_COUNT,
                     help="frames between the sliding windows' starts (default: half the trained length)")
+    sa.add_argument("--no-lookahead", action="store_true",
+                    help="with --long-video fifo: without FIFO-Diffusion's lookahead denoising (half the model "
+                         "calls; frames do not see the frames ahead of them)")
     sa.add_argument("--height", type=_COUNT, help="height in pixels (Latte-1 folders; default: the model's, 512 for "
                     "Latte-1)")
     sa.add_argument("--width", type=_COUNT, help="width in pixels (Latte-1 folders; default: the model's)")

@@ -147,7 +147,7 @@ class LatteT2VPipeline:
                  negative_prompt_embeds: Any = None, output_type: str = "np", mask_feature: bool = True,
                  enable_temporal_attentions: bool = True, decode_chunk_size: int = 14,
                  progress: bool = True, cache: Any = None, long_video: str | None = None,
-                 window_stride: int | None = None) -> LatteOutput:
+                 window_stride: int | None = None, lookahead_denoising: bool | None = None) -> LatteOutput:
         """Generates videos; the arguments are diffusers' ``LattePipeline.__call__``'s (``seed`` replaces
         ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there. Height and
         width default to the transformer's ``sample_size`` times the VAE's factor (512 for Latte-1). A transformer
@@ -155,7 +155,8 @@ class LatteT2VPipeline:
         policy (``latte_rs.TeaCache``, ``PyramidAttentionBroadcast`` or ``FasterCache``); the output's
         ``cache_report`` says what it skipped. A ``video_length`` beyond the transformer's trained length samples
         over sliding windows (``long_video="windows"``, windows ``window_stride`` frames apart, default half the
-        trained length; see ``latte_rs.sample``); the VAE decodes in chunks of ``decode_chunk_size`` frames."""
+        trained length) or by FIFO-Diffusion's diagonal denoising (``long_video="fifo"``, ``lookahead_denoising``;
+        see ``latte_rs.sample``); the VAE decodes in chunks of ``decode_chunk_size`` frames."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
@@ -190,7 +191,7 @@ class LatteT2VPipeline:
                                      negative_encoder_hidden_states=negative if cfg_on else None,
                                      guidance_scale=guidance_scale, eta=eta, num_inference_steps=num_inference_steps,
                                      seed=seed, callback=callback, cache=cache, long_video=long_video,
-                                     window_stride=window_stride)
+                                     window_stride=window_stride, lookahead_denoising=lookahead_denoising)
         finally:
             bar.close()
         report = cache_report(cache)
@@ -259,7 +260,8 @@ class LattePipeline:
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
                  latents: Any = None, output_type: str = "uint8", decode_chunk_size: int = 16,
                  progress: bool = True, prompt: Any = None, cache: Any = None, num_frames: int | None = None,
-                 long_video: str | None = None, window_stride: int | None = None) -> LatteOutput:
+                 long_video: str | None = None, window_stride: int | None = None,
+                 lookahead_denoising: bool | None = None) -> LatteOutput:
         """Generates videos.
 
         Args:
@@ -275,8 +277,9 @@ class LattePipeline:
             output_type: "uint8", "np" (float in [0, 1]) or "latent".
             cache: a caching policy (``latte_rs.TeaCache``, ``PyramidAttentionBroadcast`` or ``FasterCache``) that
                 skips work across steps; the output's ``cache_report`` says what it computed and skipped.
-            num_frames, long_video, window_stride: frames per video (default: the model's); beyond the trained
-                length the model samples over sliding windows (see ``latte_rs.sample``).
+            num_frames, long_video, window_stride, lookahead_denoising: frames per video (default: the model's);
+                beyond the trained length the model samples over sliding windows or by FIFO-Diffusion's diagonal
+                denoising (see ``latte_rs.sample``).
             prompt: refused: this model takes class labels, not text (``LatteT2VPipeline`` takes prompts). It is
                 an argument only so that a prompt is an error instead of being dropped.
         """
@@ -309,7 +312,8 @@ class LattePipeline:
                              "folder) or use output_type='latent'")
         out = sample(self.model, self.scheduler, count, num_inference_steps=num_inference_steps, noise=latents,
                      y=y, cfg_scale=guidance_scale, eta=eta, seed=seed, progress=progress, cache=cache,
-                     num_frames=num_frames, long_video=long_video, window_stride=window_stride)
+                     num_frames=num_frames, long_video=long_video, window_stride=window_stride,
+                     lookahead_denoising=lookahead_denoising)
         report = cache_report(cache)
         if output_type == "latent":
             return LatteOutput(out, out, self.fps, report)

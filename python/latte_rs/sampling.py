@@ -43,6 +43,7 @@ def sample(
     num_frames: int | None = None,
     long_video: Literal["windows", "fifo"] | None = None,
     window_stride: int | None = None,
+    lookahead_denoising: bool | None = None,
 ) -> np.ndarray:
     """Generates latent videos (B, F, C, H, W) as the official ``sample/sample.py`` does.
 
@@ -70,12 +71,17 @@ def sample(
         cache: a caching policy (``latte_rs.TeaCache(...)``, ``PyramidAttentionBroadcast(...)`` or
             ``FasterCache(...)``) that skips work across steps; after the run its ``report`` says which steps,
             blocks and attention layers were computed and skipped.
-        num_frames: frames to generate (default: the noise's, else the model's). Beyond the trained length the
-            model runs over sliding windows of the trained length, their outputs fused per frame and the starting
-            noise rescheduled FreeNoise-style (see the Long videos docs page); within it nothing changes.
-        long_video: how frames beyond the trained length are made: ``"windows"`` (the default); ``"fifo"``
-            (FIFO-Diffusion) is refused as not implemented yet.
-        window_stride: frames between the windows' starts, 1 to the trained length (default: half of it).
+        num_frames: frames to generate (default: the noise's, else the model's). Beyond the trained length
+            ``long_video`` says how they are made (see the Long videos docs page); within it nothing changes.
+        long_video: ``"windows"`` (the default): every step runs the model over sliding windows of the trained
+            length, their outputs fused per frame, the starting noise rescheduled FreeNoise-style; or ``"fifo"``
+            (FIFO-Diffusion's diagonal denoising): a queue of frames at increasing noise levels, one timestep per
+            frame, one frame leaving clean per iteration; its queue holds ``num_inference_steps`` frames (at least
+            the trained length).
+        window_stride: for ``"windows"``: frames between the windows' starts, 1 to the trained length (default:
+            half of it).
+        lookahead_denoising: for ``"fifo"``: FIFO-Diffusion's lookahead denoising (windows half a window apart,
+            each frame updated where it sees the frames ahead of it; twice the model calls), default True.
 
     >>> import latte_rs
     >>> model = latte_rs.LatteModel(latte_rs.LatteConfig.preset("Latte-S/8", num_frames=4, input_size=16))
@@ -102,6 +108,7 @@ def sample(
         return _native.sample(model, native, noise=noise, num_samples=num_samples, y=y, guidance_scale=cfg_scale,
                               eta=eta, num_inference_steps=num_inference_steps, sampler=sampler,
                               clip_denoised=clip_denoised, seed=seed, callback=callback, cache=cache,
-                              num_frames=num_frames, long_video=long_video, window_stride=window_stride)
+                              num_frames=num_frames, long_video=long_video, window_stride=window_stride,
+                              lookahead_denoising=lookahead_denoising)
     finally:
         bar.close()

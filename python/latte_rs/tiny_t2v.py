@@ -171,15 +171,17 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> tuple
 
 def generate(prompts: list[str], *, num_videos_per_prompt: int = 1, guidance_scale: float = GUIDANCE,
              num_inference_steps: int = STEPS, seed: int = 0, progress: bool = True, pipe=None, cache=None,
-             video_length: int | None = None, long_video: str | None = None, window_stride: int | None = None):
+             video_length: int | None = None, long_video: str | None = None, window_stride: int | None = None,
+             lookahead_denoising: bool | None = None):
     """Videos from the built-in text-to-video model: a ``LatteOutput`` of uint8 frames ``(B, 8, 16, 16, 3)``
-    (``cache``: a caching policy, e.g. ``latte_rs.TeaCache()``; ``video_length`` beyond 8: sliding windows, see
-    ``latte_rs.sample``)."""
+    (``cache``: a caching policy, e.g. ``latte_rs.TeaCache()``; ``video_length`` beyond 8: sliding windows or
+    FIFO, see ``latte_rs.sample``)."""
     pipe = pipe or pipeline()
     embeds, negative = encode_prompts(pipe, [p for p in prompts for _ in range(num_videos_per_prompt)])
     return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance_scale,
                 num_inference_steps=num_inference_steps, seed=seed, output_type="uint8", progress=progress,
-                cache=cache, video_length=video_length, long_video=long_video, window_stride=window_stride)
+                cache=cache, video_length=video_length, long_video=long_video, window_stride=window_stride,
+                lookahead_denoising=lookahead_denoising)
 
 
 def evaluate(combinations: str = "held_out", videos_per_combination: int = 4, seed: int = 0,

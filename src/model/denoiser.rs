@@ -129,8 +129,16 @@ pub trait Denoiser: Send + Sync {
         let what = if grad { "a training pass" } else { "a forward pass" };
         crate::limits::ensure_fits(bytes, &format!("{what} on latents of shape {dims:?}"))
     }
-    /// Checks timesteps for `batch` latents and returns them as f32 on the device.
+    /// Checks timesteps for `batch` latents and returns them as f32 on the device: (B,), one per clip, or, where
+    /// [`Denoiser::frames_per_timestep`] allows, (B, frames / frames_per_timestep), one per frame.
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor>;
+    /// Frames that share one timestep when a pass takes one timestep per frame (diagonal denoising, FIFO): 1, or a
+    /// tubelet's frames; an error saying why when the model takes one timestep per clip only.
+    fn frames_per_timestep(&self) -> Result<usize> {
+        Err(crate::error::LatteError::Value(
+            "this model takes one timestep per clip, not one per frame".into(),
+        ))
+    }
     /// Checks `cond` for latents of shape `x_dims` and returns it on the device.
     fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition>;
     /// The network on checked inputs; with `grad`, the pass keeps its autograd graph.

@@ -8,10 +8,11 @@ use pyo3::types::PyDict;
 
 use super::cache::cache_arg;
 use super::convert::{float_tensor, int_tensor, to_numpy};
-use super::sampling::{condition, denoiser, run, LongVideo, SampleInputs};
+use super::sampling::{condition, denoiser, run, SampleInputs};
 use super::schedulers::PyScheduler;
 use super::IntoPy;
 use crate::diffusion::{DiffusionOptions, DiffusionSampler, GaussianDiffusion, SamplerKind, Scheduler};
+use crate::long_video::LongVideo;
 use crate::sampling::SamplingOptions;
 
 fn timesteps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
@@ -326,7 +327,7 @@ impl PyGaussianDiffusion {
                 },
                 seed,
                 num_frames: None,
-                long_video: LongVideo::Windows { stride: None },
+                long_video: LongVideo::default(),
             };
             run(py, denoiser(model)?, scheduler, inputs, callback, None)
         })
@@ -370,7 +371,7 @@ fn scheduler_arg(obj: &Bound<'_, PyAny>, sampler: &str, clip_denoised: bool) -> 
     encoder_hidden_states = None, negative_encoder_hidden_states = None, encoder_attention_mask = None,
     negative_encoder_attention_mask = None, guidance_scale = 1.0, eta = 0.0, num_inference_steps = None,
     sampler = "ddpm", clip_denoised = false, seed = 0, num_frames = None, long_video = None, window_stride = None,
-    callback = None, cache = None,
+    lookahead_denoising = None, callback = None, cache = None,
 ))]
 #[allow(clippy::too_many_arguments)] // the Python keywords, one by one
 pub(crate) fn sample<'py>(
@@ -395,11 +396,12 @@ pub(crate) fn sample<'py>(
     #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] num_frames: Option<usize>,
     long_video: Option<&str>,
     #[pyo3(from_py_with = crate::python::convert::opt_usize_arg)] window_stride: Option<usize>,
+    lookahead_denoising: Option<bool>,
     callback: Option<Py<PyAny>>,
     cache: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     crate::python::guard(move || {
-        let long_video = LongVideo::parse(long_video, window_stride)?;
+        let long_video = LongVideo::from_names(long_video, window_stride, lookahead_denoising).py()?;
         let cache = cache_arg(cache)?;
         let model = denoiser(model)?;
         let scheduler = scheduler_arg(scheduler, sampler, clip_denoised)?;

@@ -14,10 +14,10 @@ use super::t2v::PyLatteT2V;
 use super::IntoPy;
 use crate::diffusion::Scheduler;
 use crate::error::{LatteError, Result};
-use crate::model::windows::{frame_axis, reschedule_noise, trained_frames};
-use crate::model::{Condition, Denoiser, TemporalWindows};
+use crate::long_video::{sample_video, LongVideo, VideoRequest};
+use crate::model::{Condition, Denoiser};
 use crate::rng::Generator;
-use crate::sampling::{self, SamplingOptions};
+use crate::sampling::SamplingOptions;
 
 /// Runs `body` without the GIL, handing it a progress function that calls `callback(done, total)` and checks
 /// for Ctrl-C; a Python exception from either stops the run and is raised as it was.
@@ -97,33 +97,9 @@ pub(crate) struct SampleInputs {
     pub opts: SamplingOptions,
     pub seed: u64,
     /// Frames to generate (None: the noise's, else `latent_shape`'s, else the model's); beyond the trained length
-    /// the model runs over sliding windows ([`crate::model::windows`]).
+    /// `long_video` says how ([`crate::long_video`]).
     pub num_frames: Option<usize>,
     pub long_video: LongVideo,
-}
-
-/// How frames beyond a model's trained length are made.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum LongVideo {
-    /// Sliding windows of the trained length, `stride` frames apart (None: half a window), outputs fused, the
-    /// starting noise rescheduled FreeNoise-style.
-    Windows { stride: Option<usize> },
-}
-
-impl LongVideo {
-    /// From the Python keywords `long_video` ("windows", the default; "fifo" is refused as not yet implemented)
-    /// and `window_stride`.
-    pub fn parse(name: Option<&str>, stride: Option<usize>) -> PyResult<Self> {
-        match name.unwrap_or("windows") {
-            "windows" => Ok(Self::Windows { stride }),
-            "fifo" => Err(PyValueError::new_err(
-                "long_video: 'fifo' (FIFO-Diffusion's diagonal denoising) is not implemented yet; use 'windows'",
-            )),
-            other => Err(PyValueError::new_err(format!(
-                "long_video: expected 'windows' or 'fifo', got {other:?}"
-            ))),
-        }
-    }
 }
 
 /// Runs the core's loop on converted inputs and returns the latents as a NumPy array; with `cache`, the run uses
@@ -139,56 +115,23 @@ pub(crate) fn run<'py>(
     inputs.opts.cache = cache.as_ref().map(CacheArg::policy);
     let out = run_with_progress(py, callback, |progress| {
         let mut rng = Generator::new(inputs.seed);
-        let axis = frame_axis(model.spec().layout);
-        let trained = trained_frames(model.as_ref());
-        let mut dims = inputs
+        let mut latent_shape = inputs
             .latent_shape
             .clone()
             .unwrap_or_else(|| model.latent_shape(inputs.num_samples));
-        if let Some(b) = dims.first_mut() {
+        if let Some(b) = latent_shape.first_mut() {
             *b = inputs.num_samples;
         }
-        if let (Some(f), Some(d)) = (inputs.num_frames, dims.get_mut(axis)) {
-            *d = f;
-        }
-        let frames = match &inputs.noise {
-            Some(n) if n.rank() > axis => n.dim(axis)?,
-            Some(_) => trained, // the model's check names the wrong rank
-            None => dims.get(axis).copied().unwrap_or(trained),
+        let request = VideoRequest {
+            noise: inputs.noise,
+            latent_shape,
+            num_frames: inputs.num_frames,
+            method: inputs.long_video,
         };
-        if let (Some(_), Some(f)) = (&inputs.noise, inputs.num_frames) {
-            if frames != f {
-                return Err(LatteError::Value(format!(
-                    "num_frames: {f} asked for, but the noise has {frames} frames on axis {axis}"
-                )));
-            }
-        }
-        // Within the trained length nothing changes; beyond it the model runs over windows (fewer frames are the
-        // model's to refuse, naming the shape it expects).
-        let LongVideo::Windows { stride } = inputs.long_video;
-        let windows = if frames > trained {
-            Some(TemporalWindows::new(model.as_ref(), frames, stride)?)
-        } else {
-            None
-        };
-        let denoiser: &dyn Denoiser = match &windows {
-            Some(w) => w,
-            None => model.as_ref(),
-        };
-        let noise = match inputs.noise {
-            Some(n) => n,
-            None => {
-                let noise = sampling::draw_noise(denoiser, &dims, &mut rng)?;
-                match &windows {
-                    Some(w) => reschedule_noise(&noise, axis, w.window(), w.stride(), &mut rng)?,
-                    None => noise,
-                }
-            }
-        };
-        sampling::sample_with_report(
-            denoiser,
+        sample_video(
+            model.as_ref(),
             scheduler.as_mut(),
-            &noise,
+            request,
             &inputs.cond,
             &inputs.opts,
             &mut rng,

@@ -12,19 +12,10 @@ import numpy as np
 import pytest
 
 import latte_rs
-from conftest import tiny_config
+from conftest import perturbed, tiny_config
 
 #: An identity rescaling (the raw change is what accumulates), so that thresholds are easy to pick.
 IDENTITY = [1.0, 0.0]
-
-
-def perturbed(model, seed: int = 0, scale: float = 0.05):
-    """`model` with every parameter moved by N(0, scale²) noise: adaLN and output layers start at zero, which
-    would make the modulation trivial and the output constant."""
-    rng = np.random.default_rng(seed)
-    model.load_state_dict({k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
-                           for k, v in model.state_dict().items()})
-    return model
 
 
 def class_model(variant: int = 1, injection: str = "adaln"):

@@ -49,16 +49,35 @@ pub fn check_latents(cfg: &LatteConfig, x: &Tensor, dtype: DType, device: &Devic
     crate::finite::to_model_finite(x, "x", dtype, device)
 }
 
-/// One timestep per clip, each in [0, 1000), as f32 on `device`.
-pub fn check_timesteps(t: &Tensor, batch: usize, device: &Device) -> Result<Tensor> {
-    if t.dims() != [batch] {
+/// One timestep per clip, (B,), or, for diagonal denoising, one per temporal token, (B, num_frames / tubelet
+/// size) (adaLN injection only: token injection has one timestep token per sequence), each in [0, 1000), as f32
+/// on `device`.
+pub fn check_timesteps(cfg: &LatteConfig, t: &Tensor, batch: usize, device: &Device) -> Result<Tensor> {
+    let per_token = cfg.num_temporal_tokens();
+    let fits = match t.dims() {
+        [b] => *b == batch,
+        [b, f] => *b == batch && *f == per_token && frame_timesteps(cfg).is_ok(),
+        _ => false,
+    };
+    if !fits {
+        let also = match frame_timesteps(cfg) {
+            Ok(s) => format!(
+                " or ({batch}, {per_token}) (one per {})",
+                if s == 1 {
+                    "frame".to_string()
+                } else {
+                    format!("tubelet of {s} frames")
+                }
+            ),
+            Err(_) => String::new(),
+        };
         return Err(value_error(
             "t",
-            format!("shape ({batch},) (one timestep per clip)"),
+            format!("shape ({batch},) (one timestep per clip){also}"),
             format!("shape {:?}", t.dims()),
         ));
     }
-    let values = t.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let values = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     if let Some(bad) = values.iter().find(|v| !(**v >= 0.0 && **v < NUM_TRAIN_TIMESTEPS)) {
         return Err(value_error(
             "t",
@@ -67,6 +86,19 @@ pub fn check_timesteps(t: &Tensor, batch: usize, device: &Device) -> Result<Tens
         ));
     }
     Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+}
+
+/// Frames that share one timestep when the model takes one per temporal token (1, or the tubelet size); an error
+/// saying why for token injection, whose sequences carry one timestep token each.
+pub fn frame_timesteps(cfg: &LatteConfig) -> Result<usize> {
+    match cfg.injection {
+        crate::config::Injection::Adaln => Ok(cfg.temporal_patch()),
+        crate::config::Injection::Tokens => Err(LatteError::Value(
+            "this model injects the timestep as one token per sequence (injection \"tokens\"), so it takes one \
+             timestep per clip; one per frame (diagonal denoising, long_video=\"fifo\") needs adaLN injection"
+                .into(),
+        )),
+    }
 }
 
 /// Class labels of `shape` for the model's label table (the null class included when it has one), as u32 on

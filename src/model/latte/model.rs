@@ -297,7 +297,11 @@ impl Denoiser for LatteModel {
     }
 
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
-        inputs::check_timesteps(t, batch, self.device())
+        inputs::check_timesteps(&self.cfg, t, batch, self.device())
+    }
+
+    fn frames_per_timestep(&self) -> Result<usize> {
+        inputs::frame_timesteps(&self.cfg)
     }
 
     fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition> {

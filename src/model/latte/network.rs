@@ -136,14 +136,21 @@ impl Latte {
     }
 
     /// Timestep and label conditioning. `y_frames` (B, F) holds each frame's label (the clip's for video frames).
+    /// `t` is (B,), one timestep per clip, or (B, Fv), one per temporal token (per frame, or per tubelet), for
+    /// diagonal denoising (FIFO): each frame's spatial blocks and final layer then see its own timestep, and the
+    /// temporal blocks modulate each frame of a sequence with it. Token injection has one timestep token per
+    /// sequence and takes one timestep per clip only (the model's input checks refuse the other).
     fn conditioning(&self, t: &Tensor, y_frames: Option<&Tensor>, frames: usize) -> Result<Conditioning> {
-        let t_emb = self.t_embedder.forward(t)?; // (B, D)
-        let (b, d) = t_emb.dims2()?;
         let y_emb = match (&self.y_embedder, y_frames) {
             (Some(e), Some(y)) => Some(e.forward(y)?), // (B, F, D)
             (Some(_), None) => candle_core::bail!("class-conditional model called without labels"),
             (None, _) => None,
         };
+        if t.rank() == 2 {
+            return self.frame_conditioning(t, y_emb.as_ref(), frames);
+        }
+        let t_emb = self.t_embedder.forward(t)?; // (B, D)
+        let (b, d) = t_emb.dims2()?;
         let (spatial, temporal) = match self.cfg.injection {
             Injection::Adaln => {
                 let t_frames = t_emb.unsqueeze(1)?.broadcast_as((b, frames, d))?;
@@ -170,6 +177,27 @@ impl Latte {
             spatial,
             temporal,
             injection: self.cfg.injection,
+        })
+    }
+
+    /// [`Latte::conditioning`] with one timestep per temporal token: `t` (B, Fv) with Fv = `frames` (no image
+    /// frames), adaLN only. Spatial: (B, Fv, 1, D); temporal: (B, 1, Fv, D), each frame of a temporal sequence
+    /// modulated by its own timestep (and the clip's label).
+    fn frame_conditioning(&self, t: &Tensor, y_emb: Option<&Tensor>, frames: usize) -> Result<Conditioning> {
+        let (b, fv) = t.dims2()?;
+        if fv != frames || self.cfg.injection != Injection::Adaln {
+            candle_core::bail!("one timestep per frame needs adaLN injection and no image frames");
+        }
+        let d = self.cfg.hidden_size;
+        let t_emb = self.t_embedder.forward(&t.flatten_all()?)?.reshape((b, fv, d))?;
+        let (spatial, temporal) = match y_emb {
+            Some(y) => ((&t_emb + y)?, t_emb.broadcast_add(&y.narrow(1, 0, 1)?)?),
+            None => (t_emb.clone(), t_emb),
+        };
+        Ok(Conditioning {
+            spatial: spatial.unsqueeze(2)?,
+            temporal: temporal.unsqueeze(1)?,
+            injection: Injection::Adaln,
         })
     }
 

@@ -139,24 +139,42 @@ impl TransformerBlock {
         })
     }
 
-    /// The block's six modulation vectors per sequence, (G, 6, D): its table plus the shared adaLN-single ones.
+    /// The block's six modulation vectors, its table plus the shared adaLN-single ones: per sequence, (G, 6, D),
+    /// from `modulation` (G, 6·D); or per token, (G, L, 6, D), from `modulation` (G, L, 6·D) (one timestep per
+    /// frame in a temporal sequence). [`TransformerBlock::vector`] takes the `i`-th as x broadcasts it.
     fn modulation(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
-        let (groups, _, dim) = x.dims3()?;
+        let (groups, len, dim) = x.dims3()?;
+        if modulation.rank() == 3 {
+            return self
+                .scale_shift_table
+                .reshape((1, 1, 6, dim))?
+                .broadcast_add(&modulation.reshape((groups, len, 6, dim))?);
+        }
         self.scale_shift_table
             .unsqueeze(0)?
             .broadcast_add(&modulation.reshape((groups, 6, dim))?)
+    }
+
+    /// The `i`-th modulation vector of [`TransformerBlock::modulation`]'s: (G, 1, D) per sequence, (G, L, D) per
+    /// token.
+    fn vector(mods: &Tensor, i: usize) -> Result<Tensor> {
+        if mods.rank() == 4 {
+            mods.narrow(2, i, 1)?.squeeze(2)
+        } else {
+            mods.narrow(1, i, 1)
+        }
     }
 
     /// The self-attention's input `norm1(x) · (1 + scale_msa) + shift_msa` (what TeaCache watches).
     pub fn modulated_input(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
         let mods = self.modulation(x, modulation)?;
         self.norm1
-            .modulated(x, &mods.narrow(1, 0, 1)?, &mods.narrow(1, 1, 1)?, false)
+            .modulated(x, &Self::vector(&mods, 0)?, &Self::vector(&mods, 1)?, false)
     }
 
-    /// x: (G, L, D) sequences; `modulation`: (G, 6·D) adaLN-single vectors; `caption`: (G, S, D) projected.
-    /// `site`: the self-attention's site (the cross-attention's is the cross site of the same number), through
-    /// `hook` when given.
+    /// x: (G, L, D) sequences; `modulation`: (G, 6·D) adaLN-single vectors, or (G, L, 6·D) per token;
+    /// `caption`: (G, S, D) projected. `site`: the self-attention's site (the cross-attention's is the cross site
+    /// of the same number), through `hook` when given.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -167,7 +185,7 @@ impl TransformerBlock {
         hook: Option<&dyn AttentionHook>,
     ) -> Result<Tensor> {
         let mods = self.modulation(x, modulation)?;
-        let m = |i: usize| mods.narrow(1, i, 1);
+        let m = |i: usize| Self::vector(&mods, i);
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
         let h = self.norm1.modulated(x, &shift_msa, &scale_msa, grad)?;

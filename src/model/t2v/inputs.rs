@@ -41,15 +41,20 @@ pub fn check_latents(cfg: &LatteT2VConfig, x: &Tensor, dtype: DType, device: &De
     crate::finite::to_model_finite(x, "hidden_states", dtype, device)
 }
 
-/// Timesteps: one per clip or one for all, as f32 on `device`.
-pub fn check_timesteps(t: &Tensor, batch: usize, device: &Device) -> Result<Tensor> {
+/// Timesteps: one for all, one per clip, or (for diagonal denoising) one per frame of a `video_length` clip, as
+/// f32 on `device`.
+pub fn check_timesteps(cfg: &LatteT2VConfig, t: &Tensor, batch: usize, device: &Device) -> Result<Tensor> {
     let t = match t.dims() {
         [] | [1] => t.broadcast_as(batch)?.contiguous()?,
         [n] if *n == batch => t.clone(),
+        [n, f] if *n == batch && *f == cfg.video_length => t.clone(),
         _ => {
             return Err(value_error(
                 "timestep",
-                format!("a scalar or shape ({batch},)"),
+                format!(
+                    "a scalar, shape ({batch},) or ({batch}, {}) (one per frame)",
+                    cfg.video_length
+                ),
                 format!("{:?}", t.dims()),
             ))
         }

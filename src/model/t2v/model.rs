@@ -235,7 +235,11 @@ impl Denoiser for LatteT2VModel {
     }
 
     fn check_timesteps(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
-        inputs::check_timesteps(t, batch, self.device())
+        inputs::check_timesteps(&self.cfg, t, batch, self.device())
+    }
+
+    fn frames_per_timestep(&self) -> Result<usize> {
+        Ok(1)
     }
 
     fn check_condition(&self, cond: &Condition, x_dims: &[usize]) -> Result<Condition> {

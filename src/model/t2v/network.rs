@@ -126,8 +126,18 @@ impl LatteT2V {
             .reshape((b * f, l, d))?
             .broadcast_add(&self.pos_embed_2d(h, w, dtype, x.device())?)?;
 
-        let emb = self.timestep_embedder.forward(t)?; // (B, D)
-        let modulation = self.adaln_linear.forward(&emb.silu()?)?; // (B, 6D)
+        // One timestep per clip, t (B,); or one per frame, t (B, F) (diagonal denoising), when every frame's
+        // spatial block and the head see their frame's own, and the temporal blocks modulate each frame of a
+        // sequence with it.
+        let per_frame = t.rank() == 2;
+        if per_frame && (t.dim(1)? != f || fv != f) {
+            candle_core::bail!(
+                "one timestep per frame needs {f} timesteps and no image frames, got {:?}",
+                t.dims()
+            );
+        }
+        let emb = self.timestep_embedder.forward(&t.flatten_all()?)?; // (B, D) or (B·F, D)
+        let modulation = self.adaln_linear.forward(&emb.silu()?)?; // (B, 6D) or (B·F, 6D)
         let projected = self
             .caption_linear_2
             .forward(&gelu(&self.caption_linear_1.forward(caption)?)?)?;
@@ -140,12 +150,22 @@ impl LatteT2V {
         } else {
             repeat_rows(&projected, f)?
         };
-        let cond = vec![
-            repeat_rows(&modulation, f)?,
-            repeat_rows(&modulation, l)?,
-            caption,
-            repeat_rows(&emb, f)?.unsqueeze(1)?,
-        ];
+        let cond = if per_frame {
+            // Temporal sequences (B·L, F, D): each frame's six vectors, the same for every patch position.
+            let six = modulation.dim(1)?;
+            let temporal = modulation
+                .reshape((b, 1, f, six))?
+                .broadcast_as((b, l, f, six))?
+                .reshape((b * l, f, six))?;
+            vec![modulation, temporal, caption, emb.unsqueeze(1)?]
+        } else {
+            vec![
+                repeat_rows(&modulation, f)?,
+                repeat_rows(&modulation, l)?,
+                caption,
+                repeat_rows(&emb, f)?.unsqueeze(1)?,
+            ]
+        };
         let pass = Pass {
             b,
             f,
