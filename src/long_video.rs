@@ -406,7 +406,10 @@ impl<'a> Fifo<'a> {
                         eta: opts.eta,
                         ..StepOptions::new(Noise::Source(rng))
                     };
-                    queue[j] = schedulers[j].step(&o, levels[j], &queue[j], &mut step)?.prev_sample.detach();
+                    queue[j] = schedulers[j]
+                        .step(&o, levels[j], &queue[j], &mut step)?
+                        .prev_sample
+                        .detach();
                 }
             }
             // The head is clean: it leaves (into the video after the warm-up) and becomes context.
