@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::cache::{CachePolicy, CacheReport, CacheState};
+use crate::cache::{CachePolicy, CacheReport, CacheState, StepInfo};
 use crate::diffusion::schedulers::{Noise, Scheduler, StepOptions};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::{apply_guidance, Condition, Denoiser};
@@ -151,7 +151,14 @@ pub fn sample_with_report(
         // pass's graph (and the activations it references) alive through the chain of samples.
         let input = input.to_dtype(model.dtype())?;
         let out = match cache.as_mut() {
-            Some(cache) => cache.denoise(model, &input, &t_batch, &cond, done)?,
+            Some(cache) => {
+                let step = StepInfo {
+                    index: done,
+                    timestep: t,
+                    guided,
+                };
+                cache.denoise(model, &input, &t_batch, &cond, step)?
+            }
             None => model.denoise(&input, &t_batch, &cond, false)?,
         };
         let out = out.detach().to_dtype(x.dtype())?;

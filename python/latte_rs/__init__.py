@@ -30,7 +30,7 @@ from ._native import (
     set_kernel_path,
 )
 from .ablation import ablate
-from .cache import CacheReport, TeaCache
+from .cache import CacheReport, FasterCache, PyramidAttentionBroadcast, TeaCache
 from .evaluation import fvd
 from .pipelines import LatteOutput, LattePipeline, LatteT2VPipeline
 from .sampling import sample
@@ -52,6 +52,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "EulerDiscreteScheduler",
     "FLASH_ATTN_AVAILABLE",
+    "FasterCache",
     "GaussianDiffusion",
     "Generator",
     "I3D",
@@ -63,6 +64,7 @@ __all__ = [
     "LatteT2VPipeline",
     "LatteT2VTransformer",
     "OpenedModel",
+    "PyramidAttentionBroadcast",
     "SchedulerOutput",
     "TeaCache",
     "T5TextEncoder",

@@ -26,6 +26,8 @@ __all__ = [
     "LatteT2VTransformer",
     "OpenedModel",
     "TeaCache",
+    "PyramidAttentionBroadcast",
+    "FasterCache",
     "T5TextEncoder",
     "BF16_AUTOCAST_SUPPORTED",
     "open_model",
@@ -869,7 +871,7 @@ def sample(
     window_stride: int | None = None,
     lookahead_denoising: bool | None = None,
     callback: Callable[[int, int], object] | None = None,
-    cache: TeaCache | None = None,
+    cache: TeaCache | PyramidAttentionBroadcast | FasterCache | None = None,
 ) -> np.ndarray:
     """The one sampling loop, every step in Rust, for any model and any scheduler (a scheduler core, copied so the
     caller's keeps its state, or a ``GaussianDiffusion`` sampled by ``sampler``). The condition is class labels
@@ -899,6 +901,87 @@ class TeaCache:
     def coefficients(self) -> list[float] | None: ...
     @property
     def input_range(self) -> list[float] | None: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last sampling run this cache served, as a dict (None before any)."""
+
+@disjoint_base
+class PyramidAttentionBroadcast:
+    """Pyramid Attention Broadcast for the sampling loop (``latte_rs.PyramidAttentionBroadcast`` adds ``report``),
+    with diffusers' ``PyramidAttentionBroadcastConfig`` names and defaults: per attention kind, compute every
+    ``n``-th step inside the kind's timestep range ``(low, high)`` (ends excluded), reuse the last output in
+    between; ``None`` never reuses. Defaults (shown as ``...``): spatial skip range 2, every timestep range
+    ``(100.0, 800.0)``. Bad values are a ``ValueError`` naming the argument."""
+
+    def __new__(
+        cls,
+        spatial_attention_block_skip_range: int | None = ...,
+        temporal_attention_block_skip_range: int | None = None,
+        cross_attention_block_skip_range: int | None = None,
+        spatial_attention_timestep_skip_range: tuple[float, float] = ...,
+        temporal_attention_timestep_skip_range: tuple[float, float] = ...,
+        cross_attention_timestep_skip_range: tuple[float, float] = ...,
+    ) -> Self: ...
+    @property
+    def spatial_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def temporal_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def cross_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def spatial_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def temporal_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def cross_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last sampling run this cache served, as a dict (None before any)."""
+
+@disjoint_base
+class FasterCache:
+    """FasterCache for the sampling loop (``latte_rs.FasterCache`` adds ``report``), with diffusers'
+    ``FasterCacheConfig`` names and defaults (``attention_weight`` is its default weight callback's constant).
+    Defaults shown as ``...``: spatial skip range 2, attention timestep ranges ``(-1.0, 681.0)``, low- and
+    high-frequency weight ranges ``(99.0, 901.0)`` and ``(-1.0, 301.0)``, unconditional skip range 5 in
+    ``(-1.0, 641.0)``. Bad values are a ``ValueError`` naming the argument."""
+
+    def __new__(
+        cls,
+        spatial_attention_block_skip_range: int | None = ...,
+        temporal_attention_block_skip_range: int | None = None,
+        spatial_attention_timestep_skip_range: tuple[float, float] = ...,
+        temporal_attention_timestep_skip_range: tuple[float, float] = ...,
+        low_frequency_weight_update_timestep_range: tuple[float, float] = ...,
+        high_frequency_weight_update_timestep_range: tuple[float, float] = ...,
+        alpha_low_frequency: float = 1.1,
+        alpha_high_frequency: float = 1.1,
+        unconditional_batch_skip_range: int | None = ...,
+        unconditional_batch_timestep_skip_range: tuple[float, float] = ...,
+        attention_weight: float = 0.5,
+    ) -> Self: ...
+    @property
+    def spatial_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def temporal_attention_block_skip_range(self) -> int | None: ...
+    @property
+    def spatial_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def temporal_attention_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def low_frequency_weight_update_timestep_range(self) -> tuple[float, float]: ...
+    @property
+    def high_frequency_weight_update_timestep_range(self) -> tuple[float, float]: ...
+    @property
+    def alpha_low_frequency(self) -> float: ...
+    @property
+    def alpha_high_frequency(self) -> float: ...
+    @property
+    def unconditional_batch_skip_range(self) -> int | None: ...
+    @property
+    def unconditional_batch_timestep_skip_range(self) -> tuple[float, float]: ...
+    @property
+    def attention_weight(self) -> float: ...
     @property
     def last_report(self) -> dict[str, Any] | None:
         """The report of the last sampling run this cache served, as a dict (None before any)."""

@@ -18,6 +18,10 @@ the last step always compute; with guidance the decision is one per step for the
 Coefficients: ``TeaCache()`` without ``coefficients`` uses the model's own, read from a ``teacache.json`` beside
 it when it was loaded (in a model folder, ``<stem>.teacache.json`` beside a model file; the built-in models ship
 theirs), else TeaCache's published Latte-1 polynomial (which fits Latte-1, not other models).
+
+**PyramidAttentionBroadcast** and **FasterCache** reuse attention outputs instead of whole steps, with diffusers'
+setting names and defaults (``PyramidAttentionBroadcastConfig``, ``FasterCacheConfig``); their rules are in
+``docs/caching.md``. Their reports say, per step and per attention layer, whether it was computed.
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ class CacheReport:
     blocks_computed: int
     blocks_skipped: int
     cache_bytes: int
+    #: Each step's timestep.
+    timesteps: list[float] = field(default_factory=list)
+    #: Attention policies: per step, per kind ("spatial", "temporal", "cross"), per layer in the order the pass
+    #: runs them, whether the attention was computed (False: reused or extrapolated).
+    attention: list[dict[str, list[bool]]] = field(default_factory=list)
+    #: FasterCache with guidance: per step, whether the unconditional branch ran (else None per step).
+    uncond_computed: list[bool | None] = field(default_factory=list)
+    attentions_per_pass: dict[str, int] = field(default_factory=dict)
+    attention_computed: dict[str, int] = field(default_factory=dict)
+    attention_skipped: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -67,7 +81,11 @@ class CacheReport:
                    input_changes=[s["input_change"] for s in steps], rescaled=[s["rescaled"] for s in steps],
                    accumulated=[s["accumulated"] for s in steps], output_changes=[s["output_change"] for s in steps],
                    blocks_per_pass=d["blocks_per_pass"], blocks_computed=d["blocks_computed"],
-                   blocks_skipped=d["blocks_skipped"], cache_bytes=d["cache_bytes"])
+                   blocks_skipped=d["blocks_skipped"], cache_bytes=d["cache_bytes"],
+                   timesteps=[s["timestep"] for s in steps], attention=[s["attention"] for s in steps],
+                   uncond_computed=[s["uncond_computed"] for s in steps],
+                   attentions_per_pass=d["attentions_per_pass"], attention_computed=d["attention_computed"],
+                   attention_skipped=d["attention_skipped"])
 
     @property
     def steps_computed(self) -> int:
@@ -77,8 +95,18 @@ class CacheReport:
     def steps_skipped(self) -> int:
         return len(self.computed) - self.steps_computed
 
+    @property
+    def uncond_skipped(self) -> int:
+        """Steps whose unconditional branch was approximated (FasterCache with guidance)."""
+        return sum(1 for u in self.uncond_computed if u is False)
+
     def summary(self) -> dict[str, Any]:
         """The counts, for logs and JSON."""
+        if self.policy != "teacache":
+            return {"policy": self.policy, "steps": len(self.computed), "blocks_computed": self.blocks_computed,
+                    "attention_computed": dict(self.attention_computed),
+                    "attention_skipped": dict(self.attention_skipped), "uncond_skipped": self.uncond_skipped,
+                    "cache_bytes": self.cache_bytes}
         return {"policy": self.policy, "threshold": self.threshold, "coefficients_source": self.coefficients_source,
                 "steps_computed": self.steps_computed, "steps_skipped": self.steps_skipped,
                 "blocks_computed": self.blocks_computed, "blocks_skipped": self.blocks_skipped,
@@ -160,6 +188,45 @@ class TeaCache(_native.TeaCache):
                    "threshold": self.threshold, **notes}
         target.write_text(json.dumps(content, indent=2) + "\n")
         return target
+
+
+class PyramidAttentionBroadcast(_native.PyramidAttentionBroadcast):
+    """Pyramid Attention Broadcast (Zhao et al. 2024), with diffusers' ``PyramidAttentionBroadcastConfig`` names
+    and defaults: each attention layer of a kind with a ``*_block_skip_range`` ``n`` computes at its first call,
+    at every ``n``-th, and whenever the timestep is outside its kind's ``*_timestep_skip_range`` ``(low, high)``
+    (both ends excluded); in between it returns its last output. Spatial 2, temporal and cross ``None`` (never
+    reused), every range ``(100, 800)``. ``n = 1`` (or all ``None``) skips nothing and gives the uncached output
+    bit for bit. After a sampling run, :attr:`report` says which layers computed at each step.
+
+    >>> import numpy as np, latte_rs
+    >>> pab = latte_rs.PyramidAttentionBroadcast(spatial_attention_block_skip_range=2)
+    >>> latents = latte_rs.sample(latte_rs.demo.tiny_model(), latte_rs.DDIMScheduler(), y=np.array([0]),
+    ...                           num_inference_steps=10, progress=False, cache=pab)
+    >>> pab.report.attention_skipped["spatial"] > 0
+    True
+    """
+
+    @property
+    def report(self) -> CacheReport | None:
+        """The report of the last sampling run this cache served (None before any)."""
+        return cache_report(self)
+
+
+class FasterCache(_native.FasterCache):
+    """FasterCache (Lv et al. 2024), with diffusers' ``FasterCacheConfig`` names and defaults. With guidance, the
+    unconditional branch runs at the first step, at every ``unconditional_batch_skip_range``-th step and outside
+    ``unconditional_batch_timestep_skip_range``; elsewhere only the conditional half runs and the unconditional
+    output is the conditional one plus the last measured difference, split into low and high spatial frequencies
+    and weighted by ``alpha_low_frequency`` / ``alpha_high_frequency`` inside their timestep ranges. Each spatial
+    attention layer (temporal too with ``temporal_attention_block_skip_range``) may, in a conditional-only pass
+    (any pass without guidance), return ``o1 + attention_weight * (o1 - o2)`` from its last two outputs instead of
+    computing, except at every ``n``-th call and outside its timestep range. The full rules and where they depart
+    from diffusers are in ``docs/caching.md``."""
+
+    @property
+    def report(self) -> CacheReport | None:
+        """The report of the last sampling run this cache served (None before any)."""
+        return cache_report(self)
 
 
 def cache_report(cache: Any) -> CacheReport | None:

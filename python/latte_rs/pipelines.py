@@ -152,11 +152,11 @@ class LatteT2VPipeline:
         ``generator``). The prompt embeddings cross into Rust once; every denoising step runs there. Height and
         width default to the transformer's ``sample_size`` times the VAE's factor (512 for Latte-1). A transformer
         of 3 input channels without a VAE is a pixel-space model: its samples are the frames. ``cache``: a caching
-        policy (``latte_rs.TeaCache``); the output's ``cache_report`` says what it skipped. A ``video_length``
-        beyond the transformer's trained length samples over sliding windows (``long_video="windows"``, windows
-        ``window_stride`` frames apart, default half the trained length) or by FIFO-Diffusion's diagonal denoising
-        (``long_video="fifo"``, ``lookahead_denoising``; see ``latte_rs.sample``); the VAE decodes in chunks of
-        ``decode_chunk_size`` frames."""
+        policy (``latte_rs.TeaCache``, ``PyramidAttentionBroadcast`` or ``FasterCache``); the output's
+        ``cache_report`` says what it skipped. A ``video_length`` beyond the transformer's trained length samples
+        over sliding windows (``long_video="windows"``, windows ``window_stride`` frames apart, default half the
+        trained length) or by FIFO-Diffusion's diagonal denoising (``long_video="fifo"``, ``lookahead_denoising``;
+        see ``latte_rs.sample``); the VAE decodes in chunks of ``decode_chunk_size`` frames."""
         cfg = self.transformer.config
         video_length = cfg["video_length"] if video_length is None else video_length
         if output_type not in ("np", "uint8", "latent"):
@@ -275,8 +275,8 @@ class LattePipeline:
             eta: DDIM's stochasticity (with a ``DDIMScheduler``; other schedulers have none).
             latents: starting noise ``(B, F, C, h, w)`` instead of drawing it.
             output_type: "uint8", "np" (float in [0, 1]) or "latent".
-            cache: a caching policy (``latte_rs.TeaCache``) that skips work across steps; the output's
-                ``cache_report`` says what it computed and skipped.
+            cache: a caching policy (``latte_rs.TeaCache``, ``PyramidAttentionBroadcast`` or ``FasterCache``) that
+                skips work across steps; the output's ``cache_report`` says what it computed and skipped.
             num_frames, long_video, window_stride, lookahead_denoising: frames per video (default: the model's);
                 beyond the trained length the model samples over sliding windows or by FIFO-Diffusion's diagonal
                 denoising (see ``latte_rs.sample``).

@@ -68,8 +68,9 @@ def sample(
         clip_denoised: clip each x0 estimate to [-1, 1] (the official sampler does not), for a
             ``GaussianDiffusion`` (a scheduler clips by its ``clip_sample`` config).
         progress: show a progress bar.
-        cache: a caching policy (``latte_rs.TeaCache(...)``) that skips work across steps; after the run its
-            ``report`` says which steps and blocks were computed and skipped.
+        cache: a caching policy (``latte_rs.TeaCache(...)``, ``PyramidAttentionBroadcast(...)`` or
+            ``FasterCache(...)``) that skips work across steps; after the run its ``report`` says which steps,
+            blocks and attention layers were computed and skipped.
         num_frames: frames to generate (default: the noise's, else the model's). Beyond the trained length
             ``long_video`` says how they are made (see the Long videos docs page); within it nothing changes.
         long_video: ``"windows"`` (the default): every step runs the model over sliding windows of the trained

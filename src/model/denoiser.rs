@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use super::attention_hook::AttentionHook;
 use super::condition::Condition;
 use super::guidance::GuidanceRule;
 use crate::error::Result;
@@ -32,8 +33,9 @@ impl LatentLayout {
 }
 
 /// One forward pass split at the places caching policies look into ([`crate::cache`]): the embeddings (the
-/// block stack's input and the first block's modulated input), the block stack, and the final layer. Running
-/// `head(blocks(hidden()).0)` is the model's forward pass, bit for bit.
+/// block stack's input and the first block's modulated input), the block stack (its attention layers through an
+/// optional [`AttentionHook`]), and the final layer. Running `head(blocks(hidden(), None).0)` is the model's
+/// forward pass, bit for bit; so is any hook that always computes.
 pub trait StagedPass {
     /// The block stack's input: the embedded tokens.
     fn hidden(&self) -> &Tensor;
@@ -42,8 +44,11 @@ pub trait StagedPass {
     fn first_block_input(&self) -> Result<Tensor>;
     /// Blocks in the stack (what one pass of [`StagedPass::blocks`] runs).
     fn num_blocks(&self) -> usize;
-    /// The block stack on `hidden`: its output and the number of blocks that ran.
-    fn blocks(&self, hidden: &Tensor) -> Result<(Tensor, usize)>;
+    /// Attention layers of each kind in one pass of the stack, indexed by [`super::AttentionKind::index`].
+    fn attention_sites(&self) -> [usize; 3];
+    /// The block stack on `hidden`, each attention's output through `hook` when given: the stack's output and the
+    /// number of blocks that ran.
+    fn blocks(&self, hidden: &Tensor, hook: Option<&dyn AttentionHook>) -> Result<(Tensor, usize)>;
     /// The final layer on the stack's output: the model's output.
     fn head(&self, hidden: &Tensor) -> Result<Tensor>;
 }
@@ -65,8 +70,11 @@ impl<P: StagedPass> StagedPass for LockedPass<'_, P> {
     fn num_blocks(&self) -> usize {
         self.pass.num_blocks()
     }
-    fn blocks(&self, hidden: &Tensor) -> Result<(Tensor, usize)> {
-        self.pass.blocks(hidden)
+    fn attention_sites(&self) -> [usize; 3] {
+        self.pass.attention_sites()
+    }
+    fn blocks(&self, hidden: &Tensor, hook: Option<&dyn AttentionHook>) -> Result<(Tensor, usize)> {
+        self.pass.blocks(hidden, hook)
     }
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.pass.head(hidden)

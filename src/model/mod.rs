@@ -3,6 +3,7 @@
 //! turns prompts into its caption features ([`text`]), and device and dtype names ([`device`]).
 
 pub mod any;
+pub mod attention_hook;
 pub(crate) mod backprop;
 pub(crate) mod checkpointing;
 pub mod condition;
@@ -18,6 +19,7 @@ pub mod text;
 pub mod windows;
 
 pub use any::{AnyModel, ModelKind};
+pub use attention_hook::{AttentionHook, AttentionKind, AttentionSite};
 pub use condition::Condition;
 pub use denoiser::{Denoiser, DenoiserSpec, LatentLayout, LossFn, StagedPass};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};

@@ -13,6 +13,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use super::attention_hook::{AttentionHook, OffsetHook};
 use super::condition::Condition;
 use super::denoiser::{Denoiser, DenoiserSpec, LatentLayout, LossFn, StagedPass};
 use crate::error::{value_error, LatteError, Result};
@@ -293,11 +294,33 @@ impl StagedPass for WindowedPass<'_> {
         self.passes.iter().map(|p| p.num_blocks()).sum()
     }
 
-    fn blocks(&self, hidden: &Tensor) -> Result<(Tensor, usize)> {
+    fn attention_sites(&self) -> [usize; 3] {
+        let mut sites = [0; 3];
+        for p in &self.passes {
+            for (total, n) in sites.iter_mut().zip(p.attention_sites()) {
+                *total += n;
+            }
+        }
+        sites
+    }
+
+    fn blocks(&self, hidden: &Tensor, hook: Option<&dyn AttentionHook>) -> Result<(Tensor, usize)> {
         let mut outs = Vec::with_capacity(self.passes.len());
         let mut ran = 0;
+        // Each window's sites are numbered after the earlier windows', so that a cache keeps one entry per layer
+        // per window.
+        let mut offset = [0; 3];
         for (p, part) in self.passes.iter().zip(self.parts(hidden)?) {
-            let (out, n) = p.blocks(&part)?;
+            let (out, n) = match hook {
+                Some(inner) => {
+                    let shifted = OffsetHook { inner, offset };
+                    p.blocks(&part, Some(&shifted))?
+                }
+                None => p.blocks(&part, None)?,
+            };
+            for (o, n) in offset.iter_mut().zip(p.attention_sites()) {
+                *o += n;
+            }
             outs.push(out);
             ran += n;
         }

@@ -125,6 +125,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BF16_AUTOCAST_SUPPORTED", crate::nn::autocast::bf16_supported())?;
     m.add_class::<open::PyOpenedModel>()?;
     m.add_class::<cache::PyTeaCache>()?;
+    m.add_class::<cache::PyPab>()?;
+    m.add_class::<cache::PyFasterCache>()?;
     m.add_function(wrap_pyfunction!(open::open_model, m)?)?;
     m.add_function(wrap_pyfunction!(diffusion::sample, m)?)?;
     m.add_function(wrap_pyfunction!(set_autocast, m)?)?;

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::cache::PyTeaCache;
+use super::cache::CacheArg;
 use super::convert::{float_tensor, int_tensor, to_numpy, to_tensor};
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
@@ -110,9 +110,9 @@ pub(crate) fn run<'py>(
     mut scheduler: Box<dyn Scheduler>,
     mut inputs: SampleInputs,
     callback: Option<Py<PyAny>>,
-    cache: Option<Py<PyTeaCache>>,
+    cache: Option<CacheArg>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    inputs.opts.cache = cache.as_ref().map(|c| c.get().policy());
+    inputs.opts.cache = cache.as_ref().map(CacheArg::policy);
     let out = run_with_progress(py, callback, |progress| {
         let mut rng = Generator::new(inputs.seed);
         let mut latent_shape = inputs
@@ -139,7 +139,7 @@ pub(crate) fn run<'py>(
         )
     })?;
     if let Some(cache) = cache {
-        cache.get().set_report(out.cache_report);
+        cache.set_report(out.cache_report);
     }
     to_numpy(py, &out.latents)
 }

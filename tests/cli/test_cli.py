@@ -35,8 +35,8 @@ def test_sample_cli_writes_videos_and_fails_in_one_line(tmp_path, capsys):
 
 
 def test_sample_cli_cache(tmp_path, capsys):
-    """--cache teacache samples with TeaCache and reports what it skipped; the methods not yet implemented and a
-    threshold without a cache are refused by option name."""
+    """--cache teacache samples with TeaCache and reports what it skipped, as --cache pab and --cache fastercache
+    do with their defaults; a threshold without TeaCache is refused by option name."""
     pixel_model().save(str(tmp_path / "m.safetensors"))
     base = ["sample", str(tmp_path / "m.safetensors"), "--classes", "0", "--steps", "6", "--format", "png",
             "--output-dir", str(tmp_path / "out"), "--no-progress"]
@@ -45,8 +45,11 @@ def test_sample_cli_cache(tmp_path, capsys):
     assert summary["cache"]["policy"] == "teacache" and summary["cache"]["threshold"] == 0.0
     assert summary["cache"]["steps_computed"] == 6 and summary["cache"]["coefficients_source"] == "latte-1"
     assert main(base) == 0 and json.loads(capsys.readouterr().out)["cache"] is None
-    for extra, needle in [(["--cache", "fastercache"], "--cache: fastercache is not yet implemented"),
-                          (["--cache", "pab"], "--cache: pab is not yet implemented"),
+    for name in ("pab", "fastercache"):
+        assert main(base + ["--cache", name]) == 0
+        summary = json.loads(capsys.readouterr().out)["cache"]
+        assert summary["policy"] == name and summary["steps"] == 6 and summary["blocks_computed"] > 0
+    for extra, needle in [(["--cache", "pab", "--cache-threshold", "0.1"], "--cache-threshold"),
                           (["--cache-threshold", "0.1"], "--cache-threshold")]:
         assert main(base + extra) != 0
         err = capsys.readouterr().err.strip()

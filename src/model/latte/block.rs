@@ -4,11 +4,23 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{Injection, LatteConfig};
+use crate::model::attention_hook::{attend, AttentionHook, AttentionKind, AttentionSite};
 use crate::nn::attention::attend_heads;
 use crate::nn::modulation::gated_add;
 use crate::nn::{Attention, AttentionKernel, LayerNorm, Linear, Mlp, Rope};
 
 const LN_EPS: f64 = 1e-6;
+
+/// The attention hook of one pass and the block's number (which numbers its attention sites), or None.
+pub type Hook<'a> = Option<(&'a dyn AttentionHook, usize)>;
+
+/// `compute()` at the site of kind `kind` of the block `hook` numbers, through its hook.
+fn hooked(hook: Hook, kind: AttentionKind, compute: impl FnMut() -> Result<Tensor>) -> Result<Tensor> {
+    match hook {
+        Some((h, block)) => attend(Some(h), AttentionSite::new(kind, block), compute),
+        None => attend(None, AttentionSite::new(kind, 0), compute),
+    }
+}
 
 /// The conditioning one attention stage sees, shaped to broadcast over its (B, S, L, D) sequences.
 #[derive(Clone, Copy, Debug)]
@@ -134,12 +146,20 @@ impl TransformerBlock {
         })
     }
 
-    /// x: (B, S, L, D) sequences.
-    pub fn forward(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+    /// x: (B, S, L, D) sequences; the attention is of kind `kind` at `hook`'s site.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cond: Cond,
+        rope: Option<&Rope>,
+        grad: bool,
+        kind: AttentionKind,
+        hook: Hook,
+    ) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm1, grad)?;
         let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
-            self.attn.forward(h, extra.as_ref(), rope, grad)
+            hooked(hook, kind, || self.attn.forward(h, extra.as_ref(), rope, grad))
         })?;
         residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
             self.mlp.forward(h)
@@ -179,20 +199,24 @@ impl FactorisedBlock {
     }
 
     /// Spatial attention on `x` (B, F, N, D). Returns the new `x`.
-    pub fn spatial(&self, x: &Tensor, cond: Cond, grad: bool) -> Result<Tensor> {
+    pub fn spatial(&self, x: &Tensor, cond: Cond, grad: bool, hook: Hook) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm1, grad)?;
         residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
-            self.attn.forward(h, extra.as_ref(), None, grad)
+            hooked(hook, AttentionKind::Spatial, || {
+                self.attn.forward(h, extra.as_ref(), None, grad)
+            })
         })
     }
 
     /// Temporal attention on the video part in temporal layout (B, N, Fv, D).
-    pub fn temporal(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool) -> Result<Tensor> {
+    pub fn temporal(&self, x: &Tensor, cond: Cond, rope: Option<&Rope>, grad: bool, hook: Hook) -> Result<Tensor> {
         let mods = mods_for(&self.ada, cond)?;
         let extra = extra_tokens(cond, &self.norm_temp, grad)?;
         residual(x, &self.norm_temp, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
-            self.attn_temp.forward(h, extra.as_ref(), rope, grad)
+            hooked(hook, AttentionKind::Temporal, || {
+                self.attn_temp.forward(h, extra.as_ref(), rope, grad)
+            })
         })
     }
 
@@ -234,7 +258,9 @@ impl SplitHeadBlock {
     }
 
     /// x: (B, F, N, D) with the first `video_frames` frames mixed in time. `spatial` conditions the block;
-    /// with token injection, `temporal` holds the tokens the temporal heads see.
+    /// with token injection, `temporal` holds the tokens the temporal heads see. With a hook, the spatial and
+    /// the temporal heads' outputs (before the shared output projection) are its two sites.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
@@ -243,18 +269,20 @@ impl SplitHeadBlock {
         video_frames: usize,
         rope: Option<&Rope>,
         grad: bool,
+        hook: Hook,
     ) -> Result<Tensor> {
         let mods = mods_for(&self.ada, spatial)?;
         let extra_s = extra_tokens(spatial, &self.norm1, grad)?;
         let extra_t = extra_tokens(temporal, &self.norm1, grad)?;
         let x = residual(x, &self.norm1, mods.as_deref().map(|m| &m[0..3]), grad, |h| {
-            self.split_head_attention(h, extra_s.as_ref(), extra_t.as_ref(), video_frames, rope, grad)
+            self.split_head_attention(h, extra_s.as_ref(), extra_t.as_ref(), video_frames, rope, grad, hook)
         })?;
         residual(&x, &self.norm2, mods.as_deref().map(|m| &m[3..6]), grad, |h| {
             self.mlp.forward(h)
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn split_head_attention(
         &self,
         h: &Tensor,
@@ -263,52 +291,69 @@ impl SplitHeadBlock {
         fv: usize,
         rope: Option<&Rope>,
         grad: bool,
+        hook: Hook,
     ) -> Result<Tensor> {
         let (b, f, n, d) = h.dims4()?;
         let heads = self.attn.num_heads();
         let (half, hd) = (heads / 2, d / heads);
         let kernel = self.attn.kernel();
-        let qkv = self.attn.project_qkv(h)?; // (B, F, N, 3, H, hd)
+        // The projection serves both halves; made on first use, so that a hook reusing both skips it too.
+        let projected = std::cell::RefCell::new(None::<Tensor>);
+        let qkv = || -> Result<Tensor> {
+            let mut slot = projected.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(self.attn.project_qkv(h)?); // (B, F, N, 3, H, hd)
+            }
+            slot.clone()
+                .ok_or_else(|| candle_core::Error::Msg("qkv projection missing".into()))
+        };
         let heads_of = |t: &Tensor, start: usize| t.narrow(4, start, half);
         let project_extra = |e: Option<&Tensor>, start: usize| -> Result<Option<Tensor>> {
             e.map(|e| heads_of(&self.attn.project_qkv(e)?, start)).transpose()
         };
 
         // Spatial heads: sequences of N tokens within each frame.
-        let spatial = heads_of(&qkv, 0)?.reshape((b * f, n, 3, half, hd))?;
-        let out_s = attend_heads(
-            &spatial,
-            project_extra(extra_s, 0)?.as_ref(),
-            (b, f),
-            None,
-            kernel,
-            grad,
-        )?;
-        let out_s = out_s.reshape((b, f, n, half * hd))?;
+        let out_s = hooked(hook, AttentionKind::Spatial, || {
+            let spatial = heads_of(&qkv()?, 0)?.reshape((b * f, n, 3, half, hd))?;
+            let out_s = attend_heads(
+                &spatial,
+                project_extra(extra_s, 0)?.as_ref(),
+                (b, f),
+                None,
+                kernel,
+                grad,
+            )?;
+            out_s.reshape((b, f, n, half * hd))
+        })?;
 
         // Temporal heads: sequences of the video frames at each position.
-        let temporal = heads_of(&qkv, half)?;
-        let video = temporal
-            .narrow(1, 0, fv)?
-            .transpose(1, 2)?
-            .reshape((b * n, fv, 3, half, hd))?;
-        let out_t = attend_heads(
-            &video,
-            project_extra(extra_t, half)?.as_ref(),
-            (b, n),
-            rope,
-            kernel,
-            grad,
-        )?;
-        let mut out_t = out_t.reshape((b, n, fv, half * hd))?.transpose(1, 2)?;
-        if f > fv {
-            // Image frames have no time axis: their temporal heads attend to themselves alone, giving their value.
-            let images = temporal
-                .narrow(1, fv, f - fv)?
-                .narrow(3, 2, 1)?
-                .reshape((b, f - fv, n, half * hd))?;
-            out_t = Tensor::cat(&[&out_t, &images], 1)?;
-        }
+        let out_t = hooked(hook, AttentionKind::Temporal, || {
+            let temporal = heads_of(&qkv()?, half)?;
+            let video = temporal
+                .narrow(1, 0, fv)?
+                .transpose(1, 2)?
+                .reshape((b * n, fv, 3, half, hd))?;
+            let out_t = attend_heads(
+                &video,
+                project_extra(extra_t, half)?.as_ref(),
+                (b, n),
+                rope,
+                kernel,
+                grad,
+            )?;
+            let out_t = out_t.reshape((b, n, fv, half * hd))?.transpose(1, 2)?;
+            if f > fv {
+                // Image frames have no time axis: their temporal heads attend to themselves alone, giving their
+                // value.
+                let images = temporal
+                    .narrow(1, fv, f - fv)?
+                    .narrow(3, 2, 1)?
+                    .reshape((b, f - fv, n, half * hd))?;
+                Tensor::cat(&[&out_t, &images], 1)
+            } else {
+                Ok(out_t)
+            }
+        })?;
         self.attn.project_out(&Tensor::cat(&[&out_s, &out_t], 3)?)
     }
 }
@@ -388,7 +433,9 @@ mod tests {
         let (b, f, fv, n, d, heads) = (2, 5, 3, 4, 16, 4);
         let hd = d / heads;
         let h = randn(&mut rng, &[b, f, n, d]);
-        let out = block.split_head_attention(&h, None, None, fv, None, false).unwrap();
+        let out = block
+            .split_head_attention(&h, None, None, fv, None, false, None)
+            .unwrap();
 
         // Weights of head j: rows of q, k, v in the qkv projection; its columns of the output projection.
         let head_w = |j: usize| -> [Tensor; 3] { [0, 1, 2].map(|p| qkv_w.narrow(0, p * d + j * hd, hd).unwrap()) };

@@ -3,8 +3,9 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::block::{Cond, FactorisedBlock, FinalLayer, SplitHeadBlock, TransformerBlock};
+use super::block::{Cond, FactorisedBlock, FinalLayer, Hook, SplitHeadBlock, TransformerBlock};
 use crate::config::{Injection, LatteConfig, TemporalPos, Variant};
+use crate::model::attention_hook::{AttentionHook, AttentionKind};
 use crate::model::checkpointing::checkpointed_backprop;
 use crate::nn::embed::{LabelEmbedder, PatchEmbedder, TimestepEmbedder};
 use crate::nn::Rope;
@@ -213,7 +214,7 @@ impl Latte {
         grad: bool,
     ) -> Result<Tensor> {
         let (h, pass) = self.embed(x, t, y, y_image)?;
-        let (h, _) = self.run_blocks(&h, &pass, grad)?;
+        let (h, _) = self.run_blocks(&h, &pass, grad, None)?;
         self.head(&h, &pass, grad)
     }
 
@@ -233,12 +234,28 @@ impl Latte {
         })
     }
 
-    /// Every stage of the body on `h`: the stack's output and the number of stages (blocks) that ran.
-    fn run_blocks(&self, h: &Tensor, pass: &Pass, grad: bool) -> Result<(Tensor, usize)> {
+    /// Every stage of the body on `h`, the attentions through `hook` when given: the stack's output and the
+    /// number of stages (blocks) that ran.
+    fn run_blocks(
+        &self,
+        h: &Tensor,
+        pass: &Pass,
+        grad: bool,
+        hook: Option<&dyn AttentionHook>,
+    ) -> Result<(Tensor, usize)> {
         let mut h = h.clone();
         let mut ran = 0;
+        // Stages of each kind so far ([spatial, temporal, both]): a stage's number among its kind numbers its
+        // attention sites.
+        let mut seen = [0usize; 3];
         for stage in self.stages() {
-            h = self.run_stage(stage, &h, pass, grad)?;
+            let kind = match stage {
+                Stage::Spatial(_) => 0,
+                Stage::Temporal { .. } => 1,
+                Stage::Factorised { .. } | Stage::SplitHead(_) => 2,
+            };
+            h = self.run_stage(stage, &h, pass, grad, hook.map(|hook| (hook, seen[kind])))?;
+            seen[kind] += 1;
             ran += 1;
             if !grad {
                 h = h.detach();
@@ -288,7 +305,7 @@ impl Latte {
             &h0,
             &[pass.cond.spatial.clone(), pass.cond.temporal.clone()],
             stages.len(),
-            &|i, h, cond| self.run_stage(stages[i], h, &with(cond), true),
+            &|i, h, cond| self.run_stage(stages[i], h, &with(cond), true, None),
             &|h, cond| self.head(h, &with(cond), true),
             loss_fn,
         )
@@ -355,24 +372,55 @@ impl Latte {
         Ok((x, Pass { b, h, w, fv, cond }))
     }
 
-    fn run_stage(&self, stage: Stage, x: &Tensor, pass: &Pass, grad: bool) -> Result<Tensor> {
+    /// One stage on `x`; `hook` holds the attention hook and the stage's number among its kind.
+    fn run_stage(&self, stage: Stage, x: &Tensor, pass: &Pass, grad: bool, hook: Hook) -> Result<Tensor> {
         let cond = &pass.cond;
         match stage {
-            Stage::Spatial(block) => block.forward(x, cond.spatial(), None, grad),
+            Stage::Spatial(block) => block.forward(x, cond.spatial(), None, grad, AttentionKind::Spatial, hook),
             Stage::Temporal { block, first } => self.temporal_stage(x, pass.fv, first, |v| {
-                block.forward(v, cond.temporal(), self.rope.as_ref(), grad)
+                block.forward(
+                    v,
+                    cond.temporal(),
+                    self.rope.as_ref(),
+                    grad,
+                    AttentionKind::Temporal,
+                    hook,
+                )
             }),
             Stage::Factorised { block, first } => {
-                let x = block.spatial(x, cond.spatial(), grad)?;
+                let x = block.spatial(x, cond.spatial(), grad, hook)?;
                 let x = self.temporal_stage(&x, pass.fv, first, |v| {
-                    block.temporal(v, cond.temporal(), self.rope.as_ref(), grad)
+                    block.temporal(v, cond.temporal(), self.rope.as_ref(), grad, hook)
                 })?;
                 block.feed_forward(&x, cond.spatial(), grad)
             }
-            Stage::SplitHead(block) => {
-                block.forward(x, cond.spatial(), cond.temporal(), pass.fv, self.rope.as_ref(), grad)
+            Stage::SplitHead(block) => block.forward(
+                x,
+                cond.spatial(),
+                cond.temporal(),
+                pass.fv,
+                self.rope.as_ref(),
+                grad,
+                hook,
+            ),
+        }
+    }
+
+    /// Attention layers of each kind in one pass: a spatial or temporal block has one; variants 3 and 4 have
+    /// one of each per block (variant 4's spatial and temporal heads).
+    fn attention_sites(&self) -> [usize; 3] {
+        let mut sites = [0; 3];
+        for stage in self.stages() {
+            match stage {
+                Stage::Spatial(_) => sites[0] += 1,
+                Stage::Temporal { .. } => sites[1] += 1,
+                Stage::Factorised { .. } | Stage::SplitHead(_) => {
+                    sites[0] += 1;
+                    sites[1] += 1;
+                }
             }
         }
+        sites
     }
 
     /// Final layer and unpatchify: (B, F', N, D) → (B, F, C_out, H, W).
@@ -441,8 +489,12 @@ impl crate::model::StagedPass for LatteStages<'_> {
         self.network.stages().len()
     }
 
-    fn blocks(&self, hidden: &Tensor) -> crate::Result<(Tensor, usize)> {
-        Ok(self.network.run_blocks(hidden, &self.pass, false)?)
+    fn attention_sites(&self) -> [usize; 3] {
+        self.network.attention_sites()
+    }
+
+    fn blocks(&self, hidden: &Tensor, hook: Option<&dyn AttentionHook>) -> crate::Result<(Tensor, usize)> {
+        Ok(self.network.run_blocks(hidden, &self.pass, false, hook)?)
     }
 
     fn head(&self, hidden: &Tensor) -> crate::Result<Tensor> {

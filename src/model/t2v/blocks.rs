@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::LatteT2VConfig;
+use crate::model::attention_hook::{attend, AttentionHook, AttentionKind, AttentionSite};
 use crate::nn::attention::{scaled_dot_product, AttentionKernel};
 use crate::nn::modulation::gated_add;
 use crate::nn::{gelu::gelu, LayerNorm, Linear};
@@ -172,17 +173,30 @@ impl TransformerBlock {
     }
 
     /// x: (G, L, D) sequences; `modulation`: (G, 6·D) adaLN-single vectors, or (G, L, 6·D) per token;
-    /// `caption`: (G, S, D) projected.
-    pub fn forward(&self, x: &Tensor, modulation: &Tensor, caption: Option<&Tensor>, grad: bool) -> Result<Tensor> {
+    /// `caption`: (G, S, D) projected. `site`: the self-attention's site (the cross-attention's is the cross site
+    /// of the same number), through `hook` when given.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        modulation: &Tensor,
+        caption: Option<&Tensor>,
+        grad: bool,
+        site: AttentionSite,
+        hook: Option<&dyn AttentionHook>,
+    ) -> Result<Tensor> {
         let mods = self.modulation(x, modulation)?;
         let m = |i: usize| Self::vector(&mods, i);
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
         let h = self.norm1.modulated(x, &shift_msa, &scale_msa, grad)?;
-        let x = gated_add(x, &self.attn1.forward(&h, None, grad)?, &gate_msa, grad)?;
+        let attn1 = attend(hook, site, || self.attn1.forward(&h, None, grad))?;
+        let x = gated_add(x, &attn1, &gate_msa, grad)?;
         // PixArt: no normalisation before the cross-attention.
         let x = match (&self.attn2, caption) {
-            (Some(attn), Some(caption)) => (&x + attn.forward(&x, Some(caption), grad)?)?,
+            (Some(attn), Some(caption)) => {
+                let cross = AttentionSite::new(AttentionKind::Cross, site.index);
+                (&x + attend(hook, cross, || attn.forward(&x, Some(caption), grad))?)?
+            }
             _ => x,
         };
         let h = self.norm2.modulated(&x, &shift_mlp, &scale_mlp, grad)?;

@@ -17,6 +17,7 @@ use candle_nn::VarBuilder;
 
 use super::blocks::TransformerBlock;
 use super::config::LatteT2VConfig;
+use crate::model::attention_hook::{AttentionHook, AttentionKind, AttentionSite};
 use crate::model::checkpointing::checkpointed_backprop;
 use crate::nn::embed::{PatchEmbedder, TimestepEmbedder};
 use crate::nn::pos::{sincos_1d, sincos_2d_at};
@@ -177,11 +178,21 @@ impl LatteT2V {
     }
 
     /// Layer `i`: its spatial block, then (when the pass runs them) its temporal block over the video frames.
-    /// `cond` is [spatial modulation, temporal modulation, per-frame caption, final embedding].
-    fn layer(&self, i: usize, hidden: &Tensor, pass: &Pass, cond: &[Tensor], grad: bool) -> Result<Tensor> {
+    /// `cond` is [spatial modulation, temporal modulation, per-frame caption, final embedding]; the attentions
+    /// go through `hook` when given.
+    fn layer(
+        &self,
+        i: usize,
+        hidden: &Tensor,
+        pass: &Pass,
+        cond: &[Tensor],
+        grad: bool,
+        hook: Option<&dyn AttentionHook>,
+    ) -> Result<Tensor> {
         let d = self.cfg.inner_dim();
         let (b, f, fv, l) = (pass.b, pass.f, pass.fv, pass.h * pass.w);
-        let hidden = self.spatial_blocks[i].forward(hidden, &cond[0], Some(&cond[2]), grad)?;
+        let spatial = AttentionSite::new(AttentionKind::Spatial, i);
+        let hidden = self.spatial_blocks[i].forward(hidden, &cond[0], Some(&cond[2]), grad, spatial, hook)?;
         if !pass.temporal {
             return Ok(hidden);
         }
@@ -199,7 +210,8 @@ impl LatteT2V {
         if i == 0 && fv > 1 {
             video = video.broadcast_add(&self.temp_pos.to_dtype(hidden.dtype())?)?;
         }
-        let mut frames = self.temporal_blocks[i].forward(&video.contiguous()?, &cond[1], None, grad)?;
+        let temporal = AttentionSite::new(AttentionKind::Temporal, i);
+        let mut frames = self.temporal_blocks[i].forward(&video.contiguous()?, &cond[1], None, grad, temporal, hook)?;
         if let Some(images) = images {
             frames = Tensor::cat(&[&frames, &images], 1)?;
         }
@@ -234,7 +246,7 @@ impl LatteT2V {
     /// out_channels, F, H, W).
     pub fn forward(&self, x: &Tensor, t: &Tensor, caption: &Tensor, temporal: bool, grad: bool) -> Result<Tensor> {
         let (hidden, pass, cond) = self.embed(x, t, caption, temporal)?;
-        let (hidden, _) = self.run_blocks(&hidden, &pass, &cond, grad)?;
+        let (hidden, _) = self.run_blocks(&hidden, &pass, &cond, grad, None)?;
         self.head(&hidden, &pass, &cond, grad)
     }
 
@@ -249,12 +261,20 @@ impl LatteT2V {
         })
     }
 
-    /// Every layer on `hidden`: the stack's output and the number of blocks (spatial and temporal) that ran.
-    fn run_blocks(&self, hidden: &Tensor, pass: &Pass, cond: &[Tensor], grad: bool) -> Result<(Tensor, usize)> {
+    /// Every layer on `hidden`, the attentions through `hook` when given: the stack's output and the number of
+    /// blocks (spatial and temporal) that ran.
+    fn run_blocks(
+        &self,
+        hidden: &Tensor,
+        pass: &Pass,
+        cond: &[Tensor],
+        grad: bool,
+        hook: Option<&dyn AttentionHook>,
+    ) -> Result<(Tensor, usize)> {
         let mut hidden = hidden.clone();
         let mut ran = 0;
         for i in 0..self.spatial_blocks.len() {
-            hidden = self.layer(i, &hidden, pass, cond, grad)?;
+            hidden = self.layer(i, &hidden, pass, cond, grad, hook)?;
             ran += self.blocks_per_layer(pass);
             if !grad {
                 // Inference keeps no graph: each layer's activations go as the next one starts.
@@ -286,7 +306,7 @@ impl LatteT2V {
             &h0,
             &cond,
             self.spatial_blocks.len(),
-            &|i, h, cond| self.layer(i, h, &pass, cond, true),
+            &|i, h, cond| self.layer(i, h, &pass, cond, true, None),
             &|h, cond| self.head(h, &pass, cond, true),
             loss_fn,
         )
@@ -319,8 +339,18 @@ impl crate::model::StagedPass for T2VStages<'_> {
         self.network.spatial_blocks.len() * self.network.blocks_per_layer(&self.pass)
     }
 
-    fn blocks(&self, hidden: &Tensor) -> crate::Result<(Tensor, usize)> {
-        Ok(self.network.run_blocks(hidden, &self.pass, &self.cond, false)?)
+    fn attention_sites(&self) -> [usize; 3] {
+        let layers = self.network.spatial_blocks.len();
+        let cross = self.network.cfg.cross_attention_dim.is_some();
+        [
+            layers,
+            layers * usize::from(self.pass.temporal),
+            layers * usize::from(cross),
+        ]
+    }
+
+    fn blocks(&self, hidden: &Tensor, hook: Option<&dyn AttentionHook>) -> crate::Result<(Tensor, usize)> {
+        Ok(self.network.run_blocks(hidden, &self.pass, &self.cond, false, hook)?)
     }
 
     fn head(&self, hidden: &Tensor) -> crate::Result<Tensor> {

@@ -10,11 +10,25 @@
 //! compute. With classifier-free guidance the decision is made once per step on the batched [cond | uncond]
 //! input. A threshold of 0 skips nothing: the output is then the uncached loop's, bit for bit.
 //!
+//! **Pyramid Attention Broadcast** ([`pab`]) and **FasterCache** ([`faster_cache`]) reuse attention outputs
+//! instead of whole steps: the staged pass hands each attention layer's computation to an
+//! [`crate::model::AttentionHook`], which runs it or returns a cached (PAB) or extrapolated (FasterCache) output.
+//! FasterCache also runs only the conditional half of a guided batch at most steps and approximates the
+//! unconditional output from the last computed difference of the two.
+//!
 //! The loop ([`crate::sampling::sample_with_report`]) drives a policy through the model's staged pass
 //! ([`crate::model::StagedPass`]), so every denoiser, scheduler and face gets it at once.
 
+pub mod faster_cache;
+pub mod pab;
+
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
+
+pub use faster_cache::FasterCacheConfig;
+pub use pab::PabConfig;
 
 use crate::error::{value_error, LatteError, Result};
 use crate::model::teacache_fit::{check_coefficients, check_range};
@@ -65,13 +79,23 @@ impl TeaCacheConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CachePolicy {
     TeaCache(TeaCacheConfig),
+    PyramidAttentionBroadcast(PabConfig),
+    FasterCache(FasterCacheConfig),
 }
 
-/// What TeaCache saw and decided at one step.
+/// What a policy saw and decided at one step.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StepRecord {
-    /// The step ran the block stack.
+    /// The step's timestep, as the model saw it.
+    pub timestep: f64,
+    /// The step ran the block stack (attention policies always run it).
     pub computed: bool,
+    /// Per attention kind ("spatial", "temporal", "cross"), per site in the order the pass runs them: whether the
+    /// attention was computed (false: its output was reused or extrapolated). Empty for TeaCache.
+    pub attention: BTreeMap<String, Vec<bool>>,
+    /// FasterCache with guidance: whether the unconditional branch ran (false: approximated from the conditional
+    /// one); None otherwise.
+    pub uncond_computed: Option<bool>,
     /// The relative L1 change of the first block's modulated input from the previous step (None at the first).
     pub input_change: Option<f64>,
     /// `polyval(coefficients, input_change)`, the change clamped into the input range.
@@ -85,14 +109,16 @@ pub struct StepRecord {
 /// What a cached sampling run computed and skipped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CacheReport {
-    /// The policy's name ("teacache").
+    /// The policy's name ("teacache", "pab", "fastercache").
     pub policy: String,
+    /// TeaCache's threshold (0 for the other policies).
     pub threshold: f64,
-    /// The rescaling polynomial used.
+    /// TeaCache's rescaling polynomial (empty for the other policies).
     pub coefficients: Vec<f64>,
     /// The input range its argument was clamped into (None: not clamped).
     pub input_range: Option<[f64; 2]>,
-    /// Where it came from: "argument", "model" (its `teacache.json`) or "latte-1" (the published default).
+    /// Where TeaCache's coefficients came from: "argument", "model" (its `teacache.json`) or "latte-1" (the
+    /// published default); empty for the other policies.
     pub coefficients_source: String,
     /// One record per denoising step.
     pub steps: Vec<StepRecord>,
@@ -102,7 +128,15 @@ pub struct CacheReport {
     pub blocks_computed: usize,
     /// Block calls skipped.
     pub blocks_skipped: usize,
-    /// The most bytes the policy's cached tensors held at once (residual, previous modulated input and output).
+    /// Attention layers of each kind in one pass (attention policies).
+    pub attentions_per_pass: BTreeMap<String, usize>,
+    /// Attention calls of each kind that ran, counted where they ran.
+    pub attention_computed: BTreeMap<String, usize>,
+    /// Attention calls of each kind whose output was reused or extrapolated instead.
+    pub attention_skipped: BTreeMap<String, usize>,
+    /// The most bytes the policy's cached tensors held at once (TeaCache: residual, previous modulated input and
+    /// output; PAB: the broadcast attention outputs; FasterCache: two attention outputs per reused layer and the
+    /// guidance difference's two frequency bands).
     pub cache_bytes: usize,
 }
 
@@ -117,14 +151,14 @@ impl CacheReport {
 }
 
 /// `mean|a − b| / mean|b|`, in f64.
-fn relative_l1(a: &Tensor, b: &Tensor) -> Result<f64> {
+pub(crate) fn relative_l1(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
     let diff = (&a - &b)?.abs()?.sum_all()?.to_scalar::<f64>()?;
     let base = b.abs()?.sum_all()?.to_scalar::<f64>()?;
     Ok(diff / base)
 }
 
-fn bytes(t: &Tensor) -> usize {
+pub(crate) fn bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
@@ -178,8 +212,9 @@ impl TeaCacheState {
         x: &Tensor,
         t: &Tensor,
         cond: &Condition,
-        step: usize,
+        info: StepInfo,
     ) -> Result<Tensor> {
+        let step = info.index;
         let pass = model.staged(x, t, cond)?;
         let modulated = pass.first_block_input()?.detach();
         let input_change = match &self.previous_input {
@@ -201,7 +236,7 @@ impl TeaCacheState {
         let hidden = pass.hidden();
         self.report.blocks_per_pass = pass.num_blocks();
         let stack_out = if compute {
-            let (out, blocks_run) = pass.blocks(hidden)?;
+            let (out, blocks_run) = pass.blocks(hidden, None)?;
             self.report.blocks_computed += blocks_run;
             self.residual = Some((&out - hidden)?.detach());
             out
@@ -219,11 +254,13 @@ impl TeaCacheState {
             None => None,
         };
         self.report.steps.push(StepRecord {
+            timestep: info.timestep,
             computed: compute,
             input_change,
             rescaled,
             accumulated: self.accumulated,
             output_change,
+            ..StepRecord::default()
         });
         let held = bytes(&modulated) + bytes(&out) + self.residual.as_ref().map_or(0, bytes);
         self.report.cache_bytes = self.report.cache_bytes.max(held);
@@ -240,12 +277,25 @@ impl TeaCacheState {
 /// The state of a caching policy over one sampling run.
 pub(crate) enum CacheState {
     TeaCache(TeaCacheState),
+    Pab(pab::PabState),
+    FasterCache(faster_cache::FasterCacheState),
+}
+
+/// Where the sampling loop is: the step's number and timestep, and whether the batch is a guided [cond | uncond]
+/// one (its first half the conditional branch).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepInfo {
+    pub(crate) index: usize,
+    pub(crate) timestep: f64,
+    pub(crate) guided: bool,
 }
 
 impl CacheState {
     pub(crate) fn new(policy: &CachePolicy, model: &dyn Denoiser, num_steps: usize) -> Result<Self> {
         match policy {
             CachePolicy::TeaCache(cfg) => Ok(Self::TeaCache(TeaCacheState::new(cfg, model, num_steps)?)),
+            CachePolicy::PyramidAttentionBroadcast(cfg) => Ok(Self::Pab(pab::PabState::new(cfg))),
+            CachePolicy::FasterCache(cfg) => Ok(Self::FasterCache(faster_cache::FasterCacheState::new(cfg))),
         }
     }
 
@@ -255,16 +305,90 @@ impl CacheState {
         x: &Tensor,
         t: &Tensor,
         cond: &Condition,
-        step: usize,
+        step: StepInfo,
     ) -> Result<Tensor> {
         match self {
             Self::TeaCache(s) => s.denoise(model, x, t, cond, step),
+            Self::Pab(s) => s.denoise(model, x, t, cond, step),
+            Self::FasterCache(s) => s.denoise(model, x, t, cond, step),
         }
     }
 
     pub(crate) fn finish(self) -> CacheReport {
         match self {
             Self::TeaCache(s) => s.finish(),
+            Self::Pab(s) => s.finish(),
+            Self::FasterCache(s) => s.finish(),
+        }
+    }
+}
+
+/// A timestep range `(low, high)` of a setting named `arg`: finite, low < high. A timestep `t` is in it when
+/// `low < t < high` (both ends excluded, as diffusers' hooks compare).
+pub(crate) fn check_timestep_range(range: (f64, f64), arg: &str) -> Result<(f64, f64)> {
+    let (low, high) = range;
+    if !(low.is_finite() && high.is_finite() && low < high) {
+        return Err(value_error(
+            arg,
+            "a pair (low, high) of finite timesteps with low < high",
+            format!("({low}, {high})"),
+        ));
+    }
+    Ok(range)
+}
+
+/// A skip range (compute every `n`-th call) of a setting named `arg`: None or an integer >= 1.
+pub(crate) fn check_skip_range(n: Option<usize>, arg: &str) -> Result<Option<usize>> {
+    match n {
+        Some(0) => Err(value_error(arg, "None or an integer >= 1 (1 skips nothing)", 0)),
+        other => Ok(other),
+    }
+}
+
+/// Whether `t` lies strictly inside `range`.
+pub(crate) fn within(range: (f64, f64), t: f64) -> bool {
+    range.0 < t && t < range.1
+}
+
+/// The counts an attention hook keeps for the report: per step, per kind, per site, whether it was computed.
+#[derive(Default)]
+pub(crate) struct AttentionLog {
+    step: BTreeMap<String, Vec<bool>>,
+    computed: BTreeMap<String, usize>,
+    skipped: BTreeMap<String, usize>,
+}
+
+impl AttentionLog {
+    pub(crate) fn record(&mut self, site: crate::model::AttentionSite, computed: bool) {
+        let name = site.kind.name().to_string();
+        let flags = self.step.entry(name.clone()).or_default();
+        if flags.len() <= site.index {
+            flags.resize(site.index + 1, true);
+        }
+        flags[site.index] = computed;
+        let count = if computed {
+            &mut self.computed
+        } else {
+            &mut self.skipped
+        };
+        *count.entry(name).or_default() += 1;
+    }
+
+    /// This step's flags (the log starts the next step empty).
+    pub(crate) fn take_step(&mut self) -> BTreeMap<String, Vec<bool>> {
+        std::mem::take(&mut self.step)
+    }
+
+    /// Writes the totals into `report`, with `sites` attention layers of each kind per pass.
+    pub(crate) fn finish_into(&self, report: &mut CacheReport, sites: [usize; 3]) {
+        for kind in crate::model::AttentionKind::ALL {
+            let name = kind.name().to_string();
+            report.attentions_per_pass.insert(name.clone(), sites[kind.index()]);
+            report
+                .attention_computed
+                .insert(name.clone(), self.computed.get(&name).copied().unwrap_or(0));
+            let skipped = self.skipped.get(&name).copied().unwrap_or(0);
+            report.attention_skipped.insert(name, skipped);
         }
     }
 }
