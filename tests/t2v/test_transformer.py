@@ -121,8 +121,10 @@ def test_bad_inputs_raise_named_errors():
         model(np.concatenate([x, x[:, :, :1]], axis=2), t, c)
     with pytest.raises(ValueError, match=r"encoder_hidden_states: expected shape \(2, S, 12\)"):
         model(x, t, c[..., :5])
-    with pytest.raises(ValueError, match=r"timestep: expected a scalar or shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"timestep: expected a scalar, shape \(2,\) or \(2, 4\) \(one per frame\)"):
         model(x, np.array([1, 2, 3]), c)
+    with pytest.raises(ValueError, match=r"timestep: expected a scalar, shape \(2,\) or \(2, 4\)"):
+        model(x, np.zeros((2, 3), np.float32), c)
     single = model(x, np.array(t[0]), c)  # a scalar timestep is broadcast
     both = model(x, np.array([t[0], t[0]]), c)
     np.testing.assert_array_equal(single, both)
