@@ -15,9 +15,9 @@ use candle_core::Tensor;
 use crate::diffusion::schedulers::{Noise, Scheduler, StepOptions};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::windows::{frame_axis, reschedule_noise, trained_frames};
-use crate::model::{apply_guidance, Condition, Denoiser, TemporalWindows};
+use crate::model::{Condition, Denoiser, TemporalWindows};
 use crate::rng::Generator;
-use crate::sampling::{self, state_dtype, Sampled, SamplingOptions};
+use crate::sampling::{self, state_dtype, Guide, Sampled, SamplingOptions};
 
 /// How frames beyond a model's trained length are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,10 +285,6 @@ impl<'a> Fifo<'a> {
                     .into(),
             ));
         }
-        let scale = opts.guidance_scale;
-        if !(scale.is_finite() && scale >= 1.0) {
-            return Err(value_error("guidance_scale (cfg_scale)", "a number >= 1", scale));
-        }
         if noise.rank() <= axis || noise.dim(axis)? != self.frames {
             return Err(LatteError::Value(format!(
                 "latents: expected {} frames on axis {axis}, got shape {:?}",
@@ -327,8 +323,6 @@ impl<'a> Fifo<'a> {
         let device = model.device().clone();
         let dtype = state_dtype(model);
         let noise = noise.to_dtype(dtype)?.to_device(&device)?;
-        let batch = noise.dim(0)?;
-        let guided = scale > 1.0;
         // Levels, lowest first: slot j is denoised at levels[j], then moves to slot j - 1.
         let mut levels = scheduler.timesteps();
         levels.reverse();
@@ -351,22 +345,7 @@ impl<'a> Fifo<'a> {
         // The model runs one window at a time (its clips, and their unconditional twins): memory of one window,
         // as the windows method; the condition is checked once.
         let windows = plan.windows();
-        let mut window_dims = noise.dims().to_vec();
-        window_dims[axis] = trained;
-        window_dims[0] = batch * if guided { 2 } else { 1 };
-        model.check_memory(&window_dims, false)?;
-        let model_cond = if guided {
-            let uncond = match &opts.uncond {
-                Some(u) => u.clone(),
-                None => model.null_condition(cond)?,
-            };
-            cond.concat(&uncond)?
-        } else {
-            cond.clone()
-        };
-        let model_cond = model.check_condition(&model_cond, &window_dims)?;
-        let spec = model.spec();
-        let (channels, caxis) = (spec.latent_channels, spec.layout.channel_axis());
+        let guide = Guide::new(model, cond, opts, first_noise.dims())?;
         let mut video: Vec<Tensor> = Vec::with_capacity(plan.video);
 
         for k in 0..plan.iterations() {
@@ -384,34 +363,19 @@ impl<'a> Fifo<'a> {
             for m in 0..windows {
                 let s = plan.window_start(m);
                 let parts: Vec<&Tensor> = inputs[s..s + plan.window].iter().collect();
-                let mut input = Tensor::cat(&parts, axis)?;
+                let input = guide.batch(&Tensor::cat(&parts, axis)?)?;
                 let levels_row: Vec<f32> = slot_levels[s..s + plan.window].iter().map(|&t| t as f32).collect();
-                if guided {
-                    input = Tensor::cat(&[&input, &input], 0)?;
-                }
                 let rows = input.dim(0)?;
                 let t = Tensor::new(levels_row.as_slice(), &device)?
                     .unsqueeze(0)?
                     .broadcast_as((rows, plan.window))?
                     .contiguous()?;
-                let out = model
-                    .denoise(&input.to_dtype(model.dtype())?, &t, &model_cond, false)?
-                    .detach()
-                    .to_dtype(dtype)?;
-                let out = if guided {
-                    apply_guidance(&out, scale, spec.guidance_rule, caxis, channels)?
-                } else {
-                    out
-                };
+                let out = model.denoise(&input.to_dtype(model.dtype())?, &t, &guide.cond, false)?;
                 // Each window's outputs are computed from the queue before this iteration's steps: a window reads
                 // `inputs`, scaled before any slot moved.
                 for j in plan.updates(m) {
-                    let o = out.narrow(axis, plan.position(m, j) * slot, slot)?;
-                    let o = if schedulers[j].uses_variance() || o.dim(caxis)? == channels {
-                        o
-                    } else {
-                        o.narrow(caxis, 0, channels)?
-                    };
+                    let raw = out.narrow(axis, plan.position(m, j) * slot, slot)?;
+                    let o = guide.output(&raw, dtype, schedulers[j].as_ref())?;
                     let mut step = StepOptions {
                         eta: opts.eta,
                         ..StepOptions::new(Noise::Source(rng))
@@ -446,13 +410,7 @@ impl<'a> Fifo<'a> {
         }
         let parts: Vec<&Tensor> = video.iter().collect();
         let latents = Tensor::cat(&parts, axis)?;
-        if !crate::finite::all_finite(&latents)? {
-            return Err(LatteError::Value(
-                "the sampled latents have NaN or infinity although the noise and the condition are finite: the \
-                 model's activations or the scheduler's steps overflowed"
-                    .into(),
-            ));
-        }
+        sampling::check_sampled(&latents)?;
         Ok(Sampled {
             latents,
             cache_report: None,

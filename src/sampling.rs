@@ -93,10 +93,7 @@ pub fn sample_with_report(
     rng: &mut Generator,
     progress: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Sampled> {
-    let scale = opts.guidance_scale;
-    if !(scale.is_finite() && scale >= 1.0) {
-        return Err(value_error("guidance_scale (cfg_scale)", "a number >= 1", scale));
-    }
+    check_guidance_scale(opts.guidance_scale)?;
     if !(opts.eta.is_finite() && opts.eta >= 0.0) {
         return Err(value_error("eta", "a finite number >= 0", opts.eta));
     }
@@ -109,21 +106,8 @@ pub fn sample_with_report(
     model.check_latents(noise)?;
     let device = model.device().clone();
     let mut x = noise.to_dtype(state_dtype(model))?.to_device(&device)?;
-    let batch = x.dim(0)?;
-    let guided = scale > 1.0;
-    let (cond, model_batch) = if guided {
-        let uncond = match &opts.uncond {
-            Some(u) => u.clone(),
-            None => model.null_condition(cond)?,
-        };
-        (cond.concat(&uncond)?, 2 * batch)
-    } else {
-        (cond.clone(), batch)
-    };
-    let mut model_dims = x.dims().to_vec();
-    model_dims[0] = model_batch;
-    model.check_memory(&model_dims, false)?;
-    let cond = model.check_condition(&cond, &model_dims)?;
+    let guide = Guide::new(model, cond, opts, x.dims())?;
+    let (guided, model_batch) = (guide.guided, guide.rows(x.dim(0)?));
     if let Some(n) = opts.num_inference_steps {
         scheduler.set_timesteps(n)?;
     }
@@ -136,19 +120,10 @@ pub fn sample_with_report(
         .as_ref()
         .map(|policy| CacheState::new(policy, model, timesteps.len()))
         .transpose()?;
-    let spec = model.spec();
-    let (channels, axis) = (spec.latent_channels, spec.layout.channel_axis());
     x = (x * scheduler.init_noise_sigma())?;
     for (done, &t) in timesteps.iter().enumerate() {
-        let input = scheduler.scale_model_input(&x, t)?;
-        let input = if guided {
-            Tensor::cat(&[&input, &input], 0)?
-        } else {
-            input
-        };
+        let input = guide.batch(&scheduler.scale_model_input(&x, t)?)?;
         let t_batch = Tensor::full(t as f32, model_batch, &device)?;
-        // Detached: the parameters are variables, so without it every step's output would keep its forward
-        // pass's graph (and the activations it references) alive through the chain of samples.
         let input = input.to_dtype(model.dtype())?;
         let out = match cache.as_mut() {
             Some(cache) => {
@@ -157,21 +132,11 @@ pub fn sample_with_report(
                     timestep: t,
                     guided,
                 };
-                cache.denoise(model, &input, &t_batch, &cond, step)?
+                cache.denoise(model, &input, &t_batch, &guide.cond, step)?
             }
-            None => model.denoise(&input, &t_batch, &cond, false)?,
+            None => model.denoise(&input, &t_batch, &guide.cond, false)?,
         };
-        let out = out.detach().to_dtype(x.dtype())?;
-        let out = if guided {
-            apply_guidance(&out, scale, spec.guidance_rule, axis, channels)?
-        } else {
-            out
-        };
-        let out = if scheduler.uses_variance() || out.dim(axis)? == channels {
-            out
-        } else {
-            out.narrow(axis, 0, channels)?
-        };
+        let out = guide.output(&out, x.dtype(), scheduler)?;
         let mut step = StepOptions {
             eta: opts.eta,
             ..StepOptions::new(Noise::Source(rng))
@@ -179,15 +144,114 @@ pub fn sample_with_report(
         x = scheduler.step(&out, t, &x, &mut step)?.prev_sample.detach();
         progress(done + 1, timesteps.len())?;
     }
-    if !crate::finite::all_finite(&x)? {
+    check_sampled(&x)?;
+    Ok(Sampled {
+        latents: x,
+        cache_report: cache.map(CacheState::finish),
+    })
+}
+
+/// Refuses a guidance scale below 1 or not finite.
+fn check_guidance_scale(scale: f64) -> Result<()> {
+    if !(scale.is_finite() && scale >= 1.0) {
+        return Err(value_error("guidance_scale (cfg_scale)", "a number >= 1", scale));
+    }
+    Ok(())
+}
+
+/// Refuses sampled latents with NaN or infinity (from finite noise and condition: an overflow).
+pub(crate) fn check_sampled(x: &Tensor) -> Result<()> {
+    if !crate::finite::all_finite(x)? {
         return Err(LatteError::Value(
             "the sampled latents have NaN or infinity although the noise and the condition are finite: the model's \
              activations or the scheduler's steps overflowed (check the weights, guidance_scale and the schedule)"
                 .into(),
         ));
     }
-    Ok(Sampled {
-        latents: x,
-        cache_report: cache.map(CacheState::finish),
-    })
+    Ok(())
+}
+
+/// Classifier-free guidance of one sampling run: the condition the model sees (with guidance `[cond | uncond]`,
+/// checked once for latents of the run's shape) and how the model's output becomes what a scheduler steps on.
+pub(crate) struct Guide<'a> {
+    model: &'a dyn Denoiser,
+    /// The checked condition of the model's batch.
+    pub(crate) cond: Condition,
+    scale: f64,
+    /// Guidance runs (a scale above 1): the model's batch is twice the latents'.
+    pub(crate) guided: bool,
+}
+
+impl<'a> Guide<'a> {
+    /// Checks `opts.guidance_scale`, builds the unconditional branch (`opts.uncond`, else the model's null
+    /// condition) and checks memory and condition for latents of shape `dims` (batch first).
+    pub(crate) fn new(
+        model: &'a dyn Denoiser,
+        cond: &Condition,
+        opts: &SamplingOptions,
+        dims: &[usize],
+    ) -> Result<Self> {
+        let scale = opts.guidance_scale;
+        check_guidance_scale(scale)?;
+        let guided = scale > 1.0;
+        let cond = if guided {
+            let uncond = match &opts.uncond {
+                Some(u) => u.clone(),
+                None => model.null_condition(cond)?,
+            };
+            cond.concat(&uncond)?
+        } else {
+            cond.clone()
+        };
+        let mut model_dims = dims.to_vec();
+        if let Some(b) = model_dims.first_mut() {
+            *b *= if guided { 2 } else { 1 };
+        }
+        model.check_memory(&model_dims, false)?;
+        let cond = model.check_condition(&cond, &model_dims)?;
+        Ok(Self {
+            model,
+            cond,
+            scale,
+            guided,
+        })
+    }
+
+    /// The model's batch for `batch` latents.
+    pub(crate) fn rows(&self, batch: usize) -> usize {
+        if self.guided {
+            2 * batch
+        } else {
+            batch
+        }
+    }
+
+    /// The model's input for `input`: twice over with guidance.
+    pub(crate) fn batch(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(if self.guided {
+            Tensor::cat(&[input, input], 0)?
+        } else {
+            input.clone()
+        })
+    }
+
+    /// The model's output `out` (its batch) as `scheduler` steps on it, in `dtype`: detached, guided, and reduced
+    /// to the prediction channels unless the scheduler reads the variance.
+    pub(crate) fn output(&self, out: &Tensor, dtype: DType, scheduler: &dyn Scheduler) -> Result<Tensor> {
+        let spec = self.model.spec();
+        let (channels, axis) = (spec.latent_channels, spec.layout.channel_axis());
+        // Detached: the parameters are variables, so without it every step's output would keep its forward
+        // pass's graph (and the activations it references) alive through the chain of samples.
+        let out = out.detach().to_dtype(dtype)?;
+        let out = if self.guided {
+            apply_guidance(&out, self.scale, spec.guidance_rule, axis, channels)?
+        } else {
+            out
+        };
+        Ok(if scheduler.uses_variance() || out.dim(axis)? == channels {
+            out
+        } else {
+            out.narrow(axis, 0, channels)?
+        })
+    }
 }
