@@ -1,4 +1,5 @@
-"""``latte_rs.autocast``: bf16 inference on the CPU, as ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+"""``latte_rs.autocast``: bf16 inference and mixed-precision training on the CPU, as
+``torch.autocast("cpu", dtype=torch.bfloat16)``."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ class autocast:  # noqa: N801 - named as torch.autocast, which it mirrors
     Inputs, outputs, norms, attention's softmax and the sampler stay float32; only the GEMMs of the linear layers
     round their operands and results to bf16, which is what PyTorch's CPU autocast does to them. It pays where the
     CPU has AVX512-BF16 (``latte_rs.BF16_AUTOCAST_SUPPORTED``); elsewhere the layers stay float32 (with a warning),
-    since emulated bf16 would be slower. Training ignores it: a train step inside the block takes float32
-    gradients. The setting is per thread, and blocks nest.
+    since emulated bf16 would be slower. A train step inside the block trains in mixed precision, as under
+    ``torch.autocast``: the backward pass's GEMMs (``dx = g W``, ``dW = gᵀ x``) take bf16 operands too, while
+    the weights (the f32 master copy), the optimiser state, the bias gradients and every reduction stay float32
+    (the training config's ``mixed_precision: bf16`` does this). The setting is per thread, and blocks nest.
 
     Also usable as a decorator.
 

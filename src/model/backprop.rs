@@ -17,8 +17,6 @@ pub(crate) fn loss_and_grads_by(
     loss_fn: &mut LossFn<'_>,
     body: impl FnOnce(&mut CandleLossFn<'_>) -> candle_core::Result<(Tensor, Vec<Option<Tensor>>)>,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    // Gradients flow through the f32 layers only: bf16 autocast is an inference setting.
-    let _f32 = crate::nn::autocast::suspend();
     let (loss, grads) = with_loss_fn(loss_fn, body)?;
     Ok((loss, complete_grads(grads, params)?))
 }

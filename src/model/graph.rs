@@ -21,8 +21,6 @@ impl Graph {
     /// The network on checked inputs, keeping the graph; with `input_grad`, also towards the latents `x`. The
     /// gradients are those of the trainable parameters, in the order of [`Denoiser::trainable_vars`].
     pub fn forward(model: &dyn Denoiser, x: &Tensor, t: &Tensor, cond: &Condition, input_grad: bool) -> Result<Self> {
-        // Gradients flow through the f32 layers only, as in the trainer.
-        let _f32 = crate::nn::autocast::suspend();
         let (x, t, cond) = model.check_inputs(x, t, cond, true)?;
         let input = if input_grad { Some(Var::from_tensor(&x)?) } else { None };
         let x = input.as_ref().map_or(x, |v| v.as_tensor().clone());

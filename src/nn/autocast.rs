@@ -1,19 +1,20 @@
-//! bf16 autocast for inference on the CPU, as `torch.autocast("cpu", dtype=torch.bfloat16)` does for linear layers.
+//! bf16 autocast on the CPU, as `torch.autocast("cpu", dtype=torch.bfloat16)` does for linear layers: inference
+//! and training (mixed precision).
 //!
-//! While it is on, every [`super::Linear`] whose input, weight and bias are f32 CPU tensors outside any recorded
-//! graph multiplies in bf16: the input rows and the weight are rounded to bf16, gemmkit's AVX512-BF16 kernel
-//! (`vdpbf16ps`: pairs of bf16 products accumulated in f32) computes `x Wᵀ` into bf16, and the bias is added as the
-//! result is widened back to f32. Everything else (norms, attention's softmax and products, activations, the
-//! sampler) stays f32, so the only rounding is that of the GEMMs' operands and outputs — the precision PyTorch's
-//! autocast gives its linear layers.
+//! While it is on, every [`super::Linear`] whose input, weight and bias are f32 CPU tensors multiplies in bf16:
+//! the input rows and the weight are rounded to bf16, gemmkit's AVX512-BF16 kernel (`vdpbf16ps`: pairs of bf16
+//! products accumulated in f32) computes `x Wᵀ` into bf16, and the bias is added as the result is widened back to
+//! f32. Its backward pass does the same for `dx = g W` and `dW = gᵀ x`; the bias gradient, the weights, the
+//! optimiser and every reduction stay f32. Everything else (norms, attention's softmax and products, activations,
+//! the sampler, the loss) stays f32, so the only rounding is that of the GEMMs' operands and outputs — the
+//! precision PyTorch's autocast gives its linear layers, forward and backward, with f32 master weights.
 //!
 //! It takes effect only where the CPU has AVX512-BF16: elsewhere gemmkit would widen bf16 back to f32 and the path
-//! would be slower than f32, so the layers stay in f32 ([`effective`] tells which). Training is untouched: the one
-//! place gradients are taken (`model::backprop::loss_and_grads_by`, under every model's `loss_and_grads`) holds a
-//! [`Suspended`] guard, so a train step under autocast runs the differentiable f32 layers.
+//! would be slower than f32, so the layers stay in f32 ([`effective`] tells which).
 
 use std::cell::Cell;
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
@@ -51,20 +52,6 @@ pub fn bf16_supported() -> bool {
     }
 }
 
-/// Autocast off until dropped, then back to what it was: held while gradients are taken.
-pub struct Suspended(bool);
-
-/// Turns autocast off for the calling thread until the guard is dropped.
-pub fn suspend() -> Suspended {
-    Suspended(set_bf16(false))
-}
-
-impl Drop for Suspended {
-    fn drop(&mut self) {
-        set_bf16(self.0);
-    }
-}
-
 /// Whether autocast is on and this CPU has the instructions that make it pay.
 pub fn effective() -> bool {
     bf16_enabled() && bf16_supported()
@@ -78,12 +65,26 @@ pub(crate) fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> boo
 
 /// `x Wᵀ + b` with bf16 operands and f32 accumulation, for x (rows, in), W (out, in), b (out,) in f32; without
 /// looking at the autocast switch or the CPU (on one without AVX512-BF16 gemmkit widens, slowly but exactly so).
+///
+/// Differentiable, as a linear layer under `torch.autocast` is: the backward pass's two GEMMs take bf16 operands
+/// too (`dx = g W` and `dW = gᵀ x`, each operand rounded to bf16, f32 accumulation, the product rounded to bf16 as
+/// PyTorch's bf16 GEMM outputs are), and the bias gradient is the f32 column sums of g. The gradients come out in
+/// f32, for the f32 master weights.
 pub fn linear_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.contiguous()?
-        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &Bf16Linear)
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Bf16Linear)
 }
 
 struct Bf16Linear;
+
+/// f32 → bf16 of a tensor (a CPU op with no gradient): the operands of the backward pass's GEMMs.
+struct ToBf16;
+
+/// The product of two bf16 matrices, widened to f32: `dx = g W` (`transpose_lhs` false: g (rows, out), W (out,
+/// in)) or `dW = gᵀ x` (true: g (rows, out), x (rows, in)).
+struct Bf16Product {
+    transpose_lhs: bool,
+}
 
 /// f32 → bf16, rounding to nearest even as `half::bf16::from_f32` does (NaN stays a quiet NaN), written without
 /// branches so that it vectorises: `from_f32` itself runs one element at a time.
@@ -114,6 +115,53 @@ fn to_bf16(v: &[f32]) -> Result<Vec<bf16>> {
     Ok(out)
 }
 
+/// `lhs · rhs` of bf16 matrices (gemmkit's `vdpbf16ps` kernel: f32 accumulation, the result rounded to bf16 once),
+/// then widened to f32 with `bias` (one value per output column) added. Each matrix is given with its (rows,
+/// columns, row stride, column stride).
+fn bf16_product(
+    lhs: (&[bf16], usize, usize, isize, isize),
+    rhs: (&[bf16], usize, usize, isize, isize),
+    bias: Option<&[f32]>,
+    what: &str,
+) -> Result<Vec<f32>> {
+    let (m, k, n) = (lhs.1, lhs.2, rhs.2);
+    let mut yb = try_filled(m * n, bf16::ZERO, what)?;
+    if m > 0 && n > 0 {
+        gemmkit::gemm(
+            bf16::ONE,
+            MatRef::new(lhs.0, m, k, lhs.3, lhs.4),
+            MatRef::new(rhs.0, k, n, rhs.3, rhs.4),
+            bf16::ZERO,
+            MatMut::from_row_major(&mut yb, m, n),
+            Parallelism::Rayon(0),
+        );
+    }
+    let mut y = try_with_capacity::<f32>(m * n, what)?;
+    let band = n.max(1) * 64;
+    y.spare_capacity_mut()
+        .par_chunks_mut(band)
+        .zip(yb.par_chunks(band))
+        .for_each(|(y, yb)| {
+            for (yr, ybr) in y.chunks_mut(n.max(1)).zip(yb.chunks(n.max(1))) {
+                match bias {
+                    Some(b) => {
+                        for ((o, &v), &bc) in yr.iter_mut().zip(ybr).zip(b) {
+                            o.write(f32::from_bits((v.to_bits() as u32) << 16) + bc);
+                        }
+                    }
+                    None => {
+                        for (o, &v) in yr.iter_mut().zip(ybr) {
+                            o.write(f32::from_bits((v.to_bits() as u32) << 16));
+                        }
+                    }
+                }
+            }
+        });
+    // SAFETY: the bands cover all m * n elements, each written above.
+    unsafe { y.set_len(m * n) };
+    Ok(y)
+}
+
 impl CustomOp3 for Bf16Linear {
     fn name(&self) -> &'static str {
         "linear-bf16"
@@ -138,33 +186,94 @@ impl CustomOp3 for Bf16Linear {
         let n = self.name();
         let (xb, wb) = (to_bf16(contiguous(x, xl, n)?)?, to_bf16(contiguous(w, wl, n)?)?);
         let b = contiguous(b, bl, n)?;
-        let mut yb = try_filled(rows * out, bf16::ZERO, "a bfloat16 linear layer's product")?;
-        if rows > 0 && out > 0 {
-            gemmkit::gemm(
-                bf16::ONE,
-                MatRef::from_row_major(&xb, rows, input),
-                // Wᵀ (in, out): W (out, in) row-major read with swapped strides.
-                MatRef::new(&wb, input, out, 1, input as isize),
-                bf16::ZERO,
-                MatMut::from_row_major(&mut yb, rows, out),
-                Parallelism::Rayon(0),
-            );
-        }
-        let mut y = try_with_capacity::<f32>(rows * out, "a bfloat16 linear layer's output")?;
-        let band = out.max(1) * 64;
-        y.spare_capacity_mut()
-            .par_chunks_mut(band)
-            .zip(yb.par_chunks(band))
-            .for_each(|(y, yb)| {
-                for (yr, ybr) in y.chunks_mut(out).zip(yb.chunks(out)) {
-                    for ((o, &v), &bc) in yr.iter_mut().zip(ybr).zip(b) {
-                        o.write(f32::from_bits((v.to_bits() as u32) << 16) + bc);
-                    }
-                }
-            });
-        // SAFETY: the bands cover all rows * out elements, each written above.
-        unsafe { y.set_len(rows * out) };
+        // Wᵀ (in, out): W (out, in) row-major read with swapped strides.
+        let y = bf16_product(
+            (&xb, rows, input, input as isize, 1),
+            (&wb, input, out, 1, input as isize),
+            Some(b),
+            "a bfloat16 linear layer's output",
+        )?;
         Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, out])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let gb = g.apply_op1_no_bwd(&ToBf16)?;
+        let dx = gb.apply_op2_no_bwd(&w.apply_op1_no_bwd(&ToBf16)?, &Bf16Product { transpose_lhs: false })?;
+        let dw = gb.apply_op2_no_bwd(&x.apply_op1_no_bwd(&ToBf16)?, &Bf16Product { transpose_lhs: true })?;
+        let db = super::linear::column_sums_of(&g)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl candle_core::CustomOp1 for ToBf16 {
+    fn name(&self) -> &'static str {
+        "to-bf16"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("to-bf16: expected f32, got {:?}", s.dtype());
+        };
+        Ok((
+            CpuStorage::BF16(to_bf16(contiguous(v, l, self.name())?)?),
+            l.shape().clone(),
+        ))
+    }
+}
+
+impl candle_core::CustomOp2 for Bf16Product {
+    fn name(&self) -> &'static str {
+        "linear-bf16-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::BF16(g), CpuStorage::BF16(other)) = (s1, s2) else {
+            candle_core::bail!("linear-bf16 backward: operands must be bf16");
+        };
+        let n = self.name();
+        let (g, other) = (contiguous(g, l1, n)?, contiguous(other, l2, n)?);
+        let (rows, out) = l1.shape().dims2()?;
+        let (r2, c2) = l2.shape().dims2()?;
+        let (y, shape) = if self.transpose_lhs {
+            // dW (out, in) = gᵀ (out, rows) · x (rows, in)
+            if r2 != rows {
+                candle_core::bail!(
+                    "linear-bf16 backward: gradient {:?} and input {:?}",
+                    l1.dims(),
+                    l2.dims()
+                );
+            }
+            let lhs = (g, out, rows, 1, out as isize);
+            let rhs = (other, rows, c2, c2 as isize, 1);
+            (
+                bf16_product(lhs, rhs, None, "a linear layer's weight gradient")?,
+                [out, c2],
+            )
+        } else {
+            // dx (rows, in) = g (rows, out) · W (out, in)
+            if r2 != out {
+                candle_core::bail!(
+                    "linear-bf16 backward: gradient {:?} and weight {:?}",
+                    l1.dims(),
+                    l2.dims()
+                );
+            }
+            let lhs = (g, rows, out, out as isize, 1);
+            let rhs = (other, out, c2, c2 as isize, 1);
+            (
+                bf16_product(lhs, rhs, None, "a linear layer's input gradient")?,
+                [rows, c2],
+            )
+        };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&shape)))
     }
 }
 
@@ -210,6 +319,65 @@ mod tests {
         }
     }
 
+    /// The backward pass: dx, dW and db of the bf16 layer against the same products of the bf16-rounded operands
+    /// in f32 (what the kernel computes before rounding its output) and against the f32 layer's gradients, on odd
+    /// shapes and a deep contraction (dW sums over every row).
+    #[test]
+    fn bf16_linear_gradients_match_the_f32_ones_to_bf16_precision() {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let rel = |a: &Tensor, c: &Tensor| {
+            let scale = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (a - c)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            d / scale
+        };
+        for &(rows, input, out) in &[(37, 19, 23), (4096, 96, 288), (3, 384, 5)] {
+            let x = Var::randn(0f32, 1., (rows, input), &dev).unwrap();
+            let w = Var::from_tensor(
+                &(Tensor::randn(0f32, 1., (out, input), &dev).unwrap() / (input as f64).sqrt()).unwrap(),
+            )
+            .unwrap();
+            let b = Var::randn(0f32, 1., out, &dev).unwrap();
+            let weights = Tensor::randn(0f32, 1., (rows, out), &dev).unwrap();
+            let y = linear_bf16(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+            let grads = (&y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|v| grads.get(v).unwrap().clone());
+            // The same gradients in f32 of the rounded operands: g = weights.
+            let g = round(&weights);
+            let want_rounded = [
+                g.matmul(&round(w.as_tensor())).unwrap(),
+                g.t().unwrap().matmul(&round(x.as_tensor())).unwrap(),
+                weights.sum(0).unwrap(),
+            ];
+            let want_f32 = [
+                weights.matmul(w.as_tensor()).unwrap(),
+                weights.t().unwrap().matmul(x.as_tensor()).unwrap(),
+                weights.sum(0).unwrap(),
+            ];
+            for (i, name) in ["dx", "dW", "db"].iter().enumerate() {
+                let (vs_rounded, vs_f32) = (rel(&got[i], &want_rounded[i]), rel(&got[i], &want_f32[i]));
+                let shape = (rows, input, out);
+                assert!(
+                    vs_rounded < 8e-3,
+                    "{shape:?} {name}: {vs_rounded} from the bf16 operands' product"
+                );
+                assert!(vs_f32 < 2e-2, "{shape:?} {name}: {vs_f32} from the f32 gradient");
+                if *name != "db" {
+                    assert!(vs_f32 > 0.0, "{shape:?} {name}: the bf16 path rounds");
+                }
+            }
+            assert!(rel(&got[2], &want_f32[2]) < 1e-5, "db is an f32 sum");
+        }
+    }
+
     #[test]
     fn the_rounding_is_half_s() {
         let mut vals = vec![
@@ -244,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn the_switch_turns_on_and_off_and_a_suspension_restores_it() {
+    fn the_switch_turns_on_and_off() {
         let dev = Device::Cpu;
         let was = set_bf16(true);
         assert!(bf16_enabled());
@@ -256,14 +424,6 @@ mod tests {
             &w.to_dtype(DType::F64).unwrap(),
             None
         ));
-        {
-            let _guard = suspend();
-            assert!(
-                !bf16_enabled() && !applies(&x, &w, None),
-                "suspended while gradients are taken"
-            );
-        }
-        assert!(bf16_enabled(), "the guard restores the switch");
         set_bf16(false);
         assert!(!applies(&x, &w, None));
         set_bf16(was);

@@ -100,6 +100,11 @@ impl candle_core::CustomOp1 for ColumnSums {
     }
 }
 
+/// The column sums of g (rows, n): a linear layer's bias gradient (no gradient of its own).
+pub(crate) fn column_sums_of(g: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op1_no_bwd(&ColumnSums)
+}
+
 /// `x Wᵀ + b` for x (rows, in), W (out, in), b (out,).
 struct LinearOp;
 /// `g W` (rows, in) for g (rows, out), W (out, in).

@@ -1,4 +1,5 @@
-"""latte_rs.autocast: bf16 linear layers for inference, float32 everywhere else and for training."""
+"""latte_rs.autocast: bf16 linear layers for inference, float32 everywhere else (training under it:
+tests/training/test_bf16.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import latte_rs
-from conftest import load_official_case, tiny_config
+from conftest import load_official_case
 from latte_rs import _native
 
 needs_bf16 = pytest.mark.skipif(not latte_rs.BF16_AUTOCAST_SUPPORTED, reason="CPU without AVX512-BF16")
@@ -76,17 +77,3 @@ def test_without_avx512_bf16_it_warns_and_stays_float32(official) -> None:
     with pytest.warns(RuntimeWarning, match="AVX512-BF16"), latte_rs.autocast():
         out = model(case["x"], case["t"], y=case["y"])
     assert _rel(out, case["out"]) <= 1e-5
-
-
-def test_training_inside_autocast_is_float32(rng) -> None:
-    x = rng.standard_normal((2, 4, 4, 8, 8)).astype(np.float32)
-
-    def losses(autocast: bool) -> list[float]:
-        model = latte_rs.LatteModel(tiny_config(), seed=0)
-        trainer = latte_rs.Trainer(model, latte_rs.GaussianDiffusion(), lr=1e-3, seed=3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            with latte_rs.autocast(enabled=autocast):
-                return [trainer.step(x)["loss"] for _ in range(3)]
-
-    assert losses(True) == losses(False)

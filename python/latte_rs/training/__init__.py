@@ -31,8 +31,11 @@ ckpt_every, log_every           checkpoint and log intervals (steps)
 global_seed                     seed of the trainer and of the data order
 results_dir                     where experiment folders are made
 gradient_checkpointing          activation checkpointing
-mixed_precision                 False, or "bf16" / "fp16" / True (= "bf16"): half-precision model with
-                                f32 master weights
+mixed_precision                 False, or "bf16" / "fp16" / True (= "bf16"). bf16: the steps run under
+                                ``latte_rs.autocast`` (bf16 GEMM operands with f32 accumulation, forward
+                                and backward, on AVX512-BF16; f32 master weights, optimiser and
+                                reductions; a warning and f32 where the CPU lacks AVX512-BF16). fp16: a
+                                float16 model with f32 master weights and loss scaling
 resume_from_checkpoint          resume from the newest checkpoint of the experiment
 ==============================  ==========================================================================
 

@@ -281,10 +281,17 @@ def t2v_config(cfg: Mapping[str, Any]) -> LatteT2VConfig:
 
 
 def model_dtype(cfg: Mapping[str, Any]) -> str:
+    """The dtype of the model a config trains. ``mixed_precision: bf16`` (or True) trains an f32 model under
+    ``latte_rs.autocast("bfloat16")`` (bf16 GEMMs, f32 master weights, see :func:`autocast_dtype`), as
+    ``torch.autocast`` does; ``fp16`` keeps a float16 model with f32 master weights and loss scaling."""
+    return "float16" if cfg["mixed_precision"] == "fp16" else "float32"
+
+
+def autocast_dtype(cfg: Mapping[str, Any]) -> str | None:
+    """``"bfloat16"`` where the config trains in bf16 mixed precision (``mixed_precision: bf16`` or True): the
+    training steps run under ``latte_rs.autocast``; None otherwise."""
     mp = cfg["mixed_precision"]
-    if mp is True or mp == "bf16":
-        return "bfloat16"
-    return "float16" if mp == "fp16" else "float32"
+    return "bfloat16" if mp is True or mp == "bf16" else None
 
 
 def make_dataset(cfg: Mapping[str, Any]):

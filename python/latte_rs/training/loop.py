@@ -18,6 +18,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .. import hub
+from .._autocast import autocast
 from .._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, Trainer
 from ..data.batching import batches, caption_and_text, clip_and_label
 from ..distributed import (
@@ -31,7 +32,7 @@ from ..distributed import (
     world,
 )
 from ..text import T5Tokenizer, encode_captions
-from .config import is_text, load_config, make_dataset, model_config, model_dtype, t2v_config
+from .config import autocast_dtype, is_text, load_config, make_dataset, model_config, model_dtype, t2v_config
 from .history import plot_loss, read_history, write_history
 
 
@@ -209,15 +210,17 @@ def _train(cfg, dataset, output_dir, resume, model, progress, callback, rank: in
     window: list[dict] = []
     tick = time.perf_counter()
     step_fn = trainer.step if dp is None else dp.step
+    cast = autocast(autocast_dtype(cfg) or "bfloat16", enabled=autocast_dtype(cfg) is not None)
     try:
         while trainer.step_count < total:
             batch = next(data)
-            if text:
-                stats = step_fn(batch.latents, encoder_hidden_states=batch.text_embeddings,
-                                encoder_attention_mask=batch.text_mask)
-            else:
-                stats = step_fn(batch.latents, labels=batch.labels if classes else None,
-                                image_labels=batch.image_labels if classes else None)
+            with cast:
+                if text:
+                    stats = step_fn(batch.latents, encoder_hidden_states=batch.text_embeddings,
+                                    encoder_attention_mask=batch.text_mask)
+                else:
+                    stats = step_fn(batch.latents, labels=batch.labels if classes else None,
+                                    image_labels=batch.image_labels if classes else None)
             if stats["skipped"]:
                 continue
             window.append(stats)
