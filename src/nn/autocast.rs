@@ -19,6 +19,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
 
+use super::amx::Strided;
 use super::gemm::{contiguous, linear_dims};
 use crate::limits::{try_filled, try_with_capacity};
 
@@ -83,6 +84,11 @@ struct ToBf16;
 /// The product of two bf16 matrices, widened to f32: `dx = g W` (`transpose_lhs` false: g (rows, out), W (out,
 /// in)) or `dW = gᵀ x` (true: g (rows, out), x (rows, in)).
 struct Bf16Product {
+    transpose_lhs: bool,
+}
+
+/// [`Bf16Product`] on the f32 operands through AMX, which rounds them to bf16 as it packs them.
+struct AmxProduct {
     transpose_lhs: bool,
 }
 
@@ -184,8 +190,19 @@ impl CustomOp3 for Bf16Linear {
             candle_core::bail!("linear-bf16: operands must be f32");
         };
         let n = self.name();
-        let (xb, wb) = (to_bf16(contiguous(x, xl, n)?)?, to_bf16(contiguous(w, wl, n)?)?);
-        let b = contiguous(b, bl, n)?;
+        let (x, w, b) = (contiguous(x, xl, n)?, contiguous(w, wl, n)?, contiguous(b, bl, n)?);
+        if super::amx::available() {
+            let y = super::amx::gemm(
+                (rows, out, input),
+                Strided { data: x, row_stride: input, col_stride: 1 },
+                // Wᵀ (in, out): W (out, in) read with swapped strides.
+                Strided { data: w, row_stride: 1, col_stride: input },
+                Some(b),
+                "a bfloat16 linear layer's output",
+            )?;
+            return Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, out])));
+        }
+        let (xb, wb) = (to_bf16(x)?, to_bf16(w)?);
         // Wᵀ (in, out): W (out, in) row-major read with swapped strides.
         let y = bf16_product(
             (&xb, rows, input, input as isize, 1),
@@ -205,6 +222,12 @@ impl CustomOp3 for Bf16Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
+        if super::amx::available() {
+            // AMX packs (and rounds) the f32 operands itself.
+            let dx = g.apply_op2_no_bwd(w, &AmxProduct { transpose_lhs: false })?;
+            let dw = g.apply_op2_no_bwd(x, &AmxProduct { transpose_lhs: true })?;
+            return Ok((Some(dx), Some(dw), Some(super::linear::column_sums_of(&g)?)));
+        }
         let gb = g.apply_op1_no_bwd(&ToBf16)?;
         let dx = gb.apply_op2_no_bwd(&w.apply_op1_no_bwd(&ToBf16)?, &Bf16Product { transpose_lhs: false })?;
         let dw = gb.apply_op2_no_bwd(&x.apply_op1_no_bwd(&ToBf16)?, &Bf16Product { transpose_lhs: true })?;
@@ -272,6 +295,42 @@ impl candle_core::CustomOp2 for Bf16Product {
                 bf16_product(lhs, rhs, None, "a linear layer's input gradient")?,
                 [rows, c2],
             )
+        };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&shape)))
+    }
+}
+
+impl candle_core::CustomOp2 for AmxProduct {
+    fn name(&self) -> &'static str {
+        "linear-bf16-backward-amx"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(other)) = (s1, s2) else {
+            candle_core::bail!("linear-bf16 backward: operands must be f32");
+        };
+        let n = self.name();
+        let (g, other) = (contiguous(g, l1, n)?, contiguous(other, l2, n)?);
+        let (rows, out) = l1.shape().dims2()?;
+        let (r2, c2) = l2.shape().dims2()?;
+        let (y, shape) = if self.transpose_lhs {
+            // dW (out, in) = gᵀ (out, rows) · x (rows, in)
+            if r2 != rows {
+                candle_core::bail!("linear-bf16 backward: gradient {:?} and input {:?}", l1.dims(), l2.dims());
+            }
+            let lhs = Strided { data: g, row_stride: 1, col_stride: out };
+            let rhs = Strided { data: other, row_stride: c2, col_stride: 1 };
+            let dw = super::amx::gemm((out, c2, rows), lhs, rhs, None, "a linear layer's weight gradient")?;
+            (dw, [out, c2])
+        } else {
+            // dx (rows, in) = g (rows, out) · W (out, in)
+            if r2 != out {
+                candle_core::bail!("linear-bf16 backward: gradient {:?} and weight {:?}", l1.dims(), l2.dims());
+            }
+            let lhs = Strided { data: g, row_stride: out, col_stride: 1 };
+            let rhs = Strided { data: other, row_stride: c2, col_stride: 1 };
+            let dx = super::amx::gemm((rows, c2, out), lhs, rhs, None, "a linear layer's input gradient")?;
+            (dx, [rows, c2])
         };
         Ok((CpuStorage::F32(y), Shape::from_dims(&shape)))
     }

@@ -5,6 +5,7 @@
 //! `grad = false` it uses the fused kernels, which are faster for inference.
 
 pub mod attention;
+pub(crate) mod amx;
 pub mod autocast;
 pub mod conv;
 pub mod embed;
