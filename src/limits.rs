@@ -291,6 +291,20 @@ pub fn try_filled<T: Clone>(n: usize, value: T, what: &str) -> candle_core::Resu
     Ok(v)
 }
 
+/// A vector of `n` values left as the allocator gives them (no fill pass), or a memory error naming `what`: for
+/// outputs a kernel writes in full (a GEMM that overwrites, an element map), where [`try_filled`]'s fill would be
+/// a wasted pass over memory.
+///
+/// # Safety
+/// Every element must be written before any is read.
+pub unsafe fn try_uninit<T: Copy>(n: usize, what: &str) -> candle_core::Result<Vec<T>> {
+    let mut v = try_with_capacity(n, what)?;
+    // SAFETY: the capacity is n (reserved above); T is Copy (no drop), and the caller writes every element
+    // before reading any.
+    unsafe { v.set_len(n) };
+    Ok(v)
+}
+
 /// An empty vector with room for `n` values, or a memory error naming `what` (see [`try_filled`]).
 pub fn try_with_capacity<T>(n: usize, what: &str) -> candle_core::Result<Vec<T>> {
     let mut v = Vec::new();

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use candle_core::Result;
 use rayon::prelude::*;
 
-use crate::limits::try_filled;
+use crate::limits::{try_filled, try_uninit};
 
 /// Output rows (and columns) per block: two 16-row tiles each way.
 const BLOCK: usize = 32;
@@ -64,25 +64,6 @@ fn bf16_bits(v: f32) -> u16 {
     }
 }
 
-/// `dst[i] = bf16(src[i])`, vectorised for AVX-512.
-///
-/// # Safety
-/// The CPU must have AVX-512F and AVX-512BW.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn round(dst: &mut [u16], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = bf16_bits(s);
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn round(dst: &mut [u16], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = bf16_bits(s);
-    }
-}
-
 fn round_up(v: usize, to: usize) -> usize {
     v.div_ceil(to) * to
 }
@@ -111,7 +92,8 @@ pub(crate) fn gemm(
     bias: Option<&[f32]>,
     what: &str,
 ) -> Result<Vec<f32>> {
-    let mut c = try_filled(m * n, 0f32, what)?;
+    // SAFETY: every band below writes all of its rows' n columns (the blocks cover 0..n).
+    let mut c = unsafe { try_uninit(m * n, what)? };
     if m == 0 || n == 0 {
         return Ok(c);
     }
@@ -121,40 +103,8 @@ pub(crate) fn gemm(
     ap.par_chunks_mut(BLOCK * kp).enumerate().for_each(|(band, rows)| {
         let first = band * BLOCK;
         let live = (rows.len() / kp).min(m.saturating_sub(first));
-        if live == 0 {
-            return;
-        }
-        // SAFETY (all `round` calls): AMX CPUs have AVX-512 (checked in `available`).
-        if a.col_stride == 1 {
-            // Rows contiguous in the source.
-            for (r, row) in rows.chunks_mut(kp).take(live).enumerate() {
-                let src = &a.data[(first + r) * a.row_stride..][..k];
-                unsafe { round(&mut row[..k], src) };
-            }
-        } else if a.row_stride == 1 {
-            // Columns contiguous (a transposed operand, e.g. gᵀ): 32×32 blocks, each source row segment rounded
-            // as it is read (one pass over the source for the whole band), then written transposed.
-            let mut tmp = [[0u16; BLOCK]; BLOCK];
-            for k0 in (0..k).step_by(BLOCK) {
-                let depth = BLOCK.min(k - k0);
-                for (i, t) in tmp.iter_mut().take(depth).enumerate() {
-                    let src = &a.data[first + (k0 + i) * a.col_stride..][..live];
-                    unsafe { round(&mut t[..live], src) };
-                }
-                for r in 0..live {
-                    let dst = &mut rows[r * kp + k0..r * kp + k0 + depth];
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        *d = tmp[i][r];
-                    }
-                }
-            }
-        } else {
-            for (r, row) in rows.chunks_mut(kp).take(live).enumerate() {
-                for (kk, v) in row.iter_mut().take(k).enumerate() {
-                    *v = bf16_bits(a.at(first + r, kk));
-                }
-            }
-        }
+        // SAFETY: AMX CPUs have AVX-512 F/BW/VL (checked in `available`, the caller's contract).
+        unsafe { pack_a_band(rows, kp, a, first, live, k) };
     });
     // B: per 16-column strip, kp/2 rows of 16 (column) × 2 (depth pair) bf16: the tile layout tdpbf16ps reads.
     let strip = kp * 16;
@@ -162,42 +112,8 @@ pub(crate) fn gemm(
     bp.par_chunks_mut(strip).enumerate().for_each(|(s, out)| {
         let first = s * 16;
         let cols = 16.min(n.saturating_sub(first));
-        if cols == 0 {
-            return;
-        }
-        if b.col_stride == 1 {
-            // Rows of B contiguous: round 16 columns of one depth, then interleave by depth pairs.
-            let mut tmp = [0u16; 16];
-            for kk in 0..k {
-                let src = &b.data[kk * b.row_stride + first..][..cols];
-                unsafe { round(&mut tmp[..cols], src) };
-                let (pair, d) = (kk / 2, kk % 2);
-                for (c, &v) in tmp[..cols].iter().enumerate() {
-                    out[pair * 32 + c * 2 + d] = v;
-                }
-            }
-        } else if b.row_stride == 1 {
-            // Columns of B contiguous (a weight read transposed): one column's whole depth at a time.
-            let mut tmp = vec![0u16; k];
-            for c in 0..cols {
-                let src = &b.data[(first + c) * b.col_stride..][..k];
-                unsafe { round(&mut tmp, src) };
-                for (kk, &v) in tmp.iter().enumerate() {
-                    out[(kk / 2) * 32 + c * 2 + kk % 2] = v;
-                }
-            }
-        } else {
-            for pair in 0..kp / 2 {
-                for c in 0..cols {
-                    for d in 0..2 {
-                        let kk = 2 * pair + d;
-                        if kk < k {
-                            out[pair * 32 + c * 2 + d] = bf16_bits(b.at(kk, first + c));
-                        }
-                    }
-                }
-            }
-        }
+        // SAFETY: as above.
+        unsafe { pack_b_strip(out, b, first, cols, k) };
     });
     let (ap, bp) = (&ap[..], &bp[..]);
     c.par_chunks_mut(BLOCK * n).enumerate().for_each(|(band, out)| {
@@ -229,6 +145,98 @@ pub(crate) fn gemm(
         unsafe { tile_release() };
     });
     Ok(c)
+}
+
+/// Rows `first..first + live` of A into `rows` (32 × kp, row-major bf16), reading the source in the order its
+/// memory runs.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VL.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512vl"))]
+unsafe fn pack_a_band(rows: &mut [u16], kp: usize, a: Strided<'_>, first: usize, live: usize, k: usize) {
+    if live == 0 {
+        return;
+    }
+    if a.col_stride == 1 {
+        // Rows contiguous in the source.
+        for (r, row) in rows.chunks_mut(kp).take(live).enumerate() {
+            let src = &a.data[(first + r) * a.row_stride..][..k];
+            for (d, &v) in row[..k].iter_mut().zip(src) {
+                *d = bf16_bits(v);
+            }
+        }
+    } else if a.row_stride == 1 {
+        // Columns contiguous (a transposed operand, e.g. gᵀ): 32×32 blocks, each source segment rounded as it is
+        // read (one pass over the source for the whole band), then written transposed.
+        let mut tmp = [[0u16; BLOCK]; BLOCK];
+        for k0 in (0..k).step_by(BLOCK) {
+            let depth = BLOCK.min(k - k0);
+            for (i, t) in tmp.iter_mut().take(depth).enumerate() {
+                let src = &a.data[first + (k0 + i) * a.col_stride..][..live];
+                for (d, &v) in t[..live].iter_mut().zip(src) {
+                    *d = bf16_bits(v);
+                }
+            }
+            for r in 0..live {
+                let dst = &mut rows[r * kp + k0..r * kp + k0 + depth];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = tmp[i][r];
+                }
+            }
+        }
+    } else {
+        for (r, row) in rows.chunks_mut(kp).take(live).enumerate() {
+            for (kk, v) in row.iter_mut().take(k).enumerate() {
+                *v = bf16_bits(a.at(first + r, kk));
+            }
+        }
+    }
+}
+
+/// Columns `first..first + cols` of B into one packed strip (kp/2 rows of 16 columns × 2 depths).
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VL.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512vl"))]
+unsafe fn pack_b_strip(out: &mut [u16], b: Strided<'_>, first: usize, cols: usize, k: usize) {
+    if cols == 0 {
+        return;
+    }
+    if b.col_stride == 1 && cols == 16 {
+        // Rows of B contiguous: two source rows (a depth pair) interleaved column by column.
+        for pair in 0..k / 2 {
+            let r0: &[f32; 16] = b.data[2 * pair * b.row_stride + first..][..16].try_into().unwrap();
+            let r1: &[f32; 16] = b.data[(2 * pair + 1) * b.row_stride + first..][..16].try_into().unwrap();
+            let dst: &mut [u16; 32] = (&mut out[pair * 32..pair * 32 + 32]).try_into().unwrap();
+            for c in 0..16 {
+                dst[2 * c] = bf16_bits(r0[c]);
+                dst[2 * c + 1] = bf16_bits(r1[c]);
+            }
+        }
+        if k % 2 == 1 {
+            let kk = k - 1;
+            for c in 0..16 {
+                out[(kk / 2) * 32 + 2 * c] = bf16_bits(b.data[kk * b.row_stride + first + c]);
+            }
+        }
+    } else if b.row_stride == 1 {
+        // Columns of B contiguous (a weight read transposed): a column's depth pairs are adjacent in both.
+        for c in 0..cols {
+            let src = &b.data[(first + c) * b.col_stride..][..k];
+            for (pair, v) in src.chunks(2).enumerate() {
+                out[pair * 32 + 2 * c] = bf16_bits(v[0]);
+                if let Some(&v1) = v.get(1) {
+                    out[pair * 32 + 2 * c + 1] = bf16_bits(v1);
+                }
+            }
+        }
+    } else {
+        for kk in 0..k {
+            for c in 0..cols {
+                out[(kk / 2) * 32 + 2 * c + kk % 2] = bf16_bits(b.at(kk, first + c));
+            }
+        }
+    }
 }
 
 /// Palette 1, eight tiles of 16 rows × 64 bytes: tmm0–3 the accumulators, tmm4–5 A, tmm6–7 B.
@@ -332,7 +340,8 @@ mod tests {
             (1, 1, 1, false),
             (37, 19, 23, false),
             (64, 288, 96, false),
-            (33, 17, 700, true),
+            (33, 17, 701, true),
+            (50, 48, 33, false),
             (96, 40, 4100, true),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();

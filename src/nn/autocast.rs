@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::amx::Strided;
 use super::gemm::{contiguous, linear_dims};
-use crate::limits::{try_filled, try_with_capacity};
+use crate::limits::{try_uninit, try_with_capacity};
 
 thread_local! {
     /// Per thread, as torch's autocast state: the models run on their caller's thread (rayon only inside kernels).
@@ -131,7 +131,14 @@ fn bf16_product(
     what: &str,
 ) -> Result<Vec<f32>> {
     let (m, k, n) = (lhs.1, lhs.2, rhs.2);
-    let mut yb = try_filled(m * n, bf16::ZERO, what)?;
+    if k == 0 {
+        // An empty contraction: the product is zero (the bias alone).
+        let mut y = try_with_capacity::<f32>(m * n, what)?;
+        y.extend((0..m * n).map(|i| bias.map_or(0.0, |b| b[i % n])));
+        return Ok(y);
+    }
+    // SAFETY: gemmkit overwrites every element (beta = 0: the destination is not read).
+    let mut yb = unsafe { try_uninit(m * n, what)? };
     if m > 0 && n > 0 {
         gemmkit::gemm(
             bf16::ONE,

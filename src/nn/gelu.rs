@@ -45,8 +45,9 @@ fn dgelu_f32(x: f32) -> f32 {
     s + 2.0 * x * s * (1.0 - s) * c * (1.0 + 3.0 * k * x * x)
 }
 
-fn map_parallel<T: Copy + Send + Sync + Default>(src: &[T], f: impl Fn(T) -> T + Sync) -> Result<Vec<T>> {
-    let mut out = crate::limits::try_filled(src.len(), T::default(), "a GELU's output")?;
+fn map_parallel<T: Copy + Send + Sync>(src: &[T], f: impl Fn(T) -> T + Sync) -> Result<Vec<T>> {
+    // SAFETY: the chunks below cover the whole output, each element written by the map.
+    let mut out = unsafe { crate::limits::try_uninit(src.len(), "a GELU's output")? };
     out.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(o, s)| map_wide(o, s, &f));

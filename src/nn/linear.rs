@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::gemm::{contiguous, gemm_into, linear_dims, run_kernel3, Kernel3};
 use crate::float::Float;
-use crate::limits::{try_filled, try_with_capacity};
+use crate::limits::{try_filled, try_uninit, try_with_capacity};
 
 /// Rows per parallel work item of the bias kernels.
 const ROWS_PER_ITEM: usize = 64;
@@ -137,7 +137,11 @@ fn linear_fwd<T: Float + 'static>(
 }
 
 fn linear_dx<T: Float + 'static>(g: &[T], w: &[T], (rows, input, out): (usize, usize, usize)) -> Result<Vec<T>> {
-    let mut dx = try_filled(rows * input, T::ZERO, "a linear layer's input gradient")?;
+    if out == 0 {
+        return try_filled(rows * input, T::ZERO, "a linear layer's input gradient");
+    }
+    // SAFETY: the GEMM below overwrites every element (alpha = 0: the destination is not read).
+    let mut dx = unsafe { try_uninit(rows * input, "a linear layer's input gradient")? };
     // SAFETY: dx rows × in, g rows × out, W out × in, all contiguous.
     unsafe {
         gemm_into(
@@ -153,7 +157,11 @@ fn linear_dx<T: Float + 'static>(g: &[T], w: &[T], (rows, input, out): (usize, u
 }
 
 fn linear_dw<T: Float + 'static>(g: &[T], x: &[T], (rows, input, out): (usize, usize, usize)) -> Result<Vec<T>> {
-    let mut dw = try_filled(out * input, T::ZERO, "a linear layer's weight gradient")?;
+    if rows == 0 {
+        return try_filled(out * input, T::ZERO, "a linear layer's weight gradient");
+    }
+    // SAFETY: the GEMM below overwrites every element (alpha = 0: the destination is not read).
+    let mut dw = unsafe { try_uninit(out * input, "a linear layer's weight gradient")? };
     // SAFETY: dW out × in, gᵀ is g (rows × out) read with swapped strides, x rows × in; all contiguous.
     unsafe {
         gemm_into(
