@@ -51,6 +51,37 @@ pub fn map_wide<T: Copy, F: Fn(T) -> T>(out: &mut [T], src: &[T], f: &F) {
     body(out, src, f)
 }
 
+/// `out[i] = f(a[i], b[i])`, compiled as [`map_wide`] is (AVX-512 or AVX2 chosen at run time, the same bits on
+/// every path).
+pub fn zip_map_wide<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+    #[inline(always)]
+    fn body<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+            body(out, a, b, f)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+            body(out, a, b, f)
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the instructions the function was compiled for.
+            return unsafe { avx512(out, a, b, f) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(out, a, b, f) };
+        }
+    }
+    body(out, a, b, f)
+}
+
 /// Lanes of the softmax's partial maxima and sums: fixed, so every instruction set sums in the same order and
 /// gives the same bits.
 const LANES: usize = 16;

@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fastmath::{exp_f32, map_wide};
+use crate::fastmath::{exp_f32, map_wide, zip_map_wide};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const COEF: f64 = 0.044_715;
@@ -79,6 +79,43 @@ fn cpu_map<F32: Fn(f32) -> f32 + Sync, F64: Fn(f64) -> f64 + Sync>(
 
 struct GeluTanh;
 struct GeluTanhDerivative;
+/// The backward pass in one pass over memory: `g · GELU'(x)` for the input x and the output's gradient g (the
+/// derivative times the gradient as two ops would write and read the derivative once more).
+struct GeluTanhBackward;
+
+fn zip_map_parallel<T: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Result<Vec<T>> {
+    if a.len() != b.len() {
+        candle_core::bail!("gelu backward: input {} and gradient {} differ in size", a.len(), b.len());
+    }
+    // SAFETY: the chunks below cover the whole output, each element written by the map.
+    let mut out = unsafe { crate::limits::try_uninit(a.len(), "a GELU's input gradient")? };
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| zip_map_wide(o, a, b, &f));
+    Ok(out)
+}
+
+impl candle_core::CustomOp2 for GeluTanhBackward {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-backward"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(zip_map_parallel(
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                |x, g| g * dgelu_f32(x),
+            )?),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(zip_map_parallel(
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                |x, g| g * dgelu_f64(x),
+            )?),
+            _ => candle_core::bail!("gelu backward: input and gradient must both be f32 or both f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
 
 impl CustomOp1 for GeluTanh {
     fn name(&self) -> &'static str {
@@ -88,7 +125,11 @@ impl CustomOp1 for GeluTanh {
         cpu_map(storage, layout, gelu_f32, gelu_f64)
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let slope = arg.contiguous()?.apply_op1_no_bwd(&GeluTanhDerivative)?;
+        let (x, g) = (arg.contiguous()?, grad_res.contiguous()?);
+        if x.dtype() == g.dtype() && x.device().is_cpu() && g.device().is_cpu() {
+            return Ok(Some(x.apply_op2_no_bwd(&g, &GeluTanhBackward)?));
+        }
+        let slope = x.apply_op1_no_bwd(&GeluTanhDerivative)?;
         Ok(Some(grad_res.mul(&slope)?))
     }
 }
@@ -163,6 +204,28 @@ mod tests {
                 .unwrap();
             let tol = if dtype == candle_core::DType::F64 { 1e-8 } else { 1e-5 };
             assert!(max_abs((analytic - numeric).unwrap()) < tol, "{dtype:?}");
+        }
+    }
+
+    /// The fused backward (`g · GELU'(x)` in one pass) equals the derivative op times g, for a non-uniform g.
+    #[test]
+    fn fused_backward_equals_the_derivative_times_the_gradient() {
+        for dtype in [candle_core::DType::F64, candle_core::DType::F32] {
+            let x = grid(dtype);
+            let g = Tensor::randn(0f64, 1.0, x.shape(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let var = candle_core::Var::from_tensor(&x).unwrap();
+            let grads = (gelu(var.as_tensor()).unwrap() * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let fused = grads.get(var.as_tensor()).unwrap().clone();
+            let plain = (x.apply_op1_no_bwd(&GeluTanhDerivative).unwrap() * &g).unwrap();
+            assert_eq!(max_abs((fused - plain).unwrap()), 0.0, "{dtype:?}");
         }
     }
 }
