@@ -10,13 +10,17 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = p * r + c;
     }
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the integer in `shifted`'s low mantissa bits (n in [-126, 127]: every `shifted` has the exponent
+    // of ROUND, one unit per ulp), all in integer lanes: `n as i32` (a saturating cast) does not vectorise.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    p * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 /// `out[i] = f(src[i])`, compiled for the widest vectors this CPU has (AVX-512 or AVX2, chosen at run time; `f`
@@ -195,6 +199,27 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The integer-lane 2^n gives the bits of the saturating-cast form it replaced, on every input class.
+    #[test]
+    fn the_vectorisable_exponent_is_the_cast_one() {
+        fn cast_form(x: f32) -> f32 {
+            const ROUND: f32 = 12_582_912.0;
+            let x = x.clamp(-87.0, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+            let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+            let mut p = 1.0 / 5040.0;
+            for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = p * r + c;
+            }
+            p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        }
+        let mut xs: Vec<f32> = (-200_000..200_000).map(|i| i as f32 * 5e-4).collect();
+        xs.extend([-1e30, -88.5, -87.0, 88.0, 88.7, 1e30, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]);
+        for x in xs {
+            assert_eq!(exp_f32(x).to_bits(), cast_form(x).to_bits(), "{x}");
         }
     }
 
