@@ -176,6 +176,16 @@ def worker(args) -> None:
           flush=True)
 
 
+def pool(rounds: list[dict]) -> dict:
+    """One engine's result over its rounds: the median and minimum of every timed step, the largest peak."""
+    failed = [r for r in rounds if "error" in r]
+    if failed:
+        return failed[0]
+    times = [t for r in rounds for t in r["times_s"]]
+    return {**rounds[0], "median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rounds), "rounds": len(rounds)}
+
+
 def parent(args) -> int:
     if args.latte_repo is None:
         sys.exit("error: pass --latte-repo PATH (an official Vchitect/Latte checkout) or set LATTE_REPO")
@@ -184,14 +194,19 @@ def parent(args) -> int:
     with tempfile.TemporaryDirectory(prefix="latte_bench_small_") as tmp:
         data = Path(tmp) / "data.npz"
         make_data(args, data)
-        results = []
-        for e in args.engines:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", e, "--data", str(data),
-                   "--workload", args.workload, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
-                   "--threads", str(args.threads), "--latte-repo", str(args.latte_repo)]
-            results.append(run_json_worker(cmd, e, LABELS[e], args.threads))
+        # Engines alternate, round after round, so that a drift in the machine's speed (a shared host) reaches
+        # every engine alike; each engine's times are pooled over the rounds.
+        runs: dict[str, list[dict]] = {e: [] for e in args.engines}
+        for _ in range(args.rounds):
+            for e in args.engines:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", e, "--data", str(data),
+                       "--workload", args.workload, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
+                       "--threads", str(args.threads), "--latte-repo", str(args.latte_repo)]
+                runs[e].append(run_json_worker(cmd, e, LABELS[e], args.threads))
+        results = [pool(rs) for rs in runs.values()]
     print(f"\n## Train step, CPU: {w['name']}, learn_sigma, AdamW + EMA + clipping\n")
-    print(f"host: {cpu_label(host())}, {args.threads} threads; warmup {args.warmup}, repeat {args.repeat}")
+    print(f"host: {cpu_label(host())}, {args.threads} threads; {args.rounds} rounds of warmup {args.warmup}, "
+          f"repeat {args.repeat} per engine, engines alternating")
     ok = [r for r in results if "error" not in r]
     for r in ok:
         print(f"- {LABELS[r['engine']]}: version {r['version']}, losses {', '.join(f'{v:.4f}' for v in r['losses'])}")
@@ -216,7 +231,8 @@ def main() -> None:
     parser.add_argument("--workload", choices=("demo", "s2"), default="demo")
     parser.add_argument("--latte-repo", default=os.environ.get("LATTE_REPO"))
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all engines, alternating")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)

@@ -77,3 +77,33 @@ macro_rules! float {
 
 float!(f32, F32, crate::fastmath::exp_f32);
 float!(f64, F64, f64::exp);
+
+/// Lanes of [`moments`]'s partial sums: fixed, so that every instruction set adds in the same order and gives the
+/// same bits.
+const MOMENT_LANES: usize = 16;
+
+/// The sum of `f(v)` over a row in [`MOMENT_LANES`] interleaved partial sums, combined in lane order: independent
+/// add chains the compiler keeps in vector registers (a single running sum is one serial chain of dependent adds,
+/// latency-bound).
+#[inline(always)]
+fn lane_sum<T: Float>(row: &[T], f: impl Fn(T) -> T) -> T {
+    let mut lanes = [T::ZERO; MOMENT_LANES];
+    let mut chunks = row.chunks_exact(MOMENT_LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(T::ZERO, |s, &v| s + f(v));
+    lanes.iter().fold(tail, |s, &l| s + l)
+}
+
+/// Mean and 1/√(var + eps) of a row (two passes, biased variance as torch's LayerNorm): the statistics of every
+/// LayerNorm kernel.
+#[inline(always)]
+pub(crate) fn moments<T: Float>(row: &[T], eps: T) -> (T, T) {
+    let n = T::from_usize(row.len());
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+    (mean, T::ONE / (var + eps).sqrt())
+}

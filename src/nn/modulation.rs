@@ -20,7 +20,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::float::Float;
+use crate::float::{moments, Float};
 use crate::limits::{try_filled, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -96,15 +96,6 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: operands must be contiguous"),
     }
-}
-
-/// Mean and 1/√(var + eps) of a row (two passes, biased variance as torch's LayerNorm).
-#[inline(always)]
-fn moments<T: Float>(row: &[T], eps: T) -> (T, T) {
-    let n = T::from_usize(row.len());
-    let mean = row.iter().fold(T::ZERO, |s, &v| s + v) / n;
-    let var = row.iter().fold(T::ZERO, |s, &v| s + (v - mean) * (v - mean)) / n;
-    (mean, T::ONE / (var + eps).sqrt())
 }
 
 fn norm_modulate_fwd<T: Float>(x: &[T], shift: &[T], scale: &[T], b: &Broadcast, eps: f64) -> Result<Vec<T>> {

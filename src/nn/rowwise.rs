@@ -17,7 +17,7 @@ use rayon::prelude::*;
 /// Rows per parallel work item are chosen so that one item holds about this many values.
 const ITEM: usize = 1 << 14;
 
-use crate::float::Float;
+use crate::float::{moments, Float};
 
 fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
@@ -60,15 +60,6 @@ fn softmax_bwd<T: Float>(p: &[T], g: &[T], n: usize) -> Result<Vec<T>> {
             *o = pi * (gi - dot);
         }
     })
-}
-
-/// Mean and 1/√(var + eps) of a row (two passes, biased variance as torch's LayerNorm).
-#[inline(always)]
-fn moments<T: Float>(row: &[T], eps: T) -> (T, T) {
-    let n = T::from_usize(row.len());
-    let mean = row.iter().fold(T::ZERO, |s, &v| s + v) / n;
-    let var = row.iter().fold(T::ZERO, |s, &v| s + (v - mean) * (v - mean)) / n;
-    (mean, T::ONE / (var + eps).sqrt())
 }
 
 fn layer_norm_fwd<T: Float>(x: &[T], n: usize, eps: f64) -> Result<Vec<T>> {
