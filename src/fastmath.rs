@@ -217,7 +217,18 @@ mod tests {
             p * f32::from_bits(((n as i32 + 127) as u32) << 23)
         }
         let mut xs: Vec<f32> = (-200_000..200_000).map(|i| i as f32 * 5e-4).collect();
-        xs.extend([-1e30, -88.5, -87.0, 88.0, 88.7, 1e30, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]);
+        xs.extend([
+            -1e30,
+            -88.5,
+            -87.0,
+            88.0,
+            88.7,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+        ]);
         for x in xs {
             assert_eq!(exp_f32(x).to_bits(), cast_form(x).to_bits(), "{x}");
         }

@@ -43,8 +43,7 @@ fn detect() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: arch_prctl with this request only changes the process's permitted extended state.
-    let granted = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0;
-    granted
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -206,7 +205,9 @@ unsafe fn pack_b_strip(out: &mut [u16], b: Strided<'_>, first: usize, cols: usiz
         // Rows of B contiguous: two source rows (a depth pair) interleaved column by column.
         for pair in 0..k / 2 {
             let r0: &[f32; 16] = b.data[2 * pair * b.row_stride + first..][..16].try_into().unwrap();
-            let r1: &[f32; 16] = b.data[(2 * pair + 1) * b.row_stride + first..][..16].try_into().unwrap();
+            let r1: &[f32; 16] = b.data[(2 * pair + 1) * b.row_stride + first..][..16]
+                .try_into()
+                .unwrap();
             let dst: &mut [u16; 32] = (&mut out[pair * 32..pair * 32 + 32]).try_into().unwrap();
             for c in 0..16 {
                 dst[2 * c] = bf16_bits(r0[c]);
@@ -265,7 +266,13 @@ unsafe fn block(a: &[u16], kp: usize, b: &[u16], strip: usize, tile: &mut [f32; 
     use std::arch::asm;
     let a_stride = kp * 2; // bytes per A row
     let b_stride = 64usize; // bytes per packed B row (16 columns × 2 depths × 2 bytes)
-    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
     let (a0, b0) = (a.as_ptr(), b.as_ptr());
     for kk in (0..kp).step_by(DEPTH) {
         let a_top = a0.add(kk);
@@ -349,15 +356,39 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|_| next()).collect();
             // A transposed: stored (k, m); B stored (n, k) (as a weight, read transposed).
             let (sa, sb) = if transposed {
-                (Strided { data: &a, row_stride: 1, col_stride: m }, Strided { data: &b, row_stride: 1, col_stride: k })
+                (
+                    Strided {
+                        data: &a,
+                        row_stride: 1,
+                        col_stride: m,
+                    },
+                    Strided {
+                        data: &b,
+                        row_stride: 1,
+                        col_stride: k,
+                    },
+                )
             } else {
-                (Strided { data: &a, row_stride: k, col_stride: 1 }, Strided { data: &b, row_stride: n, col_stride: 1 })
+                (
+                    Strided {
+                        data: &a,
+                        row_stride: k,
+                        col_stride: 1,
+                    },
+                    Strided {
+                        data: &b,
+                        row_stride: n,
+                        col_stride: 1,
+                    },
+                )
             };
             let got = gemm((m, n, k), sa, sb, Some(&bias), "test").unwrap();
             for i in 0..m {
                 for j in 0..n {
-                    let want: f64 =
-                        (0..k).map(|kk| rounded(sa.at(i, kk)) * rounded(sb.at(kk, j))).sum::<f64>() + bias[j] as f64;
+                    let want: f64 = (0..k)
+                        .map(|kk| rounded(sa.at(i, kk)) * rounded(sb.at(kk, j)))
+                        .sum::<f64>()
+                        + bias[j] as f64;
                     let g = got[i * n + j] as f64;
                     assert!(
                         (g - want).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6 * want.abs(),

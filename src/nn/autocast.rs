@@ -201,9 +201,17 @@ impl CustomOp3 for Bf16Linear {
         if super::amx::available() {
             let y = super::amx::gemm(
                 (rows, out, input),
-                Strided { data: x, row_stride: input, col_stride: 1 },
+                Strided {
+                    data: x,
+                    row_stride: input,
+                    col_stride: 1,
+                },
                 // Wᵀ (in, out): W (out, in) read with swapped strides.
-                Strided { data: w, row_stride: 1, col_stride: input },
+                Strided {
+                    data: w,
+                    row_stride: 1,
+                    col_stride: input,
+                },
                 Some(b),
                 "a bfloat16 linear layer's output",
             )?;
@@ -323,19 +331,43 @@ impl candle_core::CustomOp2 for AmxProduct {
         let (y, shape) = if self.transpose_lhs {
             // dW (out, in) = gᵀ (out, rows) · x (rows, in)
             if r2 != rows {
-                candle_core::bail!("linear-bf16 backward: gradient {:?} and input {:?}", l1.dims(), l2.dims());
+                candle_core::bail!(
+                    "linear-bf16 backward: gradient {:?} and input {:?}",
+                    l1.dims(),
+                    l2.dims()
+                );
             }
-            let lhs = Strided { data: g, row_stride: 1, col_stride: out };
-            let rhs = Strided { data: other, row_stride: c2, col_stride: 1 };
+            let lhs = Strided {
+                data: g,
+                row_stride: 1,
+                col_stride: out,
+            };
+            let rhs = Strided {
+                data: other,
+                row_stride: c2,
+                col_stride: 1,
+            };
             let dw = super::amx::gemm((out, c2, rows), lhs, rhs, None, "a linear layer's weight gradient")?;
             (dw, [out, c2])
         } else {
             // dx (rows, in) = g (rows, out) · W (out, in)
             if r2 != out {
-                candle_core::bail!("linear-bf16 backward: gradient {:?} and weight {:?}", l1.dims(), l2.dims());
+                candle_core::bail!(
+                    "linear-bf16 backward: gradient {:?} and weight {:?}",
+                    l1.dims(),
+                    l2.dims()
+                );
             }
-            let lhs = Strided { data: g, row_stride: out, col_stride: 1 };
-            let rhs = Strided { data: other, row_stride: c2, col_stride: 1 };
+            let lhs = Strided {
+                data: g,
+                row_stride: out,
+                col_stride: 1,
+            };
+            let rhs = Strided {
+                data: other,
+                row_stride: c2,
+                col_stride: 1,
+            };
             let dx = super::amx::gemm((rows, c2, out), lhs, rhs, None, "a linear layer's input gradient")?;
             (dx, [rows, c2])
         };

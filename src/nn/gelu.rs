@@ -85,7 +85,11 @@ struct GeluTanhBackward;
 
 fn zip_map_parallel<T: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Result<Vec<T>> {
     if a.len() != b.len() {
-        candle_core::bail!("gelu backward: input {} and gradient {} differ in size", a.len(), b.len());
+        candle_core::bail!(
+            "gelu backward: input {} and gradient {} differ in size",
+            a.len(),
+            b.len()
+        );
     }
     // SAFETY: the chunks below cover the whole output, each element written by the map.
     let mut out = unsafe { crate::limits::try_uninit(a.len(), "a GELU's input gradient")? };
@@ -101,16 +105,16 @@ impl candle_core::CustomOp2 for GeluTanhBackward {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(zip_map_parallel(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
-                |x, g| g * dgelu_f32(x),
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(zip_map_parallel(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
-                |x, g| g * dgelu_f64(x),
-            )?),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(zip_map_parallel(contiguous(x, l1)?, contiguous(g, l2)?, |x, g| {
+                    g * dgelu_f32(x)
+                })?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(zip_map_parallel(contiguous(x, l1)?, contiguous(g, l2)?, |x, g| {
+                    g * dgelu_f64(x)
+                })?)
+            }
             _ => candle_core::bail!("gelu backward: input and gradient must both be f32 or both f64"),
         };
         Ok((out, l1.shape().clone()))

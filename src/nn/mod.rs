@@ -4,8 +4,8 @@
 //! (candle's fused `layer_norm` and `softmax_last_dim` have no backward and silently drop gradients); with
 //! `grad = false` it uses the fused kernels, which are faster for inference.
 
-pub mod attention;
 pub(crate) mod amx;
+pub mod attention;
 pub mod autocast;
 pub mod conv;
 pub mod embed;
