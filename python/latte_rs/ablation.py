@@ -28,6 +28,11 @@ Everything lives in the output folder and is resumable: each run (configuration 
 ``eval_every`` steps through ``latte_rs.train``'s exact resume, its evaluations are kept in ``evals.json``, and
 a run that reached the step budget is not touched again; every file is written atomically.
 
+Under ``torchrun`` every rank runs the same study: each run trains data-parallel through ``latte_rs.train``
+(``local_batch_size`` clips per rank, so a step's batch is the world size times larger), rank 0 alone evaluates
+and writes the files, and the other ranks wait for it where the study needs its results (a failure on rank 0 is
+raised on every rank). The world size is a setting of the study: it is recorded, and a folder resumes only with it.
+
 >>> from latte_rs.ablation import study_configurations
 >>> [c.key for c in study_configurations("variants")]
 ['base', 'variant-2', 'variant-3', 'variant-4']
@@ -42,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +58,7 @@ from ._inputs import check_int, read_text
 from ._native import LatteConfig, LatteModel
 from .data.synthetic import TARGET_COLOUR
 from .demo import pixel_fd, real_clips
-from .distributed import world
+from .distributed import destroy_group, group_initialised, init_from_env, share, world
 from .evaluation import Protocol, feature_stats, fvd
 from .evaluation.prompt_following import measure, motion_consistency
 from .evaluation.settings import MIN_FRAMES
@@ -112,6 +118,9 @@ BUILT_IN = {
 }
 #: Seed of the held-out real clips and of the sampling noise (the same for every configuration).
 EVAL_SEED = 10_000
+#: Seconds a rank waits in a collective under torchrun unless the training config sets ``dist_timeout``: the
+#: ranks other than 0 wait through rank 0's evaluations (sampling and FVD), which take longer than a training step.
+DIST_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,8 @@ class Settings:
     sampling_steps: int
     guidance_scale: float
     fvd: bool
+    #: Processes training each run data-parallel (torchrun's WORLD_SIZE); each reads ``local_batch_size`` clips.
+    world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -349,40 +360,81 @@ def ablate(study: str = "all", dataset: str | Path | Mapping[str, Any] = "synthe
         progress: a progress bar over the evaluations of all runs.
     """
     studies = _check_args(study, steps, seeds, eval_every, eval_clips, sampling_steps, guidance_scale)
-    if world()[1] > 1:  # every rank would evaluate and write the same files
-        raise ValueError(f"WORLD_SIZE: expected 1 (ablate runs in one process; under torchrun not yet), got "
-                         f"{world()[1]}")
     training = _dataset_training(dataset)
     base_model = {**BASE_MODEL, **(model or {})}
     model_config({**load_config(training), "model_config": base_model})  # refuses bad model options up front
+    rank, size = world()
+    owns_group = False
+    if size > 1:  # under torchrun: one process group for the whole study (each train call joins it)
+        owns_group = not group_initialised()
+        rank, size = init_from_env(timeout=float(training.get("dist_timeout") or DIST_TIMEOUT))
+    try:
+        result = _ablate(studies, training, base_model, steps, seeds, eval_every, output_dir, eval_clips,
+                         sampling_steps, guidance_scale, fvd, progress, rank, size)
+    except BaseException:
+        owns_group = False  # a failed collective leaves the group unusable; the process is ending anyway
+        raise
+    finally:
+        if owns_group:
+            destroy_group()
+    return result
+
+
+def _on_main(fn, main: bool, size: int) -> Any:
+    """``fn()`` on rank 0, its value on every rank; an error on rank 0 is raised on every rank (the others wait
+    for rank 0 here, so nothing they do next can read a file rank 0 has not finished writing). One process: fn()."""
+    if size == 1:
+        return fn()
+    value, error = None, None
+    if main:
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised
+            error = e
+    value, failure = share((value, None if error is None else (type(error).__name__, str(error))))
+    if error is not None:
+        raise error
+    if failure is not None:
+        kind, message = failure
+        raise (ValueError(message) if kind == "ValueError" else RuntimeError(f"rank 0 failed: {kind}: {message}"))
+    return value
+
+
+def _ablate(studies, training, base_model, steps, seeds, eval_every, output_dir, eval_clips, sampling_steps,
+            guidance_scale, fvd, progress, rank: int, size: int) -> AblationResult:
+    main = rank == 0
     use_fvd = bool(fvd) and training["num_frames"] >= MIN_FRAMES
     settings = Settings(training, base_model, steps, eval_every, eval_clips, sampling_steps, float(guidance_scale),
-                        use_fvd)
+                        use_fvd, size)
     out = Path(output_dir)
-    _check_resumable(out, settings)
-    _write_atomic(out / "ablation.json", json.dumps(settings.to_dict(), indent=2))
+
+    def start() -> None:
+        _check_resumable(out, settings)
+        _write_atomic(out / "ablation.json", json.dumps(settings.to_dict(), indent=2))
+
+    _on_main(start, main, size)
 
     plan: list[Configuration] = []
     for name in studies:
         for c in study_configurations(name, base_model):
             if c.key not in {p.key for p in plan}:
                 plan.append(c)
-    reference = _reference(out, settings)
+    reference = _on_main(lambda: _reference(out, settings), main, size)
     evals_per_run = math.ceil(steps / eval_every)
-    bar = tqdm(total=len(plan) * seeds * evals_per_run, desc="ablate", unit="eval", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(plan) * seeds * evals_per_run, desc="ablate" if size == 1 else f"ablate ({size} ranks)",
+               unit="eval", disable=not (progress and main), dynamic_ncols=True)
     try:
         for configuration in plan:
             for seed in range(seeds):
                 bar.set_postfix_str(f"{configuration.key} seed {seed}")
-                if _run(out, settings, configuration, seed, bar):
+                if _run(out, settings, configuration, seed, bar, main) and main:
                     # What has finished is readable while the rest trains: the studies with this configuration.
                     touched = [s for s in studies
                                if configuration.key in {c.key for c in study_configurations(s, base_model)}]
                     _write_results(out, settings, studies, seeds, reference, plot=touched)
     finally:
         bar.close()
-    results = _write_results(out, settings, studies, seeds, reference, plot=studies)
+    results = _on_main(lambda: _write_results(out, settings, studies, seeds, reference, plot=studies), main, size)
     return AblationResult(out, results, out / "results.md", [out / f"{s}.png" for s in studies])
 
 
@@ -390,6 +442,7 @@ def _check_resumable(out: Path, settings: Settings) -> None:
     saved = _read_json(out / "ablation.json", None)
     if saved is None:
         return
+    saved = {"world_size": 1, **saved}  # a study from before world_size was recorded ran in one process
     mine = json.loads(json.dumps(settings.to_dict()))
     for key, value in mine.items():
         if saved.get(key) != value:
@@ -515,11 +568,22 @@ def _image_initialised(image: LatteModel, cfg: Mapping[str, Any], seed: int) -> 
     return video
 
 
-def _run(out: Path, settings: Settings, configuration: Configuration, seed: int, bar) -> bool:
-    """Trains and evaluates one run up to the step budget; whether it did any work."""
+def _record(evals: list, evals_file: Path, step: int, train_seconds: float, trainer, out: Path, settings: Settings,
+            seed: int) -> None:
+    """Evaluates the EMA weights of `trainer` at `step` and appends the row to `evals` and ``evals.json``."""
+    evals.append({"step": step, "train_seconds": round(train_seconds, 2),
+                  **_evaluate(trainer.ema_model(), out, settings, seed)})
+    _write_atomic(evals_file, json.dumps(evals, indent=2))
+
+
+def _run(out: Path, settings: Settings, configuration: Configuration, seed: int, bar, main: bool = True) -> bool:
+    """Trains and evaluates one run up to the step budget; whether it did any work. Under torchrun every rank
+    calls it alike: the training is collective, rank 0 evaluates and writes ``evals.json`` and decides what is
+    done (the others take its decisions)."""
+    size = settings.world_size
     run = _run_dir(out, configuration.key, seed)
     evals_file = run / "evals.json"
-    evals = _read_json(evals_file, [])
+    evals = _on_main(lambda: _read_json(evals_file, []), main, size)
     done = {row["step"] for row in evals}
     targets = [min(s, settings.steps) for s in range(settings.eval_every, settings.steps + settings.eval_every,
                                                      settings.eval_every)]
@@ -531,15 +595,13 @@ def _run(out: Path, settings: Settings, configuration: Configuration, seed: int,
         if target in done:
             continue
         model = None
-        if configuration.image_init and latest_checkpoint(run / "checkpoints") is None:
+        if configuration.image_init and _on_main(lambda: latest_checkpoint(run / "checkpoints") is None, main, size):
             model = _image_initialised(_image_model(out, settings, seed), cfg, seed)
         tick = time.perf_counter()
         result = train(cfg, output_dir=run, max_steps=target, resume=True, model=model, progress=False)
         train_seconds = time.perf_counter() - tick
-        row = {"step": target, "train_seconds": round(train_seconds, 2),
-               **_evaluate(result.trainer.ema_model(), out, settings, seed)}
-        evals.append(row)
-        _write_atomic(evals_file, json.dumps(evals, indent=2))
+        _on_main(partial(_record, evals, evals_file, target, train_seconds, result.trainer, out, settings, seed),
+                 main, size)
         bar.update(1)
     return True
 
@@ -571,13 +633,14 @@ def _configuration_result(out: Path, settings: Settings, c: Configuration, seeds
     curve = [{"step": step, **{k: _mean_std([r[k] for r in rows if r.get(k) is not None])
                                for k in rows[0] if k not in ("step",)}}
              for step, rows in sorted(per_step.items())]
-    flops = flops_per_step(mcfg, cfg["local_batch_size"])
+    batch = cfg["local_batch_size"] * settings.world_size  # a step's clips over all ranks
+    flops = flops_per_step(mcfg, batch)
     train_seconds = [sum(r["train_seconds"] for r in rows) for rows in finished]
     metrics = [k for k in ("fvd", "pixel_fd", "direction", "colour", "shape", "motion_consistency")
                if finished and k in finished[0][-1]]
     pretrain = 0
     if c.image_init:  # the image model's steps on single frames come first
-        pretrain = flops_per_step(mcfg.replace(num_frames=1), cfg["local_batch_size"]) * settings.steps
+        pretrain = flops_per_step(mcfg.replace(num_frames=1), batch) * settings.steps
     return {
         "key": c.key, "label": c.label, "changes": dict(c.changes),
         "parameters": mcfg.num_parameters(), "flops_per_step": flops, "train_flops": flops * settings.steps,
@@ -610,10 +673,16 @@ def _write_results(out: Path, settings: Settings, studies: list[str], seeds: int
             if f"{k}_real_vs_real" in reference]
     real += [f"{k.removeprefix('real_').replace('_', ' ')} {v:.2f}" for k, v in reference.items()
              if k.startswith("real_")]
-    lines = [f"# Latte design study ({settings.training['dataset']}, {settings.steps} steps, {seeds} seeds)", "",
-             f"Score: {name_of[score]} over {settings.eval_clips} clips (lower is better), final (at step "
-             f"{settings.steps}) and best over the evaluations, mean ± standard deviation over the finished seeds. "
-             f"Held-out real clips scored the same way: {', '.join(real)}.", ""]
+    ranks = settings.world_size
+    processes = f", {ranks} processes" if ranks > 1 else ""
+    lines = [f"# Latte design study ({settings.training['dataset']}, {settings.steps} steps, {seeds} seeds{processes})",
+             ""]
+    if ranks > 1:
+        lines += [f"Trained data-parallel on {ranks} processes (torchrun): a step's batch is {ranks} × "
+                  f"{settings.training['local_batch_size']} clips (local_batch_size per process).", ""]
+    lines += [f"Score: {name_of[score]} over {settings.eval_clips} clips (lower is better), final (at step "
+              f"{settings.steps}) and best over the evaluations, mean ± standard deviation over the finished seeds. "
+              f"Held-out real clips scored the same way: {', '.join(real)}.", ""]
     for name in studies:
         rows = [_configuration_result(out, settings, c, seeds)
                 for c in study_configurations(name, settings.base_model)]

@@ -34,6 +34,8 @@ def _ablate(args: argparse.Namespace) -> int:
     result = ablate(args.study, args.dataset, steps=args.steps, seeds=args.seeds, eval_every=args.eval_every,
                     output_dir=args.output_dir, eval_clips=args.eval_clips, sampling_steps=args.sampling_steps,
                     guidance_scale=args.guidance, fvd=not args.no_fvd, progress=not args.no_progress)
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return 0
     print(result.table.read_text())
     print(f"latte-rs ablate: wrote results.json, results.md and {len(result.plots)} plot(s) to {result.output_dir} "
           f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)

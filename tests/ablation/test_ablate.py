@@ -4,6 +4,7 @@ refusals. Tiny models, two or three steps: the whole file runs in seconds."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,10 +164,95 @@ def test_bad_arguments_are_refused_by_name(tmp_path: Path, kwargs: dict, message
     assert not (tmp_path / "ablation.json").exists()
 
 
-def test_torchrun_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match=r"WORLD_SIZE: expected 1 \(ablate runs in one process.*got 2"):
-        ablate("temporal", output_dir=tmp_path, progress=False)
+# Run under torchrun by the test below: the study with TINY's settings, logging (per rank) every file ablate writes
+# itself and every training call it makes.
+TORCHRUN_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from latte_rs import ablation
+
+out, log = Path(sys.argv[1]), Path(sys.argv[2]) / f"rank-{os.environ['RANK']}.log"
+write, train = ablation._write_atomic, ablation.train
+
+def logged_write(path, text):
+    with open(log, "a") as f:
+        f.write(f"write {Path(path).relative_to(out)}\\n")
+    write(path, text)
+
+def logged_train(cfg, **kw):
+    with open(log, "a") as f:
+        f.write(f"train {Path(kw['output_dir']).relative_to(out)} {kw['max_steps']}\\n")
+    return train(cfg, **kw)
+
+ablation._write_atomic, ablation.train = logged_write, logged_train
+ablation.ablate("temporal", steps=2, seeds=1, eval_every=1, output_dir=out, **json.loads(sys.argv[3]))
+"""
+
+
+def _torchrun(script: Path, out: Path, log: Path) -> subprocess.CompletedProcess:
+    """The study of TORCHRUN_SCRIPT on two gloo ranks over loopback, started by torchrun."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log.mkdir(exist_ok=True)
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(out), str(log),
+                           json.dumps(TINY)], capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_torchrun_trains_on_every_rank_and_rank_0_evaluates_writes_and_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    script, out, log = tmp_path / "study.py", tmp_path / "study", tmp_path / "log"
+    script.write_text(TORCHRUN_SCRIPT)
+    done = _torchrun(script, out, log)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["world_size"] == 2
+    table = (out / "results.md").read_text()
+    assert table.startswith("# Latte design study (synthetic_time, 2 steps, 1 seeds, 2 processes)")
+    assert (out / "temporal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = results["studies"]["temporal"]["configurations"]
+    assert [r["seeds_finished"] for r in rows] == [1, 1]
+    # A step is 2 ranks x local_batch_size clips: the FLOPs count both.
+    cfg = load_config({**ablation.BASE_TRAINING, **TINY["dataset"], "model_config": BASE_MODEL | TINY["model"]})
+    assert rows[0]["flops_per_step"] == flops_per_step(model_config(cfg), 2 * TINY["dataset"]["local_batch_size"])
+    for key in ("base", "rope"):
+        evals = json.loads((out / "runs" / key / "seed-0" / "evals.json").read_text())
+        assert [e["step"] for e in evals] == [1, 2] and "direction" in evals[0]
+        manifest = json.loads((out / "runs" / key / "seed-0" / "checkpoints" / "0000002" / "trainer.json").read_text())
+        assert manifest["step"] == 2 and len(manifest["rank_rngs"]) == 2  # trained data-parallel
+    # Both ranks trained every chunk, in the same order; only rank 0 wrote ablate's files.
+    first = {rank: (log / f"rank-{rank}.log").read_text().splitlines() for rank in (0, 1)}
+    trains = [f"train runs/{key}/seed-0 {step}" for key in ("base", "rope") for step in (1, 2)]
+    assert [line for line in first[0] if line.startswith("train")] == trains
+    assert first[1] == trains
+    writes = [line for line in first[0] if line.startswith("write")]
+    assert {"write ablation.json", "write reference.json", "write results.json", "write results.md",
+            "write runs/base/seed-0/evals.json", "write runs/rope/seed-0/evals.json"} == set(writes)
+
+    # Rerunning the command resumes: nothing trains again, the runs' files are untouched.
+    runs = {p: p.read_bytes() for p in (out / "runs").rglob("*") if p.is_file()}
+    mtimes = {p: p.stat().st_mtime_ns for p in runs}
+    for f in log.iterdir():
+        f.unlink()
+    again = _torchrun(script, out, log)
+    assert again.returncode == 0, again.stderr[-4000:]
+    second = {rank: (log / f"rank-{rank}.log").read_text().splitlines() if (log / f"rank-{rank}.log").exists()
+              else [] for rank in (0, 1)}
+    assert not [line for rank in (0, 1) for line in second[rank] if line.startswith("train")]
+    assert second[1] == []
+    assert {p: p.read_bytes() for p in (out / "runs").rglob("*") if p.is_file()} == runs
+    assert {p: p.stat().st_mtime_ns for p in runs} == mtimes
+    assert json.loads((out / "results.json").read_text())["studies"] == results["studies"]
+
+    # The world size is a setting of the study: one process does not resume it.
+    with pytest.raises(ValueError, match=r"output_dir: .* world_size=2; expected the same settings .* world_size=1"):
+        ablate("temporal", steps=2, seeds=1, eval_every=1, output_dir=out, **TINY)
 
 
 def test_the_command_line_refuses_in_one_line(tmp_path: Path, capsys) -> None:
