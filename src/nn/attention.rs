@@ -315,7 +315,7 @@ pub fn attend_heads(
     kernel: AttentionKernel,
     grad: bool,
 ) -> Result<Tensor> {
-    if rope.is_none()
+    if rope.is_none_or(|r| r.qkv_applies(qkv))
         && extra_qkv.is_none()
         && matches!(
             kernel,
@@ -324,6 +324,15 @@ pub fn attend_heads(
         && fused_attention::applicable(qkv)
     {
         let scale = (qkv.dim(D::Minus1)? as f64).powf(-0.5);
+        // RoPE rotates q and k in the packed projection, so the fused kernel takes it as it takes any other.
+        let rotated;
+        let qkv = match rope {
+            Some(r) => {
+                rotated = r.apply_qkv(qkv)?;
+                &rotated
+            }
+            None => qkv,
+        };
         return fused_attention::fused_qkv_attention(qkv, scale, grad);
     }
     let (q, k, v) = unbind_qkv(qkv)?;

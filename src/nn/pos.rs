@@ -1,6 +1,10 @@
 //! Positional embeddings: sin-cos tables (MAE/DiT), sinusoidal timestep features (GLIDE), rotary embedding.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::float::Float;
 
 /// 1D sin-cos table (len, dim) for positions 0..len: `[sin(p ω), cos(p ω)]`, ω_i = 10000^(-2i/dim), in f64.
 pub fn sincos_1d(dim: usize, positions: &[f64]) -> Vec<f64> {
@@ -82,6 +86,25 @@ impl Rope {
         Ok(Self { cos, sin })
     }
 
+    /// Rotates the query and key parts of a packed projection `qkv` (G, len, 3, heads, head_dim) by position along
+    /// axis 1 and passes the values through, in one pass: what attention's fused kernel then takes. f32/f64 on
+    /// the CPU (see [`Self::qkv_applies`]); differentiable (the backward pass rotates the gradient back). The same
+    /// bits as [`Self::apply`] on the unbound q and k.
+    pub fn apply_qkv(&self, qkv: &Tensor) -> Result<Tensor> {
+        qkv.contiguous()?
+            .apply_op3(&self.cos, &self.sin, RopeQkv { inverse: false })
+    }
+
+    /// Whether [`Self::apply_qkv`] runs `qkv`: CPU tensors of the tables' float dtype, f32 or f64, with the
+    /// tables' length and head dimension.
+    pub fn qkv_applies(&self, qkv: &Tensor) -> bool {
+        super::kernels::fused_same_dtype(&[qkv, &self.cos], super::kernels::FULL)
+            && qkv.rank() == 5
+            && qkv.dim(1).ok() == self.cos.dim(0).ok()
+            && qkv.dim(2).ok() == Some(3)
+            && qkv.dim(4).ok() == self.cos.dim(1).ok()
+    }
+
     /// Rotates `x` (..., len, head_dim) by position along the second-to-last axis.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let half = x.dim(D::Minus1)? / 2;
@@ -90,6 +113,105 @@ impl Rope {
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         x.broadcast_mul(&self.cos)?
             .broadcast_add(&rotated.broadcast_mul(&self.sin)?)
+    }
+}
+
+/// [`Rope::apply_qkv`]'s kernel: q and k of each (sequence, position, head) rotated (by minus the angle for the
+/// backward pass, `inverse`), v copied.
+struct RopeQkv {
+    inverse: bool,
+}
+
+fn rope_qkv<T: Float + std::ops::Neg<Output = T>>(
+    qkv: &[T],
+    cos: &[T],
+    sin: &[T],
+    (len, heads, hd): (usize, usize, usize),
+    inverse: bool,
+) -> Result<Vec<T>> {
+    let half = hd / 2;
+    let per_seq = len * 3 * heads * hd;
+    let mut out = crate::limits::try_with_capacity::<T>(qkv.len(), "a rotary-embedded projection")?;
+    out.extend_from_slice(qkv);
+    if per_seq == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(per_seq).for_each(|seq| {
+        for (p, pos) in seq.chunks_mut(3 * heads * hd).enumerate() {
+            let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
+            // q and k; v (the third part) stays.
+            for head in pos[..2 * heads * hd].chunks_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    // Rotate-half: [a, b] -> [a cos - b sin, b cos + a sin], written as apply's x·cos + rot(x)·sin.
+                    let (rot_a, rot_b) = if inverse { (b, -a) } else { (-b, a) };
+                    head[i] = a * c[i] + rot_a * s[i];
+                    head[i + half] = b * c[i + half] + rot_b * s[i + half];
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+impl CustomOp3 for RopeQkv {
+    fn name(&self) -> &'static str {
+        "rope-qkv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, len, three, heads, hd) = l1.shape().dims5()?;
+        if three != 3 || l2.dims() != [len, hd] || l3.dims() != [len, hd] || hd % 2 != 0 {
+            candle_core::bail!(
+                "rope-qkv: projection {:?} and tables {:?} do not fit",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let n = self.name();
+        let dims = (len, heads, hd);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => CpuStorage::F32(rope_qkv(
+                super::gemm::contiguous(x, l1, n)?,
+                super::gemm::contiguous(c, l2, n)?,
+                super::gemm::contiguous(s, l3, n)?,
+                dims,
+                self.inverse,
+            )?),
+            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => CpuStorage::F64(rope_qkv(
+                super::gemm::contiguous(x, l1, n)?,
+                super::gemm::contiguous(c, l2, n)?,
+                super::gemm::contiguous(s, l3, n)?,
+                dims,
+                self.inverse,
+            )?),
+            _ => candle_core::bail!(
+                "rope-qkv: expected f32 or f64 operands of one dtype, got {:?}",
+                s1.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The rotation is orthogonal: its transpose is the rotation by minus the angle.
+        let back = RopeQkv { inverse: !self.inverse };
+        Ok((Some(grad.contiguous()?.apply_op3_no_bwd(cos, sin, &back)?), None, None))
     }
 }
 
@@ -116,6 +238,54 @@ mod rope_tests {
 
     /// With the same query at every position and the same key at every position, RoPE makes the score of
     /// (m, n) depend on m - n only.
+    /// The packed kernel equals `apply` on the unbound q and k (bit for bit) and leaves v alone; its gradient is
+    /// the composition's.
+    #[test]
+    fn the_packed_kernel_is_apply_on_q_and_k() {
+        for dtype in [DType::F64, DType::F32] {
+            let (g, len, heads, hd) = (3, 5, 2, 8);
+            let rope = Rope::new(len, hd, dtype, &Device::Cpu).unwrap();
+            let qkv = Tensor::randn(0f64, 1.0, (g, len, 3, heads, hd), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let w = Tensor::randn(0f64, 1.0, (g, len, 3, heads, hd), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            assert!(rope.qkv_applies(&qkv));
+            let composed = |x: &Tensor| -> Tensor {
+                let part = |i: usize| x.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
+                let (q, k, v) = (rope.apply(&part(0)).unwrap(), rope.apply(&part(1)).unwrap(), part(2));
+                let back = |t: Tensor| t.transpose(1, 2).unwrap().unsqueeze(2).unwrap();
+                Tensor::cat(&[back(q), back(k), back(v)], 2).unwrap()
+            };
+            let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+                let var = candle_core::Var::from_tensor(&qkv).unwrap();
+                let out = f(var.as_tensor());
+                let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                (out, grads.get(var.as_tensor()).unwrap().clone())
+            };
+            let (fused, fused_grad) = run(&|x| rope.apply_qkv(x).unwrap());
+            let (plain, plain_grad) = run(&|x| composed(x));
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(diff(&fused, &plain), 0.0, "{dtype:?} forward");
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            assert!(diff(&fused_grad, &plain_grad) < tol, "{dtype:?} gradient");
+        }
+    }
+
     #[test]
     fn rope_scores_depend_only_on_relative_position() {
         let (len, hd) = (7, 8);
