@@ -34,7 +34,11 @@ from common import cpu_label, host, write_results  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    import latte_rs
+
     named = {k: v for k, v in cache_settings().items() if k != "pab-pyramid"}  # no cross attention here
+    # The shipped model's fitted TeaCache coefficients skip nothing at the default threshold: larger ones too.
+    named.update({f"teacache-{t}": (f"TeaCache {t}", lambda t=t: latte_rs.TeaCache(t)) for t in (0.3, 0.6)})
     parser.add_argument("--settings", nargs="+", default=list(named), choices=list(named))
     parser.add_argument("--clips", type=int, default=64, help="generated and real clips per set")
     parser.add_argument("--steps", type=int, default=50)
