@@ -162,6 +162,10 @@ def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.n
     raise ValueError(f"resize: expected 'resize_crop', 'crop_resize' or 'none', got {resize!r}")
 
 
+#: The process this module was imported in: a DataLoader worker forked from it (Linux's default) has another pid.
+_IMPORT_PID = os.getpid()
+
+
 @contextmanager
 def _video_stream(path: Path):
     """The first video stream of a file, opened with PyAV if it is a regular file; every decoder error, in opening
@@ -174,7 +178,10 @@ def _video_stream(path: Path):
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             check_pixels(stream.codec_context.width, stream.codec_context.height)
-            stream.thread_type = "AUTO"  # frame- and slice-threaded decoding where the codec allows
+            # Frame- and slice-threaded decoding where the codec allows; on the calling thread in a forked worker
+            # (a DataLoader's): FFmpeg's decoder threads in a process forked from one that had decoded deadlocked
+            # once in CI (the worker's main and decoder threads all waiting), and workers decode in parallel anyway.
+            stream.thread_type = "AUTO" if os.getpid() == _IMPORT_PID else "NONE"
             yield container, stream
     except av.error.FFmpegError as e:
         raise ValueError(f"cannot decode ({e})") from None
