@@ -166,6 +166,14 @@ def spatial_transform(clip: np.ndarray, image_size: int, resize: Resize) -> np.n
 _IMPORT_PID = os.getpid()
 
 
+def _forked() -> bool:
+    """Whether this is a process forked from the one that imported the module (a DataLoader worker). FFmpeg's
+    thread pools do not survive a fork: in such a worker, swscale's slice threads (`to_ndarray`'s conversion)
+    hung the local CI run (the worker waiting in `avpriv_slicethread_execute`), so forked workers decode and
+    convert on the calling thread; they run in parallel anyway."""
+    return os.getpid() != _IMPORT_PID
+
+
 @contextmanager
 def _video_stream(path: Path):
     """The first video stream of a file, opened with PyAV if it is a regular file; every decoder error, in opening
@@ -178,10 +186,8 @@ def _video_stream(path: Path):
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             check_pixels(stream.codec_context.width, stream.codec_context.height)
-            # Frame- and slice-threaded decoding where the codec allows; on the calling thread in a forked worker
-            # (a DataLoader's): FFmpeg's decoder threads in a process forked from one that had decoded deadlocked
-            # once in CI (the worker's main and decoder threads all waiting), and workers decode in parallel anyway.
-            stream.thread_type = "AUTO" if os.getpid() == _IMPORT_PID else "NONE"
+            # Frame- and slice-threaded decoding where the codec allows; on the calling thread in a forked worker.
+            stream.thread_type = "NONE" if _forked() else "AUTO"
             yield container, stream
     except av.error.FFmpegError as e:
         raise ValueError(f"cannot decode ({e})") from None
@@ -221,7 +227,7 @@ def read_frames(path: Path, pick: Sequence[int] | Pick | None = None) -> tuple[n
         wanted = None if idx is None else set(idx)
         for i, frame in enumerate(container.decode(stream)):
             if wanted is None or i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
+                frames[i] = frame.to_ndarray(format="rgb24", threads=1 if _forked() else None)
             if wanted is not None and i >= max(wanted):
                 break
     if idx is None:
