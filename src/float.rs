@@ -13,6 +13,7 @@ pub trait Float:
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
     + std::ops::AddAssign
     + std::ops::MulAssign
 {

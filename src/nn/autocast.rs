@@ -81,14 +81,9 @@ struct Bf16Linear;
 /// f32 → bf16 of a tensor (a CPU op with no gradient): the operands of the backward pass's GEMMs.
 struct ToBf16;
 
-/// The product of two bf16 matrices, widened to f32: `dx = g W` (`transpose_lhs` false: g (rows, out), W (out,
-/// in)) or `dW = gᵀ x` (true: g (rows, out), x (rows, in)).
+/// The product of two bf16 matrices (or of two f32 ones AMX rounds as it packs them), widened to f32: `dx = g W`
+/// (`transpose_lhs` false: g (rows, out), W (out, in)) or `dW = gᵀ x` (true: g (rows, out), x (rows, in)).
 struct Bf16Product {
-    transpose_lhs: bool,
-}
-
-/// [`Bf16Product`] on the f32 operands through AMX, which rounds them to bf16 as it packs them.
-struct AmxProduct {
     transpose_lhs: bool,
 }
 
@@ -237,15 +232,17 @@ impl CustomOp3 for Bf16Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        if super::amx::available() {
-            // AMX packs (and rounds) the f32 operands itself.
-            let dx = g.apply_op2_no_bwd(w, &AmxProduct { transpose_lhs: false })?;
-            let dw = g.apply_op2_no_bwd(x, &AmxProduct { transpose_lhs: true })?;
-            return Ok((Some(dx), Some(dw), Some(super::linear::column_sums_of(&g)?)));
-        }
-        let gb = g.apply_op1_no_bwd(&ToBf16)?;
-        let dx = gb.apply_op2_no_bwd(&w.apply_op1_no_bwd(&ToBf16)?, &Bf16Product { transpose_lhs: false })?;
-        let dw = gb.apply_op2_no_bwd(&x.apply_op1_no_bwd(&ToBf16)?, &Bf16Product { transpose_lhs: true })?;
+        // AMX packs (and rounds) the f32 operands itself; gemmkit takes them rounded to bf16 first.
+        let operand = |t: &Tensor| -> Result<Tensor> {
+            if super::amx::available() {
+                Ok(t.clone())
+            } else {
+                t.apply_op1_no_bwd(&ToBf16)
+            }
+        };
+        let gb = operand(&g)?;
+        let dx = gb.apply_op2_no_bwd(&operand(w)?, &Bf16Product { transpose_lhs: false })?;
+        let dw = gb.apply_op2_no_bwd(&operand(x)?, &Bf16Product { transpose_lhs: true })?;
         let db = super::linear::column_sums_of(&g)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -267,109 +264,68 @@ impl candle_core::CustomOp1 for ToBf16 {
     }
 }
 
+impl Bf16Product {
+    /// The product's (m, k, n), the gradient's strides as its left operand, and the output shape: dW (out, in) =
+    /// gᵀ (out, rows) · x (rows, in), or dx (rows, in) = g (rows, out) · W (out, in).
+    #[allow(clippy::type_complexity)]
+    fn dims(&self, l1: &Layout, l2: &Layout) -> Result<((usize, usize, usize), (usize, usize), [usize; 2])> {
+        let (rows, out) = l1.shape().dims2()?;
+        let (r2, c2) = l2.shape().dims2()?;
+        let (inner, what) = if self.transpose_lhs {
+            (rows, "input")
+        } else {
+            (out, "weight")
+        };
+        if r2 != inner {
+            candle_core::bail!(
+                "linear-bf16 backward: gradient {:?} and {what} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        Ok(if self.transpose_lhs {
+            ((out, rows, c2), (1, out), [out, c2])
+        } else {
+            ((rows, out, c2), (out, 1), [rows, c2])
+        })
+    }
+}
+
 impl candle_core::CustomOp2 for Bf16Product {
     fn name(&self) -> &'static str {
         "linear-bf16-backward"
     }
 
+    /// bf16 operands (gemmkit), or f32 ones that AMX rounds as it packs them.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::BF16(g), CpuStorage::BF16(other)) = (s1, s2) else {
-            candle_core::bail!("linear-bf16 backward: operands must be bf16");
-        };
-        let n = self.name();
-        let (g, other) = (contiguous(g, l1, n)?, contiguous(other, l2, n)?);
-        let (rows, out) = l1.shape().dims2()?;
-        let (r2, c2) = l2.shape().dims2()?;
-        let (y, shape) = if self.transpose_lhs {
-            // dW (out, in) = gᵀ (out, rows) · x (rows, in)
-            if r2 != rows {
-                candle_core::bail!(
-                    "linear-bf16 backward: gradient {:?} and input {:?}",
-                    l1.dims(),
-                    l2.dims()
-                );
-            }
-            let lhs = (g, out, rows, 1, out as isize);
-            let rhs = (other, rows, c2, c2 as isize, 1);
-            (
-                bf16_product(lhs, rhs, None, "a linear layer's weight gradient")?,
-                [out, c2],
-            )
+        let ((m, k, n), (rs, cs), shape) = self.dims(l1, l2)?;
+        let what = if self.transpose_lhs {
+            "a linear layer's weight gradient"
         } else {
-            // dx (rows, in) = g (rows, out) · W (out, in)
-            if r2 != out {
-                candle_core::bail!(
-                    "linear-bf16 backward: gradient {:?} and weight {:?}",
-                    l1.dims(),
-                    l2.dims()
-                );
-            }
-            let lhs = (g, rows, out, out as isize, 1);
-            let rhs = (other, out, c2, c2 as isize, 1);
-            (
-                bf16_product(lhs, rhs, None, "a linear layer's input gradient")?,
-                [rows, c2],
-            )
+            "a linear layer's input gradient"
         };
-        Ok((CpuStorage::F32(y), Shape::from_dims(&shape)))
-    }
-}
-
-impl candle_core::CustomOp2 for AmxProduct {
-    fn name(&self) -> &'static str {
-        "linear-bf16-backward-amx"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(g), CpuStorage::F32(other)) = (s1, s2) else {
-            candle_core::bail!("linear-bf16 backward: operands must be f32");
-        };
-        let n = self.name();
-        let (g, other) = (contiguous(g, l1, n)?, contiguous(other, l2, n)?);
-        let (rows, out) = l1.shape().dims2()?;
-        let (r2, c2) = l2.shape().dims2()?;
-        let (y, shape) = if self.transpose_lhs {
-            // dW (out, in) = gᵀ (out, rows) · x (rows, in)
-            if r2 != rows {
-                candle_core::bail!(
-                    "linear-bf16 backward: gradient {:?} and input {:?}",
-                    l1.dims(),
-                    l2.dims()
-                );
+        let name = self.name();
+        let y = match (s1, s2) {
+            (CpuStorage::BF16(g), CpuStorage::BF16(other)) => {
+                let (g, other) = (contiguous(g, l1, name)?, contiguous(other, l2, name)?);
+                let lhs = (g, m, k, rs as isize, cs as isize);
+                bf16_product(lhs, (other, k, n, n as isize, 1), None, what)?
             }
-            let lhs = Strided {
-                data: g,
-                row_stride: 1,
-                col_stride: out,
-            };
-            let rhs = Strided {
-                data: other,
-                row_stride: c2,
-                col_stride: 1,
-            };
-            let dw = super::amx::gemm((out, c2, rows), lhs, rhs, None, "a linear layer's weight gradient")?;
-            (dw, [out, c2])
-        } else {
-            // dx (rows, in) = g (rows, out) · W (out, in)
-            if r2 != out {
-                candle_core::bail!(
-                    "linear-bf16 backward: gradient {:?} and weight {:?}",
-                    l1.dims(),
-                    l2.dims()
-                );
+            (CpuStorage::F32(g), CpuStorage::F32(other)) => {
+                let (g, other) = (contiguous(g, l1, name)?, contiguous(other, l2, name)?);
+                let lhs = Strided {
+                    data: g,
+                    row_stride: rs,
+                    col_stride: cs,
+                };
+                let rhs = Strided {
+                    data: other,
+                    row_stride: n,
+                    col_stride: 1,
+                };
+                super::amx::gemm((m, n, k), lhs, rhs, None, what)?
             }
-            let lhs = Strided {
-                data: g,
-                row_stride: out,
-                col_stride: 1,
-            };
-            let rhs = Strided {
-                data: other,
-                row_stride: c2,
-                col_stride: 1,
-            };
-            let dx = super::amx::gemm((rows, c2, out), lhs, rhs, None, "a linear layer's input gradient")?;
-            (dx, [rows, c2])
+            _ => candle_core::bail!("linear-bf16 backward: operands must both be bf16 (or both f32, for AMX)"),
         };
         Ok((CpuStorage::F32(y), Shape::from_dims(&shape)))
     }

@@ -1,6 +1,5 @@
 //! Positional embeddings: sin-cos tables (MAE/DiT), sinusoidal timestep features (GLIDE), rotary embedding.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -122,7 +121,7 @@ struct RopeQkv {
     inverse: bool,
 }
 
-fn rope_qkv<T: Float + std::ops::Neg<Output = T>>(
+fn rope_qkv<T: Float>(
     qkv: &[T],
     cos: &[T],
     sin: &[T],
@@ -154,6 +153,18 @@ fn rope_qkv<T: Float + std::ops::Neg<Output = T>>(
     Ok(out)
 }
 
+/// [`rope_qkv`] as a three-operand kernel (projection, cos, sin) for the dtype dispatch.
+struct RopeKernel {
+    dims: (usize, usize, usize),
+    inverse: bool,
+}
+
+impl super::gemm::Kernel3 for RopeKernel {
+    fn run<T: Float + 'static>(&self, x: &[T], cos: &[T], sin: &[T]) -> Result<Vec<T>> {
+        rope_qkv(x, cos, sin, self.dims, self.inverse)
+    }
+}
+
 impl CustomOp3 for RopeQkv {
     fn name(&self) -> &'static str {
         "rope-qkv"
@@ -176,28 +187,11 @@ impl CustomOp3 for RopeQkv {
                 l2.dims()
             );
         }
-        let n = self.name();
-        let dims = (len, heads, hd);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => CpuStorage::F32(rope_qkv(
-                super::gemm::contiguous(x, l1, n)?,
-                super::gemm::contiguous(c, l2, n)?,
-                super::gemm::contiguous(s, l3, n)?,
-                dims,
-                self.inverse,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => CpuStorage::F64(rope_qkv(
-                super::gemm::contiguous(x, l1, n)?,
-                super::gemm::contiguous(c, l2, n)?,
-                super::gemm::contiguous(s, l3, n)?,
-                dims,
-                self.inverse,
-            )?),
-            _ => candle_core::bail!(
-                "rope-qkv: expected f32 or f64 operands of one dtype, got {:?}",
-                s1.dtype()
-            ),
+        let kernel = RopeKernel {
+            dims: (len, heads, hd),
+            inverse: self.inverse,
         };
+        let out = super::gemm::run_kernel3(&kernel, self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, l1.shape().clone()))
     }
 
