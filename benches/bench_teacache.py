@@ -29,14 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_label, host, write_results  # noqa: E402
 
+from latte_rs.evaluation.metrics import psnr  # noqa: E402
+
 ATTRIBUTES = ("colour", "shape", "direction")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 frames (or floats in [0, 1]) over all their values."""
-    a, b = (x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64) for x in (a, b))
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

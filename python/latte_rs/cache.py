@@ -229,6 +229,31 @@ class FasterCache(_native.FasterCache):
         return cache_report(self)
 
 
+#: The policies by name, as ``latte-rs sample --cache`` and ``latte-rs demo --cache`` take them.
+CACHES = ("none", "teacache", "fastercache", "pab")
+
+
+def make_cache(name: str, threshold: float | None = None) -> Any:
+    """A fresh caching policy from its name (one of ``CACHES``; None for ``"none"``), each with its defaults:
+    FasterCache and PAB with diffusers', TeaCache with the model's fitted coefficients and ``threshold`` (0.1 by
+    default; it applies to TeaCache only).
+
+    >>> type(make_cache("fastercache")).__name__, make_cache("none")
+    ('FasterCache', None)
+    """
+    if name not in CACHES:
+        raise ValueError(f"cache: expected one of {', '.join(CACHES)}, got {name!r}")
+    if name != "teacache" and threshold is not None:
+        raise ValueError(f"cache_threshold: applies to the teacache cache only, got {threshold!r} with {name!r}")
+    if name == "none":
+        return None
+    if name == "pab":
+        return PyramidAttentionBroadcast()
+    if name == "fastercache":
+        return FasterCache()
+    return TeaCache() if threshold is None else TeaCache(threshold)
+
+
 def cache_report(cache: Any) -> CacheReport | None:
     """The report a ``cache=`` argument holds after a run (None without a cache)."""
     if cache is None:

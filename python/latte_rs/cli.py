@@ -15,9 +15,9 @@ import yaml
 from . import hub, tiny_t2v
 from ._native import LatteConfig, LatteModel, T5TextEncoder, VideoVAE
 from .ablation import STUDIES, ablate
-from .cache import FasterCache, PyramidAttentionBroadcast, TeaCache, cache_report
+from .cache import CACHES, cache_report, make_cache
 from .data import CaptionedVideos, encode_dataset
-from .demo import TINY_GUIDANCE, TINY_MODEL, run_demo
+from .demo import DEMO_CACHE, TINY_GUIDANCE, TINY_MODEL, run_demo
 from .distributed import world
 from .evaluation import Protocol, feature_stats, fvd, i3d_weights
 from .evaluation.settings import MIN_FRAMES
@@ -45,7 +45,8 @@ def _ablate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     summary = run_demo(args.output_dir, steps=args.steps, num_samples=args.samples,
                        sampling_steps=args.sampling_steps, guidance_scale=args.guidance,
-                       eval_clips=args.eval_clips, seed=args.seed, progress=not args.no_progress)
+                       eval_clips=args.eval_clips, seed=args.seed, progress=not args.no_progress,
+                       cache=args.cache, compare_cache=not args.no_cache_comparison)
     print(json.dumps(summary, indent=2))
     print(f"latte-rs demo: wrote samples (GIF, MP4), grid.png, loss.png, the built-in tiny models' samples "
           f"(pretrained_*, and prompt-to-video t2v_*) and summary.json to {summary['output_dir']}", file=sys.stderr)
@@ -202,21 +203,11 @@ def _scheduler(name: str, prediction_type: str = "epsilon"):
     return kinds[name]()
 
 
-#: The caching policies of issue 31.
-CACHES = ("none", "teacache", "fastercache", "pab")
-
-
 def _cache(args: argparse.Namespace):
     """The ``--cache`` policy (None for 'none'); FasterCache and PAB with their (diffusers') defaults."""
     if args.cache != "teacache" and args.cache_threshold is not None:
         raise ValueError("--cache-threshold: applies to --cache teacache")
-    if args.cache == "none":
-        return None
-    if args.cache == "pab":
-        return PyramidAttentionBroadcast()
-    if args.cache == "fastercache":
-        return FasterCache()
-    return TeaCache() if args.cache_threshold is None else TeaCache(args.cache_threshold)
+    return make_cache(args.cache, args.cache_threshold)
 
 
 def _long_video(args: argparse.Namespace) -> dict:
@@ -377,16 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
         "and MP4s, grid.png, loss.png, the same from the built-in tiny model (the same recipe trained for 8000 "
         "steps: pretrained_*.gif/mp4, pretrained_grid.png), a download-free Fréchet score against held-out real "
         "clips (with untrained-model and noise baselines), the class-colour accuracy and summary.json to the "
-        "output folder.",
+        "output folder. Every sampling run uses a cache (--cache, FasterCache by default); the summary scores the "
+        "trained model and the text model with and without it.",
     )
     demo.add_argument("--steps", type=_COUNT, default=1000,
-                      help="training steps of 32 clips (default: 1000, about 90 s on 2 cores)")
+                      help="training steps of 32 clips (default: 1000, about 170 s on 2 cores)")
     demo.add_argument("--samples", type=_COUNT, default=8, help="sample videos to write (default: 8)")
     demo.add_argument("--sampling-steps", type=_COUNT, default=50, help="DDPM steps per sample (default: 50)")
     demo.add_argument("--guidance", type=_GUIDANCE, default=2.0,
                       help="classifier-free guidance scale for the samples and the score (default: 2.0)")
     demo.add_argument("--eval-clips", type=_CLIPS, default=64, help="clips per set for the score (default: 64)")
     demo.add_argument("--seed", type=_SEED, default=0, help="seed of training and sampling (default: 0)")
+    demo.add_argument("--cache", choices=CACHES, default=DEMO_CACHE,
+                      help=f"caching policy of every sampling run (default: {DEMO_CACHE}, which keeps the built-in "
+                      "models' scores; 'none' samples exactly)")
+    demo.add_argument("--no-cache-comparison", action="store_true",
+                      help="do not also score the trained model and the text model without the cache (by default "
+                      "the summary has both, and the sampling speed-up)")
     demo.add_argument("--output-dir", default="latte-demo", help="output folder (default: latte-demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     ab = sub.add_parser(

@@ -43,6 +43,30 @@ def test_demo_writes_every_file(tmp_path, capsys):
     assert summary["scores"]["pretrained"] < summary["scores"]["untrained"]
     assert summary["class_colour_accuracy"]["real"] == 1.0
     assert summary["train_steps"] == 12 and summary["final_loss"] > 0
+    # Issue 31: every sampling run used the demo's cache, and the summary has the scores without it too.
+    cache = summary["cache"]
+    assert summary["sampling"]["cache"] == cache["policy"] == "fastercache"
+    assert cache["trained_report"]["policy"] == "fastercache" and cache["trained_report"]["uncond_skipped"] > 0
+    assert set(cache["trained_without_cache"]) == {"score", "class_colour_accuracy", "psnr_db_of_cached_frames"}
+    assert cache["sampling_speedup"] > 0 and "trained uncached" in cache["evaluation_seconds"]
+    assert set(cache["text_to_video_without_cache"]) == set(summary["text_to_video"]["held_out_prompt_following"])
+
+
+def test_demo_without_cache_samples_exactly_once(tmp_path, capsys):
+    """``--cache none`` samples without a cache and so has nothing to compare; a bad policy is refused by name
+    before any training."""
+    from latte_rs.cli import main
+    from latte_rs.demo import run_demo
+
+    code = main(["demo", "--steps", "2", "--samples", "1", "--sampling-steps", "2", "--eval-clips", "8",
+                 "--cache", "none", "--output-dir", str(tmp_path / "d"), "--no-progress"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cache"]["policy"] == "none" and "trained_without_cache" not in summary["cache"]
+    assert "held_out_prompt_following_without_cache" not in summary["text_to_video"]
+    with pytest.raises(ValueError, match=r"cache: expected one of none, teacache, fastercache, pab, got 'tea'"):
+        run_demo(tmp_path / "e", cache="tea")
+    assert not (tmp_path / "e").exists()
 
 
 def test_the_demo_imports_nothing_optional(tmp_path):
