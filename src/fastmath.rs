@@ -55,6 +55,34 @@ pub fn map_wide<T: Copy, F: Fn(T) -> T>(out: &mut [T], src: &[T], f: &F) {
     body(out, src, f)
 }
 
+/// Runs `f` compiled for the widest vectors this CPU has (AVX-512 or AVX2, chosen at run time), for kernels whose
+/// loops are more than an element map: `f`'s body is inlined into a function built for those instructions, so its
+/// loops vectorise at that width. Rust never contracts `a * b + c` into an FMA nor reorders a float sum, so every
+/// path computes the same bits.
+#[inline(always)]
+pub fn wide<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the instructions the function was compiled for.
+            return unsafe { avx512(f) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// `out[i] = f(a[i], b[i])`, compiled as [`map_wide`] is (AVX-512 or AVX2 chosen at run time, the same bits on
 /// every path).
 pub fn zip_map_wide<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::gemm::{contiguous, gemm_into, linear_dims, run_kernel3, Kernel3};
 use crate::float::Float;
-use crate::limits::{try_filled, try_uninit, try_with_capacity};
+use crate::limits::{try_filled, try_uninit};
 
 /// Rows per parallel work item of the bias kernels.
 const ROWS_PER_ITEM: usize = 64;
@@ -112,15 +112,21 @@ struct LinearInputGrad;
 /// `gᵀ x` (out, in) for g (rows, out), x (rows, in).
 struct LinearWeightGrad;
 
+/// Rows of bias per task of the output's fill (a few hundred KB at the usual widths).
+const BIAS_FILL_ROWS: usize = 256;
+
 fn linear_fwd<T: Float + 'static>(
     x: &[T],
     w: &[T],
     b: &[T],
     (rows, input, out): (usize, usize, usize),
 ) -> Result<Vec<T>> {
-    let mut y = try_with_capacity(rows * out, "a linear layer's output")?;
-    for _ in 0..rows {
-        y.extend_from_slice(b);
+    // SAFETY: every row is set to the bias below before the GEMM reads it.
+    let mut y = unsafe { try_uninit(rows * out, "a linear layer's output")? };
+    // The bias rows on rayon's threads: a serial fill was 5 ms of the demo model's 165 ms step, on one core.
+    if out > 0 {
+        y.par_chunks_mut(out * BIAS_FILL_ROWS)
+            .for_each(|block| block.chunks_exact_mut(out).for_each(|row| row.copy_from_slice(b)));
     }
     // SAFETY: y is rows × out, x rows × in and W out × in, all contiguous; Wᵀ is W read with swapped strides.
     unsafe {

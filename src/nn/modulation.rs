@@ -20,8 +20,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::fastmath::wide;
 use crate::float::{moments, Float};
-use crate::limits::{try_filled, try_with_capacity};
+use crate::limits::{try_uninit, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
 #[derive(Clone, Debug)]
@@ -100,19 +101,22 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]
 
 fn norm_modulate_fwd<T: Float>(x: &[T], shift: &[T], scale: &[T], b: &Broadcast, eps: f64) -> Result<Vec<T>> {
     let (d, eps) = (b.dim, T::of(eps));
-    let mut out = try_filled(x.len(), T::ZERO, "a modulated LayerNorm's output")?;
+    // SAFETY: the loop below writes every element (each group's rows, all d values of each).
+    let mut out = unsafe { try_uninit(x.len(), "a modulated LayerNorm's output")? };
     out.par_chunks_mut(b.group_len())
         .zip(x.par_chunks(b.group_len()))
         .enumerate()
         .for_each(|(g, (out, x))| {
             let c = b.cond_row[g] * d;
             let (sh, sc) = (&shift[c..c + d], &scale[c..c + d]);
-            for (o, xr) in out.chunks_mut(d).zip(x.chunks(d)) {
-                let (mean, rstd) = moments(xr, eps);
-                for i in 0..d {
-                    o[i] = (xr[i] - mean) * rstd * (T::ONE + sc[i]) + sh[i];
+            wide(|| {
+                for (o, xr) in out.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = moments(xr, eps);
+                    for i in 0..d {
+                        o[i] = (xr[i] - mean) * rstd * (T::ONE + sc[i]) + sh[i];
+                    }
                 }
-            }
+            })
         });
     Ok(out)
 }
@@ -124,7 +128,8 @@ fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps
     let groups = b.cond_row.len();
     // Room for the packed shift and scale gradients after dx.
     let mut dx = try_with_capacity(x.len() + 2 * b.cond_rows * d, GRADIENTS)?;
-    dx.resize(x.len(), T::ZERO);
+    // SAFETY: within the capacity; T is Copy, and the loop below writes all x.len() elements before any is read.
+    unsafe { dx.set_len(x.len()) };
     // Per group: Σ g (d shift) then Σ g ⊙ h (d scale).
     let mut partial = vec![T::ZERO; groups * 2 * d];
     dx.par_chunks_mut(b.group_len())
@@ -136,23 +141,25 @@ fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps
             let start = grp * b.group_len();
             let (xg, gg) = (&x[start..start + b.group_len()], &g[start..start + b.group_len()]);
             let (d_shift, d_scale) = part.split_at_mut(d);
-            for ((dxr, xr), gr) in dx.chunks_mut(d).zip(xg.chunks(d)).zip(gg.chunks(d)) {
-                let (mean, rstd) = moments(xr, eps);
-                let (mut sum_gm, mut sum_gmh) = (T::ZERO, T::ZERO);
-                for i in 0..d {
-                    let h = (xr[i] - mean) * rstd;
-                    d_shift[i] += gr[i];
-                    d_scale[i] += gr[i] * h;
-                    let gm = gr[i] * (T::ONE + sc[i]);
-                    sum_gm += gm;
-                    sum_gmh += gm * h;
+            wide(|| {
+                for ((dxr, xr), gr) in dx.chunks_mut(d).zip(xg.chunks(d)).zip(gg.chunks(d)) {
+                    let (mean, rstd) = moments(xr, eps);
+                    let (mut sum_gm, mut sum_gmh) = (T::ZERO, T::ZERO);
+                    for i in 0..d {
+                        let h = (xr[i] - mean) * rstd;
+                        d_shift[i] += gr[i];
+                        d_scale[i] += gr[i] * h;
+                        let gm = gr[i] * (T::ONE + sc[i]);
+                        sum_gm += gm;
+                        sum_gmh += gm * h;
+                    }
+                    let (mean_gm, mean_gmh) = (sum_gm / nf, sum_gmh / nf);
+                    for i in 0..d {
+                        let h = (xr[i] - mean) * rstd;
+                        dxr[i] = rstd * (gr[i] * (T::ONE + sc[i]) - mean_gm - h * mean_gmh);
+                    }
                 }
-                let (mean_gm, mean_gmh) = (sum_gm / nf, sum_gmh / nf);
-                for i in 0..d {
-                    let h = (xr[i] - mean) * rstd;
-                    dxr[i] = rstd * (gr[i] * (T::ONE + sc[i]) - mean_gm - h * mean_gmh);
-                }
-            }
+            })
         });
     let sums = b.reduce(&partial, 2);
     let (d_shift, d_scale): (Vec<T>, Vec<T>) = {
@@ -171,17 +178,20 @@ fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps
 
 fn gated_add_fwd<T: Float>(x: &[T], y: &[T], gate: &[T], b: &Broadcast) -> Result<Vec<T>> {
     let d = b.dim;
-    let mut out = try_filled(x.len(), T::ZERO, "a gated residual's output")?;
+    // SAFETY: the loop below writes every element.
+    let mut out = unsafe { try_uninit(x.len(), "a gated residual's output")? };
     out.par_chunks_mut(b.group_len()).enumerate().for_each(|(grp, out)| {
         let c = b.cond_row[grp] * d;
         let gt = &gate[c..c + d];
         let start = grp * b.group_len();
         let (xg, yg) = (&x[start..start + b.group_len()], &y[start..start + b.group_len()]);
-        for ((o, xr), yr) in out.chunks_mut(d).zip(xg.chunks(d)).zip(yg.chunks(d)) {
-            for i in 0..d {
-                o[i] = xr[i] + yr[i] * gt[i];
+        wide(|| {
+            for ((o, xr), yr) in out.chunks_mut(d).zip(xg.chunks(d)).zip(yg.chunks(d)) {
+                for i in 0..d {
+                    o[i] = xr[i] + yr[i] * gt[i];
+                }
             }
-        }
+        })
     });
     Ok(out)
 }
@@ -192,7 +202,8 @@ fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Resul
     let groups = b.cond_row.len();
     // Room for the packed gate gradient after dy.
     let mut dy = try_with_capacity(y.len() + b.cond_rows * d, GRADIENTS)?;
-    dy.resize(y.len(), T::ZERO);
+    // SAFETY: within the capacity; T is Copy, and the loop below writes all y.len() elements before any is read.
+    unsafe { dy.set_len(y.len()) };
     let mut partial = vec![T::ZERO; groups * d];
     dy.par_chunks_mut(b.group_len())
         .zip(partial.par_chunks_mut(d))
@@ -202,12 +213,14 @@ fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Resul
             let gt = &gate[c..c + d];
             let start = grp * b.group_len();
             let (yg, gg) = (&y[start..start + b.group_len()], &g[start..start + b.group_len()]);
-            for ((dyr, yr), gr) in dy.chunks_mut(d).zip(yg.chunks(d)).zip(gg.chunks(d)) {
-                for i in 0..d {
-                    dyr[i] = gr[i] * gt[i];
-                    d_gate[i] += gr[i] * yr[i];
+            wide(|| {
+                for ((dyr, yr), gr) in dy.chunks_mut(d).zip(yg.chunks(d)).zip(gg.chunks(d)) {
+                    for i in 0..d {
+                        dyr[i] = gr[i] * gt[i];
+                        d_gate[i] += gr[i] * yr[i];
+                    }
                 }
-            }
+            })
         });
     dy.extend(b.reduce(&partial, 1));
     Ok(dy)
