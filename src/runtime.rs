@@ -8,6 +8,48 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t`, the same in mimalloc v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// Stack of rayon's worker threads: a whole train step runs on one ([`on_pool`]), and candle's backward pass walks
+/// the graph by recursion, as deep as the model; 8 MiB is the main thread's usual stack (reserved, committed only
+/// as used).
+const WORKER_STACK: usize = 8 << 20;
+
+/// Runs `f` on a thread of rayon's pool (the caller waits), with the caller's per-thread settings (bf16 autocast,
+/// the kernel path) in force there. A model's op sequence is a chain of short parallel kernels; run from a thread
+/// outside the pool, each one hands its work to the pool and puts the caller to sleep until it is done, two
+/// context switches per kernel (about 2,900 per train step of the demo's model). Run from inside the pool, the
+/// thread that reaches a kernel takes its share itself and only its idle partner wakes. For work on the CPU only:
+/// a GPU context belongs to the thread that made it.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let bf16 = crate::nn::autocast::bf16_enabled();
+    let kernels = crate::nn::kernels::current_override();
+    let mut out = None;
+    /// Puts the worker's own autocast setting back when dropped, also when `f` panics.
+    struct Bf16(bool);
+    impl Drop for Bf16 {
+        fn drop(&mut self) {
+            crate::nn::autocast::set_bf16(self.0);
+        }
+    }
+    rayon::scope(|_| {
+        let _bf16 = Bf16(crate::nn::autocast::set_bf16(bf16));
+        let _kernels = crate::nn::kernels::scope_or_default(kernels);
+        out = Some(f());
+    });
+    out.expect("rayon::scope runs its body before returning")
+}
+
+/// [`on_pool`] for work on `device` when it is the CPU; elsewhere `f` runs on the calling thread.
+pub fn on_cpu_pool<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() {
+        on_pool(f)
+    } else {
+        f()
+    }
+}
+
 /// Sets up the process for latte-rs's workloads, once, before the first model is built:
 ///
 /// - mimalloc keeps freed memory for reuse instead of returning it to the OS after 10 ms (its default). The
@@ -29,12 +71,45 @@ pub fn configure_runtime() {
             // SAFETY: sets an integer option; mimalloc reads options atomically.
             unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
         }
-        if rayon::ThreadPoolBuilder::new().build_global().is_err() {
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+        let pool = || rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK);
+        if pool().build_global().is_err() {
+            let _ = pool().num_threads(1).build_global();
         }
         if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
             // Read by candle once, when its pool is first used (after this, before any tensor op of ours).
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{autocast, kernels};
+
+    #[test]
+    fn on_pool_runs_on_a_worker_with_the_callers_settings_and_leaves_the_worker_as_it_was() {
+        configure_runtime();
+        assert!(rayon::current_thread_index().is_none());
+        let before = autocast::set_bf16(true);
+        let _generic = kernels::force_generic();
+        let seen = on_pool(|| {
+            (
+                rayon::current_thread_index().is_some(),
+                autocast::bf16_enabled(),
+                kernels::current(),
+                on_pool(rayon::current_thread_index),
+            )
+        });
+        assert!(seen.0, "the body ran on the caller's thread");
+        assert!(
+            seen.1 && seen.2 == kernels::KernelPath::Generic,
+            "the caller's settings were not carried"
+        );
+        assert!(seen.3.is_some(), "a nested call left the pool");
+        // The workers are back to their own settings (off, the default path).
+        let after = rayon::broadcast(|_| (autocast::bf16_enabled(), kernels::current_override()));
+        assert!(after.iter().all(|&(bf16, path)| !bf16 && path.is_none()), "{after:?}");
+        autocast::set_bf16(before);
+    }
 }

@@ -7,6 +7,7 @@ use crate::diffusion::schedulers::{Noise, Scheduler, StepOptions};
 use crate::error::{value_error, LatteError, Result};
 use crate::model::{apply_guidance, Condition, Denoiser};
 use crate::rng::Generator;
+use crate::runtime::on_cpu_pool;
 
 /// How a sampling run goes besides the model, the scheduler and the condition.
 #[derive(Clone, Debug)]
@@ -122,26 +123,29 @@ pub fn sample_with_report(
         .transpose()?;
     x = (x * scheduler.init_noise_sigma())?;
     for (done, &t) in timesteps.iter().enumerate() {
-        let input = guide.batch(&scheduler.scale_model_input(&x, t)?)?;
-        let t_batch = Tensor::full(t as f32, model_batch, &device)?;
-        let input = input.to_dtype(model.dtype())?;
-        let out = match cache.as_mut() {
-            Some(cache) => {
-                let step = StepInfo {
-                    index: done,
-                    timestep: t,
-                    guided,
-                };
-                cache.denoise(model, &input, &t_batch, &guide.cond, step)?
-            }
-            None => model.denoise(&input, &t_batch, &guide.cond, false)?,
-        };
-        let out = guide.output(&out, x.dtype(), scheduler)?;
-        let mut step = StepOptions {
-            eta: opts.eta,
-            ..StepOptions::new(Noise::Source(rng))
-        };
-        x = scheduler.step(&out, t, &x, &mut step)?.prev_sample.detach();
+        // The step's kernels on rayon's pool (see `on_cpu_pool`); the progress callback stays on this thread.
+        x = on_cpu_pool(&device, || -> Result<Tensor> {
+            let input = guide.batch(&scheduler.scale_model_input(&x, t)?)?;
+            let t_batch = Tensor::full(t as f32, model_batch, &device)?;
+            let input = input.to_dtype(model.dtype())?;
+            let out = match cache.as_mut() {
+                Some(cache) => {
+                    let step = StepInfo {
+                        index: done,
+                        timestep: t,
+                        guided,
+                    };
+                    cache.denoise(model, &input, &t_batch, &guide.cond, step)?
+                }
+                None => model.denoise(&input, &t_batch, &guide.cond, false)?,
+            };
+            let out = guide.output(&out, x.dtype(), scheduler)?;
+            let mut step = StepOptions {
+                eta: opts.eta,
+                ..StepOptions::new(Noise::Source(&mut *rng))
+            };
+            Ok(scheduler.step(&out, t, &x, &mut step)?.prev_sample.detach())
+        })?;
         progress(done + 1, timesteps.len())?;
     }
     check_sampled(&x)?;

@@ -87,6 +87,17 @@ impl Drop for Scope {
     }
 }
 
+/// This thread's own choice (None: it follows the process-wide default).
+pub fn current_override() -> Option<KernelPath> {
+    OVERRIDE.with(|o| o.get())
+}
+
+/// Runs the calling thread on `path`, or on the process-wide default for None, until the returned guard is
+/// dropped (carries another thread's [`current_override`] over).
+pub fn scope_or_default(path: Option<KernelPath>) -> Scope {
+    Scope(OVERRIDE.with(|o| o.replace(path)))
+}
+
 /// Runs the calling thread on `path` until the returned guard is dropped.
 pub fn scope(path: KernelPath) -> Scope {
     Scope(OVERRIDE.with(|o| o.replace(Some(path))))

@@ -10,6 +10,7 @@ use super::convert::{dict_to_json, shared_numpy, state_dict_from_py, state_dict_
 use super::hub::Location;
 use super::IntoPy;
 use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteModel};
+use crate::runtime::on_cpu_pool;
 
 /// The latents, timesteps and class condition of a model call.
 fn model_inputs(
@@ -83,7 +84,10 @@ impl PyLatteModel {
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python::guard(move || {
             let (x, t, cond) = model_inputs(x, t, y, y_image)?;
-            let out = py.detach(|| self.inner.forward(&x, &t, &cond)).py()?;
+            let model = &self.inner;
+            let out = py
+                .detach(|| on_cpu_pool(model.device(), || model.forward(&x, &t, &cond)))
+                .py()?;
             to_numpy(py, &out)
         })
     }
@@ -116,7 +120,11 @@ impl PyLatteModel {
             let t = to_tensor(t, "t")?;
             let y = y.map(|v| to_tensor(v, "y")).transpose()?;
             let out = py
-                .detach(|| self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale))
+                .detach(|| {
+                    on_cpu_pool(self.inner.device(), || {
+                        self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale)
+                    })
+                })
                 .py()?;
             to_numpy(py, &out)
         })
@@ -143,7 +151,11 @@ impl PyLatteModel {
         crate::python::guard(move || {
             let (x, t, cond) = model_inputs(x, t, y, y_image)?;
             let graph = py
-                .detach(|| Graph::forward(&self.inner, &x, &t, &cond, input_grad))
+                .detach(|| {
+                    on_cpu_pool(self.inner.device(), || {
+                        Graph::forward(&self.inner, &x, &t, &cond, input_grad)
+                    })
+                })
                 .py()?;
             let out = to_numpy(py, &graph.output())?;
             Ok((out, PyForwardGraph::new(graph)))
@@ -315,7 +327,8 @@ impl PyForwardGraph {
         crate::python::guard(move || {
             let g = super::convert::float_tensor(grad_output, "grad_output")?;
             let graph = &self.graph;
-            let (gx, grads) = py.detach(|| graph.backward(&g)).py()?;
+            let device = graph.output().device().clone();
+            let (gx, grads) = py.detach(|| on_cpu_pool(&device, || graph.backward(&g))).py()?;
             let gx = gx
                 .map(|t| t.contiguous().py().and_then(|t| shared_numpy(py, &t, "grad_x")))
                 .transpose()?;

@@ -15,6 +15,7 @@ use super::IntoPy;
 use crate::model::{
     device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteT2VModel, T5EncoderModel,
 };
+use crate::runtime::on_cpu_pool;
 
 /// The latents, timesteps and caption features of a transformer call.
 fn t2v_inputs(
@@ -165,7 +166,9 @@ impl PyLatteT2V {
         crate::python::guard(move || {
             let (x, t, text) = t2v_inputs(hidden_states, timestep, encoder_hidden_states)?;
             let model = self.inner.with_temporal_attention(enable_temporal_attentions);
-            let out = py.detach(|| model.forward(&x, &t, &text)).py()?;
+            let out = py
+                .detach(|| on_cpu_pool(model.device(), || model.forward(&x, &t, &text)))
+                .py()?;
             to_numpy(py, &out)
         })
     }
@@ -187,7 +190,9 @@ impl PyLatteT2V {
         crate::python::guard(move || {
             let (x, t, text) = t2v_inputs(hidden_states, timestep, encoder_hidden_states)?;
             let model = self.inner.with_temporal_attention(enable_temporal_attentions);
-            let graph = py.detach(|| Graph::forward(&model, &x, &t, &text, input_grad)).py()?;
+            let graph = py
+                .detach(|| on_cpu_pool(model.device(), || Graph::forward(&model, &x, &t, &text, input_grad)))
+                .py()?;
             let out = to_numpy(py, &graph.output())?;
             Ok((out, PyForwardGraph::new(graph)))
         })

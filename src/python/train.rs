@@ -17,6 +17,7 @@ use super::IntoPy;
 use crate::model::AnyModel;
 use crate::model::{parse_device, Condition};
 use crate::rng::GeneratorState;
+use crate::runtime::on_cpu_pool;
 use crate::train::optim::AdamWConfig;
 use crate::train::{Draws, StepStats, Trainer, TrainerOptions};
 
@@ -287,7 +288,10 @@ impl PyTrainer {
             };
             let (x, cond, draws) = batch_args(latents, cond, self.inner.model().is_text(), timesteps, noise)?;
             let inner = &mut self.inner;
-            let stats = py.detach(|| inner.step_with(&x, &cond, &draws)).py()?;
+            let device = inner.model().device().clone();
+            let stats = py
+                .detach(|| on_cpu_pool(&device, || inner.step_with(&x, &cond, &draws)))
+                .py()?;
             stats_dict(py, &stats)
         })
     }
@@ -322,7 +326,10 @@ impl PyTrainer {
             };
             let (x, cond, draws) = batch_args(latents, cond, self.inner.model().is_text(), timesteps, noise)?;
             let inner = &mut self.inner;
-            let g = py.detach(|| inner.forward_backward(&x, &cond, &draws)).py()?;
+            let device = inner.model().device().clone();
+            let g = py
+                .detach(|| on_cpu_pool(&device, || inner.forward_backward(&x, &cond, &draws)))
+                .py()?;
             let flat = flatten_gradients(py, &g.grads)?;
             let d = PyDict::new(py);
             d.set_item("loss", g.loss)?;
