@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trained model and the text model with and without it.",
     )
     demo.add_argument("--steps", type=_COUNT, default=1000,
-                      help="training steps of 32 clips (default: 1000, about 170 s on 2 cores)")
+                      help="training steps of 32 clips (default: 1000, about 135 s on 2 cores)")
     demo.add_argument("--samples", type=_COUNT, default=8, help="sample videos to write (default: 8)")
     demo.add_argument("--sampling-steps", type=_COUNT, default=50, help="DDPM steps per sample (default: 50)")
     demo.add_argument("--guidance", type=_GUIDANCE, default=2.0,
