@@ -201,6 +201,35 @@ mod tests {
     }
 
     #[test]
+    fn wide_runs_the_body_once_with_the_scalar_loop_s_bits() {
+        // A modulation-like body: per row a running sum (kept in order) and an element map with a broadcast row.
+        let (rows, d) = (37usize, 19usize);
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.0137 - 6.0)
+            .collect();
+        let scale: Vec<f32> = (0..d).map(|i| i as f32 * 0.05 - 0.4).collect();
+        let body = |out: &mut Vec<f32>| {
+            for row in x.chunks(d) {
+                let mean = row.iter().fold(0f32, |a, &v| a + v) / d as f32;
+                out.extend(row.iter().zip(&scale).map(|(&v, &s)| (v - mean) * (1.0 + s) + s * v));
+            }
+        };
+        let mut plain = Vec::new();
+        body(&mut plain);
+        let mut calls = 0;
+        let mut fast = Vec::new();
+        wide(|| {
+            calls += 1;
+            body(&mut fast)
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(
+            fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn softmax_rows_is_the_softmax_and_the_same_on_every_path() {
         let mut state = 7u32;
         for &(rows, len) in &[(3usize, 1usize), (5, 15), (4, 16), (7, 33), (2, 256), (1, 1000)] {
