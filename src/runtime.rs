@@ -19,10 +19,18 @@ const WORKER_STACK: usize = 8 << 20;
 /// context switches per kernel (about 2,900 per train step of the demo's model). Run from inside the pool, the
 /// thread that reaches a kernel takes its share itself and only its idle partner wakes. For work on the CPU only:
 /// a GPU context belongs to the thread that made it.
+///
+/// One such body runs at a time, process-wide: a body may hold a lock across a parallel kernel (a forward pass
+/// reads the weights under a lock; a train step writes them under it), and a rayon worker waiting inside one body
+/// runs whatever job is queued, so a second body queued beside it (another Python thread's forward during a train
+/// step) could run on that worker's stack and wait for a lock the body below it holds, forever. Callers queue
+/// here, outside the pool, instead; the kernels' own pieces take no locks.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let bf16 = crate::nn::autocast::bf16_enabled();
     let kernels = crate::nn::kernels::current_override();
     let mut out = None;
@@ -111,5 +119,47 @@ mod tests {
         let after = rayon::broadcast(|_| (autocast::bf16_enabled(), kernels::current_override()));
         assert!(after.iter().all(|&(bf16, path)| !bf16 && path.is_none()), "{after:?}");
         autocast::set_bf16(before);
+    }
+
+    #[test]
+    fn a_body_queued_while_another_holds_a_lock_across_a_kernel_does_not_deadlock() {
+        // A writer's body holds the weights' lock across a parallel kernel whose second half a second worker
+        // takes; a reader's body is queued meanwhile. Were the reader's body queued in the pool, the first worker,
+        // done with its half and waiting, would run it and block on the lock its own stack holds.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Arc, RwLock};
+        use std::time::Duration;
+        configure_runtime();
+        if rayon::current_num_threads() < 2 {
+            return; // one worker: nothing runs beside the body
+        }
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let weights = Arc::new(RwLock::new(0u64));
+            let queued = Arc::new(AtomicBool::new(false));
+            let reader = {
+                let (weights, queued) = (weights.clone(), queued.clone());
+                std::thread::spawn(move || {
+                    while !queued.load(Ordering::SeqCst) {
+                        std::thread::yield_now();
+                    }
+                    on_pool(|| *weights.read().unwrap())
+                })
+            };
+            on_pool(|| {
+                let mut w = weights.write().unwrap();
+                rayon::join(
+                    || {
+                        queued.store(true, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                    },
+                    || std::thread::sleep(Duration::from_millis(300)),
+                );
+                *w += 1;
+            });
+            let _ = done.send(reader.join().unwrap());
+        });
+        let seen = finished.recv_timeout(Duration::from_secs(30));
+        assert_eq!(seen, Ok(1), "the reader's body never finished: a deadlock");
     }
 }
