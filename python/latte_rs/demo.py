@@ -270,7 +270,6 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
     return summary
 
 
-
 def _finite_or_none(x: float) -> float | None:
     """`x` rounded to 2 decimals for JSON, None for inf (equal frames)."""
     return None if not np.isfinite(x) else round(float(x), 2)

@@ -57,6 +57,12 @@ pub(crate) fn guard<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     }
 }
 
+/// Runs model work without the GIL and, for a model on the CPU, on rayon's pool (`runtime::on_cpu_pool`): the one
+/// way a Python call runs a whole model.
+pub(crate) fn run_model<T: Send>(py: Python<'_>, device: &candle_core::Device, f: impl FnOnce() -> T + Send) -> T {
+    py.detach(|| crate::runtime::on_cpu_pool(device, f))
+}
+
 /// Extension trait: `result.py()?` converts a core result into a Python one.
 pub(crate) trait IntoPy<T> {
     fn py(self) -> PyResult<T>;

@@ -8,9 +8,8 @@ use pyo3::types::PyDict;
 use super::config::PyLatteConfig;
 use super::convert::{dict_to_json, shared_numpy, state_dict_from_py, state_dict_to_py, to_numpy, to_tensor};
 use super::hub::Location;
-use super::IntoPy;
+use super::{run_model, IntoPy};
 use crate::model::{device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteModel};
-use crate::runtime::on_cpu_pool;
 
 /// The latents, timesteps and class condition of a model call.
 fn model_inputs(
@@ -85,9 +84,7 @@ impl PyLatteModel {
         crate::python::guard(move || {
             let (x, t, cond) = model_inputs(x, t, y, y_image)?;
             let model = &self.inner;
-            let out = py
-                .detach(|| on_cpu_pool(model.device(), || model.forward(&x, &t, &cond)))
-                .py()?;
+            let out = run_model(py, model.device(), || model.forward(&x, &t, &cond)).py()?;
             to_numpy(py, &out)
         })
     }
@@ -119,13 +116,11 @@ impl PyLatteModel {
             let x = to_tensor(x, "x")?;
             let t = to_tensor(t, "t")?;
             let y = y.map(|v| to_tensor(v, "y")).transpose()?;
-            let out = py
-                .detach(|| {
-                    on_cpu_pool(self.inner.device(), || {
-                        self.inner.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale)
-                    })
-                })
-                .py()?;
+            let model = &self.inner;
+            let out = run_model(py, model.device(), || {
+                model.forward_with_cfg(&x, &t, y.as_ref(), cfg_scale)
+            })
+            .py()?;
             to_numpy(py, &out)
         })
     }
@@ -150,13 +145,8 @@ impl PyLatteModel {
     ) -> PyResult<(Bound<'py, PyAny>, PyForwardGraph)> {
         crate::python::guard(move || {
             let (x, t, cond) = model_inputs(x, t, y, y_image)?;
-            let graph = py
-                .detach(|| {
-                    on_cpu_pool(self.inner.device(), || {
-                        Graph::forward(&self.inner, &x, &t, &cond, input_grad)
-                    })
-                })
-                .py()?;
+            let model = &self.inner;
+            let graph = run_model(py, model.device(), || Graph::forward(model, &x, &t, &cond, input_grad)).py()?;
             let out = to_numpy(py, &graph.output())?;
             Ok((out, PyForwardGraph::new(graph)))
         })
@@ -328,7 +318,7 @@ impl PyForwardGraph {
             let g = super::convert::float_tensor(grad_output, "grad_output")?;
             let graph = &self.graph;
             let device = graph.output().device().clone();
-            let (gx, grads) = py.detach(|| on_cpu_pool(&device, || graph.backward(&g))).py()?;
+            let (gx, grads) = run_model(py, &device, || graph.backward(&g)).py()?;
             let gx = gx
                 .map(|t| t.contiguous().py().and_then(|t| shared_numpy(py, &t, "grad_x")))
                 .transpose()?;

@@ -11,11 +11,10 @@ use super::convert::{
 };
 use super::hub::Location;
 use super::model::PyForwardGraph;
-use super::IntoPy;
+use super::{run_model, IntoPy};
 use crate::model::{
     device_name, dtype_name, parse_device, parse_dtype, Condition, Denoiser, Graph, LatteT2VModel, T5EncoderModel,
 };
-use crate::runtime::on_cpu_pool;
 
 /// The latents, timesteps and caption features of a transformer call.
 fn t2v_inputs(
@@ -166,9 +165,7 @@ impl PyLatteT2V {
         crate::python::guard(move || {
             let (x, t, text) = t2v_inputs(hidden_states, timestep, encoder_hidden_states)?;
             let model = self.inner.with_temporal_attention(enable_temporal_attentions);
-            let out = py
-                .detach(|| on_cpu_pool(model.device(), || model.forward(&x, &t, &text)))
-                .py()?;
+            let out = run_model(py, model.device(), || model.forward(&x, &t, &text)).py()?;
             to_numpy(py, &out)
         })
     }
@@ -190,9 +187,7 @@ impl PyLatteT2V {
         crate::python::guard(move || {
             let (x, t, text) = t2v_inputs(hidden_states, timestep, encoder_hidden_states)?;
             let model = self.inner.with_temporal_attention(enable_temporal_attentions);
-            let graph = py
-                .detach(|| on_cpu_pool(model.device(), || Graph::forward(&model, &x, &t, &text, input_grad)))
-                .py()?;
+            let graph = run_model(py, model.device(), || Graph::forward(&model, &x, &t, &text, input_grad)).py()?;
             let out = to_numpy(py, &graph.output())?;
             Ok((out, PyForwardGraph::new(graph)))
         })

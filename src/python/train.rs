@@ -13,11 +13,10 @@ use super::convert::{float_tensor, to_numpy, to_tensor};
 use super::diffusion::PyGaussianDiffusion;
 use super::model::PyLatteModel;
 use super::t2v::PyLatteT2V;
-use super::IntoPy;
+use super::{run_model, IntoPy};
 use crate::model::AnyModel;
 use crate::model::{parse_device, Condition};
 use crate::rng::GeneratorState;
-use crate::runtime::on_cpu_pool;
 use crate::train::optim::AdamWConfig;
 use crate::train::{Draws, StepStats, Trainer, TrainerOptions};
 
@@ -289,9 +288,7 @@ impl PyTrainer {
             let (x, cond, draws) = batch_args(latents, cond, self.inner.model().is_text(), timesteps, noise)?;
             let inner = &mut self.inner;
             let device = inner.model().device().clone();
-            let stats = py
-                .detach(|| on_cpu_pool(&device, || inner.step_with(&x, &cond, &draws)))
-                .py()?;
+            let stats = run_model(py, &device, || inner.step_with(&x, &cond, &draws)).py()?;
             stats_dict(py, &stats)
         })
     }
@@ -327,9 +324,7 @@ impl PyTrainer {
             let (x, cond, draws) = batch_args(latents, cond, self.inner.model().is_text(), timesteps, noise)?;
             let inner = &mut self.inner;
             let device = inner.model().device().clone();
-            let g = py
-                .detach(|| on_cpu_pool(&device, || inner.forward_backward(&x, &cond, &draws)))
-                .py()?;
+            let g = run_model(py, &device, || inner.forward_backward(&x, &cond, &draws)).py()?;
             let flat = flatten_gradients(py, &g.grads)?;
             let d = PyDict::new(py);
             d.set_item("loss", g.loss)?;
