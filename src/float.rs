@@ -1,6 +1,6 @@
 //! The one trait for code generic over f32 and f64 (CPU kernels, the optimiser's buffers).
 
-use candle_core::CpuStorage;
+use candle_core::{CpuStorage, Layout, Result};
 
 /// f32 or f64, with the arithmetic the crate's CPU kernels need.
 pub trait Float:
@@ -78,6 +78,14 @@ macro_rules! float {
 
 float!(f32, F32, crate::fastmath::exp_f32);
 float!(f64, F64, f64::exp);
+
+/// The values a contiguous layout covers in a CPU storage's data, or an error naming the op.
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: operands must be contiguous"),
+    }
+}
 
 /// Lanes of [`moments`]'s partial sums: fixed, so that every instruction set adds in the same order and gives the
 /// same bits.

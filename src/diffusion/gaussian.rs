@@ -536,7 +536,25 @@ impl GaussianDiffusion {
 
     /// The training losses for a model output at x_t = q_sample(x₀, t, noise): MSE on the prediction plus, with
     /// learned variance, the VB term computed with the predicted mean detached (it trains only the variance).
+    /// On the CPU the MSE loss types run as one fused kernel (`fused_loss.rs`) where it applies, with the values
+    /// of the composition below.
     pub fn training_losses(
+        &self,
+        model_output: &Tensor,
+        x_start: &Tensor,
+        t: &[usize],
+        noise: &Tensor,
+    ) -> Result<Losses> {
+        self.check_t(t, x_start)?;
+        Self::same_shape("noise", noise, x_start)?;
+        match self.fused_training_losses(model_output, x_start, t, noise)? {
+            Some(losses) => Ok(losses),
+            None => self.composed_training_losses(model_output, x_start, t, noise),
+        }
+    }
+
+    /// [`Self::training_losses`] as tensor ops (every device, dtype and loss type; the reference's order).
+    pub(crate) fn composed_training_losses(
         &self,
         model_output: &Tensor,
         x_start: &Tensor,

@@ -6,6 +6,7 @@
 //! Names follow the reference code (`q_sample`, `q_posterior_mean_variance`, `p_mean_variance`, `_vb_terms_bpd`)
 //! so a reader can hold the two side by side. Per-timestep tables are f64; tensor math runs in the inputs' dtype.
 
+mod fused_loss;
 pub mod gaussian;
 pub mod respace;
 pub mod sampler;

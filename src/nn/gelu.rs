@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fastmath::{exp_f32, map_wide, zip_map_wide};
+use crate::float::contiguous;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const COEF: f64 = 0.044_715;
@@ -54,13 +55,6 @@ fn map_parallel<T: Copy + Send + Sync>(src: &[T], f: impl Fn(T) -> T + Sync) -> 
     Ok(out)
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("gelu: input must be contiguous"),
-    }
-}
-
 /// Applies `f32`/`f64` element functions to a CPU tensor in parallel.
 /// (Generic rather than `fn` pointers, so the element functions inline and the loops vectorise.)
 fn cpu_map<F32: Fn(f32) -> f32 + Sync, F64: Fn(f64) -> f64 + Sync>(
@@ -70,8 +64,8 @@ fn cpu_map<F32: Fn(f32) -> f32 + Sync, F64: Fn(f64) -> f64 + Sync>(
     f64_fn: F64,
 ) -> Result<(CpuStorage, Shape)> {
     let out = match storage {
-        CpuStorage::F32(d) => CpuStorage::F32(map_parallel(contiguous(d, layout)?, f32_fn)?),
-        CpuStorage::F64(d) => CpuStorage::F64(map_parallel(contiguous(d, layout)?, f64_fn)?),
+        CpuStorage::F32(d) => CpuStorage::F32(map_parallel(contiguous(d, layout, "gelu")?, f32_fn)?),
+        CpuStorage::F64(d) => CpuStorage::F64(map_parallel(contiguous(d, layout, "gelu")?, f64_fn)?),
         other => candle_core::bail!("gelu: unsupported dtype {:?} on CPU", other.dtype()),
     };
     Ok((out, layout.shape().clone()))
@@ -105,16 +99,16 @@ impl candle_core::CustomOp2 for GeluTanhBackward {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(zip_map_parallel(contiguous(x, l1)?, contiguous(g, l2)?, |x, g| {
-                    g * dgelu_f32(x)
-                })?)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(zip_map_parallel(contiguous(x, l1)?, contiguous(g, l2)?, |x, g| {
-                    g * dgelu_f64(x)
-                })?)
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(zip_map_parallel(
+                contiguous(x, l1, "gelu")?,
+                contiguous(g, l2, "gelu")?,
+                |x, g| g * dgelu_f32(x),
+            )?),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(zip_map_parallel(
+                contiguous(x, l1, "gelu")?,
+                contiguous(g, l2, "gelu")?,
+                |x, g| g * dgelu_f64(x),
+            )?),
             _ => candle_core::bail!("gelu backward: input and gradient must both be f32 or both f64"),
         };
         Ok((out, l1.shape().clone()))

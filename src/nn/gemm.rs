@@ -4,14 +4,8 @@
 
 use candle_core::{CpuStorage, Layout, Result};
 
+pub(crate) use crate::float::contiguous;
 use crate::float::Float;
-
-pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: operands must be contiguous"),
-    }
-}
 
 /// The body of a three-operand CPU op (an input, a weight, a bias), generic over the float type: see
 /// [`run_kernel3`].

@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fastmath::wide;
-use crate::float::{moments, Float};
+use crate::float::{contiguous, moments, Float};
 use crate::limits::{try_uninit, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -89,13 +89,6 @@ impl Broadcast {
             row.iter_mut().zip(part).for_each(|(o, &p)| *o += p);
         }
         out
-    }
-}
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: operands must be contiguous"),
     }
 }
 
