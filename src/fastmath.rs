@@ -57,7 +57,9 @@ pub fn map_wide<T: Copy, F: Fn(T) -> T>(out: &mut [T], src: &[T], f: &F) {
 
 /// Runs `f` compiled for the widest vectors this CPU has (AVX-512 or AVX2, chosen at run time), for kernels whose
 /// loops are more than an element map: `f`'s body is inlined into a function built for those instructions, so its
-/// loops vectorise at that width. Rust never contracts `a * b + c` into an FMA nor reorders a float sum, so every
+/// loops vectorise at that width. `f` must be a closure marked `#[inline(always)]`: a closure is a function of its
+/// own, and one with loops is too large for the compiler to inline unasked, so it stays compiled for the baseline
+/// SSE2 (the profile of the modulation kernels showed only xmm registers until they were marked). Rust never contracts `a * b + c` into an FMA nor reorders a float sum, so every
 /// path computes the same bits.
 #[inline(always)]
 pub fn wide<R, F: FnOnce() -> R>(f: F) -> R {
@@ -118,6 +120,21 @@ pub fn zip_map_wide<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], 
 /// gives the same bits.
 const LANES: usize = 16;
 
+/// `lanes` folded by `op` as a tree (lane i with lane i + w for w = 8, 4, 2, 1): a fixed order the compiler keeps
+/// in vector registers, where a running fold over the lanes is a chain of sixteen dependent scalar steps (which
+/// dominated the softmax of attention rows of 8 or 16 keys).
+#[inline(always)]
+fn tree_fold(mut lanes: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            lanes[i] = op(lanes[i], lanes[i + w]);
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
     let mut lane_max = [f32::NEG_INFINITY; LANES];
@@ -127,11 +144,10 @@ fn softmax_row(row: &mut [f32]) {
             *m = m.max(x);
         }
     }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&lane_max)
-        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for (m, &x) in lane_max.iter_mut().zip(chunks.remainder()) {
+        *m = m.max(x);
+    }
+    let max = tree_fold(lane_max, f32::max);
     let mut lane_sum = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -140,18 +156,29 @@ fn softmax_row(row: &mut [f32]) {
             *s += *x;
         }
     }
-    let mut sum = 0f32;
-    for x in chunks.into_remainder() {
-        *x = exp_f32(*x - max);
-        sum += *x;
+    // The last partial chunk as a full vector of lanes (the lanes past the row add zero).
+    let rest = chunks.into_remainder();
+    let mut tail = [0f32; LANES];
+    tail[..rest.len()].copy_from_slice(rest);
+    for (i, (s, x)) in lane_sum.iter_mut().zip(tail.iter_mut()).enumerate() {
+        let e = exp_f32(*x - max);
+        *x = e;
+        *s += if i < rest.len() { e } else { 0.0 };
     }
-    let inv = 1.0 / lane_sum.iter().fold(sum, |a, &s| a + s);
-    row.iter_mut().for_each(|x| *x *= inv);
+    rest.copy_from_slice(&tail[..rest.len()]);
+    let inv = 1.0 / tree_fold(lane_sum, |a, b| a + b);
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
 }
 
 #[inline(always)]
 fn softmax_rows_generic(values: &mut [f32], len: usize) {
-    values.chunks_exact_mut(len).for_each(softmax_row);
+    // Plain loops, not `for_each`: `for_each` is `fold`, a function of its own that the compiler may leave
+    // outside the AVX-512 caller, compiled for the baseline SSE2 (the profile showed exactly that).
+    for row in values.chunks_exact_mut(len) {
+        softmax_row(row);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -218,10 +245,13 @@ mod tests {
         body(&mut plain);
         let mut calls = 0;
         let mut fast = Vec::new();
-        wide(|| {
-            calls += 1;
-            body(&mut fast)
-        });
+        wide(
+            #[inline(always)]
+            || {
+                calls += 1;
+                body(&mut fast)
+            },
+        );
         assert_eq!(calls, 1);
         assert_eq!(
             fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

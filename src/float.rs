@@ -107,6 +107,33 @@ fn lane_sum<T: Float>(row: &[T], f: impl Fn(T) -> T) -> T {
     lanes.iter().fold(tail, |s, &l| s + l)
 }
 
+/// The two sums over i of `f(a[i], b[i], c[i])` (three rows of one length) in [`MOMENT_LANES`] interleaved
+/// partial sums each, as [`lane_sum`]: independent add chains in vector registers, the same bits on every
+/// instruction set.
+#[inline(always)]
+pub(crate) fn lane_sums2<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T)) -> (T, T) {
+    let (mut s1, mut s2) = ([T::ZERO; MOMENT_LANES], [T::ZERO; MOMENT_LANES]);
+    let (mut ac, mut bc, mut cc) = (
+        a.chunks_exact(MOMENT_LANES),
+        b.chunks_exact(MOMENT_LANES),
+        c.chunks_exact(MOMENT_LANES),
+    );
+    for ((a, b), c) in (&mut ac).zip(&mut bc).zip(&mut cc) {
+        for j in 0..MOMENT_LANES {
+            let (u, v) = f(a[j], b[j], c[j]);
+            s1[j] += u;
+            s2[j] += v;
+        }
+    }
+    let (mut t1, mut t2) = (T::ZERO, T::ZERO);
+    for ((&a, &b), &c) in ac.remainder().iter().zip(bc.remainder()).zip(cc.remainder()) {
+        let (u, v) = f(a, b, c);
+        t1 += u;
+        t2 += v;
+    }
+    (s1.iter().fold(t1, |s, &l| s + l), s2.iter().fold(t2, |s, &l| s + l))
+}
+
 /// Mean and 1/√(var + eps) of a row (two passes, biased variance as torch's LayerNorm): the statistics of every
 /// LayerNorm kernel.
 #[inline(always)]

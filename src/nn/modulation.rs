@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fastmath::wide;
-use crate::float::{contiguous, moments, Float};
+use crate::float::{contiguous, lane_sums2, moments, Float};
 use crate::limits::{try_uninit, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -102,14 +102,19 @@ fn norm_modulate_fwd<T: Float>(x: &[T], shift: &[T], scale: &[T], b: &Broadcast,
         .for_each(|(g, (out, x))| {
             let c = b.cond_row[g] * d;
             let (sh, sc) = (&shift[c..c + d], &scale[c..c + d]);
-            wide(|| {
-                for (o, xr) in out.chunks_mut(d).zip(x.chunks(d)) {
-                    let (mean, rstd) = moments(xr, eps);
-                    for i in 0..d {
-                        o[i] = (xr[i] - mean) * rstd * (T::ONE + sc[i]) + sh[i];
+            wide(
+                #[inline(always)]
+                || {
+                    // Zipped iterators, not indices: the rows' lengths are then known, so the loops carry no
+                    // bounds checks and vectorise.
+                    for (o, xr) in out.chunks_mut(d).zip(x.chunks(d)) {
+                        let (mean, rstd) = moments(xr, eps);
+                        for (((o, &x), &s), &h) in o.iter_mut().zip(xr).zip(sc).zip(sh) {
+                            *o = (x - mean) * rstd * (T::ONE + s) + h;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     Ok(out)
 }
@@ -134,25 +139,28 @@ fn norm_modulate_bwd<T: Float>(x: &[T], scale: &[T], g: &[T], b: &Broadcast, eps
             let start = grp * b.group_len();
             let (xg, gg) = (&x[start..start + b.group_len()], &g[start..start + b.group_len()]);
             let (d_shift, d_scale) = part.split_at_mut(d);
-            wide(|| {
-                for ((dxr, xr), gr) in dx.chunks_mut(d).zip(xg.chunks(d)).zip(gg.chunks(d)) {
-                    let (mean, rstd) = moments(xr, eps);
-                    let (mut sum_gm, mut sum_gmh) = (T::ZERO, T::ZERO);
-                    for i in 0..d {
-                        let h = (xr[i] - mean) * rstd;
-                        d_shift[i] += gr[i];
-                        d_scale[i] += gr[i] * h;
-                        let gm = gr[i] * (T::ONE + sc[i]);
-                        sum_gm += gm;
-                        sum_gmh += gm * h;
+            wide(
+                #[inline(always)]
+                || {
+                    for ((dxr, xr), gr) in dx.chunks_mut(d).zip(xg.chunks(d)).zip(gg.chunks(d)) {
+                        let (mean, rstd) = moments(xr, eps);
+                        for (((ds, dc), &g), &x) in d_shift.iter_mut().zip(d_scale.iter_mut()).zip(gr).zip(xr) {
+                            *ds += g;
+                            *dc += g * ((x - mean) * rstd);
+                        }
+                        // Σ g(1 + scale) and Σ g(1 + scale)·h in lanes (a single running sum is a serial chain).
+                        let (sum_gm, sum_gmh) = lane_sums2(gr, xr, sc, |g, x, s| {
+                            let gm = g * (T::ONE + s);
+                            (gm, gm * ((x - mean) * rstd))
+                        });
+                        let (mean_gm, mean_gmh) = (sum_gm / nf, sum_gmh / nf);
+                        for (((dx, &g), &x), &s) in dxr.iter_mut().zip(gr).zip(xr).zip(sc) {
+                            let h = (x - mean) * rstd;
+                            *dx = rstd * (g * (T::ONE + s) - mean_gm - h * mean_gmh);
+                        }
                     }
-                    let (mean_gm, mean_gmh) = (sum_gm / nf, sum_gmh / nf);
-                    for i in 0..d {
-                        let h = (xr[i] - mean) * rstd;
-                        dxr[i] = rstd * (gr[i] * (T::ONE + sc[i]) - mean_gm - h * mean_gmh);
-                    }
-                }
-            })
+                },
+            )
         });
     let sums = b.reduce(&partial, 2);
     let (d_shift, d_scale): (Vec<T>, Vec<T>) = {
@@ -178,13 +186,16 @@ fn gated_add_fwd<T: Float>(x: &[T], y: &[T], gate: &[T], b: &Broadcast) -> Resul
         let gt = &gate[c..c + d];
         let start = grp * b.group_len();
         let (xg, yg) = (&x[start..start + b.group_len()], &y[start..start + b.group_len()]);
-        wide(|| {
-            for ((o, xr), yr) in out.chunks_mut(d).zip(xg.chunks(d)).zip(yg.chunks(d)) {
-                for i in 0..d {
-                    o[i] = xr[i] + yr[i] * gt[i];
+        wide(
+            #[inline(always)]
+            || {
+                for ((o, xr), yr) in out.chunks_mut(d).zip(xg.chunks(d)).zip(yg.chunks(d)) {
+                    for (((o, &x), &y), &g) in o.iter_mut().zip(xr).zip(yr).zip(gt) {
+                        *o = x + y * g;
+                    }
                 }
-            }
-        })
+            },
+        )
     });
     Ok(out)
 }
@@ -206,14 +217,19 @@ fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Resul
             let gt = &gate[c..c + d];
             let start = grp * b.group_len();
             let (yg, gg) = (&y[start..start + b.group_len()], &g[start..start + b.group_len()]);
-            wide(|| {
-                for ((dyr, yr), gr) in dy.chunks_mut(d).zip(yg.chunks(d)).zip(gg.chunks(d)) {
-                    for i in 0..d {
-                        dyr[i] = gr[i] * gt[i];
-                        d_gate[i] += gr[i] * yr[i];
+            wide(
+                #[inline(always)]
+                || {
+                    for ((dyr, yr), gr) in dy.chunks_mut(d).zip(yg.chunks(d)).zip(gg.chunks(d)) {
+                        for (((dy, dg), &g), (&y, &t)) in
+                            dyr.iter_mut().zip(d_gate.iter_mut()).zip(gr).zip(yr.iter().zip(gt))
+                        {
+                            *dy = g * t;
+                            *dg += g * y;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     dy.extend(b.reduce(&partial, 1));
     Ok(dy)

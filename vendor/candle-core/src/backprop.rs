@@ -16,6 +16,46 @@ fn broadcast_back(arg: &Tensor, node: &Tensor, reduced_dims: &[usize]) -> Result
     }
 }
 
+/// Below this many elements a gradient sum stays on the calling thread.
+const PARALLEL_ADD_MIN: usize = 1 << 15;
+
+/// `a + b` of two contiguous f32/f64 CPU tensors of one shape, summed on rayon's threads (the caller's pool): the
+/// sums of gradient contributions (a residual stream's two branches, every layer of a transformer) are large and
+/// were one thread's work. None where that does not apply (the caller adds as usual). The same bits as `add`.
+fn add_on_threads(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    use crate::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    let n = a.elem_count();
+    if n < PARALLEL_ADD_MIN || a.dims() != b.dims() || a.dtype() != b.dtype() || !a.device().is_cpu() {
+        return Ok(None);
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    fn sum<T: Copy + Send + Sync + std::ops::Add<Output = T>>(x: &[T], y: &[T]) -> Vec<T> {
+        let mut out = Vec::with_capacity(x.len());
+        x.par_iter().zip(y).map(|(&p, &q)| p + q).collect_into_vec(&mut out);
+        out
+    }
+    let storage = match (&*sa, &*sb) {
+        (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => {
+            CpuStorage::F32(sum(&x[a0..a1], &y[b0..b1]))
+        }
+        (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(y))) => {
+            CpuStorage::F64(sum(&x[a0..a1], &y[b0..b1]))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Tensor::from_storage(
+        Storage::Cpu(storage),
+        a.shape().clone(),
+        crate::op::BackpropOp::none(),
+        false,
+    )))
+}
+
 thread_local! {
     static CANDLE_GRAD_DO_NOT_DETACH: bool = {
         match std::env::var("CANDLE_GRAD_DO_NOT_DETACH") {
@@ -731,7 +771,10 @@ impl GradStore {
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = match add_on_threads(entry.get(), grad)? {
+                    Some(sum) => sum,
+                    None => entry.get().add(grad)?,
+                };
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
