@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gaussian::{GaussianDiffusion, LossType, Losses, MeanType, VarType};
-use crate::error::Result;
+use crate::error::{value_error, Result};
 use crate::float::{contiguous, Float};
 use crate::limits::try_uninit;
 
@@ -72,10 +72,11 @@ impl GaussianDiffusion {
             LossType::RescaledMse => self.num_timesteps() as f64 / 1000.0,
             LossType::Kl | LossType::RescaledKl => return Ok(None),
         };
+        // x₀ and the noise get no gradient from the kernel: where either is on a graph, the composition runs.
         let applies = matches!(model_output.device(), Device::Cpu)
             && [x_start, noise]
                 .iter()
-                .all(|x| x.dtype() == model_output.dtype() && x.device().is_cpu())
+                .all(|x| x.dtype() == model_output.dtype() && x.device().is_cpu() && !x.track_op())
             && matches!(model_output.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
             && !(learned_range.is_some() && t.contains(&0));
         if !applies {
@@ -84,21 +85,34 @@ impl GaussianDiffusion {
         // Shapes and steps as the composition checks them (same errors).
         self.split_output(model_output, x_start)?;
         let xd = x_start.dims();
-        let dims = (xd[0], xd[1], xd[2], xd[3..].iter().product());
+        let dims = (xd[0], xd[1], xd[2], xd[3..].iter().product::<usize>());
+        if dims.1 * dims.2 * dims.3 == 0 {
+            return Ok(None); // empty samples: the composition's means over nothing
+        }
         let log_betas: Vec<f64> = self.betas.iter().map(|b| b.ln()).collect();
+        // Tables are read with `get`: a loaded process's tables could be shorter than its betas (an error, as in
+        // `extract`, never a panic).
+        let at = |table: &[f64], i: usize| {
+            table
+                .get(i)
+                .copied()
+                .ok_or_else(|| value_error("t", format!("steps in [0, {})", table.len()), i))
+        };
         let steps = t
             .iter()
-            .map(|&i| StepCoefficients {
-                sqrt_alpha: self.sqrt_alphas_cumprod[i],
-                sqrt_one_minus_alpha: self.sqrt_one_minus_alphas_cumprod[i],
-                sqrt_recip_alpha: self.sqrt_recip_alphas_cumprod[i],
-                sqrt_recipm1_alpha: self.sqrt_recipm1_alphas_cumprod[i],
-                mean_coef1: self.posterior_mean_coef1[i],
-                mean_coef2: self.posterior_mean_coef2[i],
-                posterior_log_var: self.posterior_log_variance_clipped[i],
-                log_beta: log_betas[i],
+            .map(|&i| {
+                Ok(StepCoefficients {
+                    sqrt_alpha: at(&self.sqrt_alphas_cumprod, i)?,
+                    sqrt_one_minus_alpha: at(&self.sqrt_one_minus_alphas_cumprod, i)?,
+                    sqrt_recip_alpha: at(&self.sqrt_recip_alphas_cumprod, i)?,
+                    sqrt_recipm1_alpha: at(&self.sqrt_recipm1_alphas_cumprod, i)?,
+                    mean_coef1: at(&self.posterior_mean_coef1, i)?,
+                    mean_coef2: at(&self.posterior_mean_coef2, i)?,
+                    posterior_log_var: at(&self.posterior_log_variance_clipped, i)?,
+                    log_beta: at(&log_betas, i)?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let op = HybridLoss {
             mean_type: self.mean_type,
             learned_range,
@@ -138,6 +152,11 @@ impl HybridLoss {
     fn elements_per_sample(&self) -> usize {
         let (_, f, c, s) = self.dims;
         f * c * s
+    }
+
+    fn elements_per_output_sample(&self) -> usize {
+        let (_, f, _, s) = self.dims;
+        f * self.out_channels() * s
     }
 
     /// The output channels per frame: 2C with a learned variance.
@@ -221,7 +240,7 @@ impl HybridLoss {
     /// (mse, vb) of every sample, (B, 2) values (the vb column 0 with a fixed variance).
     fn forward<T: Float>(&self, out: &[T], x0: &[T], noise: &[T]) -> Vec<T> {
         let n = self.elements_per_sample();
-        let per_out = n / self.dims.2 * self.out_channels();
+        let per_out = self.elements_per_output_sample();
         let ln2 = std::f64::consts::LN_2;
         (0..self.dims.0)
             .into_par_iter()
@@ -251,7 +270,7 @@ impl HybridLoss {
     /// VB term gives the prediction nothing).
     fn backward<T: Float>(&self, out: &[T], x0: &[T], noise: &[T], grad: &[(f64, f64)]) -> candle_core::Result<Vec<T>> {
         let n = self.elements_per_sample();
-        let per_out = n / self.dims.2 * self.out_channels();
+        let per_out = self.elements_per_output_sample();
         // SAFETY: each sample's chunk is written in full below (every prediction and, with a learned variance,
         // every variance element: the two channel halves cover the chunk).
         let mut dout = unsafe { try_uninit::<T>(out.len(), "the loss's output gradient")? };
@@ -570,6 +589,17 @@ mod tests {
         assert!(!fused(&kl, &out, &x0, &noise, &[1, 5]));
         let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
         assert!(!fused(&learned, &half(&out), &half(&x0), &half(&noise), &[1, 5]));
+        // x₀ on a graph (the kernel gives it no gradient), empty samples: the composition.
+        let tracked = Var::from_tensor(&x0).unwrap();
+        assert!(!fused(&learned, &out, tracked.as_tensor(), &noise, &[1, 5]));
+        let empty = Tensor::zeros((2, 0, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let empty_out = Tensor::zeros((2, 0, 4, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(!fused(&learned, &empty_out, &empty, &empty, &[1, 5]));
+        // A table shorter than the process's steps (a hand-edited saved process) is an error, not a panic.
+        let mut short = learned.clone();
+        short.posterior_mean_coef1.truncate(50);
+        let err = short.fused_training_losses(&out, &x0, &[1, 60], &noise).unwrap_err();
+        assert!(err.to_string().contains("steps in [0, 50)"), "{err}");
         // And the public entry gives the composition's numbers there.
         let a = learned.training_losses(&out, &x0, &[0, 5], &noise).unwrap();
         let b = learned.composed_training_losses(&out, &x0, &[0, 5], &noise).unwrap();

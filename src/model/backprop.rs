@@ -72,3 +72,41 @@ pub(super) fn complete_grads(grads: Vec<Option<Tensor>>, params: &[Tensor]) -> R
         })
         .collect::<candle_core::Result<_>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    /// Large gradient contributions are summed on rayon in the vendored backprop (`add_on_threads`): the sums are
+    /// the plain ones, also where both contributions are one tensor (`x + x` shares one storage lock), and a
+    /// small tensor takes candle's own add.
+    #[test]
+    fn large_gradient_sums_are_the_plain_sums() {
+        for n in [100usize, 1 << 16] {
+            let v: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.01 - 0.3).collect();
+            let x = Var::from_tensor(&Tensor::from_vec(v.clone(), n, &Device::Cpu).unwrap()).unwrap();
+            let w = Tensor::from_vec((0..n).map(|i| (i % 13) as f32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+            // d/dx of Σ (x + x)·w + Σ x·x = 2w + 2x: three contributions to x's gradient, one pair sharing a lock.
+            let y = ((x.as_tensor() + x.as_tensor())
+                .unwrap()
+                .mul(&w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                + x.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = y.backward().unwrap();
+            let got = g
+                .get(x.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for (i, (&gi, &xi)) in got.iter().zip(&v).enumerate() {
+                let want = 2.0 * (i % 13) as f32 + 2.0 * xi;
+                assert!((gi - want).abs() <= 1e-5 * want.abs().max(1.0), "[{i}] {gi} vs {want}");
+            }
+        }
+    }
+}

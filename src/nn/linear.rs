@@ -27,13 +27,17 @@ struct ColumnSums;
 
 fn add_bias<T: Float>(y: &[T], b: &[T]) -> Result<Vec<T>> {
     let n = b.len();
-    let mut out = try_filled(y.len(), T::ZERO, "a biased linear output")?;
+    if n == 0 {
+        return try_filled(y.len(), T::ZERO, "a biased linear output");
+    }
+    // SAFETY: every row of `out` is written below (rows of y and out have the same lengths, n each).
+    let mut out = unsafe { try_uninit(y.len(), "a biased linear output")? };
     out.par_chunks_mut(ROWS_PER_ITEM * n)
         .zip(y.par_chunks(ROWS_PER_ITEM * n))
         .for_each(|(out, y)| {
             for (o, yr) in out.chunks_mut(n).zip(y.chunks(n)) {
-                for i in 0..n {
-                    o[i] = yr[i] + b[i];
+                for ((o, &v), &bias) in o.iter_mut().zip(yr).zip(b) {
+                    *o = v + bias;
                 }
             }
         });

@@ -26,11 +26,20 @@ fn add_on_threads(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     use crate::{CpuStorage, Storage};
     use rayon::prelude::*;
     let n = a.elem_count();
-    if n < PARALLEL_ADD_MIN || a.dims() != b.dims() || a.dtype() != b.dtype() || !a.device().is_cpu() {
+    // A sum that must stay on the graph (`CANDLE_GRAD_DO_NOT_DETACH`, second-order gradients) is `add`'s.
+    if n < PARALLEL_ADD_MIN
+        || a.dims() != b.dims()
+        || a.dtype() != b.dtype()
+        || !a.device().is_cpu()
+        || a.track_op()
+        || b.track_op()
+    {
         return Ok(None);
     }
-    let (sa, la) = a.storage_and_layout();
-    let (sb, lb) = b.storage_and_layout();
+    // `storage()` reads recursively: `a` and `b` may share one lock (`x + x`), and a second plain read on a lock
+    // with a writer queued would wait forever.
+    let (sa, la) = (a.storage(), a.layout());
+    let (sb, lb) = (b.storage(), b.layout());
     let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets()) else {
         return Ok(None);
     };
