@@ -87,6 +87,31 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Res
     }
 }
 
+/// Applies `f32_fn` or `f64_fn` to the contiguous values of three CPU operands of one float type (the dtype
+/// dispatch of the three-operand element kernels), or an error naming the op.
+pub(crate) fn with_slices3(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    op: &str,
+    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
+    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> Result<Vec<f64>>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2, s3) {
+        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32_fn(
+            contiguous(a, l1, op)?,
+            contiguous(b, l2, op)?,
+            contiguous(c, l3, op)?,
+        )?),
+        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64_fn(
+            contiguous(a, l1, op)?,
+            contiguous(b, l2, op)?,
+            contiguous(c, l3, op)?,
+        )?),
+        _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
+    })
+}
+
 /// Lanes of [`moments`]'s partial sums: fixed, so that every instruction set adds in the same order and gives the
 /// same bits.
 const MOMENT_LANES: usize = 16;

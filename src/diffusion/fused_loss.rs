@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::gaussian::{GaussianDiffusion, LossType, Losses, MeanType, VarType};
 use crate::error::{value_error, Result};
-use crate::float::{contiguous, Float};
+use crate::float::{with_slices3, Float};
 use crate::limits::try_uninit;
 
 /// The per-sample constants of the loss at that sample's step, from the process's f64 tables.
@@ -312,30 +312,6 @@ impl HybridLoss {
     }
 }
 
-/// The f32/f64 dispatch of the three contiguous operands (output, x₀, noise).
-fn with_operands(
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
-    op: &str,
-    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> candle_core::Result<Vec<f32>>,
-    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> candle_core::Result<Vec<f64>>,
-) -> candle_core::Result<CpuStorage> {
-    Ok(match (s1, s2, s3) {
-        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32_fn(
-            contiguous(a, l1, op)?,
-            contiguous(b, l2, op)?,
-            contiguous(c, l3, op)?,
-        )?),
-        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64_fn(
-            contiguous(a, l1, op)?,
-            contiguous(b, l2, op)?,
-            contiguous(c, l3, op)?,
-        )?),
-        _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
-    })
-}
-
 impl CustomOp3 for HybridLoss {
     fn name(&self) -> &'static str {
         "hybrid-loss"
@@ -351,7 +327,7 @@ impl CustomOp3 for HybridLoss {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.check(l1, l2, l3)?;
-        let out = with_operands(
+        let out = with_slices3(
             (s1, l1),
             (s2, l2),
             (s3, l3),
@@ -399,7 +375,7 @@ impl CustomOp3 for HybridLossBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.loss.check(l1, l2, l3)?;
-        let out = with_operands(
+        let out = with_slices3(
             (s1, l1),
             (s2, l2),
             (s3, l3),

@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fastmath::wide;
-use crate::float::{contiguous, lane_sums2, moments, Float};
+use crate::float::{lane_sums2, moments, with_slices3, Float};
 use crate::limits::{try_uninit, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -237,30 +237,6 @@ fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Resul
 
 /// The packed gradients of the backward kernels, for memory errors.
 const GRADIENTS: &str = "the gradients of a modulation";
-
-/// Applies `f` to the three operands as slices of one float type.
-fn with_slices3(
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
-    op: &str,
-    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
-    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> Result<Vec<f64>>,
-) -> Result<CpuStorage> {
-    Ok(match (s1, s2, s3) {
-        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32_fn(
-            contiguous(a, l1, op)?,
-            contiguous(b, l2, op)?,
-            contiguous(c, l3, op)?,
-        )?),
-        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64_fn(
-            contiguous(a, l1, op)?,
-            contiguous(b, l2, op)?,
-            contiguous(c, l3, op)?,
-        )?),
-        _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
-    })
-}
 
 /// LayerNorm(x) · (1 + scale) + shift; arguments x, shift, scale.
 struct NormModulate {
