@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._files import atomic_write, atomic_write_text
 from ._inputs import check_int, read_text
 from ._native import LatteConfig, LatteModel
 from .data.synthetic import TARGET_COLOUR
@@ -230,28 +229,6 @@ def flops_per_step(config: LatteConfig, batch_size: int) -> int:
 # --- files ----------------------------------------------------------------------------------------------------------
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Renames the finished temporary file `tmp` over `path`, with the permissions a new file gets (mkstemp makes
-    it private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _read_json(path: Path, default: Any) -> Any:
     if not path.is_file():
         return default
@@ -410,7 +387,7 @@ def _ablate(studies, training, base_model, steps, seeds, eval_every, output_dir,
 
     def start() -> None:
         _check_resumable(out, settings)
-        _write_atomic(out / "ablation.json", json.dumps(settings.to_dict(), indent=2))
+        atomic_write_text(out / "ablation.json", json.dumps(settings.to_dict(), indent=2))
 
     _on_main(start, main, size)
 
@@ -491,15 +468,7 @@ def _reference(out: Path, settings: Settings) -> dict[str, Any]:
     n = settings.eval_clips
     real, labels = real_clips(n, cfg, seed=EVAL_SEED)
     other, other_labels = real_clips(n, cfg, seed=EVAL_SEED + 1)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".real_clips-", suffix=".npz", dir=out)
-    os.close(fd)
-    try:
-        np.savez(tmp, videos=real, labels=labels)
-        _publish(tmp, clips_file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(clips_file, lambda tmp: np.savez(tmp, videos=real, labels=labels))
     readout = _synthetic_readout(settings.training)
     ref: dict[str, Any] = {"clips": n, "pixel_fd_real_vs_real": pixel_fd(real, other),
                            **{f"real_{k}": v for k, v in _pixel_scores(other, other_labels, readout).items()}}
@@ -508,7 +477,7 @@ def _reference(out: Path, settings: Settings) -> dict[str, Any]:
         stats = feature_stats(real, protocol=proto, progress=False)
         stats.save(out / "real_fvd_stats.npz")
         ref["fvd_real_vs_real"] = fvd(stats, other, num_clips=n, num_frames=proto.num_frames, progress=False).fvd
-    _write_atomic(path, json.dumps(ref, indent=2))
+    atomic_write_text(path, json.dumps(ref, indent=2))
     return ref
 
 
@@ -573,7 +542,7 @@ def _record(evals: list, evals_file: Path, step: int, train_seconds: float, trai
     """Evaluates the EMA weights of `trainer` at `step` and appends the row to `evals` and ``evals.json``."""
     evals.append({"step": step, "train_seconds": round(train_seconds, 2),
                   **_evaluate(trainer.ema_model(), out, settings, seed)})
-    _write_atomic(evals_file, json.dumps(evals, indent=2))
+    atomic_write_text(evals_file, json.dumps(evals, indent=2))
 
 
 def _run(out: Path, settings: Settings, configuration: Configuration, seed: int, bar, main: bool = True) -> bool:
@@ -712,8 +681,8 @@ def _write_results(out: Path, settings: Settings, studies: list[str], seeds: int
         lines.append("")
         if name in plot:
             _plot(rows, score, out / f"{name}.png", f"{name} ({settings.training['dataset']})")
-    _write_atomic(out / "results.json", json.dumps(results, indent=2))
-    _write_atomic(out / "results.md", "\n".join(lines))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out / "results.md", "\n".join(lines))
     return results
 
 
@@ -741,13 +710,7 @@ def _plot(rows: list[dict[str, Any]], score: str, path: Path, title: str) -> Non
     if ax.lines:
         ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.92)  # fixed: tight_layout costs 10x the plot
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        _publish(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
+from ._files import atomic_write_text
 
 #: The file a model folder carries its fitted coefficients in (``<stem>.teacache.json`` beside a model file).
 COEFFICIENTS_FILE = "teacache.json"
@@ -186,8 +187,7 @@ class TeaCache(_native.TeaCache):
             target = path.with_name(f"{path.stem}.{COEFFICIENTS_FILE}")
         content = {"coefficients": list(self.coefficients), "input_range": self.input_range,
                    "threshold": self.threshold, **notes}
-        target.write_text(json.dumps(content, indent=2) + "\n")
-        return target
+        return atomic_write_text(target, json.dumps(content, indent=2) + "\n")
 
 
 class PyramidAttentionBroadcast(_native.PyramidAttentionBroadcast):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import tiny_t2v
+from ._files import atomic_write_text
 from ._native import LatteModel
 from .cache import cache_report, make_cache
 from .data.synthetic import BACKGROUND, CLASS_COLOURS
@@ -151,7 +152,7 @@ def text_to_video(out: Path, seed: int = 0, progress: bool = True, videos_per_co
         files.append(str(save_gif(video, out / f"t2v_{i:02d}.gif", fps=6)))
         files.append(str(save_mp4(video, out / f"t2v_{i:02d}.mp4", fps=6)))
     save_png(frame_grid(samples.frames, scale=GRID_SCALE), out / "t2v_grid.png")
-    (out / "t2v_prompts.txt").write_text("\n".join(DEMO_PROMPTS) + "\n")
+    atomic_write_text(out / "t2v_prompts.txt", "\n".join(DEMO_PROMPTS) + "\n")
     timed = _Timed()
     scores = timed("cached", lambda: tiny_t2v.evaluate("held_out", videos_per_combination, seed=seed + 1,
                                                        pipe=pipe, cache=make_cache(cache)))
@@ -266,7 +267,7 @@ def run_demo(output_dir: str | Path = "latte-demo", steps: int = 1000, num_sampl
         "model": {"parameters": trained.num_parameters(), **{k: cfg[k] for k in ("num_frames", "image_size")}},
         "seconds": {"training": round(train_seconds, 1), "total": round(time.perf_counter() - start, 1)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

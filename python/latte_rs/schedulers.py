@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import atomic_write_text
 from ._inputs import load_json, read_text
 from ._native import Generator, Scheduler
 
@@ -103,11 +104,7 @@ class _DiffusersScheduler:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": type(self).__name__, **self.config}
-        path = directory / CONFIG_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @property
     def timesteps(self) -> np.ndarray:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ._files import atomic_write
+
 
 def as_uint8(frames) -> np.ndarray:
     """Frames as uint8 ``(..., H, W, 3)``: uint8 as it is, floats in [0, 1] scaled and rounded."""
@@ -42,11 +44,9 @@ def _check_clip(frames, arg: str = "frames") -> np.ndarray:
 def save_gif(frames, path: str | os.PathLike, fps: float = 8.0, loop: int = 0) -> Path:
     """Writes a looping GIF; returns its path."""
     frames = _check_clip(frames)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=loop)
-    return path
+    return atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                         duration=max(1, round(1000 / fps)), loop=loop))
 
 
 def save_mp4(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
@@ -59,20 +59,21 @@ def save_mp4(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
     ph, pw = h + h % 2, w + w % 2
     if (ph, pw) != (h, w):
         frames = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     codec = next((c for c in ("libx264", "h264", "libopenh264", "mpeg4") if c in av.codecs_available), "mpeg4")
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-        if codec == "mpeg4":
-            stream.bit_rate = 4_000_000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+
+    def write(tmp: Path) -> None:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+            if codec == "mpeg4":
+                stream.bit_rate = 4_000_000
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+
+    return atomic_write(path, write)
 
 
 def frame_grid(videos, gap: int = 2, background: int = 255, scale: int = 1) -> np.ndarray:
@@ -100,10 +101,7 @@ def save_png(image, path: str | os.PathLike) -> Path:
     image = as_uint8(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image: expected (H, W, 3), got shape {image.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def gif_bytes(frames, fps: float = 8.0) -> bytes:

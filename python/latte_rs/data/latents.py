@@ -47,6 +47,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from .._files import atomic_write, atomic_write_text
 from .._inputs import check_int, load_json, read_text
 from ..text import encode_captions
 
@@ -56,9 +57,7 @@ TEXT_DTYPES = ("float32", "float16")
 
 
 def _save_atomic(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _write_shard(path: Path, latents: np.ndarray, labels: np.ndarray, captions: list[str] | None = None,
@@ -71,9 +70,7 @@ def _write_shard(path: Path, latents: np.ndarray, labels: np.ndarray, captions: 
 
 
 def _write_index(out: Path, index: dict[str, Any]) -> None:
-    tmp = out / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / INDEX)
+    atomic_write_text(out / INDEX, json.dumps(index, indent=2))
 
 
 def _stored_text(features: np.ndarray, text_dtype: str) -> np.ndarray:

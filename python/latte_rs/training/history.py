@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
+
 CSV_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "steps_per_sec", "skipped_steps"]
 
 
@@ -30,12 +32,10 @@ def plot_loss(history: list[Mapping[str, float]], path: str | Path, title: str =
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def read_history(path: Path, upto: int) -> list[dict[str, float]]:
@@ -53,10 +53,11 @@ def read_history(path: Path, upto: int) -> list[dict[str, float]]:
 
 
 def write_history(path: Path, history: list[Mapping[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for h in history:
-            w.writerow({k: h.get(k) for k in CSV_FIELDS})
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            for h in history:
+                w.writerow({k: h.get(k) for k in CSV_FIELDS})
+
+    atomic_write(path, write)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from .._autocast import autocast
+from .._files import atomic_write_text
 from .._native import GaussianDiffusion, LatteModel, LatteT2VTransformer, T5TextEncoder, Trainer
 from ..data.batching import batches, caption_and_text, clip_and_label
 from ..distributed import (
@@ -288,9 +289,7 @@ def _prune(ckpt_dir: Path, keep: int | None, written: Path) -> None:
 
 
 def _save_config(cfg: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
 
 
 def _check_dataset(dataset, model, cfg: Mapping[str, Any]) -> int:
