@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latte_rs.video_io import save_gif, save_mp4, save_png
 from latte_rs._files import atomic_write, atomic_write_text
+from latte_rs.video_io import save_gif, save_mp4, save_png
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path: Path) -> None:
