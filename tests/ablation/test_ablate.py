@@ -172,7 +172,7 @@ from pathlib import Path
 from latte_rs import ablation
 
 out, log = Path(sys.argv[1]), Path(sys.argv[2]) / f"rank-{os.environ['RANK']}.log"
-write, train = ablation._write_atomic, ablation.train
+write, train = ablation.atomic_write_text, ablation.train
 
 def logged_write(path, text):
     with open(log, "a") as f:
@@ -184,7 +184,7 @@ def logged_train(cfg, **kw):
         f.write(f"train {Path(kw['output_dir']).relative_to(out)} {kw['max_steps']}\\n")
     return train(cfg, **kw)
 
-ablation._write_atomic, ablation.train = logged_write, logged_train
+ablation.atomic_write_text, ablation.train = logged_write, logged_train
 ablation.ablate("temporal", steps=2, seeds=1, eval_every=1, output_dir=out, **json.loads(sys.argv[3]))
 """
 
