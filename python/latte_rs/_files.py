@@ -1,5 +1,6 @@
 """Atomic file writes, the one way the package replaces a file: the new contents go to a uniquely named temporary
-file in the target's folder, which is renamed over the target only once it is complete. A reader sees the old file
+file in the target's folder, which is synced to disk and renamed over the target only once it is complete (as
+``src/io.rs`` does in Rust). A reader sees the old file
 or the new one, never a half-written one; an interrupted or failed write leaves the old file and no stray temporary
 file; two writers never share a temporary name. The result gets the permissions a newly created file would
 (``mkstemp`` makes its files private).
@@ -30,6 +31,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     tmp = Path(name)
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename, as io.rs does: a crash leaves old or new
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
