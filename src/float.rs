@@ -87,27 +87,27 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Res
     }
 }
 
-/// Applies `f32_fn` or `f64_fn` to the contiguous values of three CPU operands of one float type (the dtype
-/// dispatch of the three-operand element kernels), or an error naming the op.
-pub(crate) fn with_slices3(
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
+/// The body of a three-operand CPU op, generic over the float type: see [`run_kernel3`].
+pub(crate) trait Kernel3 {
+    fn run<T: Float + 'static>(&self, a: &[T], b: &[T], c: &[T]) -> Result<Vec<T>>;
+}
+
+/// Runs `kernel` on the contiguous values of three CPU operands that are all f32 or all f64: the dtype dispatch
+/// of every fused three-operand op's `cpu_fwd` (linear, convolution, norms, modulation, RoPE, the hybrid loss).
+pub(crate) fn run_kernel3(
+    kernel: &impl Kernel3,
     op: &str,
-    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
-    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> Result<Vec<f64>>,
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    (bs, bl): (&CpuStorage, &Layout),
 ) -> Result<CpuStorage> {
-    Ok(match (s1, s2, s3) {
-        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32_fn(
-            contiguous(a, l1, op)?,
-            contiguous(b, l2, op)?,
-            contiguous(c, l3, op)?,
-        )?),
-        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64_fn(
-            contiguous(a, l1, op)?,
-            contiguous(b, l2, op)?,
-            contiguous(c, l3, op)?,
-        )?),
+    Ok(match (xs, ws, bs) {
+        (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+            CpuStorage::F32(kernel.run(contiguous(x, xl, op)?, contiguous(w, wl, op)?, contiguous(b, bl, op)?)?)
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+            CpuStorage::F64(kernel.run(contiguous(x, xl, op)?, contiguous(w, wl, op)?, contiguous(b, bl, op)?)?)
+        }
         _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
     })
 }

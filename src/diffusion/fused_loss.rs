@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::gaussian::{GaussianDiffusion, LossType, Losses, MeanType, VarType};
 use crate::error::{value_error, Result};
-use crate::float::{with_slices3, Float};
+use crate::float::{run_kernel3, Float, Kernel3};
 use crate::limits::try_uninit;
 
 /// The per-sample constants of the loss at that sample's step, from the process's f64 tables.
@@ -89,7 +89,6 @@ impl GaussianDiffusion {
         if dims.1 * dims.2 * dims.3 == 0 {
             return Ok(None); // empty samples: the composition's means over nothing
         }
-        let log_betas: Vec<f64> = self.betas.iter().map(|b| b.ln()).collect();
         // Tables are read with `get`: a loaded process's tables could be shorter than its betas (an error, as in
         // `extract`, never a panic).
         let at = |table: &[f64], i: usize| {
@@ -109,7 +108,7 @@ impl GaussianDiffusion {
                     mean_coef1: at(&self.posterior_mean_coef1, i)?,
                     mean_coef2: at(&self.posterior_mean_coef2, i)?,
                     posterior_log_var: at(&self.posterior_log_variance_clipped, i)?,
-                    log_beta: at(&log_betas, i)?,
+                    log_beta: at(&self.betas, i)?.ln(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -312,6 +311,20 @@ impl HybridLoss {
     }
 }
 
+/// The forward on (output, x₀, noise): (mse, vb) per sample.
+impl Kernel3 for HybridLoss {
+    fn run<T: Float + 'static>(&self, out: &[T], x0: &[T], noise: &[T]) -> candle_core::Result<Vec<T>> {
+        Ok(self.forward(out, x0, noise))
+    }
+}
+
+/// The backward on (output, x₀, noise): the output's gradient.
+impl Kernel3 for HybridLossBackward {
+    fn run<T: Float + 'static>(&self, out: &[T], x0: &[T], noise: &[T]) -> candle_core::Result<Vec<T>> {
+        self.loss.backward(out, x0, noise, &self.grad)
+    }
+}
+
 impl CustomOp3 for HybridLoss {
     fn name(&self) -> &'static str {
         "hybrid-loss"
@@ -327,14 +340,7 @@ impl CustomOp3 for HybridLoss {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.check(l1, l2, l3)?;
-        let out = with_slices3(
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-            self.name(),
-            |o, x, n| Ok(self.forward(o, x, n)),
-            |o, x, n| Ok(self.forward(o, x, n)),
-        )?;
+        let out = run_kernel3(self, self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from_dims(&[self.dims.0, 2])))
     }
 
@@ -375,14 +381,7 @@ impl CustomOp3 for HybridLossBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.loss.check(l1, l2, l3)?;
-        let out = with_slices3(
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-            self.name(),
-            |o, x, n| self.loss.backward(o, x, n, &self.grad),
-            |o, x, n| self.loss.backward(o, x, n, &self.grad),
-        )?;
+        let out = run_kernel3(self, self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, l1.shape().clone()))
     }
 }

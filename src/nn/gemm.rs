@@ -2,36 +2,10 @@
 //! overwrite), contiguous views of a custom op's operands, and the f32/f64 dispatch of three-operand ops. Linear,
 //! convolution and the bf16 autocast GEMM all sit on it.
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{Layout, Result};
 
-pub(crate) use crate::float::contiguous;
 use crate::float::Float;
-
-/// The body of a three-operand CPU op (an input, a weight, a bias), generic over the float type: see
-/// [`run_kernel3`].
-pub(crate) trait Kernel3 {
-    fn run<T: Float + 'static>(&self, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>>;
-}
-
-/// Runs `kernel` on the contiguous values of three CPU operands that are all f32 or all f64: the dtype dispatch
-/// of every fused three-operand op's `cpu_fwd`.
-pub(crate) fn run_kernel3(
-    kernel: &impl Kernel3,
-    op: &str,
-    (xs, xl): (&CpuStorage, &Layout),
-    (ws, wl): (&CpuStorage, &Layout),
-    (bs, bl): (&CpuStorage, &Layout),
-) -> Result<CpuStorage> {
-    Ok(match (xs, ws, bs) {
-        (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-            CpuStorage::F32(kernel.run(contiguous(x, xl, op)?, contiguous(w, wl, op)?, contiguous(b, bl, op)?)?)
-        }
-        (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-            CpuStorage::F64(kernel.run(contiguous(x, xl, op)?, contiguous(w, wl, op)?, contiguous(b, bl, op)?)?)
-        }
-        _ => candle_core::bail!("{op}: operands must all be f32 or all f64"),
-    })
-}
+pub(crate) use crate::float::{contiguous, run_kernel3, Kernel3};
 
 /// `dst (m × n) = alpha · dst + beta · lhs (m × k) · rhs (k × n)` (read_dst when alpha ≠ 0), each matrix given by
 /// its (row, column) strides, on rayon's threads.

@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fastmath::wide;
-use crate::float::{lane_sums2, moments, with_slices3, Float};
+use crate::float::{lane_sums2, moments, run_kernel3, Float, Kernel3};
 use crate::limits::{try_uninit, try_with_capacity};
 
 /// How rows of x (its last dimension) map to the rows of a broadcast conditioning tensor.
@@ -238,6 +238,33 @@ fn gated_add_bwd<T: Float>(y: &[T], gate: &[T], g: &[T], b: &Broadcast) -> Resul
 /// The packed gradients of the backward kernels, for memory errors.
 const GRADIENTS: &str = "the gradients of a modulation";
 
+/// Which of the four kernels a [`ModulationKernel`] runs.
+#[derive(Clone, Copy)]
+enum Kind {
+    NormFwd,
+    NormBwd,
+    GatedFwd,
+    GatedBwd,
+}
+
+/// The modulation kernels with their broadcast (and LayerNorm eps), for [`run_kernel3`]'s dtype dispatch.
+struct ModulationKernel<'a> {
+    kind: Kind,
+    b: &'a Broadcast,
+    eps: f64,
+}
+
+impl Kernel3 for ModulationKernel<'_> {
+    fn run<T: Float + 'static>(&self, a: &[T], b: &[T], c: &[T]) -> Result<Vec<T>> {
+        match self.kind {
+            Kind::NormFwd => norm_modulate_fwd(a, b, c, self.b, self.eps),
+            Kind::NormBwd => norm_modulate_bwd(a, b, c, self.b, self.eps),
+            Kind::GatedFwd => gated_add_fwd(a, b, c, self.b),
+            Kind::GatedBwd => gated_add_bwd(a, b, c, self.b),
+        }
+    }
+}
+
 /// LayerNorm(x) · (1 + scale) + shift; arguments x, shift, scale.
 struct NormModulate {
     eps: f64,
@@ -265,13 +292,16 @@ impl CustomOp3 for NormModulate {
     ) -> Result<(CpuStorage, Shape)> {
         let b = Broadcast::new(l1.dims(), l2.dims(), self.name())?;
         let eps = self.eps;
-        let out = with_slices3(
+        let out = run_kernel3(
+            &ModulationKernel {
+                kind: Kind::NormFwd,
+                b: &b,
+                eps,
+            },
+            self.name(),
             (s1, l1),
             (s2, l2),
             (s3, l3),
-            self.name(),
-            |x: &[f32], sh: &[f32], sc: &[f32]| norm_modulate_fwd(x, sh, sc, &b, eps),
-            |x: &[f64], sh: &[f64], sc: &[f64]| norm_modulate_fwd(x, sh, sc, &b, eps),
         )?;
         Ok((out, l1.shape().clone()))
     }
@@ -313,13 +343,16 @@ impl CustomOp3 for NormModulateBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let b = Broadcast::new(l1.dims(), &self.shift_dims, self.name())?;
         let eps = self.eps;
-        let out = with_slices3(
+        let out = run_kernel3(
+            &ModulationKernel {
+                kind: Kind::NormBwd,
+                b: &b,
+                eps,
+            },
+            self.name(),
             (s1, l1),
             (s2, l2),
             (s3, l3),
-            self.name(),
-            |x: &[f32], sc: &[f32], g: &[f32]| norm_modulate_bwd(x, sc, g, &b, eps),
-            |x: &[f64], sc: &[f64], g: &[f64]| norm_modulate_bwd(x, sc, g, &b, eps),
         )?;
         let len = l1.shape().elem_count() + 2 * b.cond_rows * b.dim;
         Ok((out, Shape::from_dims(&[len])))
@@ -347,13 +380,16 @@ impl CustomOp3 for GatedAdd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let b = Broadcast::new(l1.dims(), l3.dims(), self.name())?;
-        let out = with_slices3(
+        let out = run_kernel3(
+            &ModulationKernel {
+                kind: Kind::GatedFwd,
+                b: &b,
+                eps: 0.0,
+            },
+            self.name(),
             (s1, l1),
             (s2, l2),
             (s3, l3),
-            self.name(),
-            |x: &[f32], y: &[f32], gate: &[f32]| gated_add_fwd(x, y, gate, &b),
-            |x: &[f64], y: &[f64], gate: &[f64]| gated_add_fwd(x, y, gate, &b),
         )?;
         Ok((out, l1.shape().clone()))
     }
@@ -390,13 +426,16 @@ impl CustomOp3 for GatedAddBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let b = Broadcast::new(l1.dims(), l2.dims(), self.name())?;
-        let out = with_slices3(
+        let out = run_kernel3(
+            &ModulationKernel {
+                kind: Kind::GatedBwd,
+                b: &b,
+                eps: 0.0,
+            },
+            self.name(),
             (s1, l1),
             (s2, l2),
             (s3, l3),
-            self.name(),
-            |y: &[f32], gate: &[f32], g: &[f32]| gated_add_bwd(y, gate, g, &b),
-            |y: &[f64], gate: &[f64], g: &[f64]| gated_add_bwd(y, gate, g, &b),
         )?;
         let len = l1.shape().elem_count() + b.cond_rows * b.dim;
         Ok((out, Shape::from_dims(&[len])))
